@@ -1,0 +1,350 @@
+"""The App: configuration, the task registry and the producer side. No module globals."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
+
+from celeriac.backends import ResultBackend, create_backend
+from celeriac.bridge import Bridge
+from celeriac.brokers import Broker, Outgoing, create_broker
+from celeriac.brokers.base import MAX_PRIORITY, MIN_PRIORITY
+from celeriac.config import Settings, suggest
+from celeriac.errors import ContentDisallowed, TaskNotRegistered
+from celeriac.message import Message
+from celeriac.outcome import Outcome
+from celeriac.result import AsyncResult
+from celeriac.routing import Router
+from celeriac.serialization import Codec
+from celeriac.task import SEND_OPTION_NAMES, TASK_OPTION_NAMES, Task, TaskOptions
+
+logger = logging.getLogger("celeriac.app")
+
+_RESULT_ENCODER = Codec(accept=())  # encoding never consults accept_content
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class TaskDecorator(Protocol):
+    """What ``@app.task(...)`` returns: turns a function (sync or async) into a Task."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> Task[P, R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Task[P, R]: ...
+
+
+class BoundTaskDecorator(Protocol):
+    """What ``@app.task(bind=True)`` returns: the function's first parameter is the task."""
+
+    @overload
+    def __call__(self, fn: Callable[..., Coroutine[Any, Any, R]]) -> Task[..., R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[..., R]) -> Task[..., R]: ...
+
+
+class App:
+    """A celeriac application: settings, tasks, and the connections to send them.
+
+    With no broker named, an embedded SQLite file (``sqlite:///celeriac.db``) is both
+    broker and result backend, shared by every process on this machine.
+    """
+
+    def __init__(self, main: str | None = None, broker: str | None = None,
+                 backend: str | None = None, **settings: Any) -> None:
+        self.main = main or "__main__"
+        self.conf = Settings()
+        self.conf.load_environment()
+        if broker is not None:
+            settings["broker_url"] = broker
+        if backend is not None:
+            settings["result_backend"] = backend
+        self.conf.update(settings)
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._broker: Broker | None = None
+        self._backend: ResultBackend | None = None
+        self._broker_connected = False
+        self._backend_connected = False
+        self._bridge = Bridge()
+        self._codec_key: tuple[Any, ...] | None = None
+        self._codec: Codec | None = None
+        self._router_source: Any = None
+        self._router = Router(None)
+
+    def __repr__(self) -> str:
+        return f"<App {self.main} broker={self.conf.effective_broker_url}>"
+
+    # -- configuration --------------------------------------------------------------------
+
+    def config_from_object(self, obj: object | str) -> None:
+        """Load the lowercase settings of a module, module path or object."""
+        self.conf.load_object(obj)
+
+    # -- the task registry ----------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(self, *, bind: Literal[True], name: str | None = None,
+             **options: Any) -> BoundTaskDecorator: ...
+
+    @overload
+    def task(self, *, bind: Literal[False] = False, name: str | None = None,
+             **options: Any) -> TaskDecorator: ...
+
+    # mypy cannot match a positional-only `fn` against the overloads' **options.
+    def task(  # type: ignore[misc]
+        self, fn: Callable[..., Any] | None = None, /, *, bind: bool = False,
+        name: str | None = None, **options: Any,
+    ) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(**options)``."""
+        unknown = set(options) - TASK_OPTION_NAMES
+        if unknown:
+            bad = sorted(unknown)[0]
+            raise TypeError(f"unknown task option {bad!r}{suggest(bad, TASK_OPTION_NAMES)}")
+        task_options = TaskOptions(**_normalise_task_options(options))
+
+        def register(function: Callable[..., Any]) -> Task[Any, Any]:
+            task_name = name or self._default_name(function)
+            if task_name in self.tasks and self.tasks[task_name].fn is not function:
+                logger.debug("task %s registered again; the new definition wins", task_name)
+            registered: Task[Any, Any] = Task(self, function, task_name, bind, task_options)
+            self.tasks[task_name] = registered
+            return registered
+
+        return register if fn is None else register(fn)
+
+    def _default_name(self, fn: Callable[..., Any]) -> str:
+        module = getattr(fn, "__module__", None) or self.main
+        if module == "__main__":
+            module = self.main
+        return f"{module}.{fn.__qualname__}"
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise TaskNotRegistered(
+                f"no task named {name!r} is registered{suggest(name, self.tasks)}"
+            ) from None
+
+    # -- connections ----------------------------------------------------------------------
+
+    @property
+    def broker(self) -> Broker:
+        if self._broker is None:
+            self._broker = create_broker(self.conf.effective_broker_url,
+                                         self.conf.broker_transport_options)
+        return self._broker
+
+    @property
+    def backend(self) -> ResultBackend:
+        if self._backend is None:
+            self._backend = create_backend(self.conf.effective_result_backend, {})
+        return self._backend
+
+    async def connect(self) -> None:
+        """Connect the broker and backend (done on first use; call to fail early)."""
+        await self._connected_broker()
+        await self._connected_backend()
+
+    async def _connected_broker(self) -> Broker:
+        broker = self.broker
+        if not self._broker_connected:
+            await broker.connect()
+            self._broker_connected = True
+        return broker
+
+    async def _connected_backend(self) -> ResultBackend:
+        backend = self.backend
+        if not self._backend_connected:
+            await backend.connect()
+            self._backend_connected = True
+        return backend
+
+    def _run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine of this app's for a synchronous caller."""
+        return self._bridge.run(coro)
+
+    async def aclose(self) -> None:
+        if self._broker is not None and self._broker_connected:
+            await self._broker.close()
+        if self._backend is not None and self._backend_connected:
+            await self._backend.close()
+        self._broker_connected = self._backend_connected = False
+
+    def close(self) -> None:
+        """Close connections and stop the bridge thread."""
+        if self._broker_connected or self._backend_connected:
+            self._run_sync(self.aclose())
+        self._bridge.close()
+
+    # -- encoding -------------------------------------------------------------------------
+
+    @property
+    def codec(self) -> Codec:
+        key = (self.conf.accept_content, self.conf.task_message_max_size)
+        if self._codec is None or self._codec_key != key:
+            self._codec = Codec(self.conf.accept_content, self.conf.task_message_max_size)
+            self._codec_key = key
+        return self._codec
+
+    def decode_message(self, body: bytes) -> Message:
+        return Message.from_payload(self.codec.decode(body))
+
+    def encode_outcome(self, outcome: Outcome, serializer: str | None = None) -> bytes:
+        # Results have no size limit: a finished task's outcome must always be storable.
+        return _RESULT_ENCODER.encode(outcome.to_payload(),
+                                      serializer or self.conf.result_serializer)
+
+    def decode_outcome(self, data: bytes) -> Outcome:
+        return Outcome.from_payload(self.codec.decode(data))
+
+    def result_is_final(self, data: bytes) -> bool:
+        return self.decode_outcome(data).ready
+
+    # -- sending --------------------------------------------------------------------------
+
+    def send_task(self, name: str, args: Sequence[Any] | None = None,
+                  kwargs: Mapping[str, Any] | None = None, *,
+                  _task: Task[Any, Any] | None = None, **options: Any) -> AsyncResult[Any]:
+        """Send a task by name; the task need not be registered in this process."""
+        task = _task if _task is not None else self.tasks.get(name)
+        if self.conf.task_always_eager and task is not None:
+            return task.apply(args, kwargs, **options)
+        message, outgoing = self.prepare(name, args, kwargs, options, task)
+        self._run_sync(self.publish([outgoing]))
+        return AsyncResult(message.id, self, name)
+
+    async def asend_task(self, name: str, args: Sequence[Any] | None = None,
+                         kwargs: Mapping[str, Any] | None = None, *,
+                         _task: Task[Any, Any] | None = None,
+                         **options: Any) -> AsyncResult[Any]:
+        """``send_task`` for async callers: publishes on the running event loop."""
+        task = _task if _task is not None else self.tasks.get(name)
+        if self.conf.task_always_eager and task is not None:
+            return task.apply(args, kwargs, **options)
+        message, outgoing = self.prepare(name, args, kwargs, options, task)
+        await self.publish([outgoing])
+        return AsyncResult(message.id, self, name)
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        broker = await self._connected_broker()
+        await broker.publish(messages)
+
+    def prepare(self, name: str, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None,
+                options: Mapping[str, Any],
+                task: Task[Any, Any] | None = None) -> tuple[Message, Outgoing]:
+        """Check and build the message for a call, and encode it for the broker."""
+        args = tuple(args) if args is not None else ()
+        kwargs = dict(kwargs) if kwargs is not None else {}
+        unknown = set(options) - SEND_OPTION_NAMES
+        if unknown:
+            bad = sorted(unknown)[0]
+            raise TypeError(f"unknown apply_async option {bad!r}"
+                            f"{suggest(bad, SEND_OPTION_NAMES)}")
+        if task is not None:
+            task.check_arguments(args, kwargs)
+        task_opts = task.options if task is not None else TaskOptions()
+        routed = self._route(name, args, kwargs, options, task)
+
+        def pick(key: str, task_value: Any, default: Any) -> Any:
+            for value in (options.get(key), task_value, routed.get(key)):
+                if value is not None:
+                    return value
+            return default
+
+        conf = self.conf
+        queue = pick("queue", task_opts.queue, conf.task_default_queue)
+        priority = _check_priority(pick("priority", task_opts.priority,
+                                        conf.task_default_priority))
+        serializer = pick("serializer", task_opts.serializer, conf.task_serializer)
+        if serializer not in conf.accept_content:
+            raise ContentDisallowed(
+                f"cannot send with serializer {serializer!r}: it is not in accept_content "
+                f"({', '.join(conf.accept_content)}), so no worker of this app would run it")
+        compression = pick("compression", task_opts.compression, conf.task_compression)
+        now = time.time()
+        message = Message(
+            id=options.get("task_id") or str(uuid.uuid4()),
+            task=name, args=args, kwargs=kwargs, queue=queue, priority=priority,
+            eta=_eta(options.get("countdown"), options.get("eta"), now),
+            expires=_expires(pick("expires", task_opts.expires, None), now),
+            retries=options.get("retries") or 0,
+            root_id=options.get("root_id"), parent_id=options.get("parent_id"),
+            group_id=options.get("group_id"),
+            ignore_result=bool(pick("ignore_result", task_opts.ignore_result,
+                                    conf.task_ignore_result)),
+            headers=dict(options.get("headers") or {}),
+            sent_at=now,
+        )
+        body = self.codec.encode(message.to_payload(), serializer, compression)
+        return message, Outgoing(message.id, queue, body, priority, message.eta)
+
+    def _route(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
+               options: Mapping[str, Any], task: Task[Any, Any] | None) -> dict[str, Any]:
+        if self.conf.task_routes is None:
+            return {}
+        if self._router_source is not self.conf.task_routes:
+            self._router = Router(self.conf.task_routes)
+            self._router_source = self.conf.task_routes
+        return self._router.route(name, args, kwargs, options, task)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:
+        return AsyncResult(task_id, self)
+
+
+def _normalise_task_options(options: dict[str, Any]) -> dict[str, Any]:
+    if "autoretry_for" in options:
+        options["autoretry_for"] = tuple(options["autoretry_for"])
+    if options.get("priority") is not None:
+        _check_priority(options["priority"])
+    return options
+
+
+def _check_priority(priority: Any) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int) \
+            or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise ValueError(f"priority must be a whole number from {MIN_PRIORITY} "
+                         f"to {MAX_PRIORITY}, not {priority!r}")
+    return priority
+
+
+def _eta(countdown: float | None, eta: datetime | float | None, now: float) -> float | None:
+    if countdown is not None and eta is not None:
+        raise TypeError("give countdown or eta, not both")
+    if countdown is not None:
+        return now + float(countdown)
+    if eta is None:
+        return None
+    return _timestamp(eta)
+
+
+def _expires(expires: float | timedelta | datetime | None, now: float) -> float | None:
+    if expires is None:
+        return None
+    if isinstance(expires, timedelta):
+        return now + expires.total_seconds()
+    if isinstance(expires, int | float):
+        return now + float(expires)
+    return _timestamp(expires)
+
+
+def _timestamp(moment: datetime | float) -> float:
+    if isinstance(moment, int | float):
+        return float(moment)
+    if moment.tzinfo is None:  # naive datetimes are UTC, as in Celery with enable_utc
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()

@@ -1,0 +1,32 @@
+"""Result backends, chosen by URL scheme and imported only when used."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from celeriac.backends.base import ResultBackend
+from celeriac.config import suggest
+from celeriac.errors import ConfigurationError
+
+BACKENDS: dict[str, tuple[str, str]] = {
+    "memory": ("celeriac.backends.memory", "MemoryBackend"),
+    "sqlite": ("celeriac.backends.sqlite", "SQLiteBackend"),
+}
+
+
+def create_backend(url: str, options: Mapping[str, Any] | None = None) -> ResultBackend:
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in BACKENDS:
+        raise ConfigurationError(
+            f"no result backend for URL {url!r}{suggest(scheme, list(BACKENDS))}; "
+            f"known schemes: {', '.join(s + '://' for s in BACKENDS)}"
+        )
+    module_name, class_name = BACKENDS[scheme]
+    cls = getattr(importlib.import_module(module_name), class_name)
+    backend: ResultBackend = cls(url, options)
+    return backend
+
+
+__all__ = ["BACKENDS", "ResultBackend", "create_backend"]

@@ -1,0 +1,84 @@
+"""The result backend interface: a few storage primitives, with waiting written once.
+
+Results are opaque bytes (a codec frame written by the worker) stored under the task
+id with a time to live. A backend implements ``store_many``, ``load_many`` and
+``delete_many``; the base class builds waiting on top by polling with a backoff that
+never spins the CPU. A backend whose server can wait for a key (a blocking pop,
+pub/sub) overrides ``wait`` so that ``get()`` sleeps on the server instead.
+
+Like brokers, a backend object may be used from several event loops in different
+threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+# How ``wait`` polls when the backend cannot wait on its server: quickly at first,
+# since most results arrive within milliseconds, then backing off to a gentle rate.
+POLL_FIRST = 0.0005
+POLL_MAX = 0.05
+POLL_GROWTH = 1.5
+
+
+class ResultBackend(ABC):
+    """Stores task results as bytes under their task id."""
+
+    scheme: str
+
+    def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
+        self.url = url
+        self.options = dict(options or {})
+
+    async def connect(self) -> None:
+        """Open connections and create storage. Safe to call more than once."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    @abstractmethod
+    async def store_many(self, results: Mapping[str, bytes], ttl: float | None) -> None:
+        """Store each result under its task id, replacing what was there; expire after ttl."""
+
+    @abstractmethod
+    async def load_many(self, task_ids: Sequence[str]) -> dict[str, bytes]:
+        """The stored results of those ids that have one and have not expired."""
+
+    @abstractmethod
+    async def delete_many(self, task_ids: Sequence[str]) -> None:
+        """Forget the results of these ids."""
+
+    async def cleanup(self) -> int:
+        """Delete expired results now; return how many. Backends with native TTLs need not."""
+        return 0
+
+    async def store(self, task_id: str, result: bytes, ttl: float | None) -> None:
+        await self.store_many({task_id: result}, ttl)
+
+    async def load(self, task_id: str) -> bytes | None:
+        return (await self.load_many([task_id])).get(task_id)
+
+    async def wait(self, task_id: str, timeout: float | None,
+                   accept: Any = None) -> bytes | None:
+        """Wait until the result of ``task_id`` is stored and ``accept(bytes)`` is true.
+
+        ``accept`` lets the caller skip intermediate states (STARTED, RETRY) and wait on
+        for the final one. Returns None when the timeout passes first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = POLL_FIRST
+        while True:
+            data = await self.load(task_id)
+            if data is not None and (accept is None or accept(data)):
+                return data
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                delay = min(delay, remaining)
+            await asyncio.sleep(delay)
+            delay = min(delay * POLL_GROWTH, POLL_MAX)

@@ -1,0 +1,35 @@
+"""Brokers, chosen by URL scheme. Each lives in its own module, imported only when used."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from celeriac.brokers.base import Broker, DeadLetter, Delivery, Outgoing, QueueStats
+from celeriac.config import suggest
+from celeriac.errors import ConfigurationError
+
+# scheme -> "module:Class"; resolved lazily so that optional client libraries are
+# imported only by the apps that use them.
+BROKERS: dict[str, tuple[str, str]] = {
+    "memory": ("celeriac.brokers.memory", "MemoryBroker"),
+    "sqlite": ("celeriac.brokers.sqlite", "SQLiteBroker"),
+}
+
+
+def create_broker(url: str, options: Mapping[str, Any] | None = None) -> Broker:
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in BROKERS:
+        raise ConfigurationError(
+            f"no broker for URL {url!r}{suggest(scheme, list(BROKERS))}; "
+            f"known schemes: {', '.join(s + '://' for s in BROKERS)}"
+        )
+    module_name, class_name = BROKERS[scheme]
+    cls = getattr(importlib.import_module(module_name), class_name)
+    broker: Broker = cls(url, options)
+    return broker
+
+
+__all__ = ["BROKERS", "Broker", "DeadLetter", "Delivery", "Outgoing", "QueueStats",
+           "create_broker"]

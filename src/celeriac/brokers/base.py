@@ -1,0 +1,136 @@
+"""The broker interface: bytes in, bytes out, over one small async API.
+
+A broker moves opaque message bodies between producers and workers. It knows nothing
+of tasks or serializers; the layers above encode and decode. Each implementation is
+one module; what it can do natively is declared as capability flags, never emulated.
+
+Delivery semantics every implementation provides:
+
+- ``fetch`` leases what it returns for ``lease_seconds``. A leased message is handed to
+  nobody else until the lease ends. A live worker calls ``extend`` to keep its leases;
+  a dead worker's leases run out and its messages are delivered again.
+- Each delivery carries ``delivery_count`` (1 the first time), which the worker uses
+  to dead-letter a message that keeps killing workers.
+- ``ack``, ``extend``, ``requeue`` and ``dead_letter`` act on a delivery only while its
+  lease is still held by that same delivery: a worker whose lease ran out (paused,
+  partitioned) cannot ack over the worker that took the message over.
+- A message published with ``eta`` waits in the broker, not in a worker, until then.
+- Higher ``priority`` (0-9) comes out first; equal priorities come out oldest first.
+
+A broker object may be used from several event loops in different threads (the
+worker's loop, and the app's bridge loop for sync producers); implementations keep
+per-thread or per-loop connections, or lock, as their client library needs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+MIN_PRIORITY = 0
+MAX_PRIORITY = 9
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message to publish: its id, destination queue, body and scheduling."""
+
+    id: str
+    queue: str
+    body: bytes
+    priority: int = 0
+    eta: float | None = None  # Unix time; None or a past time means now
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message handed to a worker under a lease."""
+
+    id: str
+    queue: str
+    body: bytes
+    priority: int
+    delivery_count: int
+    receipt: Any  # the broker's handle for this one delivery (row + lease, stream id, tag)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    queue: str
+    ready: int  # waiting to be fetched now
+    scheduled: int  # waiting for an ETA or countdown
+    in_flight: int  # leased to a worker
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: str
+    queue: str
+    body: bytes
+    reason: str
+    dead_at: float
+
+
+class Broker(ABC):
+    """The interface every broker implements. See the module docstring for semantics."""
+
+    scheme: ClassVar[str]
+    supports_delay: ClassVar[bool] = False
+    supports_priority: ClassVar[bool] = False
+
+    def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
+        self.url = url
+        self.options = dict(options or {})
+        self.lease_seconds = float(self.options.get("lease_seconds", 10.0))
+
+    async def connect(self) -> None:
+        """Open connections and create storage. Safe to call more than once."""
+
+    async def close(self) -> None:
+        """Release connections. The broker may be connected again later."""
+
+    @abstractmethod
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Store the messages durably (as the broker defines it) before returning."""
+
+    @abstractmethod
+    async def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        """Lease up to ``limit`` ready messages, earlier queues first.
+
+        Waits up to ``timeout`` seconds for the first one; returns an empty list when
+        none arrived in that time.
+        """
+
+    @abstractmethod
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Remove the messages for good. Deliveries whose lease was lost are ignored."""
+
+    @abstractmethod
+    async def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        """Hand unstarted deliveries back at once; they do not count as delivered."""
+
+    @abstractmethod
+    async def extend(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Renew the leases; for each delivery, whether its lease is still this one's."""
+
+    @abstractmethod
+    async def dead_letter(self, deliveries: Sequence[tuple[Delivery, str]]) -> None:
+        """Move each delivery out of its queue into the dead letters, with its reason."""
+
+    @abstractmethod
+    async def queue_stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
+        """Counts for the named queues, or for every queue the broker knows."""
+
+    @abstractmethod
+    async def purge(self, queues: Sequence[str]) -> int:
+        """Delete every waiting message (ready and scheduled) of the queues; return how many."""
+
+    @abstractmethod
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The most recent dead letters, newest first."""
+
+    async def purge_dead_letters(self) -> int:
+        """Delete every dead letter; return how many. Optional."""
+        raise NotImplementedError(f"{type(self).__name__} cannot purge dead letters")

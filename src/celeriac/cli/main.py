@@ -1,0 +1,45 @@
+"""The ``celeriac`` command: one group, one module per subcommand.
+
+Subcommands parse their options into settings and call into the core; no behaviour
+lives here.
+"""
+
+from __future__ import annotations
+
+import click
+
+from celeriac.app import App
+from celeriac.cli.worker import worker_command
+from celeriac.loader import load_app
+
+
+class AppSpec:
+    """The ``-A`` option, loaded only when a subcommand asks for the app."""
+
+    def __init__(self, spec: str | None) -> None:
+        self.spec = spec
+        self._app: App | None = None
+
+    def load(self) -> App:
+        if self.spec is None:
+            raise click.UsageError("this command needs an app: celeriac -A proj ...")
+        if self._app is None:
+            self._app = load_app(self.spec)
+        return self._app
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-A", "--app", "app_spec", envvar="CELERIAC_APP", metavar="MODULE[:ATTR]",
+              help="The module holding your App (or MODULE:ATTR).")
+@click.version_option(package_name="celeriac")
+@click.pass_context
+def cli(ctx: click.Context, app_spec: str | None) -> None:
+    """celeriac: a fast, safe-by-default distributed task queue."""
+    ctx.obj = AppSpec(app_spec)
+
+
+cli.add_command(worker_command)
+
+
+def main() -> None:
+    cli(prog_name="celeriac")

@@ -1,0 +1,70 @@
+"""``celeriac -A proj worker``: start a supervised worker (or a solo one in this process)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+from celeriac.config import POOLS
+from celeriac.logs import configure_logging
+from celeriac.supervisor.supervisor import Supervisor
+from celeriac.worker.child import serve
+from celeriac.worker.options import WorkerOptions
+
+if TYPE_CHECKING:
+    from celeriac.app import App
+    from celeriac.cli.main import AppSpec
+
+logger = logging.getLogger("celeriac.worker")
+
+
+@click.command("worker")
+@click.option("-c", "--concurrency", type=click.IntRange(min=1),
+              help="Processes (prefork) or slots in one process (threads, async).")
+@click.option("-P", "--pool", type=click.Choice(POOLS), help="How tasks run.")
+@click.option("-Q", "--queues", help="Comma-separated queues, consumed in this order.")
+@click.option("--prefetch-multiplier", type=click.IntRange(min=1),
+              help="Tasks fetched ahead per slot.")
+@click.option("--max-tasks-per-child", type=click.IntRange(min=1),
+              help="Replace a worker process after this many tasks.")
+@click.option("--max-memory-per-child", type=click.IntRange(min=1), metavar="KIB",
+              help="Replace a worker process above this resident memory (KiB).")
+@click.option("--shutdown-timeout", type=click.FloatRange(min=0),
+              help="Seconds running tasks get to finish on a warm shutdown.")
+@click.option("-n", "--hostname", help="The worker's name in logs and monitoring.")
+@click.option("-l", "--loglevel", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                                case_sensitive=False))
+@click.pass_obj
+def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
+                   queues: str | None, prefetch_multiplier: int | None,
+                   max_tasks_per_child: int | None, max_memory_per_child: int | None,
+                   shutdown_timeout: float | None, hostname: str | None,
+                   loglevel: str) -> None:
+    """Start a worker: consume the queues and run their tasks."""
+    configure_logging(loglevel)
+    app = spec.load()
+    options = WorkerOptions.from_settings(
+        spec.spec or "", app.conf, pool=pool, concurrency=concurrency,
+        queues=tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else (),
+        prefetch_multiplier=prefetch_multiplier, max_tasks_per_child=max_tasks_per_child,
+        max_memory_per_child=max_memory_per_child, shutdown_timeout=shutdown_timeout,
+        loglevel=loglevel.upper(), hostname=hostname,
+    )
+    warn_about_unsafe_settings(app)
+    if options.pool == "solo":
+        reason = asyncio.run(serve(app, options, options.hostname,
+                                   stop_signals=(signal.SIGTERM, signal.SIGINT)))
+        sys.exit(0 if reason.value != "broker_lost" else 70)
+    sys.exit(Supervisor(options).run())
+
+
+def warn_about_unsafe_settings(app: App) -> None:
+    if "pickle" in app.conf.accept_content:
+        logger.warning("accept_content includes pickle: a message from anyone who can write "
+                       "to the broker can run arbitrary code in this worker")

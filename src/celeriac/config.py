@@ -1,0 +1,242 @@
+"""Settings: Celery's names and meanings, validated when they are set.
+
+``Settings`` is one explicit object per app. Unknown names are rejected with the
+closest known name suggested, so a typo never silently falls back to a default.
+Values come from keyword arguments, ``config_from_object`` and ``CELERIAC_*``
+environment variables (``CELERIAC_TASK_SERIALIZER=msgpack``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import timedelta
+from typing import Any
+
+from celeriac.errors import ConfigurationError
+
+DEFAULT_URL = "sqlite:///celeriac.db"
+
+SERIALIZERS = ("json", "msgpack", "pickle")
+COMPRESSIONS = ("gzip", "zlib", "zstd")
+POOLS = ("prefork", "threads", "async", "solo")
+
+
+@dataclasses.dataclass
+class Settings:
+    """Every setting celeriac knows, with its default. Celery's names where they mean the same."""
+
+    # Where messages and results live. None means the embedded SQLite file.
+    broker_url: str | None = None
+    result_backend: str | None = None
+    broker_transport_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    broker_connection_timeout: float = 4.0
+
+    # Messages.
+    task_serializer: str = "json"
+    result_serializer: str = "json"
+    accept_content: tuple[str, ...] = ("json", "msgpack")
+    task_compression: str | None = None
+    task_message_max_size: int = 10 * 1024 * 1024
+
+    # Results.
+    result_expires: float | None = 86400.0
+    task_ignore_result: bool = False
+    task_track_started: bool = False
+
+    # Task defaults.
+    task_default_queue: str = "celeriac"
+    task_default_priority: int = 0
+    task_routes: Any = None
+    task_acks_late: bool = True
+    task_always_eager: bool = False
+    task_eager_propagates: bool = False
+    task_delivery_limit: int = 5
+    task_default_retry_delay: float = 180.0
+
+    # Worker.
+    worker_concurrency: int | None = None
+    worker_pool: str = "prefork"
+    worker_prefetch_multiplier: int = 4
+    worker_max_tasks_per_child: int | None = None
+    worker_max_memory_per_child: int | None = None  # KiB, as in Celery
+    worker_shutdown_timeout: float = 30.0
+    worker_watchdog_timeout: float = 60.0
+
+    def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+        """Set several settings at once; every name and value is checked first."""
+        merged = {**(values or {}), **kwargs}
+        checked = {name: _validate(name, value) for name, value in merged.items()}
+        for name, value in checked.items():
+            setattr(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, _validate(name, value))
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        for field in dataclasses.fields(self):
+            yield field.name, getattr(self, field.name)
+
+    def copy(self) -> Settings:
+        return dataclasses.replace(self)
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or DEFAULT_URL
+
+    @property
+    def effective_result_backend(self) -> str:
+        """The backend URL: named, or the broker's own when that scheme has a backend."""
+        return self.result_backend or self.effective_broker_url
+
+    def load_environment(self, environ: Mapping[str, str] | None = None) -> None:
+        """Apply ``CELERIAC_<SETTING>`` variables; values are JSON where they parse as it."""
+        import orjson
+
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for key, raw in environ.items():
+            if not key.startswith("CELERIAC_"):
+                continue
+            name = key.removeprefix("CELERIAC_").lower()
+            if name not in _FIELDS:
+                continue  # other CELERIAC_* variables are not settings (for example CELERIAC_APP)
+            try:
+                values[name] = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                values[name] = raw
+        self.update(values)
+
+    def load_object(self, obj: object | str) -> None:
+        """Apply the lowercase attributes of a module or object (Celery's config_from_object)."""
+        if isinstance(obj, str):
+            obj = importlib.import_module(obj)
+        values = {
+            name: getattr(obj, name)
+            for name in dir(obj)
+            if not name.startswith("_") and name.islower()
+            and not callable(getattr(obj, name)) and not _is_module(getattr(obj, name))
+        }
+        self.update(values)
+
+
+def _is_module(value: object) -> bool:
+    return type(value).__name__ == "module"
+
+
+_FIELDS = {field.name: field for field in dataclasses.fields(Settings)}
+
+
+def suggest(name: str, known: Iterable[str]) -> str:
+    """' (did you mean "x"?)' for the closest known name, or an empty string."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def _validate(name: str, value: Any) -> Any:
+    if name not in _FIELDS:
+        raise ConfigurationError(f'unknown setting "{name}"{suggest(name, _FIELDS)}')
+    check = _CHECKS.get(name)
+    return check(name, value) if check else value
+
+
+def _seconds(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigurationError(f"{name} must be a number of seconds >= 0, not {value!r}")
+    return float(value)
+
+
+def _positive_int(name: str, value: Any) -> int | None:
+    if value is None and name not in _REQUIRED:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{name} must be a whole number >= 1, not {value!r}")
+    return value
+
+
+def _one_of(choices: tuple[str, ...], optional: bool = False) -> Callable[[str, Any], Any]:
+    def check(name: str, value: Any) -> Any:
+        if value is None and optional:
+            return None
+        if value not in choices:
+            raise ConfigurationError(
+                f"{name} must be one of {', '.join(choices)}, not {value!r}"
+                f"{suggest(str(value), list(choices))}"
+            )
+        return value
+
+    return check
+
+
+def _serializer_list(name: str, value: Any) -> tuple[str, ...]:
+    items = (value,) if isinstance(value, str) else tuple(value)
+    for item in items:
+        _one_of(SERIALIZERS)(name, item.split("/")[-1].removeprefix("x-"))
+    return tuple(item.split("/")[-1].removeprefix("x-") for item in items)
+
+
+def _priority(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
+        raise ConfigurationError(f"{name} must be a priority from 0 to 9, not {value!r}")
+    return value
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be true or false, not {value!r}")
+    return value
+
+
+def _nonempty_str(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{name} must be a non-empty string, not {value!r}")
+    return value
+
+
+def _optional_str(name: str, value: Any) -> str | None:
+    return None if value is None else _nonempty_str(name, value)
+
+
+def _mapping(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{name} must be a mapping, not {value!r}")
+    return dict(value)
+
+
+_REQUIRED = {"worker_prefetch_multiplier", "task_delivery_limit", "task_message_max_size"}
+
+_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "broker_url": _optional_str,
+    "result_backend": _optional_str,
+    "broker_transport_options": _mapping,
+    "broker_connection_timeout": _seconds,
+    "task_serializer": _one_of(SERIALIZERS),
+    "result_serializer": _one_of(SERIALIZERS),
+    "accept_content": _serializer_list,
+    "task_compression": _one_of(COMPRESSIONS, optional=True),
+    "task_message_max_size": _positive_int,
+    "result_expires": _seconds,
+    "task_default_queue": _nonempty_str,
+    "task_default_priority": _priority,
+    "task_acks_late": _bool,
+    "task_always_eager": _bool,
+    "task_eager_propagates": _bool,
+    "task_ignore_result": _bool,
+    "task_track_started": _bool,
+    "task_delivery_limit": _positive_int,
+    "task_default_retry_delay": _seconds,
+    "worker_concurrency": _positive_int,
+    "worker_pool": _one_of(POOLS),
+    "worker_prefetch_multiplier": _positive_int,
+    "worker_max_tasks_per_child": _positive_int,
+    "worker_max_memory_per_child": _positive_int,
+    "worker_shutdown_timeout": _seconds,
+    "worker_watchdog_timeout": _seconds,
+}

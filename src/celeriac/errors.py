@@ -1,0 +1,126 @@
+"""Every exception celeriac raises, in one tree.
+
+    CeleriacError
+    ├── ConfigurationError          an unknown setting, a bad value, an unknown URL scheme
+    ├── TaskNotRegistered           a name no task was registered under
+    ├── MessageError                a message that cannot be built or read
+    │   ├── MessageTooLarge         over ``task_message_max_size``, raised before sending
+    │   ├── ContentDisallowed       a serializer not listed in ``accept_content``
+    │   └── DecodeError             bytes that are not a celeriac message
+    ├── BrokerError                 the broker could not do what was asked
+    │   └── BrokerUnavailable       no connection within the timeout
+    ├── BackendError                the result backend could not do what was asked
+    ├── TimeoutError                ``AsyncResult.get`` waited longer than its timeout
+    │                               (also a subclass of the builtin ``TimeoutError``)
+    ├── TaskError                   a task failed and its exception could not be rebuilt
+    ├── TaskRevokedError            the task was revoked or expired before it ran
+    ├── MaxRetriesExceededError     ``self.retry()`` past ``max_retries``
+    └── TimeLimitExceeded / SoftTimeLimitExceeded
+
+Control-flow signals are kept apart from errors because they are not failures:
+``Retry`` is raised by ``task.retry()`` to ask for another attempt, ``Reject`` to
+dead-letter the message on purpose. Neither derives from ``CeleriacError``.
+"""
+
+from __future__ import annotations
+
+import builtins
+from datetime import datetime
+
+
+class CeleriacError(Exception):
+    """The root of every celeriac error."""
+
+
+class ConfigurationError(CeleriacError):
+    """A setting is unknown or has a value that cannot work."""
+
+
+class TaskNotRegistered(CeleriacError, KeyError):
+    """No task is registered under this name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "task not registered"
+
+
+class MessageError(CeleriacError):
+    """A message could not be built or read."""
+
+
+class MessageTooLarge(MessageError):
+    """The encoded message is larger than the configured limit."""
+
+
+class ContentDisallowed(MessageError):
+    """The message uses a serializer that is not in ``accept_content``."""
+
+
+class DecodeError(MessageError):
+    """The bytes are not a message this version of celeriac can read."""
+
+
+class BrokerError(CeleriacError):
+    """The broker failed to carry out an operation."""
+
+
+class BrokerUnavailable(BrokerError):
+    """The broker could not be reached within the timeout."""
+
+
+class BackendError(CeleriacError):
+    """The result backend failed to carry out an operation."""
+
+
+class TimeoutError(CeleriacError, builtins.TimeoutError):
+    """Waiting for a result took longer than the timeout."""
+
+
+class TaskError(CeleriacError):
+    """A task failed with an exception that could not be rebuilt in this process.
+
+    ``exc_type`` is the qualified name of the original exception type, ``exc_message``
+    its message, and ``remote_traceback`` the traceback text from the worker.
+    """
+
+    def __init__(self, exc_type: str, exc_message: str, remote_traceback: str | None = None):
+        super().__init__(f"{exc_type}: {exc_message}")
+        self.exc_type = exc_type
+        self.exc_message = exc_message
+        self.remote_traceback = remote_traceback
+
+
+class TaskRevokedError(CeleriacError):
+    """The task was revoked, or expired, before it could run."""
+
+
+class MaxRetriesExceededError(CeleriacError):
+    """The task asked to retry after using up ``max_retries``."""
+
+
+class TimeLimitExceeded(CeleriacError):
+    """The task ran past its hard time limit and was stopped."""
+
+
+class SoftTimeLimitExceeded(CeleriacError):
+    """Raised inside a task when it runs past its soft time limit."""
+
+
+class Retry(Exception):
+    """Raised by ``task.retry()``: schedule another attempt of this task.
+
+    ``when`` is the absolute time of the next attempt; ``exc`` the error that caused it.
+    """
+
+    def __init__(self, exc: BaseException | None = None, when: datetime | None = None):
+        super().__init__(f"Retry in the future: {exc!r}" if exc else "Retry")
+        self.exc = exc
+        self.when = when
+
+
+class Reject(Exception):
+    """Raised by a task to dead-letter its message on purpose, with a reason."""
+
+    def __init__(self, reason: str = "rejected by the task", requeue: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.requeue = requeue

@@ -1,0 +1,142 @@
+"""AsyncResult: a handle on a task's outcome, read from the result backend."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from celeriac import states
+from celeriac.errors import TimeoutError
+from celeriac.outcome import Outcome, rebuild_exception
+
+if TYPE_CHECKING:
+    from celeriac.app import App
+
+R = TypeVar("R")
+
+
+class AsyncResult(Generic[R]):
+    """The outcome of one task, by id. Cheap to create; every property reads the backend."""
+
+    def __init__(self, id: str, app: App, task_name: str | None = None) -> None:
+        self.id = id
+        self.app = app
+        self.task_name = task_name
+        self._outcome: Outcome | None = None  # cached once ready: a final state never changes
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    # -- waiting --------------------------------------------------------------------------
+
+    def get(self, timeout: float | None = None, propagate: bool = True,
+            interval: float | None = None) -> R:
+        """Wait for the final state and return the value, or raise the task's exception.
+
+        The wait happens in the backend (on its server where it can), so it does not spin.
+        ``interval`` is accepted for Celery compatibility; waiting needs no polling interval.
+        """
+        del interval
+        outcome = self._outcome or self.app._run_sync(self._wait(timeout))
+        return self._settle(outcome, propagate)
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True) -> R:
+        """``get()`` for async callers: waits without blocking the event loop."""
+        outcome = self._outcome or await self._wait(timeout)
+        return self._settle(outcome, propagate)
+
+    wait = get  # Celery's alias
+
+    async def _wait(self, timeout: float | None) -> Outcome:
+        started = time.monotonic()
+        data = await self.app.backend.wait(self.id, timeout, accept=self.app.result_is_final)
+        if data is None:
+            waited = time.monotonic() - started
+            raise TimeoutError(f"task {self.id} did not finish within {waited:.3g} s")
+        outcome = self.app.decode_outcome(data)
+        self._outcome = outcome
+        return outcome
+
+    def _settle(self, outcome: Outcome, propagate: bool) -> R:
+        if outcome.state == states.SUCCESS:
+            value: R = outcome.result
+            return value
+        exc = rebuild_exception(outcome)
+        if propagate:
+            raise exc
+        return exc  # type: ignore[return-value]  # Celery returns the exception when not propagating
+
+    # -- state ----------------------------------------------------------------------------
+
+    def _current(self) -> Outcome | None:
+        if self._outcome is not None:
+            return self._outcome
+        data = self.app._run_sync(self.app.backend.load(self.id))
+        if data is None:
+            return None
+        outcome = self.app.decode_outcome(data)
+        if outcome.ready:
+            self._outcome = outcome
+        return outcome
+
+    @property
+    def state(self) -> str:
+        outcome = self._current()
+        return states.PENDING if outcome is None else outcome.state
+
+    status = state
+
+    def ready(self) -> bool:
+        return self.state in states.READY_STATES
+
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == states.FAILURE
+
+    @property
+    def result(self) -> Any:
+        """The value when successful, the exception when failed, else None (as in Celery)."""
+        outcome = self._current()
+        if outcome is None:
+            return None
+        if outcome.state == states.SUCCESS:
+            return outcome.result
+        if outcome.state in states.EXCEPTION_STATES:
+            return rebuild_exception(outcome)
+        return None
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        outcome = self._current()
+        return None if outcome is None else outcome.traceback
+
+    @property
+    def date_done(self) -> float | None:
+        outcome = self._current()
+        return None if outcome is None else outcome.date_done
+
+    def forget(self) -> None:
+        """Delete the stored result."""
+        self._outcome = None
+        self.app._run_sync(self.app.backend.delete_many([self.id]))
+
+
+class EagerResult(AsyncResult[R]):
+    """The result of a task run in the calling process (``task_always_eager``, ``apply``)."""
+
+    def __init__(self, id: str, app: App, outcome: Outcome, task_name: str | None = None):
+        super().__init__(id, app, task_name)
+        self._outcome = outcome
+
+    def forget(self) -> None:
+        pass

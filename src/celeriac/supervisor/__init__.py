@@ -1,0 +1,1 @@
+"""The supervisor process: starts, watches, recycles and stops worker processes."""

@@ -1,0 +1,233 @@
+"""Tasks: the decorator's product, the request context, and retries.
+
+``Task[P, R]`` wraps a function ``(*P) -> R`` (or ``async (*P) -> R``). Its ``delay``
+has the function's own signature, so a type checker catches ``add.delay("x")``, and the
+arguments are bound against the signature at send time so a wrong call raises
+``TypeError`` before anything is sent.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from celeriac.errors import MaxRetriesExceededError, Retry
+
+if TYPE_CHECKING:
+    from celeriac.app import App
+    from celeriac.result import AsyncResult
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class Request:
+    """What a running task knows about its own message (``self.request`` in a bound task)."""
+
+    id: str | None = None
+    task: str | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0
+    queue: str | None = None
+    priority: int = 0
+    delivery_count: int = 0
+    eta: float | None = None
+    expires: float | None = None
+    root_id: str | None = None
+    parent_id: str | None = None
+    group_id: str | None = None
+    is_eager: bool = False
+    hostname: str | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def delivery_info(self) -> dict[str, Any]:
+        return {"queue": self.queue, "priority": self.priority,
+                "redelivered": self.delivery_count > 1}
+
+
+# The request of the task running in this context: a contextvar, so each async task and
+# each worker thread sees its own, and nothing is global.
+current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
+    "celeriac_current_request", default=None
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """Per-task settings; ``None`` means "use the app's setting"."""
+
+    queue: str | None = None
+    priority: int | None = None
+    max_retries: int | None = 3
+    default_retry_delay: float | None = None
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    retry_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = 600.0
+    retry_jitter: bool = True
+    acks_late: bool | None = None
+    ignore_result: bool | None = None
+    serializer: str | None = None
+    compression: str | None = None
+    expires: float | timedelta | datetime | None = None
+
+
+TASK_OPTION_NAMES = frozenset(TaskOptions.__dataclass_fields__)
+
+# What apply_async accepts besides args and kwargs.
+SEND_OPTION_NAMES = frozenset({
+    "countdown", "eta", "expires", "queue", "priority", "task_id", "serializer",
+    "compression", "ignore_result", "headers", "link", "link_error", "retries",
+    "root_id", "parent_id", "group_id",
+})
+
+
+class Task(Generic[P, R]):
+    """A registered task. Call it to run it here; ``delay`` it to run it on a worker."""
+
+    def __init__(self, app: App, fn: Callable[..., Any], name: str, bind: bool,
+                 options: TaskOptions) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.bind = bind
+        self.options = options
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self._signature = _call_signature(fn, bind)
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__module__ = getattr(fn, "__module__", __name__)
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<@task {self.name}>"
+
+    # Celery exposes these option values as task attributes; so do we.
+    @property
+    def max_retries(self) -> int | None:
+        return self.options.max_retries
+
+    @property
+    def queue(self) -> str | None:
+        return self.options.queue
+
+    @property
+    def priority(self) -> int | None:
+        return self.options.priority
+
+    @property
+    def request(self) -> Request:
+        return current_request.get() or Request()
+
+    @property
+    def acks_late(self) -> bool:
+        late = self.options.acks_late
+        return self.app.conf.task_acks_late if late is None else late
+
+    @property
+    def ignore_result(self) -> bool:
+        ignore = self.options.ignore_result
+        return self.app.conf.task_ignore_result if ignore is None else ignore
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Run the function here and now (for an async task: return its coroutine)."""
+        if self.bind:
+            return self.fn(self, *args, **kwargs)
+        return self.fn(*args, **kwargs)
+
+    # -- sending --------------------------------------------------------------------------
+
+    def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Raise TypeError, naming the task, if the function cannot take these arguments."""
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}{self._signature}: {exc}") from None
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        return self.apply_async(args, kwargs)
+
+    def apply_async(self, args: Sequence[Any] | None = None,
+                    kwargs: Mapping[str, Any] | None = None, **options: Any) -> AsyncResult[R]:
+        return self.app.send_task(self.name, args, kwargs, _task=self, **options)
+
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        return await self.aapply_async(args, kwargs)
+
+    async def aapply_async(self, args: Sequence[Any] | None = None,
+                           kwargs: Mapping[str, Any] | None = None,
+                           **options: Any) -> AsyncResult[R]:
+        return await self.app.asend_task(self.name, args, kwargs, _task=self, **options)
+
+    def apply(self, args: Sequence[Any] | None = None,
+              kwargs: Mapping[str, Any] | None = None, **options: Any) -> AsyncResult[R]:
+        """Run the task in this process and return an EagerResult (Celery's ``apply``)."""
+        from celeriac.eager import run_eagerly
+
+        return run_eagerly(self, tuple(args or ()), dict(kwargs or {}), options)
+
+    # -- retrying -------------------------------------------------------------------------
+
+    def retry(self, exc: BaseException | None = None, countdown: float | None = None,
+              eta: datetime | None = None, max_retries: int | None = None,
+              throw: bool = True, **_ignored: Any) -> Retry:
+        """Ask for another attempt: raises ``Retry`` (use as ``raise self.retry(...)``).
+
+        Past ``max_retries`` it raises ``exc`` when given, else MaxRetriesExceededError.
+        """
+        request = self.request
+        limit = self.options.max_retries if max_retries is None else max_retries
+        if limit is not None and request.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"{self.name}[{request.id}] retried {request.retries} times (max_retries={limit})"
+            )
+        if eta is None:
+            if countdown is None:
+                countdown = self.default_retry_delay
+            eta = datetime.fromtimestamp(_now() + countdown).astimezone()
+        signal = Retry(exc=exc, when=eta)
+        if throw:
+            raise signal
+        return signal
+
+    @property
+    def default_retry_delay(self) -> float:
+        delay = self.options.default_retry_delay
+        return self.app.conf.task_default_retry_delay if delay is None else delay
+
+    def backoff_countdown(self, retries: int) -> float:
+        """The delay before retry number ``retries + 1`` under ``retry_backoff``."""
+        backoff = self.options.retry_backoff
+        if not backoff:
+            return float(self.options.retry_kwargs.get("countdown", self.default_retry_delay))
+        factor = 1.0 if backoff is True else float(backoff)
+        countdown = min(self.options.retry_backoff_max, factor * 2.0**retries)
+        if self.options.retry_jitter:
+            countdown = random.uniform(0, countdown)
+        return countdown
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
+def _call_signature(fn: Callable[..., Any], bind: bool) -> inspect.Signature:
+    signature = inspect.signature(fn)
+    if bind:
+        params = list(signature.parameters.values())
+        if not params:
+            raise TypeError(f"{fn.__qualname__} is bound (bind=True) but takes no `self`")
+        signature = signature.replace(parameters=params[1:])
+    return signature

@@ -1,0 +1,1 @@
+"""celeriac worker: the consumer loop, execution, pools and worker processes."""

@@ -1,0 +1,96 @@
+"""A worker process: loads the app and runs one consumer until told to stop.
+
+Signals: SIGTERM is a warm stop (prefetched tasks go back, running ones finish within
+the grace period); SIGQUIT, or a second SIGTERM, is a cold stop (everything held goes
+back now). A supervised child ignores SIGINT: Ctrl-C reaches the whole process group,
+and the supervisor alone decides what it means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+
+from celeriac.app import App
+from celeriac.loader import load_app
+from celeriac.logs import configure_logging
+from celeriac.worker.consumer import Consumer, StopReason
+from celeriac.worker.options import WorkerOptions
+from celeriac.worker.pools import runner_for
+
+logger = logging.getLogger("celeriac.worker")
+
+EXIT_OK = 0
+EXIT_BROKER_LOST = 70  # EX_SOFTWARE: the supervisor restarts the process
+MEMORY_CHECK_INTERVAL = 0.5
+
+
+def child_main(options: WorkerOptions, index: int) -> None:
+    """Entry point of a supervised worker process (spawned, so it imports afresh)."""
+    configure_logging(options.loglevel)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    app = load_app(options.app_spec)
+    reason = asyncio.run(serve(app, options, f"{options.hostname}/{index}"))
+    code = EXIT_BROKER_LOST if reason is StopReason.BROKER_LOST else EXIT_OK
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter shutdown: it would join task threads still running past the grace.
+    os._exit(code)
+
+
+async def serve(app: App, options: WorkerOptions, hostname: str,
+                stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM,)) -> StopReason:
+    """Run a consumer for ``app`` in this process until a signal or a recycle stops it."""
+    runner = runner_for(options.pool, options.slots_per_process)
+    consumer = Consumer(app, options.queues, options.slots_per_process, runner,
+                        prefetch_multiplier=options.prefetch_multiplier, hostname=hostname,
+                        max_tasks=options.max_tasks_per_child,
+                        memory_check=_memory_check(options.max_memory_per_child))
+    loop = asyncio.get_running_loop()
+    for signum in stop_signals:
+        loop.add_signal_handler(signum, _on_stop_signal, consumer)
+    loop.add_signal_handler(signal.SIGQUIT, consumer.stop_cold)
+    logger.info("%s consuming %s with %d slot(s), prefetch %d", hostname,
+                ",".join(options.queues), options.slots_per_process, consumer.budget)
+    try:
+        reason = await consumer.run(grace=options.shutdown_timeout)
+    finally:
+        runner.shutdown()
+        await app.aclose()
+    logger.info("%s stopped (%s): %d succeeded, %d failed, %d retried, %d dead-lettered",
+                hostname, reason.value, consumer.stats.succeeded, consumer.stats.failed,
+                consumer.stats.retried, consumer.stats.dead_lettered)
+    return reason
+
+
+def _on_stop_signal(consumer: Consumer) -> None:
+    if consumer.stop_reason is None:
+        logger.info("warm shutdown: finishing running tasks, handing back the rest")
+        consumer.stop()
+    else:
+        logger.warning("cold shutdown: handing back every task now")
+        consumer.stop_cold()
+
+
+def _memory_check(limit_kib: int | None) -> Callable[[], bool] | None:
+    if limit_kib is None:
+        return None
+    import psutil
+
+    process = psutil.Process()
+    last = [0.0]
+
+    def over_limit() -> bool:
+        now = time.monotonic()
+        if now - last[0] < MEMORY_CHECK_INTERVAL:
+            return False
+        last[0] = now
+        return bool(process.memory_info().rss > limit_kib * 1024)
+
+    return over_limit

@@ -1,0 +1,368 @@
+"""The consumer: one event loop that fetches, runs, acks and keeps leases alive.
+
+Four cooperating loops share the deliveries this process holds:
+
+- fetch:   leases batches from the broker up to the prefetch budget
+           (``prefetch_multiplier x slots``) and queues them for the slots;
+- slots:   ``slots`` runners, each taking the next delivery and running it
+           (sync tasks on the pool's threads, async tasks on this loop);
+- flush:   carries out finished verdicts in batches: results stored first, then retries
+           published, then acks and dead letters, so a crash in between re-runs a task
+           rather than losing it;
+- leases:  extends the leases of everything held, every third of the lease time, and
+           notices leases that were lost (this process was paused, for example).
+
+A watchdog in the lease loop ends the process loudly when no broker call has
+succeeded for ``worker_watchdog_timeout`` seconds, rather than sitting idle forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+from celeriac.app import App
+from celeriac.brokers.base import Delivery
+from celeriac.worker.executor import Action, Executor, SyncRunner, Verdict
+
+logger = logging.getLogger("celeriac.worker")
+
+FETCH_TIMEOUT = 1.0  # seconds a fetch may wait on the broker before checking for shutdown
+FLUSH_MAX_BATCH = 500
+RETRY_BACKOFF_MAX = 5.0
+
+
+class StopReason(Enum):
+    SHUTDOWN = "shutdown"  # asked to stop (signal)
+    RECYCLE = "recycle"  # max tasks or max memory reached: replace this process
+    BROKER_LOST = "broker_lost"  # the watchdog gave up on the broker
+
+
+@dataclass(slots=True)
+class Held:
+    delivery: Delivery
+    confirmed_at: float  # monotonic time the lease was last known to be ours
+    started: bool = False
+
+
+@dataclass
+class ConsumerStats:
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    processed: int = 0
+    lost_leases: int = 0
+
+
+@dataclass
+class _Pending:
+    """Verdicts waiting for the flush loop."""
+
+    items: list[tuple[Held, Verdict]] = field(default_factory=list)
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Consumer:
+    def __init__(self, app: App, queues: Sequence[str], slots: int, run_sync: SyncRunner,
+                 *, prefetch_multiplier: int | None = None, hostname: str = "celeriac",
+                 max_tasks: int | None = None,
+                 memory_check: Callable[[], bool] | None = None) -> None:
+        self.app = app
+        self.queues = list(queues)
+        self.slots = slots
+        self.budget = slots * (prefetch_multiplier or app.conf.worker_prefetch_multiplier)
+        self.executor = Executor(app, run_sync, hostname)
+        self.max_tasks = max_tasks
+        self.memory_check = memory_check  # callable() -> bool: True when over the limit
+        self.stats = ConsumerStats()
+        self.stop_reason: StopReason | None = None
+        self._held: dict[int, Held] = {}  # id(delivery) -> held
+        self._ready: asyncio.Queue[Held] = asyncio.Queue()
+        self._room = asyncio.Event()
+        self._pending = _Pending()
+        self._stopping = asyncio.Event()
+        self._busy: set[asyncio.Task[None]] = set()  # slots running a task right now
+        self._idle = asyncio.Event()
+        self._last_broker_ok = time.monotonic()
+        self._cold = False
+
+    @property
+    def broker_lease(self) -> float:
+        return self.app.broker.lease_seconds
+
+    def stop_cold(self) -> None:
+        """Stop now: running tasks are not waited for; everything held goes back."""
+        self._cold = True
+        self.stop()
+        self._idle.set()
+
+    def stop(self, reason: StopReason = StopReason.SHUTDOWN) -> None:
+        """Stop fetching; what is queued goes back, what runs finishes (a warm stop)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._stopping.set()
+        self._room.set()
+
+    async def run(self, grace: float | None = None) -> StopReason:
+        """Consume until stopped; then finish running tasks within ``grace`` seconds."""
+        await self.app.connect()
+        grace = self.app.conf.worker_shutdown_timeout if grace is None else grace
+        loops = [asyncio.create_task(self._fetch_loop(), name="fetch"),
+                 asyncio.create_task(self._flush_loop(), name="flush"),
+                 asyncio.create_task(self._lease_loop(), name="leases")]
+        slots = [asyncio.create_task(self._slot_loop(), name=f"slot-{i}")
+                 for i in range(self.slots)]
+        try:
+            await self._stopping.wait()
+            await self._hand_back_unstarted()
+            for slot in slots:  # idle slots wait on the ready queue; running ones finish
+                if slot not in self._busy:
+                    slot.cancel()
+            await self._wait_for_running(grace)
+        finally:
+            for task in slots + loops[:1]:
+                task.cancel()
+            await asyncio.gather(*slots, loops[0], return_exceptions=True)
+            await self._drain_pending()
+            for task in loops[1:]:
+                task.cancel()
+            await asyncio.gather(*loops[1:], return_exceptions=True)
+            await self._hand_back_remaining()
+        return self.stop_reason or StopReason.SHUTDOWN
+
+    # -- fetching -------------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        broker = self.app.broker
+        failures = 0
+        while not self._stopping.is_set():
+            room = self.budget - len(self._held)
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                deliveries = await broker.fetch(self.queues, room, FETCH_TIMEOUT)
+            except Exception:
+                failures += 1
+                logger.exception("fetch from the broker failed (attempt %d)", failures)
+                await asyncio.sleep(min(RETRY_BACKOFF_MAX, 0.1 * 2 ** failures))
+                continue
+            failures = 0
+            self._last_broker_ok = time.monotonic()
+            now = time.monotonic()
+            for delivery in deliveries:
+                held = Held(delivery, now)
+                self._held[id(delivery)] = held
+                self._ready.put_nowait(held)
+
+    # -- running --------------------------------------------------------------------------
+
+    async def _slot_loop(self) -> None:
+        while True:
+            held = await self._ready.get()
+            if self._stopping.is_set():
+                self._ready.put_nowait(held)  # handed back by _hand_back_unstarted
+                return
+            held.started = True
+            slot = asyncio.current_task()
+            assert slot is not None
+            self._busy.add(slot)
+            try:
+                await self._process(held)
+            finally:
+                self._busy.discard(slot)
+                self._idle.set()
+
+    async def _process(self, held: Held) -> None:
+        prepared = self.executor.prepare(held.delivery)
+        if isinstance(prepared, Verdict):
+            self._submit(held, prepared)
+        else:
+            if not prepared.task.acks_late:
+                await self._ack_early(held)
+            # After an early ack the later ack is a harmless no-op.
+            self._submit(held, await self.executor.run(prepared))
+        self.stats.processed += 1
+        self._check_recycle()
+
+    async def _ack_early(self, held: Held) -> None:
+        """At-most-once: remove the message before the task runs (task_acks_late=False)."""
+        await self.app.broker.ack([held.delivery])
+
+    def _submit(self, held: Held, verdict: Verdict) -> None:
+        self._count(verdict)
+        self._pending.items.append((held, verdict))
+        self._pending.event.set()
+
+    def _count(self, verdict: Verdict) -> None:
+        if verdict.action is Action.DEAD_LETTER:
+            self.stats.dead_lettered += 1
+            if verdict.message is None:  # not decoded: the executor could not log it by name
+                logger.error("Message %s dead-lettered: %s", "?", verdict.reason)
+        elif verdict.action is Action.RETRY:
+            self.stats.retried += 1
+        elif verdict.outcome is not None and verdict.outcome.state == "FAILURE":
+            self.stats.failed += 1
+        else:
+            self.stats.succeeded += 1
+
+    def _check_recycle(self) -> None:
+        if self.max_tasks is not None and self.stats.processed >= self.max_tasks:
+            logger.info("processed %d tasks (max_tasks_per_child): recycling this process",
+                        self.stats.processed)
+            self.stop(StopReason.RECYCLE)
+        elif self.memory_check is not None and self.memory_check():
+            logger.warning("memory above worker_max_memory_per_child: recycling this process")
+            self.stop(StopReason.RECYCLE)
+
+    async def _wait_for_running(self, grace: float) -> None:
+        deadline = time.monotonic() + grace
+        while self._busy and not self._cold and time.monotonic() < deadline:
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                break
+        if self._busy:
+            logger.warning("%d task(s) still running after the %.0fs grace period; "
+                           "they will be delivered again", len(self._busy), grace)
+
+    # -- flushing -------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._pending.event.wait()
+            await self._flush_once()
+
+    async def _drain_pending(self) -> None:
+        while self._pending.items:
+            await self._flush_once()
+
+    async def _flush_once(self) -> None:
+        batch = self._pending.items[:FLUSH_MAX_BATCH]
+        del self._pending.items[:len(batch)]
+        if not self._pending.items:
+            self._pending.event.clear()
+        if not batch:
+            return
+        try:
+            batch = await self._still_ours(batch)
+            await self._store_outcomes(batch)
+            await self._publish_retries(batch)
+            await self._settle(batch)
+            self._last_broker_ok = time.monotonic()
+        except Exception:
+            logger.exception("could not write %d results/acks; retrying", len(batch))
+            self._pending.items[:0] = batch
+            self._pending.event.set()
+            await asyncio.sleep(0.5)
+            return
+        for held, _ in batch:
+            self._release(held)
+
+    async def _still_ours(self, batch: list[tuple[Held, Verdict]]) -> list[tuple[Held, Verdict]]:
+        """Drop the verdicts whose lease may have been taken over by another worker.
+
+        Leases confirmed within half the lease time are certainly ours; older ones are
+        asked of the broker. A lost one's result is not stored and its ack not sent.
+        """
+        horizon = time.monotonic() - self.broker_lease / 2
+        doubtful = [pair for pair in batch if pair[0].confirmed_at < horizon]
+        if not doubtful:
+            return batch
+        owned = await self.app.broker.extend([held.delivery for held, _ in doubtful])
+        lost = {id(held) for (held, _), ok in zip(doubtful, owned, strict=True) if not ok}
+        for held, verdict in doubtful:
+            if id(held) in lost:
+                self.stats.lost_leases += 1
+                self._release(held)
+                message = verdict.message
+                logger.warning("lease on %s lost while it ran (this worker was too slow or "
+                               "paused); another worker owns it, so its result is dropped",
+                               message.id if message else held.delivery.id)
+        return [pair for pair in batch if id(pair[0]) not in lost]
+
+    async def _store_outcomes(self, batch: list[tuple[Held, Verdict]]) -> None:
+        results: dict[str, bytes] = {}
+        for _, verdict in batch:
+            if verdict.outcome is not None and verdict.message is not None:
+                serializer = verdict.message.result_serializer
+                results[verdict.message.id] = self.app.encode_outcome(verdict.outcome,
+                                                                      serializer)
+        if results:
+            backend = self.app.backend
+            await backend.store_many(results, self.app.conf.result_expires)
+
+    async def _publish_retries(self, batch: list[tuple[Held, Verdict]]) -> None:
+        retries = [verdict.retry for _, verdict in batch if verdict.retry is not None]
+        if retries:
+            await self.app.publish(retries)
+
+    async def _settle(self, batch: list[tuple[Held, Verdict]]) -> None:
+        broker = self.app.broker
+        acks = [held.delivery for held, v in batch if v.action in (Action.ACK, Action.RETRY)]
+        dead = [(held.delivery, v.reason or "dead-lettered") for held, v in batch
+                if v.action is Action.DEAD_LETTER]
+        requeue = [held.delivery for held, v in batch if v.action is Action.REQUEUE]
+        if acks:
+            await broker.ack(acks)
+        if dead:
+            await broker.dead_letter(dead)
+        if requeue:
+            await broker.requeue(requeue)
+
+    def _release(self, held: Held) -> None:
+        self._held.pop(id(held.delivery), None)
+        self._room.set()
+
+    async def _hand_back_unstarted(self) -> None:
+        """Warm stop: prefetched tasks go back to the broker at once, for other workers."""
+        unstarted: list[Held] = []
+        while not self._ready.empty():
+            unstarted.append(self._ready.get_nowait())
+        await self._hand_back(unstarted, "prefetched")
+
+    async def _hand_back_remaining(self) -> None:
+        """Last step of a stop: whatever is still held (cut short by the grace period)."""
+        await self._hand_back(list(self._held.values()), "unfinished")
+
+    async def _hand_back(self, items: list[Held], what: str) -> None:
+        if not items:
+            return
+        try:
+            await self.app.broker.requeue([held.delivery for held in items])
+            logger.info("handed %d %s task(s) back to the broker", len(items), what)
+        except Exception:
+            logger.exception("could not hand back %d %s task(s); they return when their "
+                             "leases end", len(items), what)
+        for held in items:
+            self._release(held)
+
+    # -- leases ---------------------------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        interval = max(0.05, self.broker_lease / 3)
+        watchdog = self.app.conf.worker_watchdog_timeout
+        while True:
+            await asyncio.sleep(interval)
+            held = list(self._held.values())
+            if held:
+                try:
+                    owned = await self.app.broker.extend([h.delivery for h in held])
+                    self._last_broker_ok = now = time.monotonic()
+                    for item, ok in zip(held, owned, strict=True):
+                        if ok:
+                            item.confirmed_at = now
+                except Exception:
+                    logger.exception("could not extend %d lease(s)", len(held))
+            silent = time.monotonic() - self._last_broker_ok
+            if silent > watchdog and not self._stopping.is_set():
+                logger.critical("no broker call has succeeded for %.0fs: stopping this worker "
+                                "so that it is restarted", silent)
+                self.stop(StopReason.BROKER_LOST)

@@ -1,0 +1,217 @@
+"""One message through its life in a worker: decode, check, run, decide what happens next.
+
+The executor is pure worker logic with no broker I/O of its own: it returns a
+``Verdict`` (store this outcome, ack, dead-letter with a reason, publish a retry) and the
+consumer carries the verdicts out in batches. Eager mode runs tasks through the same
+``run_call`` so retries and failures behave alike in tests and in production.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from celeriac import states
+from celeriac.app import App
+from celeriac.brokers.base import Delivery, Outgoing
+from celeriac.errors import (
+    ContentDisallowed,
+    DecodeError,
+    Reject,
+    Retry,
+    TaskNotRegistered,
+    TaskRevokedError,
+)
+from celeriac.message import Message
+from celeriac.outcome import Outcome
+from celeriac.task import Request, Task, current_request
+
+logger = logging.getLogger("celeriac.worker")
+
+# Runs a sync callable off the event loop (a thread of the pool) and awaits its result.
+SyncRunner = Callable[[Callable[[], Any]], Awaitable[Any]]
+
+
+class Action(Enum):
+    ACK = "ack"  # done (success, failure, revoked): remove the message
+    RETRY = "retry"  # publish the retry message, then remove this one
+    DEAD_LETTER = "dead_letter"  # cannot or must not run: keep it aside with a reason
+    REQUEUE = "requeue"  # hand it back untouched
+
+
+@dataclass(slots=True)
+class Verdict:
+    action: Action
+    outcome: Outcome | None = None  # to store in the result backend, if any
+    retry: Outgoing | None = None
+    reason: str | None = None
+    message: Message | None = None
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A decoded message whose task is known and which may run now."""
+
+    delivery: Delivery
+    message: Message
+    task: Task[Any, Any]
+
+
+class Executor:
+    def __init__(self, app: App, run_sync: SyncRunner, hostname: str) -> None:
+        self.app = app
+        self.run_sync = run_sync
+        self.hostname = hostname
+
+    def prepare(self, delivery: Delivery) -> Prepared | Verdict:
+        """Decode and check a delivery; a Verdict when it must not run."""
+        limit = self.app.conf.task_delivery_limit
+        if delivery.delivery_count > limit:
+            return _dead(f"delivery limit exceeded: delivered {delivery.delivery_count} times "
+                         f"(task_delivery_limit={limit}); the task may be killing its worker")
+        try:
+            message = self.app.decode_message(delivery.body)
+        except (DecodeError, ContentDisallowed) as exc:
+            return _dead(f"undecodable message: {exc}")
+        try:
+            task = self.app.get_task(message.task)
+        except TaskNotRegistered as exc:
+            return _dead(f"unknown task: {exc}", message)
+        if message.expires is not None and message.expires < time.time():
+            expired = TaskRevokedError(f"task {message.task}[{message.id}] expired before it ran")
+            logger.info("Task %s[%s] expired, not run", message.task, message.id)
+            return Verdict(Action.ACK, _failure(expired, states.REVOKED, message),
+                           message=message)
+        return Prepared(delivery, message, task)
+
+    async def run(self, prepared: Prepared) -> Verdict:
+        message, task = prepared.message, prepared.task
+        request = _request_for(message, prepared.delivery.delivery_count, self.hostname)
+        started = time.perf_counter()
+        verdict = await run_call(task, request, self.run_sync)
+        elapsed = time.perf_counter() - started
+        _log_verdict(task, message, verdict, elapsed)
+        if verdict.action is Action.ACK and verdict.outcome is not None \
+                and verdict.outcome.state == states.SUCCESS and message.ignore_result:
+            verdict.outcome = None
+        return verdict
+
+
+async def run_call(task: Task[Any, Any], request: Request, run_sync: SyncRunner) -> Verdict:
+    """Run one call of ``task`` with ``request`` as its context; say what should follow."""
+    message = _message_for(task, request)
+    try:
+        value = await _invoke(task, request, run_sync)
+    except Retry as signal:
+        return _retry_verdict(task, message, signal)
+    except Reject as rejection:
+        action = Action.REQUEUE if rejection.requeue else Action.DEAD_LETTER
+        return Verdict(action, reason=f"rejected by the task: {rejection.reason}",
+                       message=message)
+    except Exception as exc:
+        if task.options.autoretry_for and isinstance(exc, task.options.autoretry_for):
+            return await _autoretry(task, request, message, exc)
+        return Verdict(Action.ACK, _failure(exc, states.FAILURE, message), message=message)
+    return Verdict(Action.ACK, Outcome.success(value, message.task, message.retries),
+                   message=message)
+
+
+async def _invoke(task: Task[Any, Any], request: Request, run_sync: SyncRunner) -> Any:
+    args = (task, *request.args) if task.bind else request.args
+    if task.is_async:
+        token = current_request.set(request)
+        try:
+            return await task.fn(*args, **request.kwargs)
+        finally:
+            current_request.reset(token)
+
+    def call() -> Any:
+        # Runs in a pool thread: set the request in that thread's context.
+        token = current_request.set(request)
+        try:
+            return task.fn(*args, **request.kwargs)
+        finally:
+            current_request.reset(token)
+
+    return await run_sync(call)
+
+
+async def _autoretry(task: Task[Any, Any], request: Request, message: Message,
+                     exc: Exception) -> Verdict:
+    token = current_request.set(request)
+    try:
+        task.retry(exc=exc, countdown=task.backoff_countdown(request.retries),
+                   max_retries=task.options.retry_kwargs.get("max_retries"))
+    except Retry as signal:
+        return _retry_verdict(task, message, signal)
+    except Exception as final:  # retries used up: the task fails with the last error
+        return Verdict(Action.ACK, _failure(final, states.FAILURE, message), message=message)
+    finally:
+        current_request.reset(token)
+    raise AssertionError("task.retry() always raises")  # pragma: no cover
+
+
+def _retry_verdict(task: Task[Any, Any], message: Message, signal: Retry) -> Verdict:
+    when = signal.when.timestamp() if signal.when is not None else time.time()
+    next_message = message.replace(retries=message.retries + 1, eta=when, sent_at=time.time())
+    serializer = task.options.serializer or task.app.conf.task_serializer
+    body = task.app.codec.encode(next_message.to_payload(), serializer,
+                                 task.options.compression or task.app.conf.task_compression)
+    retry = Outgoing(next_message.id, next_message.queue, body, next_message.priority, when)
+    cause = signal.exc if signal.exc is not None else signal
+    return Verdict(Action.RETRY, _failure(cause, states.RETRY, message), retry=retry,
+                   message=message)
+
+
+def _request_for(message: Message, delivery_count: int, hostname: str) -> Request:
+    return Request(
+        id=message.id, task=message.task, args=message.args, kwargs=message.kwargs,
+        retries=message.retries, queue=message.queue, priority=message.priority,
+        delivery_count=delivery_count, eta=message.eta, expires=message.expires,
+        root_id=message.root_id or message.id, parent_id=message.parent_id,
+        group_id=message.group_id, hostname=hostname, headers=message.headers,
+    )
+
+
+def _message_for(task: Task[Any, Any], request: Request) -> Message:
+    """The message a request came from (rebuilt in eager mode, where there is none)."""
+    return Message(
+        id=request.id or "", task=task.name, args=request.args, kwargs=request.kwargs,
+        queue=request.queue or task.app.conf.task_default_queue, priority=request.priority,
+        eta=request.eta, expires=request.expires, retries=request.retries,
+        root_id=request.root_id, parent_id=request.parent_id, group_id=request.group_id,
+        headers=request.headers,
+    )
+
+
+def _failure(exc: BaseException, state: str, message: Message | None) -> Outcome:
+    return Outcome.failure(exc, state, message.task if message else None,
+                           message.retries if message else 0)
+
+
+def _dead(reason: str, message: Message | None = None) -> Verdict:
+    return Verdict(Action.DEAD_LETTER, reason=reason, message=message)
+
+
+def _log_verdict(task: Task[Any, Any], message: Message, verdict: Verdict,
+                 elapsed: float) -> None:
+    if verdict.action is Action.ACK and verdict.outcome is not None:
+        outcome = verdict.outcome
+        if outcome.state == states.SUCCESS:
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("Task %s[%s] succeeded in %.4fs: %.200r", message.task, message.id,
+                            elapsed, outcome.result)
+        else:
+            logger.error("Task %s[%s] failed in %.4fs: %s: %s\n%s", message.task, message.id,
+                         elapsed, outcome.exc_type, outcome.exc_message, outcome.traceback)
+    elif verdict.action is Action.RETRY and verdict.retry is not None:
+        delay = (verdict.retry.eta or time.time()) - time.time()
+        logger.warning("Task %s[%s] retry %d in %.2fs: %s", message.task, message.id,
+                       message.retries + 1, max(0.0, delay),
+                       verdict.outcome.exc_message if verdict.outcome else "")
+    elif verdict.action is Action.DEAD_LETTER:
+        logger.error("Task %s[%s] dead-lettered: %s", message.task, message.id, verdict.reason)

@@ -1,0 +1,62 @@
+"""How a worker runs: pool, concurrency and limits, from settings and the command line."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from celeriac.config import Settings
+
+# Slots per process when -c is not given: a process per core for prefork; threads and
+# async tasks mostly wait on I/O, so they get many slots in one process.
+DEFAULT_THREADS = 10
+DEFAULT_ASYNC_SLOTS = 100
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    app_spec: str
+    queues: tuple[str, ...]
+    pool: str = "prefork"
+    concurrency: int = 1  # processes for prefork; slots in one process otherwise
+    prefetch_multiplier: int = 4
+    max_tasks_per_child: int | None = None
+    max_memory_per_child: int | None = None  # KiB
+    shutdown_timeout: float = 30.0
+    loglevel: str = "INFO"
+    hostname: str = field(default_factory=lambda: f"celeriac@{socket.gethostname()}")
+
+    @property
+    def processes(self) -> int:
+        return self.concurrency if self.pool == "prefork" else 1
+
+    @property
+    def slots_per_process(self) -> int:
+        return 1 if self.pool in ("prefork", "solo") else self.concurrency
+
+    @classmethod
+    def from_settings(cls, app_spec: str, conf: Settings, *, queues: tuple[str, ...] = (),
+                      pool: str | None = None, concurrency: int | None = None,
+                      **overrides: object) -> WorkerOptions:
+        pool = pool or conf.worker_pool
+        concurrency = concurrency or conf.worker_concurrency or _default_concurrency(pool)
+        values: dict[str, object] = {
+            "prefetch_multiplier": conf.worker_prefetch_multiplier,
+            "max_tasks_per_child": conf.worker_max_tasks_per_child,
+            "max_memory_per_child": conf.worker_max_memory_per_child,
+            "shutdown_timeout": conf.worker_shutdown_timeout,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(app_spec=app_spec, queues=queues or (conf.task_default_queue,), pool=pool,
+                   concurrency=concurrency, **values)  # type: ignore[arg-type]
+
+
+def _default_concurrency(pool: str) -> int:
+    if pool == "threads":
+        return DEFAULT_THREADS
+    if pool == "async":
+        return DEFAULT_ASYNC_SLOTS
+    if pool == "solo":
+        return 1
+    return os.cpu_count() or 1
