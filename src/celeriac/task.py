@@ -230,4 +230,5 @@ def _call_signature(fn: Callable[..., Any], bind: bool) -> inspect.Signature:
         if not params:
             raise TypeError(f"{fn.__qualname__} is bound (bind=True) but takes no `self`")
         signature = signature.replace(parameters=params[1:])
-    return signature
+    # Without the return annotation it reads as the call it checks: "add(x: int, y: int)".
+    return signature.replace(return_annotation=inspect.Signature.empty)
