@@ -152,7 +152,9 @@ class App:
     @property
     def backend(self) -> ResultBackend:
         if self._backend is None:
-            self._backend = create_backend(self.conf.effective_result_backend, {})
+            # rpc:// sends results over the broker's own server, so it needs its URL.
+            self._backend = create_backend(self.conf.effective_result_backend,
+                                           {"broker_url": self.conf.effective_broker_url})
         return self._backend
 
     async def connect(self) -> None:
@@ -276,6 +278,11 @@ class App:
                 f"cannot send with serializer {serializer!r}: it is not in accept_content "
                 f"({', '.join(conf.accept_content)}), so no worker of this app would run it")
         compression = pick("compression", task_opts.compression, conf.task_compression)
+        ignore_result = bool(pick("ignore_result", task_opts.ignore_result,
+                                  conf.task_ignore_result))
+        headers = dict(options.get("headers") or {})
+        if not ignore_result:  # a backend may need to say where the result must go (rpc)
+            headers = {**self.backend.message_headers(), **headers}
         now = time.time()
         message = Message(
             id=options.get("task_id") or str(uuid.uuid4()),
@@ -285,9 +292,7 @@ class App:
             retries=options.get("retries") or 0,
             root_id=options.get("root_id"), parent_id=options.get("parent_id"),
             group_id=options.get("group_id"),
-            ignore_result=bool(pick("ignore_result", task_opts.ignore_result,
-                                    conf.task_ignore_result)),
-            headers=dict(options.get("headers") or {}),
+            ignore_result=ignore_result, headers=headers,
             sent_at=now,
         )
         body = self.codec.encode(message.to_payload(), serializer, compression)

@@ -55,7 +55,8 @@ class AsyncResult(Generic[R]):
 
     async def _wait(self, timeout: float | None) -> Outcome:
         started = time.monotonic()
-        data = await self.app.backend.wait(self.id, timeout, accept=self.app.result_is_final)
+        backend = await self.app._connected_backend()
+        data = await backend.wait(self.id, timeout, accept=self.app.result_is_final)
         if data is None:
             waited = time.monotonic() - started
             raise TimeoutError(f"task {self.id} did not finish within {waited:.3g} s")
@@ -77,13 +78,17 @@ class AsyncResult(Generic[R]):
     def _current(self) -> Outcome | None:
         if self._outcome is not None:
             return self._outcome
-        data = self.app._run_sync(self.app.backend.load(self.id))
+        data = self.app._run_sync(self._load())
         if data is None:
             return None
         outcome = self.app.decode_outcome(data)
         if outcome.ready:
             self._outcome = outcome
         return outcome
+
+    async def _load(self) -> bytes | None:
+        backend = await self.app._connected_backend()
+        return await backend.load(self.id)
 
     @property
     def state(self) -> str:
@@ -128,7 +133,11 @@ class AsyncResult(Generic[R]):
     def forget(self) -> None:
         """Delete the stored result."""
         self._outcome = None
-        self.app._run_sync(self.app.backend.delete_many([self.id]))
+        self.app._run_sync(self._delete())
+
+    async def _delete(self) -> None:
+        backend = await self.app._connected_backend()
+        await backend.delete_many([self.id])
 
 
 class EagerResult(AsyncResult[R]):

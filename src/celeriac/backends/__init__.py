@@ -13,6 +13,12 @@ from celeriac.errors import ConfigurationError
 BACKENDS: dict[str, tuple[str, str]] = {
     "memory": ("celeriac.backends.memory", "MemoryBackend"),
     "sqlite": ("celeriac.backends.sqlite", "SQLiteBackend"),
+    "rpc": ("celeriac.backends.rpc", "RPCBackend"),
+    # An amqp:// broker with no result_backend named gets rpc results on the same server.
+    "amqp": ("celeriac.backends.rpc", "RPCBackend"),
+    "amqps": ("celeriac.backends.rpc", "RPCBackend"),
+    "redis": ("celeriac.backends.redis", "RedisBackend"),
+    "rediss": ("celeriac.backends.redis", "RedissBackend"),
 }
 
 

@@ -56,6 +56,23 @@ class ResultBackend(ABC):
         """Delete expired results now; return how many. Backends with native TTLs need not."""
         return 0
 
+    def message_headers(self) -> dict[str, Any]:
+        """Headers for every message sent, so that its result can be routed back.
+
+        Called by the producer when it builds a message. Most backends store results
+        under the task id and need none; the rpc backend names its reply queue here.
+        """
+        return {}
+
+    async def store_replies(self, results: Mapping[str, bytes],
+                            headers: Mapping[str, Mapping[str, Any]], ttl: float | None) -> None:
+        """Store results as ``store_many`` does, given the headers of their messages.
+
+        The worker stores results through this; a backend that routes results by a
+        header of ``message_headers`` (rpc) overrides it.
+        """
+        await self.store_many(results, ttl)
+
     async def store(self, task_id: str, result: bytes, ttl: float | None) -> None:
         await self.store_many({task_id: result}, ttl)
 

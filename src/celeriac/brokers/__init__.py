@@ -15,6 +15,10 @@ from celeriac.errors import ConfigurationError
 BROKERS: dict[str, tuple[str, str]] = {
     "memory": ("celeriac.brokers.memory", "MemoryBroker"),
     "sqlite": ("celeriac.brokers.sqlite", "SQLiteBroker"),
+    "redis": ("celeriac.brokers.redis", "RedisBroker"),
+    "rediss": ("celeriac.brokers.redis", "RedissBroker"),
+    "amqp": ("celeriac.brokers.amqp", "AMQPBroker"),
+    "amqps": ("celeriac.brokers.amqp", "AMQPBroker"),
 }
 
 

@@ -9,6 +9,11 @@ from __future__ import annotations
 import click
 
 from celeriac.app import App
+from celeriac.cli.call import call_command
+from celeriac.cli.demo import demo_command
+from celeriac.cli.purge import purge_command
+from celeriac.cli.queues import queues_command
+from celeriac.cli.result import result_command
 from celeriac.cli.worker import worker_command
 from celeriac.loader import load_app
 
@@ -39,6 +44,11 @@ def cli(ctx: click.Context, app_spec: str | None) -> None:
 
 
 cli.add_command(worker_command)
+cli.add_command(call_command)
+cli.add_command(result_command)
+cli.add_command(queues_command)
+cli.add_command(purge_command)
+cli.add_command(demo_command)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from celeriac.app import App
 from celeriac.brokers.base import Delivery
@@ -33,6 +34,7 @@ logger = logging.getLogger("celeriac.worker")
 
 FETCH_TIMEOUT = 1.0  # seconds a fetch may wait on the broker before checking for shutdown
 FLUSH_MAX_BATCH = 500
+FLUSH_LINGER = 0.002  # seconds a finished verdict may wait for its batch to fill
 RETRY_BACKOFF_MAX = 5.0
 
 
@@ -155,11 +157,41 @@ class Consumer:
                 continue
             failures = 0
             self._last_broker_ok = time.monotonic()
+            suspect = next((d for d in deliveries if d.delivery_count > 1), None)
+            if suspect is not None:
+                deliveries = await self._isolate(deliveries, suspect)
             now = time.monotonic()
             for delivery in deliveries:
                 held = Held(delivery, now)
                 self._held[id(delivery)] = held
                 self._ready.put_nowait(held)
+            if suspect is not None:
+                await self._wait_until_empty()
+
+    async def _isolate(self, deliveries: list[Delivery], suspect: Delivery) -> list[Delivery]:
+        """Hold a redelivered message alone; hand the rest of its batch back at once.
+
+        A redelivered message may be one that kills its process, and every message a
+        dying process holds counts a delivery: held beside it, innocent messages would
+        reach the delivery limit with it without ever having run. So the suspect is kept
+        only if this process holds nothing else, the others go back (a requeue does not
+        count as a delivery), and the caller fetches again only once it holds nothing.
+        """
+        keep = [] if self._held else [suspect]
+        back = [d for d in deliveries if d not in keep]
+        if back:
+            try:
+                await self.app.broker.requeue(back)
+            except Exception:
+                logger.exception("could not hand back %d task(s); running them here",
+                                 len(back))
+                return deliveries
+        return keep
+
+    async def _wait_until_empty(self) -> None:
+        while self._held and not self._stopping.is_set():
+            self._room.clear()
+            await self._room.wait()
 
     # -- running --------------------------------------------------------------------------
 
@@ -196,15 +228,15 @@ class Consumer:
         await self.app.broker.ack([held.delivery])
 
     def _submit(self, held: Held, verdict: Verdict) -> None:
-        self._count(verdict)
+        self._count(verdict, held.delivery.id)
         self._pending.items.append((held, verdict))
         self._pending.event.set()
 
-    def _count(self, verdict: Verdict) -> None:
+    def _count(self, verdict: Verdict, message_id: str) -> None:
         if verdict.action is Action.DEAD_LETTER:
             self.stats.dead_lettered += 1
             if verdict.message is None:  # not decoded: the executor could not log it by name
-                logger.error("Message %s dead-lettered: %s", "?", verdict.reason)
+                logger.error("Message %s dead-lettered: %s", message_id, verdict.reason)
         elif verdict.action is Action.RETRY:
             self.stats.retried += 1
         elif verdict.outcome is not None and verdict.outcome.state == "FAILURE":
@@ -238,7 +270,32 @@ class Consumer:
     async def _flush_loop(self) -> None:
         while True:
             await self._pending.event.wait()
+            await self._gather_verdicts()
             await self._flush_once()
+
+    async def _gather_verdicts(self) -> None:
+        """Let the verdicts of tasks running now join the batch, for a moment at most.
+
+        One flush then stores the results and acks of a whole prefetched batch with one
+        write each, instead of one write per task. It waits only while a slot is busy,
+        so a lone task's result is written at once; while a long task runs, the results
+        finished before it wait at most ``FLUSH_LINGER``.
+        """
+        deadline = time.monotonic() + FLUSH_LINGER
+        try:
+            while self._busy and len(self._pending.items) < FLUSH_MAX_BATCH \
+                    and not self._stopping.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._pending.event.clear()
+                try:
+                    await asyncio.wait_for(self._pending.event.wait(), remaining)
+                except TimeoutError:
+                    return
+        finally:
+            if self._pending.items:
+                self._pending.event.set()
 
     async def _drain_pending(self) -> None:
         while self._pending.items:
@@ -290,14 +347,16 @@ class Consumer:
 
     async def _store_outcomes(self, batch: list[tuple[Held, Verdict]]) -> None:
         results: dict[str, bytes] = {}
+        headers: dict[str, dict[str, Any]] = {}  # where a backend may route each result
         for _, verdict in batch:
             if verdict.outcome is not None and verdict.message is not None:
                 serializer = verdict.message.result_serializer
                 results[verdict.message.id] = self.app.encode_outcome(verdict.outcome,
                                                                       serializer)
+                headers[verdict.message.id] = verdict.message.headers
         if results:
             backend = self.app.backend
-            await backend.store_many(results, self.app.conf.result_expires)
+            await backend.store_replies(results, headers, self.app.conf.result_expires)
 
     async def _publish_retries(self, batch: list[tuple[Held, Verdict]]) -> None:
         retries = [verdict.retry for _, verdict in batch if verdict.retry is not None]

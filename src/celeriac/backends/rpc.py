@@ -1,0 +1,397 @@
+"""The ``rpc://`` result backend: results travel back to the caller over RabbitMQ.
+
+As in Celery, results are not stored in a server: each client process declares an
+exclusive, auto-delete reply queue (``celeriac.reply.<uuid>``, gone when the client
+disconnects), names it in every message it sends (the ``reply_to`` header of
+``Message.headers``, set through ``message_headers``), and the worker publishes each
+result there (``store_replies``), with publisher confirms. A thread of the client's
+keeps one connection consuming that queue and holds the results in memory, where
+``AsyncResult.get()`` waits for them without polling, from any thread or event loop.
+
+What follows from that design, and differs from a stored backend:
+
+- only the process that sent a task can read its result, and only while it runs; a
+  result that comes back while the client is disconnected (a broker restart) is lost,
+  which the worker logs and does not retry;
+- results are held until read with ``forget()``, or until ``result_expires``;
+- a task sent from inside a running task inherits its parent's reply queue, so the
+  results of follow-up tasks (retries, chain steps) go back to the original caller;
+- ``store_many`` (no message headers to route by) keeps results in this process.
+
+``rpc://`` uses the broker's server (the App passes its ``broker_url``); the backend
+URL may also name a server itself (``rpc://user:pass@host:5672/vhost`` or an
+``amqp://`` URL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiormq
+from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
+from aiormq.exceptions import AMQPError, PublishError
+from pamqp import commands as spec
+
+from celeriac.backends.base import ResultBackend
+from celeriac.brokers.amqp import safe_url, split_url
+from celeriac.brokers.amqp_topology import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEARTBEAT
+from celeriac.errors import BackendError, ConfigurationError
+from celeriac.task import current_request
+
+logger = logging.getLogger("celeriac.backend.rpc")
+
+REPLY_TO = "reply_to"  # the Message header naming the queue a result goes to
+TTL_HEADER = "x-celeriac-ttl"  # seconds the caller keeps the result
+RECONNECT_BACKOFF_MAX = 5.0
+PUBLISH_TIMEOUT = 10.0
+
+
+class RPCBackend(ResultBackend):
+    """Results published to the caller's own reply queue. See the module docstring."""
+
+    scheme = "rpc"
+
+    def __init__(self, url: str = "rpc://", options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(url, options)
+        server = _server_url(url, self.options.get("broker_url"))
+        connection_url, query = split_url(server)
+        if "heartbeat" not in query:
+            sep = "&" if "?" in connection_url else "?"
+            connection_url += f"{sep}heartbeat={DEFAULT_HEARTBEAT}"
+        self.server_url = connection_url
+        self.safe_url = safe_url(server)
+        self.connect_timeout = float(self.options.get("connect_timeout",
+                                                      DEFAULT_CONNECT_TIMEOUT))
+        self.reply_queue = f"celeriac.reply.{uuid.uuid4().hex}"
+        self._lock = threading.Lock()
+        self._results: dict[str, tuple[bytes, float | None]] = {}
+        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
+        self._listener: _Listener | None = None
+        self._publishers: dict[asyncio.AbstractEventLoop, _Publisher] = {}
+
+    # -- the producer side ----------------------------------------------------------------
+
+    def message_headers(self) -> dict[str, Any]:
+        request = current_request.get()
+        if request is not None and request.headers.get(REPLY_TO):
+            # Sent from inside a task: its results belong to whoever waits on the parent.
+            return {REPLY_TO: request.headers[REPLY_TO]}
+        self._listen()
+        return {REPLY_TO: self.reply_queue}
+
+    def _listen(self) -> None:
+        """Start the reply consumer once, and wait until its queue exists.
+
+        The queue must exist before the first task is sent, or a quick result would
+        find nowhere to go. This blocks the first send of the process for a round trip.
+        """
+        with self._lock:
+            listener = self._listener
+            if listener is None:
+                listener = self._listener = _Listener(self)
+        listener.wait_ready(self.connect_timeout)
+
+    async def wait(self, task_id: str, timeout: float | None, accept: Any = None) -> bytes | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        loop = asyncio.get_running_loop()
+        while True:
+            future: asyncio.Future[None] = loop.create_future()
+            with self._lock:
+                self._waiters.setdefault(task_id, []).append((loop, future))
+            data = self._load(task_id)
+            if data is not None and (accept is None or accept(data)):
+                self._forget_waiter(task_id, future)
+                return data
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                self._forget_waiter(task_id, future)
+                return None
+            try:
+                await asyncio.wait_for(future, remaining)
+            except TimeoutError:
+                self._forget_waiter(task_id, future)
+                return None
+
+    def _forget_waiter(self, task_id: str, future: asyncio.Future[None]) -> None:
+        with self._lock:
+            waiters = [w for w in self._waiters.get(task_id, []) if w[1] is not future]
+            if waiters:
+                self._waiters[task_id] = waiters
+            else:
+                self._waiters.pop(task_id, None)
+
+    # -- storage, in this process ---------------------------------------------------------
+
+    async def store_many(self, results: Mapping[str, bytes], ttl: float | None) -> None:
+        self._keep(results, ttl)
+
+    async def load_many(self, task_ids: Sequence[str]) -> dict[str, bytes]:
+        found = {}
+        for task_id in task_ids:
+            data = self._load(task_id)
+            if data is not None:
+                found[task_id] = data
+        return found
+
+    async def delete_many(self, task_ids: Sequence[str]) -> None:
+        with self._lock:
+            for task_id in task_ids:
+                self._results.pop(task_id, None)
+
+    async def cleanup(self) -> int:
+        now = time.time()
+        with self._lock:
+            expired = [key for key, (_, until) in self._results.items()
+                       if until is not None and until <= now]
+            for task_id in expired:
+                del self._results[task_id]
+            return len(expired)
+
+    def _keep(self, results: Mapping[str, bytes], ttl: float | None) -> None:
+        until = None if ttl is None else time.time() + ttl
+        with self._lock:
+            for task_id, data in results.items():
+                self._results[task_id] = (data, until)
+                for loop, future in self._waiters.pop(task_id, ()):
+                    with contextlib.suppress(RuntimeError):  # that loop has closed
+                        loop.call_soon_threadsafe(_resolve, future)
+
+    def _load(self, task_id: str) -> bytes | None:
+        with self._lock:
+            entry = self._results.get(task_id)
+            if entry is None:
+                return None
+            if entry[1] is not None and entry[1] <= time.time():
+                del self._results[task_id]
+                return None
+            return entry[0]
+
+    # -- the worker side ------------------------------------------------------------------
+
+    async def store_replies(self, results: Mapping[str, bytes],
+                            headers: Mapping[str, Mapping[str, Any]], ttl: float | None) -> None:
+        routed: list[tuple[str, str, bytes]] = []
+        local: dict[str, bytes] = {}
+        for task_id, data in results.items():
+            reply_to = headers.get(task_id, {}).get(REPLY_TO)
+            if isinstance(reply_to, str) and reply_to and reply_to != self.reply_queue:
+                routed.append((reply_to, task_id, data))
+            else:
+                local[task_id] = data
+        if local:
+            self._keep(local, ttl)
+        if routed:
+            await self._publisher().publish(routed, ttl)
+
+    def _publisher(self) -> _Publisher:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            publisher = self._publishers.get(loop)
+            if publisher is None:
+                for gone in [other for other in self._publishers if other.is_closed()]:
+                    del self._publishers[gone]
+                publisher = self._publishers[loop] = _Publisher(self)
+            return publisher
+
+    async def close(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            publishers = list(self._publishers.items())
+            self._publishers.clear()
+        current = asyncio.get_running_loop()
+        for loop, publisher in publishers:
+            if loop is current:
+                await publisher.close()
+            elif loop.is_running():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.wrap_future(
+                        asyncio.run_coroutine_threadsafe(publisher.close(), loop)), 5)
+        if listener is not None:
+            await asyncio.to_thread(listener.stop)
+
+    # -- shared by the listener and the publishers ----------------------------------------
+
+    async def open_connection(self, timeout: float) -> AbstractConnection:
+        connection = aiormq.Connection(self.server_url, client_properties={
+            "connection_name": f"celeriac rpc pid {os.getpid()}"})
+        try:
+            await asyncio.wait_for(connection.connect(), timeout)
+        except (TimeoutError, OSError, AMQPError) as exc:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise BackendError(f"cannot reach RabbitMQ for rpc results at {self.safe_url} "
+                               f"({type(exc).__name__}: {exc})") from exc
+        return connection
+
+    def deliver(self, message: DeliveredMessage) -> None:
+        """A result arrived on the reply queue."""
+        properties = message.header.properties
+        task_id = properties.correlation_id
+        if not task_id:
+            return
+        ttl = (properties.headers or {}).get(TTL_HEADER)
+        self._keep({task_id: message.body},
+                   float(ttl) if isinstance(ttl, int | float) and ttl > 0 else None)
+
+
+class _Listener:
+    """A daemon thread with its own loop and connection, consuming the reply queue."""
+
+    def __init__(self, backend: RPCBackend) -> None:
+        self.backend = backend
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="celeriac-rpc-replies",
+                                        daemon=True)
+        self._thread.start()
+
+    def wait_ready(self, timeout: float) -> None:
+        if self._ready.wait(timeout):
+            return
+        error = self._error
+        raise BackendError(f"the rpc reply queue could not be set up within {timeout:g}s"
+                           + (f": {error}" if error else "")) from error
+
+    def stop(self) -> None:
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(stop.set)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = stop = asyncio.Event()
+        failures = 0
+        while not stop.is_set():
+            connection: AbstractConnection | None = None
+            try:
+                connection = await self.backend.open_connection(self.backend.connect_timeout)
+                channel = await connection.channel(publisher_confirms=False)
+                await channel.queue_declare(self.backend.reply_queue, exclusive=True,
+                                            auto_delete=True)
+                await channel.basic_consume(self.backend.reply_queue, self._on_message,
+                                            no_ack=True)
+                if failures:
+                    logger.warning("rpc reply queue %s consuming again",
+                                   self.backend.reply_queue)
+                failures = 0
+                self._ready.set()
+                await _first(stop.wait(), _closed(connection))
+            except Exception as exc:
+                failures += 1
+                self._error = exc
+                logger.warning("rpc reply queue: %s; retrying (results that come back "
+                               "meanwhile are lost)", exc)
+            finally:
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        await connection.close()
+            if not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(),
+                                           min(RECONNECT_BACKOFF_MAX, 0.1 * 2 ** failures))
+
+    async def _on_message(self, message: DeliveredMessage) -> None:
+        self.backend.deliver(message)
+
+
+class _Publisher:
+    """One loop's connection for publishing results to reply queues."""
+
+    def __init__(self, backend: RPCBackend) -> None:
+        self.backend = backend
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._lock = asyncio.Lock()
+
+    async def _ready(self) -> AbstractChannel:
+        async with self._lock:
+            if self._channel is None or self._channel.is_closed:
+                if self._connection is None or self._connection.is_closed:
+                    self._connection = await self.backend.open_connection(
+                        self.backend.connect_timeout)
+                self._channel = await self._connection.channel(publisher_confirms=True)
+            return self._channel
+
+    async def publish(self, replies: Sequence[tuple[str, str, bytes]],
+                      ttl: float | None) -> None:
+        channel = await self._ready()
+        headers: dict[str, Any] = {TTL_HEADER: int(ttl)} if ttl else {}
+        outcomes = await asyncio.gather(*(
+            channel.basic_publish(data, routing_key=queue, mandatory=True,
+                                  timeout=PUBLISH_TIMEOUT,
+                                  properties=spec.Basic.Properties(
+                                      correlation_id=task_id, delivery_mode=1,
+                                      headers=headers))
+            for queue, task_id, data in replies), return_exceptions=True)
+        failures = []
+        for (queue, task_id, _), outcome in zip(replies, outcomes, strict=True):
+            if isinstance(outcome, PublishError):
+                # No such queue: the caller disconnected, and nobody can read this result.
+                logger.info("result of %s not delivered: its caller's reply queue %s is "
+                            "gone", task_id, queue)
+            elif isinstance(outcome, BaseException):
+                failures.append(outcome)
+        if failures:
+            raise BackendError(f"could not send {len(failures)} rpc result(s): "
+                               f"{failures[0]!r}") from failures[0]
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+        self._connection = self._channel = None
+
+
+def _server_url(url: str, broker_url: Any) -> str:
+    """The AMQP URL results travel through: the backend URL's own server, or the broker's."""
+    parts = urlsplit(url)
+    if parts.scheme in ("amqp", "amqps"):
+        return url
+    if parts.netloc:
+        return urlunsplit(parts._replace(scheme="amqp"))
+    if isinstance(broker_url, str) and broker_url.split("://", 1)[0] in ("amqp", "amqps"):
+        return broker_url
+    raise ConfigurationError(
+        f"result backend {url!r} sends results over RabbitMQ, but the broker is "
+        f"{broker_url!r}; name a server (rpc://user:pass@host:5672/vhost) or use an amqp:// "
+        "broker")
+
+
+async def _closed(connection: AbstractConnection) -> None:
+    with contextlib.suppress(BaseException):
+        await connection.closing
+
+
+async def _first(*awaitables: Any) -> None:
+    """Wait until the first of these finishes; cancel the others."""
+    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+__all__ = ["REPLY_TO", "RPCBackend"]

@@ -1,0 +1,356 @@
+"""The RabbitMQ broker (AMQP 0-9-1): ``amqp://user:pass@host:5672/vhost`` and ``amqps://``.
+
+Built on **aiormq** (requirement: ``aiormq>=6.8,<8``), the asyncio AMQP client that
+aio-pika itself is built on. aio-pika adds objects per message and a "robust" connection
+that silently restores channels and consumers; this broker needs the opposite: to know
+exactly which channel a delivery tag belongs to, so that a tag from a lost channel is
+treated as stale (the lease rule) rather than acked on a new channel where it means
+another message. The thinner client is also faster per message.
+
+URL query options: ``heartbeat`` (seconds, default 10), ``namespace`` (a prefix for every
+queue and exchange name), and aiormq's TLS options for ``amqps://`` (``cafile``,
+``certfile``, ``keyfile``, ``no_verify_ssl``). ``broker_transport_options``:
+``transient_queues`` / ``quorum_queues`` (lists of queue names), ``queues``
+(``{name: {"durable": bool, "type": "classic" | "quorum"}}``), ``default_queue_type``,
+``namespace``, ``heartbeat``, ``connect_timeout``, ``publish_timeout``, ``lease_seconds``.
+
+How the ``Broker`` contract maps onto RabbitMQ
+----------------------------------------------
+
+*Publish*: every message is published ``mandatory`` on a confirm-mode channel and
+``publish`` returns only once RabbitMQ has confirmed all of them. Lost connections are
+retried within ``publish_timeout``; after that ``BrokerUnavailable`` is raised. A message
+is never dropped silently (it may be stored twice when a confirm is lost: at least once).
+
+*Queues*: each queue has a ``QueueSpec`` (``amqp_topology``): by default durable, with
+persistent messages and ``x-max-priority=10``. A **transient** queue is declared
+``durable=False`` and its messages ``delivery_mode=1``: RabbitMQ keeps them in memory
+only, and a broker restart deletes the queue and every message in it (tested). A
+**quorum** queue is replicated and durable, but RabbitMQ quorum queues have **no
+priorities**: their messages come out oldest first whatever their priority.
+
+*Fetch*: a ``basic.consume`` per queue on the link's consumer channel, with
+``basic.qos`` prefetch = deliveries held + ``limit`` (the worker's budget, which stays
+constant: held + the limit it asks for). Deliveries land in a per-queue heap, by
+priority and then first-publish time, and ``fetch`` takes from the heaps in the order
+the queues were named. Nothing polls: an idle fetch sleeps until a delivery arrives.
+Prefetched deliveries are unacked on the server, so ``queue_stats`` counts this
+process's buffered ones as *ready* and its handed-out ones as *in flight*; RabbitMQ does
+not report unacked counts over AMQP, so other processes' in-flight messages are not seen.
+
+*Delays*: per-level TTL queues that dead-letter down a binary ladder to the work queue
+(see ``amqp_topology``): nothing waits in a worker, delays survive restarts of workers
+and of RabbitMQ, and a fetch never hands out a message before its ``eta`` (one that
+arrives early is sent down the ladder again).
+
+*Leases*: AMQP has none; a delivery is owned while its channel lives. The contract's
+lease is kept by the link on the consuming loop: a delivery not extended within
+``lease_seconds`` is republished and acked, so it goes to another consumer. When a
+channel or connection is lost, RabbitMQ requeues what it held and every receipt from it
+is stale: ``ack``/``requeue``/``dead_letter`` of a stale receipt are no-ops (never an
+exception that could kill a worker) and ``extend`` answers False.
+
+*Delivery count*: quorum queues count returns in ``x-delivery-count``. Classic queues
+only flag a returned message ``redelivered``; celeriac keeps the count in the
+``x-celeriac-deliveries`` header instead. ``requeue`` republishes a copy with the count
+unchanged (a ``basic.nack`` would set the flag), so ``redelivered`` means "its channel
+died while holding it": such a message is republished with the count plus one, and the
+original acked, before anyone runs it. A task that kills its worker every time thus
+reaches ``task_delivery_limit``. The approximation: a message that was prefetched but
+not yet started by a process that died counts a delivery too (a warm shutdown hands
+those back as uncounted copies).
+
+*Dead letters*: a copy goes to the ``celeriac.dead`` exchange and queue with its reason
+in ``x-celeriac-reason`` (and its queue and time), then the original is acked. Work
+queues dead-letter there too, so whatever RabbitMQ itself rejects is kept (its reason
+taken from ``x-death``). ``dead_letters`` reads the queue with ``basic.get`` and puts
+everything back (O(dead letters)).
+
+*Listing queues*: AMQP cannot list queues, so a small durable registry queue receives a
+queue's name when celeriac first creates it; ``queue_stats()`` reads it.
+
+*Threads and loops*: one connection per event loop (``amqp_link.Link``), created
+lazily; work on a delivery received on another loop is run on that loop.
+
+*Connection loss*: heartbeats (10 s) notice a dead peer; every operation reconnects
+(capped exponential backoff) and redeclares what it needs; a waiting fetch notices the
+lost channel and consumes again on the new connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import threading
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from datetime import datetime
+from functools import partial
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from aiormq.abc import DeliveredMessage
+
+from celeriac.brokers.amqp_link import CLOSE_TIMEOUT, Context, Link, Receipt
+from celeriac.brokers.amqp_topology import (
+    DELAY_LEVELS,
+    HEADER_DEAD_AT,
+    HEADER_QUEUE,
+    HEADER_REASON,
+    AMQPOptions,
+    QueueSpec,
+    Topology,
+)
+from celeriac.brokers.base import Broker, DeadLetter, Delivery, Outgoing, QueueStats
+
+T = TypeVar("T")
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+class AMQPBroker(Broker):
+    """RabbitMQ behind the ``Broker`` interface. See the module docstring."""
+
+    scheme = "amqp"
+    supports_delay = True
+    supports_priority = True
+
+    def __init__(self, url: str = DEFAULT_URL, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(url, options)
+        connection_url, url_options = split_url(url)
+        self.settings = AMQPOptions.parse(self.options, url_options.get("namespace", ""))
+        if "heartbeat" not in url_options:
+            connection_url = _with_query(connection_url, heartbeat=str(self.settings.heartbeat))
+        self.topology = Topology(self.settings.namespace)
+        self._context = Context(connection_url, safe_url(url), self.settings, self.topology,
+                                self.lease_seconds)
+        self._links: dict[asyncio.AbstractEventLoop, Link] = {}
+        self._links_lock = threading.Lock()
+
+    def queue_spec(self, queue: str) -> QueueSpec:
+        """How ``queue`` lives on RabbitMQ (durable or transient, classic or quorum)."""
+        return self.settings.spec(queue)
+
+    # -- connections ----------------------------------------------------------------------
+
+    def _link(self) -> Link:
+        """This event loop's link, made on first use."""
+        loop = asyncio.get_running_loop()
+        with self._links_lock:
+            link = self._links.get(loop)
+            if link is None or link.closed:
+                for gone in [other for other in self._links if other.is_closed()]:
+                    del self._links[gone]  # its loop ended (asyncio.run) and took it along
+                link = self._links[loop] = Link(self._context, loop)
+            return link
+
+    async def connect(self) -> None:
+        link = self._link()
+        await link.ready()
+        await link.declare([])
+
+    async def close(self) -> None:
+        with self._links_lock:
+            links = list(self._links.values())
+            self._links.clear()
+        for link in links:
+            with contextlib.suppress(Exception):
+                await _on_loop(link, link.close)
+
+    # -- the contract ---------------------------------------------------------------------
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        if not messages:
+            return
+        link = self._link()
+        now_ms = time.time() * 1000
+        envelopes = [self._context.envelope(
+            out.queue, out.id, out.body, out.priority, now_ms=now_ms,
+            eta_ms=None if out.eta is None else math.ceil(out.eta * 1000))
+            for out in messages]
+        await link.publish(envelopes, self.settings.publish_timeout)
+
+    async def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        if limit <= 0 or not queues:
+            return []
+        return await self._link().fetch(list(queues), limit, timeout)
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        for link, receipts in _by_link(deliveries).items():
+            await _on_loop(link, partial(link.ack, receipts))
+
+    async def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        for link, receipts in _by_link(deliveries).items():
+            await _on_loop(link, partial(link.requeue, receipts))
+
+    async def dead_letter(self, deliveries: Sequence[tuple[Delivery, str]]) -> None:
+        groups: dict[Link, list[tuple[Receipt, str]]] = {}
+        for delivery, reason in deliveries:
+            if isinstance(delivery.receipt, Receipt):
+                groups.setdefault(delivery.receipt.link, []).append((delivery.receipt, reason))
+        for link, pairs in groups.items():
+            await _on_loop(link, partial(link.dead_letter, pairs))
+
+    async def extend(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        owned = [False] * len(deliveries)
+        positions: dict[Link, list[int]] = {}
+        for index, delivery in enumerate(deliveries):
+            if isinstance(delivery.receipt, Receipt):
+                positions.setdefault(delivery.receipt.link, []).append(index)
+        for link, indexes in positions.items():
+            receipts = [deliveries[i].receipt for i in indexes]
+
+            async def extend_there(lk: Link = link, rs: list[Receipt] = receipts) -> list[bool]:
+                return lk.extend(rs)
+
+            answers = await _on_loop(link, extend_there)
+            for index, ok in zip(indexes, answers or [False] * len(indexes), strict=True):
+                owned[index] = ok
+        return owned
+
+    async def queue_stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
+        link = self._link()
+        await link.declare([])
+        names = list(queues) if queues is not None else sorted(
+            set(await self._registered(link)) | self._context.known)
+        found = []
+        for name in names:
+            counts = await link.counts(name)
+            if counts is None and queues is None:
+                continue  # in the registry, but deleted since
+            ready, scheduled = counts or (0, 0)
+            buffered, held = self._local_counts(name)
+            found.append(QueueStats(name, ready + buffered, scheduled, held))
+        return found
+
+    async def purge(self, queues: Sequence[str]) -> int:
+        link = self._link()
+        return sum([await link.purge(queue) for queue in queues])
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        link = self._link()
+        await link.declare([])
+        messages = await link.scan(self.topology.dead_queue)
+        letters = [self._dead_letter(message) for message in reversed(messages)]
+        return letters[:limit]
+
+    async def purge_dead_letters(self) -> int:
+        link = self._link()
+        await link.declare([])
+        return await link.purge_queue(self.topology.dead_queue)
+
+    # -- beyond the contract --------------------------------------------------------------
+
+    async def delete_namespace(self) -> None:
+        """Delete every queue and exchange celeriac made in this broker's namespace.
+
+        The queues named in the registry (with their delay queues), the dead letters, the
+        registry and the shared exchanges; their messages are lost. For tests and
+        tear-down; with the default empty namespace it clears celeriac off the vhost.
+        """
+        link = self._link()
+        await link.declare([])
+        top = self.topology
+        names = set(await self._registered(link)) | self._context.known
+        queues = [top.queue(name) for name in sorted(names)]
+        queues += [top.delay_queue(name, level) for name in sorted(names)
+                   for level in range(DELAY_LEVELS)]
+        queues += [top.dead_queue, top.registry_queue]
+        exchanges = [top.delay_exchange(level) for level in range(DELAY_LEVELS)]
+        exchanges += [top.delivery_exchange, top.dead_exchange]
+        await link.delete(exchanges, queues)
+        self._context.known.clear()
+
+    # -- helpers --------------------------------------------------------------------------
+
+    async def _registered(self, link: Link) -> list[str]:
+        """The queue names in the registry; duplicates (from races) are removed as read."""
+        seen: set[str] = set()
+
+        def first_time(message: DeliveredMessage) -> bool:
+            name = message.body.decode("utf-8", "replace")
+            fresh = name not in seen
+            seen.add(name)
+            return fresh
+
+        await link.scan(self.topology.registry_queue, keep=first_time)
+        return sorted(seen)
+
+    def _local_counts(self, queue: str) -> tuple[int, int]:
+        """(buffered, held) deliveries of ``queue`` in this process's links."""
+        with self._links_lock:
+            links = list(self._links.values())
+        buffered = sum(link.buffered_counts.get(queue, 0) for link in links)
+        held = sum(link.held_counts.get(queue, 0) for link in links)
+        return buffered, held
+
+    def _dead_letter(self, message: DeliveredMessage) -> DeadLetter:
+        properties = message.header.properties
+        headers = dict(properties.headers or {})
+        reason, queue, dead_at = (headers.get(HEADER_REASON), headers.get(HEADER_QUEUE),
+                                  headers.get(HEADER_DEAD_AT))
+        deaths = headers.get("x-death")
+        if reason is None and isinstance(deaths, list) and deaths \
+                and isinstance(deaths[0], dict):
+            # Dead-lettered by RabbitMQ itself (rejected, expired, over a length or a
+            # quorum queue's delivery limit): its own record says why and from where.
+            death = deaths[0]
+            reason = f"dead-lettered by RabbitMQ: {_text(death.get('reason')) or 'unknown'}"
+            queue = _text(death.get("queue")).removeprefix(self.topology.namespace)
+            moment = death.get("time")
+            dead_at = moment.timestamp() * 1000 if isinstance(moment, datetime) else None
+        return DeadLetter(
+            id=properties.message_id or "", queue=_text(queue), body=message.body,
+            reason=_text(reason) or "dead-lettered",
+            dead_at=float(dead_at) / 1000 if isinstance(dead_at, int | float) else 0.0)
+
+
+def _by_link(deliveries: Sequence[Delivery]) -> dict[Link, list[Receipt]]:
+    """Receipts grouped by the link that issued them; anything else is stale already."""
+    groups: dict[Link, list[Receipt]] = {}
+    for delivery in deliveries:
+        if isinstance(delivery.receipt, Receipt):
+            groups.setdefault(delivery.receipt.link, []).append(delivery.receipt)
+    return groups
+
+
+async def _on_loop(link: Link, work: Callable[[], Coroutine[Any, Any, T]]) -> T | None:
+    """Run ``work`` on the link's own loop; None when that loop is gone."""
+    loop = link.loop
+    if loop is asyncio.get_running_loop():
+        return await work()
+    if loop.is_closed() or not loop.is_running():
+        return None  # its connection died with its loop: its receipts are stale
+    future = asyncio.run_coroutine_threadsafe(work(), loop)
+    return await asyncio.wait_for(asyncio.wrap_future(future), CLOSE_TIMEOUT * 2)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def split_url(url: str) -> tuple[str, dict[str, str]]:
+    """The URL for aiormq (celeriac's own query options taken out) and those options."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {key: value for key, value in query if key in ("namespace", "heartbeat")}
+    kept = [(key, value) for key, value in query if key != "namespace"]
+    return urlunsplit(parts._replace(query=urlencode(kept))), ours
+
+
+def _with_query(url: str, **values: str) -> str:
+    parts = urlsplit(url)
+    query = [*parse_qsl(parts.query, keep_blank_values=True), *values.items()]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,945 @@
+"""One event loop's connection to RabbitMQ, and everything that lives on it.
+
+A ``Link`` belongs to one event loop (aiormq objects are bound to the loop that made
+them) and is only ever touched from that loop; ``AMQPBroker`` keeps one per loop and
+sends work for another loop's deliveries over with ``run_coroutine_threadsafe``.
+
+A link has three channels on one connection:
+
+- *publisher*, in confirm mode: every publish, and every copy the link republishes, is
+  awaited until RabbitMQ confirms it (published ``mandatory``, so an unroutable message
+  is an error, not a silent drop);
+- *consumer*: one ``basic.consume`` per queue, ``basic.qos`` prefetch set to the
+  caller's budget, manual acks. Deliveries land in a per-queue heap (priority, then age)
+  that ``fetch`` takes from;
+- *admin*: passive declares for counts, ``basic.get`` scans of the dead letters and the
+  registry. A passive declare of a missing queue closes a channel; only this one.
+
+Every delivery tag is valid only on the consumer channel that received it. When that
+channel or the connection is lost, the link's *generation* moves on, so every receipt
+of the old one is stale: acking it is a no-op, extending it says False. RabbitMQ has
+already put those messages back (flagged ``redelivered``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiormq
+from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
+from aiormq.exceptions import (
+    AMQPConnectionError,
+    AMQPError,
+    ChannelClosed,
+    ChannelInvalidStateError,
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+    PublishError,
+)
+from pamqp import commands as spec
+
+from celeriac.brokers.amqp_topology import (
+    DELAY_LEVELS,
+    HEADER_DEAD_AT,
+    HEADER_DELIVERIES,
+    HEADER_ETA,
+    HEADER_QUEUE,
+    HEADER_REASON,
+    HEADER_SENT,
+    AMQPOptions,
+    Topology,
+)
+from celeriac.brokers.base import Delivery
+from celeriac.errors import BrokerError, BrokerUnavailable
+
+logger = logging.getLogger("celeriac.broker.amqp")
+
+# After a new consumer starts, RabbitMQ pushes what is ready in a burst; fetch waits this
+# long at most for the burst it was told about (queue.declare's message_count), so one
+# call returns everything that was ready, not just the first message to arrive.
+BURST_WAIT = 0.25
+# Delayed messages that come due together are dead-lettered into the queue one by one;
+# a fetch that got one waits this long for its companions, so they come out by priority.
+DUE_WINDOW = 0.02
+RECONNECT_BACKOFF_FIRST = 0.1
+RECONNECT_BACKOFF_MAX = 5.0
+CLOSE_TIMEOUT = 5.0
+
+# A channel or connection that is gone: the operation may succeed on a new one.
+LOST = (AMQPConnectionError, ChannelInvalidStateError, ConnectionError)
+
+_link_ids = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The broker's handle on one delivery: a tag on one generation of one link."""
+
+    link: Link = field(compare=False, repr=False)
+    link_id: int
+    generation: int
+    tag: int
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A message ready for ``basic.publish``.
+
+    Its route is worked out at the moment it is sent, so that a delay counts from then:
+    to ``exchange``/``routing_key`` when given (dead letters), down the delay ladder
+    while ``eta_ms`` is ahead, else straight into the queue.
+    """
+
+    queue: str  # the celeriac queue it is for (declared before publishing)
+    body: bytes
+    properties: spec.Basic.Properties
+    eta_ms: int | None = None
+    exchange: str | None = None
+    routing_key: str = ""
+
+    def delayed(self, now_ms: float) -> bool:
+        return self.exchange is None and self.eta_ms is not None and self.eta_ms > now_ms
+
+
+@dataclass(slots=True)
+class Raw:
+    """A message delivered on a link's consumer channel, not yet settled."""
+
+    tag: int
+    queue: str
+    id: str
+    body: bytes
+    priority: int
+    deliveries: int  # deliveries counted before this one
+    sent: int  # first publish, microseconds: the age order within one priority
+    headers: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Held:
+    raw: Raw
+    until: float  # loop time the lease ends unless extended
+    busy: bool = False  # being dead-lettered: the reaper leaves it alone
+
+
+class Context:
+    """What every link of one broker shares: settings, names, and the clock for ages."""
+
+    def __init__(self, url: str, safe_url: str, settings: AMQPOptions, topology: Topology,
+                 lease_seconds: float) -> None:
+        self.url = url
+        self.safe_url = safe_url
+        self.settings = settings
+        self.topology = topology
+        self.lease_seconds = lease_seconds
+        self.known: set[str] = set()  # celeriac queues declared through this broker
+        self._stamp_lock = threading.Lock()
+        self._last_stamp = 0
+
+    def stamp(self) -> int:
+        """A publish time in microseconds, strictly increasing within this process."""
+        with self._stamp_lock:
+            self._last_stamp = max(time.time_ns() // 1000, self._last_stamp + 1)
+            return self._last_stamp
+
+    def envelope(self, queue: str, id: str, body: bytes, priority: int, *,
+                 eta_ms: int | None = None, deliveries: int = 0, sent: int | None = None,
+                 now_ms: float | None = None) -> Envelope:
+        """A message for ``queue``, to wait in the broker until ``eta_ms`` if that is ahead."""
+        queue_spec = self.settings.spec(queue)
+        headers: dict[str, Any] = {HEADER_SENT: self.stamp() if sent is None else sent}
+        if deliveries:
+            headers[HEADER_DELIVERIES] = deliveries
+        now_ms = time.time() * 1000 if now_ms is None else now_ms
+        if eta_ms is not None and eta_ms > now_ms:
+            headers[HEADER_ETA] = eta_ms
+        else:
+            eta_ms = None
+        properties = spec.Basic.Properties(
+            message_id=id, priority=priority, headers=headers,
+            delivery_mode=queue_spec.delivery_mode)
+        return Envelope(queue, body, properties, eta_ms)
+
+    def route(self, envelope: Envelope) -> tuple[str, str]:
+        """The exchange and routing key to publish ``envelope`` with, now."""
+        if envelope.exchange is not None:
+            return envelope.exchange, envelope.routing_key
+        now_ms = time.time() * 1000
+        if envelope.eta_ms is not None and envelope.eta_ms > now_ms:
+            return self.topology.delay_route(envelope.queue, envelope.eta_ms - now_ms)
+        return "", self.topology.queue(envelope.queue)
+
+
+class Link:
+    """One loop's connection, channels, consumers, buffered and leased deliveries."""
+
+    def __init__(self, context: Context, loop: asyncio.AbstractEventLoop) -> None:
+        self.ctx = context
+        self.loop = loop
+        self.id = next(_link_ids)
+        self.connection: AbstractConnection | None = None
+        self.publisher: AbstractChannel | None = None
+        self.consumer: AbstractChannel | None = None
+        self.admin: AbstractChannel | None = None
+        self.generation = 0
+        self.declared: set[str] = set()  # queues declared on this connection
+        self.shared_declared = False  # the exchanges every queue uses
+        self.ladders: set[str] = set()  # queues whose delay queues are declared
+        self.consumers: dict[str, str] = {}  # queue -> consumer tag
+        self.prefetch = 0
+        self.buffers: dict[str, list[tuple[int, int, int, Raw]]] = {}
+        self.buffered_counts: dict[str, int] = {}  # read by other threads for stats
+        self.held: dict[int, Held] = {}
+        self.held_counts: dict[str, int] = {}
+        self._expect: dict[str, tuple[int, float]] = {}  # queue -> (burst left, until)
+        self._due_seen: dict[str, float] = {}
+        self._waiters: list[asyncio.Future[None]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reaper: asyncio.Task[None] | None = None
+        self._connect_lock = asyncio.Lock()
+        self._consume_lock = asyncio.Lock()
+        self._failures = 0
+        self._retry_at = 0.0
+        self._last_error: BaseException | None = None
+        self.closed = False
+
+    # -- connection -----------------------------------------------------------------------
+
+    async def ready(self, timeout: float | None = None) -> AbstractConnection:
+        """The open connection, connecting (with capped backoff) if there is none."""
+        connection = self.connection
+        if connection is not None and not connection.is_closed:
+            return connection
+        async with self._connect_lock:
+            connection = self.connection
+            if connection is not None and not connection.is_closed:
+                return connection
+            return await self._connect(self.ctx.settings.connect_timeout
+                                       if timeout is None else timeout)
+
+    async def _connect(self, timeout: float) -> AbstractConnection:
+        wait = self._retry_at - self.loop.time()
+        if wait > 0:
+            if wait > timeout:
+                raise self._unavailable(f"next attempt in {wait:.1f}s")
+            await asyncio.sleep(wait)
+            timeout -= wait
+        connection = aiormq.Connection(self.ctx.url, client_properties={
+            "connection_name": f"celeriac pid {os.getpid()} {threading.current_thread().name}"})
+        try:
+            await asyncio.wait_for(connection.connect(),
+                                   max(0.05, min(timeout, self.ctx.settings.connect_timeout)))
+            self.publisher = await connection.channel(publisher_confirms=True)
+            self.consumer = await self._open_consumer_channel(connection)
+            self.connection = connection
+        except (TimeoutError, OSError, AMQPError, ChannelInvalidStateError) as exc:
+            self._failures += 1
+            backoff = min(RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_FIRST * 2 ** self._failures)
+            self._retry_at = self.loop.time() + backoff
+            self._last_error = exc
+            with contextlib.suppress(Exception):
+                await connection.close()
+            self.connection = self.publisher = self.consumer = None
+            raise self._unavailable() from exc
+        if self._failures:
+            logger.warning("reconnected to RabbitMQ at %s", self.ctx.safe_url)
+        self._failures = 0
+        self._retry_at = 0.0
+        self.shared_declared = False
+        connection.closing.add_done_callback(
+            lambda closing: self._on_connection_closed(connection, closing))
+        return connection
+
+    def _unavailable(self, detail: str = "") -> BrokerUnavailable:
+        error = self._last_error
+        reason = f"{type(error).__name__}: {error}" if error is not None else "not connected"
+        return BrokerUnavailable(f"cannot reach RabbitMQ at {self.ctx.safe_url} ({reason})"
+                                 + (f"; {detail}" if detail else ""))
+
+    def _on_connection_closed(self, connection: AbstractConnection,
+                              closing: asyncio.Future[Any]) -> None:
+        error = None if closing.cancelled() else closing.exception()
+        if self.connection is not connection:
+            return  # an older connection, already replaced
+        if not self.closed and not isinstance(error, asyncio.CancelledError | None):
+            # (CancelledError: the loop itself is ending, as at the end of asyncio.run)
+            logger.warning("connection to RabbitMQ at %s lost: %r; its unacked deliveries go "
+                           "back to the queues", self.ctx.safe_url, error)
+            self._last_error = error
+        self.connection = self.publisher = self.admin = None
+        self.declared.clear()
+        self.ladders.clear()
+        self._drop_consumer_state()
+
+    async def _open_consumer_channel(self, connection: AbstractConnection) -> AbstractChannel:
+        channel = await connection.channel(publisher_confirms=False)
+        generation = self.generation
+
+        def lost(closing: asyncio.Future[Any]) -> None:
+            if not closing.cancelled():
+                closing.exception()  # retrieved: the reason is logged by aiormq
+            if self.generation == generation and self.consumer is channel:
+                self._drop_consumer_state()
+
+        channel.closing.add_done_callback(lost)
+        return channel
+
+    def _drop_consumer_state(self) -> None:
+        """The consumer channel is gone, and every tag it gave with it."""
+        self.generation += 1
+        self.consumer = None
+        self.consumers.clear()
+        self.prefetch = 0
+        self.buffers.clear()
+        self.buffered_counts.clear()
+        self.held.clear()
+        self.held_counts.clear()
+        self._expect.clear()
+        self._due_seen.clear()
+        self._wake()
+
+    async def _consumer_channel(self) -> AbstractChannel:
+        connection = await self.ready()
+        if self.consumer is None or self.consumer.is_closed:
+            if self.consumer is not None:
+                self._drop_consumer_state()
+            self.consumer = await self._open_consumer_channel(connection)
+        return self.consumer
+
+    async def _publisher_channel(self, timeout: float | None = None) -> AbstractChannel:
+        connection = await self.ready(timeout)
+        if self.publisher is None or self.publisher.is_closed:
+            self.publisher = await connection.channel(publisher_confirms=True)
+        return self.publisher
+
+    async def _admin_channel(self) -> AbstractChannel:
+        connection = await self.ready()
+        if self.admin is None or self.admin.is_closed:
+            self.admin = await connection.channel(publisher_confirms=False)
+        return self.admin
+
+    async def close(self) -> None:
+        """Stop consuming, hand back what was prefetched (uncounted), and disconnect."""
+        if self.closed:
+            return
+        connection = self.connection
+        if connection is not None and not connection.is_closed and self.consumer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._release_buffered(), CLOSE_TIMEOUT)
+        self.closed = True
+        for task in [*self._tasks, *([self._reaper] if self._reaper else [])]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *([self._reaper] if self._reaper else []),
+                             return_exceptions=True)
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), CLOSE_TIMEOUT)
+        self.connection = self.publisher = self.consumer = self.admin = None
+
+    async def _release_buffered(self) -> None:
+        """Prefetched messages nobody started go back as new copies, not as redeliveries.
+
+        Closing the channel would requeue them flagged ``redelivered``, and the next
+        consumer would count a delivery for each although none ever ran.
+        """
+        consumer = self.consumer
+        if consumer is None:
+            return
+        for tag in list(self.consumers.values()):
+            with contextlib.suppress(Exception):
+                await consumer.basic_cancel(tag)
+        self.consumers.clear()
+        raws = [entry[3] for heap in self.buffers.values() for entry in heap]
+        self.buffers.clear()
+        self.buffered_counts.clear()
+        if raws:
+            await asyncio.gather(*(self._move(self.generation, raw, raw.deliveries)
+                                   for raw in raws))
+
+    # -- declaring ------------------------------------------------------------------------
+
+    async def _declare_shared(self) -> None:
+        """The exchanges every queue uses: the delay ladder, delivery, dead letters."""
+        channel = await self._publisher_channel()
+        top = self.ctx.topology
+        await channel.exchange_declare(top.dead_exchange, exchange_type="fanout",
+                                       durable=True, nowait=True)
+        await channel.queue_declare(top.dead_queue, durable=True, nowait=True)
+        await channel.queue_bind(top.dead_queue, top.dead_exchange, nowait=True)
+        await channel.queue_declare(top.registry_queue, durable=True, nowait=True)
+        await channel.exchange_declare(top.delivery_exchange, exchange_type="topic",
+                                       durable=True, nowait=True)
+        for level in range(DELAY_LEVELS):
+            await channel.exchange_declare(top.delay_exchange(level), exchange_type="topic",
+                                           durable=True, nowait=True)
+        for level in range(DELAY_LEVELS):
+            await channel.exchange_bind(top.delay_exchange(level - 1), top.delay_exchange(level),
+                                        top.pass_binding(level), nowait=True)
+        # A synchronous call after the no-wait ones: any failure above has closed the
+        # channel by the time its answer would come, and surfaces here.
+        await channel.queue_declare(top.dead_queue, passive=True)
+        self.shared_declared = True
+
+    async def declare(self, queues: Iterable[str], ladders: Iterable[str] = ()) -> None:
+        """Declare each queue, and the delay ladder of ``ladders``, once per connection.
+
+        A queue's ladder is declared when its first delayed message is sent: apps that
+        never delay anything get no delay queues. (Creating a durable queue takes
+        RabbitMQ some milliseconds, so the first delayed message of a new queue waits
+        a moment; its delay counts from when it is sent, after that.)
+        """
+        if not self.shared_declared:
+            await self._declare_shared()
+        for queue in [*queues, *ladders]:
+            if queue in self.declared:
+                continue
+            try:
+                await self._declare_queue(queue)
+            except ChannelPreconditionFailed as exc:
+                spec_ = self.ctx.settings.spec(queue)
+                raise BrokerError(
+                    f"queue {self.ctx.topology.queue(queue)!r} exists on RabbitMQ with other "
+                    f"arguments than celeriac declares for it (durable={spec_.durable}, "
+                    f"quorum={spec_.quorum}): {exc}. Delete it, or change its settings in "
+                    "broker_transport_options") from exc
+        for queue in ladders:
+            if queue not in self.ladders:
+                await self._declare_ladder(queue)
+
+    async def _declare_ladder(self, queue: str) -> None:
+        top = self.ctx.topology
+        queue_spec = self.ctx.settings.spec(queue)
+        channel = await self._publisher_channel()
+        for level in range(DELAY_LEVELS):
+            name = top.delay_queue(queue, level)
+            await channel.queue_declare(name, durable=queue_spec.durable, nowait=True,
+                                        arguments=top.delay_queue_arguments(level))
+            await channel.queue_bind(name, top.delay_exchange(level),
+                                     top.delay_binding(queue, level), nowait=True)
+        await channel.queue_declare(top.delay_queue(queue, 0), passive=True)  # the barrier
+        self.ladders.add(queue)
+
+    async def _declare_queue(self, queue: str) -> None:
+        top = self.ctx.topology
+        queue_spec = self.ctx.settings.spec(queue)
+        is_new = not await self.exists(top.queue(queue))
+        channel = await self._publisher_channel()
+        await channel.queue_declare(top.queue(queue), durable=queue_spec.durable,
+                                    arguments=top.work_queue_arguments(queue_spec))
+        await channel.queue_bind(top.queue(queue), top.delivery_exchange,
+                                 top.delivery_binding(queue))
+        if is_new:
+            # The registry lets any process list the queues (AMQP cannot); a queue is
+            # written once, when a declare finds it missing.
+            properties = spec.Basic.Properties(delivery_mode=2)
+            await channel.basic_publish(queue.encode(), routing_key=top.registry_queue,
+                                        properties=properties, mandatory=True)
+        self.declared.add(queue)
+        self.ctx.known.add(queue)
+
+    async def exists(self, name: str) -> spec.Queue.DeclareOk | None:
+        """The queue's passive declare, or None when it does not exist."""
+        channel = await self._admin_channel()
+        try:
+            return await channel.queue_declare(name, passive=True)
+        except ChannelNotFoundEntity:
+            self.admin = None  # RabbitMQ closed the channel with the 404
+            return None
+
+    # -- publishing -----------------------------------------------------------------------
+
+    async def publish(self, envelopes: Sequence[Envelope], timeout: float) -> None:
+        """Publish and wait for RabbitMQ's confirms, reconnecting until ``timeout``.
+
+        A message whose confirm did not come is sent again on the next connection (it
+        may then be stored twice: at least once, never silently lost). When the time is
+        up, ``BrokerUnavailable`` says how many were not confirmed.
+        """
+        deadline = self.loop.time() + timeout
+        pending = list(envelopes)
+        error: BaseException | None = None
+        while pending:
+            remaining = deadline - self.loop.time()
+            if remaining <= 0:
+                raise BrokerUnavailable(
+                    f"RabbitMQ at {self.ctx.safe_url} did not confirm {len(pending)} "
+                    f"message(s) within {timeout:g}s ({type(error).__name__}: {error}); "
+                    "they may not have been stored") from error
+            try:
+                channel = await self._publisher_channel(remaining)
+                now_ms = time.time() * 1000
+                await self.declare({envelope.queue for envelope in pending},
+                                   {e.queue for e in pending if e.delayed(now_ms)})
+                results = await asyncio.gather(
+                    *(self._publish_one(channel, envelope, remaining) for envelope in pending),
+                    return_exceptions=True)
+            except BrokerUnavailable as exc:
+                if self._retry_at >= deadline:  # no attempt left in our time
+                    raise
+                error = exc
+                continue
+            except (*LOST, ChannelClosed) as exc:
+                error = exc
+                await asyncio.sleep(min(RECONNECT_BACKOFF_FIRST, max(0.0, remaining / 2)))
+                continue
+            failed = []
+            for envelope, result in zip(pending, results, strict=True):
+                if isinstance(result, BaseException):
+                    error = self._publish_failure(envelope, result)
+                    failed.append(envelope)
+            pending = failed
+
+    async def _publish_one(self, channel: AbstractChannel, envelope: Envelope,
+                           timeout: float) -> None:
+        exchange, routing_key = self.ctx.route(envelope)
+        await channel.basic_publish(envelope.body, exchange=exchange, routing_key=routing_key,
+                                    properties=envelope.properties, mandatory=True,
+                                    timeout=timeout)
+
+    async def publish_here(self, envelopes: Sequence[Envelope], timeout: float) -> None:
+        """Publish on this connection only, confirmed, or raise: for copies of deliveries.
+
+        A copy must not outlive the connection its original was delivered on (RabbitMQ
+        requeues the original when that connection dies), so it is never retried on
+        another one.
+        """
+        channel = self.publisher
+        if self.connection is None or channel is None or channel.is_closed:
+            raise self._unavailable("the connection the deliveries came on is gone")
+        results = await asyncio.gather(
+            *(self._publish_one(channel, envelope, timeout) for envelope in envelopes),
+            return_exceptions=True)
+        errors = [result for result in results if isinstance(result, BaseException)]
+        if errors:
+            raise BrokerUnavailable(f"RabbitMQ did not confirm {len(errors)} message(s): "
+                                    f"{errors[0]!r}") from errors[0]
+
+    def _publish_failure(self, envelope: Envelope, error: BaseException) -> BaseException:
+        """Return a failed publish's error when a retry may help; raise when it may not."""
+        if isinstance(error, ChannelPreconditionFailed):
+            raise BrokerError(f"RabbitMQ refused a message for queue {envelope.queue!r}: "
+                              f"{error}") from error
+        if isinstance(error, PublishError | ChannelNotFoundEntity):
+            # Unroutable, or an exchange missing: deleted under us. Declare it all again.
+            self.declared.clear()
+            self.ladders.clear()
+            self.shared_declared = False
+            return error
+        if isinstance(error, (*LOST, AMQPError, TimeoutError)):
+            return error
+        raise error
+
+    # -- consuming ------------------------------------------------------------------------
+
+    async def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        deadline = self.loop.time() + timeout
+        generation = await self._consume(queues, limit)
+        while True:
+            if self._buffered(queues):
+                await self._settle(queues, limit)
+                return self._take(queues, limit)
+            until = max(deadline, self._burst_until(queues))
+            now = self.loop.time()
+            if now >= until:
+                return []
+            await self._wait(until - now)
+            if self.generation != generation:  # the channel was lost while we waited
+                generation = await self._consume(queues, limit)
+
+    async def _consume(self, queues: Sequence[str], limit: int) -> int:
+        """Consume ``queues`` with a prefetch of what is held plus ``limit``."""
+        async with self._consume_lock:
+            channel = await self._consumer_channel()
+            await self.declare(queues)
+            target = len(self.held) + limit
+            restart = target > self.prefetch and bool(self.consumers)
+            if restart:
+                # A per-consumer prefetch applies to consumers started after basic.qos, so
+                # a bigger budget means new consumers. Deliveries already buffered stay:
+                # their tags belong to the channel, not to the consumer.
+                for tag in self.consumers.values():
+                    await channel.basic_cancel(tag)
+                queues = [*self.consumers, *(q for q in queues if q not in self.consumers)]
+                self.consumers.clear()
+            if target > self.prefetch or not self.prefetch:
+                self.prefetch = max(target, 1)
+                await channel.basic_qos(prefetch_count=self.prefetch)
+            for queue in queues:
+                if queue not in self.consumers:
+                    await self._start_consumer(channel, queue)
+            return self.generation
+
+    async def _start_consumer(self, channel: AbstractChannel, queue: str) -> None:
+        name = self.ctx.topology.queue(queue)
+        ready = await channel.queue_declare(name, passive=True)
+        burst = min(ready.message_count or 0, self.prefetch)
+        self._expect[queue] = (burst, self.loop.time() + BURST_WAIT)
+        generation = self.generation
+
+        async def on_message(message: DeliveredMessage) -> None:
+            self._on_message(generation, queue, message)
+
+        ok = await channel.basic_consume(name, on_message)
+        assert ok.consumer_tag is not None
+        self.consumers[queue] = ok.consumer_tag
+
+    def _on_message(self, generation: int, queue: str, message: DeliveredMessage) -> None:
+        if generation != self.generation:
+            return  # from a channel already given up: its tag is dead
+        deliver = message.delivery
+        assert isinstance(deliver, spec.Basic.Deliver)
+        properties = message.header.properties
+        headers = dict(properties.headers or {})
+        counted = _int(headers.get(HEADER_DELIVERIES))
+        queue_spec = self.ctx.settings.spec(queue)
+        if queue_spec.quorum:  # RabbitMQ counts returns of quorum queue messages itself
+            counted += _int(headers.get("x-delivery-count"))
+        left, until = self._expect.get(queue, (0, 0.0))
+        if left:
+            self._expect[queue] = (left - 1, until)
+        sent = headers.get(HEADER_SENT)
+        raw = Raw(deliver.delivery_tag or 0, queue, properties.message_id or "", message.body,
+                  properties.priority or 0, counted,
+                  int(sent) if isinstance(sent, int) else time.time_ns() // 1000, headers)
+        eta = headers.get(HEADER_ETA)
+        if isinstance(eta, int) and eta > time.time() * 1000:
+            # Early (a delay past the top of the ladder, or clocks apart): down again.
+            self._spawn(self._move(generation, raw, raw.deliveries))
+            return
+        if deliver.redelivered and not queue_spec.quorum:
+            # The channel that had it died (a worker killed, a connection lost), so that
+            # delivery counts. The count is kept in a new copy, published before the
+            # original is acked, so that a message that kills every worker it reaches
+            # reaches the delivery limit instead of coming back forever.
+            self._spawn(self._move(generation, raw, raw.deliveries + 1))
+            return
+        heapq.heappush(self.buffers.setdefault(queue, []),
+                       (-raw.priority, raw.sent, raw.tag, raw))
+        self.buffered_counts[queue] = self.buffered_counts.get(queue, 0) + 1
+        if eta is not None:
+            self._due_seen[queue] = self.loop.time()
+        self._wake()
+
+    def _buffered(self, queues: Sequence[str]) -> int:
+        return sum(self.buffered_counts.get(queue, 0) for queue in queues)
+
+    def _burst_until(self, queues: Sequence[str]) -> float:
+        pending = [until for queue in queues
+                   for left, until in [self._expect.get(queue, (0, 0.0))] if left]
+        return max(pending, default=0.0)
+
+    async def _settle(self, queues: Sequence[str], limit: int) -> None:
+        """Wait (briefly, bounded) for a burst or for companions due at the same time."""
+        while self._buffered(queues) < limit:
+            due = max((self._due_seen.get(queue, -math.inf) for queue in queues),
+                      default=-math.inf)
+            until = max(self._burst_until(queues), due + DUE_WINDOW)
+            now = self.loop.time()
+            if until <= now:
+                return
+            await self._wait(until - now)
+
+    def _take(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+        taken: list[Delivery] = []
+        until = self.loop.time() + self.ctx.lease_seconds
+        for queue in queues:
+            heap = self.buffers.get(queue)
+            while heap and len(taken) < limit:
+                raw = heapq.heappop(heap)[3]
+                self.buffered_counts[queue] -= 1
+                self.held[raw.tag] = Held(raw, until)
+                self.held_counts[queue] = self.held_counts.get(queue, 0) + 1
+                taken.append(Delivery(raw.id, queue, raw.body, raw.priority,
+                                      raw.deliveries + 1,
+                                      Receipt(self, self.id, self.generation, raw.tag)))
+        if taken and (self._reaper is None or self._reaper.done()):
+            self._reaper = self.loop.create_task(self._reap(), name="celeriac-amqp-leases")
+        return taken
+
+    async def _wait(self, timeout: float) -> None:
+        future: asyncio.Future[None] = self.loop.create_future()
+        self._waiters.append(future)
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(future)
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(None)
+
+    # -- leases ---------------------------------------------------------------------------
+
+    async def _reap(self) -> None:
+        """End the leases nobody extended: the message goes back, and that delivery counts.
+
+        AMQP has no lease of its own (a delivery is owned while its channel lives), so
+        the contract's lease is kept here, on the loop that runs the worker: a worker
+        too busy or paused to extend is also too busy to reap, and a dead one's channel
+        dies with it.
+        """
+        while self.held:
+            now = self.loop.time()
+            soonest = min((held.until for held in self.held.values() if not held.busy),
+                          default=now + self.ctx.lease_seconds)
+            if soonest > now:
+                await asyncio.sleep(soonest - now)
+                continue
+            generation = self.generation
+            for tag, held in list(self.held.items()):
+                if held.until <= now and not held.busy:
+                    self._release(tag)
+                    logger.warning("lease on message %s in %s ran out (%.3gs without being "
+                                   "extended): handing it to another delivery", held.raw.id,
+                                   held.raw.queue, self.ctx.lease_seconds)
+                    self._spawn(self._move(generation, held.raw, held.raw.deliveries + 1))
+
+    def _release(self, tag: int) -> Held | None:
+        held = self.held.pop(tag, None)
+        if held is not None:
+            self.held_counts[held.raw.queue] -= 1
+        return held
+
+    def _live(self, receipt: Receipt) -> Held | None:
+        if receipt.generation != self.generation:
+            return None
+        return self.held.get(receipt.tag)
+
+    def extend(self, receipts: Sequence[Receipt]) -> list[bool]:
+        until = self.loop.time() + self.ctx.lease_seconds
+        owned = []
+        for receipt in receipts:
+            held = self._live(receipt)
+            if held is not None:
+                held.until = until
+            owned.append(held is not None)
+        return owned
+
+    # -- settling -------------------------------------------------------------------------
+
+    async def ack(self, receipts: Sequence[Receipt]) -> None:
+        tags = [receipt.tag for receipt in receipts
+                if self._live(receipt) is not None and self._release(receipt.tag)]
+        await self._ack_tags(self.generation, tags)
+
+    async def _ack_tags(self, generation: int, tags: Sequence[int]) -> None:
+        channel = self.consumer
+        if not tags or generation != self.generation or channel is None:
+            return
+        try:
+            for tag in sorted(tags):
+                await channel.basic_ack(tag, wait=False)
+        except (*LOST, AMQPError):
+            pass  # the channel is gone: RabbitMQ gives the messages back itself
+
+    async def requeue(self, receipts: Sequence[Receipt]) -> None:
+        """Back to the queue uncounted, as new copies.
+
+        ``basic.nack`` would flag them ``redelivered``, which is also the only sign of a
+        delivery lost with a dead worker; a copy keeps that sign meaningful. The copy
+        keeps the message's first publish time, by which consumers order what they hold.
+        """
+        generation = self.generation
+        raws = [held.raw for receipt in receipts
+                if (held := self._live(receipt)) is not None and self._release(receipt.tag)]
+        # A copy that cannot be made falls back to a nack, or RabbitMQ requeues the
+        # original with its channel: either way the message is back in the queue.
+        await asyncio.gather(*(self._move(generation, raw, raw.deliveries) for raw in raws))
+
+    async def _move(self, generation: int, raw: Raw, deliveries: int) -> bool:
+        """Publish a copy of a delivered message, then ack the original.
+
+        The copy goes where the message would go now (down the delay ladder if its eta
+        is still ahead). If the original's channel is gone, nothing is published:
+        RabbitMQ has requeued the original already.
+        """
+        if generation != self.generation or self.consumer is None:
+            return False
+        eta = raw.headers.get(HEADER_ETA)
+        envelope = self.ctx.envelope(raw.queue, raw.id, raw.body, raw.priority,
+                                     eta_ms=eta if isinstance(eta, int) else None,
+                                     deliveries=deliveries, sent=raw.sent)
+        try:
+            if envelope.eta_ms is not None:
+                await self.declare([], [raw.queue])
+            await self.publish_here([envelope], self.ctx.settings.publish_timeout)
+        except Exception as exc:
+            logger.warning("could not republish message %s to %s (%r); handing the "
+                           "original back instead", raw.id, raw.queue, exc)
+            await self._nack(generation, raw.tag)
+            return False
+        await self._ack_tags(generation, [raw.tag])
+        return True
+
+    async def _nack(self, generation: int, tag: int) -> None:
+        """The fallback when a copy cannot be made: requeue, flagged ``redelivered``."""
+        channel = self.consumer
+        if generation == self.generation and channel is not None:
+            with contextlib.suppress(*LOST, AMQPError):
+                await channel.basic_nack(tag, requeue=True)
+
+    async def dead_letter(self, pairs: Sequence[tuple[Receipt, str]]) -> None:
+        live = [(receipt, held, reason) for receipt, reason in pairs
+                if (held := self._live(receipt)) is not None and not held.busy]
+        if not live:
+            return
+        generation = self.generation
+        top = self.ctx.topology
+        now_ms = int(time.time() * 1000)
+        envelopes = []
+        for _, held, reason in live:
+            held.busy = True
+            raw = held.raw
+            headers = {key: value for key, value in raw.headers.items()
+                       if key not in (HEADER_ETA, "x-death")}
+            headers.update({HEADER_REASON: reason, HEADER_QUEUE: raw.queue,
+                            HEADER_DEAD_AT: now_ms, HEADER_DELIVERIES: raw.deliveries + 1})
+            properties = spec.Basic.Properties(message_id=raw.id, priority=raw.priority,
+                                               delivery_mode=2, headers=headers)
+            envelopes.append(Envelope(raw.queue, raw.body, properties,
+                                      exchange=top.dead_exchange, routing_key=raw.queue))
+        try:
+            await self.declare([])
+            await self.publish_here(envelopes, self.ctx.settings.publish_timeout)
+        finally:
+            for _, held, _ in live:
+                held.busy = False
+        tags = [receipt.tag for receipt, _, _ in live if self._release(receipt.tag)]
+        await self._ack_tags(generation, tags)
+
+    # -- counting, purging and scanning ---------------------------------------------------
+
+    async def counts(self, queue: str) -> tuple[int, int] | None:
+        """(ready, scheduled) on the server, or None when the queue does not exist."""
+        top = self.ctx.topology
+        found = await self.exists(top.queue(queue))
+        if found is None:
+            return None
+        scheduled = 0
+        for name in await self._ladder(queue):
+            delayed = await self.exists(name)
+            scheduled += (delayed.message_count or 0) if delayed is not None else 0
+        return found.message_count or 0, scheduled
+
+    async def _ladder(self, queue: str) -> list[str]:
+        """The delay queues of ``queue``, or none when it never had a delayed message."""
+        top = self.ctx.topology
+        if queue not in self.ladders and await self.exists(top.delay_queue(queue, 0)) is None:
+            return []
+        return [top.delay_queue(queue, level) for level in range(DELAY_LEVELS)]
+
+    async def purge(self, queue: str) -> int:
+        top = self.ctx.topology
+        if await self.exists(top.queue(queue)) is None:
+            return 0
+        count = 0
+        for name in [top.queue(queue), *await self._ladder(queue)]:
+            if await self.exists(name) is None:
+                continue
+            channel = await self._admin_channel()
+            purged = await channel.queue_purge(name)
+            count += purged.message_count or 0
+        # What this link prefetched is waiting too: ack it away.
+        heap = self.buffers.pop(queue, [])
+        self.buffered_counts.pop(queue, None)
+        await self._ack_tags(self.generation, [entry[3].tag for entry in heap])
+        return count + len(heap)
+
+    async def scan(self, name: str, keep: Callable[[DeliveredMessage], bool] | None = None,
+                   limit: int | None = None) -> list[DeliveredMessage]:
+        """Read a queue without consuming it: ``basic.get`` each, then requeue them all.
+
+        Messages ``keep`` refuses are acked (removed) instead.
+        """
+        channel = await self._admin_channel()
+        declared = await channel.queue_declare(name, passive=True)
+        total = declared.message_count or 0
+        if limit is not None:
+            total = min(total, limit)
+        found: list[DeliveredMessage] = []
+        last_tag = 0
+        try:
+            while len(found) < total:
+                message = await channel.basic_get(name)
+                if not isinstance(message.delivery, spec.Basic.GetOk):
+                    break
+                last_tag = message.delivery.delivery_tag or last_tag
+                if keep is not None and not keep(message):
+                    await channel.basic_ack(last_tag)
+                    continue
+                found.append(message)
+        finally:
+            if last_tag:
+                await channel.basic_nack(last_tag, multiple=True, requeue=True)
+        if found:
+            await self._await_requeue(channel, name, len(found))
+        return found
+
+    async def _await_requeue(self, channel: AbstractChannel, name: str, count: int) -> None:
+        """Wait (bounded) until the messages nacked back show in the queue again.
+
+        RabbitMQ carries a requeue to the queue asynchronously, so a scan right after
+        another could find the queue empty. Only another reader taking them keeps the
+        count down, and then the wait gives up after a second.
+        """
+        deadline = self.loop.time() + 1.0
+        pause = 0.001
+        while self.loop.time() < deadline:
+            declared = await channel.queue_declare(name, passive=True)
+            if (declared.message_count or 0) >= count:
+                return
+            await asyncio.sleep(pause)
+            pause = min(0.05, pause * 2)
+
+    async def purge_queue(self, name: str) -> int:
+        channel = await self._admin_channel()
+        purged = await channel.queue_purge(name)
+        return purged.message_count or 0
+
+    async def delete(self, exchanges: Sequence[str], queues: Sequence[str]) -> None:
+        if self.consumer is not None:
+            for tag in list(self.consumers.values()):
+                with contextlib.suppress(*LOST, AMQPError):
+                    await self.consumer.basic_cancel(tag)
+            self._drop_consumer_state()
+        channel = await self._admin_channel()
+        for queue in queues:
+            await channel.queue_delete(queue)
+        for exchange in exchanges:
+            await channel.exchange_delete(exchange)
+        self.declared.clear()
+        self.ladders.clear()
+        self.shared_declared = False
+
+    # -- background work ------------------------------------------------------------------
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = self.loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background work on RabbitMQ failed", exc_info=task.exception())
+
+
+def _int(value: Any) -> int:
+    """A header's whole number; 0 when it is missing or not a number."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -1,0 +1,460 @@
+"""The Redis broker: one stream per queue and priority band, leases kept in the PEL.
+
+Key layout (``P`` is the ``key_prefix`` transport option, ``celeriac:`` by default)::
+
+    P queues                  SET    every queue name ever published to (for stats)
+    P q:<queue>:<band>        STREAM one per priority band 0-9, consumer group "celeriac";
+                                     entry fields i = message id, b = body
+    P eta:<queue>             ZSET   scheduled messages; score = due time (Unix ms),
+                                     member = "<band>:<len(id)>:<16 hex nonce><id><body>"
+    P requeued:<queue>        HASH   "<band>/<entry id>" -> times handed back unstarted
+    P reclaim:<queue>         HASH   "<band>" -> XAUTOCLAIM cursor
+    P dead                    STREAM dead letters: i = id, q = queue, b = body,
+                                     r = reason, t = time (Unix ms)
+
+How the broker semantics map onto Redis:
+
+- **Fetch** runs one Lua script (``redis_scripts.FETCH``) that moves due scheduled
+  messages into their streams, then walks the queues in the order given and the bands
+  from 9 down to 0, taking handed-back entries, expired leases (XAUTOCLAIM, at most
+  every ``reclaim_interval``) and new entries (XREADGROUP) until ``limit`` is reached.
+  When it finds nothing, the fetch blocks in XREADGROUP on every stream at once, for
+  no longer than the time until the next ETA is due or the next reclaim pass, so it
+  wakes for new messages, due ETAs and expired leases without polling in a loop.
+- **Leases** are the stream's pending entries list: a delivery belongs to the consumer
+  (one unique name per broker object and process) the PEL names, with the PEL's
+  delivery counter. ``extend`` re-claims the entry for its owner, which resets the
+  entry's idle time; XAUTOCLAIM hands an entry idle for longer than ``lease_seconds``
+  to another consumer. Every script checks owner and counter before it acts, so a
+  stale receipt cannot ack, extend, requeue or dead-letter.
+- **Acks** are XACK + XDEL in one script per batch, so streams hold only waiting and
+  leased entries. **Requeue** passes the entry to the ``~returned`` pseudo-consumer
+  without moving it, so it keeps its place in line, and records the requeue so that
+  ``delivery_count`` does not count it.
+- **ETA** messages wait in a sorted set, never in a worker, and are moved by the fetch
+  script (atomically, so exactly one fetch moves each) once the server's clock passes
+  their due time.
+
+All workers and producers of a queue must use the same ``lease_seconds``: a worker
+reclaims what has been idle longer than its own lease time.
+
+Transport options (``broker_transport_options``): ``key_prefix``, ``lease_seconds``,
+``reclaim_interval`` (seconds between reclaim passes of one broker object; by default
+a quarter of the lease, at most 1 s), ``connection_timeout`` (default 4 s: a call
+during an outage raises BrokerUnavailable within about that time), ``pool_limit``
+(connections per event loop, default 10), and the TLS options of ``rediss://`` URLs
+(``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ... flat or
+as an ``ssl`` mapping).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from celeriac.brokers.base import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    Broker,
+    DeadLetter,
+    Delivery,
+    Outgoing,
+    QueueStats,
+)
+from celeriac.brokers.redis_connection import (
+    CONNECTION_OPTIONS,
+    LoopClients,
+    RedisSettings,
+    check_options,
+    command,
+    is_missing_group,
+    positive_number,
+    translate_errors,
+)
+from celeriac.brokers.redis_scripts import (
+    ACK,
+    DEAD_LETTER,
+    EXTEND,
+    FETCH,
+    PRUNE,
+    PUBLISH,
+    PURGE,
+    REQUEUE,
+    STATS,
+)
+from celeriac.errors import BrokerError, BrokerUnavailable, ConfigurationError
+
+GROUP = "celeriac"
+RETURNED = "~returned"  # the pseudo-consumer holding handed-back entries
+BANDS = tuple(range(MAX_PRIORITY, MIN_PRIORITY - 1, -1))  # 9 .. 0, the order they are read
+OPTIONS = frozenset({"lease_seconds", "key_prefix", "reclaim_interval", *CONNECTION_OPTIONS})
+
+MAX_FETCH = 1000  # deliveries per fetch script call; a bigger limit is served in part
+PROMOTE_MAX = 1000  # due ETA messages moved per queue per fetch
+RECLAIM_ROUNDS = 4  # XAUTOCLAIM calls per band per reclaim pass
+BATCH = 500  # deliveries per ack/extend/requeue/dead-letter script call
+PURGE_BUDGET = 5000  # entries deleted per band per purge script call
+PRUNE_EVERY = 300.0  # seconds between sweeps of ended consumers, per broker object
+PRUNE_IDLE_MS = 3_600_000  # a consumer idle this long with nothing leased has ended
+
+
+class RedisReceipt(NamedTuple):
+    """One delivery: the stream entry, and the lease (owner and PEL counter) it came with."""
+
+    queue: str
+    band: int
+    entry: str
+    consumer: str
+    counter: int
+
+
+@dataclass
+class _Plan:
+    """The keys one fetch of a list of queues touches, computed once per list."""
+
+    queues: tuple[str, ...]
+    keys: list[str]  # for the fetch script
+    streams: list[str]  # for the blocking read, in the fetch order
+    places: dict[bytes, tuple[int, int]]  # stream key -> (queue index, band)
+    next_reclaim: float = 0.0  # monotonic time of the next reclaim pass
+    next_prune: float = field(default_factory=lambda: time.monotonic() + PRUNE_EVERY)
+
+
+class RedisBroker(Broker):
+    scheme = "redis"
+    supports_delay = True
+    supports_priority = True
+
+    def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(url, options)
+        check_options(self.options, OPTIONS, "Redis broker transport")
+        if self.lease_seconds <= 0:
+            raise ConfigurationError(f"lease_seconds must be > 0, not {self.lease_seconds!r}")
+        self.settings = RedisSettings.from_options(url, self.options)
+        self.prefix = self.settings.key_prefix
+        self.reclaim_interval = positive_number(
+            self.options, "reclaim_interval", min(1.0, self.lease_seconds / 4))
+        # A blocking read must end well within the socket timeout, which is what tells
+        # a slow answer from a dead server.
+        self.max_block = min(self.reclaim_interval, self.settings.connection_timeout / 2)
+        self._clients = LoopClients(self.settings.make_client)
+        self._plans: dict[tuple[str, ...], _Plan] = {}
+        self._consumer = ("", -1)
+
+    def __repr__(self) -> str:
+        return f"<RedisBroker {self.settings.url} prefix={self.prefix!r}>"
+
+    # -- naming ---------------------------------------------------------------------------
+
+    @property
+    def consumer(self) -> str:
+        """This broker object's consumer name: host, process and a random part.
+
+        Made again after a fork, so that two processes never share a name (and so each
+        other's leases).
+        """
+        name, pid = self._consumer
+        if pid != os.getpid():
+            name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            self._consumer = (name, os.getpid())
+        return name
+
+    def stream_key(self, queue: str, band: int) -> str:
+        return f"{self.prefix}q:{queue}:{band}"
+
+    def _key(self, kind: str, queue: str) -> str:
+        return f"{self.prefix}{kind}:{queue}"
+
+    @property
+    def _dead_key(self) -> str:
+        return f"{self.prefix}dead"
+
+    @property
+    def _queues_key(self) -> str:
+        return f"{self.prefix}queues"
+
+    def _plan(self, queues: Sequence[str]) -> _Plan:
+        names = tuple(queues)
+        plan = self._plans.get(names)
+        if plan is None:
+            keys = [self._dead_key]
+            streams: list[str] = []
+            for name in names:
+                bands = [self.stream_key(name, band) for band in BANDS]
+                keys += [self._key("eta", name), self._key("requeued", name),
+                         self._key("reclaim", name), *bands]
+                streams += bands
+            places = {self.stream_key(name, band).encode(): (index, band)
+                      for index, name in enumerate(names) for band in BANDS}
+            plan = self._plans[names] = _Plan(names, keys, streams, places)
+        return plan
+
+    # -- connections ----------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        client = await self._clients.get()
+        with self._errors("connect"):
+            async with asyncio.timeout(self.settings.connection_timeout):
+                await client.ping()
+
+    async def close(self) -> None:
+        """Forget this process's consumer where it leases nothing; close this loop's client."""
+        plans = list(self._plans.values())
+        if plans and self._consumer[1] == os.getpid():
+            streams = sorted({key for plan in plans for key in plan.streams})
+            # Best effort: a consumer left behind is pruned later by other processes.
+            with contextlib.suppress(BrokerError):
+                await self._run(PRUNE, streams, [GROUP, -1, self.consumer], "close")
+        await self._clients.close()
+
+    def _errors(self, what: str) -> Any:
+        return translate_errors(BrokerUnavailable, BrokerError, f"Redis broker {what}")
+
+    async def _run(self, script: Any, keys: Sequence[str], args: Sequence[Any],
+                   what: str, extra_time: float = 0.0) -> Any:
+        client = await self._clients.get()
+        with self._errors(what):
+            async with asyncio.timeout(self.settings.connection_timeout + extra_time):
+                return await script(client, keys, args)
+
+    # -- publishing -----------------------------------------------------------------------
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        now = time.time()
+        for batch in _batches(messages):
+            keys = [self._queues_key]
+            args: list[Any] = []
+            for out in batch:
+                band = min(MAX_PRIORITY, max(MIN_PRIORITY, out.priority))
+                message_id = out.id.encode()
+                if out.eta is not None and out.eta > now:
+                    keys.append(self._key("eta", out.queue))
+                    member = b"%d:%d:%s%s%s" % (band, len(message_id),
+                                               os.urandom(8).hex().encode(), message_id,
+                                               out.body)
+                    args += [out.queue, repr(out.eta * 1000), member, ""]
+                else:
+                    keys.append(self.stream_key(out.queue, band))
+                    args += [out.queue, "", message_id, out.body]
+            # One script per batch: the batch is stored all or none, in one round trip.
+            await self._run(PUBLISH, keys, args, "publish")
+
+    # -- fetching -------------------------------------------------------------------------
+
+    async def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        deadline = time.monotonic() + timeout
+        if limit <= 0 or not queues:
+            await asyncio.sleep(max(0.0, timeout))
+            return []
+        plan = self._plan(queues)
+        limit = min(limit, MAX_FETCH)
+        while True:
+            found, wait = await self._take(plan, limit)
+            if found:
+                return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            block = min(remaining, wait, max(0.0, plan.next_reclaim - time.monotonic()))
+            woke = await self._block(plan, max(block, 0.001))
+            if woke:
+                return await self._top_up(plan, woke, limit)
+
+    async def _take(self, plan: _Plan, limit: int) -> tuple[list[Delivery], float]:
+        """Run the fetch script; also return the seconds until the next ETA is due."""
+        now = time.monotonic()
+        reclaim = now >= plan.next_reclaim
+        if reclaim:
+            plan.next_reclaim = now + self.reclaim_interval
+        if now >= plan.next_prune:
+            plan.next_prune = now + PRUNE_EVERY
+            await self._run(PRUNE, plan.streams, [GROUP, PRUNE_IDLE_MS, ""], "prune")
+        reply = await self._run(FETCH, plan.keys, [
+            GROUP, self.consumer, RETURNED, limit, max(1, round(self.lease_seconds * 1000)),
+            int(reclaim), PROMOTE_MAX, RECLAIM_ROUNDS, *plan.queues], "fetch")
+        now_ms, next_due = int(reply[0]), int(reply[1])
+        wait = math.inf if next_due < 0 else max(0.0, (next_due - now_ms) / 1000)
+        found = []
+        consumer = self.consumer
+        for i in range(2, len(reply), 7):
+            index, band, entry, message_id, body, counter, count = reply[i:i + 7]
+            queue = plan.queues[int(index)]
+            found.append(Delivery(
+                message_id.decode(), queue, body, int(band), int(count),
+                RedisReceipt(queue, int(band), entry.decode(), consumer, int(counter))))
+        return found, wait
+
+    async def _block(self, plan: _Plan, seconds: float) -> list[Delivery]:
+        """Wait on every stream of the plan at once for a new entry (one per stream)."""
+        seconds = min(seconds, self.max_block)
+        ms = max(1, math.ceil(seconds * 1000))  # BLOCK 0 would mean forever
+        client = await self._clients.get()
+        streams = plan.streams
+        try:
+            with self._errors("fetch"):
+                async with asyncio.timeout(self.settings.connection_timeout + seconds):
+                    reply = await command(client)(
+                        "XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", 1, "BLOCK", ms,
+                        "STREAMS", *streams, *[">"] * len(streams))
+        except BrokerError as exc:
+            if exc.__cause__ is not None and is_missing_group(exc.__cause__):
+                return []  # a stream vanished (flushed, restarted); the next pass makes it
+            raise
+        found: list[Delivery] = []
+        consumer = self.consumer
+        for stream, entries in reply or ():
+            index, band = plan.places[stream]
+            queue = plan.queues[index]
+            for entry, fields in entries:
+                found.append(Delivery(
+                    fields.get(b"i", b"").decode(), queue, fields.get(b"b", b""), band, 1,
+                    RedisReceipt(queue, band, entry.decode(), consumer, 1)))
+        return found
+
+    async def _top_up(self, plan: _Plan, woke: list[Delivery], limit: int) -> list[Delivery]:
+        """After a wake-up, fill the batch (or hand back what overshot it), in fetch order."""
+        if len(woke) > limit:
+            await self.requeue(woke[limit:])
+            woke = woke[:limit]
+        elif len(woke) < limit:
+            more, _ = await self._take(plan, limit - len(woke))
+            woke += more
+        order = {name: index for index, name in enumerate(plan.queues)}
+        return sorted(woke, key=lambda d: (order[d.queue], -d.priority,
+                                           _entry_order(d.receipt.entry)))
+
+    # -- settling -------------------------------------------------------------------------
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        for batch in _batches(_ours(deliveries)):
+            keys, args = self._settle_args(batch)
+            await self._run(ACK, keys, [GROUP, *args], "ack")
+
+    async def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        for batch in _batches(_ours(deliveries)):
+            keys, args = self._settle_args(batch)
+            await self._run(REQUEUE, keys, [GROUP, RETURNED, *args], "requeue")
+
+    async def extend(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        held: list[bool] = []
+        for batch in _batches(list(deliveries)):
+            keys: list[str] = []
+            args: list[Any] = [GROUP]
+            for delivery in batch:
+                receipt = delivery.receipt
+                if isinstance(receipt, RedisReceipt):
+                    keys.append(self.stream_key(receipt.queue, receipt.band))
+                    args += [receipt.entry, receipt.consumer, receipt.counter]
+            reply = iter(await self._run(EXTEND, keys, args, "extend") if keys else ())
+            held += [isinstance(d.receipt, RedisReceipt) and bool(next(reply)) for d in batch]
+        return held
+
+    async def dead_letter(self, deliveries: Sequence[tuple[Delivery, str]]) -> None:
+        ours = [(d, reason) for d, reason in deliveries if isinstance(d.receipt, RedisReceipt)]
+        for batch in _batches(ours):
+            keys, args = self._settle_args([d for d, _ in batch])
+            extended: list[Any] = []
+            for n, (delivery, reason) in enumerate(batch):
+                extended += [*args[4 * n:4 * n + 4], delivery.queue, delivery.id,
+                             delivery.body, reason]
+            await self._run(DEAD_LETTER, [self._dead_key, *keys], [GROUP, *extended],
+                            "dead_letter")
+
+    def _settle_args(self, deliveries: Sequence[Delivery]) -> tuple[list[str], list[Any]]:
+        """Keys (stream, requeued hash) and arguments of the settling scripts."""
+        keys: list[str] = []
+        args: list[Any] = []
+        for delivery in deliveries:
+            receipt: RedisReceipt = delivery.receipt
+            keys += [self.stream_key(receipt.queue, receipt.band),
+                     self._key("requeued", receipt.queue)]
+            args += [receipt.entry, receipt.consumer, receipt.counter,
+                     f"{receipt.band}/{receipt.entry}"]
+        return keys, args
+
+    # -- inspecting -----------------------------------------------------------------------
+
+    async def queue_stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
+        if queues is None:
+            client = await self._clients.get()
+            with self._errors("queue_stats"):
+                async with asyncio.timeout(self.settings.connection_timeout):
+                    names = sorted(n.decode() for n in await command(client)(
+                        "SMEMBERS", self._queues_key))
+        else:
+            names = list(queues)
+        if not names:
+            return []
+        keys: list[str] = []
+        for name in names:
+            keys += [self._key("eta", name), *(self.stream_key(name, b) for b in BANDS)]
+        counts = await self._run(STATS, keys, [GROUP, RETURNED], "queue_stats")
+        return [QueueStats(name, int(counts[3 * i]), int(counts[3 * i + 1]),
+                           int(counts[3 * i + 2])) for i, name in enumerate(names)]
+
+    async def purge(self, queues: Sequence[str]) -> int:
+        removed = 0
+        for name in queues:
+            keys = [self._key("eta", name), self._key("requeued", name),
+                    *(self.stream_key(name, band) for band in BANDS)]
+            more = 1
+            while more:
+                count, more = await self._run(PURGE, keys, [GROUP, RETURNED, PURGE_BUDGET],
+                                              "purge")
+                removed += int(count)
+        return removed
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        client = await self._clients.get()
+        with self._errors("dead_letters"):
+            async with asyncio.timeout(self.settings.connection_timeout):
+                entries = await command(client)("XREVRANGE", self._dead_key, "+", "-",
+                                                "COUNT", limit)
+        return [DeadLetter(fields.get(b"i", b"").decode(), fields.get(b"q", b"").decode(),
+                           fields.get(b"b", b""),
+                           fields.get(b"r", b"").decode(errors="replace"),
+                           int(fields.get(b"t", b"0")) / 1000)
+                for _, fields in entries]
+
+    async def purge_dead_letters(self) -> int:
+        client = await self._clients.get()
+        pipe = client.pipeline(transaction=True)
+        command(pipe)("XLEN", self._dead_key)
+        command(pipe)("UNLINK", self._dead_key)
+        with self._errors("purge_dead_letters"):
+            async with asyncio.timeout(self.settings.connection_timeout):
+                count, _ = await pipe.execute()
+        return int(count)
+
+
+class RedissBroker(RedisBroker):
+    """``rediss://``: the Redis broker over TLS."""
+
+    scheme = "rediss"
+
+
+def _ours(deliveries: Sequence[Delivery]) -> list[Delivery]:
+    """The deliveries this broker handed out (anything else has no lease here)."""
+    return [d for d in deliveries if isinstance(d.receipt, RedisReceipt)]
+
+
+def _batches(items: Sequence[Any]) -> list[Sequence[Any]]:
+    return [items[i:i + BATCH] for i in range(0, len(items), BATCH)]
+
+
+def _entry_order(entry: str) -> tuple[int, int]:
+    millis, _, seq = entry.partition("-")
+    return int(millis), int(seq or 0)
+
+
+__all__ = ["RedisBroker", "RedisReceipt", "RedissBroker"]

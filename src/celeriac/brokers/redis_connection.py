@@ -1,0 +1,269 @@
+"""Connections to Redis shared by the Redis broker and result backend.
+
+Three things every Redis-facing object here needs, written once:
+
+- ``RedisSettings``: the URL and the connection options (timeouts, pool size, TLS),
+  read from ``broker_transport_options``-style mappings and the URL's query string.
+- ``LoopClients``: one ``redis.asyncio`` client per event loop. A redis.asyncio
+  connection belongs to the loop that opened it, and a broker object is used from
+  several loops (the worker's, the app's bridge loop, ``asyncio.run`` in tests), so each
+  loop gets its own client, created on first use and closed when that loop shuts down.
+- ``translate_errors`` and ``Script``: Redis failures become celeriac errors (a lost
+  or unreachable server is ``*Unavailable``, never a hang), and Lua scripts run by
+  their SHA1 with a fallback to their text when the server's script cache is empty
+  (after a restart).
+
+The client library is ``redis`` (redis-py >= 5, asyncio API) with ``hiredis`` as its
+parser; both are imported only by the apps that use a ``redis://`` URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ssl
+import threading
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from celeriac.config import suggest
+from celeriac.errors import CeleriacError, ConfigurationError
+
+DEFAULT_CONNECTION_TIMEOUT = 4.0  # as the broker_connection_timeout setting
+DEFAULT_POOL_LIMIT = 10  # connections per event loop, as Celery's broker_pool_limit
+
+# A command that fails on a dead connection (the server restarted, an idle connection
+# was dropped) is retried on a fresh one: twice, quickly. Anything longer is an outage,
+# reported to the caller as *Unavailable within the connection timeout.
+RETRIES = 2
+RETRY_BACKOFF_BASE = 0.05
+RETRY_BACKOFF_CAP = 0.5
+
+# TLS options passed through to redis-py's SSLConnection, under Celery's and redis-py's
+# names (``broker_use_ssl`` keys and ``rediss://...?ssl_cert_reqs=none`` query values).
+SSL_OPTIONS = frozenset({
+    "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_data", "ssl_ca_path", "ssl_certfile",
+    "ssl_keyfile", "ssl_password", "ssl_check_hostname", "ssl_ciphers", "ssl_min_version",
+})
+CONNECTION_OPTIONS = frozenset({"connection_timeout", "pool_limit", "ssl", *SSL_OPTIONS})
+DEFAULT_KEY_PREFIX = "celeriac:"
+
+_CERT_REQS = {
+    "none": ssl.CERT_NONE, "cert_none": ssl.CERT_NONE,
+    "optional": ssl.CERT_OPTIONAL, "cert_optional": ssl.CERT_OPTIONAL,
+    "required": ssl.CERT_REQUIRED, "cert_required": ssl.CERT_REQUIRED,
+}
+
+
+def check_options(options: Mapping[str, Any], known: frozenset[str], what: str) -> None:
+    """Reject an unknown option name, suggesting the closest known one."""
+    for name in options:
+        if name not in known:
+            raise ConfigurationError(f"unknown {what} option {name!r}{suggest(name, known)}; "
+                                     f"known: {', '.join(sorted(known))}")
+
+
+def positive_number(options: Mapping[str, Any], name: str, default: float) -> float:
+    value = options.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigurationError(f"{name} must be a number of seconds > 0, not {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """Where the server is and how to talk to it; builds a client for one event loop."""
+
+    url: str
+    key_prefix: str = DEFAULT_KEY_PREFIX
+    connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT
+    pool_limit: int | None = DEFAULT_POOL_LIMIT
+    tls_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_options(cls, url: str, options: Mapping[str, Any]) -> RedisSettings:
+        """Read the connection options of a broker or backend (unknown names are ignored).
+
+        ``key_prefix`` and the TLS options may also be given in the URL's query string
+        (``redis://host/0?key_prefix=app1:``), which wins, as in redis-py. TLS options
+        may be given flat (``ssl_cert_reqs``) or as one ``ssl`` mapping in the shape of
+        Celery's ``broker_use_ssl``.
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ConfigurationError(f"not a redis:// or rediss:// URL: {url!r}")
+        pool_limit = options.get("pool_limit", DEFAULT_POOL_LIMIT)
+        if pool_limit is not None and (isinstance(pool_limit, bool)
+                                       or not isinstance(pool_limit, int) or pool_limit < 1):
+            raise ConfigurationError(f"pool_limit must be a whole number >= 1 or None, "
+                                     f"not {pool_limit!r}")
+        nested = options.get("ssl") or {}
+        if not isinstance(nested, Mapping):
+            raise ConfigurationError(f"the ssl option must be a mapping, not {nested!r}")
+        tls = {**{k: v for k, v in options.items() if k in SSL_OPTIONS}, **nested}
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        tls.update((k, v) for k, v in query if k in SSL_OPTIONS)
+        check_options(tls, SSL_OPTIONS, "TLS")
+        if tls and parts.scheme != "rediss":
+            raise ConfigurationError(f"TLS options given for a plain redis:// URL ({url!r}); "
+                                     "use rediss:// to connect with TLS")
+        if "ssl_cert_reqs" in tls:
+            tls["ssl_cert_reqs"] = _cert_reqs(tls["ssl_cert_reqs"])
+        prefix = dict(query).get("key_prefix", options.get("key_prefix", DEFAULT_KEY_PREFIX))
+        if not isinstance(prefix, str):
+            raise ConfigurationError(f"key_prefix must be a string, not {prefix!r}")
+        # The URL keeps the query options redis-py knows, minus the ones read here (it
+        # would reject key_prefix, and pass "CERT_NONE" through unconverted).
+        rest = [(k, v) for k, v in query if k not in SSL_OPTIONS and k != "key_prefix"]
+        clean = urlunsplit(parts._replace(query=urlencode(rest)))
+        return cls(clean, prefix,
+                   positive_number(options, "connection_timeout", DEFAULT_CONNECTION_TIMEOUT),
+                   pool_limit, tls)
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.url.startswith("rediss://")
+
+    def make_pool(self) -> aioredis.ConnectionPool:
+        """A connection pool for the running event loop (no connection is opened yet)."""
+        kwargs: dict[str, Any] = {
+            "socket_connect_timeout": self.connection_timeout,
+            # Every command, a blocking one included, must answer within this time; the
+            # broker keeps its blocking reads well below it. A dead server is noticed
+            # here rather than by a read that never returns.
+            "socket_timeout": self.connection_timeout,
+            "socket_keepalive": True,
+            "retry": Retry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE),
+                           RETRIES),
+            **self.tls_options,
+        }
+        if self.pool_limit is None:
+            return aioredis.ConnectionPool.from_url(self.url, **kwargs)
+        # Waits for a free connection (up to the timeout) instead of failing at once.
+        return aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=self.pool_limit, timeout=self.connection_timeout,
+            **kwargs)
+
+    def make_client(self) -> aioredis.Redis:
+        return aioredis.Redis.from_pool(self.make_pool())
+
+
+def _cert_reqs(value: Any) -> ssl.VerifyMode:
+    if isinstance(value, ssl.VerifyMode):
+        return value
+    mode = _CERT_REQS.get(str(value).lower())
+    if mode is None:
+        raise ConfigurationError(f"ssl_cert_reqs must be none, optional or required "
+                                 f"(or ssl.CERT_*), not {value!r}")
+    return mode
+
+
+# -- one client per event loop ------------------------------------------------------------
+
+
+class LoopClients:
+    """One client per event loop, each closed on its own loop when that loop shuts down.
+
+    The closing relies on the loop's async generator finalisation, which
+    ``asyncio.run`` and ``asyncio.Runner`` perform before closing a loop: each client
+    comes with a small async generator, started on its loop and parked at a ``yield``;
+    when the loop finalises its async generators, the generator's ``finally`` closes the
+    client while the loop still runs. Without it, every ``asyncio.run`` that touched
+    the broker would leave open sockets behind on a closed loop.
+    """
+
+    def __init__(self, factory: Callable[[], aioredis.Redis]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._clients: dict[asyncio.AbstractEventLoop,
+                            tuple[aioredis.Redis, AsyncGenerator[None, None]]] = {}
+
+    async def get(self) -> aioredis.Redis:
+        loop = asyncio.get_running_loop()
+        entry = self._clients.get(loop)
+        if entry is not None:
+            return entry[0]
+        client = self._factory()
+        keeper = _close_with_loop(client)
+        # Runs to the generator's first yield without suspending, so no other task of
+        # this loop can get here in between and make a second client.
+        await keeper.asend(None)
+        with self._lock:
+            for old in [lp for lp in self._clients if lp.is_closed()]:
+                del self._clients[old]  # closed by their loop's shutdown already
+            self._clients[loop] = (client, keeper)
+        return client
+
+    async def close(self) -> None:
+        """Close this loop's client now; others close when their own loops shut down."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            entry = self._clients.pop(loop, None)
+        if entry is not None:
+            await entry[1].aclose()
+
+
+async def _close_with_loop(client: aioredis.Redis) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # closing a broken connection may fail too
+            await client.aclose()
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def translate_errors(unavailable: type[CeleriacError], error: type[CeleriacError],
+                     what: str) -> Iterator[None]:
+    """Raise ``unavailable`` for a lost or unreachable server, ``error`` for other failures."""
+    try:
+        yield
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError,
+            TimeoutError) as exc:
+        raise unavailable(f"{what}: Redis is unavailable ({type(exc).__name__}: {exc})") \
+            from exc
+    except redis_errors.RedisError as exc:
+        raise error(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+def is_missing_group(exc: BaseException) -> bool:
+    """A stream or its consumer group vanished (a flushed or restarted server)."""
+    text = str(exc)
+    return isinstance(exc, redis_errors.ResponseError) and (
+        "NOGROUP" in text or "UNBLOCKED" in text or "no such key" in text)
+
+
+# -- Lua scripts --------------------------------------------------------------------------
+
+
+class Script:
+    """A Lua script run by SHA1, falling back to its text when the server lacks it."""
+
+    def __init__(self, name: str, source: str) -> None:
+        self.name = name
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, client: aioredis.Redis, keys: Sequence[str],
+                       args: Sequence[str | bytes | int | float]) -> Any:
+        execute = cast(Callable[..., Awaitable[Any]], client.execute_command)
+        try:
+            return await execute("EVALSHA", self.sha, len(keys), *keys, *args)
+        except redis_errors.NoScriptError:
+            # First use on this server, or it restarted: EVAL also caches the script.
+            return await execute("EVAL", self.source, len(keys), *keys, *args)
+
+
+def command(client: aioredis.Redis | Any) -> Callable[..., Awaitable[Any]]:
+    """``client.execute_command`` typed for mypy (redis-py leaves it unannotated)."""
+    return cast(Callable[..., Awaitable[Any]], client.execute_command)

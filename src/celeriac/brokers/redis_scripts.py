@@ -1,0 +1,354 @@
+"""The Lua scripts of the Redis broker. Each runs atomically on the server.
+
+Why scripts: a lease check and the action it guards must be one step, or a worker whose
+lease ran out could ack a message in the instant after another worker claimed it. A
+script also does in one round trip what would otherwise take one per priority band.
+
+The key layout and the meaning of each structure are described in
+``celeriac.brokers.redis``. Conventions shared by every script:
+
+- A delivery is identified by its stream entry and checked against the stream's
+  pending entries list (PEL): the lease is held when the PEL names the same consumer
+  and the same delivery counter as the receipt. Every new delivery of an entry
+  (XREADGROUP, XAUTOCLAIM, XCLAIM without JUSTID) raises the counter, so a stale
+  receipt never matches again, even when the same consumer got the entry back.
+- ``returned`` is the pseudo-consumer that owns handed-back (requeued) entries until a
+  fetch takes them. ``requeued`` hashes count, per entry, how often it was handed back,
+  so that delivery_count (the PEL counter minus that) does not count those deliveries.
+- Stream entries carry two fields: ``i`` the message id and ``b`` the body.
+"""
+
+from __future__ import annotations
+
+from celeriac.brokers.redis_connection import Script
+
+# Helpers prepended to the scripts that act on deliveries.
+_HOLDS = """
+local function holds(stream, group, id, owner, raw)
+  -- The PEL record is {id, consumer, idle ms, delivery counter}.
+  local found = redis.pcall('XPENDING', stream, group, id, id, 1)
+  if type(found) ~= 'table' or found.err or not found[1] then return false end
+  return found[1][2] == owner and found[1][4] == tonumber(raw)
+end
+"""
+
+PUBLISH = Script("publish", """
+-- Store a batch of messages, all or none: ready ones at the end of their band's
+-- stream, scheduled ones in their queue's ETA set; note every queue's name.
+-- KEYS  [1] the queues set, then per message: its stream or its eta zset
+-- ARGV  per message: queue, then for a stream: "", message id, body;
+--       for an eta zset: due time (Unix ms), member, ""
+for i = 2, #KEYS do
+  local a = (i - 2) * 4 + 1
+  if ARGV[a + 1] == '' then
+    redis.call('XADD', KEYS[i], '*', 'i', ARGV[a + 2], 'b', ARGV[a + 3])
+  else
+    redis.call('ZADD', KEYS[i], ARGV[a + 1], ARGV[a + 2])
+  end
+  if ARGV[a] ~= ARGV[a - 4] then redis.call('SADD', KEYS[1], ARGV[a]) end
+end
+return #KEYS - 1
+""")
+
+FETCH = Script("fetch", """
+-- Lease up to `limit` messages of the given queues, in queue order, then band 9 to 0,
+-- and within a band oldest first: handed-back entries, then expired leases, then new
+-- entries. Scheduled messages that are due move into their band's stream first.
+--
+-- KEYS[1]                 the dead-letter stream (for a scheduled member it cannot read)
+-- KEYS[2 + 13q ...]       per queue q: eta zset, requeued hash, reclaim cursors hash,
+--                         then the streams of bands 9, 8, ..., 0
+-- ARGV  group, consumer, returned, limit, lease_ms, reclaim (0/1), promote_max,
+--       rounds (XAUTOCLAIM calls per band), then the queue names
+-- Returns {now_ms, next_due_ms or -1, then 7 values per delivery:
+--          queue index, band, entry id, message id, body, PEL counter, delivery count}
+local group, consumer, returned = ARGV[1], ARGV[2], ARGV[3]
+local need = tonumber(ARGV[4])
+local lease_ms = ARGV[5]
+local reclaim = ARGV[6] == '1'
+local promote_max = tonumber(ARGV[7])
+local rounds = tonumber(ARGV[8])
+local stride = 13
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local out = {now_ms, -1}
+
+local function emit(q, band, entry, raw, requeued)
+  local fields, id, body = entry[2], '', ''
+  for j = 1, #fields, 2 do
+    if fields[j] == 'i' then id = fields[j + 1]
+    elseif fields[j] == 'b' then body = fields[j + 1] end
+  end
+  local count = raw
+  if raw > 1 then  -- only a redelivered entry can have been handed back before
+    local back = redis.call('HGET', requeued, band .. '/' .. entry[1])
+    if back then count = raw - tonumber(back) end
+  end
+  local n = #out
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = q, band, entry[1], id
+  out[n + 5], out[n + 6], out[n + 7] = body, raw, count
+  need = need - 1
+end
+
+local function promote(base, queue)
+  local eta = KEYS[base]
+  local due = redis.call('ZRANGE', eta, '-inf', now_ms, 'BYSCORE', 'LIMIT', 0, promote_max)
+  for _, member in ipairs(due) do
+    -- member = "<band>:<id length>:<16 hex nonce><id><body>"
+    local band, len, start = string.match(member, '^(%d):(%d+):()')
+    if band then
+      start = start + 16
+      redis.call('XADD', KEYS[base + 3 + 9 - tonumber(band)], '*',
+                 'i', string.sub(member, start, start + len - 1),
+                 'b', string.sub(member, start + len))
+    else  -- not written by celeriac: kept as a dead letter rather than dropped
+      redis.call('XADD', KEYS[1], '*', 'i', '', 'q', queue, 'b', member,
+                 'r', 'unreadable scheduled entry', 't', now_ms)
+    end
+    redis.call('ZREM', eta, member)
+  end
+  local first = redis.call('ZRANGE', eta, 0, 0, 'WITHSCORES')
+  if first[2] then
+    local due_ms = math.ceil(tonumber(first[2]))
+    if out[2] < 0 or due_ms < out[2] then out[2] = due_ms end
+  end
+end
+
+local function take_returned(q, band, stream, requeued)
+  -- Only the returned pseudo-consumer's own PEL is read: cheap however many are leased.
+  local back = redis.pcall('XPENDING', stream, group, '-', '+', need, returned)
+  if type(back) ~= 'table' or back.err or #back == 0 then return end
+  local ids, counters = {}, {}
+  for i, p in ipairs(back) do ids[i] = p[1]; counters[p[1]] = p[4] end
+  for _, entry in ipairs(redis.call('XCLAIM', stream, group, consumer, 0, unpack(ids))) do
+    if entry then emit(q, band, entry, counters[entry[1]] + 1, requeued) end
+  end
+end
+
+local function reclaim_expired(q, band, stream, requeued, cursors)
+  -- XAUTOCLAIM scans at most 10 x COUNT PEL entries per call; the cursor is kept per
+  -- band so that successive fetches (of any worker) go on where the last one stopped.
+  local cursor = redis.call('HGET', cursors, band) or '0-0'
+  local start = cursor
+  for _ = 1, rounds do
+    if need <= 0 then break end
+    local res = redis.pcall('XAUTOCLAIM', stream, group, consumer, lease_ms, cursor,
+                            'COUNT', need)
+    if type(res) ~= 'table' or res.err then cursor = '0-0'; break end
+    cursor = res[1]
+    for _, entry in ipairs(res[2]) do
+      if entry then  -- Redis 6.2 lists a deleted entry as nil
+        local p = redis.call('XPENDING', stream, group, entry[1], entry[1], 1)
+        emit(q, band, entry, p[1][4], requeued)
+      end
+    end
+    if cursor == '0-0' then break end
+  end
+  if cursor ~= start then redis.call('HSET', cursors, band, cursor) end
+end
+
+local function read_new(q, band, stream, requeued)
+  local res = redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', need,
+                          'STREAMS', stream, '>')
+  if type(res) == 'table' and res.err then
+    -- No stream or no group yet (first use, or the server lost its data). The group
+    -- starts at 0 so that entries published before it existed are delivered too.
+    redis.pcall('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
+    res = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', need,
+                     'STREAMS', stream, '>')
+  end
+  if res then
+    for _, entry in ipairs(res[1][2]) do emit(q, band, entry, 1, requeued) end
+  end
+end
+
+for q = 0, (#KEYS - 1) / stride - 1 do
+  local base = 2 + q * stride
+  promote(base, ARGV[9 + q])
+  for b = 0, 9 do
+    if need <= 0 then break end
+    local band, stream, requeued = 9 - b, KEYS[base + 3 + b], KEYS[base + 1]
+    take_returned(q, band, stream, requeued)
+    if reclaim and need > 0 then reclaim_expired(q, band, stream, requeued, KEYS[base + 2]) end
+    if need > 0 then read_new(q, band, stream, requeued) end
+  end
+end
+return out
+""")
+
+ACK = Script("ack", _HOLDS + """
+-- Remove leased messages for good: XACK ends the delivery, XDEL frees the entry so
+-- that streams do not grow. A receipt whose lease was lost is skipped.
+-- KEYS  per delivery: its stream, its queue's requeued hash
+-- ARGV  group, then per delivery: entry id, consumer, PEL counter, requeued field
+local group, done = ARGV[1], 0
+for i = 1, #KEYS / 2 do
+  local stream, a = KEYS[2 * i - 1], 2 + (i - 1) * 4
+  local id = ARGV[a]
+  if holds(stream, group, id, ARGV[a + 1], ARGV[a + 2]) then
+    redis.call('XACK', stream, group, id)
+    redis.call('XDEL', stream, id)
+    if tonumber(ARGV[a + 2]) > 1 then redis.call('HDEL', KEYS[2 * i], ARGV[a + 3]) end
+    done = done + 1
+  end
+end
+return done
+""")
+
+EXTEND = Script("extend", _HOLDS + """
+-- Renew leases: XCLAIM by the owner itself resets the entry's idle time, which is the
+-- lease clock XAUTOCLAIM reads; JUSTID leaves the delivery counter alone.
+-- KEYS  per delivery: its stream
+-- ARGV  group, then per delivery: entry id, consumer, PEL counter
+-- Returns 1 or 0 per delivery: whether its lease is still held.
+local group, held = ARGV[1], {}
+for i = 1, #KEYS do
+  local a = 2 + (i - 1) * 3
+  if holds(KEYS[i], group, ARGV[a], ARGV[a + 1], ARGV[a + 2]) then
+    redis.call('XCLAIM', KEYS[i], group, ARGV[a + 1], 0, ARGV[a], 'JUSTID')
+    held[i] = 1
+  else
+    held[i] = 0
+  end
+end
+return held
+""")
+
+REQUEUE = Script("requeue", _HOLDS + """
+-- Hand unstarted deliveries back: the entry stays where it is in its stream (so it
+-- keeps its place in line) and passes to the returned pseudo-consumer, where the next
+-- fetch finds it; the requeued hash remembers not to count this delivery.
+-- KEYS  per delivery: its stream, its queue's requeued hash
+-- ARGV  group, returned, then per delivery: entry id, consumer, PEL counter, requeued field
+local group, returned = ARGV[1], ARGV[2]
+for i = 1, #KEYS / 2 do
+  local stream, a = KEYS[2 * i - 1], 3 + (i - 1) * 4
+  if holds(stream, group, ARGV[a], ARGV[a + 1], ARGV[a + 2]) then
+    redis.call('XCLAIM', stream, group, returned, 0, ARGV[a], 'JUSTID')
+    redis.call('HINCRBY', KEYS[2 * i], ARGV[a + 3], 1)
+  end
+end
+return 0
+""")
+
+DEAD_LETTER = Script("dead_letter", _HOLDS + """
+-- Move leased messages to the dead-letter stream with their reason, and out of their
+-- queue (as an ack does), in one step.
+-- KEYS  [1] the dead-letter stream, then per delivery: its stream, its requeued hash
+-- ARGV  group, then per delivery: entry id, consumer, PEL counter, requeued field,
+--       queue, message id, body, reason
+local group = ARGV[1]
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+for i = 1, (#KEYS - 1) / 2 do
+  local stream, a = KEYS[2 * i], 2 + (i - 1) * 8
+  local id = ARGV[a]
+  if holds(stream, group, id, ARGV[a + 1], ARGV[a + 2]) then
+    redis.call('XADD', KEYS[1], '*', 'i', ARGV[a + 5], 'q', ARGV[a + 4], 'b', ARGV[a + 6],
+               'r', ARGV[a + 7], 't', now_ms)
+    redis.call('XACK', stream, group, id)
+    redis.call('XDEL', stream, id)
+    if tonumber(ARGV[a + 2]) > 1 then redis.call('HDEL', KEYS[2 * i + 1], ARGV[a + 3]) end
+  end
+end
+return 0
+""")
+
+STATS = Script("stats", """
+-- Counts per queue, read in one atomic step. A stream holds the entries not yet
+-- delivered plus the leased ones (acks delete entries), so ready = length - leased,
+-- where handed-back entries count as ready, not as leased.
+-- KEYS  per queue: eta zset, then the streams of bands 9..0
+-- ARGV  group, returned
+-- Returns {ready, scheduled, in_flight} per queue.
+local group, returned, out = ARGV[1], ARGV[2], {}
+for q = 0, #KEYS / 11 - 1 do
+  local base = 1 + q * 11
+  local ready, leased = 0, 0
+  for b = 1, 10 do
+    local stream = KEYS[base + b]
+    local summary = redis.pcall('XPENDING', stream, group)
+    local pending, back = 0, 0
+    if type(summary) == 'table' and not summary.err then
+      pending = summary[1]
+      for _, c in ipairs(summary[4] or {}) do
+        if c[1] == returned then back = tonumber(c[2]) end
+      end
+    end
+    ready = ready + math.max(0, redis.call('XLEN', stream) - pending) + back
+    leased = leased + pending - back
+  end
+  out[#out + 1], out[#out + 2], out[#out + 3] = ready, redis.call('ZCARD', KEYS[base]), leased
+end
+return out
+""")
+
+PURGE = Script("purge", """
+-- Delete the waiting messages of one queue: scheduled, not yet delivered, handed back.
+-- Leased entries stay (their workers still ack or extend them). Works in chunks of
+-- `budget` entries per band so that a huge queue does not stall the server.
+-- KEYS  eta zset, requeued hash, then the streams of bands 9..0
+-- ARGV  group, returned, budget
+-- Returns {removed, 1 if more remain else 0}
+local group, returned, budget = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local removed, more = redis.call('ZCARD', KEYS[1]), 0
+redis.call('UNLINK', KEYS[1])
+
+local function last_delivered(stream)
+  for _, info in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local fields = {}
+    for j = 1, #info, 2 do fields[info[j]] = info[j + 1] end
+    if fields['name'] == group then return fields['last-delivered-id'] end
+  end
+  return '0-0'
+end
+
+for b = 0, 9 do
+  local stream, band = KEYS[3 + b], 9 - b
+  local summary = redis.pcall('XPENDING', stream, group)
+  if type(summary) ~= 'table' or summary.err or summary[1] == 0 then
+    -- Nothing leased: every entry is waiting. XTRIM (not DEL) keeps the group.
+    local length = redis.call('XLEN', stream)
+    if length > 0 then redis.call('XTRIM', stream, 'MAXLEN', 0) end
+    removed = removed + length
+  else
+    local back = redis.call('XPENDING', stream, group, '-', '+', budget, returned)
+    for _, p in ipairs(back) do
+      redis.call('XACK', stream, group, p[1])
+      redis.call('XDEL', stream, p[1])
+      redis.call('HDEL', KEYS[2], band .. '/' .. p[1])
+    end
+    local waiting = redis.call('XRANGE', stream, '(' .. last_delivered(stream), '+',
+                               'COUNT', budget)
+    local ids = {}
+    for i, entry in ipairs(waiting) do ids[i] = entry[1] end
+    if #ids > 0 then redis.call('XDEL', stream, unpack(ids)) end
+    removed = removed + #back + #ids
+    if #back == budget or #ids == budget then more = 1 end
+  end
+end
+return {removed, more}
+""")
+
+PRUNE = Script("prune", """
+-- Forget consumers that lease nothing and have been idle a long time (worker processes
+-- that ended). Harmless for a live one: XREADGROUP creates it again.
+-- KEYS  streams
+-- ARGV  group, minimum idle ms, only this consumer ('' for any)
+local group, min_idle, only, pruned = ARGV[1], tonumber(ARGV[2]), ARGV[3], 0
+for _, stream in ipairs(KEYS) do
+  local consumers = redis.pcall('XINFO', 'CONSUMERS', stream, group)
+  if type(consumers) == 'table' and not consumers.err then
+    for _, info in ipairs(consumers) do
+      local fields = {}
+      for j = 1, #info, 2 do fields[info[j]] = info[j + 1] end
+      if fields['pending'] == 0 and fields['idle'] >= min_idle
+          and (only == '' or fields['name'] == only) then
+        redis.call('XGROUP', 'DELCONSUMER', stream, group, fields['name'])
+        pruned = pruned + 1
+      end
+    end
+  end
+end
+return pruned
+""")

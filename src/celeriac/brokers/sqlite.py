@@ -1,0 +1,315 @@
+"""The embedded broker: one SQLite file in WAL mode, shared by every process on a machine.
+
+Schema (version 1)::
+
+    messages      ready and leased messages
+      seq             INTEGER PRIMARY KEY   age: FIFO order within a priority
+      id, queue, priority, body
+      delivery_count  fetches so far (a requeue gives one back)
+      lease_until     NULL when ready, else the Unix time the lease ends
+      lease_id        random token of the current lease; NULL when ready
+    scheduled     messages whose eta is still ahead, moved into ``messages`` when due
+      seq, id, queue, priority, body, due
+    dead_letters  seq, id, queue, priority, body, delivery_count, reason, dead_at
+
+Ready messages are found through a partial index holding only ready rows, ordered as
+they come out (queue, priority DESC, seq), so a claim reads exactly the rows it takes,
+however many messages are leased or scheduled. Scheduled messages live in their own
+table so that thousands of future ETAs cost a fetch nothing: one index probe of the
+earliest ``due`` tells whether any must move, and the move happens inside the claiming
+transaction.
+
+A delivery's receipt is ``(seq, lease_id)``. Every statement acting on a delivery
+matches both, so once a lease ran out and the message was leased again (with a new
+random ``lease_id``), the old receipt matches nothing: its ack is a no-op and its
+extend returns False. Expired leases are released by the next fetch that sees one is
+due (any fetch, of any queue), and fetching workers wake up for it.
+
+A fetch that finds nothing waits on ``PRAGMA data_version`` (see ``celeriac.sqlite_db``)
+and on a timer for the next ETA or lease expiry, so it neither spins nor sleeps past work.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+from celeriac.brokers.base import Broker, DeadLetter, Delivery, Outgoing, QueueStats
+from celeriac.errors import BrokerError
+from celeriac.sqlite_db import Database, PollPolicy, Schema, placeholders
+
+SCHEMA = Schema("broker", 1, (
+    """CREATE TABLE IF NOT EXISTS messages (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        delivery_count INTEGER NOT NULL DEFAULT 0,
+        lease_until REAL,
+        lease_id INTEGER
+    )""",
+    """CREATE INDEX IF NOT EXISTS messages_ready
+        ON messages (queue, priority DESC, seq) WHERE lease_until IS NULL""",
+    """CREATE INDEX IF NOT EXISTS messages_leased
+        ON messages (lease_until) WHERE lease_until IS NOT NULL""",
+    """CREATE TABLE IF NOT EXISTS scheduled (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        due REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS scheduled_due ON scheduled (due)",
+    """CREATE TABLE IF NOT EXISTS dead_letters (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        delivery_count INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        dead_at REAL NOT NULL
+    )""",
+))
+
+# A worker that just handled a message polls every millisecond for the next one; one
+# that has been idle for a while backs off to 50 ms, costing nothing measurable.
+POLL = PollPolicy(first=0.001, active_for=1.0, maximum=0.05)
+
+# One statement claims a batch: the subquery walks the ready index in delivery order.
+# (UPDATE ... ORDER BY ... LIMIT needs a compile option most SQLite builds lack.)
+CLAIM = """
+UPDATE messages
+SET lease_until = ?, lease_id = random(), delivery_count = delivery_count + 1
+WHERE seq IN (SELECT seq FROM messages WHERE queue = ? AND lease_until IS NULL
+              ORDER BY priority DESC, seq LIMIT ?)
+RETURNING seq, lease_id, id, body, priority, delivery_count
+"""
+
+# Moves due messages into the ready table, in the order they came due. The same
+# ``now`` is bound in both statements, inside one write transaction.
+PROMOTE = """
+INSERT INTO messages (id, queue, priority, body)
+SELECT id, queue, priority, body FROM scheduled WHERE due <= ? ORDER BY due, seq
+"""
+UNSCHEDULE = "DELETE FROM scheduled WHERE due <= ?"
+
+RECLAIM = """
+UPDATE messages SET lease_until = NULL, lease_id = NULL
+WHERE lease_until IS NOT NULL AND lease_until <= ?
+"""
+
+# The two next moments a waiting fetch must wake for, each one index probe.
+NEXT_DUE = """
+SELECT (SELECT min(due) FROM scheduled),
+       (SELECT min(lease_until) FROM messages WHERE lease_until IS NOT NULL)
+"""
+
+
+class Receipt(NamedTuple):
+    """Which row, and which lease of it, a delivery holds."""
+
+    seq: int
+    lease_id: int
+
+
+class SQLiteBroker(Broker):
+    """A broker in one SQLite file: ``sqlite:///relative.db`` or ``sqlite:////abs.db``."""
+
+    scheme = "sqlite"
+    supports_delay = True
+    supports_priority = True
+
+    def __init__(self, url: str = "sqlite:///celeriac.db",
+                 options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(url, options)
+        self._db = Database(url, SCHEMA, POLL, BrokerError)
+
+    @property
+    def path(self) -> str:
+        return self._db.path
+
+    async def connect(self) -> None:
+        self._db.connection()  # opens this thread's connection and creates the tables
+
+    async def close(self) -> None:
+        self._db.close()
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        if not messages:
+            return
+        now = time.time()
+        ready = [(m.id, m.queue, m.priority, m.body) for m in messages
+                 if m.eta is None or m.eta <= now]
+        later = [(m.id, m.queue, m.priority, m.body, m.eta) for m in messages
+                 if m.eta is not None and m.eta > now]
+        with self._db.write() as conn:
+            if ready:
+                conn.executemany(
+                    "INSERT INTO messages (id, queue, priority, body) VALUES (?, ?, ?, ?)", ready)
+            if later:
+                conn.executemany("INSERT INTO scheduled (id, queue, priority, body, due) "
+                                 "VALUES (?, ?, ?, ?, ?)", later)
+
+    async def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        deadline = time.monotonic() + timeout
+        while True:
+            # Read the version before looking, so a commit made while we look wakes us.
+            since = self._db.version()
+            taken, wake_at = self._claim(queues, limit)
+            if taken:
+                return taken
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            if wake_at is not None:
+                remaining = min(remaining, max(0.0, wake_at - time.time()))
+            await self._db.wait_for_change(since, remaining)
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        with self._db.write() as conn:
+            conn.executemany("DELETE FROM messages WHERE seq = ? AND lease_id = ?",
+                             _receipts(deliveries))
+
+    async def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        # Back to the head of its priority (seq is kept), and the fetch does not count.
+        if not deliveries:
+            return
+        with self._db.write() as conn:
+            conn.executemany(
+                "UPDATE messages SET lease_until = NULL, lease_id = NULL, "
+                "delivery_count = delivery_count - 1 WHERE seq = ? AND lease_id = ?",
+                _receipts(deliveries))
+
+    async def extend(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        # A lease that already ran out is lost even if nobody took the message yet: the
+        # next fetch may release it at any moment, so promising it would be a lie.
+        now = time.time()
+        until = now + self.lease_seconds
+        with self._db.write() as conn:
+            return [conn.execute("UPDATE messages SET lease_until = ? WHERE seq = ? AND "
+                                 "lease_id = ? AND lease_until > ?",
+                                 (until, seq, lease_id, now)).rowcount == 1
+                    for seq, lease_id in _receipts(deliveries)]
+
+    async def dead_letter(self, deliveries: Sequence[tuple[Delivery, str]]) -> None:
+        if not deliveries:
+            return
+        now = time.time()
+        receipts = _receipts([delivery for delivery, _ in deliveries])
+        moves = [(reason, now, *receipt)
+                 for (_, reason), receipt in zip(deliveries, receipts, strict=True)]
+        with self._db.write() as conn:
+            conn.executemany(
+                "INSERT INTO dead_letters "
+                "(id, queue, priority, body, delivery_count, reason, dead_at) "
+                "SELECT id, queue, priority, body, delivery_count, ?, ? "
+                "FROM messages WHERE seq = ? AND lease_id = ?", moves)
+            conn.executemany("DELETE FROM messages WHERE seq = ? AND lease_id = ?", receipts)
+
+    async def queue_stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
+        now = time.time()
+        named = "" if queues is None else f"AND queue IN ({placeholders(queues)})"
+        params = () if queues is None else tuple(queues)
+        counts: dict[str, list[int]] = {name: [0, 0, 0] for name in queues or ()}
+        # Each query reads only the index of its own rows: ready, scheduled, leased.
+        with self._db.read(snapshot=True) as conn:
+            for name, ready in conn.execute(
+                    f"SELECT queue, count(*) FROM messages WHERE lease_until IS NULL {named} "
+                    "GROUP BY queue", params):
+                counts.setdefault(name, [0, 0, 0])[0] += ready
+            for name, scheduled in conn.execute(
+                    f"SELECT queue, count(*) FROM scheduled WHERE 1 {named} GROUP BY queue",
+                    params):
+                counts.setdefault(name, [0, 0, 0])[1] = scheduled
+            # A lease that ran out is waiting again, though no fetch has released it yet.
+            for name, expired, held in conn.execute(
+                    "SELECT queue, sum(lease_until <= ?), sum(lease_until > ?) FROM messages "
+                    f"WHERE lease_until IS NOT NULL {named} GROUP BY queue", (now, now, *params)):
+                row = counts.setdefault(name, [0, 0, 0])
+                row[0] += expired
+                row[2] = held
+        names = list(queues) if queues is not None else sorted(counts)
+        return [QueueStats(name, *counts[name]) for name in names]
+
+    async def purge(self, queues: Sequence[str]) -> int:
+        """Delete the ready, scheduled and lease-expired messages of the queues."""
+        if not queues:
+            return 0
+        named, params = f"queue IN ({placeholders(queues)})", tuple(queues)
+        with self._db.write() as conn:
+            return sum(conn.execute(sql, args).rowcount for sql, args in (
+                (f"DELETE FROM messages WHERE lease_until IS NULL AND {named}", params),
+                (f"DELETE FROM messages WHERE lease_until <= ? AND {named}",
+                 (time.time(), *params)),
+                (f"DELETE FROM scheduled WHERE {named}", params),
+            ))
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        with self._db.read() as conn:
+            rows = conn.execute("SELECT id, queue, body, reason, dead_at FROM dead_letters "
+                                "ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+        return [DeadLetter(*row) for row in rows]
+
+    async def purge_dead_letters(self) -> int:
+        with self._db.write() as conn:
+            count: int = conn.execute("DELETE FROM dead_letters").rowcount
+        return count
+
+    # -- claiming -------------------------------------------------------------------------
+
+    def _claim(self, queues: Sequence[str], limit: int) -> tuple[list[Delivery], float | None]:
+        """Lease up to ``limit`` messages now; else say when to look again (Unix time).
+
+        Looks first with a read, so that idle workers woken by unrelated commits (results,
+        acks) do not queue up for the write lock.
+        """
+        if limit <= 0 or not queues:
+            return [], None
+        now = time.time()
+        with self._db.read() as conn:
+            ready = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM messages WHERE lease_until IS NULL AND queue IN "
+                f"({placeholders(queues)}))", tuple(queues)).fetchone()[0]
+            due, expiry = conn.execute(NEXT_DUE).fetchone()
+        promote = due is not None and due <= now
+        reclaim = expiry is not None and expiry <= now
+        if not (ready or promote or reclaim):
+            return [], min((t for t in (due, expiry) if t is not None), default=None)
+        with self._db.write() as conn:
+            now = time.time()  # the lease starts now, after any wait for the write lock
+            if promote:
+                conn.execute(PROMOTE, (now,))
+                conn.execute(UNSCHEDULE, (now,))
+            if reclaim:
+                conn.execute(RECLAIM, (now,))
+            return self._take(conn, queues, limit, now + self.lease_seconds), None
+
+    def _take(self, conn: sqlite3.Connection, queues: Sequence[str], limit: int,
+              until: float) -> list[Delivery]:
+        taken: list[Delivery] = []
+        for queue in queues:  # fill the batch from the first queue, then the next
+            room = limit - len(taken)
+            if room <= 0:
+                break
+            rows = conn.execute(CLAIM, (until, queue, room)).fetchall()
+            rows.sort(key=lambda row: (-row[4], row[0]))  # RETURNING has no order
+            taken.extend(Delivery(id_, queue, body, priority, count, Receipt(seq, lease_id))
+                         for seq, lease_id, id_, body, priority, count in rows)
+        return taken
+
+
+def _receipts(deliveries: Sequence[Delivery]) -> list[Receipt]:
+    receipts = []
+    for delivery in deliveries:
+        if not isinstance(delivery.receipt, Receipt):
+            raise TypeError(f"delivery {delivery.id!r} did not come from a sqlite broker")
+        receipts.append(delivery.receipt)
+    return receipts
+

@@ -1,0 +1,104 @@
+"""Fixtures for the contract suites: every broker and backend, made the same way.
+
+``async def`` tests run on a fresh event loop per test (pytest-asyncio is not used;
+the ``pytest_pyfunc_call`` hook below is the whole of it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celeriac.backends import ResultBackend, create_backend
+from celeriac.brokers import Broker, create_broker
+
+# Short enough that lease-expiry tests take a fraction of a second, long enough that a
+# loaded CI machine does not lose a lease the test means to hold.
+LEASE_SECONDS = 0.5
+
+BROKER_KINDS = ["memory", "sqlite", "redis"]
+BACKEND_KINDS = ["memory", "sqlite", "redis"]
+
+# The contract suites' own database on the local server; each test gets a key prefix of
+# its own, whose keys are deleted after the test.
+REDIS_URL = "redis://127.0.0.1:6379/13"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run ``async def`` tests with ``asyncio.run``."""
+    func = pyfuncitem.obj
+    if not inspect.iscoroutinefunction(func):
+        return None
+    names = inspect.signature(func).parameters
+    asyncio.run(func(**{name: pyfuncitem.funcargs[name] for name in names}))
+    return True
+
+
+def url_for(kind: str, tmp_path: Path) -> str:
+    """The URL of a fresh store of this kind (sqlite: a file in the test's directory)."""
+    if kind == "redis":
+        return REDIS_URL
+    return "memory://" if kind == "memory" else f"sqlite:///{tmp_path / 'celeriac.db'}"
+
+
+@contextlib.contextmanager
+def isolated(url: str) -> Iterator[dict[str, Any]]:
+    """Extra options giving a server-backed store a namespace of its own for one test.
+
+    Redis: a fresh key prefix, its keys deleted afterwards. Skipped when the server is
+    not running, except under CI (the ``CI`` environment variable), where that fails.
+    """
+    if not url.startswith("redis://"):
+        yield {}
+        return
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        client.close()
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis is not running at {url}: {exc}")
+        pytest.skip(f"Redis is not running at {url}")
+    prefix = f"contract:{uuid.uuid4().hex[:12]}:"
+    try:
+        yield {"key_prefix": prefix}
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@pytest.fixture(params=BROKER_KINDS)
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return url_for(request.param, tmp_path)
+
+
+@pytest.fixture
+def broker(broker_url: str) -> Iterator[Broker]:
+    with isolated(broker_url) as options:
+        broker = create_broker(broker_url, {"lease_seconds": LEASE_SECONDS, **options})
+        asyncio.run(broker.connect())
+        yield broker
+        asyncio.run(broker.close())
+
+
+@pytest.fixture(params=BACKEND_KINDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultBackend]:
+    url = url_for(request.param, tmp_path)
+    with isolated(url) as options:
+        backend = create_backend(url, options)
+        asyncio.run(backend.connect())
+        yield backend
+        asyncio.run(backend.close())

@@ -1,0 +1,163 @@
+"""The result backend contract (see ``celeriac.backends.base``), run on every implementation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from celeriac.backends import ResultBackend
+
+# Slack for timers on a busy machine: an event due at t must have happened by t + SLACK.
+SLACK = 0.25
+
+
+@contextmanager
+def storing_later(backend: ResultBackend, values: Sequence[bytes], task_id: str = "t",
+                  delay: float = 0.05) -> Iterator[list[float]]:
+    """Store ``values`` one after another from another thread, ``delay`` apart.
+
+    Yields the list the thread appends each store's monotonic time to.
+    """
+    stored_at: list[float] = []
+
+    def store() -> None:
+        async def main() -> None:
+            for value in values:
+                await asyncio.sleep(delay)
+                await backend.store(task_id, value, None)
+                stored_at.append(time.monotonic())
+        asyncio.run(main())
+
+    thread = threading.Thread(target=store)
+    thread.start()
+    try:
+        yield stored_at
+    finally:
+        thread.join()
+
+
+async def test_store_and_load_round_trip(backend: ResultBackend) -> None:
+    await backend.store_many({"a": b"\x00result a", "b": bytes(range(256))}, ttl=60)
+
+    assert await backend.load("a") == b"\x00result a"
+    assert await backend.load_many(["a", "b", "missing"]) == {
+        "a": b"\x00result a", "b": bytes(range(256))}
+    assert await backend.load("missing") is None
+    assert await backend.load_many([]) == {}
+
+
+async def test_store_replaces(backend: ResultBackend) -> None:
+    await backend.store("a", b"STARTED", None)
+    await backend.store("a", b"SUCCESS", 60)
+
+    assert await backend.load("a") == b"SUCCESS"
+
+
+async def test_ttl_expires_results(backend: ResultBackend) -> None:
+    await backend.store("short", b"1", ttl=0.2)
+    await backend.store("forever", b"2", ttl=None)
+    assert await backend.load_many(["short", "forever"]) == {"short": b"1", "forever": b"2"}
+
+    await asyncio.sleep(0.3)
+
+    assert await backend.load("short") is None
+    assert await backend.load_many(["short", "forever"]) == {"forever": b"2"}
+
+
+async def test_delete_forgets(backend: ResultBackend) -> None:
+    await backend.store_many({"a": b"1", "b": b"2", "c": b"3"}, None)
+
+    await backend.delete_many(["a", "c", "missing"])
+
+    assert await backend.load_many(["a", "b", "c"]) == {"b": b"2"}
+
+
+async def test_cleanup_deletes_only_expired(backend: ResultBackend) -> None:
+    await backend.store_many({"x1": b"1", "x2": b"2"}, ttl=0.1)
+    await backend.store("long", b"3", ttl=60)
+    await backend.store("forever", b"4", ttl=None)
+    await asyncio.sleep(0.2)
+
+    # A backend whose server expires keys by itself keeps the base's no-op cleanup
+    # ("backends with native TTLs need not"), and has nothing left to count.
+    native_ttl = type(backend).cleanup is ResultBackend.cleanup
+    assert await backend.cleanup() == (0 if native_ttl else 2)
+
+    assert await backend.cleanup() == 0
+    assert await backend.load_many(["x1", "x2", "long", "forever"]) == {
+        "long": b"3", "forever": b"4"}
+
+
+async def test_wait_returns_a_stored_result_at_once(backend: ResultBackend) -> None:
+    await backend.store("t", b"SUCCESS", None)
+
+    started = time.monotonic()
+    assert await backend.wait("t", timeout=5) == b"SUCCESS"
+    assert time.monotonic() - started < SLACK
+
+
+async def test_wait_returns_when_stored_from_another_thread(backend: ResultBackend) -> None:
+    with storing_later(backend, [b"SUCCESS"]) as stored_at:
+        got = await backend.wait("t", timeout=5)
+        woke = time.monotonic()
+
+    assert got == b"SUCCESS"
+    assert woke - stored_at[0] < SLACK
+
+
+async def test_wait_without_timeout_returns_when_stored(backend: ResultBackend) -> None:
+    with storing_later(backend, [b"SUCCESS"]):
+        got = await asyncio.wait_for(backend.wait("t", timeout=None), 5)
+
+    assert got == b"SUCCESS"
+
+
+async def test_wait_times_out_with_none_without_spinning(backend: ResultBackend) -> None:
+    wall, cpu = time.monotonic(), time.process_time()
+
+    got = await backend.wait("never", timeout=0.4)
+
+    wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+    assert got is None
+    assert 0.35 <= wall < 0.4 + SLACK
+    assert cpu < 0.2 * wall, f"waiting used {cpu:.3f}s of CPU in {wall:.3f}s"
+
+
+async def test_wait_skips_what_accept_refuses(backend: ResultBackend) -> None:
+    await backend.store("t", b"STARTED", None)
+    seen: list[bytes] = []
+
+    def final(data: bytes) -> bool:
+        seen.append(data)
+        return data == b"SUCCESS"
+
+    with storing_later(backend, [b"RETRY", b"SUCCESS"]) as stored_at:
+        got = await backend.wait("t", timeout=5, accept=final)
+        woke = time.monotonic()
+
+    assert got == b"SUCCESS"
+    assert seen[0] == b"STARTED"
+    assert seen[-1] == b"SUCCESS"
+    assert woke - stored_at[-1] < SLACK
+
+
+async def test_wait_with_accept_times_out_on_an_intermediate_value(
+        backend: ResultBackend) -> None:
+    await backend.store("t", b"STARTED", None)
+
+    got = await backend.wait("t", timeout=0.2, accept=lambda data: data == b"SUCCESS")
+
+    assert got is None
+
+
+async def test_many_waiters_on_one_loop_all_wake(backend: ResultBackend) -> None:
+    waiters = [asyncio.create_task(backend.wait(f"t{n}", timeout=5)) for n in range(50)]
+    await asyncio.sleep(0.05)
+
+    await backend.store_many({f"t{n}": str(n).encode() for n in range(50)}, None)
+    got = await asyncio.wait_for(asyncio.gather(*waiters), 5)
+
+    assert got == [str(n).encode() for n in range(50)]
