@@ -153,6 +153,12 @@ def _seconds(name: str, value: Any) -> float | None:
     return float(value)
 
 
+def _expiry(name: str, value: Any) -> float | None:
+    """Seconds to keep results; None or 0 mean forever, as in Celery."""
+    seconds = _seconds(name, value)
+    return seconds if seconds else None
+
+
 def _positive_int(name: str, value: Any) -> int | None:
     if value is None and name not in _REQUIRED:
         return None
@@ -222,7 +228,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "accept_content": _serializer_list,
     "task_compression": _one_of(COMPRESSIONS, optional=True),
     "task_message_max_size": _positive_int,
-    "result_expires": _seconds,
+    "result_expires": _expiry,
     "task_default_queue": _nonempty_str,
     "task_default_priority": _priority,
     "task_acks_late": _bool,

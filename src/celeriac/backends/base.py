@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 # How ``wait`` polls when the backend cannot wait on its server: quickly at first,
@@ -80,7 +80,7 @@ class ResultBackend(ABC):
         return (await self.load_many([task_id])).get(task_id)
 
     async def wait(self, task_id: str, timeout: float | None,
-                   accept: Any = None) -> bytes | None:
+                   accept: Callable[[bytes], bool] | None = None) -> bytes | None:
         """Wait until the result of ``task_id`` is stored and ``accept(bytes)`` is true.
 
         ``accept`` lets the caller skip intermediate states (STARTED, RETRY) and wait on

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from celeriac.backends.base import ResultBackend
@@ -51,7 +51,8 @@ class MemoryBackend(ResultBackend):
                 del self._results[task_id]
             return len(expired)
 
-    async def wait(self, task_id: str, timeout: float | None, accept: Any = None) -> bytes | None:
+    async def wait(self, task_id: str, timeout: float | None,
+                   accept: Callable[[bytes], bool] | None = None) -> bytes | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         loop = asyncio.get_running_loop()
         while True:

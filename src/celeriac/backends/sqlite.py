@@ -15,7 +15,7 @@ when some process committed something.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from celeriac.backends.base import ResultBackend
@@ -100,7 +100,7 @@ class SQLiteBackend(ResultBackend):
         return count
 
     async def wait(self, task_id: str, timeout: float | None,
-                   accept: Any = None) -> bytes | None:
+                   accept: Callable[[bytes], bool] | None = None) -> bytes | None:
         """Wait for an accepted result, reading again only after the file changed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

@@ -11,9 +11,11 @@ Delivery semantics every implementation provides:
   a dead worker's leases run out and its messages are delivered again.
 - Each delivery carries ``delivery_count`` (1 the first time), which the worker uses
   to dead-letter a message that keeps killing workers.
-- ``ack``, ``extend``, ``requeue`` and ``dead_letter`` act on a delivery only while its
-  lease is still held by that same delivery: a worker whose lease ran out (paused,
-  partitioned) cannot ack over the worker that took the message over.
+- ``ack``, ``extend``, ``requeue`` and ``dead_letter`` act on a delivery only while no
+  other delivery of the same message has been made: a worker whose lease ran out
+  (paused, partitioned) cannot ack over the worker that took the message over. A lease
+  that ran out but whose message nobody fetched again may still be acked, requeued or
+  dead-lettered; ``extend`` reports it as lost.
 - A message published with ``eta`` waits in the broker, not in a worker, until then.
 - Higher ``priority`` (0-9) comes out first; equal priorities come out oldest first.
 

@@ -22,8 +22,11 @@ transaction.
 A delivery's receipt is ``(seq, lease_id)``. Every statement acting on a delivery
 matches both, so once a lease ran out and the message was leased again (with a new
 random ``lease_id``), the old receipt matches nothing: its ack is a no-op and its
-extend returns False. Expired leases are released by the next fetch that sees one is
-due (any fetch, of any queue), and fetching workers wake up for it.
+extend returns False. Until a fetch releases it, an expired lease can still be acked,
+requeued or dead-lettered (nobody else has the message), but no longer extended, as in
+the memory broker. Expired leases are released by the next fetch that sees one is
+due (any fetch, of any queue), and fetching workers wake up for it; until then
+``queue_stats`` already counts them as ready and ``purge`` deletes them.
 
 A fetch that finds nothing waits on ``PRAGMA data_version`` (see ``celeriac.sqlite_db``)
 and on a timer for the next ETA or lease expiry, so it neither spins nor sleeps past work.

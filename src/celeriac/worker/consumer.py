@@ -157,7 +157,7 @@ class Consumer:
                 continue
             failures = 0
             self._last_broker_ok = time.monotonic()
-            suspect = next((d for d in deliveries if d.delivery_count > 1), None)
+            suspect = self._last_chance(deliveries)
             if suspect is not None:
                 deliveries = await self._isolate(deliveries, suspect)
             now = time.monotonic()
@@ -168,14 +168,24 @@ class Consumer:
             if suspect is not None:
                 await self._wait_until_empty()
 
-    async def _isolate(self, deliveries: list[Delivery], suspect: Delivery) -> list[Delivery]:
-        """Hold a redelivered message alone; hand the rest of its batch back at once.
+    def _last_chance(self, deliveries: list[Delivery]) -> Delivery | None:
+        """The first delivery on its last permitted delivery (``task_delivery_limit``).
 
-        A redelivered message may be one that kills its process, and every message a
-        dying process holds counts a delivery: held beside it, innocent messages would
-        reach the delivery limit with it without ever having run. So the suspect is kept
-        only if this process holds nothing else, the others go back (a requeue does not
-        count as a delivery), and the caller fetches again only once it holds nothing.
+        Every message a dying process holds counts a delivery, so messages held beside
+        one that kills its process reach the limit with it. On its last chance a message
+        therefore runs alone: if its process dies then, it alone is dead-lettered.
+        """
+        limit = self.app.conf.task_delivery_limit
+        if limit <= 1:  # no redelivery at all: nothing to protect, no reason to slow down
+            return None
+        return next((d for d in deliveries if d.delivery_count == limit), None)
+
+    async def _isolate(self, deliveries: list[Delivery], suspect: Delivery) -> list[Delivery]:
+        """Hold a last-chance message alone; hand the rest of its batch back at once.
+
+        The suspect is kept only if this process holds nothing else; the others go back
+        (a requeue does not count as a delivery), and the caller fetches again only once
+        it holds nothing.
         """
         keep = [] if self._held else [suspect]
         back = [d for d in deliveries if d not in keep]
@@ -290,7 +300,8 @@ class Consumer:
                     return
                 self._pending.event.clear()
                 try:
-                    await asyncio.wait_for(self._pending.event.wait(), remaining)
+                    async with asyncio.timeout(remaining):  # no task per wait, unlike wait_for
+                        await self._pending.event.wait()
                 except TimeoutError:
                     return
         finally:
