@@ -24,6 +24,9 @@ SERIALIZERS = ("json", "msgpack", "pickle")
 COMPRESSIONS = ("gzip", "zlib", "zstd")
 POOLS = ("prefork", "threads", "async", "solo")
 
+# CELERIAC_* variables that are not settings: the CLI's -A default.
+NON_SETTING_VARIABLES = frozenset({"CELERIAC_APP"})
+
 
 @dataclasses.dataclass
 class Settings:
@@ -99,11 +102,12 @@ class Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for key, raw in environ.items():
-            if not key.startswith("CELERIAC_"):
+            if not key.startswith("CELERIAC_") or key in NON_SETTING_VARIABLES:
                 continue
             name = key.removeprefix("CELERIAC_").lower()
-            if name not in _FIELDS:
-                continue  # other CELERIAC_* variables are not settings (for example CELERIAC_APP)
+            if name not in _FIELDS:  # a typo here must not silently fall back to a default
+                raise ConfigurationError(
+                    f"environment variable {key} names no setting{suggest(name, _FIELDS)}")
             try:
                 values[name] = orjson.loads(raw)
             except orjson.JSONDecodeError:

@@ -88,3 +88,15 @@ def test_unknown_broker_scheme_is_a_clear_error() -> None:
     app = App("t", broker="sqlit:///x.db")
     with pytest.raises(ConfigurationError, match='did you mean "sqlite"'):
         _ = app.broker
+
+
+def test_misspelled_environment_variable_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CELERIAC_TASK_SERIALISER", "msgpack")
+    with pytest.raises(ConfigurationError, match='CELERIAC_TASK_SERIALISER names no setting'
+                                                 ' .did you mean "task_serializer"'):
+        App("t")
+
+
+def test_celeriac_app_variable_is_not_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CELERIAC_APP", "proj.tasks")
+    assert App("t").conf.task_serializer == "json"

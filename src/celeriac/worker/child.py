@@ -28,6 +28,7 @@ logger = logging.getLogger("celeriac.worker")
 EXIT_OK = 0
 EXIT_BROKER_LOST = 70  # EX_SOFTWARE: the supervisor restarts the process
 MEMORY_CHECK_INTERVAL = 0.5
+PARENT_CHECK_INTERVAL = 1.0
 
 
 def child_main(options: WorkerOptions, index: int) -> None:
@@ -35,7 +36,8 @@ def child_main(options: WorkerOptions, index: int) -> None:
     configure_logging(options.loglevel)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     app = load_app(options.app_spec)
-    reason = asyncio.run(serve(app, options, f"{options.hostname}/{index}"))
+    reason = asyncio.run(serve(app, options, f"{options.hostname}/{index}",
+                               watch_parent=True))
     code = EXIT_BROKER_LOST if reason is StopReason.BROKER_LOST else EXIT_OK
     logging.shutdown()
     sys.stdout.flush()
@@ -45,8 +47,13 @@ def child_main(options: WorkerOptions, index: int) -> None:
 
 
 async def serve(app: App, options: WorkerOptions, hostname: str,
-                stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM,)) -> StopReason:
-    """Run a consumer for ``app`` in this process until a signal or a recycle stops it."""
+                stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM,),
+                watch_parent: bool = False) -> StopReason:
+    """Run a consumer for ``app`` in this process until a signal or a recycle stops it.
+
+    With ``watch_parent``, a supervisor that dies (even by SIGKILL) makes this process
+    stop warmly instead of consuming on as an orphan nobody supervises.
+    """
     runner = runner_for(options.pool, options.slots_per_process)
     consumer = Consumer(app, options.queues, options.slots_per_process, runner,
                         prefetch_multiplier=options.prefetch_multiplier, hostname=hostname,
@@ -58,15 +65,27 @@ async def serve(app: App, options: WorkerOptions, hostname: str,
     loop.add_signal_handler(signal.SIGQUIT, consumer.stop_cold)
     logger.info("%s consuming %s with %d slot(s), prefetch %d", hostname,
                 ",".join(options.queues), options.slots_per_process, consumer.budget)
+    watcher = asyncio.create_task(_watch_parent(consumer)) if watch_parent else None
     try:
         reason = await consumer.run(grace=options.shutdown_timeout)
     finally:
+        if watcher is not None:
+            watcher.cancel()
         runner.shutdown()
         await app.aclose()
     logger.info("%s stopped (%s): %d succeeded, %d failed, %d retried, %d dead-lettered",
                 hostname, reason.value, consumer.stats.succeeded, consumer.stats.failed,
                 consumer.stats.retried, consumer.stats.dead_lettered)
     return reason
+
+
+async def _watch_parent(consumer: Consumer) -> None:
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(PARENT_CHECK_INTERVAL)
+    logger.error("the supervisor (pid %d) is gone: stopping this orphaned worker process",
+                 parent)
+    consumer.stop()
 
 
 def _on_stop_signal(consumer: Consumer) -> None:
