@@ -24,12 +24,14 @@ from celeriac.brokers import Broker, create_broker
 # loaded CI machine does not lose a lease the test means to hold.
 LEASE_SECONDS = 0.5
 
-BROKER_KINDS = ["memory", "sqlite", "redis"]
+BROKER_KINDS = ["memory", "sqlite", "redis", "amqp"]
 BACKEND_KINDS = ["memory", "sqlite", "redis"]
 
 # The contract suites' own database on the local server; each test gets a key prefix of
 # its own, whose keys are deleted after the test.
 REDIS_URL = "redis://127.0.0.1:6379/13"
+# RabbitMQ: each test gets a queue-name prefix (namespace) of its own, deleted afterwards.
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -47,6 +49,8 @@ def url_for(kind: str, tmp_path: Path) -> str:
     """The URL of a fresh store of this kind (sqlite: a file in the test's directory)."""
     if kind == "redis":
         return REDIS_URL
+    if kind == "amqp":
+        return AMQP_URL
     return "memory://" if kind == "memory" else f"sqlite:///{tmp_path / 'celeriac.db'}"
 
 
@@ -57,6 +61,9 @@ def isolated(url: str) -> Iterator[dict[str, Any]]:
     Redis: a fresh key prefix, its keys deleted afterwards. Skipped when the server is
     not running, except under CI (the ``CI`` environment variable), where that fails.
     """
+    if url.startswith("amqp://"):
+        yield from _amqp_namespace(url)
+        return
     if not url.startswith("redis://"):
         yield {}
         return
@@ -102,3 +109,27 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultBa
         asyncio.run(backend.connect())
         yield backend
         asyncio.run(backend.close())
+
+
+def _amqp_namespace(url: str) -> Iterator[dict[str, Any]]:
+    """RabbitMQ: a namespace (name prefix) of its own; its queues and exchanges deleted after."""
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=2).close()
+    except OSError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"RabbitMQ is not running at {url}: {exc}")
+        pytest.skip(f"RabbitMQ is not running at {url}")
+    namespace = f"contract.{uuid.uuid4().hex[:12]}."
+    try:
+        yield {"namespace": namespace}
+    finally:
+        async def delete() -> None:
+            cleaner = create_broker(url, {"namespace": namespace})
+            try:
+                await cleaner.delete_namespace()  # type: ignore[attr-defined]
+            finally:
+                await cleaner.close()
+
+        asyncio.run(delete())

@@ -4,30 +4,34 @@ Key layout (``P`` is the ``key_prefix`` option, ``celeriac:`` by default)::
 
     P result:<task id>   STRING  the result bytes; expires after ``result_expires``
                                  (no expiry when it is None)
-    P ready:<task id>    LIST    a wake-up token pushed with every store of that id;
-                                 expires after NOTIFY_TTL (or the result's TTL if shorter)
+    P ready:<task id>    LIST    one wake-up token, replaced by every store of that id:
+                                 the result itself, or b"" for a result over
+                                 INLINE_MAX (then the waiter reads the key); expires
+                                 after NOTIFY_TTL_MS (or the result's TTL if shorter)
 
-``store_many`` writes each result and replaces its token list with one fresh token,
-pipelined in one round trip. ``wait`` reads the result; while it is missing or not
-accepted (an intermediate state such as STARTED), it blocks in BLPOP on the token list,
-so the server wakes it the moment a store happens: no polling. A waiter that pops the
-token and finds a result it accepts pushes the token back before returning, so every
-other waiter of the same id wakes in turn. A waiter that finds a result it does not
-accept keeps the token (pushing it back would wake itself again at once) and waits on.
+``store_many`` writes each result and replaces its token, pipelined in one round trip.
+``wait`` reads the result; while it is missing or not accepted (an intermediate state
+such as STARTED), it blocks in BLPOP on the token list, so the server wakes it the
+moment a store happens: no polling, and no further read, since the token carries the
+result. A waiter that accepts the result it popped pushes the token back (after
+returning, off the caller's path), so every other waiter of the same id wakes in turn.
+A waiter that does not accept it keeps the token (pushing it back would only wake
+itself again) and waits for the next store.
 
-The token only has to outlive the gap between a waiter's read and its BLPOP, which is
-why it expires quickly instead of living as long as the result.
+The token only has to outlive the gap between a waiter's read of the key and its
+BLPOP, which is why it expires within seconds instead of living as long as the result.
 
 Options (also read from the URL's query string): ``key_prefix``, ``connection_timeout``
 (default 4 s: a call during an outage raises BackendError within about that time),
-``pool_limit`` (connections per event loop; each waiting ``get`` holds one while it
-waits, so the default is unbounded), and the TLS options of ``rediss://`` URLs, as for
-the Redis broker.
+``pool_limit`` (connections per event loop, unbounded by default; each waiting ``get``
+holds one while it waits), and the TLS options of ``rediss://`` URLs, as for the broker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -44,7 +48,7 @@ from celeriac.errors import BackendError
 
 OPTIONS = frozenset({"key_prefix", *CONNECTION_OPTIONS})
 NOTIFY_TTL_MS = 10_000
-TOKEN = b"1"
+INLINE_MAX = 64 * 1024  # results up to this size travel in their wake-up token
 
 
 class RedisBackend(ResultBackend):
@@ -55,11 +59,13 @@ class RedisBackend(ResultBackend):
         # Options come from the app, which may pass some meant for other backends (the
         # broker's URL, for rpc://); only the ones named in OPTIONS are read.
         mine = {name: value for name, value in self.options.items() if name in OPTIONS}
-        self.settings = RedisSettings.from_options(url, {"pool_limit": None, **mine})
+        self.settings = RedisSettings.from_options(url, mine)
         self.prefix = self.settings.key_prefix
-        # A BLPOP must end well within the socket timeout (see the broker's blocking read).
+        # A wait re-reads the result at least this often, whatever the wake-up tokens do.
         self.max_block = self.settings.connection_timeout / 2
         self._clients = LoopClients(self.settings.make_client)
+        self._background: set[asyncio.Task[None]] = set()  # token push-backs under way
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<RedisBackend {self.settings.url} prefix={self.prefix!r}>"
@@ -74,16 +80,13 @@ class RedisBackend(ResultBackend):
         return translate_errors(BackendError, BackendError, f"Redis result backend {what}")
 
     def _deadline(self, extra: float = 0.0) -> asyncio.Timeout:
-        return asyncio.timeout(self.settings.connection_timeout + extra)
+        return self.settings.deadline(extra)
 
     async def connect(self) -> None:
         client = await self._clients.get()
         with self._errors("connect"):
             async with self._deadline():
                 await client.ping()
-
-    async def close(self) -> None:
-        await self._clients.close()
 
     async def store_many(self, results: Mapping[str, bytes], ttl: float | None) -> None:
         if not results:
@@ -101,7 +104,7 @@ class RedisBackend(ResultBackend):
                 execute("SET", key, data, "PX", ttl_ms)
             # One fresh token, whatever earlier stores (STARTED, RETRY) left behind.
             execute("DEL", ready)
-            execute("RPUSH", ready, TOKEN)
+            execute("RPUSH", ready, data if len(data) <= INLINE_MAX else b"")
             execute("PEXPIRE", ready, notify_ms)
         with self._errors("store"):
             async with self._deadline():
@@ -134,15 +137,11 @@ class RedisBackend(ResultBackend):
         client = await self._clients.get()
         key, ready = self.result_key(task_id), self.ready_key(task_id)
         execute = command(client)
-        woken = None
+        token: bytes | None = None  # the token this waiter popped, if any
         with self._errors("wait"):
-            while True:
-                async with self._deadline():
-                    data = await execute("GET", key)
-                if data is not None and (accept is None or accept(data)):
-                    if woken is not None:
-                        await self._wake_next(client, ready)
-                    return bytes(data)
+            async with self._deadline():
+                data = await execute("GET", key)
+            while data is None or (accept is not None and not accept(data)):
                 remaining = self.max_block if deadline is None \
                     else deadline - time.monotonic()
                 if remaining <= 0:
@@ -150,15 +149,46 @@ class RedisBackend(ResultBackend):
                 block = min(remaining, self.max_block)
                 async with self._deadline(block):
                     # BLPOP's timeout is in seconds (decimals allowed); 0 means forever.
-                    woken = await execute("BLPOP", ready, max(0.001, round(block, 3)))
+                    popped = await execute("BLPOP", ready, max(0.001, round(block, 3)))
+                token = None if popped is None else bytes(popped[1])
+                if token:
+                    data = token
+                else:  # a large result's empty token, or no store for a while: read it
+                    async with self._deadline():
+                        data = await execute("GET", key)
+        if token is not None:
+            self._wake_next(client, ready, token)
+        return bytes(data)
 
-    async def _wake_next(self, client: Any, ready: str) -> None:
-        """Put the popped token back so that the next waiter of this id wakes too."""
-        pipe = client.pipeline(transaction=False)
-        command(pipe)("LPUSH", ready, TOKEN)
-        command(pipe)("PEXPIRE", ready, NOTIFY_TTL_MS)
-        async with self._deadline():
-            await pipe.execute()
+    def _wake_next(self, client: Any, ready: str, token: bytes) -> None:
+        """Put the popped token back, so that the next waiter of this id wakes too.
+
+        Done in the background: the caller has its result and need not wait for it.
+        """
+        async def push_back() -> None:
+            pipe = client.pipeline(transaction=False)
+            command(pipe)("LPUSH", ready, token)
+            command(pipe)("PEXPIRE", ready, NOTIFY_TTL_MS)
+            with contextlib.suppress(Exception):  # the server's problem shows on next use
+                async with self._deadline():
+                    await pipe.execute()
+
+        task = asyncio.get_running_loop().create_task(push_back())
+        with self._lock:
+            self._background.add(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        with self._lock:
+            self._background.discard(task)
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:  # other threads' loops add theirs concurrently
+            mine = [task for task in self._background if task.get_loop() is loop]
+        if mine:
+            await asyncio.wait(mine, timeout=self.settings.connection_timeout)
+        await self._clients.close()
 
 
 class RedissBackend(RedisBackend):

@@ -32,7 +32,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -43,6 +43,7 @@ from pamqp import commands as spec
 
 from celeriac.backends.base import ResultBackend
 from celeriac.brokers.amqp import safe_url, split_url
+from celeriac.brokers.amqp_link import lost
 from celeriac.brokers.amqp_topology import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEARTBEAT
 from celeriac.errors import BackendError, ConfigurationError
 from celeriac.task import current_request
@@ -100,7 +101,8 @@ class RPCBackend(ResultBackend):
                 listener = self._listener = _Listener(self)
         listener.wait_ready(self.connect_timeout)
 
-    async def wait(self, task_id: str, timeout: float | None, accept: Any = None) -> bytes | None:
+    async def wait(self, task_id: str, timeout: float | None,
+                   accept: Callable[[bytes], bool] | None = None) -> bytes | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         loop = asyncio.get_running_loop()
         while True:
@@ -292,7 +294,9 @@ class _Listener:
                 failures = 0
                 self._ready.set()
                 await _first(stop.wait(), _closed(connection))
-            except Exception as exc:
+            except BaseException as exc:
+                if not isinstance(exc, Exception) and not lost(exc):
+                    raise  # this thread is being stopped
                 failures += 1
                 self._error = exc
                 logger.warning("rpc reply queue: %s; retrying (results that come back "

@@ -1,6 +1,6 @@
 """The RabbitMQ broker (AMQP 0-9-1): ``amqp://user:pass@host:5672/vhost`` and ``amqps://``.
 
-Built on **aiormq** (requirement: ``aiormq>=6.8,<8``), the asyncio AMQP client that
+Built on **aiormq** (requirement: ``aiormq>=7.2,<8``), the asyncio AMQP client that
 aio-pika itself is built on. aio-pika adds objects per message and a "robust" connection
 that silently restores channels and consumers; this broker needs the opposite: to know
 exactly which channel a delivery tag belongs to, so that a tag from a lost channel is
@@ -23,17 +23,22 @@ retried within ``publish_timeout``; after that ``BrokerUnavailable`` is raised. 
 is never dropped silently (it may be stored twice when a confirm is lost: at least once).
 
 *Queues*: each queue has a ``QueueSpec`` (``amqp_topology``): by default durable, with
-persistent messages and ``x-max-priority=10``. A **transient** queue is declared
-``durable=False`` and its messages ``delivery_mode=1``: RabbitMQ keeps them in memory
-only, and a broker restart deletes the queue and every message in it (tested). A
-**quorum** queue is replicated and durable, but RabbitMQ quorum queues have **no
-priorities**: their messages come out oldest first whatever their priority.
+persistent messages, ``x-max-priority=10`` and classic queue storage version 2 (it
+confirms persistent messages several times sooner than version 1). A **transient**
+queue is declared ``durable=False`` and its messages ``delivery_mode=1``: RabbitMQ keeps
+them in memory only, and a broker restart deletes the queue and every message in it
+(tested). A **quorum** queue is replicated and durable, but RabbitMQ quorum queues have
+**no priorities**: their messages come out oldest first whatever their priority.
 
 *Fetch*: a ``basic.consume`` per queue on the link's consumer channel, with
 ``basic.qos`` prefetch = deliveries held + ``limit`` (the worker's budget, which stays
 constant: held + the limit it asks for). Deliveries land in a per-queue heap, by
 priority and then first-publish time, and ``fetch`` takes from the heaps in the order
 the queues were named. Nothing polls: an idle fetch sleeps until a delivery arrives.
+Two bounded waits make one call return what belongs together: after a consumer starts,
+for the burst of messages its queue.declare said were ready (at most 0.25 s), and after
+a delayed message arrives, 20 ms for others due at the same moment (so that those come
+out by priority).
 Prefetched deliveries are unacked on the server, so ``queue_stats`` counts this
 process's buffered ones as *ready* and its handed-out ones as *in flight*; RabbitMQ does
 not report unacked counts over AMQP, so other processes' in-flight messages are not seen.
@@ -41,7 +46,9 @@ not report unacked counts over AMQP, so other processes' in-flight messages are 
 *Delays*: per-level TTL queues that dead-letter down a binary ladder to the work queue
 (see ``amqp_topology``): nothing waits in a worker, delays survive restarts of workers
 and of RabbitMQ, and a fetch never hands out a message before its ``eta`` (one that
-arrives early is sent down the ladder again).
+arrives early is sent down the ladder again). A queue's ladder is declared with its
+first delayed message. A count of *scheduled* messages read while RabbitMQ moves one
+between two delay queues may miss it or count it twice.
 
 *Leases*: AMQP has none; a delivery is owned while its channel lives. The contract's
 lease is kept by the link on the consuming loop: a delivery not extended within
@@ -56,12 +63,15 @@ only flag a returned message ``redelivered``; celeriac keeps the count in the
 unchanged (a ``basic.nack`` would set the flag), so ``redelivered`` means "its channel
 died while holding it": such a message is republished with the count plus one, and the
 original acked, before anyone runs it. A task that kills its worker every time thus
-reaches ``task_delivery_limit``. The approximation: a message that was prefetched but
-not yet started by a process that died counts a delivery too (a warm shutdown hands
-those back as uncounted copies).
+reaches ``task_delivery_limit``. A copy that reaches the process that made it waits
+until the original's ack is settled (a synchronous call after the ack), so that running
+it cannot kill the process while the original is still unacked. The approximation: a
+message that was prefetched but not yet started by a process that died counts a
+delivery too (a warm shutdown hands those back as uncounted copies).
 
 *Dead letters*: a copy goes to the ``celeriac.dead`` exchange and queue with its reason
-in ``x-celeriac-reason`` (and its queue and time), then the original is acked. Work
+in ``x-celeriac-reason`` (and its queue and time), then the original is acked (a process
+killed between the two leaves a second dead letter: at least once). Work
 queues dead-letter there too, so whatever RabbitMQ itself rejects is kept (its reason
 taken from ``x-death``). ``dead_letters`` reads the queue with ``basic.get`` and puts
 everything back (O(dead letters)).
@@ -147,8 +157,7 @@ class AMQPBroker(Broker):
 
     async def connect(self) -> None:
         link = self._link()
-        await link.ready()
-        await link.declare([])
+        await link.run(lambda: link.declare([]))
 
     async def close(self) -> None:
         with self._links_lock:
@@ -211,6 +220,9 @@ class AMQPBroker(Broker):
 
     async def queue_stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
         link = self._link()
+        return await link.run(lambda: self._queue_stats(link, queues))
+
+    async def _queue_stats(self, link: Link, queues: Sequence[str] | None) -> list[QueueStats]:
         await link.declare([])
         names = list(queues) if queues is not None else sorted(
             set(await self._registered(link)) | self._context.known)
@@ -226,19 +238,31 @@ class AMQPBroker(Broker):
 
     async def purge(self, queues: Sequence[str]) -> int:
         link = self._link()
-        return sum([await link.purge(queue) for queue in queues])
+
+        async def purge_all() -> int:
+            return sum([await link.purge(queue) for queue in queues])
+
+        return await link.run(purge_all)
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         link = self._link()
-        await link.declare([])
-        messages = await link.scan(self.topology.dead_queue)
+
+        async def scan() -> list[DeliveredMessage]:
+            await link.declare([])
+            return await link.scan(self.topology.dead_queue)
+
+        messages = await link.run(scan)
         letters = [self._dead_letter(message) for message in reversed(messages)]
         return letters[:limit]
 
     async def purge_dead_letters(self) -> int:
         link = self._link()
-        await link.declare([])
-        return await link.purge_queue(self.topology.dead_queue)
+
+        async def purge() -> int:
+            await link.declare([])
+            return await link.purge_queue(self.topology.dead_queue)
+
+        return await link.run(purge)
 
     # -- beyond the contract --------------------------------------------------------------
 
@@ -250,7 +274,7 @@ class AMQPBroker(Broker):
         tear-down; with the default empty namespace it clears celeriac off the vhost.
         """
         link = self._link()
-        await link.declare([])
+        await link.run(lambda: link.declare([]))
         top = self.topology
         names = set(await self._registered(link)) | self._context.known
         queues = [top.queue(name) for name in sorted(names)]

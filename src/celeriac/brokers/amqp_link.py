@@ -32,9 +32,9 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiormq
 from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
@@ -80,6 +80,8 @@ CLOSE_TIMEOUT = 5.0
 LOST = (AMQPConnectionError, ChannelInvalidStateError, ConnectionError)
 
 _link_ids = itertools.count(1)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +203,12 @@ class Link:
         self.buffers: dict[str, list[tuple[int, int, int, Raw]]] = {}
         self.buffered_counts: dict[str, int] = {}  # read by other threads for stats
         self.held: dict[int, Held] = {}
+        self._moving: set[int] = set()  # tags whose copy is being published
+        # Copies that arrived here before their original's ack was settled, by id: they
+        # wait, so that running one cannot kill this process while the original is
+        # still unacked (which would bring it back, and the copy with it, twice).
+        self._parked: dict[str, list[Raw]] = {}
+        self._moving_ids: dict[str, int] = {}
         self.held_counts: dict[str, int] = {}
         self._expect: dict[str, tuple[int, float]] = {}  # queue -> (burst left, until)
         self._due_seen: dict[str, float] = {}
@@ -243,13 +251,14 @@ class Link:
             self.publisher = await connection.channel(publisher_confirms=True)
             self.consumer = await self._open_consumer_channel(connection)
             self.connection = connection
-        except (TimeoutError, OSError, AMQPError, ChannelInvalidStateError) as exc:
+        except BaseException as exc:
+            if not isinstance(exc, TimeoutError | OSError | AMQPError) and not lost(exc):
+                raise
             self._failures += 1
             backoff = min(RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_FIRST * 2 ** self._failures)
             self._retry_at = self.loop.time() + backoff
             self._last_error = exc
-            with contextlib.suppress(Exception):
-                await connection.close()
+            await _quietly(connection.close())
             self.connection = self.publisher = self.consumer = None
             raise self._unavailable() from exc
         if self._failures:
@@ -261,6 +270,32 @@ class Link:
             lambda closing: self._on_connection_closed(connection, closing))
         return connection
 
+    async def run(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run ``operation``; if the connection turns out to be dead, once more on a new one.
+
+        A connection the server closed while this loop was not running (a producer
+        between two calls) looks open until its reader runs; the first operation on it
+        fails, and is retried on a fresh connection.
+        """
+        for attempt in (1, 2):
+            try:
+                return await operation()
+            except BaseException as exc:
+                if not lost(exc):
+                    raise
+                if attempt == 2:
+                    self._last_error = exc
+                    raise self._unavailable() from exc
+                await self._forget_dead_connection(exc)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _forget_dead_connection(self, error: BaseException) -> None:
+        connection = self.connection
+        if connection is not None and (connection.is_closed or isinstance(
+                error, AMQPConnectionError | OSError | asyncio.CancelledError)):
+            self._on_connection_closed(connection, None, error)
+            await _quietly(asyncio.wait_for(connection.close(), CLOSE_TIMEOUT))
+
     def _unavailable(self, detail: str = "") -> BrokerUnavailable:
         error = self._last_error
         reason = f"{type(error).__name__}: {error}" if error is not None else "not connected"
@@ -268,8 +303,10 @@ class Link:
                                  + (f"; {detail}" if detail else ""))
 
     def _on_connection_closed(self, connection: AbstractConnection,
-                              closing: asyncio.Future[Any]) -> None:
-        error = None if closing.cancelled() else closing.exception()
+                              closing: asyncio.Future[Any] | None,
+                              error: BaseException | None = None) -> None:
+        if closing is not None:
+            error = None if closing.cancelled() else closing.exception()
         if self.connection is not connection:
             return  # an older connection, already replaced
         if not self.closed and not isinstance(error, asyncio.CancelledError | None):
@@ -305,6 +342,9 @@ class Link:
         self.buffered_counts.clear()
         self.held.clear()
         self.held_counts.clear()
+        self._moving.clear()
+        self._moving_ids.clear()
+        self._parked.clear()
         self._expect.clear()
         self._due_seen.clear()
         self._wake()
@@ -335,16 +375,14 @@ class Link:
             return
         connection = self.connection
         if connection is not None and not connection.is_closed and self.consumer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._release_buffered(), CLOSE_TIMEOUT)
+            await _quietly(asyncio.wait_for(self._release_buffered(), CLOSE_TIMEOUT))
         self.closed = True
         for task in [*self._tasks, *([self._reaper] if self._reaper else [])]:
             task.cancel()
         await asyncio.gather(*self._tasks, *([self._reaper] if self._reaper else []),
                              return_exceptions=True)
         if connection is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(connection.close(), CLOSE_TIMEOUT)
+            await _quietly(asyncio.wait_for(connection.close(), CLOSE_TIMEOUT))
         self.connection = self.publisher = self.consumer = self.admin = None
 
     async def _release_buffered(self) -> None:
@@ -361,8 +399,10 @@ class Link:
                 await consumer.basic_cancel(tag)
         self.consumers.clear()
         raws = [entry[3] for heap in self.buffers.values() for entry in heap]
+        raws += [raw for parked in self._parked.values() for raw in parked]
         self.buffers.clear()
         self.buffered_counts.clear()
+        self._parked.clear()
         if raws:
             await asyncio.gather(*(self._move(self.generation, raw, raw.deliveries)
                                    for raw in raws))
@@ -489,8 +529,11 @@ class Link:
                     raise
                 error = exc
                 continue
-            except (*LOST, ChannelClosed) as exc:
+            except BaseException as exc:
+                if not lost(exc):
+                    raise
                 error = exc
+                await self._forget_dead_connection(exc)
                 await asyncio.sleep(min(RECONNECT_BACKOFF_FIRST, max(0.0, remaining / 2)))
                 continue
             failed = []
@@ -536,7 +579,7 @@ class Link:
             self.ladders.clear()
             self.shared_declared = False
             return error
-        if isinstance(error, (*LOST, AMQPError, TimeoutError)):
+        if isinstance(error, AMQPError | TimeoutError) or lost(error):
             return error
         raise error
 
@@ -544,7 +587,7 @@ class Link:
 
     async def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
         deadline = self.loop.time() + timeout
-        generation = await self._consume(queues, limit)
+        generation = await self.run(lambda: self._consume(queues, limit))
         while True:
             if self._buffered(queues):
                 await self._settle(queues, limit)
@@ -555,7 +598,7 @@ class Link:
                 return []
             await self._wait(until - now)
             if self.generation != generation:  # the channel was lost while we waited
-                generation = await self._consume(queues, limit)
+                generation = await self.run(lambda: self._consume(queues, limit))
 
     async def _consume(self, queues: Sequence[str], limit: int) -> int:
         """Consume ``queues`` with a prefetch of what is held plus ``limit``."""
@@ -624,12 +667,19 @@ class Link:
             # reaches the delivery limit instead of coming back forever.
             self._spawn(self._move(generation, raw, raw.deliveries + 1))
             return
-        heapq.heappush(self.buffers.setdefault(queue, []),
-                       (-raw.priority, raw.sent, raw.tag, raw))
-        self.buffered_counts[queue] = self.buffered_counts.get(queue, 0) + 1
+        if raw.id in self._moving_ids:
+            self._parked.setdefault(raw.id, []).append(raw)
+            return
+        self._buffer(raw)
         if eta is not None:
             self._due_seen[queue] = self.loop.time()
         self._wake()
+
+    def _buffer(self, raw: Raw) -> None:
+        # Quorum queues have no priorities; their buffer keeps to age order as well.
+        rank = 0 if self.ctx.settings.spec(raw.queue).quorum else -raw.priority
+        heapq.heappush(self.buffers.setdefault(raw.queue, []), (rank, raw.sent, raw.tag, raw))
+        self.buffered_counts[raw.queue] = self.buffered_counts.get(raw.queue, 0) + 1
 
     def _buffered(self, queues: Sequence[str]) -> int:
         return sum(self.buffered_counts.get(queue, 0) for queue in queues)
@@ -742,8 +792,23 @@ class Link:
         channel = self.consumer
         if not tags or generation != self.generation or channel is None:
             return
+        batch = sorted(tags)
+        # One ack with ``multiple`` settles every unacked tag up to it, so it may cover
+        # the tags of this batch below the lowest tag still outstanding. Deliveries whose
+        # callback has not run yet always have higher tags than any seen.
+        outstanding = min(min(self.held, default=math.inf),
+                          min((entry[2] for heap in self.buffers.values() for entry in heap),
+                              default=math.inf),
+                          min((tag for tag in self._moving if tag not in tags),
+                              default=math.inf),
+                          min((raw.tag for raws in self._parked.values() for raw in raws),
+                              default=math.inf))
+        covered = [tag for tag in batch if tag < outstanding]
         try:
-            for tag in sorted(tags):
+            if len(covered) > 1:
+                await channel.basic_ack(covered[-1], multiple=True, wait=False)
+                batch = batch[len(covered):]
+            for tag in batch:
                 await channel.basic_ack(tag, wait=False)
         except (*LOST, AMQPError):
             pass  # the channel is gone: RabbitMQ gives the messages back itself
@@ -771,6 +836,21 @@ class Link:
         """
         if generation != self.generation or self.consumer is None:
             return False
+        self._moving.add(raw.tag)
+        self._moving_ids[raw.id] = self._moving_ids.get(raw.id, 0) + 1
+        try:
+            return await self._copy_then_ack(generation, raw, deliveries)
+        finally:
+            self._moving.discard(raw.tag)
+            left = self._moving_ids.pop(raw.id, 1) - 1
+            if left:
+                self._moving_ids[raw.id] = left
+            elif generation == self.generation:
+                for parked in self._parked.pop(raw.id, []):
+                    self._buffer(parked)
+                self._wake()
+
+    async def _copy_then_ack(self, generation: int, raw: Raw, deliveries: int) -> bool:
         eta = raw.headers.get(HEADER_ETA)
         envelope = self.ctx.envelope(raw.queue, raw.id, raw.body, raw.priority,
                                      eta_ms=eta if isinstance(eta, int) else None,
@@ -779,12 +859,20 @@ class Link:
             if envelope.eta_ms is not None:
                 await self.declare([], [raw.queue])
             await self.publish_here([envelope], self.ctx.settings.publish_timeout)
-        except Exception as exc:
+        except BaseException as exc:
+            if not isinstance(exc, Exception) and not lost(exc):
+                raise
             logger.warning("could not republish message %s to %s (%r); handing the "
                            "original back instead", raw.id, raw.queue, exc)
             await self._nack(generation, raw.tag)
             return False
         await self._ack_tags(generation, [raw.tag])
+        # A synchronous call after the ack on the same channel: once it returns, RabbitMQ
+        # has settled the original, and this process dying cannot bring it back.
+        channel = self.consumer
+        if generation == self.generation and channel is not None:
+            with contextlib.suppress(Exception):
+                await channel.queue_declare(self.ctx.topology.queue(raw.queue), passive=True)
         return True
 
     async def _nack(self, generation: int, tag: int) -> None:
@@ -815,7 +903,7 @@ class Link:
             envelopes.append(Envelope(raw.queue, raw.body, properties,
                                       exchange=top.dead_exchange, routing_key=raw.queue))
         try:
-            await self.declare([])
+            await self.run(lambda: self.declare([]))
             await self.publish_here(envelopes, self.ctx.settings.publish_timeout)
         finally:
             for _, held, _ in live:
@@ -828,14 +916,16 @@ class Link:
     async def counts(self, queue: str) -> tuple[int, int] | None:
         """(ready, scheduled) on the server, or None when the queue does not exist."""
         top = self.ctx.topology
-        found = await self.exists(top.queue(queue))
-        if found is None:
+        if await self.exists(top.queue(queue)) is None:
             return None
+        # Read in the direction messages move (down the ladder, then into the queue): one
+        # that moves while we read is counted twice at worst, never missed.
         scheduled = 0
-        for name in await self._ladder(queue):
+        for name in reversed(await self._ladder(queue)):
             delayed = await self.exists(name)
             scheduled += (delayed.message_count or 0) if delayed is not None else 0
-        return found.message_count or 0, scheduled
+        ready = await self.exists(top.queue(queue))
+        return (ready.message_count or 0) if ready is not None else 0, scheduled
 
     async def _ladder(self, queue: str) -> list[str]:
         """The delay queues of ``queue``, or none when it never had a delayed message."""
@@ -938,6 +1028,30 @@ class Link:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("background work on RabbitMQ failed", exc_info=task.exception())
+
+
+def lost(error: BaseException) -> bool:
+    """Whether ``error`` means the connection or channel is gone, so a new one may do.
+
+    aiormq fails whatever waited on a connection it gave up (missed heartbeats) with
+    ``CancelledError``; that is a lost connection unless this task itself is cancelled.
+    """
+    if isinstance(error, asyncio.CancelledError):
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() == 0
+    if isinstance(error, ChannelClosed):
+        # Closed by the server for a reason (404, 403, 405, 406): another try gets the same.
+        return type(error) is ChannelClosed
+    return isinstance(error, LOST)
+
+
+async def _quietly(work: Awaitable[Any]) -> None:
+    """Await best-effort clean-up work: its failures (a dead connection) do not matter."""
+    try:
+        await work
+    except BaseException as exc:
+        if not isinstance(exc, Exception) and not lost(exc):
+            raise
 
 
 def _int(value: Any) -> int:

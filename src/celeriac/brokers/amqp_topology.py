@@ -103,6 +103,7 @@ class AMQPOptions:
     publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT
     default_queue_type: str = CLASSIC
     queues: Mapping[str, QueueSpec] = field(default_factory=dict)
+    _defaults: dict[str, QueueSpec] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def parse(cls, options: Mapping[str, Any], url_namespace: str = "") -> AMQPOptions:
@@ -140,10 +141,11 @@ class AMQPOptions:
                    default_queue_type=default_type, queues=queues)
 
     def spec(self, queue: str) -> QueueSpec:
-        found = self.queues.get(queue)
-        if found is not None:
-            return found
-        return QueueSpec(queue, durable=True, quorum=self.default_queue_type == QUORUM)
+        found = self.queues.get(queue) or self._defaults.get(queue)
+        if found is None:  # the default policy; remembered, as this runs per message
+            found = QueueSpec(queue, durable=True, quorum=self.default_queue_type == QUORUM)
+            self._defaults[queue] = found
+        return found
 
 
 _OPTION_NAMES = frozenset({

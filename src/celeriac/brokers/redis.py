@@ -38,13 +38,21 @@ How the broker semantics map onto Redis:
 All workers and producers of a queue must use the same ``lease_seconds``: a worker
 reclaims what has been idle longer than its own lease time.
 
-Transport options (``broker_transport_options``): ``key_prefix``, ``lease_seconds``,
-``reclaim_interval`` (seconds between reclaim passes of one broker object; by default
-a quarter of the lease, at most 1 s), ``connection_timeout`` (default 4 s: a call
-during an outage raises BrokerUnavailable within about that time), ``pool_limit``
-(connections per event loop, default 10), and the TLS options of ``rediss://`` URLs
-(``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ... flat or
-as an ``ssl`` mapping).
+Transport options (``broker_transport_options``; ``key_prefix`` and the TLS options may
+also be given in the URL's query string):
+
+- ``key_prefix``: the prefix of every key (default ``celeriac:``);
+- ``lease_seconds``: how long a delivery is leased without being extended (default 10);
+- ``reclaim_interval``: seconds between reclaim passes of one broker object, which also
+  bounds how long a fetch blocks between passes (default a quarter of the lease, at
+  most 1 s);
+- ``connection_timeout``: every call answers or fails within about this time, so a call
+  during an outage raises BrokerUnavailable instead of hanging (default 4 s);
+- ``pool_limit``: Celery's broker_pool_limit, connections per event loop (unbounded by
+  default: connections are opened as concurrent calls need them);
+- TLS for ``rediss://`` URLs: ``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile``,
+  ``ssl_keyfile`` and the other ``ssl_*`` options of redis-py, flat or as one ``ssl``
+  mapping (the shape of Celery's ``broker_use_ssl``).
 """
 
 from __future__ import annotations
@@ -142,9 +150,9 @@ class RedisBroker(Broker):
         self.prefix = self.settings.key_prefix
         self.reclaim_interval = positive_number(
             self.options, "reclaim_interval", min(1.0, self.lease_seconds / 4))
-        # A blocking read must end well within the socket timeout, which is what tells
-        # a slow answer from a dead server.
-        self.max_block = min(self.reclaim_interval, self.settings.connection_timeout / 2)
+        # A fetch that finds nothing blocks at most this long before its next pass of
+        # the fetch script (which moves due ETAs and reclaims expired leases).
+        self.max_block = self.reclaim_interval
         self._clients = LoopClients(self.settings.make_client)
         self._plans: dict[tuple[str, ...], _Plan] = {}
         self._consumer = ("", -1)
@@ -202,7 +210,7 @@ class RedisBroker(Broker):
     async def connect(self) -> None:
         client = await self._clients.get()
         with self._errors("connect"):
-            async with asyncio.timeout(self.settings.connection_timeout):
+            async with self.settings.deadline():
                 await client.ping()
 
     async def close(self) -> None:
@@ -222,7 +230,7 @@ class RedisBroker(Broker):
                    what: str, extra_time: float = 0.0) -> Any:
         client = await self._clients.get()
         with self._errors(what):
-            async with asyncio.timeout(self.settings.connection_timeout + extra_time):
+            async with self.settings.deadline(extra_time):
                 return await script(client, keys, args)
 
     # -- publishing -----------------------------------------------------------------------
@@ -266,7 +274,7 @@ class RedisBroker(Broker):
             block = min(remaining, wait, max(0.0, plan.next_reclaim - time.monotonic()))
             woke = await self._block(plan, max(block, 0.001))
             if woke:
-                return await self._top_up(plan, woke, limit)
+                return await self._trim(plan, woke, limit)
 
     async def _take(self, plan: _Plan, limit: int) -> tuple[list[Delivery], float]:
         """Run the fetch script; also return the seconds until the next ETA is due."""
@@ -300,7 +308,7 @@ class RedisBroker(Broker):
         streams = plan.streams
         try:
             with self._errors("fetch"):
-                async with asyncio.timeout(self.settings.connection_timeout + seconds):
+                async with self.settings.deadline(seconds):
                     reply = await command(client)(
                         "XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", 1, "BLOCK", ms,
                         "STREAMS", *streams, *[">"] * len(streams))
@@ -319,17 +327,19 @@ class RedisBroker(Broker):
                     RedisReceipt(queue, band, entry.decode(), consumer, 1)))
         return found
 
-    async def _top_up(self, plan: _Plan, woke: list[Delivery], limit: int) -> list[Delivery]:
-        """After a wake-up, fill the batch (or hand back what overshot it), in fetch order."""
-        if len(woke) > limit:
-            await self.requeue(woke[limit:])
-            woke = woke[:limit]
-        elif len(woke) < limit:
-            more, _ = await self._take(plan, limit - len(woke))
-            woke += more
+    async def _trim(self, plan: _Plan, woke: list[Delivery], limit: int) -> list[Delivery]:
+        """Put what a wake-up brought in fetch order, and hand back what overshot the limit.
+
+        The batch is not topped up with a second script call: that would delay the first
+        message after an idle spell by a round trip, and the caller fetches again for the
+        rest of its budget at once anyway.
+        """
         order = {name: index for index, name in enumerate(plan.queues)}
-        return sorted(woke, key=lambda d: (order[d.queue], -d.priority,
-                                           _entry_order(d.receipt.entry)))
+        woke.sort(key=lambda d: (order[d.queue], -d.priority, _entry_order(d.receipt.entry)))
+        if len(woke) > limit:  # one entry per stream at most; more than asked is rare
+            await self.requeue(woke[limit:])
+            del woke[limit:]
+        return woke
 
     # -- settling -------------------------------------------------------------------------
 
@@ -386,7 +396,7 @@ class RedisBroker(Broker):
         if queues is None:
             client = await self._clients.get()
             with self._errors("queue_stats"):
-                async with asyncio.timeout(self.settings.connection_timeout):
+                async with self.settings.deadline():
                     names = sorted(n.decode() for n in await command(client)(
                         "SMEMBERS", self._queues_key))
         else:
@@ -417,7 +427,7 @@ class RedisBroker(Broker):
             return []
         client = await self._clients.get()
         with self._errors("dead_letters"):
-            async with asyncio.timeout(self.settings.connection_timeout):
+            async with self.settings.deadline():
                 entries = await command(client)("XREVRANGE", self._dead_key, "+", "-",
                                                 "COUNT", limit)
         return [DeadLetter(fields.get(b"i", b"").decode(), fields.get(b"q", b"").decode(),
@@ -432,7 +442,7 @@ class RedisBroker(Broker):
         command(pipe)("XLEN", self._dead_key)
         command(pipe)("UNLINK", self._dead_key)
         with self._errors("purge_dead_letters"):
-            async with asyncio.timeout(self.settings.connection_timeout):
+            async with self.settings.deadline():
                 count, _ = await pipe.execute()
         return int(count)
 

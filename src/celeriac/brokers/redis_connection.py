@@ -38,7 +38,12 @@ from celeriac.config import suggest
 from celeriac.errors import CeleriacError, ConfigurationError
 
 DEFAULT_CONNECTION_TIMEOUT = 4.0  # as the broker_connection_timeout setting
-DEFAULT_POOL_LIMIT = 10  # connections per event loop, as Celery's broker_pool_limit
+# Connections per event loop: none by default. redis.asyncio opens connections only as
+# concurrent calls need them (a worker process uses three or four), and its bounded pool
+# costs a wait on a condition variable per command (measured: a quarter more CPU per
+# publish). ``pool_limit`` (Celery's broker_pool_limit) bounds it where many concurrent
+# producers share one process.
+DEFAULT_POOL_LIMIT: int | None = None
 
 # A command that fails on a dead connection (the server restarted, an idle connection
 # was dropped) is retried on a fresh one: twice, quickly. Anything longer is an outage,
@@ -136,10 +141,12 @@ class RedisSettings:
         """A connection pool for the running event loop (no connection is opened yet)."""
         kwargs: dict[str, Any] = {
             "socket_connect_timeout": self.connection_timeout,
-            # Every command, a blocking one included, must answer within this time; the
-            # broker keeps its blocking reads well below it. A dead server is noticed
-            # here rather than by a read that never returns.
-            "socket_timeout": self.connection_timeout,
+            # No socket timeout: with one, redis-py sends each command through
+            # asyncio.wait_for, which on Python 3.11 loses a cancellation that arrives as
+            # the send completes (the task then runs on as if never cancelled, and a
+            # worker hangs in shutdown). Every call here is bounded by asyncio.timeout
+            # instead (``deadline``), which also bounds the retries as a whole.
+            "socket_timeout": None,
             "socket_keepalive": True,
             "retry": Retry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE),
                            RETRIES),
@@ -154,6 +161,15 @@ class RedisSettings:
 
     def make_client(self) -> aioredis.Redis:
         return aioredis.Redis.from_pool(self.make_pool())
+
+    def deadline(self, extra: float = 0.0) -> asyncio.Timeout:
+        """The time limit of one call: the connection timeout, plus ``extra`` for a
+        call that is meant to wait (a blocking read).
+
+        A lost server then surfaces as an error within about the timeout, whether its
+        connections are refused, reset, or silently never answered.
+        """
+        return asyncio.timeout(self.connection_timeout + extra)
 
 
 def _cert_reqs(value: Any) -> ssl.VerifyMode:

@@ -87,6 +87,7 @@ class Consumer:
         self._ready: asyncio.Queue[Held] = asyncio.Queue()
         self._room = asyncio.Event()
         self._pending = _Pending()
+        self._flush_lock = asyncio.Lock()  # held while a batch is being written
         self._stopping = asyncio.Event()
         self._busy: set[asyncio.Task[None]] = set()  # slots running a task right now
         self._idle = asyncio.Event()
@@ -130,9 +131,12 @@ class Consumer:
             for task in slots + loops[:1]:
                 task.cancel()
             await asyncio.gather(*slots, loops[0], return_exceptions=True)
-            await self._drain_pending()
-            for task in loops[1:]:
-                task.cancel()
+            # Under the flush lock, so that a batch the flush loop is writing is finished,
+            # not cut off between its results and its acks (which would run it again).
+            async with self._flush_lock:
+                await self._drain_pending()
+                for task in loops[1:]:
+                    task.cancel()
             await asyncio.gather(*loops[1:], return_exceptions=True)
             await self._hand_back_remaining()
         return self.stop_reason or StopReason.SHUTDOWN
@@ -281,7 +285,8 @@ class Consumer:
         while True:
             await self._pending.event.wait()
             await self._gather_verdicts()
-            await self._flush_once()
+            async with self._flush_lock:
+                await self._flush_once()
 
     async def _gather_verdicts(self) -> None:
         """Let the verdicts of tasks running now join the batch, for a moment at most.
