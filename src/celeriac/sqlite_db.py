@@ -126,6 +126,40 @@ def _switch_to_wal(conn: sqlite3.Connection) -> str:
             time.sleep(0.005)
 
 
+# Waits between attempts to take the write lock: short, since a writer holds it for
+# about 100 µs, growing to a cap so that a long checkpoint is not hammered.
+LOCK_RETRY_FIRST = 0.00005
+LOCK_RETRY_MAX = 0.001
+_BUSY_TIMEOUT_MS = int(BUSY_TIMEOUT * 1000)
+
+
+def _begin_immediate(conn: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE``, waiting for the write lock with short sleeps.
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10 ms... between attempts, far longer
+    than a writer here holds the lock, so contended workers idled while the lock was
+    free (measured: W2 drain +10-20% with this loop). The busy timeout is off only
+    for this statement (two PRAGMAs, about 1.5 µs each); everything else keeps it.
+    """
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        delay = LOCK_RETRY_FIRST
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                message = str(exc)
+                if ("locked" not in message and "busy" not in message) \
+                        or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, LOCK_RETRY_MAX)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+
+
 @dataclass(frozen=True, slots=True)
 class Schema:
     """The tables of one component, created on first connection."""
@@ -265,7 +299,7 @@ class Database:
         # in between; taking the lock first makes it wait through the busy timeout.
         # Kept to one generator: it is on every send, fetch and ack.
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            _begin_immediate(conn)
             try:
                 yield conn
                 conn.execute("COMMIT")
