@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
@@ -24,7 +24,11 @@ from celeriac.task import SEND_OPTION_NAMES, TASK_OPTION_NAMES, Task, TaskOption
 
 logger = logging.getLogger("celeriac.app")
 
-_RESULT_ENCODER = Codec(accept=())  # encoding never consults accept_content
+_RESULT_ENCODER = Codec(accept=())
+
+# send_many publishes this many messages per broker call: big enough to amortise the
+# round trip, small enough to bound one transaction or pipeline.
+SEND_MANY_CHUNK = 1000  # encoding never consults accept_content
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -241,6 +245,34 @@ class App:
         message, outgoing = self.prepare(name, args, kwargs, options, task)
         await self.publish([outgoing])
         return AsyncResult(message.id, self, name)
+
+    def send_many(self, calls: Iterable[Any], chunk_size: int = SEND_MANY_CHUNK) -> list[
+            AsyncResult[Any]]:
+        """Send many tasks in few broker round trips; every call is checked first.
+
+        Each call is a signature (``add.s(1, 2)``, anything with ``name``, ``args``,
+        ``kwargs`` and ``options``) or a tuple ``(task or name, args[, kwargs[, options]])``.
+        All calls are validated and encoded before anything is sent, so a wrong one
+        raises and sends nothing; then they are published ``chunk_size`` at a time.
+        """
+        prepared = [self._prepare_call(call) for call in calls]
+        if self.conf.task_always_eager:
+            return [task.apply(message.args, message.kwargs)
+                    for (message, _), task in prepared if task is not None]
+        outgoing = [out for (_, out), _ in prepared]
+        for start in range(0, len(outgoing), chunk_size):
+            self._run_sync(self.publish(outgoing[start:start + chunk_size]))
+        return [AsyncResult(message.id, self, message.task) for (message, _), _ in prepared]
+
+    def _prepare_call(self, call: Any) -> tuple[tuple[Message, Outgoing],
+                                                Task[Any, Any] | None]:
+        if isinstance(call, tuple):
+            target, args, kwargs, options = (*call, None, None)[:4]
+        else:
+            target, args, kwargs, options = call.name, call.args, call.kwargs, call.options
+        task = target if isinstance(target, Task) else self.tasks.get(target)
+        name = target.name if isinstance(target, Task) else target
+        return self.prepare(name, args, kwargs, dict(options or {}), task), task
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         broker = await self._connected_broker()

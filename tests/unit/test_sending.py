@@ -170,3 +170,19 @@ def test_sent_message_carries_the_call(app: App) -> None:
     assert message.expires is not None
     assert message.expires > message.sent_at
     assert result.id == "fixed-id"
+
+
+def test_send_many_checks_everything_before_sending(app: App) -> None:
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    with pytest.raises(TypeError, match="missing a required argument"):
+        app.send_many([(add, (1, 2)), (add, (1,))])
+    assert stats(app).ready == 0
+
+    results = app.send_many([(add, (i, i)) for i in range(2500)] +
+                            [("elsewhere.task", (), {}, {"queue": "other"})], chunk_size=1000)
+    assert len({r.id for r in results}) == 2501
+    assert stats(app).ready == 2500
+    assert stats(app, "other").ready == 1
