@@ -5,17 +5,20 @@ Only the public API is exported here; ``tests/unit/test_public_api.py`` pins it.
 
 from celeriac import states
 from celeriac.app import App
+from celeriac.canvas import Signature, chain, chord, group, signature
 from celeriac.errors import (
     BackendError,
     BrokerError,
     BrokerUnavailable,
     CeleriacError,
+    ChordError,
     ConfigurationError,
     ContentDisallowed,
     DecodeError,
     MaxRetriesExceededError,
     MessageError,
     MessageTooLarge,
+    QueueNotFound,
     Reject,
     Retry,
     SoftTimeLimitExceeded,
@@ -25,7 +28,9 @@ from celeriac.errors import (
     TimeLimitExceeded,
     TimeoutError,
 )
+from celeriac.group_result import GroupResult
 from celeriac.result import AsyncResult, EagerResult
+from celeriac.routing import Queue
 from celeriac.task import Request, Task
 
 __version__ = "0.1.0"
@@ -37,16 +42,21 @@ __all__ = [
     "BrokerError",
     "BrokerUnavailable",
     "CeleriacError",
+    "ChordError",
     "ConfigurationError",
     "ContentDisallowed",
     "DecodeError",
     "EagerResult",
+    "GroupResult",
     "MaxRetriesExceededError",
     "MessageError",
     "MessageTooLarge",
+    "Queue",
+    "QueueNotFound",
     "Reject",
     "Request",
     "Retry",
+    "Signature",
     "SoftTimeLimitExceeded",
     "Task",
     "TaskError",
@@ -55,5 +65,9 @@ __all__ = [
     "TimeLimitExceeded",
     "TimeoutError",
     "__version__",
+    "chain",
+    "chord",
+    "group",
+    "signature",
     "states",
 ]

@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from celeriac.backends import ResultBackend, create_backend
 from celeriac.bridge import Bridge
-from celeriac.brokers import Broker, Outgoing, create_broker
+from celeriac.brokers import Broker, Outgoing, broker_class, create_broker
 from celeriac.brokers.base import MAX_PRIORITY, MIN_PRIORITY
+from celeriac.builtins import builtin_task
+from celeriac.canvas_run import link_payloads
 from celeriac.config import Settings, suggest
 from celeriac.errors import ContentDisallowed, TaskNotRegistered
+from celeriac.limits import check_time_limit
 from celeriac.message import Message
 from celeriac.outcome import Outcome
 from celeriac.result import AsyncResult
-from celeriac.routing import Router
+from celeriac.routing import Router, check_declared, queue_for_key, transport_queue_options
 from celeriac.serialization import Codec
-from celeriac.task import SEND_OPTION_NAMES, TASK_OPTION_NAMES, Task, TaskOptions
+from celeriac.task import (
+    SEND_OPTION_NAMES,
+    TASK_OPTION_NAMES,
+    Task,
+    TaskOptions,
+    check_task_options,
+)
+from celeriac.tracking import mark_sent
+
+if TYPE_CHECKING:
+    from celeriac.control import Control
 
 logger = logging.getLogger("celeriac.app")
 
@@ -140,6 +154,9 @@ class App:
         try:
             return self.tasks[name]
         except KeyError:
+            builtin = builtin_task(self, name)  # celeriac.map / starmap, registered now
+            if builtin is not None:
+                return builtin
             raise TaskNotRegistered(
                 f"no task named {name!r} is registered{suggest(name, self.tasks)}"
             ) from None
@@ -149,8 +166,10 @@ class App:
     @property
     def broker(self) -> Broker:
         if self._broker is None:
-            self._broker = create_broker(self.conf.effective_broker_url,
-                                         self.conf.broker_transport_options)
+            url, options = self.conf.effective_broker_url, self.conf.broker_transport_options
+            if broker_class(url).supports_queue_options:  # task_queues: durable, transient
+                options = transport_queue_options(self.conf.task_queues, options)
+            self._broker = create_broker(url, options)
         return self._broker
 
     @property
@@ -231,7 +250,7 @@ class App:
         if self.conf.task_always_eager and task is not None:
             return task.apply(args, kwargs, **options)
         message, outgoing = self.prepare(name, args, kwargs, options, task)
-        self._run_sync(self.publish([outgoing]))
+        self._run_sync(self._send([(message, outgoing)]))
         return AsyncResult(message.id, self, name)
 
     async def asend_task(self, name: str, args: Sequence[Any] | None = None,
@@ -243,7 +262,7 @@ class App:
         if self.conf.task_always_eager and task is not None:
             return task.apply(args, kwargs, **options)
         message, outgoing = self.prepare(name, args, kwargs, options, task)
-        await self.publish([outgoing])
+        await self._send([(message, outgoing)])
         return AsyncResult(message.id, self, name)
 
     def send_many(self, calls: Iterable[Any], chunk_size: int = SEND_MANY_CHUNK) -> list[
@@ -259,9 +278,9 @@ class App:
         if self.conf.task_always_eager:
             return [task.apply(message.args, message.kwargs)
                     for (message, _), task in prepared if task is not None]
-        outgoing = [out for (_, out), _ in prepared]
-        for start in range(0, len(outgoing), chunk_size):
-            self._run_sync(self.publish(outgoing[start:start + chunk_size]))
+        calls = [call for call, _ in prepared]
+        for start in range(0, len(calls), chunk_size):
+            self._run_sync(self._send(calls[start:start + chunk_size]))
         return [AsyncResult(message.id, self, message.task) for (message, _), _ in prepared]
 
     def _prepare_call(self, call: Any) -> tuple[tuple[Message, Outgoing],
@@ -278,6 +297,12 @@ class App:
         broker = await self._connected_broker()
         await broker.publish(messages)
 
+    async def _send(self, calls: Sequence[tuple[Message, Outgoing]]) -> None:
+        """Publish new tasks; then, with ``task_track_sent``, record them as SENT."""
+        await self.publish([outgoing for _, outgoing in calls])
+        if self.conf.task_track_sent:
+            await mark_sent(self, [message for message, _ in calls])
+
     def prepare(self, name: str, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None,
                 options: Mapping[str, Any],
                 task: Task[Any, Any] | None = None) -> tuple[Message, Outgoing]:
@@ -293,6 +318,9 @@ class App:
             task.check_arguments(args, kwargs)
         task_opts = task.options if task is not None else TaskOptions()
         routed = self._route(name, args, kwargs, options, task)
+        if options.get("routing_key") is not None and options.get("queue") is None:
+            options = {**options, "queue": queue_for_key(name, options["routing_key"],
+                                                         self.conf.task_queues)}
 
         def pick(key: str, task_value: Any, default: Any) -> Any:
             for value in (options.get(key), task_value, routed.get(key)):
@@ -302,6 +330,8 @@ class App:
 
         conf = self.conf
         queue = pick("queue", task_opts.queue, conf.task_default_queue)
+        if not conf.task_create_missing_queues:
+            check_declared(queue, conf.task_queues)
         priority = _check_priority(pick("priority", task_opts.priority,
                                         conf.task_default_priority))
         serializer = pick("serializer", task_opts.serializer, conf.task_serializer)
@@ -321,9 +351,16 @@ class App:
             task=name, args=args, kwargs=kwargs, queue=queue, priority=priority,
             eta=_eta(options.get("countdown"), options.get("eta"), now),
             expires=_expires(pick("expires", task_opts.expires, None), now),
+            # Only this call's limits travel; the worker falls back to the task's and its own.
+            time_limit=check_time_limit("time_limit", options.get("time_limit")),
+            soft_time_limit=check_time_limit("soft_time_limit",
+                                             options.get("soft_time_limit")),
             retries=options.get("retries") or 0,
             root_id=options.get("root_id"), parent_id=options.get("parent_id"),
             group_id=options.get("group_id"),
+            # link / link_error: signatures frozen into payloads (celeriac.canvas_run)
+            callbacks=link_payloads(options["link"]) if options.get("link") else (),
+            errbacks=link_payloads(options["link_error"]) if options.get("link_error") else (),
             ignore_result=ignore_result, headers=headers,
             sent_at=now,
         )
@@ -332,22 +369,36 @@ class App:
 
     def _route(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
                options: Mapping[str, Any], task: Task[Any, Any] | None) -> dict[str, Any]:
-        if self.conf.task_routes is None:
+        routes, queues = self.conf.task_routes, self.conf.task_queues
+        if routes is None:
             return {}
-        if self._router_source is not self.conf.task_routes:
-            self._router = Router(self.conf.task_routes)
-            self._router_source = self.conf.task_routes
+        source = self._router_source
+        if source is None or source[0] is not routes or source[1] is not queues:
+            self._router = Router(routes, queues)
+            self._router_source = (routes, queues)
         return self._router.route(name, args, kwargs, options, task)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:
         return AsyncResult(task_id, self)
 
+    @functools.cached_property
+    def control(self) -> Control:
+        """Remote control of the workers: ``app.control.revoke(task_id, terminate=True)``."""
+        from celeriac.control import Control
+
+        return Control(self)
+
 
 def _normalise_task_options(options: dict[str, Any]) -> dict[str, Any]:
-    if "autoretry_for" in options:
-        options["autoretry_for"] = tuple(options["autoretry_for"])
+    for name in ("autoretry_for", "dont_autoretry_for"):
+        if name in options:
+            options[name] = tuple(options[name])
     if options.get("priority") is not None:
         _check_priority(options["priority"])
+    check_task_options(options)  # rate_limit, retry_kwargs
+    for limit in ("time_limit", "soft_time_limit"):
+        if limit in options:
+            options[limit] = check_time_limit(limit, options[limit])
     return options
 
 

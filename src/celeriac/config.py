@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 from celeriac.errors import ConfigurationError
+from celeriac.limits import check_time_limit
 
 DEFAULT_URL = "sqlite:///celeriac.db"
 
@@ -49,16 +50,23 @@ class Settings:
     result_expires: float | None = 86400.0
     task_ignore_result: bool = False
     task_track_started: bool = False
+    task_track_sent: bool = False  # store SENT when sending (see docs/states.md)
 
     # Task defaults.
     task_default_queue: str = "celeriac"
     task_default_priority: int = 0
     task_routes: Any = None
+    task_queues: Any = None  # read back as a tuple of routing.Queue
+    task_create_missing_queues: bool = True
+    task_annotations: Any = None
+    task_default_rate_limit: str | None = None
     task_acks_late: bool = True
     task_always_eager: bool = False
     task_eager_propagates: bool = False
     task_delivery_limit: int = 5
     task_default_retry_delay: float = 180.0
+    task_time_limit: float | None = None  # hard, seconds; None: no limit
+    task_soft_time_limit: float | None = None
 
     # Worker.
     worker_concurrency: int | None = None
@@ -68,6 +76,7 @@ class Settings:
     worker_max_memory_per_child: int | None = None  # KiB, as in Celery
     worker_shutdown_timeout: float = 30.0
     worker_watchdog_timeout: float = 60.0
+    worker_disable_rate_limits: bool = False
 
     def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         """Set several settings at once; every name and value is checked first."""
@@ -163,6 +172,13 @@ def _expiry(name: str, value: Any) -> float | None:
     return seconds if seconds else None
 
 
+def _time_limit(name: str, value: Any) -> float | None:
+    try:
+        return check_time_limit(name, value)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
 def _positive_int(name: str, value: Any) -> int | None:
     if value is None and name not in _REQUIRED:
         return None
@@ -220,6 +236,37 @@ def _mapping(name: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+# The checks of routing, annotations and rate limits live beside those features, whose
+# modules import this one: they are imported when first used.
+
+def _routes(name: str, value: Any) -> Any:
+    from celeriac.routing import check_routes
+
+    return check_routes(value)
+
+
+def _queues(name: str, value: Any) -> Any:
+    from celeriac.routing import declared_queues
+
+    return declared_queues(value)
+
+
+def _annotations(name: str, value: Any) -> Any:
+    from celeriac.annotations import check_annotations
+
+    return check_annotations(value)
+
+
+def _rate_limit(name: str, value: Any) -> Any:
+    from celeriac.ratelimit import parse_rate
+
+    try:
+        parse_rate(value)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}: {exc}") from None
+    return value
+
+
 _REQUIRED = {"worker_prefetch_multiplier", "task_delivery_limit", "task_message_max_size"}
 
 _CHECKS: dict[str, Callable[[str, Any], Any]] = {
@@ -240,8 +287,16 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "task_eager_propagates": _bool,
     "task_ignore_result": _bool,
     "task_track_started": _bool,
+    "task_track_sent": _bool,
+    "task_routes": _routes,
+    "task_queues": _queues,
+    "task_create_missing_queues": _bool,
+    "task_annotations": _annotations,
+    "task_default_rate_limit": _rate_limit,
     "task_delivery_limit": _positive_int,
     "task_default_retry_delay": _seconds,
+    "task_time_limit": _time_limit,
+    "task_soft_time_limit": _time_limit,
     "worker_concurrency": _positive_int,
     "worker_pool": _one_of(POOLS),
     "worker_prefetch_multiplier": _positive_int,
@@ -249,4 +304,5 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "worker_max_memory_per_child": _positive_int,
     "worker_shutdown_timeout": _seconds,
     "worker_watchdog_timeout": _seconds,
+    "worker_disable_rate_limits": _bool,
 }

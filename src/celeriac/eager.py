@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from celeriac import states
+from celeriac.canvas_run import eager_links
 from celeriac.outcome import Outcome, rebuild_exception
 from celeriac.result import AsyncResult, EagerResult
 from celeriac.task import Request, Task
@@ -38,9 +39,12 @@ def run_eagerly(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, A
             break
         request.retries += 1
     outcome = _eager_outcome(verdict, task)
+    result: EagerResult[Any] = EagerResult(task_id, task.app, outcome, task.name)
+    if options.get("link") or options.get("link_error"):  # callbacks run inline too
+        eager_links(task.app, result, outcome, options, request)
     if outcome.state != states.SUCCESS and task.app.conf.task_eager_propagates:
         raise rebuild_exception(outcome)
-    return EagerResult(task_id, task.app, outcome, task.name)
+    return result
 
 
 def _eager_outcome(verdict: Verdict, task: Task[Any, Any]) -> Outcome:

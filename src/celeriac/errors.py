@@ -2,6 +2,7 @@
 
     CeleriacError
     ├── ConfigurationError          an unknown setting, a bad value, an unknown URL scheme
+    │   └── QueueNotFound           a queue not in ``task_queues`` (missing queues not created)
     ├── TaskNotRegistered           a name no task was registered under
     ├── MessageError                a message that cannot be built or read
     │   ├── MessageTooLarge         over ``task_message_max_size``, raised before sending
@@ -14,6 +15,7 @@
     │                               (also a subclass of the builtin ``TimeoutError``)
     ├── TaskError                   a task failed and its exception could not be rebuilt
     ├── TaskRevokedError            the task was revoked or expired before it ran
+    ├── ChordError                  a chord's header task failed: the chord's result
     ├── MaxRetriesExceededError     ``self.retry()`` past ``max_retries``
     └── TimeLimitExceeded / SoftTimeLimitExceeded
 
@@ -25,7 +27,9 @@ dead-letter the message on purpose. Neither derives from ``CeleriacError``.
 from __future__ import annotations
 
 import builtins
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 
 class CeleriacError(Exception):
@@ -34,6 +38,14 @@ class CeleriacError(Exception):
 
 class ConfigurationError(CeleriacError):
     """A setting is unknown or has a value that cannot work."""
+
+
+class QueueNotFound(ConfigurationError, KeyError):
+    """A task was sent to a queue ``task_queues`` does not declare, with
+    ``task_create_missing_queues`` off."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "queue not found"
 
 
 class TaskNotRegistered(CeleriacError, KeyError):
@@ -93,6 +105,14 @@ class TaskRevokedError(CeleriacError):
     """The task was revoked, or expired, before it could run."""
 
 
+class ChordError(CeleriacError):
+    """A task in a chord's header failed (or was revoked), so its body will never run.
+
+    Stored as the result of the chord's body (and of whatever was to follow it) as soon
+    as the first header task fails; the message names that task and its error.
+    """
+
+
 class MaxRetriesExceededError(CeleriacError):
     """The task asked to retry after using up ``max_retries``."""
 
@@ -104,17 +124,24 @@ class TimeLimitExceeded(CeleriacError):
 class SoftTimeLimitExceeded(CeleriacError):
     """Raised inside a task when it runs past its soft time limit."""
 
+    # The worker raises it in the task's thread by class, so it needs a default message.
+    def __init__(self, message: str = "soft time limit exceeded") -> None:
+        super().__init__(message)
+
 
 class Retry(Exception):
     """Raised by ``task.retry()``: schedule another attempt of this task.
 
-    ``when`` is the absolute time of the next attempt; ``exc`` the error that caused it.
+    ``when`` is the absolute time of the next attempt; ``exc`` the error that caused it;
+    ``changes`` what the next attempt's message changes (args, kwargs, queue, priority).
     """
 
-    def __init__(self, exc: BaseException | None = None, when: datetime | None = None):
+    def __init__(self, exc: BaseException | None = None, when: datetime | None = None,
+                 changes: Mapping[str, Any] | None = None):
         super().__init__(f"Retry in the future: {exc!r}" if exc else "Retry")
         self.exc = exc
         self.when = when
+        self.changes = dict(changes or {})
 
 
 class Reject(Exception):

@@ -27,6 +27,8 @@ class Message:
     priority: int = 0
     eta: float | None = None  # Unix time before which the task must not run
     expires: float | None = None  # Unix time after which the task is revoked, not run
+    time_limit: float | None = None  # seconds; this call's hard limit (else the task's)
+    soft_time_limit: float | None = None  # seconds; this call's soft limit
     retries: int = 0
     root_id: str | None = None
     parent_id: str | None = None
@@ -78,6 +80,7 @@ _OPTIONAL_DEFAULTS: dict[str, Any] = {
     "priority": 0, "eta": None, "expires": None, "retries": 0, "root_id": None,
     "parent_id": None, "group_id": None, "ignore_result": False, "result_serializer": None,
     "callbacks": (), "errbacks": (), "headers": {},
+    "time_limit": None, "soft_time_limit": None,
 }
 
 

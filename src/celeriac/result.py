@@ -11,12 +11,17 @@ from celeriac.outcome import Outcome, rebuild_exception
 
 if TYPE_CHECKING:
     from celeriac.app import App
+    from celeriac.group_result import GroupResult
 
 R = TypeVar("R")
 
 
 class AsyncResult(Generic[R]):
     """The outcome of one task, by id. Cheap to create; every property reads the backend."""
+
+    # The result of the step before this one in a chain (a GroupResult for a chord's
+    # body), set when a canvas is sent: ``chain(...).delay().parent.get()``.
+    parent: AsyncResult[Any] | GroupResult | None = None
 
     def __init__(self, id: str, app: App, task_name: str | None = None) -> None:
         self.id = id
@@ -108,15 +113,14 @@ class AsyncResult(Generic[R]):
 
     @property
     def result(self) -> Any:
-        """The value when successful, the exception when failed, else None (as in Celery)."""
+        """The value when successful, the exception when failed, the worker's ``pid`` and
+        ``hostname`` when STARTED, else None (as in Celery)."""
         outcome = self._current()
         if outcome is None:
             return None
-        if outcome.state == states.SUCCESS:
-            return outcome.result
         if outcome.state in states.EXCEPTION_STATES:
             return rebuild_exception(outcome)
-        return None
+        return outcome.result
 
     info = result
 
@@ -138,6 +142,14 @@ class AsyncResult(Generic[R]):
     async def _delete(self) -> None:
         backend = await self.app._connected_backend()
         await backend.delete_many([self.id])
+
+    def revoke(self, terminate: bool = False, signal: str | int | None = None) -> None:
+        """Do not run this task; with ``terminate``, stop it if it runs (``app.control``)."""
+        self.app.control.revoke(self.id, terminate=terminate, signal=signal)
+
+    async def arevoke(self, terminate: bool = False) -> None:
+        """``revoke`` for async callers."""
+        await self.app.control.arevoke(self.id, terminate=terminate)
 
 
 class EagerResult(AsyncResult[R]):

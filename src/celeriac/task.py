@@ -11,15 +11,17 @@ from __future__ import annotations
 import contextvars
 import inspect
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from celeriac.errors import MaxRetriesExceededError, Retry
 
 if TYPE_CHECKING:
     from celeriac.app import App
+    from celeriac.canvas import Signature
+    from celeriac.canvas import chunks as Chunks
     from celeriac.result import AsyncResult
 
 P = ParamSpec("P")
@@ -46,6 +48,8 @@ class Request:
     is_eager: bool = False
     hostname: str | None = None
     headers: dict[str, Any] = field(default_factory=dict)
+    callbacks: tuple[dict[str, Any], ...] = ()  # link signatures (payloads), as in Celery
+    errbacks: tuple[dict[str, Any], ...] = ()  # link_error signatures
 
     @property
     def delivery_info(self) -> dict[str, Any]:
@@ -69,6 +73,7 @@ class TaskOptions:
     max_retries: int | None = 3
     default_retry_delay: float | None = None
     autoretry_for: tuple[type[BaseException], ...] = ()
+    dont_autoretry_for: tuple[type[BaseException], ...] = ()  # exceptions to autoretry_for
     retry_kwargs: Mapping[str, Any] = field(default_factory=dict)
     retry_backoff: bool | float = False
     retry_backoff_max: float = 600.0
@@ -78,20 +83,49 @@ class TaskOptions:
     serializer: str | None = None
     compression: str | None = None
     expires: float | timedelta | datetime | None = None
+    rate_limit: str | float | None = None  # "100/s", "10/m", "1000/h": see celeriac.ratelimit
+    track_started: bool | None = None  # store STARTED when it starts (task_track_started)
+    time_limit: float | None = None  # hard, seconds (see celeriac.limits)
+    soft_time_limit: float | None = None
 
 
 TASK_OPTION_NAMES = frozenset(TaskOptions.__dataclass_fields__)
+
+# What ``retry()`` (and ``retry_kwargs``) may change of the next attempt besides its
+# timing, arguments and retry limit.
+RETRY_OPTION_NAMES = frozenset({"queue", "priority"})
+RETRY_KWARGS_NAMES = frozenset({"countdown", "eta", "max_retries", *RETRY_OPTION_NAMES})
+
+
+def check_task_options(options: Mapping[str, Any]) -> None:
+    """Raise ValueError or TypeError for a bad ``rate_limit`` or ``retry_kwargs``."""
+    if options.get("rate_limit") is not None:
+        from celeriac.ratelimit import parse_rate
+
+        parse_rate(options["rate_limit"])
+    retry_kwargs = options.get("retry_kwargs") or {}
+    if not isinstance(retry_kwargs, Mapping):
+        raise TypeError(f"retry_kwargs must be a mapping, not {retry_kwargs!r}")
+    unknown = set(retry_kwargs) - RETRY_KWARGS_NAMES
+    if unknown:
+        raise TypeError(f"retry_kwargs has an unknown option {sorted(unknown)[0]!r}; "
+                        f"known: {', '.join(sorted(RETRY_KWARGS_NAMES))}")
 
 # What apply_async accepts besides args and kwargs.
 SEND_OPTION_NAMES = frozenset({
     "countdown", "eta", "expires", "queue", "priority", "task_id", "serializer",
     "compression", "ignore_result", "headers", "link", "link_error", "retries",
-    "root_id", "parent_id", "group_id",
+    "root_id", "parent_id", "group_id", "time_limit", "soft_time_limit",
+    "routing_key", "exchange",  # Celery's: a routing key picks a queue of task_queues
 })
 
 
 class Task(Generic[P, R]):
     """A registered task. Call it to run it here; ``delay`` it to run it on a worker."""
+
+    _options: TaskOptions  # as declared
+    _annotated: TaskOptions  # with the task_annotations of _annotated_from applied
+    _annotated_from: Any
 
     def __init__(self, app: App, fn: Callable[..., Any], name: str, bind: bool,
                  options: TaskOptions) -> None:
@@ -99,7 +133,7 @@ class Task(Generic[P, R]):
         self.fn = fn
         self.name = name
         self.bind = bind
-        self.options = options
+        self.options = options  # the decorator's; read back with task_annotations applied
         self.is_async = inspect.iscoroutinefunction(fn)
         self._signature = _call_signature(fn, bind)
         self.__doc__ = fn.__doc__
@@ -109,6 +143,24 @@ class Task(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<@task {self.name}>"
+
+    @property
+    def options(self) -> TaskOptions:
+        """The task's options: the decorator's, with ``task_annotations`` applied."""
+        annotations = self.app.conf.task_annotations
+        if annotations is None:
+            return self._options
+        if self._annotated_from is not annotations:
+            from celeriac.annotations import annotate
+
+            self._annotated = annotate(self._options, self, annotations)
+            self._annotated_from = annotations
+        return self._annotated
+
+    @options.setter
+    def options(self, options: TaskOptions) -> None:
+        self._options = self._annotated = options
+        self._annotated_from = None
 
     # Celery exposes these option values as task attributes; so do we.
     @property
@@ -174,15 +226,65 @@ class Task(Generic[P, R]):
 
         return run_eagerly(self, tuple(args or ()), dict(kwargs or {}), options)
 
+    # -- signatures (celeriac.canvas) -----------------------------------------------------
+
+    def signature(self, args: Sequence[Any] | None = None,
+                  kwargs: Mapping[str, Any] | None = None, **options: Any) -> Signature:
+        """A call of this task as a value, to send later or build a workflow with."""
+        from celeriac.canvas import signature
+
+        return signature(self.name, args, kwargs, app=self.app, **options)
+
+    subtask = signature  # Celery's old name
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """``add.s(2)``: a signature with these (possibly partial) arguments."""
+        return self.signature(args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """``add.si(2, 2)``: an immutable signature; it ignores a previous step's result."""
+        return self.signature(args, kwargs, immutable=True)
+
+    def map(self, it: Iterable[Any]) -> Signature:
+        """One message that calls this task once per item of ``it``."""
+        from celeriac.canvas import xmap
+
+        return xmap(self.s(), it)
+
+    def starmap(self, it: Iterable[Iterable[Any]]) -> Signature:
+        """One message that calls this task with each item's arguments: ``task(*item)``."""
+        from celeriac.canvas import xstarmap
+
+        return xstarmap(self.s(), it)
+
+    def chunks(self, it: Iterable[Iterable[Any]], n: int) -> Chunks:
+        """The calls ``task(*item)`` cut into messages of ``n`` calls each (a group)."""
+        from celeriac.canvas import chunks
+
+        return chunks(self.s(), it, n)
+
     # -- retrying -------------------------------------------------------------------------
 
-    def retry(self, exc: BaseException | None = None, countdown: float | None = None,
-              eta: datetime | None = None, max_retries: int | None = None,
-              throw: bool = True, **_ignored: Any) -> Retry:
+    def retry(self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
+              exc: BaseException | None = None, throw: bool = True,
+              eta: datetime | float | None = None, countdown: float | None = None,
+              max_retries: int | None = None, **options: Any) -> Retry:
         """Ask for another attempt: raises ``Retry`` (use as ``raise self.retry(...)``).
 
-        Past ``max_retries`` it raises ``exc`` when given, else MaxRetriesExceededError.
+        Celery's signature. The next attempt runs at ``eta`` (a datetime, naive meaning
+        UTC, or a Unix time), else ``countdown`` seconds from now, else after
+        ``default_retry_delay``; with ``args``/``kwargs`` instead of the current ones, and
+        on another ``queue`` or ``priority`` if given. ``max_retries`` overrides the
+        task's for this call (None: the task's; the task's None: retry for ever).
+
+        Past ``max_retries`` it raises ``exc`` when given (so the task fails with that
+        last error), else MaxRetriesExceededError. ``throw=False`` returns the Retry
+        signal instead of raising it; the retry happens only if the task raises it.
         """
+        unknown = set(options) - RETRY_OPTION_NAMES
+        if unknown:
+            raise TypeError(f"retry() got an unexpected option {sorted(unknown)[0]!r}; it "
+                            f"takes {', '.join(sorted(RETRY_OPTION_NAMES))}")
         request = self.request
         limit = self.options.max_retries if max_retries is None else max_retries
         if limit is not None and request.retries >= limit:
@@ -191,11 +293,24 @@ class Task(Generic[P, R]):
             raise MaxRetriesExceededError(
                 f"{self.name}[{request.id}] retried {request.retries} times (max_retries={limit})"
             )
+        if eta is not None and countdown is not None:
+            raise TypeError("give countdown or eta, not both")
         if eta is None:
-            if countdown is None:
-                countdown = self.default_retry_delay
-            eta = datetime.fromtimestamp(_now() + countdown).astimezone()
-        signal = Retry(exc=exc, when=eta)
+            delay = self.default_retry_delay if countdown is None else float(countdown)
+            when = datetime.fromtimestamp(_now() + delay, UTC)
+        elif isinstance(eta, datetime):
+            when = eta if eta.tzinfo is not None else eta.replace(tzinfo=UTC)
+        else:
+            when = datetime.fromtimestamp(float(eta), UTC)
+        changes = {name: value for name, value in options.items() if value is not None}
+        priority = changes.get("priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+            raise ValueError(f"priority must be a whole number from 0 to 9, not {priority!r}")
+        if args is not None:
+            changes["args"] = tuple(args)
+        if kwargs is not None:
+            changes["kwargs"] = dict(kwargs)
+        signal = Retry(exc=exc, when=when, changes=changes)
         if throw:
             raise signal
         return signal

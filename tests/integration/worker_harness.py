@@ -111,13 +111,15 @@ class Ledger:
 class WorkerProcess:
     """``python -m celeriac -A ledger_app worker ...`` in its own session, logging to a file."""
 
+    app_module = "ledger_app"  # the -A module (in tests/integration/apps)
+
     def __init__(self, args: Sequence[str], env: Mapping[str, str], cwd: Path,
                  log_path: Path) -> None:
         self.args = list(args)
         self.log_path = log_path
         self._log: IO[bytes] = log_path.open("wb")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "celeriac", "-A", "ledger_app", "worker", *args],
+            [sys.executable, "-m", "celeriac", "-A", self.app_module, "worker", *args],
             env=dict(env), cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: cleanup reaches orphans too
         )
@@ -214,6 +216,8 @@ class BrokerProbe:
 
 
 class Deployment:
+    worker_class: type[WorkerProcess] = WorkerProcess
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.url = f"sqlite:///{root / 'broker.db'}"
@@ -252,7 +256,8 @@ class Deployment:
     def start_worker(self, *args: str, **settings: Any) -> WorkerProcess:
         """Start ``celeriac -A ledger_app worker *args`` with ``settings`` in its environment."""
         log = self.root / f"worker-{len(self.workers)}.log"
-        worker = WorkerProcess([*args, "-l", "INFO"], self.env(**settings), self.root, log)
+        worker = self.worker_class([*args, "-l", "INFO"], self.env(**settings), self.root,
+                                   log)
         self.workers.append(worker)
         return worker
 

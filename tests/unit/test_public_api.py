@@ -6,11 +6,13 @@ import celeriac
 def test_public_api_is_pinned() -> None:
     assert sorted(celeriac.__all__) == sorted([
         "App", "AsyncResult", "BackendError", "BrokerError", "BrokerUnavailable",
-        "CeleriacError", "ConfigurationError", "ContentDisallowed", "DecodeError",
-        "EagerResult", "MaxRetriesExceededError", "MessageError", "MessageTooLarge",
-        "Reject", "Request", "Retry", "SoftTimeLimitExceeded", "Task", "TaskError",
-        "TaskNotRegistered", "TaskRevokedError", "TimeLimitExceeded", "TimeoutError",
-        "__version__", "states",
+        "CeleriacError", "ChordError", "ConfigurationError", "ContentDisallowed",
+        "DecodeError", "EagerResult", "GroupResult", "MaxRetriesExceededError",
+        "MessageError", "MessageTooLarge", "Queue", "QueueNotFound", "Reject", "Request",
+        "Retry", "Signature",
+        "SoftTimeLimitExceeded", "Task", "TaskError", "TaskNotRegistered",
+        "TaskRevokedError", "TimeLimitExceeded", "TimeoutError", "__version__", "chain",
+        "chord", "group", "signature", "states",
     ])
 
 
@@ -22,7 +24,8 @@ def test_every_exported_name_exists() -> None:
 def test_errors_share_one_root_and_signals_stay_apart() -> None:
     errors = [celeriac.ConfigurationError, celeriac.TaskError, celeriac.TimeoutError,
               celeriac.MessageTooLarge, celeriac.ContentDisallowed, celeriac.DecodeError,
-              celeriac.TaskNotRegistered, celeriac.MaxRetriesExceededError]
+              celeriac.TaskNotRegistered, celeriac.MaxRetriesExceededError,
+              celeriac.ChordError, celeriac.QueueNotFound]
     assert all(issubclass(error, celeriac.CeleriacError) for error in errors)
     assert issubclass(celeriac.TimeoutError, TimeoutError)  # the builtin, for except clauses
     assert not issubclass(celeriac.Retry, celeriac.CeleriacError)

@@ -56,6 +56,13 @@ class ResultBackend(ABC):
         """Delete expired results now; return how many. Backends with native TTLs need not."""
         return 0
 
+    async def add_many(self, results: Mapping[str, bytes], ttl: float | None) -> None:
+        """Store each result only where none is stored (atomically per id); expire after ttl.
+
+        For markers such as SENT that must never replace what a worker stored. Optional:
+        a backend that cannot add without a race stores nothing (the default).
+        """
+
     def message_headers(self) -> dict[str, Any]:
         """Headers for every message sent, so that its result can be routed back.
 
@@ -99,3 +106,29 @@ class ResultBackend(ABC):
                 delay = min(delay, remaining)
             await asyncio.sleep(delay)
             delay = min(delay * POLL_GROWTH, POLL_MAX)
+
+    # -- chords: sets and claims (see celeriac.worker.workflow) ---------------------------
+
+    #: Whether this backend keeps the shared sets and claims that chords are counted with.
+    supports_chords: bool = False
+
+    async def add_to_set(self, key: str, member: str, ttl: float | None) -> int:
+        """Add ``member`` to the set ``key`` and return the set's size after.
+
+        Atomic across processes, and idempotent: adding a member that is there already
+        changes nothing, so a chord member that runs twice is counted once. The set
+        expires ``ttl`` seconds after its last add.
+        """
+        raise NotImplementedError(f"the {self.scheme}:// result backend keeps no sets")
+
+    async def set_members(self, key: str) -> set[str]:
+        """The members of the set ``key`` (empty if there is none)."""
+        raise NotImplementedError(f"the {self.scheme}:// result backend keeps no sets")
+
+    async def claim(self, key: str, value: str, ttl: float | None) -> str:
+        """Store ``value`` under ``key`` unless a value is there; return the value it holds.
+
+        Atomic across processes: of many callers, exactly one gets its own value back
+        (until the claim expires after ``ttl`` seconds).
+        """
+        raise NotImplementedError(f"the {self.scheme}:// result backend keeps no claims")

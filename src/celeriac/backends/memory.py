@@ -19,6 +19,8 @@ class MemoryBackend(ResultBackend):
         self._lock = threading.Lock()
         self._results: dict[str, tuple[bytes, float | None]] = {}
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        self._sets: dict[str, tuple[set[str], float | None]] = {}  # chords: members
+        self._claims: dict[str, tuple[str, float | None]] = {}  # chords: who fired
 
     async def store_many(self, results: Mapping[str, bytes], ttl: float | None) -> None:
         expires_at = None if ttl is None else time.time() + ttl
@@ -27,6 +29,15 @@ class MemoryBackend(ResultBackend):
                 self._results[task_id] = (data, expires_at)
                 for loop, event in self._waiters.pop(task_id, ()):
                     loop.call_soon_threadsafe(event.set)
+
+    async def add_many(self, results: Mapping[str, bytes], ttl: float | None) -> None:
+        now = time.time()
+        expires_at = None if ttl is None else now + ttl
+        with self._lock:
+            for task_id, data in results.items():
+                entry = self._results.get(task_id)
+                if entry is None or (entry[1] is not None and entry[1] <= now):
+                    self._results[task_id] = (data, expires_at)
 
     async def load_many(self, task_ids: Sequence[str]) -> dict[str, bytes]:
         now = time.time()
@@ -79,3 +90,32 @@ class MemoryBackend(ResultBackend):
             self._waiters[task_id] = [(lp, ev) for lp, ev in waiters if ev is not event]
             if not self._waiters[task_id]:
                 del self._waiters[task_id]
+
+    # -- chords: sets and claims, under the same lock -------------------------------------
+
+    supports_chords = True
+
+    async def add_to_set(self, key: str, member: str, ttl: float | None) -> int:
+        now = time.time()
+        with self._lock:
+            members, expires_at = self._sets.get(key, (set(), None))
+            if expires_at is not None and expires_at <= now:
+                members = set()
+            members.add(member)
+            self._sets[key] = (members, None if ttl is None else now + ttl)
+            return len(members)
+
+    async def set_members(self, key: str) -> set[str]:
+        with self._lock:
+            members, expires_at = self._sets.get(key, (set(), None))
+            if expires_at is not None and expires_at <= time.time():
+                return set()
+            return set(members)
+
+    async def claim(self, key: str, value: str, ttl: float | None) -> str:
+        now = time.time()
+        with self._lock:
+            held = self._claims.get(key)
+            if held is None or (held[1] is not None and held[1] <= now):
+                held = self._claims[key] = (value, None if ttl is None else now + ttl)
+            return held[0]

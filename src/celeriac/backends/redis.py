@@ -8,8 +8,12 @@ Key layout (``P`` is the ``key_prefix`` option, ``celeriac:`` by default)::
                                  the result itself, or b"" for a result over
                                  INLINE_MAX (then the waiter reads the key); expires
                                  after NOTIFY_TTL_MS (or the result's TTL if shorter)
+    P set:<key>          SET     a chord's members (``add_to_set``: SADD + SCARD in
+                                 MULTI/EXEC); expires ``result_expires`` after the last add
+    P claim:<key>        STRING  who completed or failed a chord (``claim``: SET NX + GET
+                                 in MULTI/EXEC)
 
-``store_many`` writes each result and replaces its token, pipelined in one round trip.
+``store_many`` writes each result and replaces its token, in one script call per batch.
 ``wait`` reads the result; while it is missing or not accepted (an intermediate state
 such as STARTED), it blocks in BLPOP on the token list, so the server wakes it the
 moment a store happens: no polling, and no further read, since the token carries the
@@ -41,6 +45,7 @@ from celeriac.brokers.redis_connection import (
     CONNECTION_OPTIONS,
     LoopClients,
     RedisSettings,
+    Script,
     command,
     translate_errors,
 )
@@ -49,6 +54,29 @@ from celeriac.errors import BackendError
 OPTIONS = frozenset({"key_prefix", *CONNECTION_OPTIONS})
 NOTIFY_TTL_MS = 10_000
 INLINE_MAX = 64 * 1024  # results up to this size travel in their wake-up token
+
+
+STORE = Script("store", """
+-- Store results and replace each one's wake-up token, in one round trip.
+-- KEYS  per result: its key, its token list
+-- ARGV  ttl ms ('' for none), token ttl ms, largest result sent as its own token,
+--       then per result: its bytes
+local ttl, notify, inline_max = ARGV[1], ARGV[2], tonumber(ARGV[3])
+for i = 1, #KEYS / 2 do
+  local data, ready = ARGV[3 + i], KEYS[2 * i]
+  if ttl == '' then
+    redis.call('SET', KEYS[2 * i - 1], data)
+  else
+    redis.call('SET', KEYS[2 * i - 1], data, 'PX', ttl)
+  end
+  -- One fresh token, whatever earlier stores (STARTED, RETRY) left behind.
+  redis.call('DEL', ready)
+  if #data > inline_max then data = '' end  -- a large result is read from its key
+  redis.call('RPUSH', ready, data)
+  redis.call('PEXPIRE', ready, notify)
+end
+return #KEYS / 2
+""")
 
 
 class RedisBackend(ResultBackend):
@@ -92,21 +120,24 @@ class RedisBackend(ResultBackend):
         if not results:
             return
         client = await self._clients.get()
-        pipe = client.pipeline(transaction=False)
-        execute = command(pipe)
         ttl_ms = None if ttl is None else max(1, round(ttl * 1000))
         notify_ms = NOTIFY_TTL_MS if ttl_ms is None else min(ttl_ms, NOTIFY_TTL_MS)
-        for task_id, data in results.items():
-            key, ready = self.result_key(task_id), self.ready_key(task_id)
-            if ttl_ms is None:
-                execute("SET", key, data)
-            else:
-                execute("SET", key, data, "PX", ttl_ms)
-            # One fresh token, whatever earlier stores (STARTED, RETRY) left behind.
-            execute("DEL", ready)
-            execute("RPUSH", ready, data if len(data) <= INLINE_MAX else b"")
-            execute("PEXPIRE", ready, notify_ms)
+        keys = [key for task_id in results
+                for key in (self.result_key(task_id), self.ready_key(task_id))]
         with self._errors("store"):
+            async with self._deadline():
+                await STORE(client, keys, ["" if ttl_ms is None else ttl_ms, notify_ms,
+                                           INLINE_MAX, *results.values()])
+
+    async def add_many(self, results: Mapping[str, bytes], ttl: float | None) -> None:
+        if not results:
+            return
+        client = await self._clients.get()
+        pipe = client.pipeline(transaction=False)
+        ttl_ms = [] if ttl is None else ["PX", max(1, round(ttl * 1000))]
+        for task_id, data in results.items():  # NX: never over what a worker stored
+            command(pipe)("SET", self.result_key(task_id), data, *ttl_ms, "NX")
+        with self._errors("add"):
             async with self._deadline():
                 await pipe.execute()
 
@@ -189,6 +220,51 @@ class RedisBackend(ResultBackend):
         if mine:
             await asyncio.wait(mine, timeout=self.settings.connection_timeout)
         await self._clients.close()
+
+
+    # -- chords: sets and claims, each a MULTI/EXEC transaction ---------------------------
+
+    supports_chords = True
+
+    def set_key(self, key: str) -> str:
+        return f"{self.prefix}set:{key}"
+
+    def claim_key(self, key: str) -> str:
+        return f"{self.prefix}claim:{key}"
+
+    async def add_to_set(self, key: str, member: str, ttl: float | None) -> int:
+        client = await self._clients.get()
+        pipe = client.pipeline(transaction=True)
+        execute = command(pipe)
+        execute("SADD", self.set_key(key), member)
+        execute("SCARD", self.set_key(key))
+        if ttl is not None:
+            execute("PEXPIRE", self.set_key(key), max(1, round(ttl * 1000)))
+        with self._errors("add to a set"):
+            async with self._deadline():
+                replies = await pipe.execute()
+        return int(replies[1])
+
+    async def set_members(self, key: str) -> set[str]:
+        client = await self._clients.get()
+        with self._errors("read a set"):
+            async with self._deadline():
+                members = await command(client)("SMEMBERS", self.set_key(key))
+        return {bytes(member).decode() for member in members}
+
+    async def claim(self, key: str, value: str, ttl: float | None) -> str:
+        client = await self._clients.get()
+        pipe = client.pipeline(transaction=True)
+        execute = command(pipe)
+        if ttl is None:
+            execute("SET", self.claim_key(key), value, "NX")
+        else:
+            execute("SET", self.claim_key(key), value, "NX", "PX", max(1, round(ttl * 1000)))
+        execute("GET", self.claim_key(key))
+        with self._errors("claim"):
+            async with self._deadline():
+                replies = await pipe.execute()
+        return bytes(replies[1]).decode()
 
 
 class RedissBackend(RedisBackend):

@@ -7,7 +7,13 @@ Schema (version 1)::
       data        BLOB      the encoded outcome
       expires_at  REAL      Unix time; NULL keeps it until deleted
 
-Expired rows are invisible to reads at once and deleted by ``cleanup``. ``wait`` sleeps
+    result_sets          key, size, expires_at    a chord's member count (by set key)
+    result_set_members   key, member              its members: (key, member) is unique
+    result_claims        key, value, expires_at   who completed or failed a chord
+
+Expired rows are invisible to reads at once and deleted by ``cleanup``. Adding to a set
+and claiming are single write transactions (``BEGIN IMMEDIATE``), so they are atomic
+across processes; the member table's primary key makes adding idempotent. ``wait`` sleeps
 on ``PRAGMA data_version`` (see ``celeriac.sqlite_db``), reading the row again only
 when some process committed something.
 """
@@ -30,6 +36,22 @@ SCHEMA = Schema("results", 1, (
     )""",
     """CREATE INDEX IF NOT EXISTS results_expiry
         ON results (expires_at) WHERE expires_at IS NOT NULL""",
+    # Chords (celeriac.worker.workflow): sets of members with their size, and claims.
+    """CREATE TABLE IF NOT EXISTS result_sets (
+        key TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        expires_at REAL
+    )""",
+    """CREATE TABLE IF NOT EXISTS result_set_members (
+        key TEXT NOT NULL,
+        member TEXT NOT NULL,
+        PRIMARY KEY (key, member)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS result_claims (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        expires_at REAL
+    )""",
 ))
 
 # Most results arrive within milliseconds of the wait starting, so a new waiter polls
@@ -69,6 +91,16 @@ class SQLiteBackend(ResultBackend):
             conn.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?)",
                              [(task_id, data, expires_at) for task_id, data in results.items()])
 
+    async def add_many(self, results: Mapping[str, bytes], ttl: float | None) -> None:
+        now = time.time()
+        expires_at = None if ttl is None else now + ttl
+        with self._db.write() as conn:  # an expired row is as good as none
+            conn.executemany(
+                "INSERT INTO results VALUES (?, ?, ?) ON CONFLICT (task_id) DO UPDATE "
+                "SET data = excluded.data, expires_at = excluded.expires_at "
+                "WHERE results.expires_at <= ?",
+                [(task_id, data, expires_at, now) for task_id, data in results.items()])
+
     async def load_many(self, task_ids: Sequence[str]) -> dict[str, bytes]:
         now = time.time()
         found: dict[str, bytes] = {}
@@ -94,9 +126,14 @@ class SQLiteBackend(ResultBackend):
                              [(task_id,) for task_id in task_ids])
 
     async def cleanup(self) -> int:
+        now = time.time()
         with self._db.write() as conn:
             count: int = conn.execute("DELETE FROM results WHERE expires_at <= ?",
-                                      (time.time(),)).rowcount
+                                      (now,)).rowcount
+            conn.execute("DELETE FROM result_set_members WHERE key IN "
+                         "(SELECT key FROM result_sets WHERE expires_at <= ?)", (now,))
+            conn.execute("DELETE FROM result_sets WHERE expires_at <= ?", (now,))
+            conn.execute("DELETE FROM result_claims WHERE expires_at <= ?", (now,))
         return count
 
     async def wait(self, task_id: str, timeout: float | None,
@@ -113,3 +150,44 @@ class SQLiteBackend(ResultBackend):
                 return None
             await self._db.wait_for_change(since, remaining)
 
+    # -- chords: sets and claims ----------------------------------------------------------
+
+    supports_chords = True
+
+    async def add_to_set(self, key: str, member: str, ttl: float | None) -> int:
+        now = time.time()
+        expires_at = None if ttl is None else now + ttl
+        with self._db.write() as conn:
+            row = conn.execute("SELECT expires_at FROM result_sets WHERE key = ?",
+                               (key,)).fetchone()
+            if row is not None and row[0] is not None and row[0] <= now:  # start afresh
+                conn.execute("DELETE FROM result_set_members WHERE key = ?", (key,))
+                conn.execute("DELETE FROM result_sets WHERE key = ?", (key,))
+            added = conn.execute("INSERT OR IGNORE INTO result_set_members VALUES (?, ?)",
+                                 (key, member)).rowcount
+            conn.execute("INSERT INTO result_sets VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
+                         "SET size = size + excluded.size, expires_at = excluded.expires_at",
+                         (key, added, expires_at))
+            size: int = conn.execute("SELECT size FROM result_sets WHERE key = ?",
+                                     (key,)).fetchone()[0]
+        return size
+
+    async def set_members(self, key: str) -> set[str]:
+        with self._db.read(snapshot=True) as conn:
+            row = conn.execute("SELECT expires_at FROM result_sets WHERE key = ?",
+                               (key,)).fetchone()
+            if row is None or (row[0] is not None and row[0] <= time.time()):
+                return set()
+            return {member for (member,) in conn.execute(
+                "SELECT member FROM result_set_members WHERE key = ?", (key,))}
+
+    async def claim(self, key: str, value: str, ttl: float | None) -> str:
+        now = time.time()
+        with self._db.write() as conn:
+            conn.execute("DELETE FROM result_claims WHERE key = ? AND expires_at <= ?",
+                         (key, now))
+            conn.execute("INSERT OR IGNORE INTO result_claims VALUES (?, ?, ?)",
+                         (key, value, None if ttl is None else now + ttl))
+            holder: str = conn.execute("SELECT value FROM result_claims WHERE key = ?",
+                                       (key,)).fetchone()[0]
+        return holder

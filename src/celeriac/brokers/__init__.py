@@ -22,7 +22,8 @@ BROKERS: dict[str, tuple[str, str]] = {
 }
 
 
-def create_broker(url: str, options: Mapping[str, Any] | None = None) -> Broker:
+def broker_class(url: str) -> type[Broker]:
+    """The Broker class of a URL's scheme (its module imported now)."""
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme not in BROKERS:
         raise ConfigurationError(
@@ -30,10 +31,13 @@ def create_broker(url: str, options: Mapping[str, Any] | None = None) -> Broker:
             f"known schemes: {', '.join(s + '://' for s in BROKERS)}"
         )
     module_name, class_name = BROKERS[scheme]
-    cls = getattr(importlib.import_module(module_name), class_name)
-    broker: Broker = cls(url, options)
-    return broker
+    cls: type[Broker] = getattr(importlib.import_module(module_name), class_name)
+    return cls
+
+
+def create_broker(url: str, options: Mapping[str, Any] | None = None) -> Broker:
+    return broker_class(url)(url, options)
 
 
 __all__ = ["BROKERS", "Broker", "DeadLetter", "Delivery", "Outgoing", "QueueStats",
-           "create_broker"]
+           "broker_class", "create_broker"]

@@ -125,6 +125,7 @@ class AMQPBroker(Broker):
     scheme = "amqp"
     supports_delay = True
     supports_priority = True
+    supports_queue_options = True
 
     def __init__(self, url: str = DEFAULT_URL, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(url, options)

@@ -29,7 +29,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from celeriac.brokers.buckets import TokenBuckets
 
 MIN_PRIORITY = 0
 MAX_PRIORITY = 9
@@ -81,6 +84,11 @@ class Broker(ABC):
     scheme: ClassVar[str]
     supports_delay: ClassVar[bool] = False
     supports_priority: ClassVar[bool] = False
+    # Keeps token buckets on its server, so rate limits hold across all workers.
+    supports_rate_limit: ClassVar[bool] = False
+    # Declares queues as task_queues says (durable or transient, classic or quorum),
+    # given as the "queues" transport option: {name: {"durable": bool, "type": str}}.
+    supports_queue_options: ClassVar[bool] = False
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         self.url = url
@@ -136,3 +144,7 @@ class Broker(ABC):
     async def purge_dead_letters(self) -> int:
         """Delete every dead letter; return how many. Optional."""
         raise NotImplementedError(f"{type(self).__name__} cannot purge dead letters")
+
+    def token_buckets(self) -> TokenBuckets | None:
+        """Rate-limit buckets on this broker's server (``supports_rate_limit``), else None."""
+        return None

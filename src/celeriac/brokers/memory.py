@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celeriac.brokers.base import Broker, DeadLetter, Delivery, Outgoing, QueueStats
+from celeriac.brokers.buckets import MemoryBuckets
 
 
 @dataclass(slots=True)
@@ -33,9 +34,11 @@ class MemoryBroker(Broker):
     scheme = "memory"
     supports_delay = True
     supports_priority = True
+    supports_rate_limit = True
 
     def __init__(self, url: str = "memory://", options: Mapping[str, Any] | None = None) -> None:
         super().__init__(url, options)
+        self._buckets = MemoryBuckets()  # every user of this broker object shares them
         self._lock = threading.Lock()
         self._seq = itertools.count()
         self._ready: dict[str, list[tuple[int, int, _Stored]]] = {}  # heap of (-priority, seq)
@@ -145,6 +148,9 @@ class MemoryBroker(Broker):
             count = len(self._dead)
             self._dead.clear()
             return count
+
+    def token_buckets(self) -> MemoryBuckets:
+        return self._buckets
 
     # -- internals, called with the lock held -------------------------------------------
 

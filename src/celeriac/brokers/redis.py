@@ -38,6 +38,18 @@ How the broker semantics map onto Redis:
 All workers and producers of a queue must use the same ``lease_seconds``: a worker
 reclaims what has been idle longer than its own lease time.
 
+Connection loss: every call is bounded by ``connection_timeout`` as a whole (connecting,
+retries and all) and raises BrokerUnavailable when the server is unreachable or silent.
+A connection that died (the server restarted) is replaced on the next call, the failed
+command retried twice; streams and consumer groups that vanished (a server that lost
+its data) are made again by the next fetch, and Lua scripts the server forgot are sent
+again. A worker retries failed fetches with a capped backoff, so it resumes consuming by
+itself once the server is back. With the server's append-only file on, nothing acked or
+leased is lost across a restart (leases are in the PEL, which is persisted).
+
+Durability is the server's: a queue is as durable as the server's persistence settings
+make it (AOF for durable queues, none for transient ones).
+
 Transport options (``broker_transport_options``; ``key_prefix`` and the TLS options may
 also be given in the URL's query string):
 
@@ -77,6 +89,7 @@ from celeriac.brokers.base import (
     Outgoing,
     QueueStats,
 )
+from celeriac.brokers.buckets_redis import RedisBuckets
 from celeriac.brokers.redis_connection import (
     CONNECTION_OPTIONS,
     LoopClients,
@@ -90,6 +103,7 @@ from celeriac.brokers.redis_connection import (
 from celeriac.brokers.redis_scripts import (
     ACK,
     DEAD_LETTER,
+    ENSURE,
     EXTEND,
     FETCH,
     PRUNE,
@@ -133,6 +147,7 @@ class _Plan:
     streams: list[str]  # for the blocking read, in the fetch order
     places: dict[bytes, tuple[int, int]]  # stream key -> (queue index, band)
     next_reclaim: float = 0.0  # monotonic time of the next reclaim pass
+    ensured: bool = False  # streams and groups made by this broker object
     next_prune: float = field(default_factory=lambda: time.monotonic() + PRUNE_EVERY)
 
 
@@ -140,6 +155,7 @@ class RedisBroker(Broker):
     scheme = "redis"
     supports_delay = True
     supports_priority = True
+    supports_rate_limit = True
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(url, options)
@@ -263,6 +279,9 @@ class RedisBroker(Broker):
             await asyncio.sleep(max(0.0, timeout))
             return []
         plan = self._plan(queues)
+        if not plan.ensured:
+            await self._run(ENSURE, plan.streams, [GROUP], "fetch")
+            plan.ensured = True
         limit = min(limit, MAX_FETCH)
         while True:
             found, wait = await self._take(plan, limit)
@@ -314,7 +333,9 @@ class RedisBroker(Broker):
                         "STREAMS", *streams, *[">"] * len(streams))
         except BrokerError as exc:
             if exc.__cause__ is not None and is_missing_group(exc.__cause__):
-                return []  # a stream vanished (flushed, restarted); the next pass makes it
+                # A stream vanished (a server that lost its data): make them again.
+                await self._run(ENSURE, plan.streams, [GROUP], "fetch")
+                return []
             raise
         found: list[Delivery] = []
         consumer = self.consumer
@@ -445,6 +466,9 @@ class RedisBroker(Broker):
             async with self.settings.deadline():
                 count, _ = await pipe.execute()
         return int(count)
+
+    def token_buckets(self) -> RedisBuckets:
+        return RedisBuckets(self.url, self.options)  # under this broker's key prefix
 
 
 class RedissBroker(RedisBroker):

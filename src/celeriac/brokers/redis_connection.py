@@ -114,28 +114,26 @@ class RedisSettings:
         if not isinstance(nested, Mapping):
             raise ConfigurationError(f"the ssl option must be a mapping, not {nested!r}")
         tls = {**{k: v for k, v in options.items() if k in SSL_OPTIONS}, **nested}
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        tls.update((k, v) for k, v in query if k in SSL_OPTIONS)
         check_options(tls, SSL_OPTIONS, "TLS")
-        if tls and parts.scheme != "rediss":
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        if (tls or any(k in SSL_OPTIONS for k, _ in query)) and parts.scheme != "rediss":
             raise ConfigurationError(f"TLS options given for a plain redis:// URL ({url!r}); "
                                      "use rediss:// to connect with TLS")
+        from_query = dict(query)
+        if "ssl_cert_reqs" in from_query:  # the URL wins, as redis-py has it
+            tls["ssl_cert_reqs"] = from_query["ssl_cert_reqs"]
         if "ssl_cert_reqs" in tls:
             tls["ssl_cert_reqs"] = _cert_reqs(tls["ssl_cert_reqs"])
-        prefix = dict(query).get("key_prefix", options.get("key_prefix", DEFAULT_KEY_PREFIX))
+        prefix = from_query.get("key_prefix", options.get("key_prefix", DEFAULT_KEY_PREFIX))
         if not isinstance(prefix, str):
             raise ConfigurationError(f"key_prefix must be a string, not {prefix!r}")
-        # The URL keeps the query options redis-py knows, minus the ones read here (it
-        # would reject key_prefix, and pass "CERT_NONE" through unconverted).
-        rest = [(k, v) for k, v in query if k not in SSL_OPTIONS and k != "key_prefix"]
+        # The URL keeps the query options redis-py parses itself, minus the ones read
+        # here: it would reject key_prefix, and pass "CERT_NONE" through unconverted.
+        rest = [(k, v) for k, v in query if k not in ("ssl_cert_reqs", "key_prefix")]
         clean = urlunsplit(parts._replace(query=urlencode(rest)))
         return cls(clean, prefix,
                    positive_number(options, "connection_timeout", DEFAULT_CONNECTION_TIMEOUT),
                    pool_limit, tls)
-
-    @property
-    def uses_tls(self) -> bool:
-        return self.url.startswith("rediss://")
 
     def make_pool(self) -> aioredis.ConnectionPool:
         """A connection pool for the running event loop (no connection is opened yet)."""

@@ -168,12 +168,28 @@ for q = 0, (#KEYS - 1) / stride - 1 do
   for b = 0, 9 do
     if need <= 0 then break end
     local band, stream, requeued = 9 - b, KEYS[base + 3 + b], KEYS[base + 1]
-    take_returned(q, band, stream, requeued)
-    if reclaim and need > 0 then reclaim_expired(q, band, stream, requeued, KEYS[base + 2]) end
-    if need > 0 then read_new(q, band, stream, requeued) end
+    -- An empty stream has nothing waiting, leased or handed back (acks delete entries):
+    -- one cheap XLEN skips it, as most bands of most queues are empty.
+    if redis.call('XLEN', stream) > 0 then
+      take_returned(q, band, stream, requeued)
+      if reclaim and need > 0 then reclaim_expired(q, band, stream, requeued, KEYS[base + 2]) end
+      if need > 0 then read_new(q, band, stream, requeued) end
+    end
   end
 end
 return out
+""")
+
+ENSURE = Script("ensure", """
+-- Make each stream and its consumer group where missing (a first fetch of these queues,
+-- or a server that lost its data), so that a blocking XREADGROUP can wait on them all.
+-- The group starts at 0, so that entries published before it existed are delivered.
+-- KEYS  streams
+-- ARGV  group
+for _, stream in ipairs(KEYS) do
+  redis.pcall('XGROUP', 'CREATE', stream, ARGV[1], '0', 'MKSTREAM')
+end
+return #KEYS
 """)
 
 ACK = Script("ack", _HOLDS + """

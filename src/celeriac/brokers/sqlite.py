@@ -40,6 +40,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from celeriac.brokers.base import Broker, DeadLetter, Delivery, Outgoing, QueueStats
+from celeriac.brokers.buckets_sqlite import SQLiteBuckets
 from celeriac.errors import BrokerError
 from celeriac.sqlite_db import Database, PollPolicy, Schema, placeholders
 
@@ -126,6 +127,7 @@ class SQLiteBroker(Broker):
     scheme = "sqlite"
     supports_delay = True
     supports_priority = True
+    supports_rate_limit = True
 
     def __init__(self, url: str = "sqlite:///celeriac.db",
                  options: Mapping[str, Any] | None = None) -> None:
@@ -264,6 +266,9 @@ class SQLiteBroker(Broker):
         with self._db.write() as conn:
             count: int = conn.execute("DELETE FROM dead_letters").rowcount
         return count
+
+    def token_buckets(self) -> SQLiteBuckets:
+        return SQLiteBuckets(self.url)  # tables of their own in this file
 
     # -- claiming -------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
+from celeriac.supervisor.deadlines import Deadlines
 from celeriac.worker.child import EXIT_OK, child_main
 from celeriac.worker.options import WorkerOptions
 
@@ -52,6 +53,7 @@ class Supervisor:
         self._signals = 0
         self._stop_deadline: float | None = None
         self._quick_deaths = 0
+        self._deadlines = Deadlines(self._context, options)  # hard time limit backstop
         self.exit_code = 0
 
     def run(self) -> int:
@@ -67,6 +69,7 @@ class Supervisor:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            self._deadlines.close()
         logger.info("all worker processes stopped")
         return self.exit_code
 
@@ -81,7 +84,9 @@ class Supervisor:
     # -- children -------------------------------------------------------------------------
 
     def _start(self, index: int) -> None:
-        process = self._context.Process(target=child_main, args=(self.options, index),
+        self._deadlines.reset(index)
+        process = self._context.Process(target=child_main,
+                                        args=(self.options, index, self._deadlines.slot(index)),
                                         name=f"worker-{index}", daemon=False)
         process.start()
         self._children[index] = Child(index, process, time.monotonic())
@@ -92,6 +97,8 @@ class Supervisor:
             sentinels = {child.process.sentinel: child for child in self._children.values()}
             for sentinel in wait(list(sentinels), timeout=POLL_INTERVAL):
                 self._reap(sentinels[sentinel])  # type: ignore[index]
+            self._deadlines.enforce({index: child.process.pid
+                                     for index, child in self._children.items()})
             self._enforce_stop_deadline()
 
     def _reap(self, child: Child) -> None:

@@ -20,6 +20,7 @@ from celeriac.app import App
 from celeriac.loader import load_app
 from celeriac.logs import configure_logging
 from celeriac.worker.consumer import Consumer, StopReason
+from celeriac.worker.deadlines import DeadlineSlot
 from celeriac.worker.options import WorkerOptions
 from celeriac.worker.pools import runner_for
 
@@ -29,15 +30,20 @@ EXIT_OK = 0
 EXIT_BROKER_LOST = 70  # EX_SOFTWARE: the supervisor restarts the process
 MEMORY_CHECK_INTERVAL = 0.5
 PARENT_CHECK_INTERVAL = 1.0
+EXIT_MARGIN = 10.0  # seconds past the grace a process replacing itself may take to exit
 
 
-def child_main(options: WorkerOptions, index: int) -> None:
-    """Entry point of a supervised worker process (spawned, so it imports afresh)."""
+def child_main(options: WorkerOptions, index: int,
+               deadlines: DeadlineSlot | None = None) -> None:
+    """Entry point of a supervised worker process (spawned, so it imports afresh).
+
+    ``deadlines`` is this process's entry in the supervisor's hard-deadline array.
+    """
     configure_logging(options.loglevel)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     app = load_app(options.app_spec)
     reason = asyncio.run(serve(app, options, f"{options.hostname}/{index}",
-                               watch_parent=True))
+                               watch_parent=True, deadlines=deadlines))
     code = EXIT_BROKER_LOST if reason is StopReason.BROKER_LOST else EXIT_OK
     logging.shutdown()
     sys.stdout.flush()
@@ -48,17 +54,22 @@ def child_main(options: WorkerOptions, index: int) -> None:
 
 async def serve(app: App, options: WorkerOptions, hostname: str,
                 stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM,),
-                watch_parent: bool = False) -> StopReason:
+                watch_parent: bool = False,
+                deadlines: DeadlineSlot | None = None) -> StopReason:
     """Run a consumer for ``app`` in this process until a signal or a recycle stops it.
 
     With ``watch_parent``, a supervisor that dies (even by SIGKILL) makes this process
-    stop warmly instead of consuming on as an orphan nobody supervises.
+    stop warmly instead of consuming on as an orphan nobody supervises; and a task
+    thread that cannot be stopped (hard time limit) makes it replace itself.
     """
     runner = runner_for(options.pool, options.slots_per_process)
     consumer = Consumer(app, options.queues, options.slots_per_process, runner,
                         prefetch_multiplier=options.prefetch_multiplier, hostname=hostname,
                         max_tasks=options.max_tasks_per_child,
                         memory_check=_memory_check(options.max_memory_per_child))
+    if watch_parent:
+        consumer.executor.guard.supervise(lambda: consumer.stop(StopReason.RECYCLE),
+                                          deadlines, options.shutdown_timeout + EXIT_MARGIN)
     loop = asyncio.get_running_loop()
     for signum in stop_signals:
         loop.add_signal_handler(signum, _on_stop_signal, consumer)

@@ -6,9 +6,10 @@ Four cooperating loops share the deliveries this process holds:
            (``prefetch_multiplier x slots``) and queues them for the slots;
 - slots:   ``slots`` runners, each taking the next delivery and running it
            (sync tasks on the pool's threads, async tasks on this loop);
-- flush:   carries out finished verdicts in batches: results stored first, then retries
-           published, then acks and dead letters, so a crash in between re-runs a task
-           rather than losing it;
+- flush:   carries out finished verdicts in batches: results stored first, then what
+           follows them in workflows (celeriac.worker.workflow) and retries published,
+           then acks and dead letters, so a crash in between re-runs a task rather than
+           losing it;
 - leases:  extends the leases of everything held, every third of the lease time, and
            notices leases that were lost (this process was paused, for example).
 
@@ -29,6 +30,8 @@ from typing import Any
 from celeriac.app import App
 from celeriac.brokers.base import Delivery
 from celeriac.worker.executor import Action, Executor, SyncRunner, Verdict
+from celeriac.worker.ratelimit import RateLimiter
+from celeriac.worker.workflow import follow_up
 
 logger = logging.getLogger("celeriac.worker")
 
@@ -59,6 +62,7 @@ class ConsumerStats:
     dead_lettered: int = 0
     processed: int = 0
     lost_leases: int = 0
+    deferred: int = 0  # over a rate limit: handed back until a token is due
 
 
 @dataclass
@@ -79,6 +83,7 @@ class Consumer:
         self.slots = slots
         self.budget = slots * (prefetch_multiplier or app.conf.worker_prefetch_multiplier)
         self.executor = Executor(app, run_sync, hostname)
+        self.rate_limits = RateLimiter(app)
         self.max_tasks = max_tasks
         self.memory_check = memory_check  # callable() -> bool: True when over the limit
         self.stats = ConsumerStats()
@@ -114,10 +119,13 @@ class Consumer:
     async def run(self, grace: float | None = None) -> StopReason:
         """Consume until stopped; then finish running tasks within ``grace`` seconds."""
         await self.app.connect()
+        await self.executor.guard.start()  # the revoked ids, before any task runs
+        await self.rate_limits.start()  # the run-time rate limits, likewise
         grace = self.app.conf.worker_shutdown_timeout if grace is None else grace
         loops = [asyncio.create_task(self._fetch_loop(), name="fetch"),
                  asyncio.create_task(self._flush_loop(), name="flush"),
-                 asyncio.create_task(self._lease_loop(), name="leases")]
+                 asyncio.create_task(self._lease_loop(), name="leases"),
+                 asyncio.create_task(self.executor.guard.watch(), name="revocations")]
         slots = [asyncio.create_task(self._slot_loop(), name=f"slot-{i}")
                  for i in range(self.slots)]
         try:
@@ -139,6 +147,7 @@ class Consumer:
                     task.cancel()
             await asyncio.gather(*loops[1:], return_exceptions=True)
             await self._hand_back_remaining()
+            await self.rate_limits.close()
         return self.stop_reason or StopReason.SHUTDOWN
 
     # -- fetching -------------------------------------------------------------------------
@@ -227,8 +236,12 @@ class Consumer:
 
     async def _process(self, held: Held) -> None:
         prepared = self.executor.prepare(held.delivery)
+        if not isinstance(prepared, Verdict) and self.rate_limits.applies(prepared.task):
+            prepared = await self.rate_limits.admit(prepared)  # a DEFER verdict if over it
         if isinstance(prepared, Verdict):
             self._submit(held, prepared)
+            if prepared.action is Action.DEFER:
+                return  # not run: it counts towards no limit
         else:
             if not prepared.task.acks_late:
                 await self._ack_early(held)
@@ -251,6 +264,8 @@ class Consumer:
             self.stats.dead_lettered += 1
             if verdict.message is None:  # not decoded: the executor could not log it by name
                 logger.error("Message %s dead-lettered: %s", message_id, verdict.reason)
+        elif verdict.action is Action.DEFER:
+            self.stats.deferred += 1
         elif verdict.action is Action.RETRY:
             self.stats.retried += 1
         elif verdict.outcome is not None and verdict.outcome.state == "FAILURE":
@@ -327,6 +342,7 @@ class Consumer:
         try:
             batch = await self._still_ours(batch)
             await self._store_outcomes(batch)
+            await follow_up(self.app, batch)  # chains, callbacks, chords: before the acks
             await self._publish_retries(batch)
             await self._settle(batch)
             self._last_broker_ok = time.monotonic()
@@ -381,7 +397,8 @@ class Consumer:
 
     async def _settle(self, batch: list[tuple[Held, Verdict]]) -> None:
         broker = self.app.broker
-        acks = [held.delivery for held, v in batch if v.action in (Action.ACK, Action.RETRY)]
+        acks = [held.delivery for held, v in batch
+                if v.action in (Action.ACK, Action.RETRY, Action.DEFER)]
         dead = [(held.delivery, v.reason or "dead-lettered") for held, v in batch
                 if v.action is Action.DEAD_LETTER]
         requeue = [held.delivery for held, v in batch if v.action is Action.REQUEUE]

@@ -18,6 +18,7 @@ from typing import Any
 from celeriac import states
 from celeriac.app import App
 from celeriac.brokers.base import Delivery, Outgoing
+from celeriac.canvas_run import CHAIN_HEADER, TOKEN_HEADER
 from celeriac.errors import (
     ContentDisallowed,
     DecodeError,
@@ -29,6 +30,8 @@ from celeriac.errors import (
 from celeriac.message import Message
 from celeriac.outcome import Outcome
 from celeriac.task import Request, Task, current_request
+from celeriac.tracking import mark_started, tracks_started
+from celeriac.worker.guard import Guard, Interrupted
 
 logger = logging.getLogger("celeriac.worker")
 
@@ -41,6 +44,7 @@ class Action(Enum):
     RETRY = "retry"  # publish the retry message, then remove this one
     DEAD_LETTER = "dead_letter"  # cannot or must not run: keep it aside with a reason
     REQUEUE = "requeue"  # hand it back untouched
+    DEFER = "defer"  # over its rate limit: publish the later copy, then remove this one
 
 
 @dataclass(slots=True)
@@ -66,6 +70,7 @@ class Executor:
         self.app = app
         self.run_sync = run_sync
         self.hostname = hostname
+        self.guard = Guard(app, run_sync)  # revocations and time limits
 
     def prepare(self, delivery: Delivery) -> Prepared | Verdict:
         """Decode and check a delivery; a Verdict when it must not run."""
@@ -86,18 +91,33 @@ class Executor:
             logger.info("Task %s[%s] expired, not run", message.task, message.id)
             return Verdict(Action.ACK, _failure(expired, states.REVOKED, message),
                            message=message)
+        refused = self.guard.refused(message)  # revoked: an O(1) look-up in memory
+        if refused is not None:
+            return Verdict(Action.ACK, refused, message=message)
         return Prepared(delivery, message, task)
 
     async def run(self, prepared: Prepared) -> Verdict:
         message, task = prepared.message, prepared.task
+        if TOKEN_HEADER in message.headers:  # sent by a worker after a task of a workflow
+            from celeriac.worker.workflow import is_duplicate
+
+            if await is_duplicate(self.app, message):  # sent twice: one copy runs
+                return Verdict(Action.ACK, message=message)
         request = _request_for(message, prepared.delivery.delivery_count, self.hostname)
+        if tracks_started(task) and not message.ignore_result:
+            await mark_started(self.app, message, self.hostname)
         started = time.perf_counter()
-        verdict = await run_call(task, request, self.run_sync)
+        try:
+            verdict = await self.guard.run(task, message,
+                                           lambda runner: run_call(task, request, runner))
+        except Interrupted as stop:  # a time limit or a terminating revoke cut it short
+            verdict = Verdict(Action.ACK, stop.outcome, message=message)
         elapsed = time.perf_counter() - started
         _log_verdict(task, message, verdict, elapsed)
         if verdict.action is Action.ACK and verdict.outcome is not None \
-                and verdict.outcome.state == states.SUCCESS and message.ignore_result:
-            verdict.outcome = None
+                and verdict.outcome.state == states.SUCCESS and message.ignore_result \
+                and not message.callbacks and CHAIN_HEADER not in message.headers:
+            verdict.outcome = None  # (kept for a workflow: what follows needs the value)
         return verdict
 
 
@@ -113,7 +133,8 @@ async def run_call(task: Task[Any, Any], request: Request, run_sync: SyncRunner)
         return Verdict(action, reason=f"rejected by the task: {rejection.reason}",
                        message=message)
     except Exception as exc:
-        if task.options.autoretry_for and isinstance(exc, task.options.autoretry_for):
+        if task.options.autoretry_for and isinstance(exc, task.options.autoretry_for) \
+                and not isinstance(exc, task.options.dont_autoretry_for):
             return await _autoretry(task, request, message, exc)
         return Verdict(Action.ACK, _failure(exc, states.FAILURE, message), message=message)
     return Verdict(Action.ACK, Outcome.success(value, message.task, message.retries),
@@ -143,9 +164,12 @@ async def _invoke(task: Task[Any, Any], request: Request, run_sync: SyncRunner) 
 async def _autoretry(task: Task[Any, Any], request: Request, message: Message,
                      exc: Exception) -> Verdict:
     token = current_request.set(request)
+    retry_kwargs = dict(task.options.retry_kwargs)  # Celery's: countdown, max_retries ...
+    if task.options.retry_backoff:
+        retry_kwargs["countdown"] = task.backoff_countdown(request.retries)
+        retry_kwargs.pop("eta", None)
     try:
-        task.retry(exc=exc, countdown=task.backoff_countdown(request.retries),
-                   max_retries=task.options.retry_kwargs.get("max_retries"))
+        task.retry(exc=exc, **retry_kwargs)
     except Retry as signal:
         return _retry_verdict(task, message, signal)
     except Exception as final:  # retries used up: the task fails with the last error
@@ -157,14 +181,21 @@ async def _autoretry(task: Task[Any, Any], request: Request, message: Message,
 
 def _retry_verdict(task: Task[Any, Any], message: Message, signal: Retry) -> Verdict:
     when = signal.when.timestamp() if signal.when is not None else time.time()
-    next_message = message.replace(retries=message.retries + 1, eta=when, sent_at=time.time())
-    serializer = task.options.serializer or task.app.conf.task_serializer
-    body = task.app.codec.encode(next_message.to_payload(), serializer,
-                                 task.options.compression or task.app.conf.task_compression)
-    retry = Outgoing(next_message.id, next_message.queue, body, next_message.priority, when)
+    next_message = message.replace(retries=message.retries + 1, eta=when, sent_at=time.time(),
+                                   **signal.changes)  # args, kwargs, queue, priority
+    retry = Outgoing(next_message.id, next_message.queue, encode_for(task, next_message),
+                     next_message.priority, when)
     cause = signal.exc if signal.exc is not None else signal
     return Verdict(Action.RETRY, _failure(cause, states.RETRY, message), retry=retry,
                    message=message)
+
+
+def encode_for(task: Task[Any, Any], message: Message) -> bytes:
+    """A message a worker sends again (a retry, a deferral) encoded as the task sends."""
+    conf, options = task.app.conf, task.options
+    return task.app.codec.encode(message.to_payload(),
+                                 options.serializer or conf.task_serializer,
+                                 options.compression or conf.task_compression)
 
 
 def _request_for(message: Message, delivery_count: int, hostname: str) -> Request:
@@ -174,6 +205,7 @@ def _request_for(message: Message, delivery_count: int, hostname: str) -> Reques
         delivery_count=delivery_count, eta=message.eta, expires=message.expires,
         root_id=message.root_id or message.id, parent_id=message.parent_id,
         group_id=message.group_id, hostname=hostname, headers=message.headers,
+        callbacks=message.callbacks, errbacks=message.errbacks,
     )
 
 
@@ -184,7 +216,7 @@ def _message_for(task: Task[Any, Any], request: Request) -> Message:
         queue=request.queue or task.app.conf.task_default_queue, priority=request.priority,
         eta=request.eta, expires=request.expires, retries=request.retries,
         root_id=request.root_id, parent_id=request.parent_id, group_id=request.group_id,
-        headers=request.headers,
+        headers=request.headers, callbacks=request.callbacks, errbacks=request.errbacks,
     )
 
 

@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass, field
 
 from celeriac.config import Settings
+from celeriac.routing import default_queues
 
 # Slots per process when -c is not given: a process per core for prefork; threads and
 # async tasks mostly wait on I/O, so they get many slots in one process.
@@ -48,7 +49,8 @@ class WorkerOptions:
             "shutdown_timeout": conf.worker_shutdown_timeout,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(app_spec=app_spec, queues=queues or (conf.task_default_queue,), pool=pool,
+        queues = queues or default_queues(conf.task_queues, conf.task_default_queue)
+        return cls(app_spec=app_spec, queues=queues, pool=pool,
                    concurrency=concurrency, **values)  # type: ignore[arg-type]
 
 
