@@ -68,3 +68,28 @@ def read_ledger(directory: Path, only: set[str] | None = None) -> LedgerSummary:
             first = when if first is None else min(first, when)
             last = when if last is None else max(last, when)
     return LedgerSummary(executions, len(seen), first, last)
+
+
+class LedgerCounter:
+    """Counts the ledger's lines as they are written, reading only what is new.
+
+    The runner polls this while a drain runs, so each look costs what was appended since
+    the last one, not the whole ledger.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._offsets: dict[Path, int] = {}
+        self.lines = 0
+
+    def count(self) -> int:
+        for path in self.directory.glob("*.log"):
+            offset = self._offsets.get(path, 0)
+            with path.open("rb") as file:
+                file.seek(offset)
+                chunk = file.read()
+            # Only whole lines: a line being written is counted on the next look.
+            end = chunk.rfind(b"\n") + 1
+            self.lines += chunk.count(b"\n", 0, end)
+            self._offsets[path] = offset + end
+        return self.lines

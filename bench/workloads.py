@@ -4,10 +4,21 @@
 - W2 drain: a 2-process worker, started once the ``N`` tasks of W1 are queued, runs
   them all; executions are counted exactly from the ledger the task writes.
 - W3 round trip: sequential ``delay().get()`` against a running 2-process worker.
+- W4 sleep: ``N`` tasks that each wait 10 ms, queued, then drained by one I/O worker
+  process with 100 slots (celeriac ``-P async``, Celery ``-P gevent``).
+- W5 CPU: ``N`` tasks that each burn 5 ms of CPU, queued, then drained by 2 processes;
+  compared with ``bare_loop``, two plain processes doing the same work with no queue.
+- Batch send: ``N`` no-op tasks sent with the framework's fastest many-at-once API.
+
+Every drain (W2, W4, W5) is timed the same way: from the first task's start (the
+ledger's earliest line) until the ledger shows every task run and the session says the
+queue is empty with every result stored (``Session.settled``). Worker start-up is left
+out of that rate and reported on its own.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import statistics
@@ -17,21 +28,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-from bench.ledger import read_ledger
-from bench.targets import Session
+from bench.ledger import LedgerCounter, read_ledger
+from bench.targets import Session, WorkerSpec
+from bench.tasks import NOOP
+from bench.work import burn
 
-ROOT = Path(__file__).resolve().parent.parent  # the worker imports bench.tasks from here
-# While W2 drains, the runner looks at the queue length every POLL_MIN..POLL_MAX seconds:
-# the fewer tasks remain, the more often. Counting costs in proportion to what remains
-# (about 1.3 ms for 20,000 on SQLite), so polling stays near 3% of one CPU throughout
-# and the end is seen within about 2 ms.
+ROOT = Path(__file__).resolve().parent.parent  # the worker imports bench.* from here
+# While a drain runs, the runner counts the ledger's new lines every POLL_MIN..POLL_MAX
+# seconds: the fewer tasks remain, the more often, so the end is seen within about 2 ms
+# while polling costs little CPU.
 POLL_MIN = 0.002
 POLL_MAX = 0.05
 POLL_PER_TASK = 2e-6
 STARTUP_TIMEOUT = 60.0  # seconds a worker may take to run its first task
 STOP_TIMEOUT = 60.0  # seconds a worker may take to stop after SIGTERM
 GET_TIMEOUT = 30.0
+QUEUED_TIMEOUT = 10.0  # seconds a batch's messages may take to show in the queue length
 
 
 class BenchError(RuntimeError):
@@ -54,12 +68,12 @@ class DrainResult:
     tasks: int
     executions: int
     startup: float  # worker started -> first execution
-    first_to_done: float  # first execution -> queue empty and every result stored
+    first_to_done: float  # first execution -> all run, queue empty, results stored
     first_to_last: float  # first execution -> last execution (ledger times only)
 
     @property
     def rate(self) -> float:
-        """Tasks/s from the first execution until all were acked with results stored."""
+        """Tasks/s from the first execution until all were done with results stored."""
         return self.tasks / self.first_to_done
 
     @property
@@ -95,8 +109,8 @@ def percentile(samples: Sequence[float], pct: float) -> float:
 class WorkerProcess:
     """A worker command in a process of its own; stopped with SIGTERM (a warm shutdown)."""
 
-    def __init__(self, session: Session, concurrency: int, log: Path) -> None:
-        self.command = session.worker_command(concurrency)
+    def __init__(self, session: Session, spec: WorkerSpec, log: Path) -> None:
+        self.command = session.worker_command(spec)
         self.env = {**os.environ, **session.worker_env()}
         self.log = log
         self.started_at = 0.0
@@ -116,6 +130,10 @@ class WorkerProcess:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop(check=kind is None)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
 
     def check_alive(self) -> None:
         if self._process is not None and self._process.poll() is not None:
@@ -148,29 +166,64 @@ def send(session: Session, tasks: int) -> SendResult:
     ids: list[str] = []
     started = time.perf_counter()
     for _ in range(tasks):
-        ids.append(session.send_noop().id)
+        ids.append(session.send(NOOP).id)
     elapsed = time.perf_counter() - started
     return SendResult(tasks, elapsed, tuple(ids))
 
 
-def drain(session: Session, sent: SendResult, workdir: Path, ledger: Path,
-          concurrency: int, timeout: float) -> DrainResult:
-    """W2: start a worker on the queued tasks and time it until every one is done.
+def batch_send(session: Session, tasks: int) -> SendResult:
+    """Batch send: ``tasks`` no-op tasks with one call of the framework's batch API."""
+    session.warm_up()
+    started = time.perf_counter()
+    ids = session.send_batch(NOOP, (), tasks)
+    elapsed = time.perf_counter() - started
+    wait_until_queued(session, tasks)
+    if len(ids) != tasks:
+        raise BenchError(f"batch send of {tasks} tasks returned {len(ids)} ids")
+    return SendResult(tasks, elapsed, tuple(ids))
 
-    Done means the queue holds none of them (all acked) and every one has a SUCCESS
-    result; the ledger must then show each task executed exactly once.
+
+def wait_until_queued(session: Session, tasks: int) -> None:
+    """Check that ``tasks`` messages are queued (a broker may count them a moment late)."""
+    deadline = time.monotonic() + QUEUED_TIMEOUT
+    while (queued := session.queued()) != tasks:
+        if queued > tasks or time.monotonic() > deadline:
+            raise BenchError(f"expected {tasks} queued tasks, found {queued}")
+        time.sleep(0.05)
+
+
+def queue_tasks(session: Session, task: str, args: tuple[Any, ...], tasks: int) -> SendResult:
+    """Queue the tasks of W4 or W5 before their worker starts (not timed as a send)."""
+    session.warm_up()
+    started = time.perf_counter()
+    ids = session.send_batch(task, args, tasks)
+    return SendResult(tasks, time.perf_counter() - started, tuple(ids))
+
+
+def drain(session: Session, sent: SendResult, spec: WorkerSpec, workdir: Path,
+          ledger: Path, timeout: float, log_name: str) -> DrainResult:
+    """Start a worker on the queued tasks and time it until every one is done.
+
+    Done means the ledger shows every task run, and then the session finds the queue
+    empty and every result stored (``Session.settled``); after the worker stops, the
+    results and the ledger must show each task run exactly once, successfully.
     """
-    if session.remaining() != sent.tasks:
-        raise BenchError(f"expected {sent.tasks} queued tasks, found {session.remaining()}")
-    with WorkerProcess(session, concurrency, workdir / "worker-drain.log") as worker:
+    wait_until_queued(session, sent.tasks)
+    counter = LedgerCounter(ledger)
+    with WorkerProcess(session, spec, workdir / log_name) as worker:
         deadline = time.monotonic() + timeout
-        while remaining := session.remaining():
+        while True:
+            left = sent.tasks - counter.count()
+            if left <= 0:
+                checked_at = time.time()
+                if session.settled(sent.task_ids):
+                    done_at = checked_at
+                    break
             worker.check_alive()
             if time.monotonic() > deadline:
-                raise BenchError(f"{remaining} tasks still queued after {timeout}s:"
+                raise BenchError(f"{max(0, left)} tasks still not run after {timeout}s:"
                                  f"\n{worker.log_tail()}")
-            time.sleep(min(POLL_MAX, max(POLL_MIN, remaining * POLL_PER_TASK)))
-        done_at = time.time()
+            time.sleep(min(POLL_MAX, max(POLL_MIN, left * POLL_PER_TASK)))
     stored = session.successes(sent.task_ids)
     executed = read_ledger(ledger, set(sent.task_ids))
     if stored != sent.tasks or executed.executions != sent.tasks \
@@ -186,19 +239,19 @@ def drain(session: Session, sent: SendResult, workdir: Path, ledger: Path,
                        first_to_last=executed.last - executed.first)
 
 
-def round_trip(session: Session, workdir: Path, ledger: Path, concurrency: int,
+def round_trip(session: Session, spec: WorkerSpec, workdir: Path, ledger: Path,
                calls: int, warmup: int) -> RoundTripResult:
     """W3: ``calls`` sequential ``delay().get()`` after ``warmup`` untimed ones."""
-    with WorkerProcess(session, concurrency, workdir / "worker-roundtrip.log") as worker:
-        session.send_noop().get(timeout=STARTUP_TIMEOUT)  # a worker process is up
+    with WorkerProcess(session, spec, workdir / "worker-roundtrip.log") as worker:
+        session.send(NOOP).get(timeout=STARTUP_TIMEOUT)  # a worker process is up
         worker.check_alive()
         for _ in range(warmup):
-            session.send_noop().get(timeout=GET_TIMEOUT)
+            session.send(NOOP).get(timeout=GET_TIMEOUT)
         samples: list[float] = []
         ids: set[str] = set()
         for _ in range(calls):
             started = time.perf_counter()
-            handle = session.send_noop()
+            handle = session.send(NOOP)
             handle.get(timeout=GET_TIMEOUT)
             samples.append((time.perf_counter() - started) * 1000)
             ids.add(handle.id)
@@ -207,3 +260,34 @@ def round_trip(session: Session, workdir: Path, ledger: Path, concurrency: int,
         raise BenchError(f"{calls} round trips: the ledger shows {executed.executions} "
                          f"executions of {executed.distinct} distinct tasks")
     return RoundTripResult(tuple(samples))
+
+
+def bare_loop(iterations: int, tasks: int, processes: int) -> float:
+    """W5's yardstick: ``processes`` plain processes share ``tasks`` burns; tasks/s.
+
+    No queue, no framework: each process is forked before the clock starts, waits for a
+    common start signal, runs its share of ``burn(iterations)`` calls and exits.
+    """
+    context = multiprocessing.get_context("fork")
+    start = context.Event()
+    shares = [tasks // processes + (1 if i < tasks % processes else 0)
+              for i in range(processes)]
+    workers = [context.Process(target=_burn_share, args=(start, iterations, share))
+               for share in shares]
+    for worker in workers:
+        worker.start()
+    time.sleep(0.2)  # every process is up and waiting
+    started = time.perf_counter()
+    start.set()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - started
+    if any(worker.exitcode != 0 for worker in workers):
+        raise BenchError("a bare-loop process failed")
+    return tasks / elapsed
+
+
+def _burn_share(start: Any, iterations: int, share: int) -> None:
+    start.wait()
+    for _ in range(share):
+        burn(iterations)
