@@ -37,8 +37,8 @@ QUEUE = "celeriac"
 WARMUP_QUEUE = "bench.warmup"
 
 REDIS_HOST = "127.0.0.1:6379"
-CELERIAC_REDIS_DB = 10  # the contract and integration tests use 13 and 14
-CELERY_REDIS_DB = 11
+CELERIAC_REDIS_DB = 8  # the tests use 10 (unit), 13 and 14 (contract, integration)
+CELERY_REDIS_DB = 9
 RABBIT_HOST = "127.0.0.1:5672"
 RABBIT_VHOST = "celeriac-bench"
 RABBIT_USER = "guest:guest"
