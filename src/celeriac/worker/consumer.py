@@ -29,7 +29,7 @@ from typing import Any
 
 from celeriac.app import App
 from celeriac.brokers.base import Delivery
-from celeriac.worker.executor import Action, Executor, SyncRunner, Verdict
+from celeriac.worker.executor import Action, Executor, Prepared, SyncRunner, Verdict
 from celeriac.worker.ratelimit import RateLimiter
 from celeriac.worker.workflow import follow_up
 
@@ -39,6 +39,22 @@ FETCH_TIMEOUT = 1.0  # seconds a fetch may wait on the broker before checking fo
 FLUSH_MAX_BATCH = 500
 FLUSH_LINGER = 0.002  # seconds a finished verdict may wait for its batch to fill
 RETRY_BACKOFF_MAX = 5.0
+# Finished verdicts waiting for the flush do not count against the prefetch budget (no
+# other worker could run them), but only this many: a flush that keeps failing stops
+# the fetching instead of piling up work.
+UNFLUSHED_MAX = 2 * FLUSH_MAX_BATCH
+
+# Quick tasks. A task whose recent runs all took under QUICK_TASK seconds runs in
+# batches of up to RUN_BATCH_MAX calls per pool-thread hop, and while the tasks of this
+# process are that quick, the prefetch budget grows to cover about PREFETCH_WINDOW
+# seconds of work (at most PREFETCH_MAX deliveries), so that a fetch, a result write and
+# an ack serve many tasks. Fairness is unchanged in substance: what waits behind a
+# running task here is a few milliseconds of work at most.
+QUICK_TASK = 0.001
+QUICK_DECAY = 0.9  # a slow run is remembered until it decays below QUICK_TASK
+RUN_BATCH_MAX = 64
+PREFETCH_WINDOW = 0.01
+PREFETCH_MAX = 256
 
 
 class StopReason(Enum):
@@ -52,6 +68,7 @@ class Held:
     delivery: Delivery
     confirmed_at: float  # monotonic time the lease was last known to be ours
     started: bool = False
+    finished: bool = False  # its verdict waits for the flush
 
 
 @dataclass
@@ -63,6 +80,7 @@ class ConsumerStats:
     processed: int = 0
     lost_leases: int = 0
     deferred: int = 0  # over a rate limit: handed back until a token is due
+    batched: int = 0  # quick tasks run in batches of more than one per thread hop
 
 
 @dataclass
@@ -98,6 +116,9 @@ class Consumer:
         self._idle = asyncio.Event()
         self._last_broker_ok = time.monotonic()
         self._cold = False
+        self._unflushed = 0  # held deliveries whose verdict waits for the flush
+        self._slowest: dict[str, float] = {}  # task name -> its recent slowest run (decaying)
+        self._typical: float | None = None  # moving average of this process's run times
 
     @property
     def broker_lease(self) -> float:
@@ -156,7 +177,7 @@ class Consumer:
         broker = self.app.broker
         failures = 0
         while not self._stopping.is_set():
-            room = self.budget - len(self._held)
+            room = self._room_for_more()
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
@@ -180,6 +201,20 @@ class Consumer:
                 self._ready.put_nowait(held)
             if suspect is not None:
                 await self._wait_until_empty()
+
+    def _room_for_more(self) -> int:
+        """How many more deliveries to lease: the budget minus what waits or runs."""
+        if self._unflushed >= UNFLUSHED_MAX:
+            return 0
+        return self._budget() - (len(self._held) - self._unflushed)
+
+    def _budget(self) -> int:
+        """``prefetch_multiplier x slots``, or more while the tasks take microseconds."""
+        typical = self._typical
+        if typical is None or typical >= QUICK_TASK:
+            return self.budget
+        covering = int(PREFETCH_WINDOW / max(typical, 1e-6)) * self.slots
+        return max(self.budget, min(PREFETCH_MAX, covering))
 
     def _last_chance(self, deliveries: list[Delivery]) -> Delivery | None:
         """The first delivery on its last permitted delivery (``task_delivery_limit``).
@@ -219,23 +254,32 @@ class Consumer:
     # -- running --------------------------------------------------------------------------
 
     async def _slot_loop(self) -> None:
+        slot = asyncio.current_task()
+        assert slot is not None
+        carried: tuple[Held, Prepared | Verdict] | None = None
         while True:
-            held = await self._ready.get()
-            if self._stopping.is_set():
-                self._ready.put_nowait(held)  # handed back by _hand_back_unstarted
-                return
-            held.started = True
-            slot = asyncio.current_task()
-            assert slot is not None
+            if carried is None:
+                held = await self._ready.get()
+                if self._stopping.is_set():
+                    self._ready.put_nowait(held)  # handed back by _hand_back_unstarted
+                    return
+                item = (held, self.executor.prepare(held.delivery))
+            else:
+                item, carried = carried, None
+                if self._stopping.is_set():
+                    return  # still held: handed back with the rest when the consumer stops
+            item[0].started = True
             self._busy.add(slot)
             try:
-                await self._process(held)
+                if self._batchable(item[1]):
+                    carried = await self._run_batch(item)
+                else:
+                    await self._process(*item)
             finally:
                 self._busy.discard(slot)
                 self._idle.set()
 
-    async def _process(self, held: Held) -> None:
-        prepared = self.executor.prepare(held.delivery)
+    async def _process(self, held: Held, prepared: Prepared | Verdict) -> None:
         if not isinstance(prepared, Verdict) and self.rate_limits.applies(prepared.task):
             prepared = await self.rate_limits.admit(prepared)  # a DEFER verdict if over it
         if isinstance(prepared, Verdict):
@@ -246,9 +290,66 @@ class Consumer:
             if not prepared.task.acks_late:
                 await self._ack_early(held)
             # After an early ack the later ack is a harmless no-op.
-            self._submit(held, await self.executor.run(prepared))
+            started = time.perf_counter()
+            verdict = await self.executor.run(prepared)
+            self._timed(prepared.task.name, time.perf_counter() - started)
+            self._submit(held, verdict)
         self.stats.processed += 1
         self._check_recycle()
+
+    def _batchable(self, prepared: Prepared | Verdict) -> bool:
+        """A plain sync call of a task known to be quick: it may run in a batch."""
+        return (isinstance(prepared, Prepared)
+                and self._slowest.get(prepared.task.name, QUICK_TASK) < QUICK_TASK
+                and not self.rate_limits.applies(prepared.task)
+                and self.executor.batchable(prepared))
+
+    async def _run_batch(self, first: tuple[Held, Prepared | Verdict],
+                         ) -> tuple[Held, Prepared | Verdict] | None:
+        """Run ``first`` with the quick calls queued behind it, in one pool-thread hop.
+
+        Deliveries that turn out not to run (revoked, undecodable) are settled on the way;
+        the first one that cannot join the batch is returned, to be run next by this slot.
+        """
+        batch: list[tuple[Held, Prepared]] = []
+        carried: tuple[Held, Prepared | Verdict] | None = first
+        limit = RUN_BATCH_MAX
+        if self.max_tasks is not None:  # never run past max_tasks_per_child
+            limit = max(1, min(limit, self.max_tasks - self.stats.processed))
+        while carried is not None and len(batch) < limit:
+            held, prepared = carried
+            carried = None
+            if isinstance(prepared, Verdict):  # decided without running
+                held.started = True
+                self._submit(held, prepared)
+                self.stats.processed += 1
+            elif batch and not self._batchable(prepared):
+                carried = (held, prepared)
+                break
+            else:
+                held.started = True
+                batch.append((held, prepared))
+            if self._ready.empty() or self._stopping.is_set():
+                break
+            held = self._ready.get_nowait()
+            carried = (held, self.executor.prepare(held.delivery))
+        if batch:
+            ran = await self.executor.run_batch([prepared for _, prepared in batch])
+            for (held, prepared), (verdict, elapsed) in zip(batch, ran, strict=True):
+                self._timed(prepared.task.name, elapsed)
+                self._submit(held, verdict)
+            self.stats.processed += len(batch)
+            if len(batch) > 1:
+                self.stats.batched += len(batch)
+        self._check_recycle()
+        return carried
+
+    def _timed(self, name: str, elapsed: float) -> None:
+        """Remember how long a task took: its decaying slowest run, and the process's mean."""
+        slowest = self._slowest.get(name)
+        self._slowest[name] = elapsed if slowest is None else max(elapsed, slowest * QUICK_DECAY)
+        typical = self._typical
+        self._typical = elapsed if typical is None else typical + (elapsed - typical) * 0.1
 
     async def _ack_early(self, held: Held) -> None:
         """At-most-once: remove the message before the task runs (task_acks_late=False)."""
@@ -256,6 +357,10 @@ class Consumer:
 
     def _submit(self, held: Held, verdict: Verdict) -> None:
         self._count(verdict, held.delivery.id)
+        if not held.finished:
+            held.finished = True
+            self._unflushed += 1
+            self._room.set()
         self._pending.items.append((held, verdict))
         self._pending.event.set()
 
@@ -410,7 +515,8 @@ class Consumer:
             await broker.requeue(requeue)
 
     def _release(self, held: Held) -> None:
-        self._held.pop(id(held.delivery), None)
+        if self._held.pop(id(held.delivery), None) is not None and held.finished:
+            self._unflushed -= 1
         self._room.set()
 
     async def _hand_back_unstarted(self) -> None:

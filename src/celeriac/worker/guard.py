@@ -208,15 +208,18 @@ class Guard:
 
     # -- running --------------------------------------------------------------------------
 
+    def limits_for(self, task: Task[Any, Any], message: Message) -> TimeLimits | None:
+        """The time limits of one run: per call, else per task, else from the settings."""
+        options, conf = task.options, self.app.conf
+        return resolve(message.soft_time_limit, message.time_limit, options.soft_time_limit,
+                       options.time_limit, conf.task_soft_time_limit, conf.task_time_limit)
+
     async def run(self, task: Task[Any, Any], message: Message,
                   call: Callable[[SyncRunner], Awaitable[T]]) -> T:
         """``call(runner)`` under the task's limits; raises Interrupted when cut short."""
         slot = asyncio.current_task()
         assert slot is not None, "Guard.run runs in a task"
-        options, conf = task.options, self.app.conf
-        limits = resolve(message.soft_time_limit, message.time_limit,
-                         options.soft_time_limit, options.time_limit,
-                         conf.task_soft_time_limit, conf.task_time_limit)
+        limits = self.limits_for(task, message)
         running = _Running(message, slot, task.is_async, limits)
         self._running[message.id] = running
         try:
