@@ -43,7 +43,7 @@ from pamqp import commands as spec
 
 from celeriac.backends.base import ResultBackend
 from celeriac.brokers.amqp import safe_url, split_url
-from celeriac.brokers.amqp_link import lost
+from celeriac.brokers.amqp_link import lost, publish_confirmed
 from celeriac.brokers.amqp_topology import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEARTBEAT
 from celeriac.errors import BackendError, ConfigurationError
 from celeriac.task import current_request
@@ -336,20 +336,17 @@ class _Publisher:
                       ttl: float | None) -> None:
         channel = await self._ready()
         headers: dict[str, Any] = {TTL_HEADER: int(ttl)} if ttl else {}
-        outcomes = await asyncio.gather(*(
-            channel.basic_publish(data, routing_key=queue, mandatory=True,
-                                  timeout=PUBLISH_TIMEOUT,
-                                  properties=spec.Basic.Properties(
-                                      correlation_id=task_id, delivery_mode=1,
-                                      headers=headers))
-            for queue, task_id, data in replies), return_exceptions=True)
+        outcomes = await publish_confirmed(channel, [
+            (data, "", queue, spec.Basic.Properties(
+                message_id=task_id, correlation_id=task_id, delivery_mode=1, headers=headers))
+            for queue, task_id, data in replies], PUBLISH_TIMEOUT)
         failures = []
         for (queue, task_id, _), outcome in zip(replies, outcomes, strict=True):
             if isinstance(outcome, PublishError):
                 # No such queue: the caller disconnected, and nobody can read this result.
                 logger.info("result of %s not delivered: its caller's reply queue %s is "
                             "gone", task_id, queue)
-            elif isinstance(outcome, BaseException):
+            elif outcome is not None:
                 failures.append(outcome)
         if failures:
             raise BackendError(f"could not send {len(failures)} rpc result(s): "
