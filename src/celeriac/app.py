@@ -214,6 +214,11 @@ class App:
         """Close connections and stop the bridge thread."""
         if self._broker_connected or self._backend_connected:
             self._run_sync(self.aclose())
+        # What sync callers opened without the bridge (brokers/base.py, backends/base.py).
+        if self._backend is not None:
+            self._backend.close_blocking()
+        if self._broker is not None:
+            self._broker.close_blocking()
         self._bridge.close()
 
     # -- encoding -------------------------------------------------------------------------
@@ -250,7 +255,7 @@ class App:
         if self.conf.task_always_eager and task is not None:
             return task.apply(args, kwargs, **options)
         message, outgoing = self.prepare(name, args, kwargs, options, task)
-        self._run_sync(self._send([(message, outgoing)]))
+        self._send_blocking(((message, outgoing),))
         return AsyncResult(message.id, self, name)
 
     async def asend_task(self, name: str, args: Sequence[Any] | None = None,
@@ -280,7 +285,7 @@ class App:
                     for (message, _), task in prepared if task is not None]
         calls = [call for call, _ in prepared]
         for start in range(0, len(calls), chunk_size):
-            self._run_sync(self._send(calls[start:start + chunk_size]))
+            self._send_blocking(calls[start:start + chunk_size])
         return [AsyncResult(message.id, self, message.task) for (message, _), _ in prepared]
 
     def _prepare_call(self, call: Any) -> tuple[tuple[Message, Outgoing],
@@ -302,6 +307,22 @@ class App:
         await self.publish([outgoing for _, outgoing in calls])
         if self.conf.task_track_sent:
             await mark_sent(self, [message for message, _ in calls])
+
+    def _send_blocking(self, calls: Sequence[tuple[Message, Outgoing]]) -> None:
+        """``_send`` for a sync caller.
+
+        A broker that can publish without an event loop (``supports_blocking_publish``)
+        publishes in this thread, in one round trip; any other goes through the bridge.
+        The SENT markers of ``task_track_sent`` are written after the publish, as in
+        ``_send``, through the bridge.
+        """
+        broker = self.broker
+        if not broker.supports_blocking_publish:
+            self._run_sync(self._send(calls))
+            return
+        broker.publish_blocking([outgoing for _, outgoing in calls])
+        if self.conf.task_track_sent:
+            self._run_sync(mark_sent(self, [message for message, _ in calls]))
 
     def prepare(self, name: str, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None,
                 options: Mapping[str, Any],

@@ -87,7 +87,7 @@ def send(sig: Signature, args: tuple[Any, ...], kwargs: dict[str, Any],
         return apply_inline(sig, args, kwargs, options)
     result, calls = plan_calls(app, sig, args, kwargs, options)
     if calls:
-        app._run_sync(app._send(calls))  # publish (and mark SENT: task_track_sent)
+        app._send_blocking(calls)  # publish (and mark SENT: task_track_sent)
     return result
 
 

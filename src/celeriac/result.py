@@ -48,7 +48,16 @@ class AsyncResult(Generic[R]):
         ``interval`` is accepted for Celery compatibility; waiting needs no polling interval.
         """
         del interval
-        outcome = self._outcome or self.app._run_sync(self._wait(timeout))
+        outcome = self._outcome
+        if outcome is None:
+            backend = self.app.backend
+            if backend.supports_blocking:  # waits in this thread, no bridge hop
+                started = time.monotonic()
+                final = _FinalOutcome(self.app)
+                data = backend.wait_blocking(self.id, timeout, accept=final)
+                outcome = self._received(data, final, started)
+            else:
+                outcome = self.app._run_sync(self._wait(timeout))
         return self._settle(outcome, propagate)
 
     async def aget(self, timeout: float | None = None, propagate: bool = True) -> R:
@@ -61,11 +70,15 @@ class AsyncResult(Generic[R]):
     async def _wait(self, timeout: float | None) -> Outcome:
         started = time.monotonic()
         backend = await self.app._connected_backend()
-        data = await backend.wait(self.id, timeout, accept=self.app.result_is_final)
+        final = _FinalOutcome(self.app)
+        data = await backend.wait(self.id, timeout, accept=final)
+        return self._received(data, final, started)
+
+    def _received(self, data: bytes | None, final: _FinalOutcome, started: float) -> Outcome:
         if data is None:
             waited = time.monotonic() - started
             raise TimeoutError(f"task {self.id} did not finish within {waited:.3g} s")
-        outcome = self.app.decode_outcome(data)
+        outcome = final.decoded(data)
         self._outcome = outcome
         return outcome
 
@@ -83,7 +96,11 @@ class AsyncResult(Generic[R]):
     def _current(self) -> Outcome | None:
         if self._outcome is not None:
             return self._outcome
-        data = self.app._run_sync(self._load())
+        backend = self.app.backend
+        if backend.supports_blocking:
+            data = backend.load_many_blocking([self.id]).get(self.id)
+        else:
+            data = self.app._run_sync(self._load())
         if data is None:
             return None
         outcome = self.app.decode_outcome(data)
@@ -150,6 +167,28 @@ class AsyncResult(Generic[R]):
     async def arevoke(self, terminate: bool = False) -> None:
         """``revoke`` for async callers."""
         await self.app.control.arevoke(self.id, terminate=terminate)
+
+
+class _FinalOutcome:
+    """The ``accept`` test of a wait: is this a final state? Keeps what it decoded, so
+    that the bytes the wait returns are not decoded a second time."""
+
+    __slots__ = ("app", "data", "outcome")
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.data: bytes | None = None
+        self.outcome: Outcome | None = None
+
+    def __call__(self, data: bytes) -> bool:
+        outcome = self.app.decode_outcome(data)
+        self.data, self.outcome = data, outcome
+        return outcome.ready
+
+    def decoded(self, data: bytes) -> Outcome:
+        if self.outcome is not None and (data is self.data or data == self.data):
+            return self.outcome
+        return self.app.decode_outcome(data)
 
 
 class EagerResult(AsyncResult[R]):

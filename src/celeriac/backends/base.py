@@ -8,6 +8,12 @@ pub/sub) overrides ``wait`` so that ``get()`` sleeps on the server instead.
 
 Like brokers, a backend object may be used from several event loops in different
 threads.
+
+Sync callers: a backend whose client library can wait without an event loop declares
+``supports_blocking`` and implements ``load_many_blocking`` and ``wait_blocking``, with
+the semantics and errors of ``load_many`` and ``wait``; ``AsyncResult.get()`` and
+``.state`` then read it from the caller's own thread. Other backends are driven through
+the app's bridge loop.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 # How ``wait`` polls when the backend cannot wait on its server: quickly at first,
 # since most results arrive within milliseconds, then backing off to a gentle rate.
@@ -29,6 +35,8 @@ class ResultBackend(ABC):
     """Stores task results as bytes under their task id."""
 
     scheme: str
+    # Implements load_many_blocking and wait_blocking, for sync callers.
+    supports_blocking: ClassVar[bool] = False
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         self.url = url
@@ -106,6 +114,20 @@ class ResultBackend(ABC):
                 delay = min(delay, remaining)
             await asyncio.sleep(delay)
             delay = min(delay * POLL_GROWTH, POLL_MAX)
+
+    # -- for sync callers (supports_blocking) ---------------------------------------------
+
+    def load_many_blocking(self, task_ids: Sequence[str]) -> dict[str, bytes]:
+        """``load_many`` for a sync caller, in its own thread."""
+        raise NotImplementedError(f"{type(self).__name__} has no blocking load")
+
+    def wait_blocking(self, task_id: str, timeout: float | None,
+                      accept: Callable[[bytes], bool] | None = None) -> bytes | None:
+        """``wait`` for a sync caller, in its own thread."""
+        raise NotImplementedError(f"{type(self).__name__} has no blocking wait")
+
+    def close_blocking(self) -> None:
+        """Release what the blocking calls opened in this process. Safe to call always."""
 
     # -- chords: sets and claims (see celeriac.worker.workflow) ---------------------------
 

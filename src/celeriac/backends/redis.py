@@ -25,6 +25,12 @@ itself again) and waits for the next store.
 The token only has to outlive the gap between a waiter's read of the key and its
 BLPOP, which is why it expires within seconds instead of living as long as the result.
 
+Sync callers (``get()``, ``.state`` in a thread with no event loop) use
+``wait_blocking`` and ``load_many_blocking``: the same commands on one sync redis-py
+connection pool per process (``redis_connection.BlockingClient``). Their token
+push-backs go to a small thread of the backend's (``_PushBacks``), so that they too
+happen off the caller's path; ``close_blocking`` (``App.close``) finishes them.
+
 Options (also read from the URL's query string): ``key_prefix``, ``connection_timeout``
 (default 4 s: a call during an outage raises BackendError within about that time),
 ``pool_limit`` (connections per event loop, unbounded by default; each waiting ``get``
@@ -34,7 +40,9 @@ holds one while it waits), and the TLS options of ``rediss://`` URLs, as for the
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +51,7 @@ from typing import Any
 from celeriac.backends.base import ResultBackend
 from celeriac.brokers.redis_connection import (
     CONNECTION_OPTIONS,
+    BlockingClient,
     LoopClients,
     RedisSettings,
     Script,
@@ -81,6 +90,7 @@ return #KEYS / 2
 
 class RedisBackend(ResultBackend):
     scheme = "redis"
+    supports_blocking = True
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(url, options)
@@ -92,6 +102,9 @@ class RedisBackend(ResultBackend):
         # A wait re-reads the result at least this often, whatever the wake-up tokens do.
         self.max_block = self.settings.connection_timeout / 2
         self._clients = LoopClients(self.settings.make_client)
+        self._blocking = BlockingClient(self.settings, BackendError, BackendError,
+                                        "Redis result backend")
+        self._push_backs = _PushBacks(self._blocking)
         self._background: set[asyncio.Task[None]] = set()  # token push-backs under way
         self._lock = threading.Lock()
 
@@ -222,6 +235,41 @@ class RedisBackend(ResultBackend):
         await self._clients.close()
 
 
+    # -- for sync callers -----------------------------------------------------------------
+
+    def load_many_blocking(self, task_ids: Sequence[str]) -> dict[str, bytes]:
+        if not task_ids:
+            return {}
+        values = self._blocking.call(
+            "load", "MGET", *(self.result_key(task_id) for task_id in task_ids))
+        return {task_id: value for task_id, value in zip(task_ids, values, strict=True)
+                if value is not None}
+
+    def wait_blocking(self, task_id: str, timeout: float | None,
+                      accept: Callable[[bytes], bool] | None = None) -> bytes | None:
+        """``wait``, step for step, for a sync caller."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        key, ready = self.result_key(task_id), self.ready_key(task_id)
+        call = self._blocking.call
+        token: bytes | None = None  # the token this waiter popped, if any
+        data = call("wait", "GET", key)
+        while data is None or (accept is not None and not accept(data)):
+            remaining = self.max_block if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            block = min(remaining, self.max_block)
+            popped = call("wait", "BLPOP", ready, max(0.001, round(block, 3)), block=block)
+            token = None if popped is None else bytes(popped[1])
+            # No token (no store for a while) or a large result's empty one: read the key.
+            data = token or call("wait", "GET", key)
+        if token is not None:
+            self._push_backs.add(ready, token)  # wake the next waiter, off this path
+        return bytes(data)
+
+    def close_blocking(self) -> None:
+        self._push_backs.finish(self.settings.connection_timeout)
+        self._blocking.close()
+
     # -- chords: sets and claims, each a MULTI/EXEC transaction ---------------------------
 
     supports_chords = True
@@ -265,6 +313,82 @@ class RedisBackend(ResultBackend):
             async with self._deadline():
                 replies = await pipe.execute()
         return bytes(replies[1]).decode()
+
+
+class _PushBacks:
+    """Puts popped tokens back for sync waiters, from a thread of its own.
+
+    ``wait`` pushes its token back in a background task of its loop; a sync caller has
+    no loop, so its tokens are queued here and pushed (all queued at once, pipelined)
+    by a daemon thread, started when needed and ended after a second with nothing to
+    do. Failures are ignored, as in ``wait``: the server's problem shows on next use,
+    and a waiter that missed its wake-up reads the result after ``max_block``.
+    """
+
+    IDLE = 1.0  # seconds the thread waits for work before it ends
+
+    def __init__(self, client: BlockingClient) -> None:
+        self._client = client
+        self._cond = threading.Condition()
+        self._queue: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._busy = False  # a batch taken off the queue is being pushed
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def add(self, ready: str, token: bytes) -> None:
+        with self._cond:
+            if self._pid != os.getpid():  # forked: the parent's thread is not here
+                self._pid, self._thread, self._busy = os.getpid(), None, False
+                self._queue.clear()
+            self._queue.append((ready, token))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="celeriac-redis-wake")
+                self._thread.start()
+            else:
+                self._cond.notify()
+
+    def finish(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` seconds) until every queued token has been pushed."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while (self._queue or self._busy) and self._pid == os.getpid():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._thread is None:
+                    return
+                self._cond.wait(remaining)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()  # for finish()
+                if not self._queue:
+                    self._cond.wait(self.IDLE)
+                if not self._queue:
+                    self._thread = None
+                    return
+                batch = list(self._queue)
+                self._queue.clear()
+                self._busy = True
+            with contextlib.suppress(Exception):
+                self._push(batch)
+
+    def _push(self, batch: list[tuple[str, bytes]]) -> None:
+        pool = self._client.pool()
+        conn: Any = pool.get_connection()  # redis-py leaves Connection's methods untyped
+        try:
+            commands: list[tuple[Any, ...]] = []
+            for ready, token in batch:
+                commands += [("LPUSH", ready, token), ("PEXPIRE", ready, NOTIFY_TTL_MS)]
+            conn.send_packed_command(conn.pack_commands(commands))
+            for _ in commands:
+                conn.read_response()
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
 
 
 class RedissBackend(RedisBackend):

@@ -22,6 +22,11 @@ Delivery semantics every implementation provides:
 A broker object may be used from several event loops in different threads (the
 worker's loop, and the app's bridge loop for sync producers); implementations keep
 per-thread or per-loop connections, or lock, as their client library needs.
+
+Sync producers: a broker whose client library can publish without an event loop
+declares ``supports_blocking_publish`` and implements ``publish_blocking``, with the
+same semantics and errors as ``publish``; the app then sends from a sync caller's own
+thread in one round trip. Other brokers are driven through the app's bridge loop.
 """
 
 from __future__ import annotations
@@ -89,6 +94,8 @@ class Broker(ABC):
     # Declares queues as task_queues says (durable or transient, classic or quorum),
     # given as the "queues" transport option: {name: {"durable": bool, "type": str}}.
     supports_queue_options: ClassVar[bool] = False
+    # Implements publish_blocking: sync callers publish without an event loop.
+    supports_blocking_publish: ClassVar[bool] = False
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         self.url = url
@@ -104,6 +111,17 @@ class Broker(ABC):
     @abstractmethod
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Store the messages durably (as the broker defines it) before returning."""
+
+    def publish_blocking(self, messages: Sequence[Outgoing]) -> None:
+        """``publish`` for a sync caller, in its own thread (``supports_blocking_publish``).
+
+        Safe to call from many threads at once; raises what ``publish`` raises
+        (BrokerUnavailable within the connection timeout for a server that is down).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no blocking publish")
+
+    def close_blocking(self) -> None:
+        """Release what ``publish_blocking`` opened in this process. Safe to call always."""
 
     @abstractmethod
     async def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:

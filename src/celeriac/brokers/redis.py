@@ -38,8 +38,14 @@ How the broker semantics map onto Redis:
 All workers and producers of a queue must use the same ``lease_seconds``: a worker
 reclaims what has been idle longer than its own lease time.
 
+Sync producers (``delay()`` from a thread with no event loop) publish with
+``publish_blocking``: the same script and keys, on one sync redis-py connection pool per
+process (``redis_connection.BlockingClient``) instead of the app's bridge loop.
+
 Connection loss: every call is bounded by ``connection_timeout`` as a whole (connecting,
 retries and all) and raises BrokerUnavailable when the server is unreachable or silent.
+A blocking publish is bounded step by step instead (connecting, then each read or write,
+within the timeout; a timeout is not retried), which comes to about the same.
 A connection that died (the server restarted) is replaced on the next call, the failed
 command retried twice; streams and consumer groups that vanished (a server that lost
 its data) are made again by the next fetch, and Lua scripts the server forgot are sent
@@ -60,8 +66,8 @@ also be given in the URL's query string):
   most 1 s);
 - ``connection_timeout``: every call answers or fails within about this time, so a call
   during an outage raises BrokerUnavailable instead of hanging (default 4 s);
-- ``pool_limit``: Celery's broker_pool_limit, connections per event loop (unbounded by
-  default: connections are opened as concurrent calls need them);
+- ``pool_limit``: Celery's broker_pool_limit, connections per event loop and in the
+  sync pool (unbounded by default: connections are opened as concurrent calls need them);
 - TLS for ``rediss://`` URLs: ``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile``,
   ``ssl_keyfile`` and the other ``ssl_*`` options of redis-py, flat or as one ``ssl``
   mapping (the shape of Celery's ``broker_use_ssl``).
@@ -92,6 +98,7 @@ from celeriac.brokers.base import (
 from celeriac.brokers.buckets_redis import RedisBuckets
 from celeriac.brokers.redis_connection import (
     CONNECTION_OPTIONS,
+    BlockingClient,
     LoopClients,
     RedisSettings,
     check_options,
@@ -156,6 +163,7 @@ class RedisBroker(Broker):
     supports_delay = True
     supports_priority = True
     supports_rate_limit = True
+    supports_blocking_publish = True
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(url, options)
@@ -170,6 +178,8 @@ class RedisBroker(Broker):
         # the fetch script (which moves due ETAs and reclaims expired leases).
         self.max_block = self.reclaim_interval
         self._clients = LoopClients(self.settings.make_client)
+        self._blocking = BlockingClient(self.settings, BrokerUnavailable, BrokerError,
+                                        "Redis broker")
         self._plans: dict[tuple[str, ...], _Plan] = {}
         self._consumer = ("", -1)
 
@@ -252,9 +262,25 @@ class RedisBroker(Broker):
     # -- publishing -----------------------------------------------------------------------
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:
+        for keys, args in self._publish_calls(messages):
+            # One script per batch: the batch is stored all or none, in one round trip.
+            await self._run(PUBLISH, keys, args, "publish")
+
+    def publish_blocking(self, messages: Sequence[Outgoing]) -> None:
+        """``publish`` for sync callers: the same script, on this process's sync pool."""
+        for keys, args in self._publish_calls(messages):
+            self._blocking.script("publish", PUBLISH, keys, args)
+
+    def close_blocking(self) -> None:
+        self._blocking.close()
+
+    def _publish_calls(self, messages: Sequence[Outgoing]) -> list[tuple[list[str], list[Any]]]:
+        """The keys and arguments of the PUBLISH script calls for these messages."""
         now = time.time()
+        calls = []
+        queues_key = self._queues_key
         for batch in _batches(messages):
-            keys = [self._queues_key]
+            keys = [queues_key]
             args: list[Any] = []
             for out in batch:
                 band = min(MAX_PRIORITY, max(MIN_PRIORITY, out.priority))
@@ -268,8 +294,8 @@ class RedisBroker(Broker):
                 else:
                     keys.append(self.stream_key(out.queue, band))
                     args += [out.queue, "", message_id, out.body]
-            # One script per batch: the batch is stored all or none, in one round trip.
-            await self._run(PUBLISH, keys, args, "publish")
+            calls.append((keys, args))
+        return calls
 
     # -- fetching -------------------------------------------------------------------------
 

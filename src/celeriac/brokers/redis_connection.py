@@ -8,13 +8,17 @@ Three things every Redis-facing object here needs, written once:
   connection belongs to the loop that opened it, and a broker object is used from
   several loops (the worker's, the app's bridge loop, ``asyncio.run`` in tests), so each
   loop gets its own client, created on first use and closed when that loop shuts down.
+- ``BlockingClient``: plain blocking calls for sync callers (``delay()``, ``get()``
+  from a thread with no event loop), on one sync redis-py connection pool per process,
+  shared by its threads. A sync call costs one round trip and no thread hop, where the
+  bridge costs two hops and redis.asyncio's heavier command path.
 - ``translate_errors`` and ``Script``: Redis failures become celeriac errors (a lost
   or unreachable server is ``*Unavailable``, never a hang), and Lua scripts run by
   their SHA1 with a fallback to their text when the server's script cache is empty
   (after a restart).
 
-The client library is ``redis`` (redis-py >= 5, asyncio API) with ``hiredis`` as its
-parser; both are imported only by the apps that use a ``redis://`` URL.
+The client library is ``redis`` (redis-py >= 5, asyncio and sync APIs) with ``hiredis``
+as its parser; both are imported only by the apps that use a ``redis://`` URL.
 """
 
 from __future__ import annotations
@@ -22,17 +26,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import ssl
 import threading
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import redis
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
+import redis.retry
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+
+try:  # packs a command in C, where redis-py's packer encodes each argument in Python
+    from hiredis import pack_command as _pack_command
+except ImportError:  # pragma: no cover - hiredis is a dependency of the redis extra
+    _pack_command = None
 
 from celeriac.config import suggest
 from celeriac.errors import CeleriacError, ConfigurationError
@@ -160,6 +173,31 @@ class RedisSettings:
     def make_client(self) -> aioredis.Redis:
         return aioredis.Redis.from_pool(self.make_pool())
 
+    def make_sync_pool(self) -> redis.ConnectionPool:
+        """A sync connection pool (thread-safe; no connection is opened yet).
+
+        There is no event loop to bound a call as a whole, so the sockets bound each
+        step instead: connecting and every read or write take at most the connection
+        timeout (a blocking read gets its own, longer limit: ``BlockingClient.call``).
+        Only a refused or reset connection is retried, quickly; a timeout is not, so a
+        server that stops answering is reported within about the timeout, not a
+        multiple of it.
+        """
+        kwargs: dict[str, Any] = {
+            "socket_connect_timeout": self.connection_timeout,
+            "socket_timeout": self.connection_timeout,
+            "socket_keepalive": True,
+            "retry": redis.retry.Retry(
+                ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), RETRIES,
+                supported_errors=(redis_errors.ConnectionError,)),
+            **self.tls_options,
+        }
+        if self.pool_limit is None:
+            return redis.ConnectionPool.from_url(self.url, **kwargs)
+        return redis.BlockingConnectionPool.from_url(
+            self.url, max_connections=self.pool_limit, timeout=self.connection_timeout,
+            **kwargs)
+
     def deadline(self, extra: float = 0.0) -> asyncio.Timeout:
         """The time limit of one call: the connection timeout, plus ``extra`` for a
         call that is meant to wait (a blocking read).
@@ -231,6 +269,119 @@ async def _close_with_loop(client: aioredis.Redis) -> AsyncGenerator[None, None]
     finally:
         with contextlib.suppress(Exception):  # closing a broken connection may fail too
             await client.aclose()
+
+
+# -- blocking calls for sync callers -----------------------------------------------------
+
+
+class BlockingClient:
+    """Blocking Redis calls, on one sync connection pool per process.
+
+    For sync callers (``delay()``, ``get()`` in a plain thread): a call is one round
+    trip on a pooled connection, with no event loop involved. redis-py's sync pool is
+    thread-safe, so every thread of the process shares it; after a fork the child makes
+    a pool of its own (the parent's sockets are never used by two processes).
+
+    Commands go straight to a pooled connection rather than through ``redis.Redis``,
+    whose per-command bookkeeping costs about a quarter of a round trip here. Errors are
+    translated as ``translate_errors`` does: ``unavailable`` for a lost, refused or silent
+    server, ``error`` for anything else Redis reports.
+    """
+
+    def __init__(self, settings: RedisSettings, unavailable: type[CeleriacError],
+                 error: type[CeleriacError], what: str) -> None:
+        self.settings = settings
+        self._unavailable = unavailable
+        self._error = error
+        self._what = what
+        self._lock = threading.Lock()
+        self._pool: redis.ConnectionPool | None = None
+        self._pid = -1
+
+    def pool(self) -> redis.ConnectionPool:
+        pool = self._pool
+        if pool is None or self._pid != os.getpid():
+            with self._lock:
+                if self._pool is None or self._pid != os.getpid():
+                    # After a fork the parent's pool is dropped, not disconnected: its
+                    # sockets are the parent's to use and close.
+                    self._pool = self.settings.make_sync_pool()
+                    self._pid = os.getpid()
+                pool = self._pool
+        assert pool is not None
+        return pool
+
+    def call(self, what: str, *args: Any, block: float | None = None) -> Any:
+        """Run one command and return its reply.
+
+        ``block``: seconds the command may wait on the server (BLPOP's timeout), on top
+        of which its reply may take the connection timeout. A connection that breaks
+        under the command (the server restarted) is replaced and the command sent again,
+        at most ``RETRIES`` times and within about the connection timeout.
+        """
+        pool = self.pool()
+        timeout = self.settings.connection_timeout
+        attempt = 0
+        started = 0.0
+        while True:
+            try:
+                conn: Any = pool.get_connection()  # its methods are untyped in redis-py
+            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+                raise self._unavailable_error(what, exc) from exc
+            except redis_errors.RedisError as exc:
+                raise self._error(f"{self._what} {what}: {type(exc).__name__}: {exc}") from exc
+            try:
+                if _pack_command is not None:
+                    conn.send_packed_command((_pack_command(args),))
+                else:
+                    conn.send_command(*args)
+                if block is None:
+                    return conn.read_response()
+                return conn.read_response(timeout=block + timeout)
+            except redis_errors.ConnectionError as exc:
+                conn.disconnect()
+                if not started:
+                    started = time.monotonic()
+                if attempt >= RETRIES or time.monotonic() - started >= timeout:
+                    raise self._unavailable_error(what, exc) from exc
+                attempt += 1
+                time.sleep(min(RETRY_BACKOFF_CAP, RETRY_BACKOFF_BASE * 2 ** attempt))
+            except (redis_errors.TimeoutError, OSError) as exc:
+                conn.disconnect()
+                raise self._unavailable_error(what, exc) from exc
+            except redis_errors.ResponseError:
+                raise  # the connection is fine; the caller decides (NOSCRIPT, NOGROUP)
+            except redis_errors.RedisError as exc:
+                conn.disconnect()
+                raise self._error(f"{self._what} {what}: {type(exc).__name__}: {exc}") from exc
+            except BaseException:
+                conn.disconnect()  # a reply half read must not reach the next caller
+                raise
+            finally:
+                pool.release(conn)
+
+    def script(self, what: str, script: Script, keys: Sequence[str],
+               args: Sequence[str | bytes | int | float]) -> Any:
+        """Run a Lua script by SHA1, sending its text when the server lacks it."""
+        try:
+            try:
+                return self.call(what, "EVALSHA", script.sha, len(keys), *keys, *args)
+            except redis_errors.NoScriptError:
+                return self.call(what, "EVAL", script.source, len(keys), *keys, *args)
+        except redis_errors.ResponseError as exc:
+            raise self._error(f"{self._what} {what}: {type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close this process's connections; the next call opens new ones."""
+        with self._lock:
+            pool, mine = self._pool, self._pid == os.getpid()
+            self._pool = None
+        if pool is not None and mine:
+            pool.disconnect()
+
+    def _unavailable_error(self, what: str, exc: BaseException) -> CeleriacError:
+        return self._unavailable(
+            f"{self._what} {what}: Redis is unavailable ({type(exc).__name__}: {exc})")
 
 
 # -- errors -------------------------------------------------------------------------------
