@@ -8,6 +8,7 @@ raising ``DecodeError`` for anything that is not a well-formed version-1 message
 from __future__ import annotations
 
 import dataclasses
+import operator
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,10 +49,12 @@ class Message:
                                    "args": self.args, "kwargs": self.kwargs,
                                    "queue": self.queue, "sent_at": self.sent_at}
         # Optional fields are left out at their defaults: smaller messages, faster codecs.
-        for name, default in _OPTIONAL_DEFAULTS.items():
-            value = getattr(self, name)
-            if value != default:
-                payload[name] = value
+        values = _optional_values(self)
+        if values != _OPTIONAL_VALUES:  # most messages set none: one comparison
+            for name, default, value in zip(_OPTIONAL_NAMES, _OPTIONAL_VALUES, values,
+                                            strict=True):
+                if value is not default and value != default:
+                    payload[name] = value
         return payload
 
     @classmethod
@@ -82,6 +85,11 @@ _OPTIONAL_DEFAULTS: dict[str, Any] = {
     "callbacks": (), "errbacks": (), "headers": {},
     "time_limit": None, "soft_time_limit": None,
 }
+
+
+_OPTIONAL_NAMES = tuple(_OPTIONAL_DEFAULTS)
+_OPTIONAL_VALUES = tuple(_OPTIONAL_DEFAULTS.values())
+_optional_values = operator.attrgetter(*_OPTIONAL_NAMES)
 
 
 def _typed(payload: dict[str, Any], name: str, kind: Any) -> Any:

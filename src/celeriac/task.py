@@ -136,6 +136,7 @@ class Task(Generic[P, R]):
         self.options = options  # the decorator's; read back with task_annotations applied
         self.is_async = inspect.iscoroutinefunction(fn)
         self._signature = _call_signature(fn, bind)
+        self._simple_params = _simple_params(self._signature)
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", name)
         self.__module__ = getattr(fn, "__module__", __name__)
@@ -199,6 +200,21 @@ class Task(Generic[P, R]):
 
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Raise TypeError, naming the task, if the function cannot take these arguments."""
+        simple = self._simple_params
+        if simple is not None:
+            # Plain parameters only: the checks Signature.bind makes, without its cost.
+            # Anything this does not accept is left to bind, which explains it.
+            names, required = simple
+            given = len(args)
+            if given <= len(names):
+                if not kwargs:
+                    if given >= required:
+                        return
+                else:
+                    rest = names[given:]
+                    if all(key in rest for key in kwargs) \
+                            and all(name in kwargs for name in names[given:required]):
+                        return
         try:
             self._signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -336,6 +352,18 @@ def _now() -> float:
     import time
 
     return time.time()
+
+
+def _simple_params(signature: inspect.Signature) -> tuple[tuple[str, ...], int] | None:
+    """(names, how many have no default) when every parameter is a plain one (positional
+    or keyword, no ``*args``, ``**kwargs`` or keyword-only ones), else None."""
+    params = list(signature.parameters.values())
+    if any(p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params):
+        return None
+    required = sum(1 for p in params if p.default is inspect.Parameter.empty)
+    if any(p.default is not inspect.Parameter.empty for p in params[:required]):
+        return None  # defaults not all at the end: cannot happen in Python, but be sure
+    return tuple(p.name for p in params), required
 
 
 def _call_signature(fn: Callable[..., Any], bind: bool) -> inspect.Signature:
