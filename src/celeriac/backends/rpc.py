@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiormq
@@ -60,6 +60,8 @@ class RPCBackend(ResultBackend):
     """Results published to the caller's own reply queue. See the module docstring."""
 
     scheme = "rpc"
+    # Results arrive in this process's memory: a sync caller waits in its own thread.
+    supports_blocking: ClassVar[bool] = True
 
     def __init__(self, url: str = "rpc://", options: Mapping[str, Any] | None = None) -> None:
         super().__init__(url, options)
@@ -75,7 +77,9 @@ class RPCBackend(ResultBackend):
         self.reply_queue = f"celeriac.reply.{uuid.uuid4().hex}"
         self._lock = threading.Lock()
         self._results: dict[str, tuple[bytes, float | None]] = {}
-        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
+        # Who waits for a task's result: a future on an event loop (``wait``), or a
+        # thread (``wait_blocking``), woken straight from the listener's thread.
+        self._waiters: dict[str, list[_Waiter]] = {}
         self._listener: _Listener | None = None
         self._publishers: dict[asyncio.AbstractEventLoop, _Publisher] = {}
 
@@ -123,9 +127,39 @@ class RPCBackend(ResultBackend):
                 self._forget_waiter(task_id, future)
                 return None
 
-    def _forget_waiter(self, task_id: str, future: asyncio.Future[None]) -> None:
+    def wait_blocking(self, task_id: str, timeout: float | None,
+                      accept: Callable[[bytes], bool] | None = None) -> bytes | None:
+        """``wait`` in the caller's thread: the listener's thread wakes it directly."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            event = threading.Event()
+            with self._lock:
+                self._waiters.setdefault(task_id, []).append(event)
+            try:
+                data = self._load(task_id)
+                if data is not None and (accept is None or accept(data)):
+                    return data
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                if not event.wait(remaining):
+                    return None
+            finally:
+                self._forget_waiter(task_id, event)
+
+    def load_many_blocking(self, task_ids: Sequence[str]) -> dict[str, bytes]:
+        found = {}
+        for task_id in task_ids:
+            data = self._load(task_id)
+            if data is not None:
+                found[task_id] = data
+        return found
+
+    def _forget_waiter(self, task_id: str, waiter: asyncio.Future[None] | threading.Event
+                       ) -> None:
         with self._lock:
-            waiters = [w for w in self._waiters.get(task_id, []) if w[1] is not future]
+            waiters = [w for w in self._waiters.get(task_id, [])
+                       if (w if isinstance(w, threading.Event) else w[1]) is not waiter]
             if waiters:
                 self._waiters[task_id] = waiters
             else:
@@ -137,12 +171,7 @@ class RPCBackend(ResultBackend):
         self._keep(results, ttl)
 
     async def load_many(self, task_ids: Sequence[str]) -> dict[str, bytes]:
-        found = {}
-        for task_id in task_ids:
-            data = self._load(task_id)
-            if data is not None:
-                found[task_id] = data
-        return found
+        return self.load_many_blocking(task_ids)
 
     async def delete_many(self, task_ids: Sequence[str]) -> None:
         with self._lock:
@@ -163,7 +192,11 @@ class RPCBackend(ResultBackend):
         with self._lock:
             for task_id, data in results.items():
                 self._results[task_id] = (data, until)
-                for loop, future in self._waiters.pop(task_id, ()):
+                for waiter in self._waiters.pop(task_id, ()):
+                    if isinstance(waiter, threading.Event):
+                        waiter.set()
+                        continue
+                    loop, future = waiter
                     with contextlib.suppress(RuntimeError):  # that loop has closed
                         loop.call_soon_threadsafe(_resolve, future)
 
@@ -243,6 +276,9 @@ class RPCBackend(ResultBackend):
         ttl = (properties.headers or {}).get(TTL_HEADER)
         self._keep({task_id: message.body},
                    float(ttl) if isinstance(ttl, int | float) and ttl > 0 else None)
+
+
+_Waiter = tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | threading.Event
 
 
 class _Listener:
