@@ -8,6 +8,8 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import pytest
+
 from celeriac.backends import ResultBackend
 
 # Slack for timers on a busy machine: an event due at t must have happened by t + SLACK.
@@ -161,3 +163,92 @@ async def test_many_waiters_on_one_loop_all_wake(backend: ResultBackend) -> None
     got = await asyncio.wait_for(asyncio.gather(*waiters), 5)
 
     assert got == [str(n).encode() for n in range(50)]
+
+
+# -- sync callers (backends with supports_blocking) ------------------------------------
+
+
+def blocking(backend: ResultBackend) -> ResultBackend:
+    if not backend.supports_blocking:
+        pytest.skip(f"{backend.scheme}:// serves sync callers through the app's bridge")
+    return backend
+
+
+def test_blocking_load_and_wait_read_what_the_async_api_stored(
+        backend: ResultBackend) -> None:
+    backend = blocking(backend)
+    asyncio.run(backend.store_many({"a": b"\x00result a", "b": bytes(range(256))}, 60))
+
+    assert backend.load_many_blocking(["a", "b", "missing"]) == {
+        "a": b"\x00result a", "b": bytes(range(256))}
+    assert backend.load_many_blocking([]) == {}
+    started = time.monotonic()
+    assert backend.wait_blocking("a", timeout=5) == b"\x00result a"
+    assert time.monotonic() - started < SLACK
+
+
+def test_blocking_wait_returns_when_stored_from_another_thread(
+        backend: ResultBackend) -> None:
+    backend = blocking(backend)
+    with storing_later(backend, [b"SUCCESS"], delay=0.2) as stored_at:
+        got = backend.wait_blocking("t", timeout=5)
+        woke = time.monotonic()
+
+    assert got == b"SUCCESS"
+    assert woke - stored_at[0] < SLACK
+
+
+def test_blocking_wait_times_out_with_none_without_spinning(backend: ResultBackend) -> None:
+    backend = blocking(backend)
+    wall, cpu = time.monotonic(), time.process_time()
+
+    got = backend.wait_blocking("never", timeout=0.4)
+
+    wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+    assert got is None
+    assert 0.35 <= wall < 0.4 + SLACK
+    assert cpu < 0.2 * wall, f"waiting used {cpu:.3f}s of CPU in {wall:.3f}s"
+
+
+def test_blocking_wait_skips_what_accept_refuses(backend: ResultBackend) -> None:
+    backend = blocking(backend)
+    asyncio.run(backend.store("t", b"STARTED", None))
+    seen: list[bytes] = []
+
+    def final(data: bytes) -> bool:
+        seen.append(data)
+        return data == b"SUCCESS"
+
+    with storing_later(backend, [b"RETRY", b"SUCCESS"], delay=0.1) as stored_at:
+        got = backend.wait_blocking("t", timeout=5, accept=final)
+        woke = time.monotonic()
+
+    assert got == b"SUCCESS"
+    assert seen[0] == b"STARTED"
+    assert seen[-1] == b"SUCCESS"
+    assert woke - stored_at[-1] < SLACK
+
+
+def test_every_sync_waiter_of_one_result_wakes_when_it_is_stored(
+        backend: ResultBackend) -> None:
+    # Several threads wait on the same id (get() of one result in many places): each
+    # must wake when the result is stored, not one of them and the rest only later.
+    backend = blocking(backend)
+    results: dict[int, tuple[bytes | None, float]] = {}
+
+    def wait(n: int) -> None:
+        got = backend.wait_blocking("shared", timeout=5)
+        results[n] = (got, time.monotonic())
+
+    waiters = [threading.Thread(target=wait, args=(n,)) for n in range(5)]
+    for thread in waiters:
+        thread.start()
+    with storing_later(backend, [b"SUCCESS"], task_id="shared", delay=0.3) as stored_at:
+        for thread in waiters:
+            thread.join(10)
+
+    assert sorted(results) == list(range(5))
+    assert {got for got, _ in results.values()} == {b"SUCCESS"}
+    assert max(woke for _, woke in results.values()) - stored_at[0] < SLACK
+    backend.close_blocking()  # pushes back what it popped, then closes; usable again
+    assert backend.wait_blocking("shared", timeout=1) == b"SUCCESS"

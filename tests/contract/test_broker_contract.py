@@ -148,6 +148,58 @@ async def test_waiting_fetch_wakes_on_publish_from_another_thread(broker: Broker
     assert woke - published_at[0] < SLACK
 
 
+# -- sync producers (brokers with supports_blocking_publish) ---------------------------
+
+
+def blocking(broker: Broker) -> Broker:
+    if not broker.supports_blocking_publish:
+        pytest.skip(f"{broker.scheme} serves sync producers through the app's bridge")
+    return broker
+
+
+async def test_blocking_publish_is_fetched_as_publish_would_store_it(broker: Broker) -> None:
+    broker = blocking(broker)
+    one_by_one = [message(priority=p, body=bytes(range(256)) * 2) for p in (0, 5, 0)]
+    batch = [message(priority=p) for p in (0, 9, 5)] + [message(eta=time.time() + 60)]
+    for out in one_by_one:
+        broker.publish_blocking([out])
+    broker.publish_blocking(batch)
+
+    got = await broker.fetch(["q"], 100, timeout=1)
+
+    # The same order as published with publish(): priority, then oldest first
+    expected = sorted(one_by_one + batch[:3], key=lambda m: -m.priority)
+    assert ids(got) == ids(expected)
+    assert [(d.body, d.priority, d.delivery_count) for d in got] == [
+        (m.body, m.priority, 1) for m in expected]
+    # and a message with an eta waits in the broker
+    assert await stats(broker) == QueueStats("q", ready=0, scheduled=1, in_flight=6)
+
+
+async def test_blocking_publish_from_another_thread_wakes_a_waiting_fetch(
+        broker: Broker) -> None:
+    broker = blocking(broker)
+    sent = message()
+    published_at: list[float] = []
+
+    def produce() -> None:
+        time.sleep(0.05)  # let the fetch find the queue empty and start waiting
+        broker.publish_blocking([sent])
+        published_at.append(time.monotonic())
+
+    thread = threading.Thread(target=produce)
+    thread.start()
+    try:
+        got = await broker.fetch(["q"], 10, timeout=5)
+        woke = time.monotonic()
+    finally:
+        thread.join()
+        broker.close_blocking()
+
+    assert ids(got) == [sent.id]
+    assert woke - published_at[0] < SLACK
+
+
 # -- eta --------------------------------------------------------------------------------
 
 

@@ -186,3 +186,59 @@ def test_send_many_checks_everything_before_sending(app: App) -> None:
     assert len({r.id for r in results}) == 2501
     assert stats(app).ready == 2500
     assert stats(app, "other").ready == 1
+
+
+# Calls checked against many signatures: .delay() must accept exactly what the function
+# accepts, and refuse the rest with the TypeError Python itself would give.
+def plain(a, b, c=3): ...
+def no_params(): ...
+def star(a, *rest, key=1, **extra): ...
+def keyword_only(a, *, b): ...
+def positional_only(a, /, b=2): ...
+
+
+CALLS: list[tuple[tuple[object, ...], dict[str, object]]] = [
+    ((), {}), ((1,), {}), ((1, 2), {}), ((1, 2, 3), {}), ((1, 2, 3, 4), {}),
+    ((), {"a": 1, "b": 2}), ((1,), {"b": 2}), ((1,), {"b": 2, "c": 3}), ((1,), {"a": 1}),
+    ((1, 2), {"c": 3}), ((1, 2), {"d": 4}), ((), {"b": 2}), ((1,), {"c": 3}),
+    ((1, 2), {"a": 1}), ((), {"a": 1}), ((1,), {"rest": 2}), ((1,), {"key": 2, "z": 3}),
+]
+
+
+@pytest.mark.parametrize("fn", [plain, no_params, star, keyword_only, positional_only])
+def test_delay_accepts_exactly_the_calls_the_function_accepts(app: App, fn: object) -> None:
+    import inspect
+
+    task = app.task(fn)
+    signature = inspect.signature(fn)
+
+    def python_says(args: tuple[object, ...], kwargs: dict[str, object]) -> str | None:
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            return str(exc)
+        return None
+
+    for args, kwargs in CALLS:
+        expected = python_says(args, kwargs)
+        if expected is None:
+            task.delay(*args, **kwargs)  # sent without a complaint
+        else:
+            with pytest.raises(TypeError) as raised:
+                task.delay(*args, **kwargs)
+            assert str(raised.value).endswith(f": {expected}"), (args, kwargs)
+
+
+def test_task_ids_are_distinct_random_uuids(app: App) -> None:
+    import uuid
+
+    @app.task
+    def noop() -> None: ...
+
+    ids = [noop.delay().id for _ in range(1000)]
+
+    assert len(set(ids)) == 1000
+    for task_id in ids[:50]:
+        parsed = uuid.UUID(task_id)
+        assert str(parsed) == task_id
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)

@@ -42,13 +42,17 @@ import redis.retry
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-try:  # packs a command in C, where redis-py's packer encodes each argument in Python
-    from hiredis import pack_command as _pack_command
-except ImportError:  # pragma: no cover - hiredis is a dependency of the redis extra
-    _pack_command = None
-
 from celeriac.config import suggest
 from celeriac.errors import CeleriacError, ConfigurationError
+
+# Packs a command in C, where redis-py's packer encodes each argument in Python.
+_pack_command: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _hiredis_pack_command
+
+    _pack_command = _hiredis_pack_command
+except ImportError:  # pragma: no cover - hiredis comes with celeriac's redis extra
+    _pack_command = None
 
 DEFAULT_CONNECTION_TIMEOUT = 4.0  # as the broker_connection_timeout setting
 # Connections per event loop: none by default. redis.asyncio opens connections only as
@@ -324,17 +328,9 @@ class BlockingClient:
         attempt = 0
         started = 0.0
         while True:
+            conn = self._connection(pool, what)
             try:
-                conn: Any = pool.get_connection()  # its methods are untyped in redis-py
-            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-                raise self._unavailable_error(what, exc) from exc
-            except redis_errors.RedisError as exc:
-                raise self._error(f"{self._what} {what}: {type(exc).__name__}: {exc}") from exc
-            try:
-                if _pack_command is not None:
-                    conn.send_packed_command((_pack_command(args),))
-                else:
-                    conn.send_command(*args)
+                _send(conn, args)
                 if block is None:
                     return conn.read_response()
                 return conn.read_response(timeout=block + timeout)
@@ -360,6 +356,15 @@ class BlockingClient:
             finally:
                 pool.release(conn)
 
+    def _connection(self, pool: redis.ConnectionPool, what: str) -> Any:
+        """A connected connection of the pool (its methods are untyped in redis-py)."""
+        try:
+            return pool.get_connection()
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            raise self._unavailable_error(what, exc) from exc
+        except redis_errors.RedisError as exc:
+            raise self._error(f"{self._what} {what}: {type(exc).__name__}: {exc}") from exc
+
     def script(self, what: str, script: Script, keys: Sequence[str],
                args: Sequence[str | bytes | int | float]) -> Any:
         """Run a Lua script by SHA1, sending its text when the server lacks it."""
@@ -382,6 +387,18 @@ class BlockingClient:
     def _unavailable_error(self, what: str, exc: BaseException) -> CeleriacError:
         return self._unavailable(
             f"{self._what} {what}: Redis is unavailable ({type(exc).__name__}: {exc})")
+
+
+def _send(conn: Any, args: tuple[Any, ...]) -> None:
+    if _pack_command is not None:
+        try:
+            packed = _pack_command(args)
+        except TypeError:
+            pass  # a type only redis-py's packer takes (a bytearray): let it pack
+        else:
+            conn.send_packed_command((packed,))
+            return
+    conn.send_command(*args)
 
 
 # -- errors -------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ import asyncio
 import ssl
 
 import pytest
+import redis
+import redis.connection
 from redis.asyncio.connection import SSLConnection
 
 from celeriac import App
@@ -71,6 +73,28 @@ def test_the_backend_takes_tls_options_too() -> None:
     connection = asyncio.run(make())
     assert isinstance(connection, SSLConnection)
     assert connection.cert_reqs == ssl.CERT_NONE
+
+
+def test_sync_callers_connect_with_the_same_tls_options_and_pool_limit() -> None:
+    # delay() and get() from a plain thread use a sync pool: same server, same TLS
+    broker = create_broker("rediss://cache.example:6380/2?ssl_cert_reqs=required", {
+        "ssl_ca_certs": "/etc/ssl/ca.pem", "ssl_certfile": "/etc/ssl/client.pem",
+        "ssl_keyfile": "/etc/ssl/client.key", "pool_limit": 3, "connection_timeout": 2.5})
+    assert isinstance(broker, RedisBroker)
+    pool = broker.settings.make_sync_pool()
+    connection = pool.make_connection()
+
+    assert isinstance(connection, redis.connection.SSLConnection)
+    assert (connection.host, connection.port, connection.db) == ("cache.example", 6380, 2)
+    assert connection.cert_reqs == ssl.CERT_REQUIRED
+    assert connection.ca_certs == "/etc/ssl/ca.pem"
+    assert (connection.certfile, connection.keyfile) == ("/etc/ssl/client.pem",
+                                                         "/etc/ssl/client.key")
+    # At most pool_limit connections; a caller waits for one up to the timeout
+    assert isinstance(pool, redis.BlockingConnectionPool)
+    assert (pool.max_connections, pool.timeout) == (3, 2.5)
+    # A silent server is reported within the timeout: every socket step is bounded
+    assert connection.socket_timeout == connection.socket_connect_timeout == 2.5
 
 
 def test_tls_options_on_a_plain_url_are_an_error() -> None:

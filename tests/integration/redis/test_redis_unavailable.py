@@ -130,3 +130,42 @@ def test_waiting_on_a_result_fails_in_time(server: str, request: pytest.FixtureR
         return elapsed
 
     assert asyncio.run(wait()) < TIMEOUT + SLACK
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("server", ["closed_port", "black_hole"])
+def test_sync_waits_and_reads_fail_in_time(server: str, request: pytest.FixtureRequest) -> None:
+    # What AsyncResult.get() and .state call in a thread with no event loop
+    url = request.getfixturevalue(server)
+    backend = create_backend(url, {"connection_timeout": TIMEOUT})
+    try:
+        for name, call in {
+            "wait": lambda: backend.wait_blocking("some-task", timeout=10),
+            "load": lambda: backend.load_many_blocking(["some-task"]),
+        }.items():
+            started = time.monotonic()
+            with pytest.raises(BackendError, match="Redis is unavailable"):
+                call()
+            assert time.monotonic() - started < TIMEOUT + SLACK, name
+    finally:
+        backend.close_blocking()
+
+
+@pytest.mark.timeout(30)
+def test_get_and_state_raise_backend_error_when_the_backend_is_down(closed_port: str) -> None:
+    # Given an app whose result backend is down (its broker is fine)
+    app = App("down", broker="memory://", backend=closed_port)
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    try:
+        result = add.delay(1, 2)
+        # Then reading the result is a clear error, not a hang or a PENDING that lies
+        with pytest.raises(BackendError, match="Redis is unavailable"):
+            result.get(timeout=10)
+        with pytest.raises(BackendError, match="Redis is unavailable"):
+            _ = result.state
+    finally:
+        app.close()
