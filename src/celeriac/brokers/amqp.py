@@ -22,6 +22,11 @@ How the ``Broker`` contract maps onto RabbitMQ
 retried within ``publish_timeout``; after that ``BrokerUnavailable`` is raised. A message
 is never dropped silently (it may be stored twice when a confirm is lost: at least once).
 
+*Sync producers* (``publish_blocking``, ``supports_blocking_publish``): ``delay()`` from
+a plain thread publishes on a pooled blocking socket of its own (``amqp_blocking``),
+with the same confirms, retries and errors, instead of hopping to the app's bridge
+loop; queues are still declared by the ``Link`` code, on a private loop, once.
+
 *Queues*: each queue has a ``QueueSpec`` (``amqp_topology``): by default durable, with
 persistent messages, ``x-max-priority=10`` and classic queue storage version 2 (it
 confirms persistent messages several times sooner than version 1). A **transient**
@@ -90,8 +95,10 @@ lost channel and consumes again on the new connection.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -101,8 +108,17 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from aiormq.abc import DeliveredMessage
+from aiormq.exceptions import AMQPError
 
-from celeriac.brokers.amqp_link import CLOSE_TIMEOUT, Context, Link, Receipt
+from celeriac.bridge import Bridge
+from celeriac.brokers.amqp_blocking import (
+    BlockingPool,
+    ConnectionLost,
+    Server,
+    redeclare,
+    refused,
+)
+from celeriac.brokers.amqp_link import CLOSE_TIMEOUT, Context, Envelope, Link, Receipt
 from celeriac.brokers.amqp_topology import (
     DELAY_LEVELS,
     HEADER_DEAD_AT,
@@ -113,6 +129,7 @@ from celeriac.brokers.amqp_topology import (
     Topology,
 )
 from celeriac.brokers.base import Broker, DeadLetter, Delivery, Outgoing, QueueStats
+from celeriac.errors import BrokerUnavailable
 
 T = TypeVar("T")
 
@@ -126,6 +143,7 @@ class AMQPBroker(Broker):
     supports_delay = True
     supports_priority = True
     supports_queue_options = True
+    supports_blocking_publish = True
 
     def __init__(self, url: str = DEFAULT_URL, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(url, options)
@@ -138,6 +156,13 @@ class AMQPBroker(Broker):
                                 self.lease_seconds)
         self._links: dict[asyncio.AbstractEventLoop, Link] = {}
         self._links_lock = threading.Lock()
+        # publish_blocking: pooled sockets, and a loop of its own for declaring queues.
+        self._pool = BlockingPool(Server.from_url(
+            connection_url, f"celeriac pid {os.getpid()} sync publisher"))
+        self._declarer: Bridge | None = None
+        self._blocking_lock = threading.Lock()
+        self._blocking_queues: set[str] = set()  # declared for blocking publishes
+        self._blocking_ladders: set[str] = set()
 
     def queue_spec(self, queue: str) -> QueueSpec:
         """How ``queue`` lives on RabbitMQ (durable or transient, classic or quorum)."""
@@ -161,6 +186,7 @@ class AMQPBroker(Broker):
         await link.run(lambda: link.declare([]))
 
     async def close(self) -> None:
+        self._pool.close()  # the sync publisher's sockets too (reopened when next used)
         with self._links_lock:
             links = list(self._links.values())
             self._links.clear()
@@ -180,6 +206,117 @@ class AMQPBroker(Broker):
             eta_ms=None if out.eta is None else math.ceil(out.eta * 1000))
             for out in messages]
         await link.publish(envelopes, self.settings.publish_timeout)
+
+    def publish_blocking(self, messages: Sequence[Outgoing]) -> None:
+        """``publish`` in the caller's thread, on a pooled socket (``amqp_blocking``).
+
+        Confirmed like ``publish``: returns once RabbitMQ confirmed every message; what
+        a lost connection left unconfirmed is sent again on a new one (at least once);
+        ``BrokerUnavailable`` when that does not succeed within ``publish_timeout``.
+        """
+        if not messages:
+            return
+        now_ms = time.time() * 1000
+        envelopes = [self._context.envelope(
+            out.queue, out.id, out.body, out.priority, now_ms=now_ms,
+            eta_ms=None if out.eta is None else math.ceil(out.eta * 1000))
+            for out in messages]
+        timeout = self.settings.publish_timeout
+        deadline = time.monotonic() + timeout
+        pending = envelopes
+        error: BaseException | None = None
+        pause = 0.05
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BrokerUnavailable(
+                    f"RabbitMQ at {self._context.safe_url} did not confirm {len(pending)} "
+                    f"message(s) within {timeout:g}s ({type(error).__name__}: {error}); "
+                    "they may not have been stored") from error
+            try:
+                self._declare_blocking(pending, remaining)
+                connection = self._pool.take(min(remaining, self.settings.connect_timeout))
+            except (ConnectionLost, BrokerUnavailable, TimeoutError) as exc:
+                error = exc
+                time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = min(1.0, pause * 2)
+                continue
+            try:
+                route = self._context.route
+                outcomes = connection.publish(
+                    [(e.body, *route(e), e.properties) for e in pending], remaining)
+            except BaseException as exc:
+                connection.close()
+                if isinstance(exc, ConnectionLost | AMQPError):
+                    if (final := refused(exc)) is not None:
+                        raise final from exc
+                    if redeclare(exc):
+                        self._forget_blocking_declared()
+                    error = exc
+                    continue
+                raise
+            self._pool.give(connection)
+            failed = []
+            for envelope, outcome in zip(pending, outcomes, strict=True):
+                if outcome is not None:
+                    if redeclare(outcome):
+                        self._forget_blocking_declared()
+                    error = outcome
+                    failed.append(envelope)
+            pending = failed
+
+    def _declare_blocking(self, envelopes: Sequence[Envelope], timeout: float) -> None:
+        """Declare the queues (and delay ladders) not yet declared for blocking publishes.
+
+        Once per queue and process, on the broker's private loop, by the same ``Link``
+        code the event-loop path declares with.
+        """
+        now_ms = time.time() * 1000
+        queues = {e.queue for e in envelopes} - self._blocking_queues
+        ladders = {e.queue for e in envelopes if e.delayed(now_ms)} - self._blocking_ladders
+        if not queues and not ladders:
+            return
+        with self._blocking_lock:
+            if self._declarer is None:
+                self._declarer = Bridge("celeriac-amqp-declare")
+            loop = self._declarer.loop
+
+        async def declare() -> None:
+            link = self._link()
+            if not (self._blocking_queues or self._blocking_ladders):
+                link.forget_declared()  # maybe deleted under us: check every name again
+            await link.run(lambda: link.declare(sorted(queues), sorted(ladders)))
+
+        future = asyncio.run_coroutine_threadsafe(declare(), loop)
+        try:
+            future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"declaring queues took over {timeout:.3g}s") from None
+        with self._blocking_lock:
+            self._blocking_queues |= queues
+            self._blocking_ladders |= ladders
+
+    def _forget_blocking_declared(self) -> None:
+        with self._blocking_lock:
+            self._blocking_queues.clear()
+            self._blocking_ladders.clear()
+
+    def close_blocking(self) -> None:
+        self._pool.close()
+        with self._blocking_lock:
+            declarer, self._declarer = self._declarer, None
+            self._blocking_queues.clear()
+            self._blocking_ladders.clear()
+        if declarer is None:
+            return
+        loop = declarer.loop
+        with self._links_lock:
+            link = self._links.pop(loop, None)
+        if link is not None:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(link.close(), loop).result(CLOSE_TIMEOUT)
+        declarer.close()
 
     async def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
         if limit <= 0 or not queues:

@@ -494,6 +494,12 @@ class Link:
         self.declared.add(queue)
         self.ctx.known.add(queue)
 
+    def forget_declared(self) -> None:
+        """Declare everything again when next used (something was deleted under us)."""
+        self.declared.clear()
+        self.ladders.clear()
+        self.shared_declared = False
+
     async def exists(self, name: str) -> spec.Queue.DeclareOk | None:
         """The queue's passive declare, or None when it does not exist."""
         channel = await self._admin_channel()
@@ -576,9 +582,7 @@ class Link:
                               f"{error}") from error
         if isinstance(error, PublishError | ChannelNotFoundEntity):
             # Unroutable, or an exchange missing: deleted under us. Declare it all again.
-            self.declared.clear()
-            self.ladders.clear()
-            self.shared_declared = False
+            self.forget_declared()
             return error
         if isinstance(error, AMQPError | TimeoutError) or lost(error):
             return error

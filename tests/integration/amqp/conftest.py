@@ -11,7 +11,7 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
-from rabbit_harness import Deploy, Rabbit, RabbitDeployment
+from rabbit_harness import Deploy, FreezableProxy, Rabbit, RabbitDeployment
 
 _DEPLOYMENTS = pytest.StashKey[list[RabbitDeployment]]()
 
@@ -28,6 +28,15 @@ def rabbit(request: pytest.FixtureRequest) -> Iterator[Rabbit]:
     Tests marked ``restarts_rabbitmq`` may stop and start the broker; they run alone.
     """
     server = Rabbit(restarts=request.node.get_closest_marker("restarts_rabbitmq") is not None)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def proxy() -> Iterator[FreezableProxy]:
+    server = FreezableProxy()
     try:
         yield server
     finally:

@@ -13,6 +13,7 @@ Without RabbitMQ (or ``rabbitmqctl``) the tests are skipped, except under CI (th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import shutil
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -252,3 +254,54 @@ class RabbitDeployment(Deployment):
 
 # What the ``deploy`` fixture gives: ``deploy(backend=None, **transport_options)``.
 Deploy = Callable[..., RabbitDeployment]
+
+
+class FreezableProxy:
+    """A TCP proxy to RabbitMQ that can stop passing bytes while keeping sockets open:
+    to both ends the other one looks alive but silent, as across a network partition."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._open = threading.Event()
+        self._open.set()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self) -> None:
+        self._open.clear()
+
+    def thaw(self) -> None:
+        """Pass bytes again; the connections that were frozen are cut, new ones work."""
+        with self._lock:
+            frozen, self._sockets = self._sockets, []
+        for sock in frozen:
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._open.set()
+
+    def close(self) -> None:
+        self.thaw()
+        self._server.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            self._open.wait()
+            upstream = socket.create_connection((HOST, PORT))
+            with self._lock:
+                self._sockets += [client, upstream]
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                while not self._open.wait(0.1):
+                    if source.fileno() < 0:
+                        return
+                target.sendall(data)

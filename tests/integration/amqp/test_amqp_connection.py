@@ -4,78 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 
-import pytest
-from rabbit_harness import HOST, PORT, Deploy, Rabbit
+from rabbit_harness import Deploy, FreezableProxy, Rabbit
 from worker_harness import kill_pid, wait_until
 
 from celeriac.brokers import Broker, Delivery, Outgoing, create_broker
 from celeriac.errors import BrokerUnavailable
-
-
-class FreezableProxy:
-    """A TCP proxy to RabbitMQ that can stop passing bytes while keeping sockets open:
-    to both ends the other one looks alive but silent, as across a network partition."""
-
-    def __init__(self) -> None:
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.port = self._server.getsockname()[1]
-        self._open = threading.Event()
-        self._open.set()
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def freeze(self) -> None:
-        self._open.clear()
-
-    def thaw(self) -> None:
-        """Pass bytes again; the connections that were frozen are cut, new ones work."""
-        with self._lock:
-            frozen, self._sockets = self._sockets, []
-        for sock in frozen:
-            with contextlib.suppress(OSError):
-                sock.close()
-        self._open.set()
-
-    def close(self) -> None:
-        self.thaw()
-        self._server.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            self._open.wait()
-            upstream = socket.create_connection((HOST, PORT))
-            with self._lock:
-                self._sockets += [client, upstream]
-            for source, target in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
-
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                while not self._open.wait(0.1):
-                    if source.fileno() < 0:
-                        return
-                target.sendall(data)
-
-
-@pytest.fixture
-def proxy() -> Iterator[FreezableProxy]:
-    server = FreezableProxy()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def test_a_silent_connection_is_noticed_by_heartbeats_and_consuming_resumes(

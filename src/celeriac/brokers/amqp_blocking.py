@@ -1,0 +1,325 @@
+"""Publishing to RabbitMQ from a plain thread: ``AMQPBroker.publish_blocking``.
+
+``delay()`` from a sync caller would otherwise hop to the app's bridge loop and back,
+and pay aiormq's reader, writer and future machinery for one confirmed publish; on a
+small machine that was most of a send's time. Here the caller's own thread writes the
+frames on a socket and reads RabbitMQ's answers until every message is confirmed: one
+``sendall`` and, mostly, one ``recv`` per call.
+
+What it keeps from the event-loop path: every message ``mandatory``, on a channel in
+confirm mode, and ``publish_blocking`` returns only once each one is confirmed (an
+unroutable one, returned, is published again after its queue is declared again). A
+connection that fails is replaced and what it had not confirmed is sent again on the
+new one (at least once), within ``publish_timeout``; then ``BrokerUnavailable``.
+
+What it leaves to the event-loop path: declaring. A queue (and a delay ladder) is
+declared by the broker's ``Link`` once per process, on a private loop thread, before
+the first blocking publish to it; a message RabbitMQ returns as unroutable (its queue
+was deleted, or lost with a restart) makes that happen again.
+
+The connection: AMQP 0-9-1 over a blocking socket (TLS for ``amqps://``), frames made
+and read by pamqp, one channel in confirm mode, **no heartbeats** (an idle producer
+cannot answer them from a plain thread). A connection that died while idle is noticed
+when it is next used: the write or the read fails (or, for a peer that vanished without
+a word, the read times out) and the publish goes to a new connection. TCP keep-alive
+is on, so the kernel also notices a dead peer. Connections are pooled per process: a
+thread takes one for a publish and gives it back, so threads never share a socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from aiormq.channel import exception_by_code as channel_error
+from aiormq.connection import exception_by_code as connection_error
+from aiormq.exceptions import AMQPError, ChannelNotFoundEntity, ChannelPreconditionFailed
+from pamqp import commands as spec
+from pamqp import frame as amqp_frame
+from pamqp.body import ContentBody
+from pamqp.constants import FRAME_END, FRAME_HEADER_SIZE
+from pamqp.header import ContentHeader, ProtocolHeader
+from pamqp.heartbeat import Heartbeat
+
+from celeriac.errors import BrokerError
+
+CHANNEL = 1
+FRAME_MAX = 131072
+# An idle pooled connection older than this is closed rather than reused: a firewall may
+# have dropped it silently, and a publish on it would wait for its timeout.
+IDLE_MAX = 300.0
+
+Outbound = tuple[bytes, str, str, spec.Basic.Properties]  # body, exchange, key, properties
+
+
+class ConnectionLost(Exception):
+    """The socket failed, timed out or was closed: publish again on a new connection."""
+
+
+class Unroutable(Exception):
+    """RabbitMQ returned a mandatory message: no queue is bound for its route."""
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """Where and how to connect, from an ``amqp://`` or ``amqps://`` URL."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    vhost: str
+    tls: ssl.SSLContext | None
+    name: str  # connection_name, shown by rabbitmqctl
+
+    @classmethod
+    def from_url(cls, url: str, name: str) -> Server:
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        tls: ssl.SSLContext | None = None
+        if parts.scheme == "amqps":
+            tls = ssl.create_default_context(cafile=query.get("cafile"))
+            if query.get("certfile"):
+                tls.load_cert_chain(query["certfile"], query.get("keyfile"))
+            if query.get("no_verify_ssl", "0") != "0":
+                tls.check_hostname = False
+                tls.verify_mode = ssl.CERT_NONE
+        vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+        return cls(host=parts.hostname or "localhost",
+                   port=parts.port or (5671 if tls else 5672),
+                   user=unquote(parts.username or "guest"),
+                   password=unquote(parts.password or "guest"),
+                   vhost=vhost, tls=tls, name=name)
+
+
+class BlockingConnection:
+    """One socket, one confirm-mode channel; used by one thread at a time."""
+
+    def __init__(self, server: Server, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        self.created = self.used = time.monotonic()
+        self._buffer = bytearray()
+        self._next_tag = 1
+        self.frame_max = FRAME_MAX
+        try:
+            sock = socket.create_connection((server.host, server.port), timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if server.tls is not None:
+                sock = server.tls.wrap_socket(sock, server_hostname=server.host)
+        except OSError as exc:
+            raise ConnectionLost(f"cannot connect: {exc!r}") from exc
+        self.sock = sock
+        try:
+            self._open(server, deadline)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, server: Server, deadline: float) -> None:
+        self._write(ProtocolHeader().marshal(), deadline)
+        self._expect(spec.Connection.Start, deadline, channel=0)
+        self._send(0, [spec.Connection.StartOk(
+            client_properties={"connection_name": server.name, "product": "celeriac",
+                               "capabilities": {"publisher_confirms": True}},
+            mechanism="PLAIN", response=f"\0{server.user}\0{server.password}")], deadline)
+        tune = self._expect(spec.Connection.Tune, deadline, channel=0)
+        if tune.frame_max:
+            self.frame_max = min(FRAME_MAX, tune.frame_max)
+        # Heartbeat 0: none (see the module docstring).
+        self._send(0, [spec.Connection.TuneOk(channel_max=tune.channel_max or 0,
+                                              frame_max=self.frame_max, heartbeat=0),
+                       spec.Connection.Open(virtual_host=server.vhost)], deadline)
+        self._expect(spec.Connection.OpenOk, deadline, channel=0)
+        self._send(CHANNEL, [spec.Channel.Open()], deadline)
+        self._expect(spec.Channel.OpenOk, deadline)
+        self._send(CHANNEL, [spec.Confirm.Select()], deadline)
+        self._expect(spec.Confirm.SelectOk, deadline)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    # -- publishing -----------------------------------------------------------------------
+
+    def publish(self, messages: Sequence[Outbound], timeout: float) -> list[Exception | None]:
+        """Publish ``mandatory`` and wait for every confirm; each message's outcome.
+
+        None once confirmed; ``Unroutable`` when returned, ``AMQPError`` when nacked.
+        Raises ``ConnectionLost`` (nothing is known of the unconfirmed ones), and the
+        channel's error when RabbitMQ closed it (a missing exchange: 404).
+        """
+        deadline = time.monotonic() + timeout
+        first = self._next_tag
+        room = self.frame_max - 8
+        chunks: list[bytes] = []
+        by_id: dict[str, list[int]] = {}
+        for index, (body, exchange, routing_key, properties) in enumerate(messages):
+            chunks.append(amqp_frame.marshal(spec.Basic.Publish(
+                exchange=exchange, routing_key=routing_key, mandatory=True), CHANNEL))
+            chunks.append(amqp_frame.marshal(
+                ContentHeader(properties=properties, body_size=len(body)), CHANNEL))
+            for at in range(0, len(body), room):
+                chunks.append(amqp_frame.marshal(ContentBody(body[at:at + room]), CHANNEL))
+            if properties.message_id:
+                by_id.setdefault(properties.message_id, []).append(index)
+        self._next_tag += len(messages)
+        self._write(b"".join(chunks), deadline)
+        outcomes: list[Exception | None] = [None] * len(messages)
+        settled = [False] * len(messages)
+        left = len(messages)
+        while left:
+            channel, frame = self._read_frame(deadline)
+            if isinstance(frame, spec.Basic.Ack | spec.Basic.Nack):
+                last = (frame.delivery_tag or 0) - first
+                start = 0 if frame.multiple else last
+                for index in range(max(0, start), min(last + 1, len(messages))):
+                    if not settled[index]:
+                        settled[index] = True
+                        left -= 1
+                        if isinstance(frame, spec.Basic.Nack):
+                            outcomes[index] = AMQPError(f"RabbitMQ nacked message {index}")
+            elif isinstance(frame, spec.Basic.Return):
+                returned = self._read_returned(deadline)
+                indexes = by_id.get(returned.message_id or "", [])
+                if indexes:
+                    outcomes[indexes.pop(0)] = Unroutable(
+                        f"{frame.reply_code} {frame.reply_text}: exchange "
+                        f"{frame.exchange!r}, routing key {frame.routing_key!r}")
+            else:
+                self._other(channel, frame, deadline)
+        self.used = time.monotonic()
+        return outcomes
+
+    def _read_returned(self, deadline: float) -> spec.Basic.Properties:
+        """The content of a returned message (its header and body frames): its properties."""
+        _, header = self._read_frame(deadline)
+        if not isinstance(header, ContentHeader):
+            raise ConnectionLost(f"expected a content header, got {header!r}")
+        received = 0
+        while received < header.body_size:
+            _, body = self._read_frame(deadline)
+            if not isinstance(body, ContentBody):
+                raise ConnectionLost(f"expected a content body, got {body!r}")
+            received += len(body.value)
+        return header.properties
+
+    def _other(self, channel: int, frame: Any, deadline: float) -> None:
+        """Frames besides confirms: closes end this connection, the rest is ignored."""
+        if isinstance(frame, spec.Channel.Close):
+            self._send_quietly(CHANNEL, spec.Channel.CloseOk(), deadline)
+            raise channel_error(frame)
+        if isinstance(frame, spec.Connection.Close):
+            self._send_quietly(0, spec.Connection.CloseOk(), deadline)
+            raise ConnectionLost(repr(connection_error(frame)))
+        # Heartbeats (none were asked for), Connection.Blocked/Unblocked: nothing to do.
+
+    # -- frames ---------------------------------------------------------------------------
+
+    def _expect(self, kind: type[Any], deadline: float, channel: int = CHANNEL) -> Any:
+        while True:
+            number, frame = self._read_frame(deadline)
+            if isinstance(frame, kind):
+                return frame
+            self._other(number, frame, deadline)
+            if not isinstance(frame, Heartbeat):
+                raise ConnectionLost(f"expected {kind.__name__}, got {frame!r}")
+
+    def _send(self, channel: int, frames: Sequence[Any], deadline: float) -> None:
+        self._write(b"".join(amqp_frame.marshal(frame, channel) for frame in frames), deadline)
+
+    def _send_quietly(self, channel: int, frame: Any, deadline: float) -> None:
+        with contextlib.suppress(ConnectionLost):
+            self._send(channel, [frame], deadline)
+
+    def _write(self, data: bytes, deadline: float) -> None:
+        try:
+            self.sock.settimeout(max(0.001, deadline - time.monotonic()))
+            self.sock.sendall(data)
+        except OSError as exc:  # socket.timeout is an OSError
+            raise ConnectionLost(f"write failed: {exc!r}") from exc
+
+    def _read_frame(self, deadline: float) -> tuple[int, Any]:
+        buffer = self._buffer
+        while True:
+            if len(buffer) >= FRAME_HEADER_SIZE:
+                size = int.from_bytes(buffer[3:7], "big")
+                end = FRAME_HEADER_SIZE + size + 1
+                if len(buffer) >= end:
+                    if buffer[end - 1] != FRAME_END:
+                        raise ConnectionLost("malformed frame from RabbitMQ")
+                    data = bytes(buffer[:end])
+                    del buffer[:end]
+                    _, channel, frame = amqp_frame.unmarshal(data)
+                    return channel, frame
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ConnectionLost("timed out waiting for RabbitMQ")
+            try:
+                self.sock.settimeout(remaining)
+                chunk = self.sock.recv(262144)
+            except OSError as exc:
+                raise ConnectionLost(f"read failed: {exc!r}") from exc
+            if not chunk:
+                raise ConnectionLost("RabbitMQ closed the connection")
+            buffer += chunk
+
+
+class BlockingPool:
+    """This process's blocking connections; a thread takes one per publish."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self._idle: list[BlockingConnection] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def take(self, timeout: float) -> BlockingConnection:
+        now = time.monotonic()
+        stale: list[BlockingConnection] = []
+        found: BlockingConnection | None = None
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's sockets are not ours
+                self._idle, self._pid = [], os.getpid()
+            while self._idle:
+                connection = self._idle.pop()
+                if now - connection.used < IDLE_MAX:
+                    found = connection
+                    break
+                stale.append(connection)
+        for connection in stale:
+            connection.close()
+        return found if found is not None else BlockingConnection(self.server, timeout)
+
+    def give(self, connection: BlockingConnection) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                self._idle.append(connection)
+                return
+        connection.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+
+def redeclare(error: BaseException) -> bool:
+    """Whether a failed publish means a queue or exchange is missing (declare, retry)."""
+    return isinstance(error, Unroutable | ChannelNotFoundEntity)
+
+
+def refused(error: BaseException) -> BrokerError | None:
+    """A failure no retry can fix, as the error to raise; else None."""
+    if isinstance(error, ChannelPreconditionFailed):
+        return BrokerError(f"RabbitMQ refused a message: {error}")
+    return None
