@@ -252,3 +252,50 @@ def test_every_sync_waiter_of_one_result_wakes_when_it_is_stored(
     assert max(woke for _, woke in results.values()) - stored_at[0] < SLACK
     backend.close_blocking()  # pushes back what it popped, then closes; usable again
     assert backend.wait_blocking("shared", timeout=1) == b"SUCCESS"
+
+
+def test_blocking_wait_from_nothing_stored_past_an_intermediate_state(
+        backend: ResultBackend) -> None:
+    # get() right after sending: nothing is stored, then STARTED, then the result
+    backend = blocking(backend)
+    seen: list[bytes] = []
+
+    def final(data: bytes) -> bool:
+        seen.append(data)
+        return data == b"SUCCESS"
+
+    with storing_later(backend, [b"STARTED", b"SUCCESS"], delay=0.2) as stored_at:
+        got = backend.wait_blocking("t", timeout=5, accept=final)
+        woke = time.monotonic()
+
+    assert got == b"SUCCESS"
+    assert seen == [b"STARTED", b"SUCCESS"]  # each state looked at once: no spinning
+    assert woke - stored_at[-1] < SLACK
+
+
+def test_sync_and_async_waiters_of_one_large_result_all_wake(backend: ResultBackend) -> None:
+    backend = blocking(backend)
+    large = bytes(range(256)) * 1024  # 256 KiB: more than travels in a wake-up token
+    woke: dict[str, tuple[bytes | None, float]] = {}
+
+    def wait_sync(name: str) -> None:
+        got = backend.wait_blocking("big", timeout=5)
+        woke[name] = (got, time.monotonic())
+
+    def wait_async(name: str) -> None:
+        async def main() -> bytes | None:
+            return await backend.wait("big", timeout=5)
+        got = asyncio.run(main())
+        woke[name] = (got, time.monotonic())
+
+    threads = [threading.Thread(target=wait_sync, args=(f"sync{n}",)) for n in range(3)]
+    threads += [threading.Thread(target=wait_async, args=(f"async{n}",)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    with storing_later(backend, [large], task_id="big", delay=0.3) as stored_at:
+        for thread in threads:
+            thread.join(10)
+
+    assert sorted(woke) == ["async0", "async1", "sync0", "sync1", "sync2"]
+    assert all(got == large for got, _ in woke.values())
+    assert max(at for _, at in woke.values()) - stored_at[0] < SLACK
