@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from redis_harness import RedisServer
+import redis
+from redis_harness import SHARED, RedisServer
 
 from celeriac import App, states
+from celeriac.backends.redis import RedisBackend
 from celeriac.task import Task
 from celeriac.testing import ThreadedWorker
 
@@ -181,3 +184,27 @@ def test_a_server_that_forgot_its_scripts_or_restarted_is_used_again(
         assert queued(app) == 3
     finally:
         app.close()
+
+
+@pytest.mark.timeout(60)
+def test_an_old_result_whose_wake_up_token_expired_is_read_at_once(app: App) -> None:
+    # Given results stored long ago: their wake-up tokens (which live seconds) are gone
+    backend = app.backend
+    assert isinstance(backend, RedisBackend)
+    add = add_task(app)
+    with ThreadedWorker(app):
+        results = [add.delay(n, n) for n in range(3)]
+        assert [r.get(timeout=10) for r in results] == [0, 2, 4]
+    client = redis.Redis.from_url(SHARED)
+    try:
+        client.delete(*(backend.ready_key(r.id) for r in results))
+    finally:
+        client.close()
+
+    # When they are read again with fresh handles, one after another
+    started = time.monotonic()
+    again = [app.AsyncResult(r.id).get(timeout=10) for r in results]
+
+    # Then each comes at once, not after a wait for a wake-up that will never come
+    assert again == [0, 2, 4]
+    assert time.monotonic() - started < 1.0
