@@ -30,6 +30,7 @@ import os
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -300,20 +301,27 @@ class BlockingClient:
         self._what = what
         self._lock = threading.Lock()
         self._pool: redis.ConnectionPool | None = None
-        self._pid = -1
+        self._pid = os.getpid()
+        _BLOCKING_CLIENTS.add(self)
 
     def pool(self) -> redis.ConnectionPool:
         pool = self._pool
-        if pool is None or self._pid != os.getpid():
+        if pool is None:
             with self._lock:
-                if self._pool is None or self._pid != os.getpid():
-                    # After a fork the parent's pool is dropped, not disconnected: its
-                    # sockets are the parent's to use and close.
+                if self._pool is None:
                     self._pool = self.settings.make_sync_pool()
                     self._pid = os.getpid()
                 pool = self._pool
-        assert pool is not None
         return pool
+
+    def _forked(self) -> None:
+        """In a child process just forked: drop the parent's pool, without closing it.
+
+        Its sockets are the parent's to use and close. (redis-py's pool checks the
+        process id too; this also replaces a lock another thread may have held.)
+        """
+        self._lock = threading.Lock()
+        self._pool = None
 
     def call(self, what: str, *args: Any, block: float | None = None) -> Any:
         """Run one command and return its reply.
@@ -387,6 +395,19 @@ class BlockingClient:
     def _unavailable_error(self, what: str, exc: BaseException) -> CeleriacError:
         return self._unavailable(
             f"{self._what} {what}: Redis is unavailable ({type(exc).__name__}: {exc})")
+
+
+# Every BlockingClient of this process, so that a forked child drops their pools at once
+# (checked at fork time, not with a getpid() system call on every command).
+_BLOCKING_CLIENTS: weakref.WeakSet[BlockingClient] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_BLOCKING_CLIENTS):
+        client._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _send(conn: Any, args: tuple[Any, ...]) -> None:
