@@ -3,7 +3,9 @@
 ``delay()`` and ``get()`` are called from plain threads (web request handlers, scripts,
 sync tasks). They hand their coroutine to one event loop that the app keeps on a daemon
 thread, so the broker and backend expose one async API and sync callers pay only a
-thread hop.
+thread hop. A broker or backend that also offers blocking calls for such callers
+(``Broker.supports_blocking_publish``, ``ResultBackend.supports_blocking``) spares
+them even that hop: the app calls it in the caller's own thread instead.
 """
 
 from __future__ import annotations
