@@ -5,8 +5,10 @@ exclusive, auto-delete reply queue (``celeriac.reply.<uuid>``, gone when the cli
 disconnects), names it in every message it sends (the ``reply_to`` header of
 ``Message.headers``, set through ``message_headers``), and the worker publishes each
 result there (``store_replies``), with publisher confirms. A thread of the client's
-keeps one connection consuming that queue and holds the results in memory, where
-``AsyncResult.get()`` waits for them without polling, from any thread or event loop.
+keeps one connection consuming that queue (a blocking socket, ``amqp_blocking``: no
+event loop and no task per result; the thread keeps the heartbeats) and holds the
+results in memory, where ``AsyncResult.get()`` waits for them without polling, from
+any thread (woken directly by the listener's thread) or event loop.
 
 What follows from that design, and differs from a stored backend:
 
@@ -34,16 +36,17 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import aiormq
-from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
+from aiormq.abc import AbstractChannel, AbstractConnection
 from aiormq.exceptions import AMQPError, PublishError
 from pamqp import commands as spec
 
 from celeriac.backends.base import ResultBackend
 from celeriac.brokers.amqp import safe_url, split_url
-from celeriac.brokers.amqp_link import lost, publish_confirmed
+from celeriac.brokers.amqp_blocking import BlockingConnection, ConnectionLost, Server
+from celeriac.brokers.amqp_link import publish_confirmed
 from celeriac.brokers.amqp_topology import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEARTBEAT
 from celeriac.errors import BackendError, ConfigurationError
 from celeriac.task import current_request
@@ -71,6 +74,8 @@ class RPCBackend(ResultBackend):
             sep = "&" if "?" in connection_url else "?"
             connection_url += f"{sep}heartbeat={DEFAULT_HEARTBEAT}"
         self.server_url = connection_url
+        self.heartbeat = int(dict(parse_qsl(urlsplit(connection_url).query)).get(
+            "heartbeat", DEFAULT_HEARTBEAT))
         self.safe_url = safe_url(server)
         self.connect_timeout = float(self.options.get("connect_timeout",
                                                       DEFAULT_CONNECT_TIMEOUT))
@@ -237,6 +242,13 @@ class RPCBackend(ResultBackend):
                 publisher = self._publishers[loop] = _Publisher(self)
             return publisher
 
+    def close_blocking(self) -> None:
+        """Stop consuming the reply queue (``App.close`` calls this for sync callers)."""
+        with self._lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+
     async def close(self) -> None:
         with self._lock:
             listener, self._listener = self._listener, None
@@ -267,14 +279,13 @@ class RPCBackend(ResultBackend):
                                f"({type(exc).__name__}: {exc})") from exc
         return connection
 
-    def deliver(self, message: DeliveredMessage) -> None:
+    def deliver(self, properties: spec.Basic.Properties, body: bytes) -> None:
         """A result arrived on the reply queue."""
-        properties = message.header.properties
         task_id = properties.correlation_id
         if not task_id:
             return
         ttl = (properties.headers or {}).get(TTL_HEADER)
-        self._keep({task_id: message.body},
+        self._keep({task_id: body},
                    float(ttl) if isinstance(ttl, int | float) and ttl > 0 else None)
 
 
@@ -282,14 +293,18 @@ _Waiter = tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | threading.Eve
 
 
 class _Listener:
-    """A daemon thread with its own loop and connection, consuming the reply queue."""
+    """A daemon thread consuming the reply queue on a blocking socket of its own.
+
+    No event loop: the thread reads frames (``amqp_blocking``), keeps the heartbeats,
+    and hands each result to ``deliver``, which wakes its waiters directly.
+    """
 
     def __init__(self, backend: RPCBackend) -> None:
         self.backend = backend
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
+        self._stopping = threading.Event()
+        self._connection: BlockingConnection | None = None
         self._thread = threading.Thread(target=self._run, name="celeriac-rpc-replies",
                                         daemon=True)
         self._thread.start()
@@ -302,52 +317,44 @@ class _Listener:
                            + (f": {error}" if error else "")) from error
 
     def stop(self) -> None:
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stop.set)
+        self._stopping.set()
+        connection = self._connection
+        if connection is not None:
+            connection.shutdown()  # the blocked read returns
         self._thread.join(10)
 
     def _run(self) -> None:
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = stop = asyncio.Event()
+        backend = self.backend
+        server = Server.from_url(backend.server_url, f"celeriac rpc pid {os.getpid()}")
         failures = 0
-        while not stop.is_set():
-            connection: AbstractConnection | None = None
+        while not self._stopping.is_set():
+            connection: BlockingConnection | None = None
             try:
-                connection = await self.backend.open_connection(self.backend.connect_timeout)
-                channel = await connection.channel(publisher_confirms=False)
-                await channel.queue_declare(self.backend.reply_queue, exclusive=True,
-                                            auto_delete=True)
-                await channel.basic_consume(self.backend.reply_queue, self._on_message,
-                                            no_ack=True)
+                connection = self._connection = BlockingConnection(
+                    server, backend.connect_timeout, confirm=False, heartbeat=backend.heartbeat)
+                connection.call(spec.Queue.Declare(queue=backend.reply_queue, exclusive=True,
+                                                   auto_delete=True),
+                                spec.Queue.DeclareOk, time.monotonic() + backend.connect_timeout)
                 if failures:
-                    logger.warning("rpc reply queue %s consuming again",
-                                   self.backend.reply_queue)
+                    logger.warning("rpc reply queue %s consuming again", backend.reply_queue)
                 failures = 0
                 self._ready.set()
-                await _first(stop.wait(), _closed(connection))
-            except BaseException as exc:
-                if not isinstance(exc, Exception) and not lost(exc):
-                    raise  # this thread is being stopped
+                connection.consume(backend.reply_queue, backend.deliver, self._stopping)
+            except Exception as exc:
+                if self._stopping.is_set():
+                    break
                 failures += 1
                 self._error = exc
-                logger.warning("rpc reply queue: %s; retrying (results that come back "
-                               "meanwhile are lost)", exc)
+                if isinstance(exc, ConnectionLost | AMQPError):
+                    logger.warning("rpc reply queue: %s; retrying (results that come back "
+                                   "meanwhile are lost)", exc)
+                else:  # a bug: never let it end the thread, and so every result
+                    logger.exception("rpc reply queue: unexpected error; consuming again")
             finally:
+                self._connection = None
                 if connection is not None:
-                    with contextlib.suppress(Exception):
-                        await connection.close()
-            if not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(),
-                                           min(RECONNECT_BACKOFF_MAX, 0.1 * 2 ** failures))
-
-    async def _on_message(self, message: DeliveredMessage) -> None:
-        self.backend.deliver(message)
+                    connection.close()
+            self._stopping.wait(min(RECONNECT_BACKOFF_MAX, 0.1 * 2 ** failures))
 
 
 class _Publisher:
@@ -408,22 +415,6 @@ def _server_url(url: str, broker_url: Any) -> str:
         f"result backend {url!r} sends results over RabbitMQ, but the broker is "
         f"{broker_url!r}; name a server (rpc://user:pass@host:5672/vhost) or use an amqp:// "
         "broker")
-
-
-async def _closed(connection: AbstractConnection) -> None:
-    with contextlib.suppress(BaseException):
-        await connection.closing
-
-
-async def _first(*awaitables: Any) -> None:
-    """Wait until the first of these finishes; cancel the others."""
-    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

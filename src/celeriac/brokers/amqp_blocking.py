@@ -34,7 +34,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -101,21 +101,34 @@ class Server:
 
 
 class BlockingConnection:
-    """One socket, one confirm-mode channel; used by one thread at a time."""
+    """One socket, one channel; used by one thread at a time.
 
-    def __init__(self, server: Server, timeout: float) -> None:
+    For publishing (``confirm=True``, no heartbeats: see the module docstring), or for
+    consuming (``consume``, by a thread that does nothing else and so can keep the
+    ``heartbeat`` it negotiates).
+    """
+
+    def __init__(self, server: Server, timeout: float, *, confirm: bool = True,
+                 heartbeat: int = 0) -> None:
         deadline = time.monotonic() + timeout
         self.created = self.used = time.monotonic()
         self._buffer = bytearray()
         self._next_tag = 1
         self.frame_max = FRAME_MAX
+        self.heartbeat = heartbeat
+        self._confirm = confirm
+        self._sent_at = self._heard_at = time.monotonic()
         try:
             sock = socket.create_connection((server.host, server.port), timeout)
+        except OSError as exc:
+            raise ConnectionLost(f"cannot connect: {exc!r}") from exc
+        try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             if server.tls is not None:
                 sock = server.tls.wrap_socket(sock, server_hostname=server.host)
         except OSError as exc:
+            sock.close()
             raise ConnectionLost(f"cannot connect: {exc!r}") from exc
         self.sock = sock
         try:
@@ -134,19 +147,53 @@ class BlockingConnection:
         tune = self._expect(spec.Connection.Tune, deadline, channel=0)
         if tune.frame_max:
             self.frame_max = min(FRAME_MAX, tune.frame_max)
-        # Heartbeat 0: none (see the module docstring).
+        if tune.heartbeat and self.heartbeat:
+            self.heartbeat = min(self.heartbeat, tune.heartbeat)
         self._send(0, [spec.Connection.TuneOk(channel_max=tune.channel_max or 0,
-                                              frame_max=self.frame_max, heartbeat=0),
+                                              frame_max=self.frame_max,
+                                              heartbeat=self.heartbeat),
                        spec.Connection.Open(virtual_host=server.vhost)], deadline)
         self._expect(spec.Connection.OpenOk, deadline, channel=0)
-        self._send(CHANNEL, [spec.Channel.Open()], deadline)
-        self._expect(spec.Channel.OpenOk, deadline)
-        self._send(CHANNEL, [spec.Confirm.Select()], deadline)
-        self._expect(spec.Confirm.SelectOk, deadline)
+        self.call(spec.Channel.Open(), spec.Channel.OpenOk, deadline)
+        if self._confirm:
+            self.call(spec.Confirm.Select(), spec.Confirm.SelectOk, deadline)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
+
+    def shutdown(self) -> None:
+        """Make a read blocked in another thread return (and the connection fail)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def call(self, method: Any, answer: type[Any], deadline: float) -> Any:
+        """A synchronous method on the channel: send it, return its answer."""
+        self._send(CHANNEL, [method], deadline)
+        return self._expect(answer, deadline)
+
+    # -- consuming ------------------------------------------------------------------------
+
+    def consume(self, queue: str, on_message: Callable[[spec.Basic.Properties, bytes], None],
+                stopping: threading.Event) -> None:
+        """Consume ``queue`` without acks, calling ``on_message`` for each message.
+
+        Returns when ``stopping`` is set; raises ``ConnectionLost`` when the connection
+        fails, or RabbitMQ went silent for two heartbeats (one is sent whenever this side
+        was quiet for half a heartbeat).
+        """
+        deadline = time.monotonic() + 30
+        self.call(spec.Basic.Consume(queue=queue, no_ack=True), spec.Basic.ConsumeOk,
+                  deadline)
+        while not stopping.is_set():
+            _, frame = self._read_frame(None)
+            if isinstance(frame, spec.Basic.Deliver):
+                properties, body = self._read_content(time.monotonic() + 30)
+                on_message(properties, body)
+            elif isinstance(frame, spec.Basic.Cancel):
+                raise ConnectionLost(f"RabbitMQ cancelled the consumer of {queue!r}")
+            elif not isinstance(frame, Heartbeat):
+                self._other(CHANNEL, frame, time.monotonic() + 5)
 
     # -- publishing -----------------------------------------------------------------------
 
@@ -188,7 +235,7 @@ class BlockingConnection:
                         if isinstance(frame, spec.Basic.Nack):
                             outcomes[index] = AMQPError(f"RabbitMQ nacked message {index}")
             elif isinstance(frame, spec.Basic.Return):
-                returned = self._read_returned(deadline)
+                returned, _ = self._read_content(deadline)
                 indexes = by_id.get(returned.message_id or "", [])
                 if indexes:
                     outcomes[indexes.pop(0)] = Unroutable(
@@ -199,18 +246,20 @@ class BlockingConnection:
         self.used = time.monotonic()
         return outcomes
 
-    def _read_returned(self, deadline: float) -> spec.Basic.Properties:
-        """The content of a returned message (its header and body frames): its properties."""
+    def _read_content(self, deadline: float) -> tuple[spec.Basic.Properties, bytes]:
+        """The header and body frames after a Deliver or Return: properties and body."""
         _, header = self._read_frame(deadline)
         if not isinstance(header, ContentHeader):
             raise ConnectionLost(f"expected a content header, got {header!r}")
+        parts: list[bytes] = []
         received = 0
         while received < header.body_size:
             _, body = self._read_frame(deadline)
             if not isinstance(body, ContentBody):
                 raise ConnectionLost(f"expected a content body, got {body!r}")
+            parts.append(body.value)
             received += len(body.value)
-        return header.properties
+        return header.properties, b"".join(parts)
 
     def _other(self, channel: int, frame: Any, deadline: float) -> None:
         """Frames besides confirms: closes end this connection, the rest is ignored."""
@@ -246,8 +295,10 @@ class BlockingConnection:
             self.sock.sendall(data)
         except OSError as exc:  # socket.timeout is an OSError
             raise ConnectionLost(f"write failed: {exc!r}") from exc
+        self._sent_at = time.monotonic()
 
-    def _read_frame(self, deadline: float) -> tuple[int, Any]:
+    def _read_frame(self, deadline: float | None) -> tuple[int, Any]:
+        """The next frame; ``deadline`` None: wait as long as heartbeats keep coming."""
         buffer = self._buffer
         while True:
             if len(buffer) >= FRAME_HEADER_SIZE:
@@ -260,17 +311,40 @@ class BlockingConnection:
                     del buffer[:end]
                     _, channel, frame = amqp_frame.unmarshal(data)
                     return channel, frame
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ConnectionLost("timed out waiting for RabbitMQ")
+            if deadline is None:
+                remaining = self._keep_alive()
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ConnectionLost("timed out waiting for RabbitMQ")
             try:
                 self.sock.settimeout(remaining)
                 chunk = self.sock.recv(262144)
+            except TimeoutError:
+                if deadline is None:
+                    continue  # time for a heartbeat, or to give up: _keep_alive decides
+                raise ConnectionLost("timed out waiting for RabbitMQ") from None
             except OSError as exc:
                 raise ConnectionLost(f"read failed: {exc!r}") from exc
             if not chunk:
                 raise ConnectionLost("RabbitMQ closed the connection")
+            self._heard_at = time.monotonic()
             buffer += chunk
+
+    def _keep_alive(self) -> float | None:
+        """Send a heartbeat when one is due; how long a read may wait now (None: forever)."""
+        if not self.heartbeat:
+            return None
+        now = time.monotonic()
+        if now - self._heard_at > 2 * self.heartbeat:
+            raise ConnectionLost(f"no word from RabbitMQ for {now - self._heard_at:.1f}s "
+                                 "(missed heartbeats)")
+        half = self.heartbeat / 2
+        if now - self._sent_at >= half:
+            self._write(amqp_frame.marshal(Heartbeat(), 0), now + self.heartbeat)
+            now = self._sent_at
+        return max(0.01, min(self._sent_at + half,
+                             self._heard_at + 2 * self.heartbeat + 0.01) - now)
 
 
 class BlockingPool:

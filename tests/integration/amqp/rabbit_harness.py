@@ -299,9 +299,14 @@ class FreezableProxy:
                 threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
 
     def _pump(self, source: socket.socket, target: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                while not self._open.wait(0.1):
-                    if source.fileno() < 0:
-                        return
-                target.sendall(data)
+        try:
+            with contextlib.suppress(OSError):
+                while data := source.recv(65536):
+                    while not self._open.wait(0.1):
+                        if source.fileno() < 0:
+                            return
+                    target.sendall(data)
+        finally:
+            for sock in (source, target):  # one side ended: so does the other
+                with contextlib.suppress(OSError):
+                    sock.close()

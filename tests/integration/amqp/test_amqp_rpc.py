@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import aiormq
 import pytest
-from rabbit_harness import Deploy
-from worker_harness import register
+from aiormq.exceptions import ChannelNotFoundEntity
+from rabbit_harness import Deploy, FreezableProxy
+from worker_harness import LedgerTasks, register, wait_until
 
+from celeriac import App
+from celeriac.backends.rpc import RPCBackend
 from celeriac.errors import TimeoutError
 
 
@@ -80,3 +85,77 @@ def test_a_sync_get_gives_up_at_its_timeout(deploy: Deploy) -> None:
     assert 0.5 <= time.monotonic() - started < 2.0
     # And the result still comes later
     assert result.get(timeout=20) == "slow"
+
+
+def test_the_reply_listener_comes_back_after_a_cut_and_after_a_silent_connection(
+        deploy: Deploy, proxy: FreezableProxy) -> None:
+    # Given a producer whose rpc results come through a proxy, with 1 s heartbeats
+    deployment = deploy(backend="rpc://")
+    deployment.start_worker("-c", "1").wait_ready()
+    url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/{deployment.rabbit.vhost}?heartbeat=1"
+    producer = App("ledger-tests", broker=url, backend="rpc://",
+                   broker_transport_options={**deployment.transport_options,
+                                             "connect_timeout": 0.5})
+    try:
+        check_recovery(register(producer), proxy)
+    finally:
+        proxy.thaw()
+        producer.close()
+
+
+def check_recovery(tasks: LedgerTasks, proxy: FreezableProxy) -> None:
+    assert tasks.add.delay(1, 1).get(timeout=20) == 2
+
+    def answers(n: int) -> bool:
+        # A result sent while the reply queue is being made again is lost (documented):
+        # ask until one comes back.
+        try:
+            return bool(tasks.add.delay(n, 1).get(timeout=1) == n + 1)
+        except TimeoutError:
+            return False
+
+    # When its connections are cut, then results come back again
+    proxy.thaw()
+    wait_until(lambda: answers(2), 20, "results after the cut")
+
+    # When the network goes silent (heartbeats stop), and comes back
+    proxy.freeze()
+    time.sleep(3.5)  # more than two heartbeats: the listener gives the connection up
+    proxy.thaw()
+    wait_until(lambda: answers(3), 30, "results after the silence")
+
+
+def test_closing_the_app_stops_its_reply_listener(deploy: Deploy) -> None:
+    # Given a producer that got a result over rpc://
+    deployment = deploy(backend="rpc://")
+    deployment.start_worker("-c", "1").wait_ready()
+    producer = deployment.make_app(backend="rpc://")
+    assert register(producer).add.delay(1, 2).get(timeout=20) == 3
+    backend = producer.backend
+    assert isinstance(backend, RPCBackend)
+    listeners = [t for t in threading.enumerate() if t.name == "celeriac-rpc-replies"]
+
+    # When the app is closed
+    producer.close()
+
+    # Then its listener thread has ended, and with its connection the reply queue
+    assert listeners
+    assert sum(t.is_alive() for t in listeners) < len(listeners)
+    wait_until(lambda: not reply_queue_exists(deployment.url, backend.reply_queue), 10,
+               "the reply queue to be deleted")
+
+
+def reply_queue_exists(url: str, name: str) -> bool:
+    async def check() -> bool:
+        connection = aiormq.Connection(url)
+        await connection.connect()
+        try:
+            channel = await connection.channel()
+            await channel.queue_declare(name, passive=True)
+            return True
+        except ChannelNotFoundEntity:
+            return False
+        finally:
+            await connection.close()
+
+    return asyncio.run(check())
