@@ -324,7 +324,7 @@ class BlockingClient:
         self._pool = None
 
     def call(self, what: str, *args: Any, block: float | None = None) -> Any:
-        """Run one command and return its reply.
+        """Run one command and return its reply; an error reply raises ``error``.
 
         ``block``: seconds the command may wait on the server (BLPOP's timeout), on top
         of which its reply may take the connection timeout. A connection that breaks
@@ -353,8 +353,10 @@ class BlockingClient:
             except (redis_errors.TimeoutError, OSError) as exc:
                 conn.disconnect()
                 raise self._unavailable_error(what, exc) from exc
-            except redis_errors.ResponseError:
-                raise  # the connection is fine; the caller decides (NOSCRIPT, NOGROUP)
+            except redis_errors.NoScriptError:
+                raise  # the connection is fine; ``script`` sends the script's text
+            except redis_errors.ResponseError as exc:  # an error reply: the connection is fine
+                raise self._error(f"{self._what} {what}: {type(exc).__name__}: {exc}") from exc
             except redis_errors.RedisError as exc:
                 conn.disconnect()
                 raise self._error(f"{self._what} {what}: {type(exc).__name__}: {exc}") from exc
@@ -377,12 +379,10 @@ class BlockingClient:
                args: Sequence[str | bytes | int | float]) -> Any:
         """Run a Lua script by SHA1, sending its text when the server lacks it."""
         try:
-            try:
-                return self.call(what, "EVALSHA", script.sha, len(keys), *keys, *args)
-            except redis_errors.NoScriptError:
-                return self.call(what, "EVAL", script.source, len(keys), *keys, *args)
-        except redis_errors.ResponseError as exc:
-            raise self._error(f"{self._what} {what}: {type(exc).__name__}: {exc}") from exc
+            return self.call(what, "EVALSHA", script.sha, len(keys), *keys, *args)
+        except redis_errors.NoScriptError:
+            # First use on this server, or it restarted: EVAL also caches the script.
+            return self.call(what, "EVAL", script.source, len(keys), *keys, *args)
 
     def close(self) -> None:
         """Close this process's connections; the next call opens new ones."""

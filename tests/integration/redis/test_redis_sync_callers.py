@@ -23,6 +23,7 @@ from redis_harness import SHARED, RedisServer
 
 from celeriac import App, states
 from celeriac.backends.redis import RedisBackend
+from celeriac.errors import BackendError
 from celeriac.task import Task
 from celeriac.testing import ThreadedWorker
 
@@ -208,3 +209,21 @@ def test_an_old_result_whose_wake_up_token_expired_is_read_at_once(app: App) -> 
     # Then each comes at once, not after a wait for a wake-up that will never come
     assert again == [0, 2, 4]
     assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.timeout(60)
+def test_an_error_reply_is_a_backend_error_and_the_connection_stays_usable(app: App) -> None:
+    # Given a result key that another program overwrote with a list
+    backend = app.backend
+    assert isinstance(backend, RedisBackend)
+    client = redis.Redis.from_url(SHARED)
+    try:
+        client.rpush(backend.result_key("clobbered"), b"x")
+    finally:
+        client.close()
+
+    # Then reading it is celeriac's BackendError (what callers catch), not redis-py's
+    with pytest.raises(BackendError, match="WRONGTYPE"):
+        app.AsyncResult("clobbered").get(timeout=1)
+    # and the next call works as usual
+    assert app.AsyncResult("never-sent").state == states.PENDING
