@@ -237,8 +237,15 @@ class BlockingConnection:
             elif isinstance(frame, spec.Basic.Return):
                 returned, _ = self._read_content(deadline)
                 indexes = by_id.get(returned.message_id or "", [])
+                # A return names no delivery tag: it is matched by message id, and one
+                # that cannot be matched may be any unsettled message without an id.
+                suspects = indexes[:1] if indexes else [
+                    index for index, (*_, properties) in enumerate(messages)
+                    if not properties.message_id and not settled[index]]
                 if indexes:
-                    outcomes[indexes.pop(0)] = Unroutable(
+                    indexes.pop(0)
+                for index in suspects:
+                    outcomes[index] = Unroutable(
                         f"{frame.reply_code} {frame.reply_text}: exchange "
                         f"{frame.exchange!r}, routing key {frame.routing_key!r}")
             else:

@@ -8,7 +8,8 @@ A link has three channels on one connection:
 
 - *publisher*, in confirm mode: every publish, and every copy the link republishes, is
   awaited until RabbitMQ confirms it (published ``mandatory``, so an unroutable message
-  is an error, not a silent drop);
+  is an error, not a silent drop); a batch goes out under one lock in a few writes
+  (``publish_confirmed``), each message's confirm still awaited;
 - *consumer*: one ``basic.consume`` per queue, ``basic.qos`` prefetch set to the
   caller's budget, manual acks. Deliveries land in a per-queue heap (priority, then age)
   that ``fetch`` takes from;

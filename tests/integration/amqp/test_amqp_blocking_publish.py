@@ -10,10 +10,12 @@ from collections.abc import Iterator
 
 import aiormq
 import pytest
+from pamqp import commands as spec
 from rabbit_harness import FreezableProxy, Rabbit
 
 from celeriac.brokers import Delivery, Outgoing, create_broker
 from celeriac.brokers.amqp import AMQPBroker
+from celeriac.brokers.amqp_blocking import BlockingConnection, Server, Unroutable
 from celeriac.errors import BrokerUnavailable
 
 
@@ -137,3 +139,28 @@ def test_threads_publishing_at_once_each_store_every_message_once(
     # Then every message is in the queue exactly once
     bodies = sorted(d.body for d in drain(broker, "many", 400))
     assert bodies == sorted(f"{t}-{n}".encode() for t in range(8) for n in range(50))
+
+
+def test_a_blocking_connection_reports_each_returned_message(rabbit: Rabbit) -> None:
+    """Returns are matched by message id; one without an id is never taken as stored."""
+    broker = create_broker(rabbit.url())
+    assert isinstance(broker, AMQPBroker)
+    broker.publish_blocking([out("there", b"declares the queue")])
+    connection = BlockingConnection(Server.from_url(rabbit.url(), "test"), 5)
+    try:
+        plain = spec.Basic.Properties()
+        outcomes = connection.publish([
+            (b"a", "", "there", spec.Basic.Properties(message_id="a")),
+            (b"b", "", "nowhere", spec.Basic.Properties(message_id="b")),
+            (b"c", "", "nowhere", plain),
+            (b"d", "", "there", spec.Basic.Properties(message_id="d")),
+        ], 5)
+        assert [type(outcome) for outcome in outcomes] == [
+            type(None), Unroutable, Unroutable, type(None)]
+        # The connection stays usable, its confirms numbered right
+        assert connection.publish([(b"e", "", "there", plain)], 5) == [None]
+    finally:
+        connection.close()
+        broker.close_blocking()
+    assert [d.body for d in drain(broker, "there", 4)] == [b"declares the queue", b"a", b"d",
+                                                           b"e"]
