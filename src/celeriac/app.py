@@ -346,43 +346,44 @@ class App:
         else:
             task_opts = _NO_TASK_OPTIONS
         conf = self.conf
-        routed = _NOT_ROUTED if conf.task_routes is None \
-            else self._route(name, args, kwargs, options, task)
-        get = options.get
-        if get("routing_key") is not None and get("queue") is None:
+        if conf.task_routes is None:
+            r_queue = r_priority = r_serializer = r_compression = r_ignore = r_expires = None
+        else:
+            (r_queue, r_priority, r_serializer, r_compression, r_ignore, r_expires) = map(
+                self._route(name, args, kwargs, options, task).get, _ROUTED_OPTIONS)
+        if options.get("routing_key") is not None and options.get("queue") is None:
             options = {**options, "queue": queue_for_key(name, options["routing_key"],
                                                          conf.task_queues)}
-            get = options.get
+        # Each option of the call, None where not given (all None, at no cost, for delay()).
+        (queue, priority, serializer, compression, ignore_result, expires, headers,
+         countdown, eta, time_limit, soft_time_limit, link, link_error, task_id, retries,
+         root_id, parent_id, group_id) = \
+            tuple(map(options.get, _CALL_OPTIONS)) if options else _NO_CALL_OPTIONS
 
-        queue = _pick(get("queue"), task_opts.queue, routed.get("queue"),
-                      conf.task_default_queue)
+        queue = _pick(queue, task_opts.queue, r_queue, conf.task_default_queue)
         if not conf.task_create_missing_queues:
             check_declared(queue, conf.task_queues)
-        priority = _check_priority(_pick(get("priority"), task_opts.priority,
-                                         routed.get("priority"), conf.task_default_priority))
-        serializer = _pick(get("serializer"), task_opts.serializer, routed.get("serializer"),
+        priority = _check_priority(_pick(priority, task_opts.priority, r_priority,
+                                         conf.task_default_priority))
+        serializer = _pick(serializer, task_opts.serializer, r_serializer,
                            conf.task_serializer)
         if serializer not in conf.accept_content:
             raise ContentDisallowed(
                 f"cannot send with serializer {serializer!r}: it is not in accept_content "
                 f"({', '.join(conf.accept_content)}), so no worker of this app would run it")
-        compression = _pick(get("compression"), task_opts.compression,
-                            routed.get("compression"), conf.task_compression)
-        ignore_result = bool(_pick(get("ignore_result"), task_opts.ignore_result,
-                                   routed.get("ignore_result"), conf.task_ignore_result))
-        headers = get("headers")
+        compression = _pick(compression, task_opts.compression, r_compression,
+                            conf.task_compression)
+        ignore_result = bool(_pick(ignore_result, task_opts.ignore_result, r_ignore,
+                                   conf.task_ignore_result))
         headers = dict(headers) if headers else {}
         if not ignore_result:  # a backend may need to say where the result must go (rpc)
             extra = self.backend.message_headers()
             if extra:
                 headers = {**extra, **headers}
         now = time.time()
-        countdown, eta = get("countdown"), get("eta")
-        expires = _pick(get("expires"), task_opts.expires, routed.get("expires"), None)
-        time_limit, soft_time_limit = get("time_limit"), get("soft_time_limit")
-        link, link_error = get("link"), get("link_error")
+        expires = _pick(expires, task_opts.expires, r_expires, None)
         message = Message(
-            id=get("task_id") or _task_id(),
+            id=task_id or _task_id(),
             task=name, args=args, kwargs=kwargs, queue=queue, priority=priority,
             eta=None if countdown is None and eta is None else _eta(countdown, eta, now),
             expires=None if expires is None else _expires(expires, now),
@@ -391,8 +392,7 @@ class App:
             else check_time_limit("time_limit", time_limit),
             soft_time_limit=None if soft_time_limit is None
             else check_time_limit("soft_time_limit", soft_time_limit),
-            retries=get("retries") or 0,
-            root_id=get("root_id"), parent_id=get("parent_id"), group_id=get("group_id"),
+            retries=retries or 0, root_id=root_id, parent_id=parent_id, group_id=group_id,
             # link / link_error: signatures frozen into payloads (celeriac.canvas_run)
             callbacks=link_payloads(link) if link else (),
             errbacks=link_payloads(link_error) if link_error else (),
@@ -425,7 +425,15 @@ class App:
 
 
 _NO_TASK_OPTIONS = TaskOptions()  # for a task not registered in this process
-_NOT_ROUTED: Mapping[str, Any] = {}  # no task_routes: nothing routed
+# The call options App.prepare reads, in the order it unpacks them.
+_CALL_OPTIONS = ("queue", "priority", "serializer", "compression", "ignore_result",
+                 "expires", "headers", "countdown", "eta", "time_limit", "soft_time_limit",
+                 "link", "link_error", "task_id", "retries", "root_id", "parent_id",
+                 "group_id")
+_NO_CALL_OPTIONS = (None,) * len(_CALL_OPTIONS)
+# What a route (task_routes) may set, in the order App.prepare unpacks it.
+_ROUTED_OPTIONS = ("queue", "priority", "serializer", "compression", "ignore_result",
+                   "expires")
 
 
 def _pick(call: Any, task: Any, routed: Any, default: Any) -> Any:
