@@ -36,8 +36,10 @@ them in memory only, and a broker restart deletes the queue and every message in
 **no priorities**: their messages come out oldest first whatever their priority.
 
 *Fetch*: a ``basic.consume`` per queue on the link's consumer channel, with
-``basic.qos`` prefetch = deliveries held + ``limit`` (the worker's budget, which stays
-constant: held + the limit it asks for). Deliveries land in a per-queue heap, by
+``basic.qos`` prefetch = deliveries held + ``limit`` (the worker's budget, which
+changes with how quick its tasks are): up when that target grows, down when it falls to
+a quarter; above 32 it is rounded up to a power of two, since a change restarts the
+consumers. Deliveries land in a per-queue heap, by
 priority and then first-publish time, and ``fetch`` takes from the heaps in the order
 the queues were named. Nothing polls: an idle fetch sleeps until a delivery arrives.
 Two bounded waits make one call return what belongs together: after a consumer starts,

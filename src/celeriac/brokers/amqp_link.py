@@ -80,6 +80,9 @@ RECONNECT_BACKOFF_FIRST = 0.1
 RECONNECT_BACKOFF_MAX = 5.0
 CLOSE_TIMEOUT = 5.0
 
+# Prefetch targets served exactly; larger ones are rounded up to a power of two.
+EXACT_PREFETCH = 32
+
 # Messages written to the socket at once by ``publish_confirmed``.
 PUBLISH_CHUNK = 256
 
@@ -607,22 +610,28 @@ class Link:
                 generation = await self.run(lambda: self._consume(queues, limit))
 
     async def _consume(self, queues: Sequence[str], limit: int) -> int:
-        """Consume ``queues`` with a prefetch of what is held plus ``limit``."""
+        """Consume ``queues`` with a prefetch of what is held plus ``limit``.
+
+        The prefetch follows that target both ways (``prefetch_for``): up when the
+        caller's budget grows, and down when it shrinks to a quarter, so a worker whose
+        tasks became slow stops holding hundreds of messages other workers could run.
+        """
         async with self._consume_lock:
             channel = await self._consumer_channel()
             await self.declare(queues)
-            target = len(self.held) + limit
-            restart = target > self.prefetch and bool(self.consumers)
+            target = max(len(self.held) + limit, 1)
+            wanted = prefetch_for(target, self.prefetch)
+            restart = wanted != self.prefetch and bool(self.consumers)
             if restart:
                 # A per-consumer prefetch applies to consumers started after basic.qos, so
-                # a bigger budget means new consumers. Deliveries already buffered stay:
+                # another budget means new consumers. Deliveries already buffered stay:
                 # their tags belong to the channel, not to the consumer.
                 for tag in self.consumers.values():
                     await channel.basic_cancel(tag)
                 queues = [*self.consumers, *(q for q in queues if q not in self.consumers)]
                 self.consumers.clear()
-            if target > self.prefetch or not self.prefetch:
-                self.prefetch = max(target, 1)
+            if wanted != self.prefetch:
+                self.prefetch = wanted
                 await channel.basic_qos(prefetch_count=self.prefetch)
             for queue in queues:
                 if queue not in self.consumers:
@@ -1137,6 +1146,23 @@ def _forget_message_id(channel: aiormq.Channel, message_id: str, tag: int,
 # The confirm bookkeeping publish_confirmed shares with aiormq's own basic_publish.
 _LEAN_PUBLISH = all(hasattr(aiormq.Channel, name) for name in ("lock", "create_future")) \
     and "confirmations" in getattr(aiormq.Channel, "__annotations__", {})
+
+
+def prefetch_for(target: int, current: int) -> int:
+    """The ``basic.qos`` prefetch for a consumer that wants ``target`` deliveries.
+
+    Changing it means restarting the consumers (four round trips), so it changes only
+    when the target leaves the band the current value serves: above it, or down to a
+    quarter of it. Small targets are served exactly (with few slow tasks, a message more
+    in one worker is a message another worker may wait for); above ``EXACT_PREFETCH``
+    the prefetch is rounded up to a power of two, so a budget that grows by small steps
+    (quick tasks) restarts the consumers a few times, not at every fetch.
+    """
+    if current and current // 4 < target <= current:
+        return current
+    if target <= EXACT_PREFETCH:
+        return target
+    return 1 << (target - 1).bit_length()
 
 
 def lost(error: BaseException) -> bool:

@@ -1,0 +1,57 @@
+"""The prefetch RabbitMQ keeps at a consumer follows the budget the worker asks for."""
+
+from __future__ import annotations
+
+import asyncio
+
+from rabbit_harness import Rabbit
+
+from celeriac.brokers import Outgoing, create_broker
+from celeriac.brokers.amqp_link import prefetch_for
+
+
+def _messages(prefix: str, count: int) -> list[Outgoing]:
+    return [Outgoing(f"{prefix}{i}", "jobs", b"{}") for i in range(count)]
+
+
+def test_a_shrunken_budget_leaves_the_rest_to_other_consumers(rabbit: Rabbit) -> None:
+    async def scenario() -> None:
+        quick = create_broker(rabbit.url(), {})
+        other = create_broker(rabbit.url(), {})
+        try:
+            # Given a consumer that took 200 quick tasks in one fetch and finished them
+            await quick.publish(_messages("a", 200))
+            first = await quick.fetch(["jobs"], 200, 5)
+            assert len(first) == 200
+            await quick.ack(first)
+            # When its budget falls to 2 (its tasks became slow) and 100 more arrive
+            assert await quick.fetch(["jobs"], 2, 0.05) == []
+            await quick.publish(_messages("b", 100))
+            held = await quick.fetch(["jobs"], 2, 5)
+            # Then it holds 2 of them, and another consumer gets the other 98
+            assert len(held) == 2
+            taken = await other.fetch(["jobs"], 100, 5)
+            assert len(taken) == 98
+            assert {d.id for d in held + taken} == {f"b{i}" for i in range(100)}
+        finally:
+            await quick.close()
+            await other.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_growing_budget_changes_the_prefetch_a_few_times_not_at_every_step() -> None:
+    # Given a budget growing by one at every fetch, as a worker's does while its
+    # tasks turn out quick, from 1 to 1,000
+    changes, prefetch = 0, 0
+    for target in range(1, 1001):
+        wanted = prefetch_for(target, prefetch)
+        # Then the prefetch always covers the target, within twice it above 32
+        assert target <= wanted <= max(32, 2 * target)
+        changes += wanted != prefetch
+        prefetch = wanted
+    # And the consumers restart about log2(1000) times above 32, not 968 times
+    assert changes <= 32 + 6
+    # And a target that falls to a quarter brings the prefetch down to it
+    assert prefetch_for(4, 1024) == 4
+    assert prefetch_for(300, 1024) == 1024
