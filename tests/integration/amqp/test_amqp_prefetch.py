@@ -1,13 +1,16 @@
-"""The prefetch RabbitMQ keeps at a consumer follows the budget the worker asks for."""
+"""Consuming: the prefetch follows the budget the worker asks for, and deliveries reach
+the link's handler directly."""
 
 from __future__ import annotations
 
 import asyncio
 
+import aiormq
+from aiormq.abc import DeliveredMessage
 from rabbit_harness import Rabbit
 
 from celeriac.brokers import Outgoing, create_broker
-from celeriac.brokers.amqp_link import prefetch_for
+from celeriac.brokers.amqp_link import DirectConsumer, deliver_directly, prefetch_for
 
 
 def _messages(prefix: str, count: int) -> list[Outgoing]:
@@ -55,3 +58,49 @@ def test_a_growing_budget_changes_the_prefetch_a_few_times_not_at_every_step() -
     # And a target that falls to a quarter brings the prefetch down to it
     assert prefetch_for(4, 1024) == 4
     assert prefetch_for(300, 1024) == 1024
+
+
+def test_direct_deliveries_arrive_in_order_and_a_failing_handler_keeps_the_channel(
+        rabbit: Rabbit) -> None:
+    async def scenario() -> None:
+        connection = aiormq.Connection(rabbit.url())
+        await connection.connect()
+        try:
+            channel = await connection.channel()
+            deliver_directly(channel)
+            await channel.queue_declare("direct")
+            await channel.queue_declare("plain")
+            got: list[bytes] = []
+            plain: list[bytes] = []
+            done, plain_done = asyncio.Event(), asyncio.Event()
+
+            def handle(message: DeliveredMessage) -> None:
+                if message.body == b"boom":
+                    raise RuntimeError("a bug in the handler")
+                got.append(message.body)
+                if len(got) == 50:
+                    done.set()
+
+            async def plain_handler(message: DeliveredMessage) -> None:
+                plain.append(message.body)
+                plain_done.set()
+
+            # Given a direct consumer and an ordinary one on the same channel
+            await channel.basic_consume("direct", DirectConsumer(handle), no_ack=True)
+            await channel.basic_consume("plain", plain_handler, no_ack=True)
+            # When messages arrive, one of which makes the direct handler fail
+            await channel.basic_publish(b"boom", routing_key="direct")
+            for i in range(50):
+                await channel.basic_publish(str(i).encode(), routing_key="direct")
+            await channel.basic_publish(b"p", routing_key="plain")
+            await asyncio.wait_for(done.wait(), 5)
+            # Then every other message reached the handler, in order, on a live channel
+            assert got == [str(i).encode() for i in range(50)]
+            assert not channel.is_closed
+            # And the ordinary consumer got its message as before
+            await asyncio.wait_for(plain_done.wait(), 5)
+            assert plain == [b"p"]
+        finally:
+            await connection.close()
+
+    asyncio.run(scenario())
