@@ -31,6 +31,7 @@ import itertools
 import logging
 import math
 import os
+import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -39,6 +40,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import aiormq
+import pamqp.frame
 from aiormq.abc import AbstractChannel, AbstractConnection, ChannelFrame, DeliveredMessage
 from aiormq.exceptions import (
     AMQPConnectionError,
@@ -50,7 +52,6 @@ from aiormq.exceptions import (
     PublishError,
 )
 from pamqp import commands as spec
-from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
 from celeriac.brokers.amqp_topology import (
@@ -1072,15 +1073,29 @@ async def publish_confirmed(channel: AbstractChannel, messages: Sequence[Outboun
             for body, exchange, key, properties in messages), return_exceptions=True)
         return [result if isinstance(result, BaseException) else None for result in results]
     confirmations: list[asyncio.Future[Any]] = []
+    message_ids: list[tuple[str, int]] = []
+    # One future in the channel's store stands for the whole batch: when aiormq gives up
+    # the channel it fails that one, and the batch with it (a store entry per message
+    # cost more than the rest of the publish).
+    guard = channel.create_future()
+    guard.add_done_callback(partial(_fail_pending, confirmations))
     try:
         async with asyncio.timeout(timeout):
             async with channel.lock:
                 for start in range(0, len(messages), PUBLISH_CHUNK):
                     chunk = messages[start:start + PUBLISH_CHUNK]
-                    await _write_chunk(channel, chunk, confirmations)
+                    await _write_chunk(channel, chunk, confirmations, message_ids)
             await asyncio.wait(confirmations)
     except TimeoutError:
         pass  # what is not confirmed by now is reported as timed out, below
+    finally:
+        if not guard.done():
+            guard.set_result(None)
+        # How aiormq matched a basic.return to its publish: not needed once settled.
+        found = channel.message_id_delivery_tag
+        for message_id, tag in message_ids:
+            if found.get(message_id) == tag:
+                del found[message_id]
     outcomes: list[BaseException | None] = []
     for future in confirmations:
         if not future.done():
@@ -1097,29 +1112,50 @@ async def publish_confirmed(channel: AbstractChannel, messages: Sequence[Outboun
     return outcomes
 
 
+def _fail_pending(confirmations: list[asyncio.Future[Any]], guard: asyncio.Future[Any]
+                  ) -> None:
+    """The channel failed the batch's guard: fail every confirm still awaited with it."""
+    if guard.cancelled() or (error := guard.exception()) is None:
+        return
+    for future in confirmations:
+        if not future.done():
+            future.set_exception(error)
+
+
 async def _write_chunk(channel: aiormq.Channel, chunk: Sequence[Outbound],
-                       confirmations: list[asyncio.Future[Any]]) -> None:
-    """Number, register and queue one chunk for the writer; the channel lock is held."""
+                       confirmations: list[asyncio.Future[Any]],
+                       message_ids: list[tuple[str, int]]) -> None:
+    """Number, register and queue one chunk for the writer; the channel lock is held.
+
+    The frames are marshalled here rather than by pamqp one object at a time: the
+    ``basic.publish`` frame of a route is made once and reused, body frames are a
+    header and the bytes. (Content headers are pamqp's.)
+    """
     first_tag = channel.delivery_tag + 1
-    frames: list[Any] = []
+    number = channel.number
+    parts: list[bytes] = []
     futures: list[asyncio.Future[Any]] = []
     room = channel.max_content_size
+    create_future = channel.loop.create_future
+    confirms = channel.confirmations
+    returns = channel.message_id_delivery_tag
     for body, exchange, routing_key, properties in chunk:
         channel.delivery_tag += 1
         tag = channel.delivery_tag
-        future = channel.create_future()
-        channel.confirmations[tag] = future
+        future = create_future()
+        confirms[tag] = future
         message_id = properties.message_id
         if message_id:
-            # How aiormq finds the publish a basic.return is about.
-            channel.message_id_delivery_tag[message_id] = tag
-            future.add_done_callback(partial(_forget_message_id, channel, message_id, tag))
+            returns[message_id] = tag  # how aiormq finds the publish a basic.return is about
+            message_ids.append((message_id, tag))
         futures.append(future)
-        frames.append(spec.Basic.Publish(exchange=exchange, routing_key=routing_key,
-                                         mandatory=True))
-        frames.append(ContentHeader(properties=properties, body_size=len(body)))
-        frames.extend(ContentBody(body[at:at + room]) for at in range(0, len(body), room))
-    frame = ChannelFrame.marshall(channel_number=channel.number, frames=frames)
+        parts.append(_publish_frame(number, exchange, routing_key))
+        parts.append(pamqp.frame.marshal(ContentHeader(properties=properties,
+                                                       body_size=len(body)), number))
+        for at in range(0, len(body), room):
+            piece = body[at:at + room]
+            parts += (_BODY_HEAD.pack(3, number, len(piece)), piece, _FRAME_END)
+    frame = ChannelFrame(payload=b"".join(parts), should_close=False)
     try:
         channel.write_queue.put_nowait(frame)
     except asyncio.QueueFull:
@@ -1130,16 +1166,28 @@ async def _write_chunk(channel: aiormq.Channel, chunk: Sequence[Outbound],
             # is still held, so nobody numbered a publish after them).
             channel.delivery_tag = first_tag - 1
             for offset, future in enumerate(futures):
-                channel.confirmations.pop(first_tag + offset, None)
+                confirms.pop(first_tag + offset, None)
                 future.cancel()
             raise
     confirmations.extend(futures)
 
 
-def _forget_message_id(channel: aiormq.Channel, message_id: str, tag: int,
-                       _: asyncio.Future[Any]) -> None:
-    if channel.message_id_delivery_tag.get(message_id) == tag:
-        del channel.message_id_delivery_tag[message_id]
+_BODY_HEAD = struct.Struct(">BHI")  # frame type, channel, size
+_FRAME_END = b"\xce"
+_PUBLISH_FRAMES: dict[tuple[int, str, str], bytes] = {}
+
+
+def _publish_frame(channel_number: int, exchange: str, routing_key: str) -> bytes:
+    """The marshalled ``basic.publish`` (mandatory) of a route, made once per route."""
+    key = (channel_number, exchange, routing_key)
+    frame = _PUBLISH_FRAMES.get(key)
+    if frame is None:
+        if len(_PUBLISH_FRAMES) >= 4096:
+            _PUBLISH_FRAMES.clear()  # reply queues come and go: keep it bounded
+        frame = _PUBLISH_FRAMES[key] = pamqp.frame.marshal(
+            spec.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=True),
+            channel_number)
+    return frame
 
 
 class DirectConsumer:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiormq
 from aiormq.exceptions import PublishError
 from pamqp import commands as spec
-from rabbit_harness import Rabbit
+from rabbit_harness import FreezableProxy, Rabbit
 
 from celeriac.brokers import Outgoing, create_broker
 from celeriac.brokers.amqp_link import PUBLISH_CHUNK, publish_confirmed
@@ -67,3 +68,33 @@ def test_many_messages_in_one_publish_are_all_stored_in_order(rabbit: Rabbit) ->
             await broker.close()
 
     assert asyncio.run(scenario()) == [str(i).encode() for i in range(count)]
+
+
+def test_a_batch_on_a_connection_that_dies_fails_at_once_not_at_its_timeout(
+        rabbit: Rabbit, proxy: FreezableProxy) -> None:
+    async def scenario() -> None:
+        url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/{rabbit.vhost}"
+        connection = aiormq.Connection(url)
+        await connection.connect()
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            await channel.queue_declare("doomed")
+            # Given a batch published while the network is silent (no confirm comes)
+            proxy.freeze()
+            messages = [(b"x", "", "doomed", spec.Basic.Properties(message_id=f"m{i}"))
+                        for i in range(20)]
+            started = time.monotonic()
+            batch = asyncio.create_task(publish_confirmed(channel, messages, 60))
+            await asyncio.sleep(0.2)
+            # When the connection is cut
+            proxy.thaw()
+            outcomes = await asyncio.wait_for(batch, 10)
+            # Then every message is reported failed (not stored for sure) within seconds,
+            # by the lost connection rather than by the 60 s timeout
+            assert time.monotonic() - started < 10
+            assert all(outcome is not None and not isinstance(outcome, TimeoutError)
+                       for outcome in outcomes), outcomes
+        finally:
+            await connection.close()
+
+    asyncio.run(scenario())
