@@ -34,7 +34,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -91,6 +91,7 @@ PUBLISH_CHUNK = 256
 LOST = (AMQPConnectionError, ChannelInvalidStateError, ConnectionError)
 
 _link_ids = itertools.count(1)
+_consumer_tags = itertools.count(1)
 
 T = TypeVar("T")
 
@@ -210,6 +211,7 @@ class Link:
         self.shared_declared = False  # the exchanges every queue uses
         self.ladders: set[str] = set()  # queues whose delay queues are declared
         self.consumers: dict[str, str] = {}  # queue -> consumer tag
+        self._direct: dict[str, Handler] = {}  # consumer tag -> handler (deliver_directly)
         self.prefetch = 0
         self.buffers: dict[str, list[tuple[int, int, int, Raw]]] = {}
         self.buffered_counts: dict[str, int] = {}  # read by other threads for stats
@@ -332,7 +334,8 @@ class Link:
 
     async def _open_consumer_channel(self, connection: AbstractConnection) -> AbstractChannel:
         channel = await connection.channel(publisher_confirms=False)
-        deliver_directly(channel)
+        self._direct = {}
+        deliver_directly(channel, self._direct)
         generation = self.generation
 
         def lost(closing: asyncio.Future[Any]) -> None:
@@ -630,6 +633,7 @@ class Link:
                 # their tags belong to the channel, not to the consumer.
                 for tag in self.consumers.values():
                     await channel.basic_cancel(tag)
+                    self._direct.pop(tag, None)
                 queues = [*self.consumers, *(q for q in queues if q not in self.consumers)]
                 self.consumers.clear()
             if wanted != self.prefetch:
@@ -647,8 +651,18 @@ class Link:
         self._expect[queue] = (burst, self.loop.time() + BURST_WAIT)
         generation = self.generation
 
-        ok = await channel.basic_consume(
-            name, DirectConsumer(partial(self._on_message, generation, queue)))
+        handle = partial(self._on_message, generation, queue)
+
+        async def on_message(message: DeliveredMessage) -> None:
+            handle(message)  # when the channel does not deliver directly
+
+        tag = f"celeriac.{self.id}.{next(_consumer_tags)}"
+        self._direct[tag] = handle
+        try:
+            ok = await channel.basic_consume(name, on_message, consumer_tag=tag)
+        except BaseException:
+            self._direct.pop(tag, None)
+            raise
         assert ok.consumer_tag is not None
         self.consumers[queue] = ok.consumer_tag
 
@@ -1190,50 +1204,40 @@ def _publish_frame(channel_number: int, exchange: str, routing_key: str) -> byte
     return frame
 
 
-class DirectConsumer:
-    """A consumer callback that ``deliver_directly`` calls in the channel's reader.
+Handler = Callable[[DeliveredMessage], None]
+
+
+def deliver_directly(channel: AbstractChannel, handlers: Mapping[str, Handler]) -> bool:
+    """Make ``channel`` hand deliveries to ``handlers[consumer_tag]`` without a task.
 
     aiormq's own path wraps every delivery in a task of its own (created, tracked in two
     future stores, scheduled, finished): about a tenth of a worker's CPU when its tasks
-    are no-ops. The handler here is a plain function that only buffers the message; as
-    an awaitable callback it still works on any channel.
-    """
-
-    __slots__ = ("handle",)
-
-    def __init__(self, handle: Callable[[DeliveredMessage], None]) -> None:
-        self.handle = handle
-
-    async def __call__(self, message: DeliveredMessage) -> None:
-        self.handle(message)
-
-
-def deliver_directly(channel: AbstractChannel) -> None:
-    """Make ``channel`` hand deliveries for a ``DirectConsumer`` over without a task.
-
-    The frames are read as aiormq reads them (its header and content readers); only the
-    task per delivery is skipped, and deliveries reach the handler in the order they
-    arrived. Other consumers, and any client without those readers, keep aiormq's path.
+    are no-ops, while the link's handler only buffers the message. The frames are read
+    as aiormq reads them (its header and content readers); the handler is called in the
+    channel's reader, in arrival order, and a failure is logged instead of closing the
+    channel. Deliveries for other consumer tags, and any client without those readers,
+    keep aiormq's path (False: the consumer callbacks are called as usual).
     """
     read_header = getattr(channel, "_Channel__get_content_header", None)
     read_content = getattr(channel, "_read_content", None)
     original = getattr(channel, "_on_deliver_frame", None)
     if not isinstance(channel, aiormq.Channel) or read_header is None \
             or read_content is None or original is None:
-        return
+        return False
 
     async def on_deliver_frame(frame: spec.Basic.Deliver) -> None:
-        consumer = channel.consumers.get(frame.consumer_tag or "")
-        if not isinstance(consumer, DirectConsumer):
+        handle = handlers.get(frame.consumer_tag or "")
+        if handle is None:
             await original(frame)
             return
         message = await read_content(frame, await read_header())
         try:
-            consumer.handle(message)
+            handle(message)
         except Exception:  # a bug: never let it close the channel with every delivery
             logger.exception("handling a delivery failed")
 
     setattr(channel, "_on_deliver_frame", on_deliver_frame)  # noqa: B010 (mypy: a method)
+    return True
 
 
 # The confirm bookkeeping publish_confirmed shares with aiormq's own basic_publish.

@@ -10,7 +10,7 @@ from aiormq.abc import DeliveredMessage
 from rabbit_harness import Rabbit
 
 from celeriac.brokers import Outgoing, create_broker
-from celeriac.brokers.amqp_link import DirectConsumer, deliver_directly, prefetch_for
+from celeriac.brokers.amqp_link import Handler, deliver_directly, prefetch_for
 
 
 def _messages(prefix: str, count: int) -> list[Outgoing]:
@@ -60,33 +60,40 @@ def test_a_growing_budget_changes_the_prefetch_a_few_times_not_at_every_step() -
     assert prefetch_for(300, 1024) == 1024
 
 
-def test_direct_deliveries_arrive_in_order_and_a_failing_handler_keeps_the_channel(
+def test_direct_deliveries_arrive_in_order_in_the_reader_and_a_failure_keeps_the_channel(
         rabbit: Rabbit) -> None:
     async def scenario() -> None:
         connection = aiormq.Connection(rabbit.url())
         await connection.connect()
         try:
             channel = await connection.channel()
-            deliver_directly(channel)
+            handlers: dict[str, Handler] = {}
+            assert deliver_directly(channel, handlers)
             await channel.queue_declare("direct")
             await channel.queue_declare("plain")
             got: list[bytes] = []
+            tasks: set[asyncio.Task[object] | None] = set()
             plain: list[bytes] = []
             done, plain_done = asyncio.Event(), asyncio.Event()
 
             def handle(message: DeliveredMessage) -> None:
+                tasks.add(asyncio.current_task())
                 if message.body == b"boom":
                     raise RuntimeError("a bug in the handler")
                 got.append(message.body)
                 if len(got) == 50:
                     done.set()
 
+            async def never(message: DeliveredMessage) -> None:
+                raise AssertionError("a direct delivery went through aiormq's task")
+
             async def plain_handler(message: DeliveredMessage) -> None:
                 plain.append(message.body)
                 plain_done.set()
 
             # Given a direct consumer and an ordinary one on the same channel
-            await channel.basic_consume("direct", DirectConsumer(handle), no_ack=True)
+            handlers["direct-tag"] = handle
+            await channel.basic_consume("direct", never, no_ack=True, consumer_tag="direct-tag")
             await channel.basic_consume("plain", plain_handler, no_ack=True)
             # When messages arrive, one of which makes the direct handler fail
             await channel.basic_publish(b"boom", routing_key="direct")
@@ -94,8 +101,10 @@ def test_direct_deliveries_arrive_in_order_and_a_failing_handler_keeps_the_chann
                 await channel.basic_publish(str(i).encode(), routing_key="direct")
             await channel.basic_publish(b"p", routing_key="plain")
             await asyncio.wait_for(done.wait(), 5)
-            # Then every other message reached the handler, in order, on a live channel
+            # Then every other message reached the handler, in order, all in one task
+            # (the channel's reader: no task per delivery), on a channel still open
             assert got == [str(i).encode() for i in range(50)]
+            assert len(tasks) == 1
             assert not channel.is_closed
             # And the ordinary consumer got its message as before
             await asyncio.wait_for(plain_done.wait(), 5)
