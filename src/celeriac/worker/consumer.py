@@ -201,6 +201,10 @@ class Consumer:
                 self._ready.put_nowait(held)
             if suspect is not None:
                 await self._wait_until_empty()
+            elif deliveries:
+                # Let the slots start on these before the next fetch is sent: sending it
+                # is a tenth of a millisecond of work that would otherwise come first.
+                await asyncio.sleep(0)
 
     def _room_for_more(self) -> int:
         """How many more deliveries to lease: the budget minus what waits or runs."""
