@@ -30,6 +30,7 @@ import heapq
 import itertools
 import logging
 import math
+import operator
 import os
 import struct
 import threading
@@ -91,6 +92,7 @@ PUBLISH_CHUNK = 256
 LOST = (AMQPConnectionError, ChannelInvalidStateError, ConnectionError)
 
 _link_ids = itertools.count(1)
+_entry_tag = operator.itemgetter(2)  # the delivery tag of a buffer heap entry
 _consumer_tags = itertools.count(1)
 
 T = TypeVar("T")
@@ -826,8 +828,8 @@ class Link:
         # the tags of this batch below the lowest tag still outstanding. Deliveries whose
         # callback has not run yet always have higher tags than any seen.
         outstanding = min(min(self.held, default=math.inf),
-                          min((entry[2] for heap in self.buffers.values() for entry in heap),
-                              default=math.inf),
+                          min((min(map(_entry_tag, heap)) for heap in self.buffers.values()
+                               if heap), default=math.inf),
                           min((tag for tag in self._moving if tag not in tags),
                               default=math.inf),
                           min((raw.tag for raws in self._parked.values() for raw in raws),
