@@ -331,7 +331,9 @@ class TargetRun:
         drained = drain(session, queued, self.prefork, workdir, ledger,
                         self.args.drain_timeout, "worker-cpu.log")
         return {BARE: bare, "w5_cpu_rate": drained.rate,
-                "w5_worker_startup_s": drained.startup}
+                "w5_worker_startup_s": drained.startup,
+                "w5_first_to_last_s": drained.first_to_last,
+                "w5_first_to_done_s": drained.first_to_done}
 
     def batch(self, session: Session, workdir: Path, ledger: Path) -> dict[str, float]:
         return {"batch_send_rate": batch_send(session, self.args.batch_tasks).rate}

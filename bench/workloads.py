@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent  # the worker imports bench.* from
 # while polling costs little CPU.
 POLL_MIN = 0.002
 POLL_MAX = 0.05
-POLL_PER_TASK = 2e-6
+POLL_PER_TASK = 2e-6  # before the first task is seen
+POLL_SHARE = 50  # ... then 1/50th of the time the remaining tasks should take
 STARTUP_TIMEOUT = 60.0  # seconds a worker may take to run its first task
 STOP_TIMEOUT = 60.0  # seconds a worker may take to stop after SIGTERM
 GET_TIMEOUT = 30.0
@@ -183,6 +184,21 @@ def batch_send(session: Session, tasks: int) -> SendResult:
     return SendResult(tasks, elapsed, tuple(ids))
 
 
+def poll_interval(left: int, done: int, elapsed: float) -> float:
+    """How long the drain's poll sleeps: a small share of the time the rest should take.
+
+    Each look at the ledger costs the runner CPU that the workers could use (the bare
+    loop of W5 pays none), so the runner looks rarely while much is left and often near
+    the end, where the moment matters.
+    """
+    if left <= 0:
+        return POLL_MIN
+    if done <= 0:
+        return min(POLL_MAX, max(POLL_MIN, left * POLL_PER_TASK))
+    remaining = left * elapsed / done  # at the rate so far
+    return min(POLL_MAX, max(POLL_MIN, remaining / POLL_SHARE))
+
+
 def wait_until_queued(session: Session, tasks: int) -> None:
     """Check that ``tasks`` messages are queued (a broker may count them a moment late)."""
     deadline = time.monotonic() + QUEUED_TIMEOUT
@@ -223,7 +239,7 @@ def drain(session: Session, sent: SendResult, spec: WorkerSpec, workdir: Path,
             if time.monotonic() > deadline:
                 raise BenchError(f"{max(0, left)} tasks still not run after {timeout}s:"
                                  f"\n{worker.log_tail()}")
-            time.sleep(min(POLL_MAX, max(POLL_MIN, left * POLL_PER_TASK)))
+            time.sleep(poll_interval(left, sent.tasks - left, time.time() - worker.started_at))
     stored = session.successes(sent.task_ids)
     executed = read_ledger(ledger, set(sent.task_ids))
     if stored != sent.tasks or executed.executions != sent.tasks \
