@@ -128,6 +128,9 @@ class SQLiteBroker(Broker):
     supports_delay = True
     supports_priority = True
     supports_rate_limit = True
+    # SQLite calls block anyway: a sync caller makes them in its own thread, on its own
+    # connection, instead of hopping to the app's bridge loop and back.
+    supports_blocking_publish = True
 
     def __init__(self, url: str = "sqlite:///celeriac.db",
                  options: Mapping[str, Any] | None = None) -> None:
@@ -144,7 +147,13 @@ class SQLiteBroker(Broker):
     async def close(self) -> None:
         self._db.close()
 
+    def close_blocking(self) -> None:
+        self._db.close()  # every thread's connection, callers' threads included
+
     async def publish(self, messages: Sequence[Outgoing]) -> None:
+        self.publish_blocking(messages)
+
+    def publish_blocking(self, messages: Sequence[Outgoing]) -> None:
         if not messages:
             return
         now = time.time()
