@@ -140,27 +140,19 @@ class Executor:
         def run_all() -> list[tuple[bool, Any, float]]:
             done: list[tuple[bool, Any, float]] = []
             for task, _, request in calls:
-                args = (task, *request.args) if task.bind else request.args
-                token = current_request.set(request)
                 started = time.perf_counter()
                 try:
-                    done.append((True, task.fn(*args, **request.kwargs),
+                    done.append((True, _call_sync(task, request),
                                  time.perf_counter() - started))
                 except Exception as exc:
                     done.append((False, exc, time.perf_counter() - started))
-                finally:
-                    current_request.reset(token)
             return done
 
         ran = await self.guard.runner(run_all)
         verdicts = []
         for (task, message, request), (ok, value, elapsed) in zip(calls, ran, strict=True):
-            if ok:
-                verdict = Verdict(Action.ACK,
-                                  Outcome.success(value, message.task, message.retries),
-                                  message=message)
-            else:
-                verdict = _verdict_for_error(task, request, message, value)
+            verdict = _succeeded(message, value) if ok else \
+                _verdict_for_error(task, request, message, value)
             verdicts.append((_finished(task, message, verdict, elapsed), elapsed))
         return verdicts
 
@@ -183,6 +175,10 @@ async def run_call(task: Task[Any, Any], request: Request, run_sync: SyncRunner)
         value = await _invoke(task, request, run_sync)
     except Exception as exc:
         return _verdict_for_error(task, request, message, exc)
+    return _succeeded(message, value)
+
+
+def _succeeded(message: Message, value: Any) -> Verdict:
     return Verdict(Action.ACK, Outcome.success(value, message.task, message.retries),
                    message=message)
 
@@ -202,23 +198,27 @@ def _verdict_for_error(task: Task[Any, Any], request: Request, message: Message,
 
 
 async def _invoke(task: Task[Any, Any], request: Request, run_sync: SyncRunner) -> Any:
-    args = (task, *request.args) if task.bind else request.args
     if task.is_async:
+        args = (task, *request.args) if task.bind else request.args
         token = current_request.set(request)
         try:
             return await task.fn(*args, **request.kwargs)
         finally:
             current_request.reset(token)
+    return await run_sync(lambda: _call_sync(task, request))
 
-    def call() -> Any:
-        # Runs in a pool thread: set the request in that thread's context.
-        token = current_request.set(request)
-        try:
-            return task.fn(*args, **request.kwargs)
-        finally:
-            current_request.reset(token)
 
-    return await run_sync(call)
+def _call_sync(task: Task[Any, Any], request: Request) -> Any:
+    """Call a sync task function with ``request`` as the context of the calling thread.
+
+    Runs in a pool thread, so the request is set in that thread's context.
+    """
+    args = (task, *request.args) if task.bind else request.args
+    token = current_request.set(request)
+    try:
+        return task.fn(*args, **request.kwargs)
+    finally:
+        current_request.reset(token)
 
 
 def _autoretry(task: Task[Any, Any], request: Request, message: Message,
