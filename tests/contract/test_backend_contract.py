@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import pytest
@@ -128,13 +128,19 @@ async def test_wait_times_out_with_none_without_spinning(backend: ResultBackend)
     assert cpu < 0.2 * wall, f"waiting used {cpu:.3f}s of CPU in {wall:.3f}s"
 
 
+def success_only(seen: list[bytes]) -> Callable[[bytes], bool]:
+    """An ``accept`` that takes only b"SUCCESS" and records every state it is shown."""
+    def accept(data: bytes) -> bool:
+        seen.append(data)
+        return data == b"SUCCESS"
+
+    return accept
+
+
 async def test_wait_skips_what_accept_refuses(backend: ResultBackend) -> None:
     await backend.store("t", b"STARTED", None)
     seen: list[bytes] = []
-
-    def final(data: bytes) -> bool:
-        seen.append(data)
-        return data == b"SUCCESS"
+    final = success_only(seen)
 
     with storing_later(backend, [b"RETRY", b"SUCCESS"]) as stored_at:
         got = await backend.wait("t", timeout=5, accept=final)
@@ -214,10 +220,7 @@ def test_blocking_wait_skips_what_accept_refuses(backend: ResultBackend) -> None
     backend = blocking(backend)
     asyncio.run(backend.store("t", b"STARTED", None))
     seen: list[bytes] = []
-
-    def final(data: bytes) -> bool:
-        seen.append(data)
-        return data == b"SUCCESS"
+    final = success_only(seen)
 
     with storing_later(backend, [b"RETRY", b"SUCCESS"], delay=0.1) as stored_at:
         got = backend.wait_blocking("t", timeout=5, accept=final)
@@ -259,10 +262,7 @@ def test_blocking_wait_from_nothing_stored_past_an_intermediate_state(
     # get() right after sending: nothing is stored, then STARTED, then the result
     backend = blocking(backend)
     seen: list[bytes] = []
-
-    def final(data: bytes) -> bool:
-        seen.append(data)
-        return data == b"SUCCESS"
+    final = success_only(seen)
 
     with storing_later(backend, [b"STARTED", b"SUCCESS"], delay=0.2) as stored_at:
         got = backend.wait_blocking("t", timeout=5, accept=final)

@@ -3,11 +3,10 @@
 A batch must not blur what happens to each task: every call gets its own request, its
 own outcome and its own log line; one failing, retrying or revoked call does not touch
 its neighbours; ``max_tasks_per_child`` stays exact; and the prefetch widens only
-while the tasks are quick.
+while the tasks are quick. The app is the ``celeriac_app`` fixture of celeriac.testing.
 """
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,17 +16,10 @@ from celeriac.worker.consumer import PREFETCH_MAX, Consumer, StopReason
 from celeriac.worker.pools import runner_for
 
 
-@pytest.fixture
-def app() -> Iterator[App]:
-    app = App("proj", broker="memory://")
-    yield app
-    app.close()
-
-
-def test_each_quick_task_of_a_batch_has_its_own_request_and_outcome(app: App) -> None:
+def test_each_quick_task_of_a_batch_has_its_own_request_and_outcome(celeriac_app: App) -> None:
     attempts: dict[int, int] = {}
 
-    @app.task(bind=True, max_retries=1, default_retry_delay=0)
+    @celeriac_app.task(bind=True, max_retries=1, default_retry_delay=0)
     def quick(self: object, n: int) -> tuple[int, str | None]:
         attempts[n] = attempts.get(n, 0) + 1
         if n % 7 == 3:
@@ -36,7 +28,7 @@ def test_each_quick_task_of_a_batch_has_its_own_request_and_outcome(app: App) ->
             raise quick.retry(countdown=0)
         return n, quick.request.id
 
-    with ThreadedWorker(app, slots=1, pool="prefork") as worker:
+    with ThreadedWorker(celeriac_app, slots=1, pool="prefork") as worker:
         quick.delay(0).get(timeout=5)  # known to be quick from now on
         results = [quick.delay(n) for n in range(1, 301)]
         for n, result in enumerate(results, start=1):
@@ -51,18 +43,18 @@ def test_each_quick_task_of_a_batch_has_its_own_request_and_outcome(app: App) ->
     assert all(attempts[n] == (2 if n % 11 == 5 and n % 7 != 3 else 1) for n in range(1, 301))
 
 
-def test_a_revoked_task_in_a_batch_is_not_run(app: App) -> None:
+def test_a_revoked_task_in_a_batch_is_not_run(celeriac_app: App) -> None:
     ran: list[int] = []
 
-    @app.task
+    @celeriac_app.task
     def quick(n: int) -> int:
         ran.append(n)
         return n
 
     quick.delay(0)
     results = [quick.delay(n) for n in range(1, 50)]
-    app.control.revoke(results[20].id)
-    with ThreadedWorker(app, slots=1, pool="prefork"):
+    celeriac_app.control.revoke(results[20].id)
+    with ThreadedWorker(celeriac_app, slots=1, pool="prefork"):
         with pytest.raises(TaskRevokedError):
             results[20].get(timeout=5)
         assert [r.get(timeout=5) for i, r in enumerate(results) if i != 20] == \
@@ -70,10 +62,10 @@ def test_a_revoked_task_in_a_batch_is_not_run(app: App) -> None:
     assert 21 not in ran
 
 
-def test_max_tasks_per_child_is_exact_when_tasks_run_in_batches(app: App) -> None:
+def test_max_tasks_per_child_is_exact_when_tasks_run_in_batches(celeriac_app: App) -> None:
     ran: list[int] = []
 
-    @app.task
+    @celeriac_app.task
     def quick(n: int) -> int:
         ran.append(n)
         return n
@@ -82,18 +74,19 @@ def test_max_tasks_per_child_is_exact_when_tasks_run_in_batches(app: App) -> Non
         quick.delay(n)
 
     async def consume() -> StopReason:
-        consumer = Consumer(app, [app.conf.task_default_queue], 1, runner_for("prefork", 1),
-                            max_tasks=30)
+        queue = celeriac_app.conf.task_default_queue
+        consumer = Consumer(celeriac_app, [queue], 1, runner_for("prefork", 1), max_tasks=30)
         return await consumer.run(grace=5)
 
     assert asyncio.run(consume()) is StopReason.RECYCLE
     assert ran == list(range(30))
-    [stats] = app._run_sync(app.broker.queue_stats([app.conf.task_default_queue]))
+    queue = celeriac_app.conf.task_default_queue
+    [stats] = celeriac_app._run_sync(celeriac_app.broker.queue_stats([queue]))
     assert (stats.ready, stats.in_flight) == (70, 0)  # the rest handed back, untouched
 
 
-def test_the_prefetch_widens_only_while_tasks_are_quick(app: App) -> None:
-    consumer = Consumer(app, ["celeriac"], 1, runner_for("prefork", 1))
+def test_the_prefetch_widens_only_while_tasks_are_quick(celeriac_app: App) -> None:
+    consumer = Consumer(celeriac_app, ["celeriac"], 1, runner_for("prefork", 1))
     base = consumer.budget
     assert consumer._budget() == base  # nothing measured yet: Celery's multiplier x slots
     for _ in range(20):
