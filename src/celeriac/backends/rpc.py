@@ -38,16 +38,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-import aiormq
-from aiormq.abc import AbstractChannel, AbstractConnection
-from aiormq.exceptions import AMQPError, PublishError
+from aiormq.exceptions import AMQPError
 from pamqp import commands as spec
 
 from celeriac.backends.base import ResultBackend
 from celeriac.brokers.amqp import safe_url, split_url
-from celeriac.brokers.amqp_blocking import BlockingConnection, ConnectionLost, Server
-from celeriac.brokers.amqp_link import publish_confirmed
+from celeriac.brokers.amqp_blocking import BlockingConnection, ConnectionLost, Server, Unroutable
 from celeriac.brokers.amqp_topology import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEARTBEAT
+from celeriac.brokers.amqp_wire import Wire, WireLost
 from celeriac.errors import BackendError, ConfigurationError
 from celeriac.task import current_request
 
@@ -267,17 +265,15 @@ class RPCBackend(ResultBackend):
 
     # -- shared by the listener and the publishers ----------------------------------------
 
-    async def open_connection(self, timeout: float) -> AbstractConnection:
-        connection = aiormq.Connection(self.server_url, client_properties={
-            "connection_name": f"celeriac rpc pid {os.getpid()}"})
+    async def open_wire(self) -> Wire:
+        """A connection for publishing results, its channel in confirm mode."""
+        server = Server.from_url(self.server_url, f"celeriac rpc pid {os.getpid()}")
         try:
-            await asyncio.wait_for(connection.connect(), timeout)
-        except (TimeoutError, OSError, AMQPError) as exc:
-            with contextlib.suppress(Exception):
-                await connection.close()
+            return await Wire.open(server, self.connect_timeout, heartbeat=self.heartbeat,
+                                   confirm=True)
+        except (WireLost, AMQPError) as exc:
             raise BackendError(f"cannot reach RabbitMQ for rpc results at {self.safe_url} "
                                f"({type(exc).__name__}: {exc})") from exc
-        return connection
 
     def deliver(self, properties: spec.Basic.Properties, body: bytes) -> None:
         """A result arrived on the reply queue."""
@@ -358,34 +354,39 @@ class _Listener:
 
 
 class _Publisher:
-    """One loop's connection for publishing results to reply queues."""
+    """One loop's connection for publishing results to reply queues (``amqp_wire``).
+
+    celeriac's own protocol rather than aiormq's: a worker publishes a result per task,
+    and aiormq's writer queue and confirm futures cost about as much as the task.
+    """
 
     def __init__(self, backend: RPCBackend) -> None:
         self.backend = backend
-        self._connection: AbstractConnection | None = None
-        self._channel: AbstractChannel | None = None
+        self._wire: Wire | None = None
         self._lock = asyncio.Lock()
 
-    async def _ready(self) -> AbstractChannel:
+    async def _ready(self) -> Wire:
         async with self._lock:
-            if self._channel is None or self._channel.is_closed:
-                if self._connection is None or self._connection.is_closed:
-                    self._connection = await self.backend.open_connection(
-                        self.backend.connect_timeout)
-                self._channel = await self._connection.channel(publisher_confirms=True)
-            return self._channel
+            if self._wire is None or self._wire.is_closed:
+                self._wire = await self.backend.open_wire()
+            return self._wire
 
     async def publish(self, replies: Sequence[tuple[str, str, bytes]],
                       ttl: float | None) -> None:
-        channel = await self._ready()
+        wire = await self._ready()
         headers: dict[str, Any] = {TTL_HEADER: int(ttl)} if ttl else {}
-        outcomes = await publish_confirmed(channel, [
-            (data, "", queue, spec.Basic.Properties(
-                message_id=task_id, correlation_id=task_id, delivery_mode=1, headers=headers))
-            for queue, task_id, data in replies], PUBLISH_TIMEOUT)
+        try:
+            outcomes = await wire.publish([
+                (data, "", queue, spec.Basic.Properties(
+                    message_id=task_id, correlation_id=task_id, delivery_mode=1,
+                    headers=headers))
+                for queue, task_id, data in replies], PUBLISH_TIMEOUT)
+        except (WireLost, AMQPError) as exc:  # the connection was gone already
+            raise BackendError(f"could not send {len(replies)} rpc result(s): "
+                               f"{exc!r}") from exc
         failures = []
         for (queue, task_id, _), outcome in zip(replies, outcomes, strict=True):
-            if isinstance(outcome, PublishError):
+            if isinstance(outcome, Unroutable):
                 # No such queue: the caller disconnected, and nobody can read this result.
                 logger.info("result of %s not delivered: its caller's reply queue %s is "
                             "gone", task_id, queue)
@@ -396,10 +397,9 @@ class _Publisher:
                                f"{failures[0]!r}") from failures[0]
 
     async def close(self) -> None:
-        if self._connection is not None:
-            with contextlib.suppress(Exception):
-                await self._connection.close()
-        self._connection = self._channel = None
+        wire, self._wire = self._wire, None
+        if wire is not None:
+            await wire.close()
 
 
 def _server_url(url: str, broker_url: Any) -> str:

@@ -4,22 +4,25 @@ A ``Link`` belongs to one event loop (aiormq objects are bound to the loop that 
 them) and is only ever touched from that loop; ``AMQPBroker`` keeps one per loop and
 sends work for another loop's deliveries over with ``run_coroutine_threadsafe``.
 
-A link has three channels on one connection:
+A link has two connections. aiormq's carries two channels:
 
 - *publisher*, in confirm mode: every publish, and every copy the link republishes, is
   awaited until RabbitMQ confirms it (published ``mandatory``, so an unroutable message
   is an error, not a silent drop); a batch goes out under one lock in a few writes
   (``publish_confirmed``), each message's confirm still awaited;
-- *consumer*: one ``basic.consume`` per queue, ``basic.qos`` prefetch set to the
-  caller's budget, manual acks. Deliveries land in a per-queue heap (priority, then age)
-  that ``fetch`` takes from;
 - *admin*: passive declares for counts, ``basic.get`` scans of the dead letters and the
   registry. A passive declare of a missing queue closes a channel; only this one.
 
-Every delivery tag is valid only on the consumer channel that received it. When that
-channel or the connection is lost, the link's *generation* moves on, so every receipt
-of the old one is stale: acking it is a no-op, extending it says False. RabbitMQ has
-already put those messages back (flagged ``redelivered``).
+The *consumer* has a connection of its own, read by celeriac's own protocol
+(``amqp_wire``: each delivery parsed where it lies in the read buffer and handed over in
+the same call, which costs a fraction of aiormq's reader): one ``basic.consume`` per
+queue, ``basic.qos`` prefetch set to the caller's budget, manual acks. Deliveries land in
+a per-queue heap (priority, then age) that ``fetch`` takes from.
+
+Every delivery tag is valid only on the consumer connection that received it. When that
+is lost, the link's *generation* moves on, so every receipt of the old one is stale:
+acking it is a no-op, extending it says False. RabbitMQ has already put those messages
+back (flagged ``redelivered``).
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
 import aiormq
 import pamqp.frame
@@ -55,6 +59,7 @@ from aiormq.exceptions import (
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
+from celeriac.brokers.amqp_blocking import Server
 from celeriac.brokers.amqp_topology import (
     DELAY_LEVELS,
     HEADER_DEAD_AT,
@@ -66,6 +71,7 @@ from celeriac.brokers.amqp_topology import (
     AMQPOptions,
     Topology,
 )
+from celeriac.brokers.amqp_wire import Incoming, Wire, WireLost
 from celeriac.brokers.base import Delivery
 from celeriac.errors import BrokerError, BrokerUnavailable
 
@@ -160,6 +166,9 @@ class Context:
         self.topology = topology
         self.lease_seconds = lease_seconds
         self.known: set[str] = set()  # celeriac queues declared through this broker
+        self.server = Server.from_url(url, f"celeriac pid {os.getpid()} consumer")
+        query = dict(parse_qsl(urlsplit(url).query))
+        self.heartbeat = int(query.get("heartbeat", settings.heartbeat))
         self._stamp_lock = threading.Lock()
         self._last_stamp = 0
 
@@ -206,14 +215,13 @@ class Link:
         self.id = next(_link_ids)
         self.connection: AbstractConnection | None = None
         self.publisher: AbstractChannel | None = None
-        self.consumer: AbstractChannel | None = None
+        self.consumer: Wire | None = None
         self.admin: AbstractChannel | None = None
         self.generation = 0
         self.declared: set[str] = set()  # queues declared on this connection
         self.shared_declared = False  # the exchanges every queue uses
         self.ladders: set[str] = set()  # queues whose delay queues are declared
         self.consumers: dict[str, str] = {}  # queue -> consumer tag
-        self._direct: dict[str, Handler] = {}  # consumer tag -> handler (deliver_directly)
         self.prefetch = 0
         self.buffers: dict[str, list[tuple[int, int, int, Raw]]] = {}
         self.buffered_counts: dict[str, int] = {}  # read by other threads for stats
@@ -264,7 +272,6 @@ class Link:
             await asyncio.wait_for(connection.connect(),
                                    max(0.05, min(timeout, self.ctx.settings.connect_timeout)))
             self.publisher = await connection.channel(publisher_confirms=True)
-            self.consumer = await self._open_consumer_channel(connection)
             self.connection = connection
         except BaseException as exc:
             if not isinstance(exc, TimeoutError | OSError | AMQPError) and not lost(exc):
@@ -274,7 +281,7 @@ class Link:
             self._retry_at = self.loop.time() + backoff
             self._last_error = exc
             await _quietly(connection.close())
-            self.connection = self.publisher = self.consumer = None
+            self.connection = self.publisher = None
             raise self._unavailable() from exc
         if self._failures:
             logger.warning("reconnected to RabbitMQ at %s", self.ctx.safe_url)
@@ -305,6 +312,8 @@ class Link:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _forget_dead_connection(self, error: BaseException) -> None:
+        if isinstance(error, WireLost):
+            return  # the consumer's own connection: it has dropped its state already
         connection = self.connection
         if connection is not None and (connection.is_closed or isinstance(
                 error, AMQPConnectionError | OSError | asyncio.CancelledError)):
@@ -332,27 +341,39 @@ class Link:
         self.connection = self.publisher = self.admin = None
         self.declared.clear()
         self.ladders.clear()
-        self._drop_consumer_state()
+        # (The consumer's connection is another: it notices its own loss.)
 
-    async def _open_consumer_channel(self, connection: AbstractConnection) -> AbstractChannel:
-        channel = await connection.channel(publisher_confirms=False)
-        self._direct = {}
-        deliver_directly(channel, self._direct)
-        generation = self.generation
+    async def _open_consumer(self) -> Wire:
+        wire = await Wire.open(self.ctx.server, self.ctx.settings.connect_timeout,
+                               heartbeat=self.ctx.heartbeat, confirm=False)
 
-        def lost(closing: asyncio.Future[Any]) -> None:
-            if not closing.cancelled():
-                closing.exception()  # retrieved: the reason is logged by aiormq
-            if self.generation == generation and self.consumer is channel:
-                self._drop_consumer_state()
+        def lost(error: BaseException) -> None:
+            if self.consumer is not wire:
+                return  # given up already (closed, or replaced)
+            if not self.closed and not isinstance(error, asyncio.CancelledError):
+                # (CancelledError: the loop itself is ending, as at the end of asyncio.run)
+                logger.warning("consumer connection to RabbitMQ at %s lost: %r; its unacked "
+                               "deliveries go back to the queues", self.ctx.safe_url, error)
+            self._drop_consumer_state()
 
-        channel.closing.add_done_callback(lost)
-        return channel
+        wire.on_lost = lost
+        wire.on_cancel = self._on_cancel
+        return wire
+
+    def _on_cancel(self, tag: str) -> None:
+        """RabbitMQ cancelled a consumer (its queue was deleted): consume it again."""
+        for queue, consumer_tag in list(self.consumers.items()):
+            if consumer_tag == tag:
+                del self.consumers[queue]
+                self.declared.discard(queue)
+        self._wake()
 
     def _drop_consumer_state(self) -> None:
-        """The consumer channel is gone, and every tag it gave with it."""
+        """The consumer connection is gone, and every tag it gave with it."""
         self.generation += 1
-        self.consumer = None
+        consumer, self.consumer = self.consumer, None
+        if consumer is not None:
+            consumer.abort()  # (when it was given up while still open: delete())
         self.consumers.clear()
         self.prefetch = 0
         self.buffers.clear()
@@ -366,12 +387,12 @@ class Link:
         self._due_seen.clear()
         self._wake()
 
-    async def _consumer_channel(self) -> AbstractChannel:
-        connection = await self.ready()
+    async def _consumer_channel(self) -> Wire:
+        await self.ready()  # the link's connection, its backoff and its errors first
         if self.consumer is None or self.consumer.is_closed:
             if self.consumer is not None:
                 self._drop_consumer_state()
-            self.consumer = await self._open_consumer_channel(connection)
+            self.consumer = await self._open_consumer()
         return self.consumer
 
     async def _publisher_channel(self, timeout: float | None = None) -> AbstractChannel:
@@ -391,13 +412,17 @@ class Link:
         if self.closed:
             return
         connection = self.connection
-        if connection is not None and not connection.is_closed and self.consumer is not None:
+        consumer = self.consumer
+        if connection is not None and not connection.is_closed and consumer is not None \
+                and not consumer.is_closed:
             await _quietly(asyncio.wait_for(self._release_buffered(), CLOSE_TIMEOUT))
         self.closed = True
         for task in [*self._tasks, *([self._reaper] if self._reaper else [])]:
             task.cancel()
         await asyncio.gather(*self._tasks, *([self._reaper] if self._reaper else []),
                              return_exceptions=True)
+        if consumer is not None:
+            await _quietly(consumer.close(CLOSE_TIMEOUT))
         if connection is not None:
             await _quietly(asyncio.wait_for(connection.close(), CLOSE_TIMEOUT))
         self.connection = self.publisher = self.consumer = self.admin = None
@@ -413,7 +438,7 @@ class Link:
             return
         for tag in list(self.consumers.values()):
             with contextlib.suppress(Exception):
-                await consumer.basic_cancel(tag)
+                await consumer.cancel(tag)
         self.consumers.clear()
         raws = [entry[3] for heap in self.buffers.values() for entry in heap]
         raws += [raw for parked in self._parked.values() for raw in parked]
@@ -634,47 +659,32 @@ class Link:
                 # another budget means new consumers. Deliveries already buffered stay:
                 # their tags belong to the channel, not to the consumer.
                 for tag in self.consumers.values():
-                    await channel.basic_cancel(tag)
-                    self._direct.pop(tag, None)
+                    await channel.cancel(tag)
                 queues = [*self.consumers, *(q for q in queues if q not in self.consumers)]
                 self.consumers.clear()
             if wanted != self.prefetch:
                 self.prefetch = wanted
-                await channel.basic_qos(prefetch_count=self.prefetch)
+                await channel.call(spec.Basic.Qos(prefetch_count=self.prefetch),
+                                   spec.Basic.QosOk)
             for queue in queues:
                 if queue not in self.consumers:
                     await self._start_consumer(channel, queue)
             return self.generation
 
-    async def _start_consumer(self, channel: AbstractChannel, queue: str) -> None:
+    async def _start_consumer(self, channel: Wire, queue: str) -> None:
         name = self.ctx.topology.queue(queue)
-        ready = await channel.queue_declare(name, passive=True)
+        ready = await channel.call(spec.Queue.Declare(queue=name, passive=True),
+                                   spec.Queue.DeclareOk)
         burst = min(ready.message_count or 0, self.prefetch)
         self._expect[queue] = (burst, self.loop.time() + BURST_WAIT)
-        generation = self.generation
-
-        handle = partial(self._on_message, generation, queue)
-
-        async def on_message(message: DeliveredMessage) -> None:
-            handle(message)  # when the channel does not deliver directly
-
         tag = f"celeriac.{self.id}.{next(_consumer_tags)}"
-        self._direct[tag] = handle
-        try:
-            ok = await channel.basic_consume(name, on_message, consumer_tag=tag)
-        except BaseException:
-            self._direct.pop(tag, None)
-            raise
-        assert ok.consumer_tag is not None
-        self.consumers[queue] = ok.consumer_tag
+        await channel.consume(name, tag, partial(self._on_message, self.generation, queue))
+        self.consumers[queue] = tag
 
-    def _on_message(self, generation: int, queue: str, message: DeliveredMessage) -> None:
+    def _on_message(self, generation: int, queue: str, message: Incoming) -> None:
         if generation != self.generation:
-            return  # from a channel already given up: its tag is dead
-        deliver = message.delivery
-        assert isinstance(deliver, spec.Basic.Deliver)
-        properties = message.header.properties
-        headers = dict(properties.headers or {})
+            return  # from a connection already given up: its tag is dead
+        headers = message.headers
         counted = _int(headers.get(HEADER_DELIVERIES))
         queue_spec = self.ctx.settings.spec(queue)
         if queue_spec.quorum:  # RabbitMQ counts returns of quorum queue messages itself
@@ -683,15 +693,15 @@ class Link:
         if left:
             self._expect[queue] = (left - 1, until)
         sent = headers.get(HEADER_SENT)
-        raw = Raw(deliver.delivery_tag or 0, queue, properties.message_id or "", message.body,
-                  properties.priority or 0, counted,
-                  int(sent) if isinstance(sent, int) else time.time_ns() // 1000, headers)
+        raw = Raw(message.tag, queue, message.message_id, message.body, message.priority,
+                  counted, int(sent) if isinstance(sent, int) else time.time_ns() // 1000,
+                  headers)
         eta = headers.get(HEADER_ETA)
         if isinstance(eta, int) and eta > time.time() * 1000:
             # Early (a delay past the top of the ladder, or clocks apart): down again.
             self._spawn(self._move(generation, raw, raw.deliveries))
             return
-        if deliver.redelivered and not queue_spec.quorum:
+        if message.redelivered and not queue_spec.quorum:
             # The channel that had it died (a worker killed, a connection lost), so that
             # delivery counts. The count is kept in a new copy, published before the
             # original is acked, so that a message that kills every worker it reaches
@@ -837,10 +847,10 @@ class Link:
         covered = [tag for tag in batch if tag < outstanding]
         try:
             if len(covered) > 1:
-                await channel.basic_ack(covered[-1], multiple=True, wait=False)
+                channel.ack(covered[-1], multiple=True)
                 batch = batch[len(covered):]
             for tag in batch:
-                await channel.basic_ack(tag, wait=False)
+                channel.ack(tag)
         except (*LOST, AMQPError):
             pass  # the channel is gone: RabbitMQ gives the messages back itself
 
@@ -903,7 +913,8 @@ class Link:
         channel = self.consumer
         if generation == self.generation and channel is not None:
             with contextlib.suppress(Exception):
-                await channel.queue_declare(self.ctx.topology.queue(raw.queue), passive=True)
+                await channel.call(spec.Queue.Declare(queue=self.ctx.topology.queue(raw.queue),
+                                                      passive=True), spec.Queue.DeclareOk)
         return True
 
     async def _nack(self, generation: int, tag: int) -> None:
@@ -911,7 +922,7 @@ class Link:
         channel = self.consumer
         if generation == self.generation and channel is not None:
             with contextlib.suppress(*LOST, AMQPError):
-                await channel.basic_nack(tag, requeue=True)
+                channel.nack(tag, requeue=True)
 
     async def dead_letter(self, pairs: Sequence[tuple[Receipt, str]]) -> None:
         live = [(receipt, held, reason) for receipt, reason in pairs
@@ -1037,7 +1048,7 @@ class Link:
         if self.consumer is not None:
             for tag in list(self.consumers.values()):
                 with contextlib.suppress(*LOST, AMQPError):
-                    await self.consumer.basic_cancel(tag)
+                    await self.consumer.cancel(tag)
             self._drop_consumer_state()
         channel = await self._admin_channel()
         for queue in queues:
@@ -1204,42 +1215,6 @@ def _publish_frame(channel_number: int, exchange: str, routing_key: str) -> byte
             spec.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=True),
             channel_number)
     return frame
-
-
-Handler = Callable[[DeliveredMessage], None]
-
-
-def deliver_directly(channel: AbstractChannel, handlers: Mapping[str, Handler]) -> bool:
-    """Make ``channel`` hand deliveries to ``handlers[consumer_tag]`` without a task.
-
-    aiormq's own path wraps every delivery in a task of its own (created, tracked in two
-    future stores, scheduled, finished): about a tenth of a worker's CPU when its tasks
-    are no-ops, while the link's handler only buffers the message. The frames are read
-    as aiormq reads them (its header and content readers); the handler is called in the
-    channel's reader, in arrival order, and a failure is logged instead of closing the
-    channel. Deliveries for other consumer tags, and any client without those readers,
-    keep aiormq's path (False: the consumer callbacks are called as usual).
-    """
-    read_header = getattr(channel, "_Channel__get_content_header", None)
-    read_content = getattr(channel, "_read_content", None)
-    original = getattr(channel, "_on_deliver_frame", None)
-    if not isinstance(channel, aiormq.Channel) or read_header is None \
-            or read_content is None or original is None:
-        return False
-
-    async def on_deliver_frame(frame: spec.Basic.Deliver) -> None:
-        handle = handlers.get(frame.consumer_tag or "")
-        if handle is None:
-            await original(frame)
-            return
-        message = await read_content(frame, await read_header())
-        try:
-            handle(message)
-        except Exception:  # a bug: never let it close the channel with every delivery
-            logger.exception("handling a delivery failed")
-
-    setattr(channel, "_on_deliver_frame", on_deliver_frame)  # noqa: B010 (mypy: a method)
-    return True
 
 
 # The confirm bookkeeping publish_confirmed shares with aiormq's own basic_publish.

@@ -1,16 +1,20 @@
 """Consuming: the prefetch follows the budget the worker asks for, and deliveries reach
-the link's handler directly."""
+the link's handler straight from celeriac's own reader (``amqp_wire``)."""
 
 from __future__ import annotations
 
 import asyncio
 
 import aiormq
-from aiormq.abc import DeliveredMessage
+import pytest
+from aiormq.exceptions import ChannelNotFoundEntity
+from pamqp import commands as spec
 from rabbit_harness import Rabbit
 
 from celeriac.brokers import Outgoing, create_broker
-from celeriac.brokers.amqp_link import Handler, deliver_directly, prefetch_for
+from celeriac.brokers.amqp_blocking import Server
+from celeriac.brokers.amqp_link import prefetch_for
+from celeriac.brokers.amqp_wire import Incoming, Wire
 
 
 def _messages(prefix: str, count: int) -> list[Outgoing]:
@@ -60,56 +64,69 @@ def test_a_growing_budget_changes_the_prefetch_a_few_times_not_at_every_step() -
     assert prefetch_for(300, 1024) == 1024
 
 
-def test_direct_deliveries_arrive_in_order_in_the_reader_and_a_failure_keeps_the_channel(
+def test_deliveries_arrive_in_order_and_a_failing_handler_keeps_the_connection(
         rabbit: Rabbit) -> None:
     async def scenario() -> None:
-        connection = aiormq.Connection(rabbit.url())
-        await connection.connect()
+        server = Server.from_url(rabbit.url(), "test consumer")
+        publisher = aiormq.Connection(rabbit.url())
+        await publisher.connect()
+        wire = await Wire.open(server, 5, heartbeat=0, confirm=False)
+        lost: list[BaseException] = []
+        wire.on_lost = lost.append
         try:
-            channel = await connection.channel()
-            handlers: dict[str, Handler] = {}
-            assert deliver_directly(channel, handlers)
+            channel = await publisher.channel()
             await channel.queue_declare("direct")
-            await channel.queue_declare("plain")
-            got: list[bytes] = []
-            tasks: set[asyncio.Task[object] | None] = set()
-            plain: list[bytes] = []
-            done, plain_done = asyncio.Event(), asyncio.Event()
+            got: list[Incoming] = []
+            done = asyncio.Event()
 
-            def handle(message: DeliveredMessage) -> None:
-                tasks.add(asyncio.current_task())
+            def handle(message: Incoming) -> None:
                 if message.body == b"boom":
                     raise RuntimeError("a bug in the handler")
-                got.append(message.body)
+                got.append(message)
                 if len(got) == 50:
                     done.set()
 
-            async def never(message: DeliveredMessage) -> None:
-                raise AssertionError("a direct delivery went through aiormq's task")
-
-            async def plain_handler(message: DeliveredMessage) -> None:
-                plain.append(message.body)
-                plain_done.set()
-
-            # Given a direct consumer and an ordinary one on the same channel
-            handlers["direct-tag"] = handle
-            await channel.basic_consume("direct", never, no_ack=True, consumer_tag="direct-tag")
-            await channel.basic_consume("plain", plain_handler, no_ack=True)
-            # When messages arrive, one of which makes the direct handler fail
+            # Given a consumer on the wire
+            await wire.consume("direct", "direct-tag", handle)
+            # When messages arrive (one large enough for several body frames, one with
+            # headers), one of which makes the handler fail
             await channel.basic_publish(b"boom", routing_key="direct")
-            for i in range(50):
-                await channel.basic_publish(str(i).encode(), routing_key="direct")
-            await channel.basic_publish(b"p", routing_key="plain")
+            for i in range(49):
+                await channel.basic_publish(str(i).encode(), routing_key="direct",
+                                            properties=spec.Basic.Properties(
+                                                message_id=f"m{i}", priority=i % 10,
+                                                headers={"n": i}, delivery_mode=2))
+            await channel.basic_publish(b"x" * 300_000, routing_key="direct")
             await asyncio.wait_for(done.wait(), 5)
-            # Then every other message reached the handler, in order, all in one task
-            # (the channel's reader: no task per delivery), on a channel still open
-            assert got == [str(i).encode() for i in range(50)]
-            assert len(tasks) == 1
-            assert not channel.is_closed
-            # And the ordinary consumer got its message as before
-            await asyncio.wait_for(plain_done.wait(), 5)
-            assert plain == [b"p"]
+            # Then every other message reached the handler, in order, whole, with the
+            # properties it was sent with, on a connection still open
+            assert [m.body for m in got[:49]] == [str(i).encode() for i in range(49)]
+            assert [(m.message_id, m.priority, m.headers) for m in got[:3]] == [
+                ("m0", 0, {"n": 0}), ("m1", 1, {"n": 1}), ("m2", 2, {"n": 2})]
+            assert got[49].body == b"x" * 300_000
+            assert not wire.is_closed
+            # And acks settle them (all but the boom)
+            for message in got:
+                wire.ack(message.tag)
+            ok = await wire.call(spec.Queue.Declare(queue="direct", passive=True),
+                                 spec.Queue.DeclareOk)
+            assert ok.message_count == 0
+            # And a channel error (a missing queue) ends the wire, and says why, once
+            with pytest.raises(ChannelNotFoundEntity):
+                await wire.call(spec.Queue.Declare(queue="missing", passive=True),
+                                spec.Queue.DeclareOk)
+            assert wire.is_closed
+            assert len(lost) == 1
+            assert isinstance(lost[0], ChannelNotFoundEntity)
+            # And what it held unacked goes back to the queue: the boom
+            for _ in range(100):
+                declared = await channel.queue_declare("direct", passive=True)
+                if declared.message_count:
+                    break
+                await asyncio.sleep(0.02)
+            assert declared.message_count == 1
         finally:
-            await connection.close()
+            await wire.close()
+            await publisher.close()
 
     asyncio.run(scenario())
