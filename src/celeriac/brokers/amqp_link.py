@@ -1005,20 +1005,24 @@ class Link:
         if limit is not None:
             total = min(total, limit)
         found: list[DeliveredMessage] = []
-        last_tag = 0
+        # The newest tag still unacked: a multiple nack up to it hands back every kept
+        # message, and must not name a tag that was acked (RabbitMQ closes the channel
+        # for an unknown delivery tag).
+        last_kept = 0
         try:
             while len(found) < total:
                 message = await channel.basic_get(name)
                 if not isinstance(message.delivery, spec.Basic.GetOk):
                     break
-                last_tag = message.delivery.delivery_tag or last_tag
+                tag = message.delivery.delivery_tag or 0
                 if keep is not None and not keep(message):
-                    await channel.basic_ack(last_tag)
+                    await channel.basic_ack(tag)
                     continue
+                last_kept = tag or last_kept
                 found.append(message)
         finally:
-            if last_tag:
-                await channel.basic_nack(last_tag, multiple=True, requeue=True)
+            if last_kept:
+                await channel.basic_nack(last_kept, multiple=True, requeue=True)
         if found:
             await self._await_requeue(channel, name, len(found))
         return found
