@@ -73,3 +73,34 @@ def test_one_thread_per_slot_and_at_most_eight_for_the_async_pool() -> None:
     assert runner_for("prefork", 1).threads == 1
     assert runner_for("threads", 4).threads == 4
     assert runner_for("async", 100).threads == 8
+
+
+def test_the_loop_gets_a_turn_between_calls_run_back_to_back() -> None:
+    """A slot running call after call never starves the loop for more than one call."""
+
+    async def scenario() -> tuple[int, int]:
+        runner = ThreadRunner(1)
+        turns = 0
+        running = True
+
+        async def other_work() -> None:  # stands for the flush, fetch and lease loops
+            nonlocal turns
+            while running:
+                turns += 1
+                await asyncio.sleep(0)
+
+        other = asyncio.create_task(other_work())
+        await asyncio.sleep(0)
+        before = turns
+        try:
+            for _ in range(20):
+                await runner(lambda: time.sleep(0.002))  # each within the wait
+        finally:
+            running = False
+            await other
+            runner.shutdown()
+        return before, turns
+
+    before, after = asyncio.run(scenario())
+
+    assert after - before >= 20
