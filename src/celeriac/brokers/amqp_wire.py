@@ -214,8 +214,14 @@ class Wire(asyncio.Protocol):
             async with asyncio.timeout(timeout):
                 async with self._call_lock:
                     future = self._wait_for(spec.Connection.CloseOk)
-                    self._send(0, spec.Connection.Close(reply_code=200, reply_text="bye"))
-                    await future
+                    try:
+                        # class_id and method_id 0: no method caused this close.
+                        self._send(0, spec.Connection.Close(reply_code=200, reply_text="bye",
+                                                            class_id=0, method_id=0))
+                        await future
+                    finally:
+                        if not future.done():  # given up on: nobody will read it
+                            future.cancel()
         self.abort(WireLost("closed by celeriac"))
 
     def abort(self, error: BaseException | None = None) -> None:

@@ -4,6 +4,7 @@ the link's handler straight from celeriac's own reader (``amqp_wire``)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import aiormq
 import pytest
@@ -130,3 +131,34 @@ def test_deliveries_arrive_in_order_and_a_failing_handler_keeps_the_connection(
             await publisher.close()
 
     asyncio.run(scenario())
+
+
+def test_closing_a_wire_is_a_polite_amqp_close_that_leaves_nothing_behind(
+        rabbit: Rabbit) -> None:
+    """``close()`` sends connection.close and gets RabbitMQ's close-ok, so the server logs
+    a client close rather than a dropped connection, and no future is left failing
+    unread (asyncio's "Future exception was never retrieved" at every worker stop)."""
+    answers: list[object] = []
+
+    class Recording(Wire):
+        def _on_method(self, channel: int, frame: object) -> None:
+            answers.append(frame)
+            super()._on_method(channel, frame)
+
+    async def scenario() -> list[dict[str, object]]:
+        unhandled: list[dict[str, object]] = []
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _, context: unhandled.append(context))
+        wire = await Recording.open(Server.from_url(rabbit.url(), "test close"), 5,
+                                    heartbeat=0, confirm=True)
+        await wire.close()
+        assert wire.is_closed
+        del wire
+        gc.collect()
+        await asyncio.sleep(0)
+        return unhandled
+
+    unhandled = asyncio.run(scenario())
+
+    assert any(isinstance(frame, spec.Connection.CloseOk) for frame in answers)
+    assert unhandled == []
