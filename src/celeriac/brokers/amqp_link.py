@@ -344,8 +344,10 @@ class Link:
         # (The consumer's connection is another: it notices its own loss.)
 
     async def _open_consumer(self) -> Wire:
+        # In confirm mode: copies of its deliveries (requeues that count, moves down the
+        # delay ladder, dead letters) are published on it too (publish_here).
         wire = await Wire.open(self.ctx.server, self.ctx.settings.connect_timeout,
-                               heartbeat=self.ctx.heartbeat, confirm=False)
+                               heartbeat=self.ctx.heartbeat, confirm=True)
 
         def lost(error: BaseException) -> None:
             if self.consumer is not wire:
@@ -596,16 +598,16 @@ class Link:
                 for envelope in envelopes]
 
     async def publish_here(self, envelopes: Sequence[Envelope], timeout: float) -> None:
-        """Publish on this connection only, confirmed, or raise: for copies of deliveries.
+        """Publish on the consumer's connection, confirmed, or raise: copies of deliveries.
 
         A copy must not outlive the connection its original was delivered on (RabbitMQ
-        requeues the original when that connection dies), so it is never retried on
-        another one.
+        requeues the original when that connection dies), so it goes out on that very
+        connection, the consumer's Wire, and is never retried on another one.
         """
-        channel = self.publisher
-        if self.connection is None or channel is None or channel.is_closed:
+        wire = self.consumer
+        if wire is None or wire.is_closed:
             raise self._unavailable("the connection the deliveries came on is gone")
-        results = await publish_confirmed(channel, self._outbound(envelopes), timeout)
+        results = await wire.publish(self._outbound(envelopes), timeout)
         errors = [result for result in results if result is not None]
         if errors:
             raise BrokerUnavailable(f"RabbitMQ did not confirm {len(errors)} message(s): "
