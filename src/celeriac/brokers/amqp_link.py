@@ -6,10 +6,10 @@ sends work for another loop's deliveries over with ``run_coroutine_threadsafe``.
 
 A link has two connections. aiormq's carries two channels:
 
-- *publisher*, in confirm mode: every publish, and every copy the link republishes, is
-  awaited until RabbitMQ confirms it (published ``mandatory``, so an unroutable message
-  is an error, not a silent drop); a batch goes out under one lock in a few writes
-  (``publish_confirmed``), each message's confirm still awaited;
+- *publisher*, in confirm mode: every publish is awaited until RabbitMQ confirms it
+  (published ``mandatory``, so an unroutable message is an error, not a silent drop); a
+  batch goes out under one lock in a few writes (``publish_confirmed``), each message's
+  confirm still awaited;
 - *admin*: passive declares for counts, ``basic.get`` scans of the dead letters and the
   registry. A passive declare of a missing queue closes a channel; only this one.
 
@@ -17,7 +17,11 @@ The *consumer* has a connection of its own, read by celeriac's own protocol
 (``amqp_wire``: each delivery parsed where it lies in the read buffer and handed over in
 the same call, which costs a fraction of aiormq's reader): one ``basic.consume`` per
 queue, ``basic.qos`` prefetch set to the caller's budget, manual acks. Deliveries land in
-a per-queue heap (priority, then age) that ``fetch`` takes from.
+a per-queue heap (priority, then age) that ``fetch`` takes from. Its channel is in confirm
+mode too: every copy the link republishes of a delivery (a counted requeue, a move down
+the delay ladder, a dead letter) goes out confirmed on this same connection before the
+original is acked (``publish_here``), so a copy never outlives the connection its
+original came on.
 
 Every delivery tag is valid only on the consumer connection that received it. When that
 is lost, the link's *generation* moves on, so every receipt of the old one is stale:
