@@ -71,7 +71,8 @@ def run_one() -> None:
         samples = sorted(round_trips())
     finally:
         flush_results()
-        broker.channel.queue_delete(QUEUE)
+        for name in (QUEUE, f"{QUEUE}.DQ", f"{QUEUE}.XQ"):  # with its delay and dead queues
+            broker.channel.queue_delete(name)
     print(f"Dramatiq {dramatiq.__version__}, confirm_delivery={broker.confirm_delivery}: "
           f"W3 p50 {statistics.median(samples):.2f} ms, "
           f"p99 {samples[len(samples) * 99 // 100]:.2f} ms", flush=True)
