@@ -36,7 +36,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from aiormq.exceptions import AMQPError
 from pamqp import commands as spec
@@ -72,8 +72,6 @@ class RPCBackend(ResultBackend):
             sep = "&" if "?" in connection_url else "?"
             connection_url += f"{sep}heartbeat={DEFAULT_HEARTBEAT}"
         self.server_url = connection_url
-        self.heartbeat = int(dict(parse_qsl(urlsplit(connection_url).query)).get(
-            "heartbeat", DEFAULT_HEARTBEAT))
         self.safe_url = safe_url(server)
         self.connect_timeout = float(self.options.get("connect_timeout",
                                                       DEFAULT_CONNECT_TIMEOUT))
@@ -269,7 +267,7 @@ class RPCBackend(ResultBackend):
         """A connection for publishing results, its channel in confirm mode."""
         server = Server.from_url(self.server_url, f"celeriac rpc pid {os.getpid()}")
         try:
-            return await Wire.open(server, self.connect_timeout, heartbeat=self.heartbeat,
+            return await Wire.open(server, self.connect_timeout, heartbeat=server.heartbeat,
                                    confirm=True)
         except (WireLost, AMQPError) as exc:
             raise BackendError(f"cannot reach RabbitMQ for rpc results at {self.safe_url} "
@@ -327,7 +325,7 @@ class _Listener:
             connection: BlockingConnection | None = None
             try:
                 connection = self._connection = BlockingConnection(
-                    server, backend.connect_timeout, confirm=False, heartbeat=backend.heartbeat)
+                    server, backend.connect_timeout, confirm=False, heartbeat=server.heartbeat)
                 connection.call(spec.Queue.Declare(queue=backend.reply_queue, exclusive=True,
                                                    auto_delete=True),
                                 spec.Queue.DeclareOk, time.monotonic() + backend.connect_timeout)

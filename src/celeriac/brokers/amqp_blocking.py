@@ -79,6 +79,7 @@ class Server:
     vhost: str
     tls: ssl.SSLContext | None
     name: str  # connection_name, shown by rabbitmqctl
+    heartbeat: int = 0  # seconds the URL asks for (``?heartbeat=``); 0: none asked
 
     @classmethod
     def from_url(cls, url: str, name: str) -> Server:
@@ -97,7 +98,26 @@ class Server:
                    port=parts.port or (5671 if tls else 5672),
                    user=unquote(parts.username or "guest"),
                    password=unquote(parts.password or "guest"),
-                   vhost=vhost, tls=tls, name=name)
+                   vhost=vhost, tls=tls, name=name,
+                   heartbeat=int(query.get("heartbeat", 0)))
+
+
+def start_ok(server: Server, **capabilities: bool) -> spec.Connection.StartOk:
+    """The client's answer to ``connection.start``: who it is, with PLAIN credentials."""
+    return spec.Connection.StartOk(
+        client_properties={"connection_name": server.name, "product": "celeriac",
+                           "capabilities": {"publisher_confirms": True, **capabilities}},
+        mechanism="PLAIN", response=f"\0{server.user}\0{server.password}")
+
+
+def tune_ok(tune: spec.Connection.Tune, heartbeat: int) -> spec.Connection.TuneOk:
+    """The limits both sides accept: the smaller frame size, and the smaller heartbeat
+    interval unless either side asks for none (0)."""
+    frame_max = min(FRAME_MAX, tune.frame_max) if tune.frame_max else FRAME_MAX
+    if tune.heartbeat and heartbeat:
+        heartbeat = min(heartbeat, tune.heartbeat)
+    return spec.Connection.TuneOk(channel_max=tune.channel_max or 0, frame_max=frame_max,
+                                  heartbeat=heartbeat)
 
 
 class BlockingConnection:
@@ -140,19 +160,10 @@ class BlockingConnection:
     def _open(self, server: Server, deadline: float) -> None:
         self._write(ProtocolHeader().marshal(), deadline)
         self._expect(spec.Connection.Start, deadline, channel=0)
-        self._send(0, [spec.Connection.StartOk(
-            client_properties={"connection_name": server.name, "product": "celeriac",
-                               "capabilities": {"publisher_confirms": True}},
-            mechanism="PLAIN", response=f"\0{server.user}\0{server.password}")], deadline)
-        tune = self._expect(spec.Connection.Tune, deadline, channel=0)
-        if tune.frame_max:
-            self.frame_max = min(FRAME_MAX, tune.frame_max)
-        if tune.heartbeat and self.heartbeat:
-            self.heartbeat = min(self.heartbeat, tune.heartbeat)
-        self._send(0, [spec.Connection.TuneOk(channel_max=tune.channel_max or 0,
-                                              frame_max=self.frame_max,
-                                              heartbeat=self.heartbeat),
-                       spec.Connection.Open(virtual_host=server.vhost)], deadline)
+        self._send(0, [start_ok(server)], deadline)
+        tuned = tune_ok(self._expect(spec.Connection.Tune, deadline, channel=0), self.heartbeat)
+        self.frame_max, self.heartbeat = tuned.frame_max, tuned.heartbeat
+        self._send(0, [tuned, spec.Connection.Open(virtual_host=server.vhost)], deadline)
         self._expect(spec.Connection.OpenOk, deadline, channel=0)
         self.call(spec.Channel.Open(), spec.Channel.OpenOk, deadline)
         if self._confirm:

@@ -46,7 +46,6 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlsplit
 
 import aiormq
 import pamqp.frame
@@ -170,9 +169,8 @@ class Context:
         self.topology = topology
         self.lease_seconds = lease_seconds
         self.known: set[str] = set()  # celeriac queues declared through this broker
+        # (AMQPBroker puts the heartbeat into the URL when it names none.)
         self.server = Server.from_url(url, f"celeriac pid {os.getpid()} consumer")
-        query = dict(parse_qsl(urlsplit(url).query))
-        self.heartbeat = int(query.get("heartbeat", settings.heartbeat))
         self._stamp_lock = threading.Lock()
         self._last_stamp = 0
 
@@ -351,9 +349,9 @@ class Link:
         # In confirm mode: copies of its deliveries (requeues that count, moves down the
         # delay ladder, dead letters) are published on it too (publish_here).
         wire = await Wire.open(self.ctx.server, self.ctx.settings.connect_timeout,
-                               heartbeat=self.ctx.heartbeat, confirm=True)
+                               heartbeat=self.ctx.server.heartbeat, confirm=True)
 
-        def lost(error: BaseException) -> None:
+        def on_lost(error: BaseException) -> None:
             if self.consumer is not wire:
                 return  # given up already (closed, or replaced)
             if not self.closed and not isinstance(error, asyncio.CancelledError):
@@ -362,7 +360,7 @@ class Link:
                                "deliveries go back to the queues", self.ctx.safe_url, error)
             self._drop_consumer_state()
 
-        wire.on_lost = lost
+        wire.on_lost = on_lost
         wire.on_cancel = self._on_cancel
         return wire
 

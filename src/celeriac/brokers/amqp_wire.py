@@ -42,12 +42,17 @@ from pamqp import commands as spec
 from pamqp.decode import field_table
 from pamqp.header import ContentHeader, ProtocolHeader
 
-from celeriac.brokers.amqp_blocking import Server, Unroutable
+from celeriac.brokers.amqp_blocking import (
+    CHANNEL,
+    FRAME_MAX,
+    Server,
+    Unroutable,
+    start_ok,
+    tune_ok,
+)
 
 logger = logging.getLogger("celeriac.broker.amqp")
 
-CHANNEL = 1
-FRAME_MAX = 131072
 
 _HEAD = struct.Struct(">BHI")  # frame type, channel, payload size
 _METHOD = struct.Struct(">HH")  # class id, method id
@@ -168,19 +173,10 @@ class Wire(asyncio.Protocol):
     async def _handshake(self, server: Server, confirm: bool) -> None:
         self._write(ProtocolHeader().marshal())
         await self._expect(spec.Connection.Start)
-        self._send(0, spec.Connection.StartOk(
-            client_properties={"connection_name": server.name, "product": "celeriac",
-                               "capabilities": {"publisher_confirms": True,
-                                                "consumer_cancel_notify": True}},
-            mechanism="PLAIN", response=f"\0{server.user}\0{server.password}"))
-        tune = await self._expect(spec.Connection.Tune)
-        if tune.frame_max:
-            self.frame_max = min(FRAME_MAX, tune.frame_max)
-        if tune.heartbeat and self.heartbeat:
-            self.heartbeat = min(self.heartbeat, tune.heartbeat)
-        self._send(0, spec.Connection.TuneOk(channel_max=tune.channel_max or 0,
-                                             frame_max=self.frame_max,
-                                             heartbeat=self.heartbeat))
+        self._send(0, start_ok(server, consumer_cancel_notify=True))
+        tuned = tune_ok(await self._expect(spec.Connection.Tune), self.heartbeat)
+        self.frame_max, self.heartbeat = tuned.frame_max, tuned.heartbeat
+        self._send(0, tuned)
         self._send(0, spec.Connection.Open(virtual_host=server.vhost))
         await self._expect(spec.Connection.OpenOk)
         await self.call(spec.Channel.Open(), spec.Channel.OpenOk)
