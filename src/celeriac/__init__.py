@@ -8,7 +8,9 @@ from celeriac.app import App
 from celeriac.canvas import Signature, chain, chord, group, signature
 from celeriac.errors import (
     BackendError,
+    BackendRefused,
     BrokerError,
+    BrokerRefused,
     BrokerUnavailable,
     CeleriacError,
     ChordError,
@@ -39,7 +41,9 @@ __all__ = [
     "App",
     "AsyncResult",
     "BackendError",
+    "BackendRefused",
     "BrokerError",
+    "BrokerRefused",
     "BrokerUnavailable",
     "CeleriacError",
     "ChordError",

@@ -9,8 +9,12 @@
     │   ├── ContentDisallowed       a serializer not listed in ``accept_content``
     │   └── DecodeError             bytes that are not a celeriac message
     ├── BrokerError                 the broker could not do what was asked
-    │   └── BrokerUnavailable       no connection within the timeout
+    │   ├── BrokerUnavailable       no connection within the timeout (a transient cause,
+    │   │                           retried until then; the last one is chained)
+    │   └── BrokerRefused           the server refused us for good: wrong credentials, an
+    │                               untrusted certificate, an unknown vhost (never retried)
     ├── BackendError                the result backend could not do what was asked
+    │   └── BackendRefused          as BrokerRefused, from the result backend's server
     ├── TimeoutError                ``AsyncResult.get`` waited longer than its timeout
     │                               (also a subclass of the builtin ``TimeoutError``)
     ├── TaskError                   a task failed and its exception could not be rebuilt
@@ -79,8 +83,21 @@ class BrokerUnavailable(BrokerError):
     """The broker could not be reached within the timeout."""
 
 
+class BrokerRefused(BrokerError):
+    """The broker's server refused the connection for a reason retrying cannot fix.
+
+    Authentication failures, TLS verification errors and unknown vhosts or databases
+    are raised at once, with the server's own words, instead of being retried until a
+    timeout hides them.
+    """
+
+
 class BackendError(CeleriacError):
     """The result backend failed to carry out an operation."""
+
+
+class BackendRefused(BackendError):
+    """The result backend's server refused the connection for good (see BrokerRefused)."""
 
 
 class TimeoutError(CeleriacError, builtins.TimeoutError):

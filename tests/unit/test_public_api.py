@@ -5,7 +5,8 @@ import celeriac
 
 def test_public_api_is_pinned() -> None:
     assert sorted(celeriac.__all__) == sorted([
-        "App", "AsyncResult", "BackendError", "BrokerError", "BrokerUnavailable",
+        "App", "AsyncResult", "BackendError", "BackendRefused", "BrokerError",
+        "BrokerRefused", "BrokerUnavailable",
         "CeleriacError", "ChordError", "ConfigurationError", "ContentDisallowed",
         "DecodeError", "EagerResult", "GroupResult", "MaxRetriesExceededError",
         "MessageError", "MessageTooLarge", "Queue", "QueueNotFound", "Reject", "Request",
