@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
 from celeriac.backends.base import ResultBackend
 from celeriac.config import suggest
 from celeriac.errors import ConfigurationError
+from celeriac.extras import import_for_url
+from celeriac.urls import safe_url
 
 BACKENDS: dict[str, tuple[str, str]] = {
     "memory": ("celeriac.backends.memory", "MemoryBackend"),
@@ -26,11 +27,11 @@ def create_backend(url: str, options: Mapping[str, Any] | None = None) -> Result
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme not in BACKENDS:
         raise ConfigurationError(
-            f"no result backend for URL {url!r}{suggest(scheme, list(BACKENDS))}; "
+            f"no result backend for URL {safe_url(url)!r}{suggest(scheme, list(BACKENDS))}; "
             f"known schemes: {', '.join(s + '://' for s in BACKENDS)}"
         )
     module_name, class_name = BACKENDS[scheme]
-    cls = getattr(importlib.import_module(module_name), class_name)
+    cls = getattr(import_for_url(module_name, url, "result backend"), class_name)
     backend: ResultBackend = cls(url, options)
     return backend
 

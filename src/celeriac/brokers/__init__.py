@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
 from celeriac.brokers.base import Broker, DeadLetter, Delivery, Outgoing, QueueStats
 from celeriac.config import suggest
 from celeriac.errors import ConfigurationError
+from celeriac.extras import import_for_url
+from celeriac.urls import safe_url
 
 # scheme -> "module:Class"; resolved lazily so that optional client libraries are
 # imported only by the apps that use them.
@@ -27,11 +28,11 @@ def broker_class(url: str) -> type[Broker]:
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme not in BROKERS:
         raise ConfigurationError(
-            f"no broker for URL {url!r}{suggest(scheme, list(BROKERS))}; "
+            f"no broker for URL {safe_url(url)!r}{suggest(scheme, list(BROKERS))}; "
             f"known schemes: {', '.join(s + '://' for s in BROKERS)}"
         )
     module_name, class_name = BROKERS[scheme]
-    cls: type[Broker] = getattr(importlib.import_module(module_name), class_name)
+    cls: type[Broker] = getattr(import_for_url(module_name, url, "broker"), class_name)
     return cls
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 
 from celeriac.app import App
 from celeriac.errors import CeleriacError
+from celeriac.urls import safe_url
 
 if TYPE_CHECKING:
     from celeriac.cli.main import AppSpec
@@ -62,14 +62,3 @@ def parse_queues(value: str | None) -> list[str]:
         return []
     return [name.strip() for name in value.split(",") if name.strip()]
 
-
-def safe_url(url: str) -> str:
-    """The URL with any password masked, for printing."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -6,6 +6,8 @@ lives here.
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from celeriac.app import App
@@ -15,6 +17,7 @@ from celeriac.cli.purge import purge_command
 from celeriac.cli.queues import queues_command
 from celeriac.cli.result import result_command
 from celeriac.cli.worker import worker_command
+from celeriac.errors import CeleriacError, describe
 from celeriac.loader import load_app
 
 
@@ -52,4 +55,16 @@ cli.add_command(demo_command)
 
 
 def main() -> None:
-    cli(prog_name="celeriac")
+    try:
+        cli(prog_name="celeriac", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except CeleriacError as exc:
+        # A user's mistake (an app that does not import, a bad setting, a refused
+        # password) is one line, not a traceback.
+        click.echo(f"Error: {describe(exc)}", err=True)
+        sys.exit(1)

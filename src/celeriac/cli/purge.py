@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 import click
 
 from celeriac.brokers.base import QueueStats
-from celeriac.cli.common import client_app, parse_queues, run, safe_url
+from celeriac.cli.common import client_app, parse_queues, run
+from celeriac.urls import safe_url
 
 if TYPE_CHECKING:
     from celeriac.app import App

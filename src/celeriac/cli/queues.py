@@ -12,7 +12,8 @@ from rich.table import Table
 from rich.text import Text
 
 from celeriac.brokers.base import DeadLetter, QueueStats
-from celeriac.cli.common import client_app, parse_queues, run, safe_url
+from celeriac.cli.common import client_app, parse_queues, run
+from celeriac.urls import safe_url
 
 if TYPE_CHECKING:
     from celeriac.app import App
