@@ -185,6 +185,14 @@ class App:
         await self._connected_broker()
         await self._connected_backend()
 
+    async def connect_broker(self) -> None:
+        """Connect the broker only (``connect`` does both): to say which one failed."""
+        await self._connected_broker()
+
+    async def connect_backend(self) -> None:
+        """Connect the result backend only."""
+        await self._connected_backend()
+
     async def _connected_broker(self) -> Broker:
         broker = self.broker
         if not self._broker_connected:

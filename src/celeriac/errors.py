@@ -168,3 +168,12 @@ class Reject(Exception):
         super().__init__(reason)
         self.reason = reason
         self.requeue = requeue
+
+
+def describe(exc: BaseException) -> str:
+    """One readable line for an exception, its cause included, never an empty string."""
+    text = str(exc).strip() or type(exc).__name__
+    cause = exc.__cause__
+    if cause is not None and str(cause).strip() and str(cause).strip() not in text:
+        text = f"{text} ({type(cause).__name__}: {str(cause).strip()})"
+    return text.replace("\n", " ")

@@ -5,6 +5,10 @@ from __future__ import annotations
 import signal
 from collections import Counter
 
+from shutdown_cases import (
+    group_sigterm_is_a_warm_shutdown,
+    sigquit_after_a_group_sigterm_is_a_cold_stop,
+)
 from worker_harness import Deployment, wait_until
 
 
@@ -101,3 +105,13 @@ def test_max_tasks_per_child_recycles_the_process_and_loses_nothing(
     assert len(per_process) >= 5  # ceil(23 / 5) processes at least
     assert worker.log().count("recycled") >= 4
     assert worker.running
+
+
+def test_sigterm_to_the_process_group_is_a_warm_shutdown(deployment: Deployment) -> None:
+    group_sigterm_is_a_warm_shutdown(deployment)
+
+
+def test_after_a_group_sigterm_a_second_sigterm_to_the_supervisor_is_a_cold_stop(
+    deployment: Deployment,
+) -> None:
+    sigquit_after_a_group_sigterm_is_a_cold_stop(deployment)

@@ -151,6 +151,10 @@ class WorkerProcess:
     def signal(self, signum: signal.Signals) -> None:
         self.popen.send_signal(signum)
 
+    def signal_group(self, signum: signal.Signals) -> None:
+        """Signal the whole process group, as systemd and supervisord stop services."""
+        os.killpg(self.pid, signum)
+
     def wait(self, timeout: float = 30.0) -> int:
         return self.popen.wait(timeout)
 

@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING
 import click
 
 from celeriac.config import POOLS
+from celeriac.errors import describe
 from celeriac.logs import configure_logging
 from celeriac.supervisor.supervisor import Supervisor
-from celeriac.worker.child import serve
+from celeriac.worker.child import EXIT_BROKER_LOST, EXIT_OK, EXIT_REFUSED, serve
+from celeriac.worker.consumer import StopReason
 from celeriac.worker.options import WorkerOptions
+from celeriac.worker.startup import PERMANENT
 
 if TYPE_CHECKING:
     from celeriac.app import App
@@ -58,9 +61,13 @@ def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
     )
     warn_about_unsafe_settings(app)
     if options.pool == "solo":
-        reason = asyncio.run(serve(app, options, options.hostname,
-                                   stop_signals=(signal.SIGTERM, signal.SIGINT)))
-        sys.exit(0 if reason.value != "broker_lost" else 70)
+        try:
+            reason = asyncio.run(serve(app, options, options.hostname,
+                                       stop_signals=(signal.SIGTERM, signal.SIGINT)))
+        except PERMANENT as exc:
+            logger.error("the worker cannot start: %s", describe(exc))
+            sys.exit(EXIT_REFUSED)
+        sys.exit(EXIT_BROKER_LOST if reason is StopReason.BROKER_LOST else EXIT_OK)
     sys.exit(Supervisor(options).run())
 
 

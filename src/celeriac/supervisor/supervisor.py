@@ -10,7 +10,11 @@ watches its children's sentinels:
   within the grace period and hand the rest back; the supervisor exits 0 when all are
   gone;
 - a second SIGTERM/SIGINT is a cold stop: children get SIGQUIT and hand everything
-  back at once; any still alive after a few seconds are killed.
+  back at once; any still alive after a few seconds are killed. Children take repeated
+  SIGTERMs as one warm stop, so signalling the whole process group (systemd, supervisord)
+  is a warm shutdown too;
+- a child whose broker or backend refused it for good (exit code ``EXIT_REFUSED``) stops
+  the whole worker with that code, instead of being restarted into the same refusal.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from celeriac.supervisor.deadlines import Deadlines
-from celeriac.worker.child import EXIT_OK, child_main
+from celeriac.worker.child import EXIT_OK, EXIT_REFUSED, child_main
 from celeriac.worker.options import WorkerOptions
 
 logger = logging.getLogger("celeriac.supervisor")
@@ -110,6 +114,14 @@ class Supervisor:
                 logger.warning("worker process %d exited with code %s during shutdown",
                                child.index, code)
             return
+        if code == EXIT_REFUSED:
+            # Its server refused it for good (the process logged why): every process
+            # would meet the same refusal, so restarting them would only repeat it.
+            logger.error("worker process %d cannot connect (see the error above): "
+                         "stopping the worker", child.index)
+            self.exit_code = EXIT_REFUSED
+            self._begin_stop(signal.SIGTERM)
+            return
         lived = time.monotonic() - child.started_at
         if code == EXIT_OK:
             logger.info("worker process %d recycled after %.1fs; starting a new one",
@@ -131,15 +143,25 @@ class Supervisor:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         del frame
+        name = signal.Signals(signum).name
+        if self._signals == 0:
+            logger.info("warm shutdown (%s): letting running tasks finish within %.0fs",
+                        name, self.options.shutdown_timeout)
+        else:
+            logger.warning("cold shutdown (a second %s): handing every task back now", name)
+        self._begin_stop(signal.SIGTERM)
+
+    def _begin_stop(self, first: signal.Signals) -> None:
+        """Warm stop on the first request (children get ``first``), cold on the next.
+
+        Children take any number of SIGTERMs as one warm stop (a signal sent to the
+        whole process group reaches them twice), so a cold stop is always SIGQUIT.
+        """
         self._signals += 1
         if self._signals == 1:
-            logger.info("warm shutdown (%s): letting running tasks finish within %.0fs",
-                        signal.Signals(signum).name, self.options.shutdown_timeout)
-            self._signal_children(signal.SIGTERM)
+            self._signal_children(first)
             self._stop_deadline = time.monotonic() + self.options.shutdown_timeout + 10
         else:
-            logger.warning("cold shutdown (%s): handing every task back now",
-                           signal.Signals(signum).name)
             self._signal_children(signal.SIGQUIT)
             self._stop_deadline = time.monotonic() + COLD_STOP_KILL_AFTER
 

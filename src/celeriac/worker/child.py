@@ -1,9 +1,21 @@
 """A worker process: loads the app and runs one consumer until told to stop.
 
 Signals: SIGTERM is a warm stop (prefetched tasks go back, running ones finish within
-the grace period); SIGQUIT, or a second SIGTERM, is a cold stop (everything held goes
-back now). A supervised child ignores SIGINT: Ctrl-C reaches the whole process group,
-and the supervisor alone decides what it means.
+the grace period); SIGQUIT is a cold stop (everything held goes back now).
+
+A supervised child takes every SIGTERM as the same warm stop, however many arrive: when
+systemd (``KillMode=control-group``), supervisord (``stopasgroup``) or ``kill -TERM
+-PGID`` signals the whole process group, each child gets the signal directly *and*
+relayed by its supervisor, and that must not turn into a cold stop. Only the supervisor
+decides that a stop is cold (a second signal sent to it), and says so with SIGQUIT. For
+the same reason a supervised child ignores SIGINT: Ctrl-C reaches the whole group. An
+unsupervised worker (``-P solo``) is its own supervisor: a second SIGTERM or SIGINT is
+a cold stop there.
+
+Before consuming, the process reaches its broker and backend patiently
+(``worker.startup``); a server that refuses it for good (a wrong password, say) ends
+the process with ``EXIT_REFUSED`` and one log line, and the supervisor stops the worker
+instead of restarting the process forever.
 """
 
 from __future__ import annotations
@@ -17,17 +29,20 @@ import time
 from collections.abc import Callable
 
 from celeriac.app import App
+from celeriac.errors import describe
 from celeriac.loader import load_app
 from celeriac.logs import configure_logging
 from celeriac.worker.consumer import Consumer, StopReason
 from celeriac.worker.deadlines import DeadlineSlot
 from celeriac.worker.options import WorkerOptions
 from celeriac.worker.pools import runner_for
+from celeriac.worker.startup import PERMANENT, StartupStopped, connect_patiently
 
 logger = logging.getLogger("celeriac.worker")
 
 EXIT_OK = 0
 EXIT_BROKER_LOST = 70  # EX_SOFTWARE: the supervisor restarts the process
+EXIT_REFUSED = 78  # EX_CONFIG: the broker or backend refused us for good; do not restart
 MEMORY_CHECK_INTERVAL = 0.5
 PARENT_CHECK_INTERVAL = 1.0
 EXIT_MARGIN = 10.0  # seconds past the grace a process replacing itself may take to exit
@@ -42,9 +57,14 @@ def child_main(options: WorkerOptions, index: int,
     configure_logging(options.loglevel)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     app = load_app(options.app_spec)
-    reason = asyncio.run(serve(app, options, f"{options.hostname}/{index}",
-                               watch_parent=True, deadlines=deadlines))
-    code = EXIT_BROKER_LOST if reason is StopReason.BROKER_LOST else EXIT_OK
+    try:
+        reason = asyncio.run(serve(app, options, f"{options.hostname}/{index}",
+                                   watch_parent=True, deadlines=deadlines))
+    except PERMANENT as exc:
+        logger.error("worker process %d cannot start: %s", index, describe(exc))
+        code = EXIT_REFUSED
+    else:
+        code = EXIT_BROKER_LOST if reason is StopReason.BROKER_LOST else EXIT_OK
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -72,12 +92,17 @@ async def serve(app: App, options: WorkerOptions, hostname: str,
                                           deadlines, options.shutdown_timeout + EXIT_MARGIN)
     loop = asyncio.get_running_loop()
     for signum in stop_signals:
-        loop.add_signal_handler(signum, _on_stop_signal, consumer)
-    loop.add_signal_handler(signal.SIGQUIT, consumer.stop_cold)
-    logger.info("%s consuming %s with %d slot(s), prefetch %d", hostname,
-                ",".join(options.queues), options.slots_per_process, consumer.budget)
+        loop.add_signal_handler(signum, _on_stop_signal, consumer, watch_parent)
+    loop.add_signal_handler(signal.SIGQUIT, _on_quit, consumer)
     watcher = asyncio.create_task(_watch_parent(consumer)) if watch_parent else None
     try:
+        try:
+            await connect_patiently(app, lambda: consumer.stop_reason is not None)
+        except StartupStopped:
+            logger.info("%s stopped before it reached its broker", hostname)
+            return consumer.stop_reason or StopReason.SHUTDOWN
+        logger.info("%s consuming %s with %d slot(s), prefetch %d", hostname,
+                    ",".join(options.queues), options.slots_per_process, consumer.budget)
         reason = await consumer.run(grace=options.shutdown_timeout)
     finally:
         if watcher is not None:
@@ -99,13 +124,22 @@ async def _watch_parent(consumer: Consumer) -> None:
     consumer.stop()
 
 
-def _on_stop_signal(consumer: Consumer) -> None:
+def _on_stop_signal(consumer: Consumer, supervised: bool) -> None:
     if consumer.stop_reason is None:
         logger.info("warm shutdown: finishing running tasks, handing back the rest")
         consumer.stop()
+    elif supervised:
+        # The process group was signalled: this is the same request arriving twice.
+        logger.info("SIGTERM again: already shutting down warmly (a cold stop is the "
+                    "supervisor's call, sent as SIGQUIT)")
     else:
-        logger.warning("cold shutdown: handing back every task now")
+        logger.warning("cold shutdown (a second stop signal): handing back every task now")
         consumer.stop_cold()
+
+
+def _on_quit(consumer: Consumer) -> None:
+    logger.warning("cold shutdown (SIGQUIT): handing back every task now")
+    consumer.stop_cold()
 
 
 def _memory_check(limit_kib: int | None) -> Callable[[], bool] | None:

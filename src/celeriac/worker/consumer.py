@@ -399,7 +399,10 @@ class Consumer:
                 await asyncio.wait_for(self._idle.wait(), deadline - time.monotonic())
             except TimeoutError:
                 break
-        if self._busy:
+        if self._busy and self._cold:
+            logger.warning("cold stop: %d running task(s) cut short; they will be "
+                           "delivered again", len(self._busy))
+        elif self._busy:
             logger.warning("%d task(s) still running after the %.0fs grace period; "
                            "they will be delivered again", len(self._busy), grace)
 

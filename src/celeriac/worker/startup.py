@@ -1,0 +1,81 @@
+"""Reaching the broker and the result backend when a worker starts.
+
+A worker started while its broker is down (a deploy that starts everything at once, a
+server restarting) waits for it inside the process: one log line per attempt naming the
+server and the real cause, with a backoff capped at ``RETRY_MAX`` seconds, instead of
+crashing and having its supervisor restart it with a traceback every second.
+
+A cause that retrying cannot fix (a refused password, an untrusted certificate, an
+unknown vhost, a missing client library, a bad URL) is raised at once: the caller stops
+the worker with that one line, because a worker that retries a wrong password forever
+only hides the mistake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from celeriac.app import App
+from celeriac.errors import BackendRefused, BrokerRefused, ConfigurationError, describe
+from celeriac.urls import safe_url
+
+logger = logging.getLogger("celeriac.worker")
+
+RETRY_FIRST = 1.0  # seconds before the second attempt; doubled each time
+RETRY_MAX = 10.0  # so a worker is back within 10 s of its broker
+STOP_CHECK = 0.2  # how often a wait between attempts checks whether to give up
+
+# Raised at once, never retried: see the module docstring.
+PERMANENT: tuple[type[BaseException], ...] = (BrokerRefused, BackendRefused,
+                                              ConfigurationError)
+
+
+class StartupStopped(Exception):
+    """The worker was asked to stop while it was still waiting for its servers."""
+
+
+async def connect_patiently(app: App, stopping: Callable[[], bool]) -> None:
+    """Connect ``app``'s broker, then its backend, retrying transient failures.
+
+    Raises a ``PERMANENT`` error at once, and ``StartupStopped`` when ``stopping()``
+    turns true between attempts.
+    """
+    await _patiently(app.connect_broker, f"the broker {safe_url(app.conf.effective_broker_url)}",
+                     stopping)
+    await _patiently(app.connect_backend,
+                     f"the result backend {safe_url(app.conf.effective_result_backend)}",
+                     stopping)
+
+
+async def _patiently(connect: Callable[[], Awaitable[None]], what: str,
+                     stopping: Callable[[], bool]) -> None:
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            await connect()
+        except PERMANENT:
+            raise
+        except Exception as exc:
+            delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (attempt - 1))
+            logger.warning("cannot reach %s (attempt %d): %s; retrying in %.0fs",
+                           what, attempt, describe(exc), delay)
+            await _sleep_unless_stopping(delay, stopping)
+            continue
+        if attempt > 1:
+            logger.info("reached %s after %d attempts", what, attempt)
+        return
+
+
+async def _sleep_unless_stopping(delay: float, stopping: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + delay
+    while time.monotonic() < deadline:
+        if stopping():
+            raise StartupStopped
+        await asyncio.sleep(min(STOP_CHECK, deadline - time.monotonic()))
+    if stopping():
+        raise StartupStopped
+

@@ -1,0 +1,19 @@
+"""Shutdown on RabbitMQ: a process-group SIGTERM is warm (tests/integration/shutdown_cases.py)."""
+
+from __future__ import annotations
+
+from rabbit_harness import Deploy
+from shutdown_cases import (
+    group_sigterm_is_a_warm_shutdown,
+    sigquit_after_a_group_sigterm_is_a_cold_stop,
+)
+
+
+def test_sigterm_to_the_process_group_is_a_warm_shutdown(deploy: Deploy) -> None:
+    group_sigterm_is_a_warm_shutdown(deploy())
+
+
+def test_after_a_group_sigterm_a_second_sigterm_to_the_supervisor_is_a_cold_stop(
+    deploy: Deploy,
+) -> None:
+    sigquit_after_a_group_sigterm_is_a_cold_stop(deploy())

@@ -1,0 +1,90 @@
+"""A worker started while its Redis is down or refuses it (issue 10, "errors say what is
+wrong, at once"): it waits inside the process for a server that is down, one log line per
+attempt, and stops with one line for a server that refuses it for good."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from redis_harness import RedisDeployment, RedisServer
+
+from celeriac.worker.child import EXIT_REFUSED
+
+
+def test_a_worker_waits_for_a_redis_that_is_down_then_runs_its_tasks(
+    redis_server: RedisServer, tmp_path: Path,
+) -> None:
+    # Given a Redis server that is down when the worker starts
+    redis_server.kill()
+    world = RedisDeployment(tmp_path, redis_server.url, lease_seconds=2.0)
+    try:
+        worker = world.start_worker("-c", "2")
+
+        # Then each process says, once per attempt, which server it cannot reach and why
+        worker.wait_for_log("(attempt 2)", 2, timeout=15)
+        log = worker.log()
+        assert f"cannot reach the broker {redis_server.url} (attempt 1)" in log
+        assert "Traceback" not in log
+        assert "died" not in log  # no process crashed and was restarted
+        assert len(worker.children()) == 2
+
+        # When the server comes up, the worker reaches it by itself and runs tasks
+        redis_server.start()
+        result = world.tasks.sleepy.delay("after-the-outage", 0.0)
+        assert result.get(timeout=20) == "after-the-outage"
+        assert "reached the broker" in worker.log()
+    finally:
+        world.close()
+
+
+def test_a_worker_refused_by_redis_stops_with_one_line(tmp_path: Path) -> None:
+    # Given a Redis that requires a password the worker does not have
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory)
+    try:
+        server.client().config_set("requirepass", "s3cret-pw")
+        url = server.url.replace("redis://", "redis://:wrong-pw@")
+        world = RedisDeployment(tmp_path, url, lease_seconds=2.0)
+        try:
+            # When the worker starts
+            worker = world.start_worker("-c", "2")
+
+            # Then it stops at once with the cause in one line, the password masked,
+            # instead of restarting its processes forever
+            assert worker.wait(30) == EXIT_REFUSED
+            log = worker.log()
+            assert "cannot start" in log
+            assert "Traceback" not in log
+            assert "wrong-pw" not in log
+            assert "stopping the worker" in log
+        finally:
+            world.close()
+    finally:
+        server.kill()
+
+
+def test_a_worker_without_the_client_library_says_what_to_install(tmp_path: Path) -> None:
+    # Given an app on an amqp:// broker, with "aiormq" not importable in the worker
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "aiormq.py").write_text("raise ModuleNotFoundError(name='aiormq')\n")
+    (tmp_path / "amqp_app.py").write_text(
+        "from celeriac import App\n"
+        "app = App('x', broker='amqp://guest:hunter2@127.0.0.1:5672/', backend='memory://')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(blocker), str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+
+    # When the worker starts
+    run = subprocess.run(
+        [sys.executable, "-m", "celeriac", "-A", "amqp_app", "worker", "-P", "solo"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+
+    # Then it stops with one line naming the extra to install, and no password
+    assert run.returncode == EXIT_REFUSED, run.stderr
+    assert "pip install 'celeriac[amqp]'" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert "hunter2" not in run.stderr
