@@ -13,8 +13,9 @@ watches its children's sentinels:
   back at once; any still alive after a few seconds are killed. Children take repeated
   SIGTERMs as one warm stop, so signalling the whole process group (systemd, supervisord)
   is a warm shutdown too;
-- a child whose broker or backend refused it for good (exit code ``EXIT_REFUSED``) stops
-  the whole worker with that code, instead of being restarted into the same refusal.
+- a child that cannot start for a reason no restart fixes (exit code ``EXIT_REFUSED``: a
+  missing client library, a bad broker URL) stops the whole worker with that code,
+  instead of being restarted into the same error.
 """
 
 from __future__ import annotations
@@ -115,9 +116,9 @@ class Supervisor:
                                child.index, code)
             return
         if code == EXIT_REFUSED:
-            # Its server refused it for good (the process logged why): every process
-            # would meet the same refusal, so restarting them would only repeat it.
-            logger.error("worker process %d cannot connect (see the error above): "
+            # It cannot start for a reason no restart fixes (it logged why): every
+            # process would meet the same error, so restarting them would only repeat it.
+            logger.error("worker process %d cannot start (see the error above): "
                          "stopping the worker", child.index)
             self.exit_code = EXIT_REFUSED
             self._begin_stop(signal.SIGTERM)

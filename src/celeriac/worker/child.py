@@ -13,9 +13,9 @@ unsupervised worker (``-P solo``) is its own supervisor: a second SIGTERM or SIG
 a cold stop there.
 
 Before consuming, the process reaches its broker and backend patiently
-(``worker.startup``); a server that refuses it for good (a wrong password, say) ends
-the process with ``EXIT_REFUSED`` and one log line, and the supervisor stops the worker
-instead of restarting the process forever.
+(``worker.startup``), retrying a server that is down or refuses it; a configuration no
+server can fix (a missing client library) ends the process with ``EXIT_REFUSED`` and one
+log line, and the supervisor stops the worker instead of restarting the process forever.
 """
 
 from __future__ import annotations

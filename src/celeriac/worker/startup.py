@@ -1,14 +1,17 @@
 """Reaching the broker and the result backend when a worker starts.
 
 A worker started while its broker is down (a deploy that starts everything at once, a
-server restarting) waits for it inside the process: one log line per attempt naming the
-server and the real cause, with a backoff capped at ``RETRY_MAX`` seconds, instead of
-crashing and having its supervisor restart it with a traceback every second.
+server restarting) or refuses it (a password not yet created, a vhost not yet made)
+waits for it inside the process: one log line per attempt naming the server and the
+real cause, with a backoff capped at ``RETRY_MAX`` seconds, instead of crashing and
+having its supervisor restart it with a traceback every second. A refusal is retried
+too, as Celery's workers do, because it is often fixed on the server while the worker
+waits (``rabbitmqctl add_user``); each attempt fails at once with the server's words
+(``BrokerRefused``), never as a timeout.
 
-A cause that retrying cannot fix (a refused password, an untrusted certificate, an
-unknown vhost, a missing client library, a bad URL) is raised at once: the caller stops
-the worker with that one line, because a worker that retries a wrong password forever
-only hides the mistake.
+A cause that no server-side change can fix (``ConfigurationError``: a missing client
+library, a bad URL or option) is raised at once: the caller stops the worker with that
+one line.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ RETRY_MAX = 10.0  # so a worker is back within 10 s of its broker
 STOP_CHECK = 0.2  # how often a wait between attempts checks whether to give up
 
 # Raised at once, never retried: see the module docstring.
-PERMANENT: tuple[type[BaseException], ...] = (BrokerRefused, BackendRefused,
-                                              ConfigurationError)
+PERMANENT: tuple[type[BaseException], ...] = (ConfigurationError,)
+REFUSED: tuple[type[BaseException], ...] = (BrokerRefused, BackendRefused)
 
 
 class StartupStopped(Exception):
@@ -61,8 +64,9 @@ async def _patiently(connect: Callable[[], Awaitable[None]], what: str,
             raise
         except Exception as exc:
             delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (attempt - 1))
-            logger.warning("cannot reach %s (attempt %d): %s; retrying in %.0fs",
-                           what, attempt, describe(exc), delay)
+            how = "refused by" if isinstance(exc, REFUSED) else "cannot reach"
+            logger.warning("%s %s (attempt %d): %s; retrying in %.0fs",
+                           how, what, attempt, describe(exc), delay)
             await _sleep_unless_stopping(delay, stopping)
             continue
         if attempt > 1:
