@@ -102,9 +102,10 @@ class App:
 
     # -- configuration --------------------------------------------------------------------
 
-    def config_from_object(self, obj: object | str) -> None:
-        """Load the lowercase settings of a module, module path or object."""
-        self.conf.load_object(obj)
+    def config_from_object(self, obj: object | str, namespace: str | None = None) -> None:
+        """Load settings from a module, ``"module"`` or ``"module:attribute"`` path, or
+        object; ``namespace="CELERY"`` reads ``CELERY_BROKER_URL``-style names (Django)."""
+        self.conf.load_object(obj, namespace)
 
     # -- the task registry ----------------------------------------------------------------
 

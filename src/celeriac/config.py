@@ -4,6 +4,12 @@
 closest known name suggested, so a typo never silently falls back to a default.
 Values come from keyword arguments, ``config_from_object`` and ``CELERIAC_*``
 environment variables (``CELERIAC_TASK_SERIALIZER=msgpack``).
+
+Every Celery setting name is answered (``celery_settings``, docs/celery-settings.md):
+taken as is, mapped to celeriac's equivalent, or refused with the reason and what to
+use instead; Celery's old uppercase names are read with a deprecation warning, Django's
+``CELERY_`` namespace with ``config_from_object(obj, namespace="CELERY")``, and the
+``CELERY_BROKER_URL`` / ``CELERY_RESULT_BACKEND`` variables as Celery reads them.
 """
 
 from __future__ import annotations
@@ -12,12 +18,15 @@ import dataclasses
 import difflib
 import importlib
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
+from celeriac.celery_settings import CELERY_SETTINGS, OLD_TO_NEW, Answer, refusal
 from celeriac.errors import ConfigurationError
 from celeriac.limits import check_time_limit
+from celeriac.urls import safe_url
 
 DEFAULT_URL = "sqlite:///celeriac.db"
 
@@ -30,7 +39,7 @@ NON_SETTING_VARIABLES = frozenset({"CELERIAC_APP"})
 
 
 @dataclasses.dataclass
-class Settings:
+class Settings(Mapping[str, Any]):
     """Every setting celeriac knows, with its default. Celery's names where they mean the same."""
 
     # Where messages and results live. None means the embedded SQLite file.
@@ -79,8 +88,23 @@ class Settings:
     worker_disable_rate_limits: bool = False
 
     def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
-        """Set several settings at once; every name and value is checked first."""
-        merged = {**(values or {}), **kwargs}
+        """Set several settings at once; every name and value is checked first.
+
+        Celery's names are taken too (docs/celery-settings.md): its old uppercase ones
+        with a deprecation warning, mapped ones translated, refused ones an error.
+        """
+        merged: dict[str, Any] = {}
+        transport: dict[str, Any] = {}  # transport options that Celery settings map to
+        for name, value in {**(values or {}), **kwargs}.items():
+            name = _from_celery(name)
+            if name in _TRANSPORT_MAPPINGS:
+                transport[_TRANSPORT_MAPPINGS[name]] = value
+            else:
+                merged[_RENAMES.get(name, name)] = value
+        if transport:  # merged into the options set so far; an explicit option wins
+            explicit = merged.get("broker_transport_options", self.broker_transport_options)
+            merged["broker_transport_options"] = {
+                **transport, **_mapping("broker_transport_options", explicit)}
         checked = {name: _validate(name, value) for name, value in merged.items()}
         for name, value in checked.items():
             setattr(self, name, value)
@@ -88,27 +112,61 @@ class Settings:
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, _validate(name, value))
 
-    def __iter__(self) -> Iterator[tuple[str, Any]]:
-        for field in dataclasses.fields(self):
-            yield field.name, getattr(self, field.name)
+    # As a mapping, like Celery's app.conf: conf["broker_url"], conf.get(), conf.keys().
+    def __getitem__(self, name: str) -> Any:
+        if name not in _FIELDS:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self.update({name: value})
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_FIELDS)
+
+    def __len__(self) -> int:
+        return len(_FIELDS)
+
+    def table(self, with_defaults: bool = False) -> dict[str, Any]:
+        """The settings changed from their defaults (or all), secrets masked: for display."""
+        defaults = Settings()
+        return {name: _displayable(name, getattr(self, name)) for name in _FIELDS
+                if with_defaults or getattr(self, name) != getattr(defaults, name)}
+
+    def humanize(self, with_defaults: bool = False) -> str:
+        """``table()`` as ``name: value`` lines, as Celery's ``conf.humanize()``."""
+        return "\n".join(f"{name}: {value!r}"
+                         for name, value in self.table(with_defaults).items())
 
     def copy(self) -> Settings:
         return dataclasses.replace(self)
 
     @property
     def effective_broker_url(self) -> str:
-        return self.broker_url or DEFAULT_URL
+        """The broker URL: ``CELERY_BROKER_URL`` from the environment wins, as in Celery."""
+        return self._celery_environ.get("broker_url") or self.broker_url or DEFAULT_URL
 
     @property
     def effective_result_backend(self) -> str:
         """The backend URL: named, or the broker's own when that scheme has a backend."""
-        return self.result_backend or self.effective_broker_url
+        return (self._celery_environ.get("result_backend") or self.result_backend
+                or self.effective_broker_url)
+
+    # Celery's two environment variables, read by load_environment; not settings.
+    _celery_environ: ClassVar[dict[str, str]] = {}
 
     def load_environment(self, environ: Mapping[str, str] | None = None) -> None:
         """Apply ``CELERIAC_<SETTING>`` variables; values are JSON where they parse as it."""
         import orjson
 
         environ = os.environ if environ is None else environ
+        # Celery reads these two and lets them win over the configuration: a deployment
+        # that sets CELERY_BROKER_URL must not quietly run on ./celeriac.db instead.
+        # celeriac's own variable for the same setting wins over Celery's.
+        celery_environ = {name: environ[variable] for variable, name in CELERY_ENVIRON.items()
+                          if environ.get(variable)
+                          and not environ.get(f"CELERIAC_{name.upper()}")}
+        object.__setattr__(self, "_celery_environ", celery_environ)  # not a setting
         values: dict[str, Any] = {}
         for key, raw in environ.items():
             if not key.startswith("CELERIAC_") or key in NON_SETTING_VARIABLES:
@@ -123,21 +181,101 @@ class Settings:
                 values[name] = raw
         self.update(values)
 
-    def load_object(self, obj: object | str) -> None:
-        """Apply the lowercase attributes of a module or object (Celery's config_from_object)."""
+    def load_object(self, obj: object | str, namespace: str | None = None) -> None:
+        """Apply the settings of a module or object (Celery's ``config_from_object``).
+
+        ``obj`` may be ``"module"`` or ``"module:attribute"`` (``"django.conf:settings"``).
+        Without a namespace: lowercase attributes, and Celery's old uppercase names;
+        other uppercase attributes are not settings (a Django settings module is full of
+        them), except ones that look like Celery's and are misspelt, which are errors.
+        With ``namespace="CELERY"``: exactly the attributes named ``CELERY_<setting>``.
+        """
         if isinstance(obj, str):
-            obj = importlib.import_module(obj)
-        values = {
-            name: getattr(obj, name)
-            for name in dir(obj)
-            if not name.startswith("_") and name.islower()
-            and not callable(getattr(obj, name)) and not _is_module(getattr(obj, name))
-        }
+            module_name, _, attribute = obj.partition(":")
+            obj = importlib.import_module(module_name)
+            if attribute:
+                obj = getattr(obj, attribute)
+        values: dict[str, Any] = {}
+        for name in dir(obj):
+            if name.startswith("_"):
+                continue
+            setting = _setting_name(name, namespace)
+            if setting is None:
+                continue
+            value = getattr(obj, name)
+            if callable(value) or _is_module(value):
+                continue
+            values[setting] = value
         self.update(values)
+
+
+_SECRET_WORDS = ("password", "secret", "token", "key")
+
+
+def _displayable(name: str, value: Any) -> Any:
+    """A setting's value with passwords masked, in URLs and in option mappings."""
+    if isinstance(value, str) and "://" in value:
+        return safe_url(value)
+    if isinstance(value, Mapping):
+        return {key: "***" if any(word in str(key).lower() for word in _SECRET_WORDS)
+                else _displayable(str(key), item) for key, item in value.items()}
+    return value
 
 
 def _is_module(value: object) -> bool:
     return type(value).__name__ == "module"
+
+
+# The environment variables Celery itself reads -> the setting they give.
+CELERY_ENVIRON = {"CELERY_BROKER_URL": "broker_url", "CELERY_RESULT_BACKEND": "result_backend"}
+_CELERY_LOOKALIKE = ("CELERY", "BROKER_")  # uppercase names that must be Celery's
+
+
+def _setting_name(attribute: str, namespace: str | None) -> str | None:
+    """The setting an attribute of a config object names, or None if it names none."""
+    if namespace is not None:
+        prefix = f"{namespace}_"
+        if not attribute.startswith(prefix):
+            return None
+        stripped = attribute.removeprefix(prefix).lower()
+        if stripped in _FIELDS or stripped in CELERY_SETTINGS:
+            return stripped
+        if attribute in OLD_TO_NEW:  # CELERY_ACKS_LATE: an old name that has the prefix
+            return attribute
+        return stripped  # unknown: update() says so, with a suggestion
+    if attribute.islower():
+        return attribute
+    if attribute in OLD_TO_NEW or attribute.startswith(_CELERY_LOOKALIKE):
+        return attribute
+    return None
+
+
+def _from_celery(name: str) -> str:
+    """The setting a name means: celeriac's own, or Celery's (old names translated).
+
+    Raises ``ConfigurationError`` for a name Celery has and celeriac refuses (saying why
+    and what to use instead) and for a name neither knows.
+    """
+    if name not in _FIELDS and not name.islower():
+        new = OLD_TO_NEW.get(name)
+        if new is None:
+            raise ConfigurationError(f'unknown setting "{name}"{suggest(name, OLD_TO_NEW)}')
+        warnings.warn(f'the setting name "{name}" is Celery\'s old name for "{new}"; '
+                      f'use "{new}"', FutureWarning, stacklevel=4)
+        name = new
+    if name in _FIELDS:
+        return name
+    celery = CELERY_SETTINGS.get(name)
+    if celery is None:
+        raise ConfigurationError(f'unknown setting "{name}"{suggest(name, _FIELDS)}')
+    if celery.answer is Answer.MAPPED:
+        return name
+    raise ConfigurationError(refusal(name) or name)
+
+
+# Celery settings celeriac takes under another name (MAPPED in celery_settings.py).
+_RENAMES = {"worker_soft_shutdown_timeout": "worker_shutdown_timeout"}
+_TRANSPORT_MAPPINGS = {"task_default_queue_type": "default_queue_type"}
 
 
 _FIELDS = {field.name: field for field in dataclasses.fields(Settings)}
