@@ -60,14 +60,16 @@ _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
      "celeriac's beat will record each run on the server before sending it"),
     ("broker_channel_error_retry", Answer.REFUSED, None,
      "celeriac retries channel errors within broker_connection_timeout always"),
-    ("broker_connection_max_retries", Answer.REFUSED, None,
-     "a worker retries its broker with a backoff capped at 10 s until it is stopped; "
-     "stop it from your process manager instead"),
+    ("broker_connection_max_retries", Answer.SAME, None,
+     "attempts a worker makes to reach its broker at start (None or 0: forever); a "
+     "running worker always reconnects, and its watchdog (worker_watchdog_timeout) "
+     "stops a process that cannot"),
     ("broker_connection_retry", Answer.REFUSED, None,
      "celeriac always reconnects a lost broker connection; the worker's watchdog "
      "(worker_watchdog_timeout) stops a process that cannot"),
-    ("broker_connection_retry_on_startup", Answer.REFUSED, None,
-     "a worker always waits for its broker at start, one log line per attempt"),
+    ("broker_connection_retry_on_startup", Answer.SAME, None,
+     "True by default: a worker waits for its broker at start, one log line per "
+     "attempt; False: it stops at once with one line"),
     ("broker_connection_timeout", Answer.SAME, None, ""),
     ("broker_failover_strategy", Answer.REFUSED, None,
      "celeriac connects to one broker URL; failover (Redis Sentinel) is planned"),

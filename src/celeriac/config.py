@@ -47,6 +47,8 @@ class Settings(Mapping[str, Any]):
     result_backend: str | None = None
     broker_transport_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     broker_connection_timeout: float = 4.0
+    broker_connection_retry_on_startup: bool = True
+    broker_connection_max_retries: int | None = 100  # at worker start; None: forever
 
     # Messages.
     task_serializer: str = "json"
@@ -325,6 +327,13 @@ def _positive_int(name: str, value: Any) -> int | None:
     return value
 
 
+def _retries(name: str, value: Any) -> int | None:
+    """A number of attempts; None or 0 mean no limit, as in Celery."""
+    if value is None or value == 0:
+        return None
+    return _positive_int(name, value)
+
+
 def _one_of(choices: tuple[str, ...], optional: bool = False) -> Callable[[str, Any], Any]:
     def check(name: str, value: Any) -> Any:
         if value is None and optional:
@@ -412,6 +421,8 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "result_backend": _optional_str,
     "broker_transport_options": _mapping,
     "broker_connection_timeout": _seconds,
+    "broker_connection_retry_on_startup": _bool,
+    "broker_connection_max_retries": _retries,
     "task_serializer": _one_of(SERIALIZERS),
     "result_serializer": _one_of(SERIALIZERS),
     "accept_content": _serializer_list,

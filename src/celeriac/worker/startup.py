@@ -9,6 +9,10 @@ too, as Celery's workers do, because it is often fixed on the server while the w
 waits (``rabbitmqctl add_user``); each attempt fails at once with the server's words
 (``BrokerRefused``), never as a timeout.
 
+``broker_connection_retry_on_startup=False`` makes the first failure final, and
+``broker_connection_max_retries`` (100 by default, as in Celery; None or 0: no limit)
+bounds the attempts; either way the worker then stops with one line (``GaveUp``).
+
 A cause that no server-side change can fix (``ConfigurationError``: a missing client
 library, a bad URL or option) is raised at once: the caller stops the worker with that
 one line.
@@ -40,21 +44,30 @@ class StartupStopped(Exception):
     """The worker was asked to stop while it was still waiting for its servers."""
 
 
+class GaveUp(ConfigurationError):
+    """The settings say to stop trying: ``broker_connection_retry_on_startup=False`` or
+    ``broker_connection_max_retries`` attempts made."""
+
+
 async def connect_patiently(app: App, stopping: Callable[[], bool]) -> None:
     """Connect ``app``'s broker, then its backend, retrying transient failures.
 
     Raises a ``PERMANENT`` error at once, and ``StartupStopped`` when ``stopping()``
     turns true between attempts.
     """
-    await _patiently(app.connect_broker, f"the broker {safe_url(app.conf.effective_broker_url)}",
-                     stopping)
+    conf = app.conf
+    attempts = conf.broker_connection_max_retries if conf.broker_connection_retry_on_startup \
+        else 1
+    await _patiently(app.connect_broker, f"the broker {safe_url(conf.effective_broker_url)}",
+                     stopping, attempts)
     await _patiently(app.connect_backend,
-                     f"the result backend {safe_url(app.conf.effective_result_backend)}",
-                     stopping)
+                     f"the result backend {safe_url(conf.effective_result_backend)}",
+                     stopping, attempts)
 
 
 async def _patiently(connect: Callable[[], Awaitable[None]], what: str,
-                     stopping: Callable[[], bool]) -> None:
+                     stopping: Callable[[], bool], attempts: int | None) -> None:
+    """Call ``connect`` until it succeeds, at most ``attempts`` times (None: no limit)."""
     attempt = 0
     while True:
         attempt += 1
@@ -63,8 +76,12 @@ async def _patiently(connect: Callable[[], Awaitable[None]], what: str,
         except PERMANENT:
             raise
         except Exception as exc:
-            delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (attempt - 1))
             how = "refused by" if isinstance(exc, REFUSED) else "cannot reach"
+            if attempts is not None and attempt >= attempts:
+                setting = ("broker_connection_retry_on_startup is off" if attempts == 1
+                           else f"gave up after broker_connection_max_retries={attempts}")
+                raise GaveUp(f"{how} {what}: {describe(exc)} ({setting})") from exc
+            delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (attempt - 1))
             logger.warning("%s %s (attempt %d): %s; retrying in %.0fs",
                            how, what, attempt, describe(exc), delay)
             await _sleep_unless_stopping(delay, stopping)

@@ -79,6 +79,25 @@ def test_a_worker_refused_by_redis_says_so_and_starts_once_the_password_is_right
         server.kill()
 
 
+def test_without_retry_on_startup_a_worker_stops_with_one_line(
+    redis_server: RedisServer, tmp_path: Path,
+) -> None:
+    # Given a Redis that is down, and a worker told not to wait for it
+    redis_server.kill()
+    world = RedisDeployment(tmp_path, redis_server.url, lease_seconds=2.0)
+    try:
+        worker = world.start_worker("-c", "2", broker_connection_retry_on_startup=False)
+
+        # Then it stops with one line saying why, and the exit code of a refusal
+        assert worker.wait(30) == EXIT_REFUSED
+        log = worker.log()
+        assert "broker_connection_retry_on_startup is off" in log
+        assert "Traceback" not in log
+        assert "(attempt 2)" not in log
+    finally:
+        world.close()
+
+
 def test_a_worker_without_the_client_library_says_what_to_install(tmp_path: Path) -> None:
     # Given an app on an amqp:// broker, with "aiormq" not importable in the worker
     blocker = tmp_path / "blocker"
