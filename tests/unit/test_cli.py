@@ -146,7 +146,7 @@ def test_result_shows_the_exception_and_remote_traceback() -> None:
 
     result = invoke("result", task_id, "--wait")
 
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # scripts can tell a failure apart
     assert re.search(r"state:\s+FAILURE", result.output)
     assert "error:   builtins.ValueError: boom" in result.output
     assert "Traceback (most recent call last)" in result.output
@@ -160,7 +160,7 @@ def test_result_of_an_unknown_or_queued_task_is_pending() -> None:
     shown = invoke("result", task_id)
     waited = invoke("result", task_id, "--timeout", "0.2")
 
-    assert shown.exit_code == 0
+    assert shown.exit_code == 3  # nothing stored under that id (yet)
     assert re.search(r"state:\s+PENDING", shown.output)
     assert waited.exit_code == 1
     assert f"task {task_id} did not finish within 0.2 s" in waited.output
@@ -297,3 +297,58 @@ def test_demo_runs_a_real_worker_and_accounts_for_every_task(tmp_path: Path) -> 
     assert "Worker stopped by SIGTERM (warm shutdown), exit code 0." in done.stdout
     assert re.search(r"total\s+300\s+294\s+3\s+18\s+3\s", done.stdout), done.stdout
     assert list(tmp_path.iterdir()) == []  # nothing left behind in the working directory
+
+
+# -- mistakes ----------------------------------------------------------------------------
+
+
+def celeriac(*args: str, cwd: Path, env: dict[str, str] | None = None,
+             ) -> subprocess.CompletedProcess[str]:
+    """The real command, in a process of its own: what a user sees in a terminal."""
+    return subprocess.run([sys.executable, "-m", "celeriac", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize(("args", "module", "error"), [
+    (["-A", "no_such_module", "worker"], None, "cannot import app module 'no_such_module'"),
+    (["-A", "bad_setting", "queues"], "from celeriac import App\n"
+     "app = App('x', broker='sqlite:///x.db', task_serialiser='json')\n",
+     'unknown setting "task_serialiser" (did you mean "task_serializer"?)'),
+    (["-A", "bad_scheme", "queues"], "from celeriac import App\n"
+     "app = App('x', broker='reddis://:s3cret@localhost/0')\n",
+     "no broker for URL 'reddis://:***@localhost/0' (did you mean \"redis\"?)"),
+])
+def test_a_users_mistake_is_one_line_and_exit_status_2(
+        tmp_path: Path, args: list[str], module: str | None, error: str) -> None:
+    if module is not None:
+        (tmp_path / f"{args[1]}.py").write_text(module)
+
+    run = celeriac(*args, cwd=tmp_path)
+
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith(f"Error: {error}")
+    assert "s3cret" not in run.stderr
+
+
+def test_traceback_shows_the_traceback_of_a_mistake(tmp_path: Path) -> None:
+    run = celeriac("--traceback", "-A", "no_such_module", "worker", cwd=tmp_path)
+
+    assert run.returncode == 1
+    assert "Traceback (most recent call last)" in run.stderr
+    assert "ConfigurationError: cannot import app module 'no_such_module'" in run.stderr
+
+
+def test_broker_option_wins_over_the_apps_own_broker(app: App, url: str,
+                                                     tmp_path: Path) -> None:
+    # Given an app module that names another (empty) store
+    (tmp_path / "elsewhere.py").write_text(
+        "from celeriac import App\n"
+        f"app = App('x', broker='sqlite:///{tmp_path / 'other.db'}')\n")
+    # When a task is sent with -b naming the test's store
+    run = celeriac("-A", "elsewhere", "-b", url, "call", "proj.add", "--args", "[1, 2]",
+                   cwd=tmp_path)
+    # Then it went to the store -b named
+    assert run.returncode == 0, run.stderr
+    assert stats(app).ready == 1

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from celeriac.app import App
-from celeriac.errors import CeleriacError
 from celeriac.urls import safe_url
 
 if TYPE_CHECKING:
@@ -29,17 +28,12 @@ T = TypeVar("T")
 def client_app(spec: AppSpec) -> Iterator[App]:
     """The app ``-A`` names (or the default one), closed when the command ends.
 
-    celeriac errors (a bad module, an unreachable broker) become one-line click errors
-    instead of tracebacks: they are the user's to fix, not bugs.
+    celeriac errors (a bad module, an unreachable broker) reach ``main``, which prints
+    them as one line instead of a traceback: they are the user's to fix, not bugs.
     """
-    try:
-        app = spec.load() if spec.spec is not None else _default_app()
-    except CeleriacError as exc:
-        raise click.ClickException(str(exc)) from exc
+    app = spec.load() if spec.spec is not None else _default_app()
     try:
         yield app
-    except CeleriacError as exc:
-        raise click.ClickException(str(exc)) from exc
     finally:
         app.close()
 

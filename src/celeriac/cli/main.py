@@ -6,6 +6,7 @@ lives here.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -17,15 +18,16 @@ from celeriac.cli.purge import purge_command
 from celeriac.cli.queues import queues_command
 from celeriac.cli.result import result_command
 from celeriac.cli.worker import worker_command
-from celeriac.errors import CeleriacError, describe
+from celeriac.errors import CeleriacError, ConfigurationError, TaskNotRegistered, describe
 from celeriac.loader import load_app
 
 
 class AppSpec:
     """The ``-A`` option, loaded only when a subcommand asks for the app."""
 
-    def __init__(self, spec: str | None) -> None:
+    def __init__(self, spec: str | None, traceback: bool = False) -> None:
         self.spec = spec
+        self.traceback = traceback
         self._app: App | None = None
 
     def load(self) -> App:
@@ -39,11 +41,24 @@ class AppSpec:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-A", "--app", "app_spec", envvar="CELERIAC_APP", metavar="MODULE[:ATTR]",
               help="The module holding your App (or MODULE:ATTR).")
+@click.option("-b", "--broker", metavar="URL",
+              help="The broker URL, over the app's (as CELERY_BROKER_URL does).")
+@click.option("--result-backend", metavar="URL",
+              help="The result backend URL, over the app's.")
+@click.option("--traceback", is_flag=True,
+              help="Show the traceback of an error instead of one line.")
 @click.version_option(package_name="celeriac")
 @click.pass_context
-def cli(ctx: click.Context, app_spec: str | None) -> None:
+def cli(ctx: click.Context, app_spec: str | None, broker: str | None,
+        result_backend: str | None, traceback: bool) -> None:
     """celeriac: a fast, safe-by-default distributed task queue."""
-    ctx.obj = AppSpec(app_spec)
+    # As Celery's -b: through the environment, so that it wins over the app's own
+    # settings and reaches the worker processes the command spawns.
+    for value, variable in ((broker, "broker_url"), (result_backend, "result_backend")):
+        if value is not None:
+            os.environ[f"CELERY_{variable.upper()}"] = value
+            os.environ.pop(f"CELERIAC_{variable.upper()}", None)
+    ctx.obj = AppSpec(app_spec, traceback)
 
 
 cli.add_command(worker_command)
@@ -54,7 +69,11 @@ cli.add_command(purge_command)
 cli.add_command(demo_command)
 
 
+EXIT_USAGE = 2  # a user's mistake: a bad -A, setting, URL or option (as click's usage errors)
+
+
 def main() -> None:
+    traceback = "--traceback" in sys.argv[1:]
     try:
         cli(prog_name="celeriac", standalone_mode=False)
     except click.exceptions.Abort:
@@ -65,6 +84,8 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except CeleriacError as exc:
         # A user's mistake (an app that does not import, a bad setting, a refused
-        # password) is one line, not a traceback.
+        # password) is one line, not a traceback, unless asked for.
+        if traceback:
+            raise
         click.echo(f"Error: {describe(exc)}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_USAGE if isinstance(exc, ConfigurationError | TaskNotRegistered) else 1)

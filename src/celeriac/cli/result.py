@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,9 @@ if TYPE_CHECKING:
     from celeriac.app import App
     from celeriac.cli.main import AppSpec
 
+EXIT_FAILED = 1
+EXIT_NOTHING_STORED = 3
+
 STATE_COLOURS = {states.SUCCESS: "green", states.FAILURE: "red", states.RETRY: "yellow",
                  states.REVOKED: "magenta", states.STARTED: "cyan"}
 
@@ -27,12 +31,21 @@ STATE_COLOURS = {states.SUCCESS: "green", states.FAILURE: "red", states.RETRY: "
               help="Wait at most this many seconds (implies --wait).")
 @click.pass_obj
 def result_command(spec: AppSpec, task_id: str, wait: bool, timeout: float | None) -> None:
-    """Show the state of TASK_ID and its result, or its exception and traceback."""
+    """Show the state of TASK_ID and its result, or its exception and traceback.
+
+    Exit status: 0 when the task succeeded (or is still on its way), 1 when it failed or
+    was revoked, 3 when nothing is stored under TASK_ID (an unknown or expired id, or a
+    task not started yet), so that scripts can act on it.
+    """
     with client_app(spec) as app:
         outcome = run(app, _load(app, task_id, wait or timeout is not None, timeout))
         _show(task_id, outcome)
         if timeout is not None and (outcome is None or not outcome.ready):
             raise click.ClickException(f"task {task_id} did not finish within {timeout:g} s")
+    if outcome is None:
+        sys.exit(EXIT_NOTHING_STORED)
+    if outcome.state in (states.FAILURE, states.REVOKED):
+        sys.exit(EXIT_FAILED)
 
 
 async def _load(app: App, task_id: str, wait: bool, timeout: float | None) -> Outcome | None:
