@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -22,3 +23,14 @@ def safe_url(url: str) -> str:
         host = f"{host}:{parts.port}"
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def display_url(url: str) -> str:
+    """``safe_url``, with a relative SQLite path made absolute: which file is in use
+    depends on the directory a process starts in, so the banner must say it."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/"):
+        path, sep, query = url.removeprefix(prefix).partition("?")
+        if path and path != ":memory:":
+            return f"{prefix}{os.path.abspath(path)}{sep}{query}"
+    return safe_url(url)

@@ -245,7 +245,8 @@ class Deployment:
         ``settings`` become ``CELERIAC_<NAME>`` variables, JSON-encoded.
         """
         env = {key: value for key, value in os.environ.items()
-               if not key.startswith("CELERIAC_")}
+               if not key.startswith("CELERIAC_")
+               and key not in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")}
         env["PYTHONPATH"] = os.pathsep.join(
             [str(APPS_DIR), *filter(None, [os.environ.get("PYTHONPATH")])])
         env[LEDGER_ENV] = str(self.ledger.path)

@@ -10,13 +10,15 @@ from typing import TYPE_CHECKING
 
 import click
 
+from celeriac import __version__
 from celeriac.config import POOLS
 from celeriac.errors import describe
 from celeriac.logs import configure_logging
 from celeriac.supervisor.supervisor import Supervisor
+from celeriac.urls import display_url
 from celeriac.worker.child import EXIT_BROKER_LOST, EXIT_OK, EXIT_REFUSED, serve
 from celeriac.worker.consumer import StopReason
-from celeriac.worker.options import WorkerOptions
+from celeriac.worker.options import WorkerOptions, expand_nodename
 from celeriac.worker.startup import PERMANENT
 
 if TYPE_CHECKING:
@@ -39,7 +41,9 @@ logger = logging.getLogger("celeriac.worker")
               help="Replace a worker process above this resident memory (KiB).")
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0),
               help="Seconds running tasks get to finish on a warm shutdown.")
-@click.option("-n", "--hostname", help="The worker's name in logs and monitoring.")
+@click.option("-n", "--hostname", metavar="NAME",
+              help="The worker's node name, e.g. name@%h (%h host, %n short host, "
+                   "%d domain, %i process index).")
 @click.option("-l", "--loglevel", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                                 case_sensitive=False))
@@ -57,8 +61,10 @@ def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
         queues=tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else (),
         prefetch_multiplier=prefetch_multiplier, max_tasks_per_child=max_tasks_per_child,
         max_memory_per_child=max_memory_per_child, shutdown_timeout=shutdown_timeout,
-        loglevel=loglevel.upper(), hostname=hostname,
+        loglevel=loglevel.upper(),
+        hostname=expand_nodename(hostname) if hostname is not None else None,
     )
+    log_banner(app, options)
     warn_about_unsafe_settings(app)
     if options.pool == "solo":
         try:
@@ -75,3 +81,23 @@ def warn_about_unsafe_settings(app: App) -> None:
     if "pickle" in app.conf.accept_content:
         logger.warning("accept_content includes pickle: a message from anyone who can write "
                        "to the broker can run arbitrary code in this worker")
+
+
+def log_banner(app: App, options: WorkerOptions) -> None:
+    """What this worker is about to do, before it does it (as Celery's banner)."""
+    conf = app.conf
+    if options.pool == "prefork":
+        pool = f"prefork, {options.processes} process(es)"
+    else:
+        pool = f"{options.pool}, {options.slots_per_process} slot(s)"
+    lines = [
+        f"celeriac {__version__} worker {options.hostname}",
+        f"  app:      {app.main} ({options.app_spec})",
+        f"  broker:   {display_url(conf.effective_broker_url)}",
+        f"  results:  {display_url(conf.effective_result_backend)}",
+        f"  pool:     {pool}, prefetch {options.prefetch_multiplier} per slot",
+        f"  queues:   {', '.join(options.queues)}",
+        f"  tasks:    {len(app.tasks)} registered",
+        *(f"    . {name}" for name in sorted(app.tasks)),
+    ]
+    logger.info("\n".join(lines))

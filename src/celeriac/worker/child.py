@@ -101,7 +101,7 @@ async def serve(app: App, options: WorkerOptions, hostname: str,
         except StartupStopped:
             logger.info("%s stopped before it reached its broker", hostname)
             return consumer.stop_reason or StopReason.SHUTDOWN
-        logger.info("%s consuming %s with %d slot(s), prefetch %d", hostname,
+        logger.info("%s ready: consuming %s with %d slot(s), prefetch %d", hostname,
                     ",".join(options.queues), options.slots_per_process, consumer.budget)
         reason = await consumer.run(grace=options.shutdown_timeout)
     finally:

@@ -13,6 +13,7 @@ from celeriac.routing import default_queues
 # async tasks mostly wait on I/O, so they get many slots in one process.
 DEFAULT_THREADS = 10
 DEFAULT_ASYNC_SLOTS = 100
+DEFAULT_NODENAME = "celeriac@%h"
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class WorkerOptions:
     max_memory_per_child: int | None = None  # KiB
     shutdown_timeout: float = 30.0
     loglevel: str = "INFO"
-    hostname: str = field(default_factory=lambda: f"celeriac@{socket.gethostname()}")
+    hostname: str = field(default_factory=lambda: expand_nodename(DEFAULT_NODENAME))
 
     @property
     def processes(self) -> int:
@@ -62,3 +63,22 @@ def _default_concurrency(pool: str) -> int:
     if pool == "solo":
         return 1
     return os.cpu_count() or 1
+
+
+def expand_nodename(template: str, index: int | None = None) -> str:
+    """Celery's ``-n`` expansion: ``%h`` host name, ``%n`` its first label, ``%d`` its
+    domain, ``%i`` the worker process index (0 in the supervisor), ``%I`` the same with a
+    leading dash (empty in the supervisor), ``%%`` a percent sign."""
+    host = socket.getfqdn() if "%d" in template else socket.gethostname()
+    name, _, domain = host.partition(".")
+    values = {"h": host, "n": name, "d": domain, "i": str(index or 0),
+              "I": f"-{index}" if index is not None else "", "%": "%"}
+    out: list[str] = []
+    chars = iter(template)
+    for char in chars:
+        if char != "%":
+            out.append(char)
+            continue
+        key = next(chars, "")
+        out.append(values.get(key, f"%{key}"))
+    return "".join(out)
