@@ -33,6 +33,7 @@ from celeriac.errors import (
 from celeriac.group_result import GroupResult
 from celeriac.result import AsyncResult, EagerResult
 from celeriac.routing import Queue
+from celeriac.shared import shared_task
 from celeriac.task import Request, Task
 
 __version__ = "0.1.0"
@@ -72,6 +73,7 @@ __all__ = [
     "chain",
     "chord",
     "group",
+    "shared_task",
     "signature",
     "states",
 ]

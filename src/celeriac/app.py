@@ -24,6 +24,7 @@ from celeriac.outcome import Outcome
 from celeriac.result import AsyncResult
 from celeriac.routing import Router, check_declared, queue_for_key, transport_queue_options
 from celeriac.serialization import Codec
+from celeriac.shared import app_created
 from celeriac.task import (
     SEND_OPTION_NAMES,
     TASK_OPTION_NAMES,
@@ -96,6 +97,8 @@ class App:
         self._codec: Codec | None = None
         self._router_source: Any = None
         self._router = Router(None)
+        self._autodiscover: list[tuple[Any, str]] = []  # (packages, related_name)
+        app_created(self)  # shared tasks declared so far are registered here too
 
     def __repr__(self) -> str:
         return f"<App {self.main} broker={self.conf.effective_broker_url}>"
@@ -129,27 +132,54 @@ class App:
         name: str | None = None, **options: Any,
     ) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(**options)``."""
-        unknown = set(options) - TASK_OPTION_NAMES
-        if unknown:
-            bad = sorted(unknown)[0]
-            raise TypeError(f"unknown task option {bad!r}{suggest(bad, TASK_OPTION_NAMES)}")
-        task_options = TaskOptions(**_normalise_task_options(options))
+        task_options = checked_task_options(options)
 
         def register(function: Callable[..., Any]) -> Task[Any, Any]:
-            task_name = name or self._default_name(function)
-            if task_name in self.tasks and self.tasks[task_name].fn is not function:
-                logger.debug("task %s registered again; the new definition wins", task_name)
-            registered: Task[Any, Any] = Task(self, function, task_name, bind, task_options)
-            self.tasks[task_name] = registered
-            return registered
+            return self.register_task(function, name or self._default_name(function), bind,
+                                      task_options)
 
         return register if fn is None else register(fn)
+
+    def register_task(self, fn: Callable[..., Any], name: str, bind: bool,
+                      options: TaskOptions) -> Task[Any, Any]:
+        """Register ``fn`` as the task ``name`` (what ``@app.task`` does, options checked)."""
+        if name in self.tasks and self.tasks[name].fn is not fn:
+            logger.debug("task %s registered again; the new definition wins", name)
+        registered: Task[Any, Any] = Task(self, fn, name, bind, options)
+        self.tasks[name] = registered
+        return registered
 
     def _default_name(self, fn: Callable[..., Any]) -> str:
         module = getattr(fn, "__module__", None) or self.main
         if module == "__main__":
             module = self.main
         return f"{module}.{fn.__qualname__}"
+
+    # -- task modules ---------------------------------------------------------------------
+
+    def autodiscover_tasks(self, packages: Sequence[str] | Callable[[], Sequence[str]]
+                           | None = None, related_name: str = "tasks",
+                           force: bool = False) -> None:
+        """Import ``<package>.<related_name>`` of each package, as Celery does.
+
+        Lazily: when a worker (or any ``celeriac`` command) has loaded the app, not at
+        this call, because in a Django project the app module is imported before Django
+        is ready; ``force=True`` imports now. ``packages`` may be a callable returning
+        them; without it, Django's installed apps (with Django configured).
+        """
+        self._autodiscover.append((packages, related_name))
+        if force:
+            self.import_task_modules()
+
+    def import_task_modules(self) -> None:
+        """Import ``imports``, then ``include``, then the autodiscovered task modules."""
+        from celeriac.modules import discover, import_listed
+
+        import_listed(self.conf.imports, "imports")
+        import_listed(self.conf.include, "include")
+        pending, self._autodiscover = self._autodiscover, []
+        for packages, related_name in pending:
+            discover(packages, related_name)
 
     def get_task(self, name: str) -> Task[Any, Any]:
         try:
@@ -462,6 +492,15 @@ def _task_id() -> str:
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def checked_task_options(options: dict[str, Any]) -> TaskOptions:
+    """The decorator's options, checked: an unknown name is a TypeError at once."""
+    unknown = set(options) - TASK_OPTION_NAMES
+    if unknown:
+        bad = sorted(unknown)[0]
+        raise TypeError(f"unknown task option {bad!r}{suggest(bad, TASK_OPTION_NAMES)}")
+    return TaskOptions(**_normalise_task_options(options))
 
 
 def _normalise_task_options(options: dict[str, Any]) -> dict[str, Any]:

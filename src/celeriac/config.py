@@ -50,6 +50,10 @@ class Settings(Mapping[str, Any]):
     broker_connection_retry_on_startup: bool = True
     broker_connection_max_retries: int | None = 100  # at worker start; None: forever
 
+    # Task modules a worker imports after the app's own (Celery's imports and include).
+    imports: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+
     # Messages.
     task_serializer: str = "json"
     result_serializer: str = "json"
@@ -327,6 +331,14 @@ def _positive_int(name: str, value: Any) -> int | None:
     return value
 
 
+def _module_names(name: str, value: Any) -> tuple[str, ...]:
+    items = (value,) if isinstance(value, str) else value
+    if not isinstance(items, Iterable) or not all(
+            isinstance(item, str) and item for item in items):
+        raise ConfigurationError(f"{name} must be a list of module names, not {value!r}")
+    return tuple(items)
+
+
 def _retries(name: str, value: Any) -> int | None:
     """A number of attempts; None or 0 mean no limit, as in Celery."""
     if value is None or value == 0:
@@ -422,6 +434,8 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "broker_transport_options": _mapping,
     "broker_connection_timeout": _seconds,
     "broker_connection_retry_on_startup": _bool,
+    "imports": _module_names,
+    "include": _module_names,
     "broker_connection_max_retries": _retries,
     "task_serializer": _one_of(SERIALIZERS),
     "result_serializer": _one_of(SERIALIZERS),
