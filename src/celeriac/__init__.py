@@ -32,7 +32,7 @@ from celeriac.errors import (
 )
 from celeriac.group_result import GroupResult
 from celeriac.result import AsyncResult, EagerResult
-from celeriac.routing import Queue
+from celeriac.routing import Exchange, Queue
 from celeriac.shared import shared_task
 from celeriac.task import Request, Task
 
@@ -52,6 +52,7 @@ __all__ = [
     "ContentDisallowed",
     "DecodeError",
     "EagerResult",
+    "Exchange",
     "GroupResult",
     "MaxRetriesExceededError",
     "MessageError",

@@ -13,8 +13,9 @@
 A route is a queue name, a ``Queue``, or a mapping of options: ``{"queue": "io",
 "priority": 5}``. A route may name a ``routing_key`` instead of a queue: the first
 queue of ``task_queues`` whose routing key (an AMQP topic pattern: ``*`` one word,
-``#`` any) matches it is used. Exchanges are accepted and ignored: celeriac routes by
-queue name only.
+``#`` any) matches it is used. Exchanges (``exchange``, ``exchange_type``, kombu's
+``Exchange``) are accepted and do not change where a message goes: celeriac routes by
+queue name only. Any other option name in a route is an error.
 
 What a call and the task itself say wins over routes: the queue is the call's
 ``queue=`` (or the queue bound to its ``routing_key=``), else the task's
@@ -46,6 +47,42 @@ Matcher = Callable[[str], Any]
 QUORUM = "quorum"
 
 
+DELIVERY_MODES = {1: 1, 2: 2, "transient": 1, "persistent": 2}
+
+
+def delivery_mode(value: Any, where: str) -> int:
+    """kombu's delivery mode: 1 or "transient", 2 or "persistent"."""
+    if isinstance(value, bool) or value not in DELIVERY_MODES:
+        raise ConfigurationError(f"{where}: delivery_mode must be 1 or 'transient', 2 or "
+                                 f"'persistent', not {value!r}")
+    return DELIVERY_MODES[value]
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """kombu's ``Exchange``, accepted so that Celery's queue declarations keep working.
+
+    celeriac routes by queue name, so the exchange's name and type do not change where
+    a message goes; its ``delivery_mode`` does count: ``Exchange(..., delivery_mode=1)``
+    on a queue declared ``durable=False`` is Celery's transient queue, and on a durable
+    queue it is an error (celeriac makes messages transient with their queue).
+    """
+
+    name: str = ""
+    type: str = "direct"
+    durable: bool = True
+    auto_delete: bool = False
+    delivery_mode: int | str | None = None
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.type not in ("direct", "topic", "fanout", "headers"):
+            raise ConfigurationError(f"exchange {self.name!r}: type must be direct, topic, "
+                                     f"fanout or headers, not {self.type!r}")
+        if self.delivery_mode is not None:
+            delivery_mode(self.delivery_mode, f"exchange {self.name!r}")
+
+
 @dataclass(frozen=True)
 class Queue:
     """A declared queue, in the shape of kombu's ``Queue`` for the parts celeriac uses.
@@ -74,6 +111,13 @@ class Queue:
         if queue_type not in ("classic", QUORUM):
             raise ConfigurationError(f"queue {self.name!r}: x-queue-type must be classic or "
                                      f"quorum, not {queue_type!r}")
+        mode = getattr(self.exchange, "delivery_mode", None)
+        if mode is not None and delivery_mode(mode, f"queue {self.name!r}") == 1 \
+                and self.durable:
+            raise ConfigurationError(
+                f"queue {self.name!r}: its exchange sends transient messages "
+                "(delivery_mode=1) but the queue is durable; celeriac makes messages "
+                "transient with their queue: declare it with durable=False")
 
     @property
     def quorum(self) -> bool:
@@ -177,6 +221,7 @@ class Router:
         if not isinstance(found, Mapping):
             raise ConfigurationError(f"the route of {name} must be a queue name, a Queue or a "
                                      f"mapping of options, not {found!r}")
+        check_route_options(found, f"the route of {name}")
         result = dict(found)
         queue = result.get("queue")
         if isinstance(queue, Queue):
@@ -244,6 +289,8 @@ def _table(pairs: list[Any]) -> Callable[..., Any]:
                                      f"regular expression, not {key!r}")
         elif _glob(key):
             patterns.append((re.compile(fnmatch.translate(key)).match, target))
+        if isinstance(target, Mapping):  # checked now, not when the first task is sent
+            check_route_options(target, f"the route of {key!r}")
 
     def lookup(name: str, *_: Any) -> Any:
         if name in exact:
@@ -254,6 +301,20 @@ def _table(pairs: list[Any]) -> Callable[..., Any]:
         return None
 
     return lookup
+
+
+# What a route may say. exchange and exchange_type are kombu's, accepted and not used
+# (celeriac routes by queue name; see the module docstring).
+ROUTE_OPTIONS = frozenset({"queue", "routing_key", "priority", "serializer", "compression",
+                           "ignore_result", "expires", "exchange", "exchange_type"})
+
+
+def check_route_options(route: Mapping[str, Any], where: str) -> None:
+    """A typo in a route's options (``queu``) is an error, as in a task's options."""
+    unknown = sorted(set(map(str, route)) - ROUTE_OPTIONS)
+    if unknown:
+        raise ConfigurationError(f"unknown option {unknown[0]!r} in {where}"
+                                 f"{suggest(unknown[0], ROUTE_OPTIONS)}")
 
 
 def _glob(key: str) -> bool:

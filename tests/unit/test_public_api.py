@@ -8,7 +8,7 @@ def test_public_api_is_pinned() -> None:
         "App", "AsyncResult", "BackendError", "BackendRefused", "BrokerError",
         "BrokerRefused", "BrokerUnavailable",
         "CeleriacError", "ChordError", "ConfigurationError", "ContentDisallowed",
-        "DecodeError", "EagerResult", "GroupResult", "MaxRetriesExceededError",
+        "DecodeError", "EagerResult", "Exchange", "GroupResult", "MaxRetriesExceededError",
         "MessageError", "MessageTooLarge", "Queue", "QueueNotFound", "Reject", "Request",
         "Retry", "Signature",
         "SoftTimeLimitExceeded", "Task", "TaskError", "TaskNotRegistered",

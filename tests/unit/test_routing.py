@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from celeriac import App, ConfigurationError, Queue, QueueNotFound, Task
+from celeriac import App, ConfigurationError, Exchange, Queue, QueueNotFound, Task
 from celeriac.routing import Router, topic_matches
 from celeriac.testing import ThreadedWorker
 from celeriac.worker.options import WorkerOptions
@@ -308,3 +308,32 @@ def test_malformed_annotations_are_refused_when_set(app: App, annotations: Any,
                                                     message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         app.conf.task_annotations = annotations
+
+
+# -- kombu's shapes (issue 11) -----------------------------------------------------------
+
+
+def test_celerys_transient_queue_declaration_works_unchanged() -> None:
+
+    # Celery's optimization guide, word for word apart from the import
+    app = App("proj", broker="memory://", task_queues=(
+        Queue("celery", routing_key="celery"),
+        Queue("transient", Exchange("transient", delivery_mode=1),
+              routing_key="transient", durable=False),
+    ), task_routes={"proj.tasks.add": {"queue": "transient"}})
+    transient = app.conf.task_queues[1]
+    assert (transient.name, transient.durable) == ("transient", False)
+
+
+def test_a_transient_exchange_on_a_durable_queue_is_refused() -> None:
+
+    with pytest.raises(ConfigurationError, match="declare it with durable=False"):
+        Queue("q", Exchange("q", delivery_mode="transient"))
+    with pytest.raises(ConfigurationError, match="delivery_mode must be 1 or 'transient'"):
+        Exchange("q", delivery_mode=3)
+
+
+def test_a_typo_in_a_route_option_is_an_error() -> None:
+    with pytest.raises(ConfigurationError,
+                       match="unknown option 'queu' in the route of 'proj.add'"):
+        App("proj", broker="memory://", task_routes={"proj.add": {"queu": "io"}})
