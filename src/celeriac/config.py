@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 from celeriac.celery_settings import CELERY_SETTINGS, OLD_TO_NEW, Answer, refusal
 from celeriac.errors import ConfigurationError
 from celeriac.limits import check_time_limit
+from celeriac.logs import FORMAT as LOG_FORMAT
 from celeriac.urls import safe_url
 
 DEFAULT_URL = "sqlite:///celeriac.db"
@@ -92,6 +93,8 @@ class Settings(Mapping[str, Any]):
     worker_shutdown_timeout: float = 30.0
     worker_watchdog_timeout: float = 60.0
     worker_disable_rate_limits: bool = False
+    worker_hijack_root_logger: bool = True
+    worker_log_format: str = LOG_FORMAT
 
     def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         """Set several settings at once; every name and value is checked first.
@@ -339,6 +342,20 @@ def _module_names(name: str, value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _log_format(name: str, value: Any) -> str:
+    """A logging format string, tried on a record now rather than on the first log line."""
+    import logging
+
+    text = _nonempty_str(name, value)
+    record = logging.LogRecord("celeriac", logging.INFO, __file__, 0, "checking", None, None)
+    record.processName = "MainProcess"
+    try:
+        logging.Formatter(text).format(record)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ConfigurationError(f"{name} is not a usable logging format: {exc!r}") from None
+    return text
+
+
 def _retries(name: str, value: Any) -> int | None:
     """A number of attempts; None or 0 mean no limit, as in Celery."""
     if value is None or value == 0:
@@ -468,4 +485,6 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "worker_shutdown_timeout": _seconds,
     "worker_watchdog_timeout": _seconds,
     "worker_disable_rate_limits": _bool,
+    "worker_hijack_root_logger": _bool,
+    "worker_log_format": _log_format,
 }

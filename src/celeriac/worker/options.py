@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass, field
 
 from celeriac.config import Settings
+from celeriac.logs import FORMAT as LOG_FORMAT
 from celeriac.routing import default_queues
 
 # Slots per process when -c is not given: a process per core for prefork; threads and
@@ -27,6 +28,8 @@ class WorkerOptions:
     max_memory_per_child: int | None = None  # KiB
     shutdown_timeout: float = 30.0
     loglevel: str = "INFO"
+    hijack_root_logger: bool = True  # worker_hijack_root_logger
+    log_format: str = LOG_FORMAT  # worker_log_format
     hostname: str = field(default_factory=lambda: expand_nodename(DEFAULT_NODENAME))
 
     @property
@@ -48,6 +51,8 @@ class WorkerOptions:
             "max_tasks_per_child": conf.worker_max_tasks_per_child,
             "max_memory_per_child": conf.worker_max_memory_per_child,
             "shutdown_timeout": conf.worker_shutdown_timeout,
+            "hijack_root_logger": conf.worker_hijack_root_logger,
+            "log_format": conf.worker_log_format,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         queues = queues or default_queues(conf.task_queues, conf.task_default_queue)

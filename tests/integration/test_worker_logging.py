@@ -1,0 +1,64 @@
+"""The worker's logging plays well with the app's: worker_log_format, and an app that
+configures logging itself keeps its configuration with worker_hijack_root_logger=False."""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+from pathlib import Path
+
+from worker_harness import WorkerProcess, wait_until
+
+
+class OwnAppWorker(WorkerProcess):
+    app_module = "own_logging"
+
+
+def start(tmp_path: Path, module: str) -> WorkerProcess:
+    (tmp_path / "own_logging.py").write_text(textwrap.dedent(module).lstrip())
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("CELERIAC_", "CELERY_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), *filter(None, [env.get("PYTHONPATH")])])
+    worker = OwnAppWorker(["-c", "1"], env, tmp_path, tmp_path / "worker.log")
+    wait_until(lambda: " ready: consuming " in worker.log() or not worker.running, 30,
+               "a ready worker process")
+    return worker
+
+
+def test_an_app_that_configures_logging_keeps_its_own_format(tmp_path: Path) -> None:
+    # Given an app module that sets up logging itself, and asks the worker not to
+    worker = start(tmp_path, f"""
+        import logging, sys
+        logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                            format="APP| %(name)s %(message)s")
+        from celeriac import App
+        app = App("own", broker="sqlite:///{tmp_path / 'b.db'}",
+                  worker_hijack_root_logger=False)
+    """)
+    try:
+        # Then the worker's lines come out through the app's handler, in its format
+        log = worker.log()
+        assert "APP| celeriac.worker " in log
+        assert "ready: consuming" in log
+        assert "INFO/worker-0]" not in log  # celeriac's own format was not installed
+    finally:
+        worker.signal(signal.SIGTERM)
+        worker.wait(30)
+        worker.kill_all()
+
+
+def test_worker_log_format_sets_the_format_of_every_line(tmp_path: Path) -> None:
+    worker = start(tmp_path, f"""
+        from celeriac import App
+        app = App("own", broker="sqlite:///{tmp_path / 'b.db'}",
+                  worker_log_format="FMT %(levelname)s %(processName)s %(message)s")
+    """)
+    try:
+        log = worker.log()
+        assert "FMT INFO worker-0 celeriac@" in log
+        assert "ready: consuming" in log
+    finally:
+        worker.signal(signal.SIGTERM)
+        worker.wait(30)
+        worker.kill_all()
