@@ -28,10 +28,10 @@ from celeriac.shared import app_created
 from celeriac.task import (
     SEND_OPTION_NAMES,
     TASK_OPTION_NAMES,
-    Task,
     TaskOptions,
     check_task_options,
 )
+from celeriac.task import Task as TaskBase  # App.Task is Celery's name for it
 from celeriac.tracking import mark_sent
 
 if TYPE_CHECKING:
@@ -54,20 +54,20 @@ class TaskDecorator(Protocol):
     """What ``@app.task(...)`` returns: turns a function (sync or async) into a Task."""
 
     @overload
-    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> Task[P, R]: ...
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> TaskBase[P, R]: ...
 
     @overload
-    def __call__(self, fn: Callable[P, R]) -> Task[P, R]: ...
+    def __call__(self, fn: Callable[P, R]) -> TaskBase[P, R]: ...
 
 
 class BoundTaskDecorator(Protocol):
     """What ``@app.task(bind=True)`` returns: the function's first parameter is the task."""
 
     @overload
-    def __call__(self, fn: Callable[..., Coroutine[Any, Any, R]]) -> Task[..., R]: ...
+    def __call__(self, fn: Callable[..., Coroutine[Any, Any, R]]) -> TaskBase[..., R]: ...
 
     @overload
-    def __call__(self, fn: Callable[..., R]) -> Task[..., R]: ...
+    def __call__(self, fn: Callable[..., R]) -> TaskBase[..., R]: ...
 
 
 class App:
@@ -76,6 +76,9 @@ class App:
     With no broker named, an embedded SQLite file (``sqlite:///celeriac.db``) is both
     broker and result backend, shared by every process on this machine.
     """
+
+    # The base class of tasks, as Celery's app.Task: ``class MyTask(app.Task): ...``.
+    Task = TaskBase
 
     def __init__(self, main: str | None = None, broker: str | None = None,
                  backend: str | None = None, **settings: Any) -> None:
@@ -87,7 +90,7 @@ class App:
         if backend is not None:
             settings["result_backend"] = backend
         self.conf.update(settings)
-        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.tasks: dict[str, TaskBase[Any, Any]] = {}
         self._broker: Broker | None = None
         self._backend: ResultBackend | None = None
         self._broker_connected = False
@@ -113,10 +116,10 @@ class App:
     # -- the task registry ----------------------------------------------------------------
 
     @overload
-    def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> TaskBase[P, R]: ...
 
     @overload
-    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    def task(self, fn: Callable[P, R], /) -> TaskBase[P, R]: ...
 
     @overload
     def task(self, *, bind: Literal[True], name: str | None = None,
@@ -129,23 +132,29 @@ class App:
     # mypy cannot match a positional-only `fn` against the overloads' **options.
     def task(  # type: ignore[misc]
         self, fn: Callable[..., Any] | None = None, /, *, bind: bool = False,
-        name: str | None = None, **options: Any,
+        name: str | None = None, base: type[TaskBase[Any, Any]] | None = None, **options: Any,
     ) -> Any:
-        """Register a function as a task: ``@app.task`` or ``@app.task(**options)``."""
-        task_options = checked_task_options(options)
+        """Register a function as a task: ``@app.task`` or ``@app.task(**options)``.
 
-        def register(function: Callable[..., Any]) -> Task[Any, Any]:
+        ``base``: a subclass of ``TaskBase`` (``app.TaskBase``) whose hooks (``on_failure`` and
+        the others) run around each execution, as Celery's ``base=``.
+        """
+        task_options = checked_task_options(options)
+        cls = _task_class(base)
+
+        def register(function: Callable[..., Any]) -> TaskBase[Any, Any]:
             return self.register_task(function, name or self._default_name(function), bind,
-                                      task_options)
+                                      task_options, cls)
 
         return register if fn is None else register(fn)
 
     def register_task(self, fn: Callable[..., Any], name: str, bind: bool,
-                      options: TaskOptions) -> Task[Any, Any]:
+                      options: TaskOptions,
+                      cls: type[TaskBase[Any, Any]] = TaskBase) -> TaskBase[Any, Any]:
         """Register ``fn`` as the task ``name`` (what ``@app.task`` does, options checked)."""
         if name in self.tasks and self.tasks[name].fn is not fn:
             logger.debug("task %s registered again; the new definition wins", name)
-        registered: Task[Any, Any] = Task(self, fn, name, bind, options)
+        registered: TaskBase[Any, Any] = cls(self, fn, name, bind, options)
         self.tasks[name] = registered
         return registered
 
@@ -181,7 +190,7 @@ class App:
         for packages, related_name in pending:
             discover(packages, related_name)
 
-    def get_task(self, name: str) -> Task[Any, Any]:
+    def get_task(self, name: str) -> TaskBase[Any, Any]:
         try:
             return self.tasks[name]
         except KeyError:
@@ -288,7 +297,7 @@ class App:
 
     def send_task(self, name: str, args: Sequence[Any] | None = None,
                   kwargs: Mapping[str, Any] | None = None, *,
-                  _task: Task[Any, Any] | None = None, **options: Any) -> AsyncResult[Any]:
+                  _task: TaskBase[Any, Any] | None = None, **options: Any) -> AsyncResult[Any]:
         """Send a task by name; the task need not be registered in this process."""
         task = _task if _task is not None else self.tasks.get(name)
         if self.conf.task_always_eager and task is not None:
@@ -299,7 +308,7 @@ class App:
 
     async def asend_task(self, name: str, args: Sequence[Any] | None = None,
                          kwargs: Mapping[str, Any] | None = None, *,
-                         _task: Task[Any, Any] | None = None,
+                         _task: TaskBase[Any, Any] | None = None,
                          **options: Any) -> AsyncResult[Any]:
         """``send_task`` for async callers: publishes on the running event loop."""
         task = _task if _task is not None else self.tasks.get(name)
@@ -328,13 +337,13 @@ class App:
         return [AsyncResult(message.id, self, message.task) for (message, _), _ in prepared]
 
     def _prepare_call(self, call: Any) -> tuple[tuple[Message, Outgoing],
-                                                Task[Any, Any] | None]:
+                                                TaskBase[Any, Any] | None]:
         if isinstance(call, tuple):
             target, args, kwargs, options = (*call, None, None)[:4]
         else:
             target, args, kwargs, options = call.name, call.args, call.kwargs, call.options
-        task = target if isinstance(target, Task) else self.tasks.get(target)
-        name = target.name if isinstance(target, Task) else target
+        task = target if isinstance(target, TaskBase) else self.tasks.get(target)
+        name = target.name if isinstance(target, TaskBase) else target
         return self.prepare(name, args, kwargs, dict(options or {}), task), task
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:
@@ -365,7 +374,7 @@ class App:
 
     def prepare(self, name: str, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None,
                 options: Mapping[str, Any],
-                task: Task[Any, Any] | None = None) -> tuple[Message, Outgoing]:
+                task: TaskBase[Any, Any] | None = None) -> tuple[Message, Outgoing]:
         """Check and build the message for a call, and encode it for the broker.
 
         Each value comes from the call's options, else the task's (with
@@ -442,7 +451,7 @@ class App:
         return message, Outgoing(message.id, queue, body, priority, message.eta)
 
     def _route(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
-               options: Mapping[str, Any], task: Task[Any, Any] | None) -> dict[str, Any]:
+               options: Mapping[str, Any], task: TaskBase[Any, Any] | None) -> dict[str, Any]:
         routes, queues = self.conf.task_routes, self.conf.task_queues
         if routes is None:
             return {}
@@ -492,6 +501,15 @@ def _task_id() -> str:
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _task_class(base: Any) -> type[TaskBase[Any, Any]]:
+    if base is None:
+        return TaskBase
+    if not (isinstance(base, type) and issubclass(base, TaskBase)):
+        raise TypeError(f"base must be a subclass of celeriac.Task (app.Task), "
+                        f"not {base!r}")
+    return base
 
 
 def checked_task_options(options: dict[str, Any]) -> TaskOptions:

@@ -145,6 +145,30 @@ class Task(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<@task {self.name}>"
 
+    # -- Celery's hooks: override them in a base class, ``@app.task(base=MyTask)`` -------
+    # They run on the worker, in the task's own thread or loop, around each execution; an
+    # exception raised by a hook is logged and does not change the task's outcome.
+
+    def before_start(self, task_id: str, args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> None:
+        """Before the function runs."""
+
+    def on_success(self, retval: Any, task_id: str, args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> None:
+        """After it returned ``retval``."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: tuple[Any, ...],
+                   kwargs: dict[str, Any], einfo: str) -> None:
+        """After it raised ``exc`` for good (``einfo``: the traceback text)."""
+
+    def on_retry(self, exc: BaseException, task_id: str, args: tuple[Any, ...],
+                 kwargs: dict[str, Any], einfo: str) -> None:
+        """After it raised ``exc`` and another attempt was scheduled."""
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: tuple[Any, ...],
+                     kwargs: dict[str, Any], einfo: str | None) -> None:
+        """After any of the above, with the final state (``SUCCESS``, ``FAILURE``...)."""
+
     @property
     def options(self) -> TaskOptions:
         """The task's options: the decorator's, with ``task_annotations`` applied."""
