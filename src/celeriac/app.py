@@ -136,7 +136,7 @@ class App:
     ) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(**options)``.
 
-        ``base``: a subclass of ``TaskBase`` (``app.TaskBase``) whose hooks (``on_failure`` and
+        ``base``: a subclass of ``Task`` (``app.Task``) whose hooks (``on_failure`` and
         the others) run around each execution, as Celery's ``base=``.
         """
         task_options = checked_task_options(options)
