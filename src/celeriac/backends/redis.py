@@ -66,7 +66,7 @@ from celeriac.brokers.redis_connection import (
     command,
     translate_errors,
 )
-from celeriac.errors import BackendError
+from celeriac.errors import BackendError, BackendRefused
 
 OPTIONS = frozenset({"key_prefix", *CONNECTION_OPTIONS})
 NOTIFY_TTL_MS = 10_000
@@ -111,7 +111,7 @@ class RedisBackend(ResultBackend):
         self.max_block = self.settings.connection_timeout / 2
         self._clients = LoopClients(self.settings.make_client)
         self._blocking = BlockingClient(self.settings, BackendError, BackendError,
-                                        "Redis result backend")
+                                        "Redis result backend", BackendRefused)
         self._push_backs = _PushBacks(self._blocking)
         self._background: set[asyncio.Task[None]] = set()  # token push-backs under way
         self._lock = threading.Lock()
@@ -126,7 +126,8 @@ class RedisBackend(ResultBackend):
         return f"{self.prefix}ready:{task_id}"
 
     def _errors(self, what: str) -> Any:
-        return translate_errors(BackendError, BackendError, f"Redis result backend {what}")
+        return translate_errors(BackendError, BackendError, f"Redis result backend {what}",
+                                BackendRefused)
 
     def _deadline(self, extra: float = 0.0) -> asyncio.Timeout:
         return self.settings.deadline(extra)

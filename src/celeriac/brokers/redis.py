@@ -119,7 +119,7 @@ from celeriac.brokers.redis_scripts import (
     REQUEUE,
     STATS,
 )
-from celeriac.errors import BrokerError, BrokerUnavailable, ConfigurationError
+from celeriac.errors import BrokerError, BrokerRefused, BrokerUnavailable, ConfigurationError
 
 GROUP = "celeriac"
 RETURNED = "~returned"  # the pseudo-consumer holding handed-back entries
@@ -179,7 +179,7 @@ class RedisBroker(Broker):
         self.max_block = self.reclaim_interval
         self._clients = LoopClients(self.settings.make_client)
         self._blocking = BlockingClient(self.settings, BrokerUnavailable, BrokerError,
-                                        "Redis broker")
+                                        "Redis broker", BrokerRefused)
         self._plans: dict[tuple[str, ...], _Plan] = {}
         self._consumer = ("", -1)
 
@@ -250,7 +250,8 @@ class RedisBroker(Broker):
         await self._clients.close()
 
     def _errors(self, what: str) -> Any:
-        return translate_errors(BrokerUnavailable, BrokerError, f"Redis broker {what}")
+        return translate_errors(BrokerUnavailable, BrokerError, f"Redis broker {what}",
+                                BrokerRefused)
 
     async def _run(self, script: Any, keys: Sequence[str], args: Sequence[Any],
                    what: str, extra_time: float = 0.0) -> Any:

@@ -12,10 +12,21 @@ Three things every Redis-facing object here needs, written once:
   from a thread with no event loop), on one sync redis-py connection pool per process,
   shared by its threads. A sync call costs one round trip and no thread hop, where the
   bridge costs two hops and redis.asyncio's heavier command path.
-- ``translate_errors`` and ``Script``: Redis failures become celeriac errors (a lost
-  or unreachable server is ``*Unavailable``, never a hang), and Lua scripts run by
-  their SHA1 with a fallback to their text when the server's script cache is empty
-  (after a restart).
+- ``translate_errors`` and ``Script``: Redis failures become celeriac errors, and Lua
+  scripts run by their SHA1 with a fallback to their text when the server's script
+  cache is empty (after a restart).
+
+Errors, in three kinds (``refusal`` tells them apart):
+
+- *refused* (``BrokerRefused`` / ``BackendRefused``): causes retrying cannot fix, raised
+  at once with the server's own words: a refused password (WRONGPASS, NOAUTH), a user
+  not permitted a command (NOPERM), an unknown database index, a TLS certificate that
+  is not trusted or a TLS handshake that fails;
+- *unavailable* (``BrokerUnavailable`` / ``BackendError``): a refused, reset or silent
+  connection. Every command is retried on a fresh connection with a capped backoff
+  until the call's deadline (the connection timeout) passes; the error then names the
+  last real cause (``ConnectionRefusedError ...``), not only the deadline;
+- anything else Redis reports (an error reply): ``BrokerError`` / ``BackendError``.
 
 The client library is ``redis`` (redis-py >= 5, asyncio and sync APIs) with ``hiredis``
 as its parser; both are imported only by the apps that use a ``redis://`` URL.
@@ -25,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import os
 import ssl
@@ -64,9 +76,11 @@ DEFAULT_CONNECTION_TIMEOUT = 4.0  # as the broker_connection_timeout setting
 DEFAULT_POOL_LIMIT: int | None = None
 
 # A command that fails on a dead connection (the server restarted, an idle connection
-# was dropped) is retried on a fresh one: twice, quickly. Anything longer is an outage,
-# reported to the caller as *Unavailable within the connection timeout.
-RETRIES = 2
+# was dropped, the port is closed for now) is retried on a fresh one, with a capped
+# backoff, until the call's deadline (the connection timeout) passes: a restart of a
+# second or two is ridden out, an outage is reported as *Unavailable with its last cause.
+# (Async calls: no count at all, the deadline ends them; sync calls: the same, counted
+# against the timeout by ``BlockingClient.call``.)
 RETRY_BACKOFF_BASE = 0.05
 RETRY_BACKOFF_CAP = 0.5
 
@@ -164,8 +178,10 @@ class RedisSettings:
             # instead (``deadline``), which also bounds the retries as a whole.
             "socket_timeout": None,
             "socket_keepalive": True,
+            # Retried until ``deadline`` cancels the call (retries=-1: no count); a refusal
+            # is not retried at all, and each failure is remembered for the error message.
             "retry": Retry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE),
-                           RETRIES),
+                           -1, is_retryable=_retryable),
             **self.tls_options,
         }
         if self.pool_limit is None:
@@ -184,16 +200,17 @@ class RedisSettings:
         There is no event loop to bound a call as a whole, so the sockets bound each
         step instead: connecting and every read or write take at most the connection
         timeout (a blocking read gets its own, longer limit: ``BlockingClient.call``).
-        Only a refused or reset connection is retried, quickly; a timeout is not, so a
-        server that stops answering is reported within about the timeout, not a
-        multiple of it.
+        Only a refused or reset connection is retried, until the timeout; a timeout is
+        not, so a server that stops answering is reported within about the timeout, not
+        a multiple of it.
         """
         kwargs: dict[str, Any] = {
             "socket_connect_timeout": self.connection_timeout,
             "socket_timeout": self.connection_timeout,
             "socket_keepalive": True,
+            # Connecting is retried by ``BlockingClient.call`` (within the timeout), not here.
             "retry": redis.retry.Retry(
-                ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), RETRIES,
+                ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), 0,
                 supported_errors=(redis_errors.ConnectionError,)),
             **self.tls_options,
         }
@@ -294,10 +311,12 @@ class BlockingClient:
     """
 
     def __init__(self, settings: RedisSettings, unavailable: type[CeleriacError],
-                 error: type[CeleriacError], what: str) -> None:
+                 error: type[CeleriacError], what: str,
+                 refused: type[CeleriacError] | None = None) -> None:
         self.settings = settings
         self._unavailable = unavailable
         self._error = error
+        self._refused = refused or error
         self._what = what
         self._lock = threading.Lock()
         self._pool: redis.ConnectionPool | None = None
@@ -335,7 +354,8 @@ class BlockingClient:
         ``block``: seconds the command may wait on the server (BLPOP's timeout), on top
         of which its reply may take the connection timeout. A connection that breaks
         under the command (the server restarted) is replaced and the command sent again,
-        at most ``RETRIES`` times and within about the connection timeout.
+        with a capped backoff, for up to about the connection timeout; a refusal (a
+        wrong password, an untrusted certificate) is raised at once as ``refused``.
         """
         pool = self.pool()
         timeout = self.settings.connection_timeout
@@ -348,24 +368,19 @@ class BlockingClient:
                 if block is None:
                     return conn.read_response()
                 return conn.read_response(timeout=block + timeout)
-            except redis_errors.ConnectionError as exc:
-                conn.disconnect()
-                if not started:
-                    started = time.monotonic()
-                if attempt >= RETRIES or time.monotonic() - started >= timeout:
-                    raise self._unavailable_error(what, exc) from exc
-                attempt += 1
-                time.sleep(min(RETRY_BACKOFF_CAP, RETRY_BACKOFF_BASE * 2 ** attempt))
-            except (redis_errors.TimeoutError, OSError) as exc:
-                conn.disconnect()
-                raise self._unavailable_error(what, exc) from exc
             except redis_errors.NoScriptError:
                 raise  # the connection is fine; ``script`` sends the script's text
-            except redis_errors.ResponseError as exc:  # an error reply: the connection is fine
-                raise self._error(f"{self._what} {what}: {type(exc).__name__}: {exc}") from exc
-            except redis_errors.RedisError as exc:
-                conn.disconnect()
-                raise self._error(f"{self._what} {what}: {type(exc).__name__}: {exc}") from exc
+            except (redis_errors.RedisError, OSError) as exc:
+                failure = self._failure(what, conn, exc)
+                if failure is not None:
+                    raise failure from exc
+                # A broken connection: try a fresh one until the timeout would pass.
+                started = started or time.monotonic()
+                attempt += 1
+                pause = min(RETRY_BACKOFF_CAP, RETRY_BACKOFF_BASE * 2 ** attempt)
+                if time.monotonic() - started + pause >= timeout:
+                    raise self._unavailable_error(what, exc) from exc
+                time.sleep(pause)
             except BaseException:
                 conn.disconnect()  # a reply half read must not reach the next caller
                 raise
@@ -374,6 +389,22 @@ class BlockingClient:
                     self._idle.append(conn)
                 else:
                     pool.release(conn)
+
+    def _failure(self, what: str, conn: Any, exc: BaseException) -> CeleriacError | None:
+        """The error to raise for a failed command, or None to retry on a fresh connection."""
+        reply = isinstance(exc, redis_errors.ResponseError)
+        if not reply:
+            conn.disconnect()
+        if (refused := refusal(exc)) is not None:
+            if reply:
+                conn.disconnect()  # a half-made connection (AUTH or SELECT failed)
+            return self._refused_error(what, refused)
+        if isinstance(exc, redis_errors.ConnectionError):
+            return None
+        if isinstance(exc, redis_errors.TimeoutError | OSError):
+            return self._unavailable_error(what, exc)  # silent: retrying would wait again
+        # An error reply (the connection is fine), or another failure of redis-py's.
+        return self._error(f"{self._what} {what}: {describe(exc)}")
 
     def _connection(self, pool: redis.ConnectionPool, what: str) -> Any:
         """A connection of the pool (its methods are untyped in redis-py).
@@ -389,10 +420,14 @@ class BlockingClient:
                 return pool.make_connection()
         try:
             return pool.get_connection()
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        except (redis_errors.RedisError, OSError) as exc:
+            if (refused := refusal(exc)) is not None:
+                raise self._refused_error(what, refused) from exc
+            if not isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError
+                              | OSError):
+                raise self._error(f"{self._what} {what}: {type(exc).__name__}: {exc}") \
+                    from exc
             raise self._unavailable_error(what, exc) from exc
-        except redis_errors.RedisError as exc:
-            raise self._error(f"{self._what} {what}: {type(exc).__name__}: {exc}") from exc
 
     def script(self, what: str, script: Script, keys: Sequence[str],
                args: Sequence[str | bytes | int | float]) -> Any:
@@ -416,7 +451,10 @@ class BlockingClient:
 
     def _unavailable_error(self, what: str, exc: BaseException) -> CeleriacError:
         return self._unavailable(
-            f"{self._what} {what}: Redis is unavailable ({type(exc).__name__}: {exc})")
+            f"{self._what} {what}: Redis is unavailable ({describe(exc)})")
+
+    def _refused_error(self, what: str, cause: str) -> CeleriacError:
+        return self._refused(f"{self._what} {what}: Redis refused the connection: {cause}")
 
 
 # Every BlockingClient of this process, so that a forked child drops their pools at once
@@ -447,18 +485,99 @@ def _send(conn: Any, args: tuple[Any, ...]) -> None:
 # -- errors -------------------------------------------------------------------------------
 
 
+# The last failure of a retried command in this task (set by ``_retryable``, which
+# redis-py calls in the caller's task), so that a call cut off by its deadline reports
+# what actually went wrong rather than only that time ran out.
+_last_failure: contextvars.ContextVar[BaseException | None] = contextvars.ContextVar(
+    "celeriac_redis_last_failure", default=None)
+
+_REFUSED_REPLIES = ("WRONGPASS", "NOAUTH", "NOPERM", "DB index is out of range",
+                    "invalid DB index")
+# TLS failures that are a condition of the link, not of the configuration.
+_TRANSIENT_TLS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError,
+                  ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+def refusal(exc: BaseException) -> str | None:
+    """Why the server refused us for good, or None if retrying may help.
+
+    Refusals: a password or user the server rejects, a command the user may not run, a
+    database index the server does not have, a certificate that is not trusted or a TLS
+    handshake that fails (say, TLS against a plain port). The text is the server's or
+    the TLS library's own, with a hint where the fix is ours to name.
+    """
+    for cause in _chain(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (f"TLS certificate verification failed: {cause.verify_message or cause} "
+                    "(ssl_ca_certs names the CA to trust; ssl_cert_reqs=none turns "
+                    "verification off)")
+        if isinstance(cause, ssl.SSLError) and not isinstance(cause, _TRANSIENT_TLS):
+            return f"TLS handshake failed: {cause}"
+    if isinstance(exc, redis_errors.AuthenticationError | redis_errors.AuthorizationError):
+        return (f"{type(exc).__name__}: {exc} (check the user name and password in the "
+                "URL)")
+    if isinstance(exc, redis_errors.ResponseError):
+        text = str(exc)
+        if any(mark in text for mark in _REFUSED_REPLIES):
+            hint = " (the URL's path names the database)" if "DB index" in text else ""
+            return f"{type(exc).__name__}: {text}{hint}"
+    return None
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _retryable(exc: Exception) -> bool:
+    """For redis-py's Retry: remember the failure; retry anything but a refusal."""
+    _last_failure.set(exc)
+    return refusal(exc) is None
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: text`` of an exception, readable even when its text is empty."""
+    text = str(exc)
+    if text:
+        return f"{type(exc).__name__}: {text}"
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "TimeoutError: no answer within the connection timeout"
+    return f"{type(exc).__name__} (no message)"
+
+
 @contextlib.contextmanager
 def translate_errors(unavailable: type[CeleriacError], error: type[CeleriacError],
-                     what: str) -> Iterator[None]:
-    """Raise ``unavailable`` for a lost or unreachable server, ``error`` for other failures."""
+                     what: str, refused: type[CeleriacError] | None = None) -> Iterator[None]:
+    """Translate Redis failures into celeriac errors (see the module docstring).
+
+    ``refused`` for a refusal (``error`` when not given), ``unavailable`` for a lost,
+    unreachable or silent server, naming the last failure a retry saw, ``error`` for
+    anything else Redis reports.
+    """
+    token = _last_failure.set(None)
     try:
         yield
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError,
-            TimeoutError) as exc:
-        raise unavailable(f"{what}: Redis is unavailable ({type(exc).__name__}: {exc})") \
-            from exc
-    except redis_errors.RedisError as exc:
-        raise error(f"{what}: {type(exc).__name__}: {exc}") from exc
+    except (redis_errors.RedisError, OSError, TimeoutError) as exc:
+        reason = refusal(exc)
+        if reason is not None:
+            raise (refused or error)(f"{what}: Redis refused the connection: {reason}") \
+                from exc
+        if not isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError
+                          | OSError | TimeoutError):
+            raise error(f"{what}: {describe(exc)}") from exc
+        last = _last_failure.get()
+        detail = describe(exc)
+        if last is not None and last is not exc:
+            detail += f"; the last failure before it: {describe(last)}"
+            if exc.__cause__ is None and exc.__context__ is None:
+                exc.__cause__ = last  # keep the real cause in the chain
+        raise unavailable(f"{what}: Redis is unavailable ({detail})") from exc
+    finally:
+        _last_failure.reset(token)
 
 
 def is_missing_group(exc: BaseException) -> bool:
