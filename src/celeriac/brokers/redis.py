@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import socket
@@ -120,6 +121,8 @@ from celeriac.brokers.redis_scripts import (
     STATS,
 )
 from celeriac.errors import BrokerError, BrokerRefused, BrokerUnavailable, ConfigurationError
+
+logger = logging.getLogger("celeriac.brokers.redis")
 
 GROUP = "celeriac"
 RETURNED = "~returned"  # the pseudo-consumer holding handed-back entries
@@ -336,14 +339,24 @@ class RedisBroker(Broker):
             int(reclaim), PROMOTE_MAX, RECLAIM_ROUNDS, *plan.queues], "fetch")
         now_ms, next_due = int(reply[0]), int(reply[1])
         wait = math.inf if next_due < 0 else max(0.0, (next_due - now_ms) / 1000)
-        found = []
+        found: list[Delivery] = []
+        malformed: list[_Malformed] = []
         consumer = self.consumer
-        for i in range(2, len(reply), 7):
-            index, band, entry, message_id, body, counter, count = reply[i:i + 7]
+        for i in range(2, len(reply), 8):
+            index, band, entry, message_id, body, counter, count, problem = reply[i:i + 8]
             queue = plan.queues[int(index)]
-            found.append(Delivery(
-                message_id.decode(), queue, body, int(band), int(count),
-                RedisReceipt(queue, int(band), entry.decode(), consumer, int(counter))))
+            receipt = RedisReceipt(queue, int(band), entry.decode(), consumer, int(counter))
+            if problem:
+                malformed.append(_Malformed(receipt, message_id, _dump_fields(body),
+                                            problem.decode(errors="backslashreplace")))
+                continue
+            text = _message_id(message_id)
+            if isinstance(text, _Malformed):
+                malformed.append(text._replace(receipt=receipt, body=body))
+                continue
+            found.append(Delivery(text, queue, body, int(band), int(count), receipt))
+        if malformed:
+            await self._dead_letter_malformed(malformed)
         return found, wait
 
     async def _block(self, plan: _Plan, seconds: float) -> list[Delivery]:
@@ -365,15 +378,39 @@ class RedisBroker(Broker):
                 return []
             raise
         found: list[Delivery] = []
+        malformed: list[_Malformed] = []
         consumer = self.consumer
         for stream, entries in reply or ():
             index, band = plan.places[stream]
             queue = plan.queues[index]
             for entry, fields in entries:
-                found.append(Delivery(
-                    fields.get(b"i", b"").decode(), queue, fields.get(b"b", b""), band, 1,
-                    RedisReceipt(queue, band, entry.decode(), consumer, 1)))
+                receipt = RedisReceipt(queue, band, entry.decode(), consumer, 1)
+                problem = _layout_problem(fields)
+                if problem is not None:
+                    malformed.append(_Malformed(receipt, fields.get(b"i", b""),
+                                                _dump_fields(fields), problem))
+                    continue
+                text = _message_id(fields[b"i"])
+                if isinstance(text, _Malformed):
+                    malformed.append(text._replace(receipt=receipt, body=fields[b"b"]))
+                    continue
+                found.append(Delivery(text, queue, fields[b"b"], band, 1, receipt))
+        if malformed:
+            await self._dead_letter_malformed(malformed)
         return found
+
+    async def _dead_letter_malformed(self, malformed: Sequence[_Malformed]) -> None:
+        """Dead-letter entries whose broker-level fields cannot be read, and say so.
+
+        They are settled here, inside the fetch, so that they never reach a worker's
+        slots nor stay leased: the next fetch goes on with the entries behind them.
+        """
+        for item in malformed:
+            logger.error("dead-lettered stream entry %s of queue %r (priority band %d): "
+                         "it cannot be read as a celeriac message: %s", item.receipt.entry,
+                         item.receipt.queue, item.receipt.band, item.reason)
+        await self._dead_letter_raw([(m.receipt, m.message_id, m.body, m.reason)
+                                     for m in malformed])
 
     async def _trim(self, plan: _Plan, woke: list[Delivery], limit: int) -> list[Delivery]:
         """Put what a wake-up brought in fetch order, and hand back what overshot the limit.
@@ -416,15 +453,23 @@ class RedisBroker(Broker):
         return held
 
     async def dead_letter(self, deliveries: Sequence[tuple[Delivery, str]]) -> None:
-        ours = [(d, reason) for d, reason in deliveries if isinstance(d.receipt, RedisReceipt)]
-        for batch in _batches(ours):
-            keys, args = self._settle_args([d for d, _ in batch])
-            extended: list[Any] = []
-            for n, (delivery, reason) in enumerate(batch):
-                extended += [*args[4 * n:4 * n + 4], delivery.queue, delivery.id,
-                             delivery.body, reason]
-            await self._run(DEAD_LETTER, [self._dead_key, *keys], [GROUP, *extended],
-                            "dead_letter")
+        await self._dead_letter_raw([(d.receipt, d.id.encode(), d.body, reason)
+                                     for d, reason in deliveries
+                                     if isinstance(d.receipt, RedisReceipt)])
+
+    async def _dead_letter_raw(
+            self, items: Sequence[tuple[RedisReceipt, bytes, bytes, str]]) -> None:
+        """Dead-letter leased entries: receipt, message id (as stored), body, reason."""
+        for batch in _batches(items):
+            keys: list[str] = [self._dead_key]
+            args: list[Any] = [GROUP]
+            for receipt, message_id, body, reason in batch:
+                keys += [self.stream_key(receipt.queue, receipt.band),
+                         self._key("requeued", receipt.queue)]
+                args += [receipt.entry, receipt.consumer, receipt.counter,
+                         f"{receipt.band}/{receipt.entry}", receipt.queue, message_id, body,
+                         reason]
+            await self._run(DEAD_LETTER, keys, args, "dead_letter")
 
     def _settle_args(self, deliveries: Sequence[Delivery]) -> tuple[list[str], list[Any]]:
         """Keys (stream, requeued hash) and arguments of the settling scripts."""
@@ -478,7 +523,9 @@ class RedisBroker(Broker):
             async with self.settings.deadline():
                 entries = await command(client)("XREVRANGE", self._dead_key, "+", "-",
                                                 "COUNT", limit)
-        return [DeadLetter(fields.get(b"i", b"").decode(), fields.get(b"q", b"").decode(),
+        # Decoded leniently: a malformed entry's message id is kept as it was written.
+        return [DeadLetter(fields.get(b"i", b"").decode(errors="backslashreplace"),
+                           fields.get(b"q", b"").decode(errors="backslashreplace"),
                            fields.get(b"b", b""),
                            fields.get(b"r", b"").decode(errors="replace"),
                            int(fields.get(b"t", b"0")) / 1000)
@@ -502,6 +549,50 @@ class RedissBroker(RedisBroker):
     """``rediss://``: the Redis broker over TLS."""
 
     scheme = "rediss"
+
+
+class _Malformed(NamedTuple):
+    """A stream entry whose broker-level fields cannot be read, and what is wrong."""
+
+    receipt: RedisReceipt
+    message_id: bytes  # as written (possibly not UTF-8, possibly empty)
+    body: bytes  # the body, or every field of the entry when its layout is wrong
+    reason: str
+
+
+_NO_RECEIPT = RedisReceipt("", 0, "", "", 0)
+
+
+def _message_id(raw: bytes) -> str | _Malformed:
+    """The message id of an entry, or what is wrong with it (receipt and body to fill)."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        return _Malformed(_NO_RECEIPT, raw, b"",
+                          f"field i (the message id) is not valid UTF-8 ({exc.reason} at "
+                          f"byte {exc.start}): {raw[:100]!r}")
+
+
+def _layout_problem(fields: Mapping[bytes, bytes]) -> str | None:
+    """What is wrong with the layout of an entry read by XREADGROUP (FETCH's ``emit``)."""
+    for name in fields:
+        if name not in (b"i", b"b"):
+            return (f"field {name.decode(errors='backslashreplace')!r} is not part of the "
+                    "entry layout (i = message id, b = body)")
+    if b"i" not in fields:
+        return "field i (the message id) is missing"
+    if not fields[b"i"]:
+        return "field i (the message id) is empty"
+    if b"b" not in fields:
+        return "field b (the message body) is missing"
+    return None
+
+
+def _dump_fields(fields: Any) -> bytes:
+    """Every field of a malformed entry, as one readable value for its dead letter."""
+    pairs = list(fields.items()) if isinstance(fields, Mapping) \
+        else list(zip(fields[::2], fields[1::2], strict=True))
+    return b"\n".join(b"%s=%r" % (name, value) for name, value in pairs)
 
 
 def _ours(deliveries: Sequence[Delivery]) -> list[Delivery]:

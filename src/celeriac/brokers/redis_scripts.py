@@ -15,7 +15,9 @@ The key layout and the meaning of each structure are described in
 - ``returned`` is the pseudo-consumer that owns handed-back (requeued) entries until a
   fetch takes them. ``requeued`` hashes count, per entry, how often it was handed back,
   so that delivery_count (the PEL counter minus that) does not count those deliveries.
-- Stream entries carry two fields: ``i`` the message id and ``b`` the body.
+- Stream entries carry two fields: ``i`` the message id and ``b`` the body. FETCH
+  reports an entry that does not (a field missing, repeated or unknown) instead of
+  delivering it, so that the broker dead-letters it.
 """
 
 from __future__ import annotations
@@ -60,8 +62,10 @@ FETCH = Script("fetch", """
 --                         then the streams of bands 9, 8, ..., 0
 -- ARGV  group, consumer, returned, limit, lease_ms, reclaim (0/1), promote_max,
 --       rounds (XAUTOCLAIM calls per band), then the queue names
--- Returns {now_ms, next_due_ms or -1, then 7 values per delivery:
---          queue index, band, entry id, message id, body, PEL counter, delivery count}
+-- Returns {now_ms, next_due_ms or -1, then 8 values per delivery:
+--          queue index, band, entry id, message id, body, PEL counter, delivery count,
+--          problem ('' for an entry in celeriac's layout; else what is wrong with it,
+--          and the body is the entry's list of fields)}
 local group, consumer, returned = ARGV[1], ARGV[2], ARGV[3]
 local need = tonumber(ARGV[4])
 local lease_ms = ARGV[5]
@@ -74,19 +78,35 @@ local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local out = {now_ms, -1}
 
 local function emit(q, band, entry, raw, requeued)
-  local fields, id, body = entry[2], '', ''
+  -- An entry not in celeriac's layout (written by hand or by another program) is
+  -- delivered with what is wrong with it and all its fields, and dead-lettered by the
+  -- caller: it must neither wedge the fetch nor be dropped.
+  local fields, id, body, problem = entry[2], nil, nil, ''
   for j = 1, #fields, 2 do
-    if fields[j] == 'i' then id = fields[j + 1]
-    elseif fields[j] == 'b' then body = fields[j + 1] end
+    local name = fields[j]
+    if name == 'i' and not id then id = fields[j + 1]
+    elseif name == 'b' and not body then body = fields[j + 1]
+    elseif problem == '' then
+      if name == 'i' or name == 'b' then
+        problem = 'field ' .. name .. ' appears more than once'
+      else
+        problem = 'field ' .. string.format('%q', name) ..
+                  ' is not part of the entry layout (i = message id, b = body)'
+      end
+    end
   end
+  if not id then problem = 'field i (the message id) is missing'
+  elseif id == '' then problem = 'field i (the message id) is empty'
+  elseif not body then problem = 'field b (the message body) is missing' end
   local count = raw
   if raw > 1 then  -- only a redelivered entry can have been handed back before
     local back = redis.call('HGET', requeued, band .. '/' .. entry[1])
     if back then count = raw - tonumber(back) end
   end
+  if problem ~= '' then body = fields end
   local n = #out
-  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = q, band, entry[1], id
-  out[n + 5], out[n + 6], out[n + 7] = body, raw, count
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = q, band, entry[1], id or ''
+  out[n + 5], out[n + 6], out[n + 7], out[n + 8] = body, raw, count, problem
   need = need - 1
 end
 
