@@ -40,7 +40,10 @@ thread of the backend's (``_PushBacks``), off the caller's path; ``close_blockin
 (``App.close``) finishes them. BLMOVE needs Redis 6.2, as the broker's XAUTOCLAIM does.
 
 Options (also read from the URL's query string): ``key_prefix``, ``connection_timeout``
-(default 4 s: a call during an outage raises BackendError within about that time),
+(default 4 s: a call during an outage raises BackendError within about that time; a
+refused password, an untrusted certificate or an unknown database raises
+BackendRefused at once), ``require_noeviction`` (refuse to connect to a server that
+could evict results: ``redis://host/1?require_noeviction=true``),
 ``pool_limit`` (connections per event loop, unbounded by default; each waiting ``get``
 holds one while it waits), and the TLS options of ``rediss://`` URLs, as for the broker.
 """
@@ -66,6 +69,7 @@ from celeriac.brokers.redis_connection import (
     command,
     translate_errors,
 )
+from celeriac.brokers.redis_durability import check_server
 from celeriac.errors import BackendError, BackendRefused
 
 OPTIONS = frozenset({"key_prefix", *CONNECTION_OPTIONS})
@@ -133,10 +137,19 @@ class RedisBackend(ResultBackend):
         return self.settings.deadline(extra)
 
     async def connect(self) -> None:
+        """Reach the server and check what it may lose: a WARNING naming each way results
+        can be lost (no persistence, RDB only, eviction under ``allkeys-*`` or
+        ``volatile-*``, since results have a TTL), or BackendRefused with
+        ``require_noeviction``; BackendRefused at once for a refused password, an
+        untrusted certificate or an unknown database."""
         client = await self._clients.get()
         with self._errors("connect"):
             async with self._deadline():
                 await client.ping()
+                await check_server(command(client), self.settings.url, "result backend",
+                                   "results", expiring=True,
+                                   require_noeviction=self.settings.require_noeviction,
+                                   refused=BackendRefused)
 
     async def store_many(self, results: Mapping[str, bytes], ttl: float | None) -> None:
         if not results:

@@ -11,6 +11,8 @@ Key layout (``P`` is the ``key_prefix`` transport option, ``celeriac:`` by defau
     P reclaim:<queue>         HASH   "<band>" -> XAUTOCLAIM cursor
     P dead                    STREAM dead letters: i = id, q = queue, b = body,
                                      r = reason, t = time (Unix ms)
+    P epoch                   STRING a random token: the server's data for this prefix
+                                     is the same as long as the token is
 
 How the broker semantics map onto Redis:
 
@@ -46,15 +48,24 @@ Connection loss: every call is bounded by ``connection_timeout`` as a whole (con
 retries and all) and raises BrokerUnavailable when the server is unreachable or silent.
 A blocking publish is bounded step by step instead (connecting, then each read or write,
 within the timeout; a timeout is not retried), which comes to about the same.
-A connection that died (the server restarted) is replaced on the next call, the failed
-command retried twice; streams and consumer groups that vanished (a server that lost
-its data) are made again by the next fetch, and Lua scripts the server forgot are sent
-again. A worker retries failed fetches with a capped backoff, so it resumes consuming by
-itself once the server is back. With the server's append-only file on, nothing acked or
-leased is lost across a restart (leases are in the PEL, which is persisted).
+A connection that died (the server restarted) is replaced and the failed command
+retried until the call's deadline; Lua scripts the server forgot are sent again. A
+worker retries failed fetches with a capped backoff, so it resumes consuming by itself
+once the server is back. With the server's append-only file on, nothing acked or leased
+is lost across a restart (leases are in the PEL, which is persisted).
 
-Durability is the server's: a queue is as durable as the server's persistence settings
-make it (AOF for durable queues, none for transient ones).
+Durability is the server's: a queue is as durable as the server's persistence and
+eviction settings make it (``redis_durability``). ``connect`` reads them and logs a
+WARNING naming each way queued tasks can be lost (no persistence, RDB snapshots only,
+an ``allkeys-*`` eviction policy under a ``maxmemory`` limit), or refuses to start with
+``require_noeviction`` when the server could evict them. When the data is lost all the
+same (a restart without persistence, a flush, an eviction), the fetch and lease scripts
+see that the ``epoch`` token changed, or that a stream or its consumer group vanished:
+the broker logs an ERROR naming the data loss and how many leased messages this process
+lost, makes the streams and groups again, and lets the worker finish the leased
+messages it still holds in memory (``extend`` reports them held; nobody else can get
+them, the server no longer has them). Handed back, they are published again; dead-
+lettered, they are written to the dead letters without a lease check.
 
 Transport options (``broker_transport_options``; ``key_prefix`` and the TLS options may
 also be given in the URL's query string):
@@ -65,7 +76,10 @@ also be given in the URL's query string):
   bounds how long a fetch blocks between passes (default a quarter of the lease, at
   most 1 s);
 - ``connection_timeout``: every call answers or fails within about this time, so a call
-  during an outage raises BrokerUnavailable instead of hanging (default 4 s);
+  during an outage raises BrokerUnavailable instead of hanging (default 4 s); a refused
+  password, an untrusted certificate or an unknown database raises BrokerRefused at once;
+- ``require_noeviction``: refuse to connect (BrokerRefused) when the server could evict
+  the broker's keys (default False: a WARNING only);
 - ``pool_limit``: Celery's broker_pool_limit, connections per event loop and in the
   sync pool (unbounded by default: connections are opened as concurrent calls need them);
 - TLS for ``rediss://`` URLs: ``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile``,
@@ -108,10 +122,12 @@ from celeriac.brokers.redis_connection import (
     positive_number,
     translate_errors,
 )
+from celeriac.brokers.redis_durability import LossWatch, check_server, server_name
 from celeriac.brokers.redis_scripts import (
     ACK,
     DEAD_LETTER,
     ENSURE,
+    EPOCH,
     EXTEND,
     FETCH,
     PRUNE,
@@ -185,6 +201,7 @@ class RedisBroker(Broker):
                                         "Redis broker", BrokerRefused)
         self._plans: dict[tuple[str, ...], _Plan] = {}
         self._consumer = ("", -1)
+        self._watch = LossWatch()
 
     def __repr__(self) -> str:
         return f"<RedisBroker {self.settings.url} prefix={self.prefix!r}>"
@@ -218,11 +235,15 @@ class RedisBroker(Broker):
     def _queues_key(self) -> str:
         return f"{self.prefix}queues"
 
+    @property
+    def _epoch_key(self) -> str:
+        return f"{self.prefix}epoch"
+
     def _plan(self, queues: Sequence[str]) -> _Plan:
         names = tuple(queues)
         plan = self._plans.get(names)
         if plan is None:
-            keys = [self._dead_key]
+            keys = [self._dead_key, self._epoch_key]
             streams: list[str] = []
             for name in names:
                 bands = [self.stream_key(name, band) for band in BANDS]
@@ -237,10 +258,20 @@ class RedisBroker(Broker):
     # -- connections ----------------------------------------------------------------------
 
     async def connect(self) -> None:
+        """Reach the server, check what it may lose (see the module docstring), and note
+        its epoch; BrokerRefused at once for a refusal, BrokerUnavailable after retrying
+        transient failures for ``connection_timeout``."""
         client = await self._clients.get()
         with self._errors("connect"):
             async with self.settings.deadline():
                 await client.ping()
+                server = await check_server(
+                    command(client), self.settings.url, "broker", "queued tasks",
+                    expiring=False, require_noeviction=self.settings.require_noeviction,
+                    refused=BrokerRefused)
+                token = await EPOCH(client, [self._epoch_key], [self._watch.candidate])
+        self._watch.run_id = server.run_id
+        self._watch.seen(token)
 
     async def close(self) -> None:
         """Forget this process's consumer where it leases nothing; close this loop's client."""
@@ -336,13 +367,16 @@ class RedisBroker(Broker):
             await self._run(PRUNE, plan.streams, [GROUP, PRUNE_IDLE_MS, ""], "prune")
         reply = await self._run(FETCH, plan.keys, [
             GROUP, self.consumer, RETURNED, limit, max(1, round(self.lease_seconds * 1000)),
-            int(reclaim), PROMOTE_MAX, RECLAIM_ROUNDS, *plan.queues], "fetch")
+            int(reclaim), PROMOTE_MAX, RECLAIM_ROUNDS, self._watch.candidate, *plan.queues],
+            "fetch")
         now_ms, next_due = int(reply[0]), int(reply[1])
+        if self._watch.seen(reply[2]):
+            await self._data_lost(plan.queues)
         wait = math.inf if next_due < 0 else max(0.0, (next_due - now_ms) / 1000)
         found: list[Delivery] = []
         malformed: list[_Malformed] = []
         consumer = self.consumer
-        for i in range(2, len(reply), 8):
+        for i in range(3, len(reply), 8):
             index, band, entry, message_id, body, counter, count, problem = reply[i:i + 8]
             queue = plan.queues[int(index)]
             receipt = RedisReceipt(queue, int(band), entry.decode(), consumer, int(counter))
@@ -355,6 +389,7 @@ class RedisBroker(Broker):
                 malformed.append(text._replace(receipt=receipt, body=body))
                 continue
             found.append(Delivery(text, queue, body, int(band), int(count), receipt))
+        self._watch.leased.update(d.receipt for d in found)
         if malformed:
             await self._dead_letter_malformed(malformed)
         return found, wait
@@ -395,6 +430,7 @@ class RedisBroker(Broker):
                     malformed.append(text._replace(receipt=receipt, body=fields[b"b"]))
                     continue
                 found.append(Delivery(text, queue, fields[b"b"], band, 1, receipt))
+        self._watch.leased.update(d.receipt for d in found)
         if malformed:
             await self._dead_letter_malformed(malformed)
         return found
@@ -429,33 +465,62 @@ class RedisBroker(Broker):
     # -- settling -------------------------------------------------------------------------
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        for batch in _batches(_ours(deliveries)):
+        ours = _ours(deliveries)
+        for batch in _batches(ours):
             keys, args = self._settle_args(batch)
             await self._run(ACK, keys, [GROUP, *args], "ack")
+        self._watch.settled([d.receipt for d in ours])
 
     async def requeue(self, deliveries: Sequence[Delivery]) -> None:
-        for batch in _batches(_ours(deliveries)):
+        ours = _ours(deliveries)
+        # Written off in a data loss: the server no longer has them, so they go back as
+        # new messages (what the worker holds is then all that is lost).
+        lost = [d for d in ours if d.receipt in self._watch.written_off]
+        if lost:
+            await self.publish([Outgoing(d.id, d.queue, d.body, d.priority) for d in lost])
+            ours = [d for d in ours if d.receipt not in self._watch.written_off]
+        for batch in _batches(ours):
             keys, args = self._settle_args(batch)
             await self._run(REQUEUE, keys, [GROUP, RETURNED, *args], "requeue")
+        self._watch.settled([d.receipt for d in [*ours, *lost]])
 
     async def extend(self, deliveries: Sequence[Delivery]) -> list[bool]:
         held: list[bool] = []
         for batch in _batches(list(deliveries)):
-            keys: list[str] = []
-            args: list[Any] = [GROUP]
-            for delivery in batch:
+            ours = [d for d in batch if isinstance(d.receipt, RedisReceipt)]
+            keys = [self._epoch_key]
+            args: list[Any] = [GROUP, self._watch.candidate]
+            for delivery in ours:
                 receipt = delivery.receipt
-                if isinstance(receipt, RedisReceipt):
-                    keys.append(self.stream_key(receipt.queue, receipt.band))
-                    args += [receipt.entry, receipt.consumer, receipt.counter]
-            reply = iter(await self._run(EXTEND, keys, args, "extend") if keys else ())
-            held += [isinstance(d.receipt, RedisReceipt) and bool(next(reply)) for d in batch]
+                keys.append(self.stream_key(receipt.queue, receipt.band))
+                args += [receipt.entry, receipt.consumer, receipt.counter]
+            states: dict[int, int] = {}
+            if ours:
+                reply = await self._run(EXTEND, keys, args, "extend")
+                if self._watch.seen(reply[0]):
+                    await self._data_lost(sorted({d.queue for d in ours}))
+                states = {id(d): int(state) for d, state in zip(ours, reply[1:], strict=True)}
+                await self._vanished([d for d in ours if states[id(d)] < 0])
+            held += [self._held(d, states.get(id(d), 0)) for d in batch]
         return held
 
+    def _held(self, delivery: Delivery, state: int) -> bool:
+        """Whether the worker may keep a delivery, from EXTEND's answer about it."""
+        receipt = delivery.receipt
+        if state > 0 or receipt in self._watch.written_off or state < 0:
+            return isinstance(receipt, RedisReceipt)
+        self._watch.settled([receipt])  # another worker has it now: no longer ours to count
+        return False
+
     async def dead_letter(self, deliveries: Sequence[tuple[Delivery, str]]) -> None:
+        ours = [(d, reason) for d, reason in deliveries if isinstance(d.receipt, RedisReceipt)]
+        lost = [(d, reason) for d, reason in ours if d.receipt in self._watch.written_off]
+        if lost:  # no lease left to check: straight into the dead letters
+            await self._dead_letter_unleased(lost)
         await self._dead_letter_raw([(d.receipt, d.id.encode(), d.body, reason)
-                                     for d, reason in deliveries
-                                     if isinstance(d.receipt, RedisReceipt)])
+                                     for d, reason in ours
+                                     if d.receipt not in self._watch.written_off])
+        self._watch.settled([d.receipt for d, _ in ours])
 
     async def _dead_letter_raw(
             self, items: Sequence[tuple[RedisReceipt, bytes, bytes, str]]) -> None:
@@ -471,6 +536,16 @@ class RedisBroker(Broker):
                          reason]
             await self._run(DEAD_LETTER, keys, args, "dead_letter")
 
+    async def _dead_letter_unleased(self, items: Sequence[tuple[Delivery, str]]) -> None:
+        client = await self._clients.get()
+        pipe = client.pipeline(transaction=False)
+        for delivery, reason in items:
+            command(pipe)("XADD", self._dead_key, "*", "i", delivery.id, "q", delivery.queue,
+                          "b", delivery.body, "r", reason, "t", int(time.time() * 1000))
+        with self._errors("dead_letter"):
+            async with self.settings.deadline():
+                await pipe.execute()
+
     def _settle_args(self, deliveries: Sequence[Delivery]) -> tuple[list[str], list[Any]]:
         """Keys (stream, requeued hash) and arguments of the settling scripts."""
         keys: list[str] = []
@@ -482,6 +557,60 @@ class RedisBroker(Broker):
             args += [receipt.entry, receipt.consumer, receipt.counter,
                      f"{receipt.band}/{receipt.entry}"]
         return keys, args
+
+    # -- data loss ------------------------------------------------------------------------
+
+    async def _data_lost(self, queues: Sequence[str]) -> None:
+        """The epoch changed: the server lost this prefix's data. Say so, once, loudly."""
+        count = self._watch.write_off()
+        before, after = self._watch.run_id, await self._run_id()
+        self._watch.run_id = after or before
+        if before and after and before != after:
+            cause = (f"the server restarted without its data (run id {before} -> {after}): "
+                     "it has no persistence, or lost its files")
+        else:
+            cause = (f"same server process (run id {after or 'unknown'}): its keys were "
+                     "deleted (FLUSHALL, FLUSHDB, DEL) or evicted")
+        logger.error(
+            "Redis data loss at %s: the data of key prefix %r is gone, %s. This worker "
+            "process held %d leased message(s) that are no longer on the server: it "
+            "finishes them from memory, but they are lost if it stops first. Every task "
+            "that was waiting or scheduled in queue(s) %s is lost (how many cannot be "
+            "known). Check the server's persistence (appendonly yes) and eviction "
+            "(maxmemory-policy noeviction) settings: docs/reliability.md",
+            server_name(self.settings.url), self.prefix, cause, count,
+            ", ".join(repr(q) for q in queues))
+        for plan in self._plans.values():
+            plan.ensured = False  # the fetch makes the streams and groups again
+
+    async def _vanished(self, deliveries: Sequence[Delivery]) -> None:
+        """Streams or groups gone while the epoch stayed: deleted or evicted one by one."""
+        fresh = {d.receipt for d in deliveries} & self._watch.leased
+        if not fresh:
+            return  # already reported
+        count = self._watch.write_off(fresh)
+        streams = sorted({self.stream_key(r.queue, r.band) for r in fresh})
+        logger.error(
+            "Redis data loss at %s: stream(s) %s or their consumer group vanished (deleted "
+            "or evicted) while this worker process held %d leased message(s) in them: it "
+            "finishes them from memory, but they are lost if it stops first, and every "
+            "task waiting in those streams is lost. Check the server's eviction "
+            "(maxmemory-policy noeviction) settings: docs/reliability.md",
+            server_name(self.settings.url), ", ".join(streams), count)
+        for plan in self._plans.values():
+            plan.ensured = False
+
+    async def _run_id(self) -> str | None:
+        """The server's run id now (best effort: only for the data-loss message)."""
+        client = await self._clients.get()
+        try:
+            with self._errors("info"):
+                async with self.settings.deadline():
+                    info = await command(client)("INFO", "server")
+        except BrokerError:
+            return None
+        value = info.get("run_id") if isinstance(info, dict) else None
+        return None if value is None else str(value)
 
     # -- inspecting -----------------------------------------------------------------------
 

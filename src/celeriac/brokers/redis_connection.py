@@ -90,7 +90,8 @@ SSL_OPTIONS = frozenset({
     "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_data", "ssl_ca_path", "ssl_certfile",
     "ssl_keyfile", "ssl_password", "ssl_check_hostname", "ssl_ciphers", "ssl_min_version",
 })
-CONNECTION_OPTIONS = frozenset({"connection_timeout", "pool_limit", "ssl", *SSL_OPTIONS})
+CONNECTION_OPTIONS = frozenset({"connection_timeout", "pool_limit", "ssl", "require_noeviction",
+                                *SSL_OPTIONS})
 DEFAULT_KEY_PREFIX = "celeriac:"
 
 _CERT_REQS = {
@@ -124,13 +125,16 @@ class RedisSettings:
     connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT
     pool_limit: int | None = DEFAULT_POOL_LIMIT
     tls_options: dict[str, Any] = field(default_factory=dict)
+    # Refuse to connect to a server that could evict our keys (redis_durability).
+    require_noeviction: bool = False
 
     @classmethod
     def from_options(cls, url: str, options: Mapping[str, Any]) -> RedisSettings:
         """Read the connection options of a broker or backend (unknown names are ignored).
 
-        ``key_prefix`` and the TLS options may also be given in the URL's query string
-        (``redis://host/0?key_prefix=app1:``), which wins, as in redis-py. TLS options
+        ``key_prefix``, ``require_noeviction`` and the TLS options may also be given in
+        the URL's query string (``redis://host/0?key_prefix=app1:``), which wins, as in
+        redis-py (a result backend gets its options from its URL only). TLS options
         may be given flat (``ssl_cert_reqs``) or as one ``ssl`` mapping in the shape of
         Celery's ``broker_use_ssl``.
         """
@@ -159,13 +163,17 @@ class RedisSettings:
         prefix = from_query.get("key_prefix", options.get("key_prefix", DEFAULT_KEY_PREFIX))
         if not isinstance(prefix, str):
             raise ConfigurationError(f"key_prefix must be a string, not {prefix!r}")
+        noeviction = _flag(from_query.get("require_noeviction",
+                                          options.get("require_noeviction", False)),
+                           "require_noeviction")
         # The URL keeps the query options redis-py parses itself, minus the ones read
         # here: it would reject key_prefix, and pass "CERT_NONE" through unconverted.
-        rest = [(k, v) for k, v in query if k not in ("ssl_cert_reqs", "key_prefix")]
+        rest = [(k, v) for k, v in query
+                if k not in ("ssl_cert_reqs", "key_prefix", "require_noeviction")]
         clean = urlunsplit(parts._replace(query=urlencode(rest)))
         return cls(clean, prefix,
                    positive_number(options, "connection_timeout", DEFAULT_CONNECTION_TIMEOUT),
-                   pool_limit, tls)
+                   pool_limit, tls, noeviction)
 
     def make_pool(self) -> aioredis.ConnectionPool:
         """A connection pool for the running event loop (no connection is opened yet)."""
@@ -228,6 +236,18 @@ class RedisSettings:
         connections are refused, reset, or silently never answered.
         """
         return asyncio.timeout(self.connection_timeout + extra)
+
+
+def _flag(value: Any, name: str) -> bool:
+    """A boolean option, given as a bool or (in a URL) as true/false, yes/no, 1/0."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise ConfigurationError(f"{name} must be true or false, not {value!r}")
 
 
 def _cert_reqs(value: Any) -> ssl.VerifyMode:

@@ -34,6 +34,24 @@ local function holds(stream, group, id, owner, raw)
 end
 """
 
+# Reads the server's epoch for this key prefix, storing `candidate` when there is none
+# (a new or emptied server). The broker compares it with the one it saw before: a
+# different one means the data was lost (redis_durability.LossWatch).
+_EPOCH = """
+local function epoch(key, candidate)
+  local current = redis.call('GET', key)
+  if current then return current end
+  redis.call('SET', key, candidate)
+  return candidate
+end
+"""
+
+EPOCH = Script("epoch", _EPOCH + """
+-- KEYS  the epoch key
+-- ARGV  candidate
+return epoch(KEYS[1], ARGV[1])
+""")
+
 PUBLISH = Script("publish", """
 -- Store a batch of messages, all or none: ready ones at the end of their band's
 -- stream, scheduled ones in their queue's ETA set; note every queue's name.
@@ -52,17 +70,18 @@ end
 return #KEYS - 1
 """)
 
-FETCH = Script("fetch", """
+FETCH = Script("fetch", _EPOCH + """
 -- Lease up to `limit` messages of the given queues, in queue order, then band 9 to 0,
 -- and within a band oldest first: handed-back entries, then expired leases, then new
 -- entries. Scheduled messages that are due move into their band's stream first.
 --
 -- KEYS[1]                 the dead-letter stream (for a scheduled member it cannot read)
--- KEYS[2 + 13q ...]       per queue q: eta zset, requeued hash, reclaim cursors hash,
+-- KEYS[2]                 the epoch key
+-- KEYS[3 + 13q ...]       per queue q: eta zset, requeued hash, reclaim cursors hash,
 --                         then the streams of bands 9, 8, ..., 0
 -- ARGV  group, consumer, returned, limit, lease_ms, reclaim (0/1), promote_max,
---       rounds (XAUTOCLAIM calls per band), then the queue names
--- Returns {now_ms, next_due_ms or -1, then 8 values per delivery:
+--       rounds (XAUTOCLAIM calls per band), epoch candidate, then the queue names
+-- Returns {now_ms, next_due_ms or -1, epoch, then 8 values per delivery:
 --          queue index, band, entry id, message id, body, PEL counter, delivery count,
 --          problem ('' for an entry in celeriac's layout; else what is wrong with it,
 --          and the body is the entry's list of fields)}
@@ -75,7 +94,7 @@ local rounds = tonumber(ARGV[8])
 local stride = 13
 local clock = redis.call('TIME')
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local out = {now_ms, -1}
+local out = {now_ms, -1, epoch(KEYS[2], ARGV[9])}
 
 local function emit(q, band, entry, raw, requeued)
   -- An entry not in celeriac's layout (written by hand or by another program) is
@@ -182,9 +201,9 @@ local function read_new(q, band, stream, requeued)
   end
 end
 
-for q = 0, (#KEYS - 1) / stride - 1 do
-  local base = 2 + q * stride
-  promote(base, ARGV[9 + q])
+for q = 0, (#KEYS - 2) / stride - 1 do
+  local base = 3 + q * stride
+  promote(base, ARGV[10 + q])
   for b = 0, 9 do
     if need <= 0 then break end
     local band, stream, requeued = 9 - b, KEYS[base + 3 + b], KEYS[base + 1]
@@ -231,23 +250,28 @@ end
 return done
 """)
 
-EXTEND = Script("extend", _HOLDS + """
+EXTEND = Script("extend", _EPOCH + """
 -- Renew leases: XCLAIM by the owner itself resets the entry's idle time, which is the
 -- lease clock XAUTOCLAIM reads; JUSTID leaves the delivery counter alone.
--- KEYS  per delivery: its stream
--- ARGV  group, then per delivery: entry id, consumer, PEL counter
--- Returns 1 or 0 per delivery: whether its lease is still held.
-local group, held = ARGV[1], {}
-for i = 1, #KEYS do
-  local a = 2 + (i - 1) * 3
-  if holds(KEYS[i], group, ARGV[a], ARGV[a + 1], ARGV[a + 2]) then
-    redis.call('XCLAIM', KEYS[i], group, ARGV[a + 1], 0, ARGV[a], 'JUSTID')
-    held[i] = 1
+-- KEYS  the epoch key, then per delivery: its stream
+-- ARGV  group, epoch candidate, then per delivery: entry id, consumer, PEL counter
+-- Returns {epoch, then per delivery 1 (held), 0 (not held: taken over, or settled by
+-- someone else) or -1 (its stream or the consumer group is gone: data lost)}.
+local group, out = ARGV[1], {epoch(KEYS[1], ARGV[2])}
+for i = 2, #KEYS do
+  local a = 3 + (i - 2) * 3
+  local id, owner = ARGV[a], ARGV[a + 1]
+  local found = redis.pcall('XPENDING', KEYS[i], group, id, id, 1)
+  if type(found) ~= 'table' or found.err then
+    out[i] = -1
+  elseif found[1] and found[1][2] == owner and found[1][4] == tonumber(ARGV[a + 2]) then
+    redis.call('XCLAIM', KEYS[i], group, owner, 0, id, 'JUSTID')
+    out[i] = 1
   else
-    held[i] = 0
+    out[i] = 0
   end
 end
-return held
+return out
 """)
 
 REQUEUE = Script("requeue", _HOLDS + """
