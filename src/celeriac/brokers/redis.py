@@ -445,8 +445,9 @@ class RedisBroker(Broker):
             logger.error("dead-lettered stream entry %s of queue %r (priority band %d): "
                          "it cannot be read as a celeriac message: %s", item.receipt.entry,
                          item.receipt.queue, item.receipt.band, item.reason)
-        await self._dead_letter_raw([(m.receipt, m.message_id, m.body, m.reason)
-                                     for m in malformed])
+        await self._dead_letter_raw([
+            (Delivery("", m.receipt.queue, m.body, m.receipt.band, 0, m.receipt),
+             m.message_id, m.reason) for m in malformed])
 
     async def _trim(self, plan: _Plan, woke: list[Delivery], limit: int) -> list[Delivery]:
         """Put what a wake-up brought in fetch order, and hand back what overshot the limit.
@@ -468,21 +469,32 @@ class RedisBroker(Broker):
         ours = _ours(deliveries)
         for batch in _batches(ours):
             keys, args = self._settle_args(batch)
-            await self._run(ACK, keys, [GROUP, *args], "ack")
+            await self._settle(ACK, keys, [GROUP, *args], "ack", batch)
         self._watch.settled([d.receipt for d in ours])
 
     async def requeue(self, deliveries: Sequence[Delivery]) -> None:
         ours = _ours(deliveries)
-        # Written off in a data loss: the server no longer has them, so they go back as
-        # new messages (what the worker holds is then all that is lost).
-        lost = [d for d in ours if d.receipt in self._watch.written_off]
-        if lost:
-            await self.publish([Outgoing(d.id, d.queue, d.body, d.priority) for d in lost])
-            ours = [d for d in ours if d.receipt not in self._watch.written_off]
         for batch in _batches(ours):
-            keys, args = self._settle_args(batch)
-            await self._run(REQUEUE, keys, [GROUP, RETURNED, *args], "requeue")
-        self._watch.settled([d.receipt for d in [*ours, *lost]])
+            live = [d for d in batch if d.receipt not in self._watch.written_off]
+            if live:
+                keys, args = self._settle_args(live)
+                await self._settle(REQUEUE, keys, [GROUP, RETURNED, *args], "requeue", live)
+            # Written off in a data loss (before, or noticed by this very call): the
+            # server no longer has them, so they go back as new messages.
+            lost = [d for d in batch if d.receipt in self._watch.written_off]
+            if lost:
+                await self.publish([Outgoing(d.id, d.queue, d.body, d.priority)
+                                    for d in lost])
+        self._watch.settled([d.receipt for d in ours])
+
+    async def _settle(self, script: Any, keys: list[str], args: list[Any], what: str,
+                      deliveries: Sequence[Delivery]) -> None:
+        """Run a settling script, with the epoch check every such script makes."""
+        reply = await self._run(script, [*keys, self._epoch_key],
+                                [*args, self._watch.candidate], what)
+        token = reply[0] if isinstance(reply, list) else reply
+        if self._watch.seen(token):
+            await self._data_lost(sorted({d.queue for d in deliveries}))
 
     async def extend(self, deliveries: Sequence[Delivery]) -> list[bool]:
         held: list[bool] = []
@@ -514,27 +526,28 @@ class RedisBroker(Broker):
 
     async def dead_letter(self, deliveries: Sequence[tuple[Delivery, str]]) -> None:
         ours = [(d, reason) for d, reason in deliveries if isinstance(d.receipt, RedisReceipt)]
-        lost = [(d, reason) for d, reason in ours if d.receipt in self._watch.written_off]
-        if lost:  # no lease left to check: straight into the dead letters
-            await self._dead_letter_unleased(lost)
-        await self._dead_letter_raw([(d.receipt, d.id.encode(), d.body, reason)
-                                     for d, reason in ours
+        await self._dead_letter_raw([(d, d.id.encode(), reason) for d, reason in ours
                                      if d.receipt not in self._watch.written_off])
+        # Written off in a data loss (before, or noticed just now): no lease left to
+        # check, so straight into the dead letters.
+        lost = [(d, reason) for d, reason in ours if d.receipt in self._watch.written_off]
+        if lost:
+            await self._dead_letter_unleased(lost)
         self._watch.settled([d.receipt for d, _ in ours])
 
-    async def _dead_letter_raw(
-            self, items: Sequence[tuple[RedisReceipt, bytes, bytes, str]]) -> None:
-        """Dead-letter leased entries: receipt, message id (as stored), body, reason."""
+    async def _dead_letter_raw(self, items: Sequence[tuple[Delivery, bytes, str]]) -> None:
+        """Dead-letter leased entries: delivery, message id (as stored), reason."""
         for batch in _batches(items):
             keys: list[str] = [self._dead_key]
             args: list[Any] = [GROUP]
-            for receipt, message_id, body, reason in batch:
+            for delivery, message_id, reason in batch:
+                receipt = delivery.receipt
                 keys += [self.stream_key(receipt.queue, receipt.band),
                          self._key("requeued", receipt.queue)]
                 args += [receipt.entry, receipt.consumer, receipt.counter,
-                         f"{receipt.band}/{receipt.entry}", receipt.queue, message_id, body,
-                         reason]
-            await self._run(DEAD_LETTER, keys, args, "dead_letter")
+                         f"{receipt.band}/{receipt.entry}", receipt.queue, message_id,
+                         delivery.body, reason]
+            await self._settle(DEAD_LETTER, keys, args, "dead_letter", [d for d, _, _ in batch])
 
     async def _dead_letter_unleased(self, items: Sequence[tuple[Delivery, str]]) -> None:
         client = await self._clients.get()

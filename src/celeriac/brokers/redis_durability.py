@@ -88,9 +88,9 @@ async def read_settings(execute: Callable[..., Awaitable[Any]]) -> ServerSetting
                           info.get("maxmemory_policy"), run_id, why)
 
 
-def risks(settings: ServerSettings, holds: str, expiring: bool) -> tuple[list[str], bool]:
-    """The ways ``holds`` (what this client keeps there) can be lost, and whether one
-    of them is eviction (or eviction could not be ruled out).
+def risks(settings: ServerSettings, holds: str, expiring: bool) -> tuple[list[str], str | None]:
+    """The ways ``holds`` (what this client keeps there) can be lost, and the one that
+    is eviction (or that eviction could not be ruled out), if any.
 
     ``expiring``: this client's keys have a TTL (results), so ``volatile-*`` policies
     may evict them too.
@@ -111,18 +111,18 @@ def risks(settings: ServerSettings, holds: str, expiring: bool) -> tuple[list[st
             found.append(f"the server keeps RDB snapshots only (appendonly no, save "
                          f"\"{settings.save}\"): {holds} changed since the last snapshot "
                          "are lost if it crashes or is killed")
-    evicting = False
+    evicting = None
     policy = settings.policy
     if settings.maxmemory is None or policy is None:
-        evicting = True
-        found.append(f"the eviction policy could not be checked ({settings.unreadable}): "
-                     f"{holds} may be evicted")
+        evicting = (f"the eviction policy could not be checked ({settings.unreadable}): "
+                    f"{holds} may be evicted")
     elif settings.maxmemory > 0 and (policy.startswith("allkeys")
                                      or (expiring and policy.startswith("volatile"))):
-        evicting = True
-        found.append(f"maxmemory is {settings.maxmemory} bytes with maxmemory-policy "
-                     f"{policy}: when memory runs short the server deletes keys, "
-                     f"{holds} included")
+        evicting = (f"maxmemory is {settings.maxmemory} bytes with maxmemory-policy "
+                    f"{policy}: when memory runs short the server deletes keys, "
+                    f"{holds} included")
+    if evicting is not None:
+        found.append(evicting)
     return found, evicting
 
 
@@ -133,9 +133,9 @@ async def check_server(execute: Callable[..., Awaitable[Any]], url: str, role: s
     settings = await read_settings(execute)
     found, evicting = risks(settings, holds, expiring)
     where = server_name(url)
-    if require_noeviction and evicting:
+    if require_noeviction and evicting is not None:
         raise refused(f"Redis {role} at {where}: require_noeviction is set, but "
-                      f"{next(r for r in found if 'evict' in r)}. Set maxmemory-policy "
+                      f"{evicting}. Set maxmemory-policy "
                       f"noeviction (or volatile-* for the broker), or drop "
                       f"require_noeviction ({DOCS})")
     if found:
@@ -206,7 +206,7 @@ class LossWatch:
 
     def write_off(self, receipts: set[Any] | None = None) -> int:
         """Move ``receipts`` (all leased ones by default) to the written-off set."""
-        gone = self.leased if receipts is None else receipts & self.leased
+        gone = set(self.leased) if receipts is None else receipts & self.leased
         self.written_off |= gone
         self.leased -= gone
         return len(gone)

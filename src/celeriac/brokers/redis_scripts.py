@@ -231,13 +231,16 @@ end
 return #KEYS
 """)
 
-ACK = Script("ack", _HOLDS + """
+ACK = Script("ack", _HOLDS + _EPOCH + """
 -- Remove leased messages for good: XACK ends the delivery, XDEL frees the entry so
 -- that streams do not grow. A receipt whose lease was lost is skipped.
--- KEYS  per delivery: its stream, its queue's requeued hash
--- ARGV  group, then per delivery: entry id, consumer, PEL counter, requeued field
+-- KEYS  per delivery: its stream, its queue's requeued hash; last, the epoch key
+-- ARGV  group, then per delivery: entry id, consumer, PEL counter, requeued field;
+--       last, the epoch candidate
+-- Returns {epoch, how many were acked}
 local group, done = ARGV[1], 0
-for i = 1, #KEYS / 2 do
+local era = epoch(KEYS[#KEYS], ARGV[#ARGV])
+for i = 1, (#KEYS - 1) / 2 do
   local stream, a = KEYS[2 * i - 1], 2 + (i - 1) * 4
   local id = ARGV[a]
   if holds(stream, group, id, ARGV[a + 1], ARGV[a + 2]) then
@@ -247,7 +250,7 @@ for i = 1, #KEYS / 2 do
     done = done + 1
   end
 end
-return done
+return {era, done}
 """)
 
 EXTEND = Script("extend", _EPOCH + """
@@ -274,33 +277,39 @@ end
 return out
 """)
 
-REQUEUE = Script("requeue", _HOLDS + """
+REQUEUE = Script("requeue", _HOLDS + _EPOCH + """
 -- Hand unstarted deliveries back: the entry stays where it is in its stream (so it
 -- keeps its place in line) and passes to the returned pseudo-consumer, where the next
 -- fetch finds it; the requeued hash remembers not to count this delivery.
--- KEYS  per delivery: its stream, its queue's requeued hash
--- ARGV  group, returned, then per delivery: entry id, consumer, PEL counter, requeued field
+-- KEYS  per delivery: its stream, its queue's requeued hash; last, the epoch key
+-- ARGV  group, returned, then per delivery: entry id, consumer, PEL counter, requeued
+--       field; last, the epoch candidate
+-- Returns the epoch
 local group, returned = ARGV[1], ARGV[2]
-for i = 1, #KEYS / 2 do
+local era = epoch(KEYS[#KEYS], ARGV[#ARGV])
+for i = 1, (#KEYS - 1) / 2 do
   local stream, a = KEYS[2 * i - 1], 3 + (i - 1) * 4
   if holds(stream, group, ARGV[a], ARGV[a + 1], ARGV[a + 2]) then
     redis.call('XCLAIM', stream, group, returned, 0, ARGV[a], 'JUSTID')
     redis.call('HINCRBY', KEYS[2 * i], ARGV[a + 3], 1)
   end
 end
-return 0
+return era
 """)
 
-DEAD_LETTER = Script("dead_letter", _HOLDS + """
+DEAD_LETTER = Script("dead_letter", _HOLDS + _EPOCH + """
 -- Move leased messages to the dead-letter stream with their reason, and out of their
 -- queue (as an ack does), in one step.
--- KEYS  [1] the dead-letter stream, then per delivery: its stream, its requeued hash
+-- KEYS  [1] the dead-letter stream, then per delivery: its stream, its requeued hash;
+--       last, the epoch key
 -- ARGV  group, then per delivery: entry id, consumer, PEL counter, requeued field,
---       queue, message id, body, reason
+--       queue, message id, body, reason; last, the epoch candidate
+-- Returns the epoch
 local group = ARGV[1]
+local era = epoch(KEYS[#KEYS], ARGV[#ARGV])
 local clock = redis.call('TIME')
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-for i = 1, (#KEYS - 1) / 2 do
+for i = 1, (#KEYS - 2) / 2 do
   local stream, a = KEYS[2 * i], 2 + (i - 1) * 8
   local id = ARGV[a]
   if holds(stream, group, id, ARGV[a + 1], ARGV[a + 2]) then
@@ -311,7 +320,7 @@ for i = 1, (#KEYS - 1) / 2 do
     if tonumber(ARGV[a + 2]) > 1 then redis.call('HDEL', KEYS[2 * i + 1], ARGV[a + 3]) end
   end
 end
-return 0
+return era
 """)
 
 STATS = Script("stats", """
