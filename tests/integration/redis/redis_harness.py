@@ -75,18 +75,21 @@ class RedisServer:
     """``redis-server`` on its own port, with an append-only file in ``directory``.
 
     ``args``: more server options, after the defaults (so they win): ``("--appendonly",
-    "no")`` for a server without persistence, ``("--port", "0", "--tls-port", ...)``.
+    "no")`` for a server without persistence, ``("--port", "0", "--tls-port", "{port}",
+    ...)`` for TLS only (``{port}`` is replaced by the server's port). ``url``: how to
+    reach it, also with ``{port}`` (a password, ``rediss://``, TLS options).
     """
 
-    def __init__(self, directory: Path, args: Sequence[str] = ()) -> None:
+    def __init__(self, directory: Path, args: Sequence[str] = (),
+                 url: str = "redis://127.0.0.1:{port}/0") -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             unavailable("redis-server is not installed")
         self.binary = str(binary)
         self.directory = directory
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.args = list(args)
+        self.url = url.format(port=self.port)
+        self.args = [arg.replace("{port}", str(self.port)) for arg in args]
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.start()
