@@ -172,3 +172,48 @@ def test_a_half_open_link_is_detected_within_twice_the_heartbeat_and_recovered(
     assert worker.running
     print(f"detected after {detected_at - frozen_at:.2f}s; resumed within "
           f"{resumed_after:.2f}s of the restore; {duplicates} duplicate(s)")
+
+
+@pytest.mark.timeout(90)
+def test_a_cut_off_workers_tasks_are_taken_over_and_its_late_results_refused(
+    world: RedisDeployment, proxy: FaultProxy,
+) -> None:
+    # Given a busy worker through the proxy, with a backlog
+    cut = world.start_worker("-c", "2", **through(proxy)).wait_ready(2)
+    sent = [f"task-{n}" for n in range(200)]
+    for tag in sent:
+        world.tasks.sleepy.delay(tag, 0.05)
+    world.ledger.wait_for_count(10)
+
+    # When its link goes half-open for three leases, while a healthy worker runs
+    proxy.half_open()
+    frozen_at = time.time()
+    healthy = world.start_worker("-c", "2").wait_ready(2)
+    wait_until(lambda: len(world.ledger.entries()) > 30, 20, "the healthy worker to run")
+    remaining = 3 * LEASE_SECONDS - (time.time() - frozen_at)
+    time.sleep(max(0.0, remaining))  # the fault's duration itself
+    proxy.restore()
+
+    # Then every task runs (lost = 0); the healthy worker took over what the cut-off
+    # one held once its leases ran out, so the only tasks run twice are those the
+    # cut-off worker held (its prefetch budget: 2 processes x 4, plus finished tasks
+    # whose acks it could not send, at most as many again)
+    wait_until(lambda: set(sent) <= set(world.ledger.tags("done")), 60,
+               "every task sent to have run")
+    runs = Counter(world.ledger.tags())
+    assert set(runs) == set(sent)
+    twice = {tag for tag, n in runs.items() if n > 1}
+    assert max(runs.values()) <= 2, runs.most_common(3)
+    assert len(twice) <= 2 * 2 * 4, twice
+    # Each of those ran first in the cut-off worker, which was cut off at the time
+    cut_pids = {child.pid for child in cut.children()}
+    for tag in twice:
+        first, second = world.ledger.of(tag)
+        assert first.pid in cut_pids, (tag, first, second)
+        assert second.pid not in cut_pids, (tag, first, second)
+        assert second.delivery == 2, (tag, first, second)
+    # and its late results and acks were refused (fencing), and said so
+    if twice:
+        wait_until(lambda: "lease on" in cut.log(), 10, "the cut-off worker's fencing")
+    assert cut.running
+    assert healthy.running
