@@ -67,9 +67,9 @@ from celeriac.brokers.redis_connection import (
     RedisSettings,
     Script,
     command,
-    translate_errors,
 )
 from celeriac.brokers.redis_durability import check_server
+from celeriac.brokers.redis_failures import translate_errors
 from celeriac.errors import BackendError, BackendRefused
 
 OPTIONS = frozenset({"key_prefix", *CONNECTION_OPTIONS})

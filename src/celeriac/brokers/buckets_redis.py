@@ -21,8 +21,8 @@ from celeriac.brokers.redis_connection import (
     RedisSettings,
     Script,
     command,
-    translate_errors,
 )
+from celeriac.brokers.redis_failures import translate_errors
 from celeriac.errors import BrokerError, BrokerRefused, BrokerUnavailable
 
 RESERVE = Script("reserve", """

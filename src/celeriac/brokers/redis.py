@@ -55,17 +55,12 @@ once the server is back. With the server's append-only file on, nothing acked or
 is lost across a restart (leases are in the PEL, which is persisted).
 
 Durability is the server's: a queue is as durable as the server's persistence and
-eviction settings make it (``redis_durability``). ``connect`` reads them and logs a
-WARNING naming each way queued tasks can be lost (no persistence, RDB snapshots only,
-an ``allkeys-*`` eviction policy under a ``maxmemory`` limit), or refuses to start with
-``require_noeviction`` when the server could evict them. When the data is lost all the
-same (a restart without persistence, a flush, an eviction), the fetch and lease scripts
-see that the ``epoch`` token changed, or that a stream or its consumer group vanished:
-the broker logs an ERROR naming the data loss and how many leased messages this process
-lost, makes the streams and groups again, and lets the worker finish the leased
-messages it still holds in memory (``extend`` reports them held; nobody else can get
-them, the server no longer has them). Handed back, they are published again; dead-
-lettered, they are written to the dead letters without a lease check.
+eviction settings make it. ``connect`` reads them and warns (or, with
+``require_noeviction``, refuses); a loss that happens all the same is noticed by the
+fetch and settling scripts (the ``epoch`` token changed, a stream or its group
+vanished) and logged as an ERROR with the number of leases lost. What the worker holds
+of the lost data it may still finish: ``extend`` reports those deliveries held, a
+requeue publishes them again, a dead letter skips the lease check (``redis_durability``).
 
 Transport options (``broker_transport_options``; ``key_prefix`` and the TLS options may
 also be given in the URL's query string):
@@ -99,7 +94,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from celeriac.brokers.base import (
     MAX_PRIORITY,
@@ -118,11 +113,23 @@ from celeriac.brokers.redis_connection import (
     RedisSettings,
     check_options,
     command,
-    is_missing_group,
     positive_number,
-    translate_errors,
 )
-from celeriac.brokers.redis_durability import LossWatch, check_server, server_name
+from celeriac.brokers.redis_durability import (
+    LossWatch,
+    check_server,
+    log_data_lost,
+    log_vanished,
+    server_name,
+)
+from celeriac.brokers.redis_entries import (
+    Malformed,
+    RedisReceipt,
+    entry_order,
+    read_fetched,
+    read_streams,
+)
+from celeriac.brokers.redis_failures import is_missing_group, translate_errors
 from celeriac.brokers.redis_scripts import (
     ACK,
     DEAD_LETTER,
@@ -152,16 +159,6 @@ BATCH = 500  # deliveries per ack/extend/requeue/dead-letter script call
 PURGE_BUDGET = 5000  # entries deleted per band per purge script call
 PRUNE_EVERY = 300.0  # seconds between sweeps of ended consumers, per broker object
 PRUNE_IDLE_MS = 3_600_000  # a consumer idle this long with nothing leased has ended
-
-
-class RedisReceipt(NamedTuple):
-    """One delivery: the stream entry, and the lease (owner and PEL counter) it came with."""
-
-    queue: str
-    band: int
-    entry: str
-    consumer: str
-    counter: int
 
 
 @dataclass
@@ -373,22 +370,7 @@ class RedisBroker(Broker):
         if self._watch.seen(reply[2]):
             await self._data_lost(plan.queues)
         wait = math.inf if next_due < 0 else max(0.0, (next_due - now_ms) / 1000)
-        found: list[Delivery] = []
-        malformed: list[_Malformed] = []
-        consumer = self.consumer
-        for i in range(3, len(reply), 8):
-            index, band, entry, message_id, body, counter, count, problem = reply[i:i + 8]
-            queue = plan.queues[int(index)]
-            receipt = RedisReceipt(queue, int(band), entry.decode(), consumer, int(counter))
-            if problem:
-                malformed.append(_Malformed(receipt, message_id, _dump_fields(body),
-                                            problem.decode(errors="backslashreplace")))
-                continue
-            text = _message_id(message_id)
-            if isinstance(text, _Malformed):
-                malformed.append(text._replace(receipt=receipt, body=body))
-                continue
-            found.append(Delivery(text, queue, body, int(band), int(count), receipt))
+        found, malformed = read_fetched(reply, plan.queues, self.consumer)
         self._watch.leased.update(d.receipt for d in found)
         if malformed:
             await self._dead_letter_malformed(malformed)
@@ -412,30 +394,13 @@ class RedisBroker(Broker):
                 await self._run(ENSURE, plan.streams, [GROUP], "fetch")
                 return []
             raise
-        found: list[Delivery] = []
-        malformed: list[_Malformed] = []
-        consumer = self.consumer
-        for stream, entries in reply or ():
-            index, band = plan.places[stream]
-            queue = plan.queues[index]
-            for entry, fields in entries:
-                receipt = RedisReceipt(queue, band, entry.decode(), consumer, 1)
-                problem = _layout_problem(fields)
-                if problem is not None:
-                    malformed.append(_Malformed(receipt, fields.get(b"i", b""),
-                                                _dump_fields(fields), problem))
-                    continue
-                text = _message_id(fields[b"i"])
-                if isinstance(text, _Malformed):
-                    malformed.append(text._replace(receipt=receipt, body=fields[b"b"]))
-                    continue
-                found.append(Delivery(text, queue, fields[b"b"], band, 1, receipt))
+        found, malformed = read_streams(reply, plan.places, plan.queues, self.consumer)
         self._watch.leased.update(d.receipt for d in found)
         if malformed:
             await self._dead_letter_malformed(malformed)
         return found
 
-    async def _dead_letter_malformed(self, malformed: Sequence[_Malformed]) -> None:
+    async def _dead_letter_malformed(self, malformed: Sequence[Malformed]) -> None:
         """Dead-letter entries whose broker-level fields cannot be read, and say so.
 
         They are settled here, inside the fetch, so that they never reach a worker's
@@ -445,9 +410,8 @@ class RedisBroker(Broker):
             logger.error("dead-lettered stream entry %s of queue %r (priority band %d): "
                          "it cannot be read as a celeriac message: %s", item.receipt.entry,
                          item.receipt.queue, item.receipt.band, item.reason)
-        await self._dead_letter_raw([
-            (Delivery("", m.receipt.queue, m.body, m.receipt.band, 0, m.receipt),
-             m.message_id, m.reason) for m in malformed])
+        await self._dead_letter_raw([(m.as_delivery(), m.message_id, m.reason)
+                                     for m in malformed])
 
     async def _trim(self, plan: _Plan, woke: list[Delivery], limit: int) -> list[Delivery]:
         """Put what a wake-up brought in fetch order, and hand back what overshot the limit.
@@ -457,7 +421,7 @@ class RedisBroker(Broker):
         rest of its budget at once anyway.
         """
         order = {name: index for index, name in enumerate(plan.queues)}
-        woke.sort(key=lambda d: (order[d.queue], -d.priority, _entry_order(d.receipt.entry)))
+        woke.sort(key=lambda d: (order[d.queue], -d.priority, entry_order(d.receipt.entry)))
         if len(woke) > limit:  # one entry per stream at most; more than asked is rare
             await self.requeue(woke[limit:])
             del woke[limit:]
@@ -578,21 +542,8 @@ class RedisBroker(Broker):
         count = self._watch.write_off()
         before, after = self._watch.run_id, await self._run_id()
         self._watch.run_id = after or before
-        if before and after and before != after:
-            cause = (f"the server restarted without its data (run id {before} -> {after}): "
-                     "it has no persistence, or lost its files")
-        else:
-            cause = (f"same server process (run id {after or 'unknown'}): its keys were "
-                     "deleted (FLUSHALL, FLUSHDB, DEL) or evicted")
-        logger.error(
-            "Redis data loss at %s: the data of key prefix %r is gone, %s. This worker "
-            "process held %d leased message(s) that are no longer on the server: it "
-            "finishes them from memory, but they are lost if it stops first. Every task "
-            "that was waiting or scheduled in queue(s) %s is lost (how many cannot be "
-            "known). Check the server's persistence (appendonly yes) and eviction "
-            "(maxmemory-policy noeviction) settings: docs/reliability.md",
-            server_name(self.settings.url), self.prefix, cause, count,
-            ", ".join(repr(q) for q in queues))
+        log_data_lost(server_name(self.settings.url), self.prefix, before, after, count,
+                      queues)
         for plan in self._plans.values():
             plan.ensured = False  # the fetch makes the streams and groups again
 
@@ -603,13 +554,7 @@ class RedisBroker(Broker):
             return  # already reported
         count = self._watch.write_off(fresh)
         streams = sorted({self.stream_key(r.queue, r.band) for r in fresh})
-        logger.error(
-            "Redis data loss at %s: stream(s) %s or their consumer group vanished (deleted "
-            "or evicted) while this worker process held %d leased message(s) in them: it "
-            "finishes them from memory, but they are lost if it stops first, and every "
-            "task waiting in those streams is lost. Check the server's eviction "
-            "(maxmemory-policy noeviction) settings: docs/reliability.md",
-            server_name(self.settings.url), ", ".join(streams), count)
+        log_vanished(server_name(self.settings.url), streams, count)
         for plan in self._plans.values():
             plan.ensured = False
 
@@ -693,50 +638,6 @@ class RedissBroker(RedisBroker):
     scheme = "rediss"
 
 
-class _Malformed(NamedTuple):
-    """A stream entry whose broker-level fields cannot be read, and what is wrong."""
-
-    receipt: RedisReceipt
-    message_id: bytes  # as written (possibly not UTF-8, possibly empty)
-    body: bytes  # the body, or every field of the entry when its layout is wrong
-    reason: str
-
-
-_NO_RECEIPT = RedisReceipt("", 0, "", "", 0)
-
-
-def _message_id(raw: bytes) -> str | _Malformed:
-    """The message id of an entry, or what is wrong with it (receipt and body to fill)."""
-    try:
-        return raw.decode()
-    except UnicodeDecodeError as exc:
-        return _Malformed(_NO_RECEIPT, raw, b"",
-                          f"field i (the message id) is not valid UTF-8 ({exc.reason} at "
-                          f"byte {exc.start}): {raw[:100]!r}")
-
-
-def _layout_problem(fields: Mapping[bytes, bytes]) -> str | None:
-    """What is wrong with the layout of an entry read by XREADGROUP (FETCH's ``emit``)."""
-    for name in fields:
-        if name not in (b"i", b"b"):
-            return (f"field {name.decode(errors='backslashreplace')!r} is not part of the "
-                    "entry layout (i = message id, b = body)")
-    if b"i" not in fields:
-        return "field i (the message id) is missing"
-    if not fields[b"i"]:
-        return "field i (the message id) is empty"
-    if b"b" not in fields:
-        return "field b (the message body) is missing"
-    return None
-
-
-def _dump_fields(fields: Any) -> bytes:
-    """Every field of a malformed entry, as one readable value for its dead letter."""
-    pairs = list(fields.items()) if isinstance(fields, Mapping) \
-        else list(zip(fields[::2], fields[1::2], strict=True))
-    return b"\n".join(b"%s=%r" % (name, value) for name, value in pairs)
-
-
 def _ours(deliveries: Sequence[Delivery]) -> list[Delivery]:
     """The deliveries this broker handed out (anything else has no lease here)."""
     return [d for d in deliveries if isinstance(d.receipt, RedisReceipt)]
@@ -744,11 +645,6 @@ def _ours(deliveries: Sequence[Delivery]) -> list[Delivery]:
 
 def _batches(items: Sequence[Any]) -> list[Sequence[Any]]:
     return [items[i:i + BATCH] for i in range(0, len(items), BATCH)]
-
-
-def _entry_order(entry: str) -> tuple[int, int]:
-    millis, _, seq = entry.partition("-")
-    return int(millis), int(seq or 0)
 
 
 __all__ = ["RedisBroker", "RedisReceipt", "RedissBroker"]

@@ -12,21 +12,10 @@ Three things every Redis-facing object here needs, written once:
   from a thread with no event loop), on one sync redis-py connection pool per process,
   shared by its threads. A sync call costs one round trip and no thread hop, where the
   bridge costs two hops and redis.asyncio's heavier command path.
-- ``translate_errors`` and ``Script``: Redis failures become celeriac errors, and Lua
-  scripts run by their SHA1 with a fallback to their text when the server's script
-  cache is empty (after a restart).
+- ``Script``: Lua scripts run by their SHA1 with a fallback to their text when the
+  server's script cache is empty (after a restart).
 
-Errors, in three kinds (``refusal`` tells them apart):
-
-- *refused* (``BrokerRefused`` / ``BackendRefused``): causes retrying cannot fix, raised
-  at once with the server's own words: a refused password (WRONGPASS, NOAUTH), a user
-  not permitted a command (NOPERM), an unknown database index, a TLS certificate that
-  is not trusted or a TLS handshake that fails;
-- *unavailable* (``BrokerUnavailable`` / ``BackendError``): a refused, reset or silent
-  connection. Every command is retried on a fresh connection with a capped backoff
-  until the call's deadline (the connection timeout) passes; the error then names the
-  last real cause (``ConnectionRefusedError ...``), not only the deadline;
-- anything else Redis reports (an error reply): ``BrokerError`` / ``BackendError``.
+How failures become celeriac errors: ``redis_failures``.
 
 The client library is ``redis`` (redis-py >= 5, asyncio and sync APIs) with ``hiredis``
 as its parser; both are imported only by the apps that use a ``redis://`` URL.
@@ -36,14 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import hashlib
 import os
 import ssl
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -55,6 +43,7 @@ import redis.retry
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from celeriac.brokers.redis_failures import describe, refusal, retryable
 from celeriac.config import suggest
 from celeriac.errors import CeleriacError, ConfigurationError
 
@@ -189,7 +178,7 @@ class RedisSettings:
             # Retried until ``deadline`` cancels the call (retries=-1: no count); a refusal
             # is not retried at all, and each failure is remembered for the error message.
             "retry": Retry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE),
-                           -1, is_retryable=_retryable),
+                           -1, is_retryable=retryable),
             **self.tls_options,
         }
         if self.pool_limit is None:
@@ -500,111 +489,6 @@ def _send(conn: Any, args: tuple[Any, ...]) -> None:
             conn.send_packed_command((packed,))
             return
     conn.send_command(*args)
-
-
-# -- errors -------------------------------------------------------------------------------
-
-
-# The last failure of a retried command in this task (set by ``_retryable``, which
-# redis-py calls in the caller's task), so that a call cut off by its deadline reports
-# what actually went wrong rather than only that time ran out.
-_last_failure: contextvars.ContextVar[BaseException | None] = contextvars.ContextVar(
-    "celeriac_redis_last_failure", default=None)
-
-_REFUSED_REPLIES = ("WRONGPASS", "NOAUTH", "NOPERM", "DB index is out of range",
-                    "invalid DB index")
-# TLS failures that are a condition of the link, not of the configuration.
-_TRANSIENT_TLS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError,
-                  ssl.SSLWantReadError, ssl.SSLWantWriteError)
-
-
-def refusal(exc: BaseException) -> str | None:
-    """Why the server refused us for good, or None if retrying may help.
-
-    Refusals: a password or user the server rejects, a command the user may not run, a
-    database index the server does not have, a certificate that is not trusted or a TLS
-    handshake that fails (say, TLS against a plain port). The text is the server's or
-    the TLS library's own, with a hint where the fix is ours to name.
-    """
-    for cause in _chain(exc):
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return (f"TLS certificate verification failed: {cause.verify_message or cause} "
-                    "(ssl_ca_certs names the CA to trust; ssl_cert_reqs=none turns "
-                    "verification off)")
-        if isinstance(cause, ssl.SSLError) and not isinstance(cause, _TRANSIENT_TLS):
-            return f"TLS handshake failed: {cause}"
-    if isinstance(exc, redis_errors.AuthenticationError | redis_errors.AuthorizationError):
-        return (f"{type(exc).__name__}: {exc} (check the user name and password in the "
-                "URL)")
-    if isinstance(exc, redis_errors.ResponseError):
-        text = str(exc)
-        if any(mark in text for mark in _REFUSED_REPLIES):
-            hint = " (the URL's path names the database)" if "DB index" in text else ""
-            return f"{type(exc).__name__}: {text}{hint}"
-    return None
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-def _retryable(exc: Exception) -> bool:
-    """For redis-py's Retry: remember the failure; retry anything but a refusal."""
-    _last_failure.set(exc)
-    return refusal(exc) is None
-
-
-def describe(exc: BaseException) -> str:
-    """``Type: text`` of an exception, readable even when its text is empty."""
-    text = str(exc)
-    if text:
-        return f"{type(exc).__name__}: {text}"
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-        return "TimeoutError: no answer within the connection timeout"
-    return f"{type(exc).__name__} (no message)"
-
-
-@contextlib.contextmanager
-def translate_errors(unavailable: type[CeleriacError], error: type[CeleriacError],
-                     what: str, refused: type[CeleriacError] | None = None) -> Iterator[None]:
-    """Translate Redis failures into celeriac errors (see the module docstring).
-
-    ``refused`` for a refusal (``error`` when not given), ``unavailable`` for a lost,
-    unreachable or silent server, naming the last failure a retry saw, ``error`` for
-    anything else Redis reports.
-    """
-    token = _last_failure.set(None)
-    try:
-        yield
-    except (redis_errors.RedisError, OSError, TimeoutError) as exc:
-        reason = refusal(exc)
-        if reason is not None:
-            raise (refused or error)(f"{what}: Redis refused the connection: {reason}") \
-                from exc
-        if not isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError
-                          | OSError | TimeoutError):
-            raise error(f"{what}: {describe(exc)}") from exc
-        last = _last_failure.get()
-        detail = describe(exc)
-        if last is not None and last is not exc:
-            detail += f"; the last failure before it: {describe(last)}"
-            if exc.__cause__ is None and exc.__context__ is None:
-                exc.__cause__ = last  # keep the real cause in the chain
-        raise unavailable(f"{what}: Redis is unavailable ({detail})") from exc
-    finally:
-        _last_failure.reset(token)
-
-
-def is_missing_group(exc: BaseException) -> bool:
-    """A stream or its consumer group vanished (a flushed or restarted server)."""
-    text = str(exc)
-    return isinstance(exc, redis_errors.ResponseError) and (
-        "NOGROUP" in text or "UNBLOCKED" in text or "no such key" in text)
 
 
 # -- Lua scripts --------------------------------------------------------------------------

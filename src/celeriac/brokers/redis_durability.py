@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -144,6 +144,36 @@ async def check_server(execute: Callable[..., Awaitable[Any]], url: str, role: s
                        "maxmemory-policy noeviction (%s)", role, where, holds,
                        "; ".join(found), holds, DOCS)
     return settings
+
+
+def log_data_lost(where: str, prefix: str, before: str | None, after: str | None,
+                  count: int, queues: Sequence[str]) -> None:
+    """The ERROR for a changed epoch: what was lost, why (by the run ids), how many leases."""
+    if before and after and before != after:
+        cause = (f"the server restarted without its data (run id {before} -> {after}): "
+                 "it has no persistence, or lost its files")
+    else:
+        cause = (f"same server process (run id {after or 'unknown'}): its keys were "
+                 "deleted (FLUSHALL, FLUSHDB, DEL) or evicted")
+    logger.error(
+        "Redis data loss at %s: the data of key prefix %r is gone, %s. This worker "
+        "process held %d leased message(s) that are no longer on the server: it "
+        "finishes them from memory, but they are lost if it stops first. Every task "
+        "that was waiting or scheduled in queue(s) %s is lost (how many cannot be "
+        "known). Check the server's persistence (appendonly yes) and eviction "
+        "(maxmemory-policy noeviction) settings: %s", where, prefix, cause, count,
+        ", ".join(repr(q) for q in queues), DOCS)
+
+
+def log_vanished(where: str, streams: Sequence[str], count: int) -> None:
+    """The ERROR for streams or groups gone under held leases, the epoch unchanged."""
+    logger.error(
+        "Redis data loss at %s: stream(s) %s or their consumer group vanished (deleted "
+        "or evicted) while this worker process held %d leased message(s) in them: it "
+        "finishes them from memory, but they are lost if it stops first, and every "
+        "task waiting in those streams is lost. Check the server's eviction "
+        "(maxmemory-policy noeviction) settings: %s", where, ", ".join(streams), count,
+        DOCS)
 
 
 def server_name(url: str) -> str:
