@@ -110,12 +110,12 @@ def translate_errors(unavailable: type[CeleriacError], error: type[CeleriacError
                           | OSError | TimeoutError):
             raise error(f"{what}: {describe(exc)}") from exc
         last = _last_failure.get()
-        detail = describe(exc)
-        if last is not None and last is not exc:
-            detail += f"; the last failure before it: {describe(last)}"
-            if exc.__cause__ is None and exc.__context__ is None:
-                exc.__cause__ = last  # keep the real cause in the chain
-        raise unavailable(f"{what}: Redis is unavailable ({detail})") from exc
+        if last is None or last is exc:
+            raise unavailable(f"{what}: Redis is unavailable ({describe(exc)})") from exc
+        # Cut off by the deadline after failures: the real cause is the chained one
+        # (__cause__); the deadline's TimeoutError stays the __context__.
+        raise unavailable(f"{what}: Redis is unavailable ({describe(exc)}; the last "
+                          f"failure before it: {describe(last)})") from last
     finally:
         _last_failure.reset(token)
 
