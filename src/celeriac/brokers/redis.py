@@ -390,8 +390,7 @@ class RedisBroker(Broker):
                         "STREAMS", *streams, *[">"] * len(streams))
         except BrokerError as exc:
             if exc.__cause__ is not None and is_missing_group(exc.__cause__):
-                # A stream vanished (a server that lost its data): make them again.
-                await self._run(ENSURE, plan.streams, [GROUP], "fetch")
+                await self._streams_lost(plan)
                 return []
             raise
         found, malformed = read_streams(reply, plan.places, plan.queues, self.consumer)
@@ -557,6 +556,23 @@ class RedisBroker(Broker):
         log_vanished(server_name(self.settings.url), streams, count)
         for plan in self._plans.values():
             plan.ensured = False
+
+    async def _streams_lost(self, plan: _Plan) -> None:
+        """The blocking read found a stream or its group gone: report it, make them again.
+
+        The whole data set gone (the epoch changed) is reported as such; otherwise, if
+        this object had made these streams, they were deleted or evicted one by one.
+        """
+        token = await self._run(EPOCH, [self._epoch_key], [self._watch.candidate], "fetch")
+        if self._watch.seen(token):
+            await self._data_lost(plan.queues)
+        elif plan.ensured:
+            leased = {r for r in self._watch.leased if r.queue in plan.queues}
+            count = self._watch.write_off(leased)
+            log_vanished(server_name(self.settings.url),
+                         [f"{self.prefix}q:{queue}:*" for queue in plan.queues], count)
+        await self._run(ENSURE, plan.streams, [GROUP], "fetch")
+        plan.ensured = True
 
     async def _run_id(self) -> str | None:
         """The server's run id now (best effort: only for the data-loss message)."""

@@ -166,7 +166,8 @@ def log_data_lost(where: str, prefix: str, before: str | None, after: str | None
 
 
 def log_vanished(where: str, streams: Sequence[str], count: int) -> None:
-    """The ERROR for streams or groups gone under held leases, the epoch unchanged."""
+    """The ERROR for streams or groups gone one by one (the epoch unchanged): noticed by
+    a lease extension (with the leases held in them) or by the blocking read."""
     logger.error(
         "Redis data loss at %s: stream(s) %s or their consumer group vanished (deleted "
         "or evicted) while this worker process held %d leased message(s) in them: it "

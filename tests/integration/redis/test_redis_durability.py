@@ -260,3 +260,32 @@ def test_a_stream_deleted_under_held_leases_is_an_error(
     assert "Redis data loss" in error
     assert "vanished" in error
     assert "held 3 leased message(s)" in error
+
+
+@pytest.mark.timeout(30)
+def test_a_stream_deleted_under_an_idle_worker_is_an_error(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = create_broker(redis_server.url, {"lease_seconds": LEASE_SECONDS})
+    admin = redis_server.client()
+    caplog.set_level(logging.ERROR, "celeriac.brokers.redis")
+
+    async def scenario() -> None:
+        # Given an idle broker waiting on queue q, with two messages published
+        await broker.connect()
+        assert await broker.fetch(["q"], 10, timeout=0.2) == []
+        # When the stream, two messages waiting in it, is deleted (a DEL, an eviction)
+        await broker.publish([Outgoing(f"m{n}", "q", b"body") for n in range(2)])
+        admin.delete(broker.stream_key("q", 0))  # type: ignore[attr-defined]
+        # Then the next fetch reports it (nothing was leased), and the queue works again
+        assert await broker.fetch(["q"], 10, timeout=0.5) == []
+        await broker.publish([Outgoing("next", "q", b"body")])
+        assert [d.id for d in await broker.fetch(["q"], 10, timeout=1)] == ["next"]
+        await broker.close()
+
+    asyncio.run(scenario())
+    admin.close()
+    [error] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert "Redis data loss" in error
+    assert "q:q:* or their consumer group vanished" in error
+    assert "held 0 leased message(s)" in error
