@@ -482,8 +482,12 @@ class RedisBroker(Broker):
     def _held(self, delivery: Delivery, state: int) -> bool:
         """Whether the worker may keep a delivery, from EXTEND's answer about it."""
         receipt = delivery.receipt
-        if state > 0 or receipt in self._watch.written_off or state < 0:
-            return isinstance(receipt, RedisReceipt)
+        if not isinstance(receipt, RedisReceipt):
+            return False  # not a delivery of this broker: no lease here
+        # Held (1), or lost with the server's data (-1, or written off before): the
+        # worker keeps it, since nobody else can be delivered it.
+        if state != 0 or receipt in self._watch.written_off:
+            return True
         self._watch.settled([receipt])  # another worker has it now: no longer ours to count
         return False
 
