@@ -224,6 +224,9 @@ def test_a_restart_without_persistence_is_an_error_naming_the_lost_leases(
         done = set(world.ledger.tags("done"))
         assert len(done & set(sent)) >= ran_before - 8
         assert worker.running
+        print(f"{len(sent)} sent, {ran_before} started before the restart, "
+              f"{lost_leases} leased messages reported lost, "
+              f"{len(set(sent) - set(world.ledger.tags()))} never ran")
     finally:
         world.close()
 
