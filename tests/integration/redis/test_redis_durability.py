@@ -292,3 +292,42 @@ def test_a_stream_deleted_under_an_idle_worker_is_an_error(
     assert "Redis data loss" in error
     assert "q:q:* or their consumer group vanished" in error
     assert "held 0 leased message(s)" in error
+
+
+@pytest.mark.timeout(60)
+def test_tasks_evicted_under_allkeys_lru_are_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a server that evicts any key past 3 MB, and a broker holding leases on it
+    directory = tmp_path / "evicting"
+    directory.mkdir()
+    server = RedisServer(directory, (*NO_PERSISTENCE, "--maxmemory", "3mb",
+                                     "--maxmemory-policy", "allkeys-lru"))
+    broker = create_broker(server.url, {"lease_seconds": LEASE_SECONDS})
+    queues = ["q0", "q1", "q2"]
+    caplog.set_level(logging.ERROR, "celeriac.brokers.redis")
+
+    async def scenario() -> tuple[int, int]:
+        await broker.connect()
+        held = await broker.fetch(queues, 10, timeout=0.1)
+        # When 3,000 tasks of 2 kB (twice the memory limit) are published
+        for n in range(3000):
+            await broker.publish([Outgoing(f"m{n}", queues[n % 3], b"x" * 2000)])
+            if n % 500 == 0:  # a worker's fetches and lease extensions meanwhile
+                held += await broker.fetch(queues, 4, timeout=0.05)
+                await broker.extend(held)
+        fetched = 0
+        while batch := await broker.fetch(queues, 500, timeout=0.3):
+            fetched += len(batch)
+            await broker.ack(batch)
+        await broker.close()
+        return fetched, len(held)
+
+    try:
+        fetched, held = asyncio.run(scenario())
+    finally:
+        server.kill()
+    # Then most were evicted, and it was not silent: the broker logged the data loss
+    assert fetched + held < 3000
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("Redis data loss" in e for e in errors), errors
