@@ -40,7 +40,10 @@ thread of the backend's (``_PushBacks``), off the caller's path; ``close_blockin
 (``App.close``) finishes them. BLMOVE needs Redis 6.2, as the broker's XAUTOCLAIM does.
 
 Options (also read from the URL's query string): ``key_prefix``, ``connection_timeout``
-(default 4 s: a call during an outage raises BackendError within about that time),
+(default 4 s: a call during an outage raises BackendError within about that time; a
+refused password, an untrusted certificate or an unknown database raises
+BackendRefused at once), ``require_noeviction`` (refuse to connect to a server that
+could evict results: ``redis://host/1?require_noeviction=true``),
 ``pool_limit`` (connections per event loop, unbounded by default; each waiting ``get``
 holds one while it waits), and the TLS options of ``rediss://`` URLs, as for the broker.
 """
@@ -64,9 +67,10 @@ from celeriac.brokers.redis_connection import (
     RedisSettings,
     Script,
     command,
-    translate_errors,
 )
-from celeriac.errors import BackendError
+from celeriac.brokers.redis_durability import check_server
+from celeriac.brokers.redis_failures import translate_errors
+from celeriac.errors import BackendError, BackendRefused
 
 OPTIONS = frozenset({"key_prefix", *CONNECTION_OPTIONS})
 NOTIFY_TTL_MS = 10_000
@@ -111,7 +115,7 @@ class RedisBackend(ResultBackend):
         self.max_block = self.settings.connection_timeout / 2
         self._clients = LoopClients(self.settings.make_client)
         self._blocking = BlockingClient(self.settings, BackendError, BackendError,
-                                        "Redis result backend")
+                                        "Redis result backend", BackendRefused)
         self._push_backs = _PushBacks(self._blocking)
         self._background: set[asyncio.Task[None]] = set()  # token push-backs under way
         self._lock = threading.Lock()
@@ -126,16 +130,26 @@ class RedisBackend(ResultBackend):
         return f"{self.prefix}ready:{task_id}"
 
     def _errors(self, what: str) -> Any:
-        return translate_errors(BackendError, BackendError, f"Redis result backend {what}")
+        return translate_errors(BackendError, BackendError, f"Redis result backend {what}",
+                                BackendRefused)
 
     def _deadline(self, extra: float = 0.0) -> asyncio.Timeout:
         return self.settings.deadline(extra)
 
     async def connect(self) -> None:
+        """Reach the server and check what it may lose: a WARNING naming each way results
+        can be lost (no persistence, RDB only, eviction under ``allkeys-*`` or
+        ``volatile-*``, since results have a TTL), or BackendRefused with
+        ``require_noeviction``; BackendRefused at once for a refused password, an
+        untrusted certificate or an unknown database."""
         client = await self._clients.get()
         with self._errors("connect"):
             async with self._deadline():
                 await client.ping()
+                await check_server(command(client), self.settings.url, "result backend",
+                                   "results", expiring=True,
+                                   require_noeviction=self.settings.require_noeviction,
+                                   refused=BackendRefused)
 
     async def store_many(self, results: Mapping[str, bytes], ttl: float | None) -> None:
         if not results:

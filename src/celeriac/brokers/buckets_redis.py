@@ -21,9 +21,9 @@ from celeriac.brokers.redis_connection import (
     RedisSettings,
     Script,
     command,
-    translate_errors,
 )
-from celeriac.errors import BrokerError, BrokerUnavailable
+from celeriac.brokers.redis_failures import translate_errors
+from celeriac.errors import BrokerError, BrokerRefused, BrokerUnavailable
 
 RESERVE = Script("reserve", """
 -- The arithmetic of celeriac.brokers.buckets.reserve, on the server's clock.
@@ -60,7 +60,8 @@ class RedisBuckets(TokenBuckets):
         return f"{self.prefix}rate_overrides"
 
     def _errors(self, what: str) -> Any:
-        return translate_errors(BrokerUnavailable, BrokerError, f"Redis rate limit {what}")
+        return translate_errors(BrokerUnavailable, BrokerError, f"Redis rate limit {what}",
+                                BrokerRefused)
 
     async def reserve(self, key: str, interval: float, horizon: float) -> Grant:
         client = await self._clients.get()

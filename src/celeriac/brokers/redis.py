@@ -11,6 +11,8 @@ Key layout (``P`` is the ``key_prefix`` transport option, ``celeriac:`` by defau
     P reclaim:<queue>         HASH   "<band>" -> XAUTOCLAIM cursor
     P dead                    STREAM dead letters: i = id, q = queue, b = body,
                                      r = reason, t = time (Unix ms)
+    P epoch                   STRING a random token: the server's data for this prefix
+                                     is the same as long as the token is
 
 How the broker semantics map onto Redis:
 
@@ -46,15 +48,19 @@ Connection loss: every call is bounded by ``connection_timeout`` as a whole (con
 retries and all) and raises BrokerUnavailable when the server is unreachable or silent.
 A blocking publish is bounded step by step instead (connecting, then each read or write,
 within the timeout; a timeout is not retried), which comes to about the same.
-A connection that died (the server restarted) is replaced on the next call, the failed
-command retried twice; streams and consumer groups that vanished (a server that lost
-its data) are made again by the next fetch, and Lua scripts the server forgot are sent
-again. A worker retries failed fetches with a capped backoff, so it resumes consuming by
-itself once the server is back. With the server's append-only file on, nothing acked or
-leased is lost across a restart (leases are in the PEL, which is persisted).
+A connection that died (the server restarted) is replaced and the failed command
+retried until the call's deadline; Lua scripts the server forgot are sent again. A
+worker retries failed fetches with a capped backoff, so it resumes consuming by itself
+once the server is back. With the server's append-only file on, nothing acked or leased
+is lost across a restart (leases are in the PEL, which is persisted).
 
-Durability is the server's: a queue is as durable as the server's persistence settings
-make it (AOF for durable queues, none for transient ones).
+Durability is the server's: a queue is as durable as the server's persistence and
+eviction settings make it. ``connect`` reads them and warns (or, with
+``require_noeviction``, refuses); a loss that happens all the same is noticed by the
+fetch and settling scripts (the ``epoch`` token changed, a stream or its group
+vanished) and logged as an ERROR with the number of leases lost. What the worker holds
+of the lost data it may still finish: ``extend`` reports those deliveries held, a
+requeue publishes them again, a dead letter skips the lease check (``redis_durability``).
 
 Transport options (``broker_transport_options``; ``key_prefix`` and the TLS options may
 also be given in the URL's query string):
@@ -65,7 +71,10 @@ also be given in the URL's query string):
   bounds how long a fetch blocks between passes (default a quarter of the lease, at
   most 1 s);
 - ``connection_timeout``: every call answers or fails within about this time, so a call
-  during an outage raises BrokerUnavailable instead of hanging (default 4 s);
+  during an outage raises BrokerUnavailable instead of hanging (default 4 s); a refused
+  password, an untrusted certificate or an unknown database raises BrokerRefused at once;
+- ``require_noeviction``: refuse to connect (BrokerRefused) when the server could evict
+  the broker's keys (default False: a WARNING only);
 - ``pool_limit``: Celery's broker_pool_limit, connections per event loop and in the
   sync pool (unbounded by default: connections are opened as concurrent calls need them);
 - TLS for ``rediss://`` URLs: ``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile``,
@@ -77,6 +86,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import socket
@@ -84,7 +94,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from celeriac.brokers.base import (
     MAX_PRIORITY,
@@ -103,14 +113,28 @@ from celeriac.brokers.redis_connection import (
     RedisSettings,
     check_options,
     command,
-    is_missing_group,
     positive_number,
-    translate_errors,
 )
+from celeriac.brokers.redis_durability import (
+    LossWatch,
+    check_server,
+    log_data_lost,
+    log_vanished,
+    server_name,
+)
+from celeriac.brokers.redis_entries import (
+    Malformed,
+    RedisReceipt,
+    entry_order,
+    read_fetched,
+    read_streams,
+)
+from celeriac.brokers.redis_failures import is_missing_group, translate_errors
 from celeriac.brokers.redis_scripts import (
     ACK,
     DEAD_LETTER,
     ENSURE,
+    EPOCH,
     EXTEND,
     FETCH,
     PRUNE,
@@ -119,7 +143,9 @@ from celeriac.brokers.redis_scripts import (
     REQUEUE,
     STATS,
 )
-from celeriac.errors import BrokerError, BrokerUnavailable, ConfigurationError
+from celeriac.errors import BrokerError, BrokerRefused, BrokerUnavailable, ConfigurationError
+
+logger = logging.getLogger("celeriac.brokers.redis")
 
 GROUP = "celeriac"
 RETURNED = "~returned"  # the pseudo-consumer holding handed-back entries
@@ -133,16 +159,6 @@ BATCH = 500  # deliveries per ack/extend/requeue/dead-letter script call
 PURGE_BUDGET = 5000  # entries deleted per band per purge script call
 PRUNE_EVERY = 300.0  # seconds between sweeps of ended consumers, per broker object
 PRUNE_IDLE_MS = 3_600_000  # a consumer idle this long with nothing leased has ended
-
-
-class RedisReceipt(NamedTuple):
-    """One delivery: the stream entry, and the lease (owner and PEL counter) it came with."""
-
-    queue: str
-    band: int
-    entry: str
-    consumer: str
-    counter: int
 
 
 @dataclass
@@ -179,9 +195,10 @@ class RedisBroker(Broker):
         self.max_block = self.reclaim_interval
         self._clients = LoopClients(self.settings.make_client)
         self._blocking = BlockingClient(self.settings, BrokerUnavailable, BrokerError,
-                                        "Redis broker")
+                                        "Redis broker", BrokerRefused)
         self._plans: dict[tuple[str, ...], _Plan] = {}
         self._consumer = ("", -1)
+        self._watch = LossWatch()
 
     def __repr__(self) -> str:
         return f"<RedisBroker {self.settings.url} prefix={self.prefix!r}>"
@@ -215,11 +232,15 @@ class RedisBroker(Broker):
     def _queues_key(self) -> str:
         return f"{self.prefix}queues"
 
+    @property
+    def _epoch_key(self) -> str:
+        return f"{self.prefix}epoch"
+
     def _plan(self, queues: Sequence[str]) -> _Plan:
         names = tuple(queues)
         plan = self._plans.get(names)
         if plan is None:
-            keys = [self._dead_key]
+            keys = [self._dead_key, self._epoch_key]
             streams: list[str] = []
             for name in names:
                 bands = [self.stream_key(name, band) for band in BANDS]
@@ -234,10 +255,20 @@ class RedisBroker(Broker):
     # -- connections ----------------------------------------------------------------------
 
     async def connect(self) -> None:
+        """Reach the server, check what it may lose (see the module docstring), and note
+        its epoch; BrokerRefused at once for a refusal, BrokerUnavailable after retrying
+        transient failures for ``connection_timeout``."""
         client = await self._clients.get()
         with self._errors("connect"):
             async with self.settings.deadline():
                 await client.ping()
+                server = await check_server(
+                    command(client), self.settings.url, "broker", "queued tasks",
+                    expiring=False, require_noeviction=self.settings.require_noeviction,
+                    refused=BrokerRefused)
+                token = await EPOCH(client, [self._epoch_key], [self._watch.candidate])
+        self._watch.run_id = server.run_id
+        self._watch.seen(token)
 
     async def close(self) -> None:
         """Forget this process's consumer where it leases nothing; close this loop's client."""
@@ -250,7 +281,8 @@ class RedisBroker(Broker):
         await self._clients.close()
 
     def _errors(self, what: str) -> Any:
-        return translate_errors(BrokerUnavailable, BrokerError, f"Redis broker {what}")
+        return translate_errors(BrokerUnavailable, BrokerError, f"Redis broker {what}",
+                                BrokerRefused)
 
     async def _run(self, script: Any, keys: Sequence[str], args: Sequence[Any],
                    what: str, extra_time: float = 0.0) -> Any:
@@ -332,17 +364,16 @@ class RedisBroker(Broker):
             await self._run(PRUNE, plan.streams, [GROUP, PRUNE_IDLE_MS, ""], "prune")
         reply = await self._run(FETCH, plan.keys, [
             GROUP, self.consumer, RETURNED, limit, max(1, round(self.lease_seconds * 1000)),
-            int(reclaim), PROMOTE_MAX, RECLAIM_ROUNDS, *plan.queues], "fetch")
+            int(reclaim), PROMOTE_MAX, RECLAIM_ROUNDS, self._watch.candidate, *plan.queues],
+            "fetch")
         now_ms, next_due = int(reply[0]), int(reply[1])
+        if self._watch.seen(reply[2]):
+            await self._data_lost(plan.queues)
         wait = math.inf if next_due < 0 else max(0.0, (next_due - now_ms) / 1000)
-        found = []
-        consumer = self.consumer
-        for i in range(2, len(reply), 7):
-            index, band, entry, message_id, body, counter, count = reply[i:i + 7]
-            queue = plan.queues[int(index)]
-            found.append(Delivery(
-                message_id.decode(), queue, body, int(band), int(count),
-                RedisReceipt(queue, int(band), entry.decode(), consumer, int(counter))))
+        found, malformed = read_fetched(reply, plan.queues, self.consumer)
+        self._watch.leased.update(d.receipt for d in found)
+        if malformed:
+            await self._dead_letter_malformed(malformed)
         return found, wait
 
     async def _block(self, plan: _Plan, seconds: float) -> list[Delivery]:
@@ -359,20 +390,27 @@ class RedisBroker(Broker):
                         "STREAMS", *streams, *[">"] * len(streams))
         except BrokerError as exc:
             if exc.__cause__ is not None and is_missing_group(exc.__cause__):
-                # A stream vanished (a server that lost its data): make them again.
-                await self._run(ENSURE, plan.streams, [GROUP], "fetch")
+                await self._streams_lost(plan)
                 return []
             raise
-        found: list[Delivery] = []
-        consumer = self.consumer
-        for stream, entries in reply or ():
-            index, band = plan.places[stream]
-            queue = plan.queues[index]
-            for entry, fields in entries:
-                found.append(Delivery(
-                    fields.get(b"i", b"").decode(), queue, fields.get(b"b", b""), band, 1,
-                    RedisReceipt(queue, band, entry.decode(), consumer, 1)))
+        found, malformed = read_streams(reply, plan.places, plan.queues, self.consumer)
+        self._watch.leased.update(d.receipt for d in found)
+        if malformed:
+            await self._dead_letter_malformed(malformed)
         return found
+
+    async def _dead_letter_malformed(self, malformed: Sequence[Malformed]) -> None:
+        """Dead-letter entries whose broker-level fields cannot be read, and say so.
+
+        They are settled here, inside the fetch, so that they never reach a worker's
+        slots nor stay leased: the next fetch goes on with the entries behind them.
+        """
+        for item in malformed:
+            logger.error("dead-lettered stream entry %s of queue %r (priority band %d): "
+                         "it cannot be read as a celeriac message: %s", item.receipt.entry,
+                         item.receipt.queue, item.receipt.band, item.reason)
+        await self._dead_letter_raw([(m.as_delivery(), m.message_id, m.reason)
+                                     for m in malformed])
 
     async def _trim(self, plan: _Plan, woke: list[Delivery], limit: int) -> list[Delivery]:
         """Put what a wake-up brought in fetch order, and hand back what overshot the limit.
@@ -382,7 +420,7 @@ class RedisBroker(Broker):
         rest of its budget at once anyway.
         """
         order = {name: index for index, name in enumerate(plan.queues)}
-        woke.sort(key=lambda d: (order[d.queue], -d.priority, _entry_order(d.receipt.entry)))
+        woke.sort(key=lambda d: (order[d.queue], -d.priority, entry_order(d.receipt.entry)))
         if len(woke) > limit:  # one entry per stream at most; more than asked is rare
             await self.requeue(woke[limit:])
             del woke[limit:]
@@ -391,39 +429,102 @@ class RedisBroker(Broker):
     # -- settling -------------------------------------------------------------------------
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        for batch in _batches(_ours(deliveries)):
+        ours = _ours(deliveries)
+        for batch in _batches(ours):
             keys, args = self._settle_args(batch)
-            await self._run(ACK, keys, [GROUP, *args], "ack")
+            await self._settle(ACK, keys, [GROUP, *args], "ack", batch)
+        self._watch.settled([d.receipt for d in ours])
 
     async def requeue(self, deliveries: Sequence[Delivery]) -> None:
-        for batch in _batches(_ours(deliveries)):
-            keys, args = self._settle_args(batch)
-            await self._run(REQUEUE, keys, [GROUP, RETURNED, *args], "requeue")
+        ours = _ours(deliveries)
+        for batch in _batches(ours):
+            live = [d for d in batch if d.receipt not in self._watch.written_off]
+            if live:
+                keys, args = self._settle_args(live)
+                await self._settle(REQUEUE, keys, [GROUP, RETURNED, *args], "requeue", live)
+            # Written off in a data loss (before, or noticed by this very call): the
+            # server no longer has them, so they go back as new messages.
+            lost = [d for d in batch if d.receipt in self._watch.written_off]
+            if lost:
+                await self.publish([Outgoing(d.id, d.queue, d.body, d.priority)
+                                    for d in lost])
+        self._watch.settled([d.receipt for d in ours])
+
+    async def _settle(self, script: Any, keys: list[str], args: list[Any], what: str,
+                      deliveries: Sequence[Delivery]) -> None:
+        """Run a settling script, with the epoch check every such script makes."""
+        reply = await self._run(script, [*keys, self._epoch_key],
+                                [*args, self._watch.candidate], what)
+        token = reply[0] if isinstance(reply, list) else reply
+        if self._watch.seen(token):
+            await self._data_lost(sorted({d.queue for d in deliveries}))
 
     async def extend(self, deliveries: Sequence[Delivery]) -> list[bool]:
         held: list[bool] = []
         for batch in _batches(list(deliveries)):
-            keys: list[str] = []
-            args: list[Any] = [GROUP]
-            for delivery in batch:
+            ours = [d for d in batch if isinstance(d.receipt, RedisReceipt)]
+            keys = [self._epoch_key]
+            args: list[Any] = [GROUP, self._watch.candidate]
+            for delivery in ours:
                 receipt = delivery.receipt
-                if isinstance(receipt, RedisReceipt):
-                    keys.append(self.stream_key(receipt.queue, receipt.band))
-                    args += [receipt.entry, receipt.consumer, receipt.counter]
-            reply = iter(await self._run(EXTEND, keys, args, "extend") if keys else ())
-            held += [isinstance(d.receipt, RedisReceipt) and bool(next(reply)) for d in batch]
+                keys.append(self.stream_key(receipt.queue, receipt.band))
+                args += [receipt.entry, receipt.consumer, receipt.counter]
+            states: dict[int, int] = {}
+            if ours:
+                reply = await self._run(EXTEND, keys, args, "extend")
+                if self._watch.seen(reply[0]):
+                    await self._data_lost(sorted({d.queue for d in ours}))
+                states = {id(d): int(state) for d, state in zip(ours, reply[1:], strict=True)}
+                await self._vanished([d for d in ours if states[id(d)] < 0])
+            held += [self._held(d, states.get(id(d), 0)) for d in batch]
         return held
+
+    def _held(self, delivery: Delivery, state: int) -> bool:
+        """Whether the worker may keep a delivery, from EXTEND's answer about it."""
+        receipt = delivery.receipt
+        if not isinstance(receipt, RedisReceipt):
+            return False  # not a delivery of this broker: no lease here
+        # Held (1), or lost with the server's data (-1, or written off before): the
+        # worker keeps it, since nobody else can be delivered it.
+        if state != 0 or receipt in self._watch.written_off:
+            return True
+        self._watch.settled([receipt])  # another worker has it now: no longer ours to count
+        return False
 
     async def dead_letter(self, deliveries: Sequence[tuple[Delivery, str]]) -> None:
         ours = [(d, reason) for d, reason in deliveries if isinstance(d.receipt, RedisReceipt)]
-        for batch in _batches(ours):
-            keys, args = self._settle_args([d for d, _ in batch])
-            extended: list[Any] = []
-            for n, (delivery, reason) in enumerate(batch):
-                extended += [*args[4 * n:4 * n + 4], delivery.queue, delivery.id,
-                             delivery.body, reason]
-            await self._run(DEAD_LETTER, [self._dead_key, *keys], [GROUP, *extended],
-                            "dead_letter")
+        await self._dead_letter_raw([(d, d.id.encode(), reason) for d, reason in ours
+                                     if d.receipt not in self._watch.written_off])
+        # Written off in a data loss (before, or noticed just now): no lease left to
+        # check, so straight into the dead letters.
+        lost = [(d, reason) for d, reason in ours if d.receipt in self._watch.written_off]
+        if lost:
+            await self._dead_letter_unleased(lost)
+        self._watch.settled([d.receipt for d, _ in ours])
+
+    async def _dead_letter_raw(self, items: Sequence[tuple[Delivery, bytes, str]]) -> None:
+        """Dead-letter leased entries: delivery, message id (as stored), reason."""
+        for batch in _batches(items):
+            keys: list[str] = [self._dead_key]
+            args: list[Any] = [GROUP]
+            for delivery, message_id, reason in batch:
+                receipt = delivery.receipt
+                keys += [self.stream_key(receipt.queue, receipt.band),
+                         self._key("requeued", receipt.queue)]
+                args += [receipt.entry, receipt.consumer, receipt.counter,
+                         f"{receipt.band}/{receipt.entry}", receipt.queue, message_id,
+                         delivery.body, reason]
+            await self._settle(DEAD_LETTER, keys, args, "dead_letter", [d for d, _, _ in batch])
+
+    async def _dead_letter_unleased(self, items: Sequence[tuple[Delivery, str]]) -> None:
+        client = await self._clients.get()
+        pipe = client.pipeline(transaction=False)
+        for delivery, reason in items:
+            command(pipe)("XADD", self._dead_key, "*", "i", delivery.id, "q", delivery.queue,
+                          "b", delivery.body, "r", reason, "t", int(time.time() * 1000))
+        with self._errors("dead_letter"):
+            async with self.settings.deadline():
+                await pipe.execute()
 
     def _settle_args(self, deliveries: Sequence[Delivery]) -> tuple[list[str], list[Any]]:
         """Keys (stream, requeued hash) and arguments of the settling scripts."""
@@ -436,6 +537,58 @@ class RedisBroker(Broker):
             args += [receipt.entry, receipt.consumer, receipt.counter,
                      f"{receipt.band}/{receipt.entry}"]
         return keys, args
+
+    # -- data loss ------------------------------------------------------------------------
+
+    async def _data_lost(self, queues: Sequence[str]) -> None:
+        """The epoch changed: the server lost this prefix's data. Say so, once, loudly."""
+        count = self._watch.write_off()
+        before, after = self._watch.run_id, await self._run_id()
+        self._watch.run_id = after or before
+        log_data_lost(server_name(self.settings.url), self.prefix, before, after, count,
+                      queues)
+        for plan in self._plans.values():
+            plan.ensured = False  # the fetch makes the streams and groups again
+
+    async def _vanished(self, deliveries: Sequence[Delivery]) -> None:
+        """Streams or groups gone while the epoch stayed: deleted or evicted one by one."""
+        fresh = {d.receipt for d in deliveries} & self._watch.leased
+        if not fresh:
+            return  # already reported
+        count = self._watch.write_off(fresh)
+        streams = sorted({self.stream_key(r.queue, r.band) for r in fresh})
+        log_vanished(server_name(self.settings.url), streams, count)
+        for plan in self._plans.values():
+            plan.ensured = False
+
+    async def _streams_lost(self, plan: _Plan) -> None:
+        """The blocking read found a stream or its group gone: report it, make them again.
+
+        The whole data set gone (the epoch changed) is reported as such; otherwise, if
+        this object had made these streams, they were deleted or evicted one by one.
+        """
+        token = await self._run(EPOCH, [self._epoch_key], [self._watch.candidate], "fetch")
+        if self._watch.seen(token):
+            await self._data_lost(plan.queues)
+        elif plan.ensured:
+            leased = {r for r in self._watch.leased if r.queue in plan.queues}
+            count = self._watch.write_off(leased)
+            log_vanished(server_name(self.settings.url),
+                         [f"{self.prefix}q:{queue}:*" for queue in plan.queues], count)
+        await self._run(ENSURE, plan.streams, [GROUP], "fetch")
+        plan.ensured = True
+
+    async def _run_id(self) -> str | None:
+        """The server's run id now (best effort: only for the data-loss message)."""
+        client = await self._clients.get()
+        try:
+            with self._errors("info"):
+                async with self.settings.deadline():
+                    info = await command(client)("INFO", "server")
+        except BrokerError:
+            return None
+        value = info.get("run_id") if isinstance(info, dict) else None
+        return None if value is None else str(value)
 
     # -- inspecting -----------------------------------------------------------------------
 
@@ -477,7 +630,9 @@ class RedisBroker(Broker):
             async with self.settings.deadline():
                 entries = await command(client)("XREVRANGE", self._dead_key, "+", "-",
                                                 "COUNT", limit)
-        return [DeadLetter(fields.get(b"i", b"").decode(), fields.get(b"q", b"").decode(),
+        # Decoded leniently: a malformed entry's message id is kept as it was written.
+        return [DeadLetter(fields.get(b"i", b"").decode(errors="backslashreplace"),
+                           fields.get(b"q", b"").decode(errors="backslashreplace"),
                            fields.get(b"b", b""),
                            fields.get(b"r", b"").decode(errors="replace"),
                            int(fields.get(b"t", b"0")) / 1000)
@@ -510,11 +665,6 @@ def _ours(deliveries: Sequence[Delivery]) -> list[Delivery]:
 
 def _batches(items: Sequence[Any]) -> list[Sequence[Any]]:
     return [items[i:i + BATCH] for i in range(0, len(items), BATCH)]
-
-
-def _entry_order(entry: str) -> tuple[int, int]:
-    millis, _, seq = entry.partition("-")
-    return int(millis), int(seq or 0)
 
 
 __all__ = ["RedisBroker", "RedisReceipt", "RedissBroker"]

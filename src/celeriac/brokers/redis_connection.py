@@ -12,10 +12,10 @@ Three things every Redis-facing object here needs, written once:
   from a thread with no event loop), on one sync redis-py connection pool per process,
   shared by its threads. A sync call costs one round trip and no thread hop, where the
   bridge costs two hops and redis.asyncio's heavier command path.
-- ``translate_errors`` and ``Script``: Redis failures become celeriac errors (a lost
-  or unreachable server is ``*Unavailable``, never a hang), and Lua scripts run by
-  their SHA1 with a fallback to their text when the server's script cache is empty
-  (after a restart).
+- ``Script``: Lua scripts run by their SHA1 with a fallback to their text when the
+  server's script cache is empty (after a restart).
+
+How failures become celeriac errors: ``redis_failures``.
 
 The client library is ``redis`` (redis-py >= 5, asyncio and sync APIs) with ``hiredis``
 as its parser; both are imported only by the apps that use a ``redis://`` URL.
@@ -31,7 +31,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -43,6 +43,7 @@ import redis.retry
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from celeriac.brokers.redis_failures import describe, refusal, retryable
 from celeriac.config import suggest
 from celeriac.errors import CeleriacError, ConfigurationError
 
@@ -64,9 +65,11 @@ DEFAULT_CONNECTION_TIMEOUT = 4.0  # as the broker_connection_timeout setting
 DEFAULT_POOL_LIMIT: int | None = None
 
 # A command that fails on a dead connection (the server restarted, an idle connection
-# was dropped) is retried on a fresh one: twice, quickly. Anything longer is an outage,
-# reported to the caller as *Unavailable within the connection timeout.
-RETRIES = 2
+# was dropped, the port is closed for now) is retried on a fresh one, with a capped
+# backoff, until the call's deadline (the connection timeout) passes: a restart of a
+# second or two is ridden out, an outage is reported as *Unavailable with its last cause.
+# (Async calls: no count at all, the deadline ends them; sync calls: the same, counted
+# against the timeout by ``BlockingClient.call``.)
 RETRY_BACKOFF_BASE = 0.05
 RETRY_BACKOFF_CAP = 0.5
 
@@ -76,7 +79,8 @@ SSL_OPTIONS = frozenset({
     "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_data", "ssl_ca_path", "ssl_certfile",
     "ssl_keyfile", "ssl_password", "ssl_check_hostname", "ssl_ciphers", "ssl_min_version",
 })
-CONNECTION_OPTIONS = frozenset({"connection_timeout", "pool_limit", "ssl", *SSL_OPTIONS})
+CONNECTION_OPTIONS = frozenset({"connection_timeout", "pool_limit", "ssl", "require_noeviction",
+                                *SSL_OPTIONS})
 DEFAULT_KEY_PREFIX = "celeriac:"
 
 _CERT_REQS = {
@@ -110,13 +114,16 @@ class RedisSettings:
     connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT
     pool_limit: int | None = DEFAULT_POOL_LIMIT
     tls_options: dict[str, Any] = field(default_factory=dict)
+    # Refuse to connect to a server that could evict our keys (redis_durability).
+    require_noeviction: bool = False
 
     @classmethod
     def from_options(cls, url: str, options: Mapping[str, Any]) -> RedisSettings:
         """Read the connection options of a broker or backend (unknown names are ignored).
 
-        ``key_prefix`` and the TLS options may also be given in the URL's query string
-        (``redis://host/0?key_prefix=app1:``), which wins, as in redis-py. TLS options
+        ``key_prefix``, ``require_noeviction`` and the TLS options may also be given in
+        the URL's query string (``redis://host/0?key_prefix=app1:``), which wins, as in
+        redis-py (a result backend gets its options from its URL only). TLS options
         may be given flat (``ssl_cert_reqs``) or as one ``ssl`` mapping in the shape of
         Celery's ``broker_use_ssl``.
         """
@@ -145,13 +152,17 @@ class RedisSettings:
         prefix = from_query.get("key_prefix", options.get("key_prefix", DEFAULT_KEY_PREFIX))
         if not isinstance(prefix, str):
             raise ConfigurationError(f"key_prefix must be a string, not {prefix!r}")
+        noeviction = _flag(from_query.get("require_noeviction",
+                                          options.get("require_noeviction", False)),
+                           "require_noeviction")
         # The URL keeps the query options redis-py parses itself, minus the ones read
         # here: it would reject key_prefix, and pass "CERT_NONE" through unconverted.
-        rest = [(k, v) for k, v in query if k not in ("ssl_cert_reqs", "key_prefix")]
+        rest = [(k, v) for k, v in query
+                if k not in ("ssl_cert_reqs", "key_prefix", "require_noeviction")]
         clean = urlunsplit(parts._replace(query=urlencode(rest)))
         return cls(clean, prefix,
                    positive_number(options, "connection_timeout", DEFAULT_CONNECTION_TIMEOUT),
-                   pool_limit, tls)
+                   pool_limit, tls, noeviction)
 
     def make_pool(self) -> aioredis.ConnectionPool:
         """A connection pool for the running event loop (no connection is opened yet)."""
@@ -164,8 +175,10 @@ class RedisSettings:
             # instead (``deadline``), which also bounds the retries as a whole.
             "socket_timeout": None,
             "socket_keepalive": True,
+            # Retried until ``deadline`` cancels the call (retries=-1: no count); a refusal
+            # is not retried at all, and each failure is remembered for the error message.
             "retry": Retry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE),
-                           RETRIES),
+                           -1, is_retryable=retryable),
             **self.tls_options,
         }
         if self.pool_limit is None:
@@ -184,16 +197,17 @@ class RedisSettings:
         There is no event loop to bound a call as a whole, so the sockets bound each
         step instead: connecting and every read or write take at most the connection
         timeout (a blocking read gets its own, longer limit: ``BlockingClient.call``).
-        Only a refused or reset connection is retried, quickly; a timeout is not, so a
-        server that stops answering is reported within about the timeout, not a
-        multiple of it.
+        Only a refused or reset connection is retried, until the timeout; a timeout is
+        not, so a server that stops answering is reported within about the timeout, not
+        a multiple of it.
         """
         kwargs: dict[str, Any] = {
             "socket_connect_timeout": self.connection_timeout,
             "socket_timeout": self.connection_timeout,
             "socket_keepalive": True,
+            # Connecting is retried by ``BlockingClient.call`` (within the timeout), not here.
             "retry": redis.retry.Retry(
-                ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), RETRIES,
+                ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), 0,
                 supported_errors=(redis_errors.ConnectionError,)),
             **self.tls_options,
         }
@@ -211,6 +225,18 @@ class RedisSettings:
         connections are refused, reset, or silently never answered.
         """
         return asyncio.timeout(self.connection_timeout + extra)
+
+
+def _flag(value: Any, name: str) -> bool:
+    """A boolean option, given as a bool or (in a URL) as true/false, yes/no, 1/0."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise ConfigurationError(f"{name} must be true or false, not {value!r}")
 
 
 def _cert_reqs(value: Any) -> ssl.VerifyMode:
@@ -294,10 +320,12 @@ class BlockingClient:
     """
 
     def __init__(self, settings: RedisSettings, unavailable: type[CeleriacError],
-                 error: type[CeleriacError], what: str) -> None:
+                 error: type[CeleriacError], what: str,
+                 refused: type[CeleriacError] | None = None) -> None:
         self.settings = settings
         self._unavailable = unavailable
         self._error = error
+        self._refused = refused or error
         self._what = what
         self._lock = threading.Lock()
         self._pool: redis.ConnectionPool | None = None
@@ -335,7 +363,8 @@ class BlockingClient:
         ``block``: seconds the command may wait on the server (BLPOP's timeout), on top
         of which its reply may take the connection timeout. A connection that breaks
         under the command (the server restarted) is replaced and the command sent again,
-        at most ``RETRIES`` times and within about the connection timeout.
+        with a capped backoff, for up to about the connection timeout; a refusal (a
+        wrong password, an untrusted certificate) is raised at once as ``refused``.
         """
         pool = self.pool()
         timeout = self.settings.connection_timeout
@@ -348,24 +377,19 @@ class BlockingClient:
                 if block is None:
                     return conn.read_response()
                 return conn.read_response(timeout=block + timeout)
-            except redis_errors.ConnectionError as exc:
-                conn.disconnect()
-                if not started:
-                    started = time.monotonic()
-                if attempt >= RETRIES or time.monotonic() - started >= timeout:
-                    raise self._unavailable_error(what, exc) from exc
-                attempt += 1
-                time.sleep(min(RETRY_BACKOFF_CAP, RETRY_BACKOFF_BASE * 2 ** attempt))
-            except (redis_errors.TimeoutError, OSError) as exc:
-                conn.disconnect()
-                raise self._unavailable_error(what, exc) from exc
             except redis_errors.NoScriptError:
                 raise  # the connection is fine; ``script`` sends the script's text
-            except redis_errors.ResponseError as exc:  # an error reply: the connection is fine
-                raise self._error(f"{self._what} {what}: {type(exc).__name__}: {exc}") from exc
-            except redis_errors.RedisError as exc:
-                conn.disconnect()
-                raise self._error(f"{self._what} {what}: {type(exc).__name__}: {exc}") from exc
+            except (redis_errors.RedisError, OSError) as exc:
+                failure = self._failure(what, conn, exc)
+                if failure is not None:
+                    raise failure from exc
+                # A broken connection: try a fresh one until the timeout would pass.
+                started = started or time.monotonic()
+                attempt += 1
+                pause = min(RETRY_BACKOFF_CAP, RETRY_BACKOFF_BASE * 2 ** attempt)
+                if time.monotonic() - started + pause >= timeout:
+                    raise self._unavailable_error(what, exc) from exc
+                time.sleep(pause)
             except BaseException:
                 conn.disconnect()  # a reply half read must not reach the next caller
                 raise
@@ -374,6 +398,22 @@ class BlockingClient:
                     self._idle.append(conn)
                 else:
                     pool.release(conn)
+
+    def _failure(self, what: str, conn: Any, exc: BaseException) -> CeleriacError | None:
+        """The error to raise for a failed command, or None to retry on a fresh connection."""
+        reply = isinstance(exc, redis_errors.ResponseError)
+        if not reply:
+            conn.disconnect()
+        if (refused := refusal(exc)) is not None:
+            if reply:
+                conn.disconnect()  # a half-made connection (AUTH or SELECT failed)
+            return self._refused_error(what, refused)
+        if isinstance(exc, redis_errors.ConnectionError):
+            return None
+        if isinstance(exc, redis_errors.TimeoutError | OSError):
+            return self._unavailable_error(what, exc)  # silent: retrying would wait again
+        # An error reply (the connection is fine), or another failure of redis-py's.
+        return self._error(f"{self._what} {what}: {describe(exc)}")
 
     def _connection(self, pool: redis.ConnectionPool, what: str) -> Any:
         """A connection of the pool (its methods are untyped in redis-py).
@@ -389,10 +429,14 @@ class BlockingClient:
                 return pool.make_connection()
         try:
             return pool.get_connection()
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        except (redis_errors.RedisError, OSError) as exc:
+            if (refused := refusal(exc)) is not None:
+                raise self._refused_error(what, refused) from exc
+            if not isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError
+                              | OSError):
+                raise self._error(f"{self._what} {what}: {type(exc).__name__}: {exc}") \
+                    from exc
             raise self._unavailable_error(what, exc) from exc
-        except redis_errors.RedisError as exc:
-            raise self._error(f"{self._what} {what}: {type(exc).__name__}: {exc}") from exc
 
     def script(self, what: str, script: Script, keys: Sequence[str],
                args: Sequence[str | bytes | int | float]) -> Any:
@@ -416,7 +460,10 @@ class BlockingClient:
 
     def _unavailable_error(self, what: str, exc: BaseException) -> CeleriacError:
         return self._unavailable(
-            f"{self._what} {what}: Redis is unavailable ({type(exc).__name__}: {exc})")
+            f"{self._what} {what}: Redis is unavailable ({describe(exc)})")
+
+    def _refused_error(self, what: str, cause: str) -> CeleriacError:
+        return self._refused(f"{self._what} {what}: Redis refused the connection: {cause}")
 
 
 # Every BlockingClient of this process, so that a forked child drops their pools at once
@@ -442,30 +489,6 @@ def _send(conn: Any, args: tuple[Any, ...]) -> None:
             conn.send_packed_command((packed,))
             return
     conn.send_command(*args)
-
-
-# -- errors -------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def translate_errors(unavailable: type[CeleriacError], error: type[CeleriacError],
-                     what: str) -> Iterator[None]:
-    """Raise ``unavailable`` for a lost or unreachable server, ``error`` for other failures."""
-    try:
-        yield
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError,
-            TimeoutError) as exc:
-        raise unavailable(f"{what}: Redis is unavailable ({type(exc).__name__}: {exc})") \
-            from exc
-    except redis_errors.RedisError as exc:
-        raise error(f"{what}: {type(exc).__name__}: {exc}") from exc
-
-
-def is_missing_group(exc: BaseException) -> bool:
-    """A stream or its consumer group vanished (a flushed or restarted server)."""
-    text = str(exc)
-    return isinstance(exc, redis_errors.ResponseError) and (
-        "NOGROUP" in text or "UNBLOCKED" in text or "no such key" in text)
 
 
 # -- Lua scripts --------------------------------------------------------------------------

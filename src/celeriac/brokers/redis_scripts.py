@@ -15,7 +15,9 @@ The key layout and the meaning of each structure are described in
 - ``returned`` is the pseudo-consumer that owns handed-back (requeued) entries until a
   fetch takes them. ``requeued`` hashes count, per entry, how often it was handed back,
   so that delivery_count (the PEL counter minus that) does not count those deliveries.
-- Stream entries carry two fields: ``i`` the message id and ``b`` the body.
+- Stream entries carry two fields: ``i`` the message id and ``b`` the body. FETCH
+  reports an entry that does not (a field missing, repeated or unknown) instead of
+  delivering it, so that the broker dead-letters it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,24 @@ local function holds(stream, group, id, owner, raw)
   return found[1][2] == owner and found[1][4] == tonumber(raw)
 end
 """
+
+# Reads the server's epoch for this key prefix, storing `candidate` when there is none
+# (a new or emptied server). The broker compares it with the one it saw before: a
+# different one means the data was lost (redis_durability.LossWatch).
+_EPOCH = """
+local function epoch(key, candidate)
+  local current = redis.call('GET', key)
+  if current then return current end
+  redis.call('SET', key, candidate)
+  return candidate
+end
+"""
+
+EPOCH = Script("epoch", _EPOCH + """
+-- KEYS  the epoch key
+-- ARGV  candidate
+return epoch(KEYS[1], ARGV[1])
+""")
 
 PUBLISH = Script("publish", """
 -- Store a batch of messages, all or none: ready ones at the end of their band's
@@ -50,18 +70,21 @@ end
 return #KEYS - 1
 """)
 
-FETCH = Script("fetch", """
+FETCH = Script("fetch", _EPOCH + """
 -- Lease up to `limit` messages of the given queues, in queue order, then band 9 to 0,
 -- and within a band oldest first: handed-back entries, then expired leases, then new
 -- entries. Scheduled messages that are due move into their band's stream first.
 --
 -- KEYS[1]                 the dead-letter stream (for a scheduled member it cannot read)
--- KEYS[2 + 13q ...]       per queue q: eta zset, requeued hash, reclaim cursors hash,
+-- KEYS[2]                 the epoch key
+-- KEYS[3 + 13q ...]       per queue q: eta zset, requeued hash, reclaim cursors hash,
 --                         then the streams of bands 9, 8, ..., 0
 -- ARGV  group, consumer, returned, limit, lease_ms, reclaim (0/1), promote_max,
---       rounds (XAUTOCLAIM calls per band), then the queue names
--- Returns {now_ms, next_due_ms or -1, then 7 values per delivery:
---          queue index, band, entry id, message id, body, PEL counter, delivery count}
+--       rounds (XAUTOCLAIM calls per band), epoch candidate, then the queue names
+-- Returns {now_ms, next_due_ms or -1, epoch, then 8 values per delivery:
+--          queue index, band, entry id, message id, body, PEL counter, delivery count,
+--          problem ('' for an entry in celeriac's layout; else what is wrong with it,
+--          and the body is the entry's list of fields)}
 local group, consumer, returned = ARGV[1], ARGV[2], ARGV[3]
 local need = tonumber(ARGV[4])
 local lease_ms = ARGV[5]
@@ -71,22 +94,38 @@ local rounds = tonumber(ARGV[8])
 local stride = 13
 local clock = redis.call('TIME')
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local out = {now_ms, -1}
+local out = {now_ms, -1, epoch(KEYS[2], ARGV[9])}
 
 local function emit(q, band, entry, raw, requeued)
-  local fields, id, body = entry[2], '', ''
+  -- An entry not in celeriac's layout (written by hand or by another program) is
+  -- delivered with what is wrong with it and all its fields, and dead-lettered by the
+  -- caller: it must neither wedge the fetch nor be dropped.
+  local fields, id, body, problem = entry[2], nil, nil, ''
   for j = 1, #fields, 2 do
-    if fields[j] == 'i' then id = fields[j + 1]
-    elseif fields[j] == 'b' then body = fields[j + 1] end
+    local name = fields[j]
+    if name == 'i' and not id then id = fields[j + 1]
+    elseif name == 'b' and not body then body = fields[j + 1]
+    elseif problem == '' then
+      if name == 'i' or name == 'b' then
+        problem = 'field ' .. name .. ' appears more than once'
+      else
+        problem = 'field ' .. string.format('%q', name) ..
+                  ' is not part of the entry layout (i = message id, b = body)'
+      end
+    end
   end
+  if not id then problem = 'field i (the message id) is missing'
+  elseif id == '' then problem = 'field i (the message id) is empty'
+  elseif not body then problem = 'field b (the message body) is missing' end
   local count = raw
   if raw > 1 then  -- only a redelivered entry can have been handed back before
     local back = redis.call('HGET', requeued, band .. '/' .. entry[1])
     if back then count = raw - tonumber(back) end
   end
+  if problem ~= '' then body = fields end
   local n = #out
-  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = q, band, entry[1], id
-  out[n + 5], out[n + 6], out[n + 7] = body, raw, count
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = q, band, entry[1], id or ''
+  out[n + 5], out[n + 6], out[n + 7], out[n + 8] = body, raw, count, problem
   need = need - 1
 end
 
@@ -162,9 +201,9 @@ local function read_new(q, band, stream, requeued)
   end
 end
 
-for q = 0, (#KEYS - 1) / stride - 1 do
-  local base = 2 + q * stride
-  promote(base, ARGV[9 + q])
+for q = 0, (#KEYS - 2) / stride - 1 do
+  local base = 3 + q * stride
+  promote(base, ARGV[10 + q])
   for b = 0, 9 do
     if need <= 0 then break end
     local band, stream, requeued = 9 - b, KEYS[base + 3 + b], KEYS[base + 1]
@@ -192,13 +231,16 @@ end
 return #KEYS
 """)
 
-ACK = Script("ack", _HOLDS + """
+ACK = Script("ack", _HOLDS + _EPOCH + """
 -- Remove leased messages for good: XACK ends the delivery, XDEL frees the entry so
 -- that streams do not grow. A receipt whose lease was lost is skipped.
--- KEYS  per delivery: its stream, its queue's requeued hash
--- ARGV  group, then per delivery: entry id, consumer, PEL counter, requeued field
+-- KEYS  per delivery: its stream, its queue's requeued hash; last, the epoch key
+-- ARGV  group, then per delivery: entry id, consumer, PEL counter, requeued field;
+--       last, the epoch candidate
+-- Returns {epoch, how many were acked}
 local group, done = ARGV[1], 0
-for i = 1, #KEYS / 2 do
+local era = epoch(KEYS[#KEYS], ARGV[#ARGV])
+for i = 1, (#KEYS - 1) / 2 do
   local stream, a = KEYS[2 * i - 1], 2 + (i - 1) * 4
   local id = ARGV[a]
   if holds(stream, group, id, ARGV[a + 1], ARGV[a + 2]) then
@@ -208,55 +250,66 @@ for i = 1, #KEYS / 2 do
     done = done + 1
   end
 end
-return done
+return {era, done}
 """)
 
-EXTEND = Script("extend", _HOLDS + """
+EXTEND = Script("extend", _EPOCH + """
 -- Renew leases: XCLAIM by the owner itself resets the entry's idle time, which is the
 -- lease clock XAUTOCLAIM reads; JUSTID leaves the delivery counter alone.
--- KEYS  per delivery: its stream
--- ARGV  group, then per delivery: entry id, consumer, PEL counter
--- Returns 1 or 0 per delivery: whether its lease is still held.
-local group, held = ARGV[1], {}
-for i = 1, #KEYS do
-  local a = 2 + (i - 1) * 3
-  if holds(KEYS[i], group, ARGV[a], ARGV[a + 1], ARGV[a + 2]) then
-    redis.call('XCLAIM', KEYS[i], group, ARGV[a + 1], 0, ARGV[a], 'JUSTID')
-    held[i] = 1
+-- KEYS  the epoch key, then per delivery: its stream
+-- ARGV  group, epoch candidate, then per delivery: entry id, consumer, PEL counter
+-- Returns {epoch, then per delivery 1 (held), 0 (not held: taken over, or settled by
+-- someone else) or -1 (its stream or the consumer group is gone: data lost)}.
+local group, out = ARGV[1], {epoch(KEYS[1], ARGV[2])}
+for i = 2, #KEYS do
+  local a = 3 + (i - 2) * 3
+  local id, owner = ARGV[a], ARGV[a + 1]
+  local found = redis.pcall('XPENDING', KEYS[i], group, id, id, 1)
+  if type(found) ~= 'table' or found.err then
+    out[i] = -1
+  elseif found[1] and found[1][2] == owner and found[1][4] == tonumber(ARGV[a + 2]) then
+    redis.call('XCLAIM', KEYS[i], group, owner, 0, id, 'JUSTID')
+    out[i] = 1
   else
-    held[i] = 0
+    out[i] = 0
   end
 end
-return held
+return out
 """)
 
-REQUEUE = Script("requeue", _HOLDS + """
+REQUEUE = Script("requeue", _HOLDS + _EPOCH + """
 -- Hand unstarted deliveries back: the entry stays where it is in its stream (so it
 -- keeps its place in line) and passes to the returned pseudo-consumer, where the next
 -- fetch finds it; the requeued hash remembers not to count this delivery.
--- KEYS  per delivery: its stream, its queue's requeued hash
--- ARGV  group, returned, then per delivery: entry id, consumer, PEL counter, requeued field
+-- KEYS  per delivery: its stream, its queue's requeued hash; last, the epoch key
+-- ARGV  group, returned, then per delivery: entry id, consumer, PEL counter, requeued
+--       field; last, the epoch candidate
+-- Returns the epoch
 local group, returned = ARGV[1], ARGV[2]
-for i = 1, #KEYS / 2 do
+local era = epoch(KEYS[#KEYS], ARGV[#ARGV])
+for i = 1, (#KEYS - 1) / 2 do
   local stream, a = KEYS[2 * i - 1], 3 + (i - 1) * 4
   if holds(stream, group, ARGV[a], ARGV[a + 1], ARGV[a + 2]) then
     redis.call('XCLAIM', stream, group, returned, 0, ARGV[a], 'JUSTID')
     redis.call('HINCRBY', KEYS[2 * i], ARGV[a + 3], 1)
   end
 end
-return 0
+return era
 """)
 
-DEAD_LETTER = Script("dead_letter", _HOLDS + """
+DEAD_LETTER = Script("dead_letter", _HOLDS + _EPOCH + """
 -- Move leased messages to the dead-letter stream with their reason, and out of their
 -- queue (as an ack does), in one step.
--- KEYS  [1] the dead-letter stream, then per delivery: its stream, its requeued hash
+-- KEYS  [1] the dead-letter stream, then per delivery: its stream, its requeued hash;
+--       last, the epoch key
 -- ARGV  group, then per delivery: entry id, consumer, PEL counter, requeued field,
---       queue, message id, body, reason
+--       queue, message id, body, reason; last, the epoch candidate
+-- Returns the epoch
 local group = ARGV[1]
+local era = epoch(KEYS[#KEYS], ARGV[#ARGV])
 local clock = redis.call('TIME')
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-for i = 1, (#KEYS - 1) / 2 do
+for i = 1, (#KEYS - 2) / 2 do
   local stream, a = KEYS[2 * i], 2 + (i - 1) * 8
   local id = ARGV[a]
   if holds(stream, group, id, ARGV[a + 1], ARGV[a + 2]) then
@@ -267,7 +320,7 @@ for i = 1, (#KEYS - 1) / 2 do
     if tonumber(ARGV[a + 2]) > 1 then redis.call('HDEL', KEYS[2 * i + 1], ARGV[a + 3]) end
   end
 end
-return 0
+return era
 """)
 
 STATS = Script("stats", """

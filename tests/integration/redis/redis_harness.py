@@ -22,6 +22,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -71,16 +72,24 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """``redis-server`` on its own port, with an append-only file in ``directory``."""
+    """``redis-server`` on its own port, with an append-only file in ``directory``.
 
-    def __init__(self, directory: Path) -> None:
+    ``args``: more server options, after the defaults (so they win): ``("--appendonly",
+    "no")`` for a server without persistence, ``("--port", "0", "--tls-port", "{port}",
+    ...)`` for TLS only (``{port}`` is replaced by the server's port). ``url``: how to
+    reach it, also with ``{port}`` (a password, ``rediss://``, TLS options).
+    """
+
+    def __init__(self, directory: Path, args: Sequence[str] = (),
+                 url: str = "redis://127.0.0.1:{port}/0") -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             unavailable("redis-server is not installed")
         self.binary = str(binary)
         self.directory = directory
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.url = url.format(port=self.port)
+        self.args = [arg.replace("{port}", str(self.port)) for arg in args]
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.start()
@@ -91,16 +100,18 @@ class RedisServer:
         self._log = (self.directory / "redis.log").open("ab")
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "yes", "--dir", str(self.directory)],
+             "--save", "", "--appendonly", "yes", "--dir", str(self.directory),
+             *self.args],
             stdout=self._log, stderr=subprocess.STDOUT)
         wait_until(lambda: ping(self.url), timeout, f"redis-server on port {self.port}")
 
-    def shutdown(self, timeout: float = 10.0) -> None:
-        """SHUTDOWN: the server flushes its append-only file and exits."""
+    def shutdown(self, timeout: float = 10.0, save: bool = True) -> None:
+        """SHUTDOWN: the server flushes its append-only file and exits (NOSAVE: it
+        writes nothing, as when a server without persistence goes down)."""
         assert self.process is not None
         client = redis.Redis.from_url(self.url, socket_timeout=5)
         with contextlib.suppress(redis.ConnectionError):  # the connection drops, as it should
-            client.shutdown()
+            client.shutdown(nosave=not save)
         client.close()
         self.process.wait(timeout)
         self._close_log()

@@ -85,6 +85,8 @@ def test_nothing_sent_before_or_after_a_restart_is_lost(
     assert started_at_restart < len(sent)  # the restart really happened mid-way
     world.wait_for_queue(ready=0, scheduled=0, in_flight=0)
     assert worker.running
+    # With the append-only file nothing was lost, and no data loss is reported
+    assert "Redis data loss" not in worker.log()
 
 
 @pytest.mark.timeout(60)
