@@ -34,7 +34,8 @@ def group_sigterm_is_a_warm_shutdown(deployment: Deployment) -> None:
     # And its log tells what happened: a warm shutdown, no cold stop, no lost grace
     log = worker.log()
     assert "warm shutdown" in log
-    assert "already shutting down warmly" in log
+    # (whether a child logs "already shutting down warmly" depends on whether the kernel
+    # merged the two SIGTERMs before the child read them: both are a warm shutdown)
     assert "cold shutdown" not in log
     assert "cold stop:" not in log  # the consumer cutting running tasks short
     assert "grace period; they will be delivered again" not in log
@@ -52,7 +53,7 @@ def sigquit_after_a_group_sigterm_is_a_cold_stop(deployment: Deployment) -> None
     result = deployment.tasks.hang_once.delay("long")
     deployment.ledger.wait_for("long")
     worker.signal_group(signal.SIGTERM)
-    worker.wait_for_log("already shutting down warmly", 1, 10)
+    worker.wait_for_log("warm shutdown: finishing running tasks", 1, 10)
     assert worker.running  # still waiting for the task: the grace period holds
 
     # When the supervisor alone gets a second SIGTERM
