@@ -243,6 +243,7 @@ class Link:
         self.consumers: dict[str, str] = {}  # queue -> consumer tag
         self.prefetch = 0
         self._solo = False  # consuming one at a time, since a suspect came (see fetch)
+        self._held_suspects = 0  # suspects handed out and not settled
         self.buffers: dict[str, list[tuple[int, int, int, Raw]]] = {}
         self.buffered_counts: dict[str, int] = {}  # read by other threads for stats
         self.held: dict[int, Held] = {}
@@ -399,6 +400,7 @@ class Link:
         self.consumers.clear()
         self.prefetch = 0
         self._solo = False
+        self._held_suspects = 0
         self.buffers.clear()
         self.buffered_counts.clear()
         self.held.clear()
@@ -690,8 +692,7 @@ class Link:
 
     def _isolating(self, queues: Sequence[str]) -> bool:
         """Whether a suspect is buffered or held, so that consumers stay stopped."""
-        return any(held.raw.deliveries for held in self.held.values()) \
-            or self._suspect(queues) is not None
+        return self._held_suspects > 0 or self._suspect(queues) is not None
 
     async def _alone(self, suspect: Raw, generation: int) -> bool:
         """Stop consuming and send back all but ``suspect``; whether it may go out now."""
@@ -881,7 +882,9 @@ class Link:
             heap = self.buffers.get(queue)
             while heap and len(taken) < limit:
                 raw = heapq.heappop(heap)[3]
-                if not raw.deliveries:
+                if raw.deliveries:
+                    self._held_suspects += 1
+                else:
                     self._solo = False  # no suspect at the head now: the full prefetch
                 self.buffered_counts[queue] -= 1
                 self.held[raw.tag] = Held(raw, until)
@@ -940,8 +943,11 @@ class Link:
         held = self.held.pop(tag, None)
         if held is not None:
             self.held_counts[held.raw.queue] -= 1
-            if not self.held or held.raw.deliveries:
-                self._wake()  # a fetch may be waiting to hand out a suspect alone
+            if held.raw.deliveries:
+                self._held_suspects -= 1
+                self._wake()  # consumers may start again
+            elif not self.held and self._suspect(list(self.buffers)) is not None:
+                self._wake()  # a fetch waits to hand out a suspect alone
         return held
 
     def _live(self, receipt: Receipt) -> Held | None:
@@ -1459,17 +1465,19 @@ async def _quietly(work: Awaitable[Any]) -> None:
 
 def _header_problem(headers: dict[str, Any], quorum: bool) -> str:
     """What is wrong with the headers celeriac reads from a delivery; "" when nothing."""
-    for name in (HEADER_DELIVERIES, HEADER_SENT, HEADER_ETA, HEADER_PRIORITY,
-                 *(("x-delivery-count",) if quorum else ())):
+    for name in _QUORUM_HEADERS if quorum else _HEADERS:
         value = headers.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        if value is not None and (type(value) is not int or value < 0):  # (bool: not int)
             return f"its header {name} is {value!r}, not a whole number of at least 0"
     priority = headers.get(HEADER_PRIORITY)
     if priority is not None and priority > MAX_TASK_PRIORITY:
         return f"its header {HEADER_PRIORITY} is {priority!r}, above {MAX_TASK_PRIORITY}"
     return ""
+
+
+# The headers celeriac reads from a delivery, each a whole number >= 0 when present.
+_HEADERS = (HEADER_SENT, HEADER_DELIVERIES, HEADER_ETA, HEADER_PRIORITY)
+_QUORUM_HEADERS = (*_HEADERS, "x-delivery-count")
 
 
 def consumer_heartbeat(configured: int, lease_seconds: float) -> int:
