@@ -10,6 +10,7 @@ delivered before alone, so that its deaths count only itself.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import os
@@ -23,7 +24,8 @@ from fault_proxy import FaultProxy
 from rabbit_harness import LEASE_SECONDS, Rabbit, RabbitDeployment
 from worker_harness import WorkerProcess, kill_pid, wait_until
 
-from celeriac.brokers import Broker
+from celeriac.brokers import Broker, Outgoing, create_broker
+from celeriac.brokers.amqp import AMQPBroker
 
 TOTAL_TIMEOUT = 30.0
 
@@ -78,6 +80,76 @@ def test_a_paused_workers_task_runs_elsewhere_within_the_lease_and_its_late_resu
     # The task ran twice (it was running when its process was paused), nothing else
     assert Counter(deployment.ledger.tags()) == {"napper": 2}
     deployment.wait_for_queue(ready=0, in_flight=0)
+
+
+def test_a_cut_off_workers_task_runs_elsewhere_within_the_lease_and_its_result_is_refused(
+    deployment: RabbitDeployment, rabbit: Rabbit,
+) -> None:
+    # Given two workers, each reaching RabbitMQ through a proxy of its own
+    proxies = [FaultProxy(5672), FaultProxy(5672)]
+    try:
+        workers = [start(deployment, "-c", "1",
+                         broker_url=rabbit.url().replace(":5672/", f":{proxy.port}/"))
+                   for proxy in proxies]
+        for worker in workers:
+            worker.wait_ready()
+        result = deployment.app.send_task("ledger.nap_pid", args=("cut", 3.0))
+        first = deployment.ledger.wait_for("cut")[0]
+        index = next(i for i, worker in enumerate(workers)
+                     if first.pid in {child.pid for child in worker.children()})
+
+        # When the link of the one running it goes half-open (no byte passes, nothing
+        # closes: a partition), while its process goes on running the task
+        proxies[index].half_open()
+        cut_at = time.time()
+
+        # Then the other worker runs it within the lease and a few seconds
+        second = deployment.ledger.wait_for("cut", count=2, timeout=15)[1]
+        assert second.pid != first.pid
+        assert second.t - cut_at < LEASE_SECONDS + 3.0
+        assert result.get(timeout=10) == second.pid
+        # And the cut-off worker, finishing its run, has its result refused and logged
+        deployment.ledger.wait_for("cut", "done", count=2, timeout=15)
+        workers[index].wait_for_log(f"lease on {result.id} lost", timeout=15)
+        assert deployment.app.AsyncResult(result.id).get(timeout=5) == second.pid
+    finally:
+        for proxy in proxies:
+            proxy.close()
+    assert Counter(deployment.ledger.tags()) == {"cut": 2}
+
+
+def test_an_old_lease_is_confirmed_by_a_round_trip_not_by_the_socket_looking_open(
+    rabbit: Rabbit,
+) -> None:
+    """Fencing without help from the socket: a paused process reads nothing, so its
+    connection looks open after RabbitMQ closed it; ``extend`` must ask the server."""
+
+    async def scenario() -> None:
+        broker = create_broker(rabbit.url(), {"lease_seconds": 4.0})
+        assert isinstance(broker, AMQPBroker)
+        loop = asyncio.get_running_loop()
+        try:
+            await broker.publish([Outgoing("m1", "fenced", b"body")])
+            [delivery] = await broker.fetch(["fenced"], 1, 5.0)
+            consumed_at = loop.time()  # consuming was the last round trip
+            assert await broker.extend([delivery]) == [True]
+            # Given a consumer connection that reads nothing more (as when paused) ...
+            delivery.receipt.link.consumer._transport.pause_reading()
+            # ... and that RabbitMQ has closed, handing its deliveries on
+            await asyncio.to_thread(rabbit.ctl, "close_all_connections", "-p",
+                                    rabbit.vhost, "fencing test")
+            await asyncio.sleep(max(0.0, consumed_at + 2.2 - loop.time()))
+            # When the lease, unconfirmed for over half a lease, is extended
+            started = loop.time()
+            stale = await broker.extend([delivery])
+            # Then it is refused, within the check's timeout (max(1, min(5, lease/2)) = 2 s)
+            assert stale == [False]
+            assert loop.time() - started < 3.0
+            assert not broker.holds(delivery)
+        finally:
+            await broker.close()
+
+    asyncio.run(scenario())
 
 
 def test_a_killed_workers_tasks_come_back_at_the_head_of_the_queue(
