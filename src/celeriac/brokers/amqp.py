@@ -9,7 +9,8 @@ another message. The thinner client is also faster per message. The hottest path
 consuming and acking, does not use aiormq at all: it runs on a connection of its own
 that celeriac reads itself (``amqp_wire``), at a fraction of the CPU per delivery.
 
-URL query options: ``heartbeat`` (seconds, default 10), ``namespace`` (a prefix for every
+URL query options: ``heartbeat`` (seconds, default 10; a consumer connection uses at most
+half of ``lease_seconds``, see *Leases*), ``namespace`` (a prefix for every
 queue and exchange name), and aiormq's TLS options for ``amqps://`` (``cafile``,
 ``certfile``, ``keyfile``, ``no_verify_ssl``). ``broker_transport_options``:
 ``transient_queues`` / ``quorum_queues`` (lists of queue names), ``queues``
@@ -60,11 +61,24 @@ first delayed message. A count of *scheduled* messages read while RabbitMQ moves
 between two delay queues may miss it or count it twice.
 
 *Leases*: AMQP has none; a delivery is owned while its channel lives. The contract's
-lease is kept by the link on the consuming loop: a delivery not extended within
-``lease_seconds`` is republished and acked, so it goes to another consumer. When a
-channel or connection is lost, RabbitMQ requeues what it held and every receipt from it
-is stale: ``ack``/``requeue``/``dead_letter`` of a stale receipt are no-ops (never an
-exception that could kill a worker) and ``extend`` answers False.
+lease is kept three ways. (1) A consumer connection's heartbeat is at most half of
+``lease_seconds`` (at least 1 s): RabbitMQ closes a connection it heard nothing from
+for two to three heartbeats, so a paused, frozen or cut-off worker's deliveries go to
+other consumers within 1 to 1.5 leases, not after the 20-30 s of the default
+heartbeat. (2) On a live loop, a delivery not extended within ``lease_seconds`` is
+republished and acked, so it goes to another consumer. (3) Fencing: ``extend`` answers
+False for a lease that ran out, for a receipt of a lost connection, and whenever the
+consumer connection cannot be shown open on the server by a round trip made within
+the last half lease (it makes one, a passive declare, when the last is older; no
+answer within ``max(1, min(5, lease/2))`` seconds gives the connection up). So a worker
+resumed after a pause cannot store a result or ack over the one that took its task
+over: its socket may look open for a while after RabbitMQ closed it, but no round
+trip succeeds on it. One round trip per two thirds of a lease per process, not per
+task. When a channel or connection is lost, RabbitMQ requeues what it held and every
+receipt from it is stale: ``ack``/``requeue``/``dead_letter`` of a stale receipt are
+no-ops (never an exception that could kill a worker) and ``extend`` answers False;
+``holds`` says so without I/O, so that a consumer can drop what it prefetched on a lost
+connection instead of starting it.
 
 *Delivery count*: quorum queues count returns in ``x-delivery-count``. Classic queues
 only flag a returned message ``redelivered``; celeriac keeps the count in the
@@ -74,9 +88,31 @@ died while holding it": such a message is republished with the count plus one, a
 original acked, before anyone runs it. A task that kills its worker every time thus
 reaches ``task_delivery_limit``. A copy that reaches the process that made it waits
 until the original's ack is settled (a synchronous call after the ack), so that running
-it cannot kill the process while the original is still unacked. The approximation: a
-message that was prefetched but not yet started by a process that died counts a
-delivery too (a warm shutdown hands those back as uncounted copies).
+it cannot kill the process while the original is still unacked.
+
+*Where copies go*: every copy of a delivered message sent back to its queue (counted,
+reaped, handed back) is published at priority 10 (``RETURN_PRIORITY``; celeriac's own
+stop at 9), its own priority kept in ``x-celeriac-priority``: it comes out before the
+waiting messages, near where it was, as RabbitMQ's own requeue would place it (and as
+Redis's XAUTOCLAIM does), not behind the whole backlog.
+
+*Suspects run alone*: a message with a counted delivery (its holder died, or its lease
+ran out) is a suspect. The link hands a suspect out only alone: it cancels its
+consumers, sends back (uncounted, at the head) whatever else it had prefetched, waits
+until everything it handed out before is settled, then hands out the suspect, and
+consumes one message at a time until one that is not a suspect comes. While a suspect
+runs, nothing else is unacked on its connection, so if it kills the process, only its
+own count goes up. The bound: a message that never started is counted only for the
+death of a *first* delivery prefetched beside it, i.e. at most once per distinct
+message that killed a process (or per process killed from outside) while it waited in
+a prefetch; a poison message's later deaths count nobody else. This costs a few round
+trips per suspect, after a death only; the hot path is unchanged.
+
+*Unreadable deliveries*: one whose broker-level fields cannot be read (a message id
+or correlation id that is not UTF-8, a header table that does not parse, a celeriac
+header such as ``x-celeriac-deliveries``/``-eta``/``-sent``/``-priority`` that is not a
+whole number >= 0) is dead-lettered by the link with a reason naming the field, and
+acked; the connection and every other delivery on it are unaffected.
 
 *Dead letters*: a copy goes to the ``celeriac.dead`` exchange and queue with its reason
 in ``x-celeriac-reason`` (and its queue and time), then the original is acked (a process
@@ -91,7 +127,8 @@ queue's name when celeriac first creates it; ``queue_stats()`` reads it.
 *Threads and loops*: one connection per event loop (``amqp_link.Link``), created
 lazily; work on a delivery received on another loop is run on that loop.
 
-*Connection loss*: heartbeats (10 s) notice a dead peer; every operation reconnects
+*Connection loss*: heartbeats notice a dead peer (the consumer's within 1 to 1.5
+leases, see *Leases*); every operation reconnects
 (capped exponential backoff) and redeclares what it needs; a waiting fetch notices the
 lost channel and consumes again on the new connection.
 """
@@ -353,12 +390,25 @@ class AMQPBroker(Broker):
             receipts = [deliveries[i].receipt for i in indexes]
 
             async def extend_there(lk: Link = link, rs: list[Receipt] = receipts) -> list[bool]:
-                return lk.extend(rs)
+                return await lk.extend(rs)
 
             answers = await _on_loop(link, extend_there)
             for index, ok in zip(indexes, answers or [False] * len(indexes), strict=True):
                 owned[index] = ok
         return owned
+
+    def holds(self, delivery: Delivery) -> bool:
+        """Whether ``delivery`` is still this process's, as far as it knows without I/O.
+
+        False once the connection it came on is lost (RabbitMQ gives it to another
+        consumer) or its lease ran out: a consumer should drop such a prefetched delivery
+        rather than start it. True is no promise (``extend`` is the check that asks the
+        server); False is certain.
+        """
+        receipt = delivery.receipt
+        if not isinstance(receipt, Receipt):
+            return False
+        return receipt.link.holds(receipt)
 
     async def queue_stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
         link = self._link()

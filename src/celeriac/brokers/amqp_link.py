@@ -8,8 +8,8 @@ A link has two connections. aiormq's carries two channels:
 
 - *publisher*, in confirm mode: every publish is awaited until RabbitMQ confirms it
   (published ``mandatory``, so an unroutable message is an error, not a silent drop); a
-  batch goes out under one lock in a few writes (``publish_confirmed``), each message's
-  confirm still awaited;
+  batch goes out under one lock in a few writes (``amqp_confirm.publish_confirmed``),
+  each message's confirm still awaited;
 - *admin*: passive declares for counts, ``basic.get`` scans of the dead letters and the
   registry. A passive declare of a missing queue closes a channel; only this one.
 
@@ -26,7 +26,10 @@ original came on.
 Every delivery tag is valid only on the consumer connection that received it. When that
 is lost, the link's *generation* moves on, so every receipt of the old one is stale:
 acking it is a no-op, extending it says False. RabbitMQ has already put those messages
-back (flagged ``redelivered``).
+back (flagged ``redelivered``). The consumer connection's heartbeat follows the lease
+(``consumer_heartbeat``), ``extend`` confirms a lease with a round trip when the last one
+is older than half a lease, and a message delivered before runs alone (``fetch``): see
+the module docstring of ``celeriac.brokers.amqp``.
 """
 
 from __future__ import annotations
@@ -48,8 +51,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import aiormq
-import pamqp.frame
-from aiormq.abc import AbstractChannel, AbstractConnection, ChannelFrame, DeliveredMessage
+from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from aiormq.exceptions import (
     AMQPConnectionError,
     AMQPError,
@@ -60,17 +62,20 @@ from aiormq.exceptions import (
     PublishError,
 )
 from pamqp import commands as spec
-from pamqp.header import ContentHeader
 
 from celeriac.brokers.amqp_blocking import Server
+from celeriac.brokers.amqp_confirm import Outbound, publish_confirmed
 from celeriac.brokers.amqp_topology import (
     DELAY_LEVELS,
     HEADER_DEAD_AT,
     HEADER_DELIVERIES,
     HEADER_ETA,
+    HEADER_PRIORITY,
     HEADER_QUEUE,
     HEADER_REASON,
     HEADER_SENT,
+    MAX_TASK_PRIORITY,
+    RETURN_PRIORITY,
     AMQPOptions,
     Topology,
 )
@@ -94,11 +99,11 @@ CLOSE_TIMEOUT = 5.0
 # Prefetch targets served exactly; larger ones are rounded up to a power of two.
 EXACT_PREFETCH = 32
 
-# Messages written to the socket at once by ``publish_confirmed``.
-PUBLISH_CHUNK = 256
-
 # A channel or connection that is gone: the operation may succeed on a new one.
 LOST = (AMQPConnectionError, ChannelInvalidStateError, ConnectionError)
+
+# The buffer rank of a suspect: before every priority (see fetch).
+SUSPECT_RANK = -RETURN_PRIORITY - 1
 
 _link_ids = itertools.count(1)
 _entry_tag = operator.itemgetter(2)  # the delivery tag of a buffer heap entry
@@ -171,6 +176,7 @@ class Context:
         self.known: set[str] = set()  # celeriac queues declared through this broker
         # (AMQPBroker puts the heartbeat into the URL when it names none.)
         self.server = Server.from_url(url, f"celeriac pid {os.getpid()} consumer")
+        self.consumer_heartbeat = consumer_heartbeat(self.server.heartbeat, lease_seconds)
         self._stamp_lock = threading.Lock()
         self._last_stamp = 0
 
@@ -182,8 +188,12 @@ class Context:
 
     def envelope(self, queue: str, id: str, body: bytes, priority: int, *,
                  eta_ms: int | None = None, deliveries: int = 0, sent: int | None = None,
-                 now_ms: float | None = None) -> Envelope:
-        """A message for ``queue``, to wait in the broker until ``eta_ms`` if that is ahead."""
+                 now_ms: float | None = None, returning: bool = False) -> Envelope:
+        """A message for ``queue``, to wait in the broker until ``eta_ms`` if that is ahead.
+
+        ``returning``: a copy of a delivered message going back to its queue; unless it
+        waits for an eta, it goes at ``RETURN_PRIORITY``, ahead of the waiting messages.
+        """
         queue_spec = self.settings.spec(queue)
         headers: dict[str, Any] = {HEADER_SENT: self.stamp() if sent is None else sent}
         if deliveries:
@@ -193,6 +203,9 @@ class Context:
             headers[HEADER_ETA] = eta_ms
         else:
             eta_ms = None
+        if returning and eta_ms is None:
+            headers[HEADER_PRIORITY] = priority
+            priority = RETURN_PRIORITY
         properties = spec.Basic.Properties(
             message_id=id, priority=priority, headers=headers,
             delivery_mode=queue_spec.delivery_mode)
@@ -225,6 +238,8 @@ class Link:
         self.ladders: set[str] = set()  # queues whose delay queues are declared
         self.consumers: dict[str, str] = {}  # queue -> consumer tag
         self.prefetch = 0
+        self._solo = False  # consuming one at a time, since a suspect came (see fetch)
+        self._held_suspects = 0  # suspects handed out and not settled
         self.buffers: dict[str, list[tuple[int, int, int, Raw]]] = {}
         self.buffered_counts: dict[str, int] = {}  # read by other threads for stats
         self.held: dict[int, Held] = {}
@@ -349,7 +364,7 @@ class Link:
         # In confirm mode: copies of its deliveries (requeues that count, moves down the
         # delay ladder, dead letters) are published on it too (publish_here).
         wire = await Wire.open(self.ctx.server, self.ctx.settings.connect_timeout,
-                               heartbeat=self.ctx.server.heartbeat, confirm=True)
+                               heartbeat=self.ctx.consumer_heartbeat, confirm=True)
 
         def on_lost(error: BaseException) -> None:
             if self.consumer is not wire:
@@ -380,6 +395,8 @@ class Link:
             consumer.abort()  # (when it was given up while still open: delete())
         self.consumers.clear()
         self.prefetch = 0
+        self._solo = False
+        self._held_suspects = 0
         self.buffers.clear()
         self.buffered_counts.clear()
         self.held.clear()
@@ -631,19 +648,78 @@ class Link:
     # -- consuming ------------------------------------------------------------------------
 
     async def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        """Up to ``limit`` deliveries from ``queues``, waiting up to ``timeout`` for one.
+
+        A *suspect*, a message with a counted delivery before this one (its holder died
+        or its lease ran out), goes out alone: consumers are cancelled, whatever else
+        was prefetched goes back (uncounted, at the head of its queue), and it is handed
+        out once nothing else of this link is held. Should it kill the process, no other
+        message is unacked on the connection to be counted with it. After a suspect,
+        consumers restart with a prefetch of one until a message that is not one comes.
+        """
         deadline = self.loop.time() + timeout
         generation = await self.run(lambda: self._consume(queues, limit))
         while True:
             if self._buffered(queues):
                 await self._settle(queues, limit)
-                return self._take(queues, limit)
+                suspect = self._suspect(queues)
+                if suspect is None:
+                    return self._take(queues, limit)
+                if await self._alone(suspect, generation):
+                    return self._take(queues, 1)
+                # Else it waits until what this link holds is settled (``_release`` wakes).
             until = max(deadline, self._burst_until(queues))
             now = self.loop.time()
             if now >= until:
                 return []
             await self._wait(until - now)
-            if self.generation != generation:  # the channel was lost while we waited
+            if self.generation != generation or not (
+                    self.consumers or self._isolating(queues)):
+                # The channel was lost while we waited, or a suspect was settled.
                 generation = await self.run(lambda: self._consume(queues, limit))
+
+    def _suspect(self, queues: Sequence[str]) -> Raw | None:
+        """The buffered suspect of ``queues`` to hand out next, if any (they rank first)."""
+        for queue in queues:
+            heap = self.buffers.get(queue)
+            if heap and heap[0][0] == SUSPECT_RANK:
+                return heap[0][3]
+        return None
+
+    def _isolating(self, queues: Sequence[str]) -> bool:
+        """Whether a suspect is buffered or held, so that consumers stay stopped."""
+        return self._held_suspects > 0 or self._suspect(queues) is not None
+
+    async def _alone(self, suspect: Raw, generation: int) -> bool:
+        """Stop consuming and send back all but ``suspect``; whether it may go out now."""
+        async with self._consume_lock:
+            wire = self.consumer
+            if generation != self.generation or wire is None:
+                return False
+            self._solo = True
+            self._expect.clear()  # no burst to wait for now
+            if len(self.consumers) > 1 or (self.consumers and self.prefetch > 1):
+                # (One consumer with a prefetch of one gets nothing more while the
+                # suspect is unacked: it may stay.)
+                try:
+                    for tag in self.consumers.values():
+                        await wire.cancel(tag)
+                except (*LOST, AMQPError):
+                    return False  # the connection is gone, and the suspect with it
+                self.consumers.clear()
+            others = [entry[3] for heap in self.buffers.values() for entry in heap
+                      if entry[3] is not suspect]
+            if others:
+                for queue, heap in self.buffers.items():
+                    heap[:] = [entry for entry in heap if entry[3] is suspect]
+                    self.buffered_counts[queue] = len(heap)
+                logger.info("message %s in %s was delivered before (%d time(s)): it runs "
+                            "alone; %d prefetched message(s) go back to the head of their "
+                            "queues", suspect.id, suspect.queue, suspect.deliveries,
+                            len(others))
+                await asyncio.gather(*(self._move(generation, raw, raw.deliveries)
+                                       for raw in others))
+            return generation == self.generation and not self.held
 
     async def _consume(self, queues: Sequence[str], limit: int) -> int:
         """Consume ``queues`` with a prefetch of what is held plus ``limit``.
@@ -654,9 +730,12 @@ class Link:
         """
         async with self._consume_lock:
             channel = await self._consumer_channel()
+            if self._isolating(queues):
+                return self.generation  # consumers stay stopped while a suspect is out
             await self.declare(queues)
             target = max(len(self.held) + limit, 1)
-            wanted = prefetch_for(target, self.prefetch)
+            # After a suspect, one at a time: the next may be a suspect too.
+            wanted = 1 if self._solo else prefetch_for(target, self.prefetch)
             restart = wanted != self.prefetch and bool(self.consumers)
             if restart:
                 # A per-consumer prefetch applies to consumers started after basic.qos, so
@@ -688,20 +767,26 @@ class Link:
     def _on_message(self, generation: int, queue: str, message: Incoming) -> None:
         if generation != self.generation:
             return  # from a connection already given up: its tag is dead
-        headers = message.headers
-        counted = _int(headers.get(HEADER_DELIVERIES))
-        queue_spec = self.ctx.settings.spec(queue)
-        if queue_spec.quorum:  # RabbitMQ counts returns of quorum queue messages itself
-            counted += _int(headers.get("x-delivery-count"))
         left, until = self._expect.get(queue, (0, 0.0))
         if left:
             self._expect[queue] = (left - 1, until)
+        headers = message.headers
+        queue_spec = self.ctx.settings.spec(queue)
+        problem = message.malformed or _header_problem(headers, queue_spec.quorum)
+        if problem:
+            # Unreadable at the broker's level: nobody could run it, and handing it back
+            # would bring it here again at once. It goes to the dead letters with why.
+            self._spawn(self._reject(generation, queue, message, problem))
+            return
+        counted = headers.get(HEADER_DELIVERIES, 0)
+        if queue_spec.quorum:  # RabbitMQ counts returns of quorum queue messages itself
+            counted += headers.get("x-delivery-count", 0)
         sent = headers.get(HEADER_SENT)
-        raw = Raw(message.tag, queue, message.message_id, message.body, message.priority,
-                  counted, int(sent) if isinstance(sent, int) else time.time_ns() // 1000,
-                  headers)
+        priority = headers.get(HEADER_PRIORITY, min(message.priority, MAX_TASK_PRIORITY))
+        raw = Raw(message.tag, queue, message.message_id, message.body, priority,
+                  counted, sent if sent is not None else time.time_ns() // 1000, headers)
         eta = headers.get(HEADER_ETA)
-        if isinstance(eta, int) and eta > time.time() * 1000:
+        if eta is not None and eta > time.time() * 1000:
             # Early (a delay past the top of the ladder, or clocks apart): down again.
             self._spawn(self._move(generation, raw, raw.deliveries))
             return
@@ -720,9 +805,50 @@ class Link:
             self._due_seen[queue] = self.loop.time()
         self._wake()
 
+    async def _reject(self, generation: int, queue: str, message: Incoming, reason: str
+                      ) -> None:
+        """Dead-letter a delivery that cannot be read, then ack it; the connection stays."""
+        name = message.message_id or "(no message id)"
+        logger.error("message %s in %s dead-lettered: %s", name, queue, reason)
+        top = self.ctx.topology
+        headers = {key: value for key, value in message.headers.items()
+                   if key not in (HEADER_ETA, "x-death")}
+        headers.update({HEADER_REASON: reason, HEADER_QUEUE: queue,
+                        HEADER_DEAD_AT: int(time.time() * 1000)})
+        self._moving.add(message.tag)  # no ack with ``multiple`` may settle it meanwhile
+        try:
+            for kept in (headers, {k: headers[k] for k in (HEADER_REASON, HEADER_QUEUE,
+                                                            HEADER_DEAD_AT)}):
+                properties = spec.Basic.Properties(
+                    message_id=message.message_id or None, delivery_mode=2, headers=kept,
+                    priority=min(message.priority, MAX_TASK_PRIORITY))
+                envelope = Envelope(queue, message.body, properties,
+                                    exchange=top.dead_exchange, routing_key=queue)
+                try:
+                    await self.run(lambda: self.declare([]))
+                    await self.publish_here([envelope], self.ctx.settings.publish_timeout)
+                    break
+                except (ValueError, TypeError, struct.error) as exc:
+                    # Its own headers cannot be written back out: keep only ours.
+                    logger.warning("the headers of message %s cannot be copied into its "
+                                   "dead letter (%r); keeping only the reason", name, exc)
+                    continue
+            else:
+                raise BrokerError(f"could not dead-letter message {name}")
+        except Exception as exc:
+            logger.warning("could not dead-letter unreadable message %s (%r); RabbitMQ gets "
+                           "it back and it comes here again", name, exc)
+            self._moving.discard(message.tag)
+            await self._nack(generation, message.tag)
+            return
+        self._moving.discard(message.tag)
+        await self._ack_tags(generation, [message.tag])
+
     def _buffer(self, raw: Raw) -> None:
         # Quorum queues have no priorities; their buffer keeps to age order as well.
-        rank = 0 if self.ctx.settings.spec(raw.queue).quorum else -raw.priority
+        # Suspects (counted deliveries: see fetch) come first: they go out alone.
+        rank = SUSPECT_RANK if raw.deliveries else \
+            0 if self.ctx.settings.spec(raw.queue).quorum else -raw.priority
         heapq.heappush(self.buffers.setdefault(raw.queue, []), (rank, raw.sent, raw.tag, raw))
         self.buffered_counts[raw.queue] = self.buffered_counts.get(raw.queue, 0) + 1
 
@@ -752,6 +878,10 @@ class Link:
             heap = self.buffers.get(queue)
             while heap and len(taken) < limit:
                 raw = heapq.heappop(heap)[3]
+                if raw.deliveries:
+                    self._held_suspects += 1
+                else:
+                    self._solo = False  # no suspect at the head now: the full prefetch
                 self.buffered_counts[queue] -= 1
                 self.held[raw.tag] = Held(raw, until)
                 self.held_counts[queue] = self.held_counts.get(queue, 0) + 1
@@ -809,6 +939,11 @@ class Link:
         held = self.held.pop(tag, None)
         if held is not None:
             self.held_counts[held.raw.queue] -= 1
+            if held.raw.deliveries:
+                self._held_suspects -= 1
+                self._wake()  # consumers may start again
+            elif not self.held and self._suspect(list(self.buffers)) is not None:
+                self._wake()  # a fetch waits to hand out a suspect alone
         return held
 
     def _live(self, receipt: Receipt) -> Held | None:
@@ -816,15 +951,68 @@ class Link:
             return None
         return self.held.get(receipt.tag)
 
-    def extend(self, receipts: Sequence[Receipt]) -> list[bool]:
+    def holds(self, receipt: Receipt) -> bool:
+        """Whether the receipt's delivery is held, its connection alive and lease unexpired.
+
+        Read from another thread at worst (a plain look-up): no I/O, no await.
+        """
+        held = self._live(receipt)
+        return held is not None and held.until > self.loop.time() \
+            and self.consumer is not None and not self.consumer.is_closed
+
+    async def extend(self, receipts: Sequence[Receipt]) -> list[bool]:
+        """Renew the leases still held; for each receipt, whether it is still this one's.
+
+        Fencing: a lease that ran out is lost (the reaper hands its message on); and
+        a lease is renewed only while the consumer connection is known to be open on
+        the server: a round trip on it within the last half lease, or one made now.
+        A paused process's socket may look open for a while after RabbitMQ closed it
+        and gave its deliveries to others; this check is what refuses its late results.
+        """
+        now = self.loop.time()
+        if not any(held is not None and held.until > now
+                   for held in map(self._live, receipts)):
+            return [False] * len(receipts)
+        if not await self._alive():
+            return [False] * len(receipts)
         until = self.loop.time() + self.ctx.lease_seconds
         owned = []
         for receipt in receipts:
-            held = self._live(receipt)
-            if held is not None:
+            held = self._live(receipt)  # (again: the check may have lost the connection)
+            if held is not None and held.until > now:
                 held.until = until
-            owned.append(held is not None)
+                owned.append(True)
+            else:
+                owned.append(False)
         return owned
+
+    async def _alive(self) -> bool:
+        """Whether the consumer connection is open on the server, by a recent round trip.
+
+        One older than half a lease is made again (a passive declare of ``amq.direct``,
+        which every vhost has); without an answer within the timeout the connection is
+        given up, since RabbitMQ may have given its deliveries to another consumer.
+        """
+        wire = self.consumer
+        if wire is None or wire.is_closed:
+            return False
+        lease = self.ctx.lease_seconds
+        if self.loop.time() - wire.round_trip_at < lease / 2:
+            return True
+        timeout = max(1.0, min(5.0, lease / 2))
+        try:
+            async with asyncio.timeout(timeout):
+                await wire.call(spec.Exchange.Declare(exchange="amq.direct", passive=True),
+                                spec.Exchange.DeclareOk)
+        except TimeoutError:
+            wire.abort(WireLost(f"RabbitMQ did not answer a liveness check within "
+                                f"{timeout:g}s; the connection's leases are given up"))
+            return False
+        except BaseException as exc:
+            if not isinstance(exc, Exception) and not lost(exc):
+                raise
+            return False
+        return not wire.is_closed
 
     # -- settling -------------------------------------------------------------------------
 
@@ -899,7 +1087,7 @@ class Link:
         eta = raw.headers.get(HEADER_ETA)
         envelope = self.ctx.envelope(raw.queue, raw.id, raw.body, raw.priority,
                                      eta_ms=eta if isinstance(eta, int) else None,
-                                     deliveries=deliveries, sent=raw.sent)
+                                     deliveries=deliveries, sent=raw.sent, returning=True)
         try:
             if envelope.eta_ms is not None:
                 await self.declare([], [raw.queue])
@@ -1080,156 +1268,6 @@ class Link:
             logger.error("background work on RabbitMQ failed", exc_info=task.exception())
 
 
-Outbound = tuple[bytes, str, str, spec.Basic.Properties]  # body, exchange, key, properties
-
-
-async def publish_confirmed(channel: AbstractChannel, messages: Sequence[Outbound],
-                            timeout: float | None) -> list[BaseException | None]:
-    """Publish ``mandatory`` messages on a confirm-mode channel and await every confirm.
-
-    The outcome of each message, in order: None once RabbitMQ confirmed it, else the
-    error (``PublishError`` when it was unroutable and returned, ``DeliveryError`` for
-    a nack, ``TimeoutError`` when no confirm came within ``timeout``, or why the
-    channel closed). The safety is that of aiormq's ``basic_publish``, one confirm
-    awaited per message; the cost is not: ``basic_publish`` takes the channel lock, a
-    timeout scope, a drain future and a socket write per message, which made the
-    publishing process's CPU the limit of a batch. Here a batch takes the lock once,
-    its frames go out in a few writes, and the writer's bounded queue is the
-    back-pressure. This relies on the confirm bookkeeping of ``aiormq.Channel`` (the
-    same fields ``basic_publish`` uses); any other channel gets ``basic_publish``.
-    """
-    if not messages:
-        return []
-    if not isinstance(channel, aiormq.Channel) or not _LEAN_PUBLISH \
-            or not channel.publisher_confirms:
-        results = await asyncio.gather(*(
-            channel.basic_publish(body, exchange=exchange, routing_key=key,
-                                  properties=properties, mandatory=True, timeout=timeout)
-            for body, exchange, key, properties in messages), return_exceptions=True)
-        return [result if isinstance(result, BaseException) else None for result in results]
-    confirmations: list[asyncio.Future[Any]] = []
-    message_ids: list[tuple[str, int]] = []
-    # One future in the channel's store stands for the whole batch: when aiormq gives up
-    # the channel it fails that one, and the batch with it (a store entry per message
-    # cost more than the rest of the publish).
-    guard = channel.create_future()
-    guard.add_done_callback(partial(_fail_pending, confirmations))
-    try:
-        async with asyncio.timeout(timeout):
-            async with channel.lock:
-                for start in range(0, len(messages), PUBLISH_CHUNK):
-                    chunk = messages[start:start + PUBLISH_CHUNK]
-                    await _write_chunk(channel, chunk, confirmations, message_ids)
-            await asyncio.wait(confirmations)
-    except TimeoutError:
-        pass  # what is not confirmed by now is reported as timed out, below
-    finally:
-        if not guard.done():
-            guard.set_result(None)
-        # How aiormq matched a basic.return to its publish: not needed once settled.
-        found = channel.message_id_delivery_tag
-        for message_id, tag in message_ids:
-            if found.get(message_id) == tag:
-                del found[message_id]
-    outcomes: list[BaseException | None] = []
-    for future in confirmations:
-        if not future.done():
-            future.cancel()  # aiormq ignores a confirm that comes later
-            outcomes.append(TimeoutError(f"no confirm from RabbitMQ within {timeout:g}s"))
-        elif future.cancelled():
-            outcomes.append(asyncio.CancelledError())
-        else:
-            outcomes.append(future.exception())
-    # A chunk that never reached the writer's queue (timed out waiting for room) has no
-    # confirmations: its messages were not sent.
-    outcomes += [TimeoutError(f"RabbitMQ took no more messages within {timeout:g}s")
-                 ] * (len(messages) - len(confirmations))
-    return outcomes
-
-
-def _fail_pending(confirmations: list[asyncio.Future[Any]], guard: asyncio.Future[Any]
-                  ) -> None:
-    """The channel failed the batch's guard: fail every confirm still awaited with it."""
-    if guard.cancelled() or (error := guard.exception()) is None:
-        return
-    for future in confirmations:
-        if not future.done():
-            future.set_exception(error)
-
-
-async def _write_chunk(channel: aiormq.Channel, chunk: Sequence[Outbound],
-                       confirmations: list[asyncio.Future[Any]],
-                       message_ids: list[tuple[str, int]]) -> None:
-    """Number, register and queue one chunk for the writer; the channel lock is held.
-
-    The frames are marshalled here rather than by pamqp one object at a time: the
-    ``basic.publish`` frame of a route is made once and reused, body frames are a
-    header and the bytes. (Content headers are pamqp's.)
-    """
-    first_tag = channel.delivery_tag + 1
-    number = channel.number
-    parts: list[bytes] = []
-    futures: list[asyncio.Future[Any]] = []
-    room = channel.max_content_size
-    create_future = channel.loop.create_future
-    confirms = channel.confirmations
-    returns = channel.message_id_delivery_tag
-    for body, exchange, routing_key, properties in chunk:
-        channel.delivery_tag += 1
-        tag = channel.delivery_tag
-        future = create_future()
-        confirms[tag] = future
-        message_id = properties.message_id
-        if message_id:
-            returns[message_id] = tag  # how aiormq finds the publish a basic.return is about
-            message_ids.append((message_id, tag))
-        futures.append(future)
-        parts.append(_publish_frame(number, exchange, routing_key))
-        parts.append(pamqp.frame.marshal(ContentHeader(properties=properties,
-                                                       body_size=len(body)), number))
-        for at in range(0, len(body), room):
-            piece = body[at:at + room]
-            parts += (_BODY_HEAD.pack(3, number, len(piece)), piece, _FRAME_END)
-    frame = ChannelFrame(payload=b"".join(parts), should_close=False)
-    try:
-        channel.write_queue.put_nowait(frame)
-    except asyncio.QueueFull:
-        try:
-            await channel.write_queue.put(frame)
-        except BaseException:
-            # Not queued, so RabbitMQ never sees these numbers: give them back (the lock
-            # is still held, so nobody numbered a publish after them).
-            channel.delivery_tag = first_tag - 1
-            for offset, future in enumerate(futures):
-                confirms.pop(first_tag + offset, None)
-                future.cancel()
-            raise
-    confirmations.extend(futures)
-
-
-_BODY_HEAD = struct.Struct(">BHI")  # frame type, channel, size
-_FRAME_END = b"\xce"
-_PUBLISH_FRAMES: dict[tuple[int, str, str], bytes] = {}
-
-
-def _publish_frame(channel_number: int, exchange: str, routing_key: str) -> bytes:
-    """The marshalled ``basic.publish`` (mandatory) of a route, made once per route."""
-    key = (channel_number, exchange, routing_key)
-    frame = _PUBLISH_FRAMES.get(key)
-    if frame is None:
-        if len(_PUBLISH_FRAMES) >= 4096:
-            _PUBLISH_FRAMES.clear()  # reply queues come and go: keep it bounded
-        frame = _PUBLISH_FRAMES[key] = pamqp.frame.marshal(
-            spec.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=True),
-            channel_number)
-    return frame
-
-
-# The confirm bookkeeping publish_confirmed shares with aiormq's own basic_publish.
-_LEAN_PUBLISH = all(hasattr(aiormq.Channel, name) for name in ("lock", "create_future")) \
-    and "confirmations" in getattr(aiormq.Channel, "__annotations__", {})
-
-
 def prefetch_for(target: int, current: int) -> int:
     """The ``basic.qos`` prefetch for a consumer that wants ``target`` deliveries.
 
@@ -1271,6 +1309,32 @@ async def _quietly(work: Awaitable[Any]) -> None:
             raise
 
 
-def _int(value: Any) -> int:
-    """A header's whole number; 0 when it is missing or not a number."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+def _header_problem(headers: dict[str, Any], quorum: bool) -> str:
+    """What is wrong with the headers celeriac reads from a delivery; "" when nothing."""
+    for name in _QUORUM_HEADERS if quorum else _HEADERS:
+        value = headers.get(name)
+        if value is not None and (type(value) is not int or value < 0):  # (bool: not int)
+            return f"its header {name} is {value!r}, not a whole number of at least 0"
+    priority = headers.get(HEADER_PRIORITY)
+    if priority is not None and priority > MAX_TASK_PRIORITY:
+        return f"its header {HEADER_PRIORITY} is {priority!r}, above {MAX_TASK_PRIORITY}"
+    return ""
+
+
+# The headers celeriac reads from a delivery, each a whole number >= 0 when present.
+_HEADERS = (HEADER_SENT, HEADER_DELIVERIES, HEADER_ETA, HEADER_PRIORITY)
+_QUORUM_HEADERS = (*_HEADERS, "x-delivery-count")
+
+
+def consumer_heartbeat(configured: int, lease_seconds: float) -> int:
+    """The heartbeat of a consumer connection: at most half the lease, at least 1 s.
+
+    RabbitMQ closes a connection it heard nothing from for two to three heartbeat
+    intervals, and only then gives its unacked deliveries to other consumers. With this
+    interval a paused or cut-off worker's deliveries come back within 1 to 1.5 leases
+    (the contract's lease), not after the configured heartbeat's 20-30 s. A configured
+    heartbeat of 0 (none) is not honoured here: without one, a paused worker would keep
+    its deliveries for ever.
+    """
+    from_lease = max(1, int(lease_seconds // 2))
+    return min(configured, from_lease) if configured > 0 else from_lease

@@ -54,6 +54,13 @@ CLASSIC_QUEUE_VERSION = 2
 # RabbitMQ priorities run 0..x-max-priority; celeriac uses 0-9. Ten levels as the issue
 # asks; every extra level costs the classic queue another internal sub-queue.
 X_MAX_PRIORITY = 10
+# Celeriac's own priorities stop at 9, so RabbitMQ's top level is free for messages going
+# back to a queue they were already delivered from (a dead worker's, a lease that ran
+# out, a hand-back): published at this level, they come out before every waiting
+# message, near the place they left (RabbitMQ puts a redelivery there too), instead of
+# behind the whole backlog. Their own priority travels in HEADER_PRIORITY.
+RETURN_PRIORITY = X_MAX_PRIORITY
+MAX_TASK_PRIORITY = 9
 
 # Headers celeriac reads and writes (RabbitMQ's own start with "x-" too: x-death,
 # x-delivery-count).
@@ -63,6 +70,7 @@ HEADER_DELIVERIES = "x-celeriac-deliveries"  # deliveries counted before this co
 HEADER_REASON = "x-celeriac-reason"  # why it was dead-lettered
 HEADER_QUEUE = "x-celeriac-queue"  # the celeriac queue a dead letter came from
 HEADER_DEAD_AT = "x-celeriac-dead-at"  # Unix time in milliseconds it was dead-lettered
+HEADER_PRIORITY = "x-celeriac-priority"  # its own priority, on a copy sent back at the top
 
 DEFAULT_HEARTBEAT = 10  # seconds; a dead peer is noticed within about three of them
 DEFAULT_CONNECT_TIMEOUT = 4.0

@@ -15,6 +15,10 @@ What a ``Wire`` offers: consuming with manual acks (``consume``, ``ack``, ``nack
 ``mandatory``, its outcome once RabbitMQ confirmed, returned or nacked it), and any
 synchronous method (``call``: ``basic.qos``, a passive ``queue.declare``).
 
+A delivery whose properties cannot be read (a message id that is not UTF-8, a header
+table pamqp refuses) is still handed to its consumer, marked ``malformed`` with the
+reason, for the consumer to dead-letter: one bad message never ends the connection.
+
 Failure is all or nothing: a lost connection, missed heartbeats (nothing heard for two
 intervals; a heartbeat is sent when nothing was written for half of one), a
 ``connection.close`` or a ``channel.close`` (the one channel is the connection's reason
@@ -85,6 +89,10 @@ class Incoming:
     priority: int = 0
     headers: dict[str, Any] = field(default_factory=dict)
     body: bytes = b""
+    # Why its properties could not be read (a message id that is not UTF-8, a header
+    # table that does not parse); "" when they could. Such a delivery is still handed
+    # to its consumer, which dead-letters it: the connection must not pay for it.
+    malformed: str = ""
 
 
 Handler = Callable[[Incoming], None]
@@ -129,6 +137,10 @@ class Wire(asyncio.Protocol):
         self.consumers: dict[str, Handler] = {}
         self.on_cancel: Callable[[str], None] | None = None  # the server cancelled a consumer
         self.error: BaseException | None = None  # why it closed; None while open
+        # Loop time a synchronous call that got its answer was sent: the server held this
+        # connection open then. (Bytes merely read prove less: after a pause they may
+        # have waited in the socket since before the server closed it.)
+        self.round_trip_at = 0.0
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._content: Incoming | spec.Basic.Return | None = None  # awaiting its frames
@@ -324,7 +336,11 @@ class Wire(asyncio.Protocol):
             raise WireLost("a content header from RabbitMQ without its method")
         _, _, body_size, flags = _CONTENT.unpack_from(payload)
         if isinstance(content, Incoming):
-            _read_properties(content, payload, flags)
+            try:
+                _read_properties(content, payload, flags)
+            except Exception as exc:  # anything a publisher could send, and pamqp refuse
+                content.malformed = content.malformed or (
+                    f"its AMQP properties cannot be read ({type(exc).__name__}: {exc})")
         else:  # a basic.return: only the message id is needed, to match the publish
             header = ContentHeader()
             header.unmarshal(payload)
@@ -400,8 +416,11 @@ class Wire(asyncio.Protocol):
         """Send a synchronous method on the channel and return its answer."""
         async with self._call_lock:
             future = self._wait_for(answer)
+            sent = self.loop.time()
             self._send(CHANNEL, method)
-            return await future
+            result = await future
+            self.round_trip_at = sent
+            return result
 
     # -- consuming ------------------------------------------------------------------------
 
@@ -571,7 +590,7 @@ def _read_properties(incoming: Incoming, payload: bytes, flags: int) -> None:
         at += 1
     if flags & 0x0400:
         size = payload[at]
-        incoming.correlation_id = payload[at + 1:at + 1 + size].decode()
+        incoming.correlation_id = _text(incoming, "correlation-id", payload[at + 1:at + 1 + size])
         at += 1 + size
     if flags & 0x0200:  # reply-to
         at += 1 + payload[at]
@@ -579,4 +598,18 @@ def _read_properties(incoming: Incoming, payload: bytes, flags: int) -> None:
         at += 1 + payload[at]
     if flags & 0x0080:
         size = payload[at]
-        incoming.message_id = payload[at + 1:at + 1 + size].decode()
+        incoming.message_id = _text(incoming, "message-id", payload[at + 1:at + 1 + size])
+
+
+def _text(incoming: Incoming, name: str, raw: bytes) -> str:
+    """A short string property; one that is not UTF-8 marks the delivery malformed.
+
+    Its text then keeps the bytes readable (backslash escapes), for logs and the dead
+    letter, and never raises: one bad message must not end the connection.
+    """
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        if not incoming.malformed:
+            incoming.malformed = f"its {name} is not valid UTF-8: {raw!r}"
+        return raw.decode("utf-8", "backslashreplace")

@@ -20,7 +20,7 @@ from rabbit_harness import FreezableProxy, Rabbit
 
 from celeriac.brokers import Outgoing, create_broker
 from celeriac.brokers.amqp_blocking import Server, Unroutable
-from celeriac.brokers.amqp_link import PUBLISH_CHUNK, Outbound, publish_confirmed
+from celeriac.brokers.amqp_confirm import PUBLISH_CHUNK, Outbound, publish_confirmed
 from celeriac.brokers.amqp_wire import Wire
 
 Publish = Callable[[Sequence[Outbound], float], Awaitable[list[BaseException | None]]]
