@@ -22,13 +22,14 @@ from celeriac.canvas_run import CHAIN_HEADER, TOKEN_HEADER
 from celeriac.errors import (
     ContentDisallowed,
     DecodeError,
+    MessageTooLarge,
     Reject,
     Retry,
     TaskNotRegistered,
     TaskRevokedError,
 )
 from celeriac.message import Message
-from celeriac.outcome import Outcome
+from celeriac.outcome import Outcome, describe_error
 from celeriac.task import Request, Task, current_request
 from celeriac.tracking import mark_started, tracks_started
 from celeriac.worker.guard import Guard, Interrupted
@@ -73,19 +74,41 @@ class Executor:
         self.guard = Guard(app, run_sync)  # revocations and time limits
 
     def prepare(self, delivery: Delivery) -> Prepared | Verdict:
-        """Decode and check a delivery; a Verdict when it must not run."""
+        """Decode and check a delivery; a Verdict when it must not run.
+
+        Never raises: whatever goes wrong with one delivery is that delivery's verdict
+        (dead-lettered with the reason), so it cannot stop the slot that prepares it.
+        """
+        try:
+            return self._prepare(delivery)
+        except Exception as exc:  # a bug, or a value no check foresaw: this delivery only
+            logger.exception("could not prepare message %s", delivery.id)
+            return _dead(f"the worker could not prepare it: {describe_error(exc)}")
+
+    def _prepare(self, delivery: Delivery) -> Prepared | Verdict:
+        problem = delivery.problem
+        if problem is not None:  # the broker could not read its own fields
+            return _dead(f"unreadable delivery: {problem}")
         limit = self.app.conf.task_delivery_limit
         if delivery.delivery_count > limit:
             return _dead(f"delivery limit exceeded: delivered {delivery.delivery_count} times "
                          f"(task_delivery_limit={limit}); the task may be killing its worker")
-        try:
-            message = self.app.decode_message(delivery.body)
+        codec = self.app.codec
+        try:  # the size is checked before a byte is decompressed or decoded
+            message = Message.from_payload(codec.decode(delivery.body, codec.max_size))
+        except MessageTooLarge as exc:
+            return _dead(f"message too large: {exc}")
         except (DecodeError, ContentDisallowed) as exc:
             return _dead(f"undecodable message: {exc}")
         try:
             task = self.app.get_task(message.task)
         except TaskNotRegistered as exc:
             return _dead(f"unknown task: {exc}", message)
+        try:  # as at send time: a call its function cannot take is a malformed message
+            task.check_arguments(message.args, message.kwargs)
+        except TypeError as exc:
+            return _dead(f"malformed message: its arguments do not fit the task: {exc}",
+                         message)
         if message.expires is not None and message.expires < time.time():
             expired = TaskRevokedError(f"task {message.task}[{message.id}] expired before it ran")
             logger.info("Task %s[%s] expired, not run", message.task, message.id)
@@ -105,7 +128,11 @@ class Executor:
                 return Verdict(Action.ACK, message=message)
         request = _request_for(message, prepared.delivery.delivery_count, self.hostname)
         if tracks_started(task) and not message.ignore_result:
-            await mark_started(self.app, message, self.hostname)
+            try:
+                await mark_started(self.app, message, self.hostname)
+            except Exception as exc:  # STARTED is informative: not worth not running for
+                logger.warning("Task %s[%s]: could not store STARTED (%s); running it anyway",
+                               message.task, message.id, describe_error(exc))
         started = time.perf_counter()
         try:
             verdict = await self.guard.run(task, message,
@@ -243,8 +270,13 @@ def _retry_verdict(task: Task[Any, Any], message: Message, signal: Retry) -> Ver
     when = signal.when.timestamp() if signal.when is not None else time.time()
     next_message = message.replace(retries=message.retries + 1, eta=when, sent_at=time.time(),
                                    **signal.changes)  # args, kwargs, queue, priority
-    retry = Outgoing(next_message.id, next_message.queue, encode_for(task, next_message),
-                     next_message.priority, when)
+    try:
+        body = encode_for(task, next_message)
+    except Exception as exc:  # new arguments that cannot be sent: the task fails with that
+        logger.error("Task %s[%s]: its retry cannot be sent: %s", message.task, message.id,
+                     describe_error(exc))
+        return Verdict(Action.ACK, _failure(exc, states.FAILURE, message), message=message)
+    retry = Outgoing(next_message.id, next_message.queue, body, next_message.priority, when)
     cause = signal.exc if signal.exc is not None else signal
     return Verdict(Action.RETRY, _failure(cause, states.RETRY, message), retry=retry,
                    message=message)
