@@ -109,6 +109,12 @@ class Executor:
         except TypeError as exc:
             return _dead(f"malformed message: its arguments do not fit the task: {exc}",
                          message)
+        if message.callbacks or message.errbacks or CHAIN_HEADER in message.headers:
+            unreadable = self._unreadable_workflow(message)
+            if unreadable is not None:  # found now, before the task runs, not after
+                # (without its message: what follows it cannot be read, so not failed)
+                return _dead(f"malformed message: {message.task}[{message.id}]: "
+                             f"{unreadable}")
         if message.expires is not None and message.expires < time.time():
             expired = TaskRevokedError(f"task {message.task}[{message.id}] expired before it ran")
             logger.info("Task %s[%s] expired, not run", message.task, message.id)
@@ -118,6 +124,23 @@ class Executor:
         if refused is not None:
             return Verdict(Action.ACK, refused, message=message)
         return Prepared(delivery, message, task)
+
+    def _unreadable_workflow(self, message: Message) -> str | None:
+        """What is wrong with the signatures of what follows the task, if anything."""
+        from celeriac.canvas import Signature
+
+        chain = message.headers.get(CHAIN_HEADER)
+        if chain is not None and not isinstance(chain, list | tuple):
+            return f"header {CHAIN_HEADER!r} must be a list of signatures, not {chain!r:.60}"
+        for name, payloads in (("callbacks", message.callbacks),
+                               ("errbacks", message.errbacks),
+                               (f"header {CHAIN_HEADER!r}", chain or ())):
+            for index, payload in enumerate(payloads):
+                try:
+                    Signature.from_payload(payload, self.app)
+                except Exception as exc:
+                    return f"{name}[{index}] is not a signature: {describe_error(exc)}"
+        return None
 
     async def run(self, prepared: Prepared) -> Verdict:
         message, task = prepared.message, prepared.task
