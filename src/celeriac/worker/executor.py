@@ -99,7 +99,9 @@ class Executor:
         except MessageTooLarge as exc:
             return _dead(f"message too large: {exc}")
         except (DecodeError, ContentDisallowed) as exc:
-            return _dead(f"undecodable message: {exc}")
+            reason = str(exc)  # "malformed message: <field> ..." says enough by itself
+            return _dead(reason if reason.startswith("malformed message")
+                         else f"undecodable message: {reason}")
         try:
             task = self.app.get_task(message.task)
         except TaskNotRegistered as exc:
