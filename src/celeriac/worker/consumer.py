@@ -25,15 +25,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
 
-from celeriac import states
 from celeriac.app import App
 from celeriac.brokers.base import Delivery
-from celeriac.errors import BackendError, BrokerError, MessageError
-from celeriac.outcome import Outcome, describe_error
+from celeriac.outcome import describe_error
 from celeriac.worker.executor import Action, Executor, Prepared, SyncRunner, Verdict
 from celeriac.worker.ratelimit import RateLimiter
+from celeriac.worker.verdicts import (
+    publish_retries,
+    set_aside,
+    settle,
+    store_outcomes,
+    transient,
+)
 from celeriac.worker.workflow import follow_up
 
 logger = logging.getLogger("celeriac.worker")
@@ -478,7 +482,7 @@ class Consumer:
         try:
             await self._write(batch)
         except Exception as exc:
-            if _transient(exc) or len(batch) == 1:
+            if transient(exc) or len(batch) == 1:
                 await self._write_failed(batch, exc)
                 return
             # Not the servers: one verdict is probably at fault. Write them one by one,
@@ -489,7 +493,7 @@ class Consumer:
                 try:
                     await self._write([pair])
                 except Exception as single:
-                    if _transient(single):
+                    if transient(single):
                         await self._write_failed(batch[index:], single)
                         return
                     await self._write_failed([pair], single)
@@ -497,10 +501,10 @@ class Consumer:
     async def _write(self, batch: list[tuple[Held, Verdict]]) -> None:
         """Carry out a batch of verdicts in the order that keeps at-least-once."""
         batch = await self._still_ours(batch)
-        await self._store_outcomes(batch)
+        await store_outcomes(self.app, batch)
         await follow_up(self.app, batch)  # chains, callbacks, chords: before the acks
-        await self._publish_retries(batch)
-        await self._settle(batch)
+        await publish_retries(self.app, batch)
+        await settle(self.app.broker, batch)
         self._last_broker_ok = time.monotonic()
         for held, _ in batch:
             self._release(held)
@@ -511,21 +515,14 @@ class Consumer:
         A single verdict that fails for a reason of its own (no server error) is
         dead-lettered with that reason, so that it can never hold up the flush.
         """
-        if not _transient(exc) and len(batch) == 1:
+        if not transient(exc) and len(batch) == 1:
             held, verdict = batch[0]
-            reason = (f"the worker could not store its outcome or send what follows it: "
-                      f"{describe_error(exc)}")
-            name = (f"{verdict.message.task}[{verdict.message.id}]" if verdict.message
-                    else held.delivery.id)
-            logger.error("Task %s: %s; dead-lettering it", name, reason, exc_info=exc)
-            try:
-                await self.app.broker.dead_letter([(held.delivery, reason)])
-            except Exception as dead:
-                exc = dead  # cannot even do that: the broker is in trouble after all
-            else:
+            failure = await set_aside(self.app.broker, held.delivery, verdict, exc)
+            if failure is None:
                 self.stats.dead_lettered += 1
                 self._release(held)
                 return
+            exc = failure  # cannot even do that: the broker is in trouble after all
         logger.error("could not write %d results/acks; retrying: %s", len(batch),
                      describe_error(exc), exc_info=exc)
         self._pending.items[:0] = batch
@@ -564,60 +561,6 @@ class Consumer:
                                "paused); another worker owns it, so its result is dropped",
                                message.id if message else held.delivery.id)
         return [pair for pair in batch if id(pair[0]) not in lost]
-
-    async def _store_outcomes(self, batch: list[tuple[Held, Verdict]]) -> None:
-        results: dict[str, bytes] = {}
-        headers: dict[str, dict[str, Any]] = {}  # where a backend may route each result
-        for _, verdict in batch:
-            if verdict.outcome is not None and verdict.message is not None:
-                results[verdict.message.id] = self._encoded(verdict)
-                headers[verdict.message.id] = verdict.message.headers
-        if results:
-            backend = self.app.backend
-            await backend.store_replies(results, headers, self.app.conf.result_expires)
-
-    def _encoded(self, verdict: Verdict) -> bytes:
-        """The verdict's outcome as stored; a value that cannot be encoded fails the task.
-
-        As in Celery: a task whose return value its result serializer cannot carry
-        fails with an error that says so (and what follows it fails with it).
-        """
-        message, outcome = verdict.message, verdict.outcome
-        assert message is not None
-        assert outcome is not None
-        serializer = message.result_serializer
-        try:
-            return self.app.encode_outcome(outcome, serializer)
-        except Exception as exc:
-            chosen = serializer or self.app.conf.result_serializer
-            error = MessageError(f"the {outcome.state} outcome of {message.task}"
-                                 f"[{message.id}] could not be encoded with {chosen}: "
-                                 f"{describe_error(exc)}")
-            logger.error("Task %s[%s] failed: %s", message.task, message.id, error)
-            verdict.outcome = Outcome.failure(error, states.FAILURE, message.task,
-                                              message.retries)
-            if verdict.action is Action.RETRY:  # nothing to retry with: it failed
-                verdict.action, verdict.retry = Action.ACK, None
-            return self.app.encode_outcome(verdict.outcome)
-
-    async def _publish_retries(self, batch: list[tuple[Held, Verdict]]) -> None:
-        retries = [verdict.retry for _, verdict in batch if verdict.retry is not None]
-        if retries:
-            await self.app.publish(retries)
-
-    async def _settle(self, batch: list[tuple[Held, Verdict]]) -> None:
-        broker = self.app.broker
-        acks = [held.delivery for held, v in batch
-                if v.action in (Action.ACK, Action.RETRY, Action.DEFER)]
-        dead = [(held.delivery, v.reason or "dead-lettered") for held, v in batch
-                if v.action is Action.DEAD_LETTER]
-        requeue = [held.delivery for held, v in batch if v.action is Action.REQUEUE]
-        if acks:
-            await broker.ack(acks)
-        if dead:
-            await broker.dead_letter(dead)
-        if requeue:
-            await broker.requeue(requeue)
 
     def _release(self, held: Held) -> None:
         if self._held.pop(id(held.delivery), None) is not None and held.finished:
@@ -670,7 +613,3 @@ class Consumer:
                                 "so that it is restarted", silent)
                 self.stop(StopReason.BROKER_LOST)
 
-
-def _transient(exc: BaseException) -> bool:
-    """Whether a failed write is the servers' fault (retry it), not one verdict's."""
-    return isinstance(exc, BrokerError | BackendError | OSError)
