@@ -242,7 +242,8 @@ def _verdict_for_error(task: Task[Any, Any], request: Request, message: Message,
         return _retry_verdict(task, message, exc)
     if isinstance(exc, Reject):
         action = Action.REQUEUE if exc.requeue else Action.DEAD_LETTER
-        return Verdict(action, reason=f"rejected by the task: {exc.reason}", message=message)
+        said = str(exc.reason) if exc.reason else "(no reason given)"
+        return Verdict(action, reason=f"rejected by the task: {said}", message=message)
     if task.options.autoretry_for and isinstance(exc, task.options.autoretry_for) \
             and not isinstance(exc, task.options.dont_autoretry_for):
         return _autoretry(task, request, message, exc)
