@@ -15,6 +15,12 @@ Four cooperating loops share the deliveries this process holds:
 
 A watchdog in the lease loop ends the process loudly when no broker call has
 succeeded for ``worker_watchdog_timeout`` seconds, rather than sitting idle forever.
+
+One delivery's trouble stays with it: a slot that fails on a delivery dead-letters it
+with the reason and goes on, and the flush sets aside (dead-letters) a verdict that
+fails for a reason of its own instead of retrying its whole batch forever. A
+redelivered task (which may be what killed a worker) starts only once the finished
+verdicts are written, so that its death cannot take their acks with it.
 """
 
 from __future__ import annotations

@@ -17,3 +17,10 @@ def test_every_malformed_envelope_is_dead_lettered_with_its_reason(
     check_malformed_batch(deployment)
     # And nothing is left leased or waiting
     deployment.wait_for_queue(ready=0, in_flight=0)
+
+
+def test_tasks_finished_before_a_redelivered_poison_are_not_run_again(
+        deployment: RedisDeployment) -> None:
+    from test_poison_neighbour import check_poison_neighbours
+
+    check_poison_neighbours(deployment)
