@@ -43,3 +43,35 @@ def test_an_unreadable_row_is_a_delivery_with_a_problem_and_listings_still_work(
         await broker.close()
 
     asyncio.run(scenario())
+
+
+def test_null_columns_are_problems_too(tmp_path: Path) -> None:
+    # Given a file whose messages table was made without NOT NULL constraints
+    path = tmp_path / "b.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE messages (seq INTEGER PRIMARY KEY, id TEXT, queue TEXT, "
+                     "priority INTEGER, body BLOB, delivery_count INTEGER NOT NULL DEFAULT 0, "
+                     "lease_until REAL, lease_id INTEGER)")
+
+    async def scenario() -> None:
+        broker = SQLiteBroker(f"sqlite:///{path}")
+        await broker.connect()
+        with sqlite3.connect(path) as conn:
+            conn.execute("INSERT INTO messages (id, queue, priority, body) "
+                         "VALUES (NULL, 'q', NULL, NULL)")
+        await broker.publish([Outgoing("good", "q", b"body")])
+        # When the queue is fetched, Then the NULL row is a delivery naming each NULL
+        got = await broker.fetch(["q"], 10, timeout=1)
+        problems = {d.id: d.problem for d in got}
+        assert problems["good"] is None
+        assert problems["row-1"] == ("row 1 of the messages table: its message id is NULL, "
+                                     "not text; its body is NULL, not a blob; its priority "
+                                     "None is not an integer 0-9")
+        # And it can be dead-lettered (NULLs and all) and listed
+        [bad] = [d for d in got if d.problem]
+        await broker.dead_letter([(bad, "unreadable")])
+        [letter] = await broker.dead_letters()
+        assert (letter.id, letter.queue, letter.body) == ("row-1", "q", b"")
+        await broker.close()
+
+    asyncio.run(scenario())

@@ -251,7 +251,9 @@ class SQLiteBroker(Broker):
             conn.executemany(
                 "INSERT INTO dead_letters "
                 "(id, queue, priority, body, delivery_count, reason, dead_at) "
-                "SELECT id, queue, priority, body, delivery_count, ?, ? "
+                # (coalesce: a row written without celeriac's constraints may hold NULLs)
+                "SELECT coalesce(id, 'row-' || seq), coalesce(queue, ''), "
+                "coalesce(priority, 0), coalesce(body, X''), delivery_count, ?, ? "
                 "FROM messages WHERE seq = ? AND lease_id = ?", moves)
             conn.executemany("DELETE FROM messages WHERE seq = ? AND lease_id = ?", receipts)
 
