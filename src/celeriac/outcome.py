@@ -76,8 +76,11 @@ def describe_error(exc: BaseException) -> str:
     An exception whose ``str()`` is empty (``raise KeyError()``, ``TimeoutError()``) is
     named by its type, so no log line or dead-letter reason is ever left blank.
     """
-    text = str(exc)
     name = type(exc).__name__
+    try:
+        text = str(exc)
+    except Exception:  # a broken __str__ must not break the log line that reports it
+        return f"{name} (its text could not be read)"
     if not text:
         return name
     return text if name in text else f"{name}: {text}"

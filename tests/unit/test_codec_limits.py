@@ -99,3 +99,11 @@ def test_a_body_that_is_not_bytes_is_a_decode_error() -> None:
 ])
 def test_an_exception_always_reads_as_something(exc: BaseException, text: str) -> None:
     assert describe_error(exc) == text
+
+
+def test_an_exception_whose_text_cannot_be_read_still_reads_as_something() -> None:
+    class Broken(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    assert describe_error(Broken()) == "Broken (its text could not be read)"

@@ -446,7 +446,11 @@ class Consumer:
             await self._pending.event.wait()
             await self._gather_verdicts()
             async with self._flush_lock:
-                await self._flush_once()
+                try:
+                    await self._flush_once()
+                except Exception:  # a bug must not stop every later result and ack
+                    logger.exception("the flush failed unexpectedly; going on")
+                    await asyncio.sleep(0.5)
 
     async def _gather_verdicts(self) -> None:
         """Let the verdicts of tasks running now join the batch, for a moment at most.
