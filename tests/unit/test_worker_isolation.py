@@ -111,3 +111,21 @@ def _wait_for_letter(app: App, message_id: str) -> DeadLetter:
             return letter
         time.sleep(0.02)
     raise AssertionError(f"{message_id} never reached the dead letters")
+
+
+def test_a_task_raising_an_exception_whose_text_cannot_be_read_fails_as_usual(
+        app: App) -> None:
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    @app.task(name="iso.unprintable")
+    def unprintable() -> None:
+        raise Unprintable()
+
+    with ThreadedWorker(app, slots=1):
+        result = app.send_task("iso.unprintable")
+        with pytest.raises(Exception, match="its text could not be read"):
+            result.get(timeout=TIMEOUT)
+        assert result.state == "FAILURE"
+        assert app.send_task("iso.echo", ("after",)).get(timeout=TIMEOUT) == "after"
