@@ -60,10 +60,14 @@ def test_a_result_that_cannot_be_encoded_fails_its_task_and_the_flush_goes_on(
         assert app.send_task("iso.echo", ("after",)).get(timeout=TIMEOUT) == "after"
 
 
-def test_a_follow_up_that_cannot_be_sent_sets_aside_its_own_message_only(app: App) -> None:
-    # Given tasks queued around one whose chord header is garbage (KeyError when counted)
+def test_a_retry_that_cannot_be_published_sets_aside_its_own_message_only(app: App) -> None:
+    @app.task(name="iso.elsewhere", bind=True)
+    def elsewhere(self: Any) -> None:
+        raise self.retry(queue="", countdown=0)  # a queue no broker can store
+
+    # Given tasks queued around one whose retry cannot be published
     before = [app.send_task("iso.echo", (i,)) for i in range(5)]
-    bad = app.send_task("iso.echo", ("bad",), headers={CHORD_HEADER: {"no": "id"}})
+    bad = app.send_task("iso.elsewhere")
     after = [app.send_task("iso.echo", (i,)) for i in range(5, 10)]
     # When one worker runs them all, flushing them in one batch
     with ThreadedWorker(app, slots=1):
@@ -72,7 +76,7 @@ def test_a_follow_up_that_cannot_be_sent_sets_aside_its_own_message_only(app: Ap
         # And the bad one is dead-lettered, naming what went wrong
         letter = _wait_for_letter(app, bad.id)
     assert "could not store its outcome or send what follows it" in letter.reason
-    assert "KeyError: 'id'" in letter.reason
+    assert "queue must be a non-empty str" in letter.reason
     assert app._run_sync(app.broker.queue_stats(["celeriac"]))[0].in_flight == 0
 
 
@@ -80,6 +84,12 @@ def test_a_follow_up_that_cannot_be_sent_sets_aside_its_own_message_only(app: Ap
     ({"headers": {CHAIN_HEADER: [5]}}, "header 'celeriac-chain'[0] is not a signature"),
     ({"headers": {CHAIN_HEADER: "x"}}, "must be a list of signatures"),
     ({"link": {"task": 5}}, "callbacks[0] is not a signature"),
+    ({"headers": {CHORD_HEADER: {"no": "id"}}}, "header 'celeriac-chord': 'id' is None"),
+    ({"headers": {CHORD_HEADER: {"id": "c", "size": 2, "index": 0, "body": {"task": 5}}}},
+     "header 'celeriac-chord': body is not a signature"),
+    ({"headers": {CHORD_HEADER: {"id": "c", "size": 2, "index": 0, "body": {"task": "t"},
+                                 "member": []}}},
+     "header 'celeriac-chord.member' must be a chord member"),
 ])
 def test_a_malformed_link_is_refused_before_the_task_runs(
         app: App, options: dict[str, Any], says: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from celeriac import states
 from celeriac.app import App
 from celeriac.brokers.base import Delivery, Outgoing
-from celeriac.canvas_run import CHAIN_HEADER, TOKEN_HEADER
+from celeriac.canvas_run import CHAIN_HEADER, CHORD_HEADER, TOKEN_HEADER
 from celeriac.errors import (
     ContentDisallowed,
     DecodeError,
@@ -111,7 +111,8 @@ class Executor:
         except TypeError as exc:
             return _dead(f"malformed message: its arguments do not fit the task: {exc}",
                          message)
-        if message.callbacks or message.errbacks or CHAIN_HEADER in message.headers:
+        if message.callbacks or message.errbacks or CHAIN_HEADER in message.headers \
+                or CHORD_HEADER in message.headers:
             unreadable = self._unreadable_workflow(message)
             if unreadable is not None:  # found now, before the task runs, not after
                 # (without its message: what follows it cannot be read, so not failed)
@@ -142,7 +143,36 @@ class Executor:
                     Signature.from_payload(payload, self.app)
                 except Exception as exc:
                     return f"{name}[{index}] is not a signature: {describe_error(exc)}"
-        return None
+        member = message.headers.get(CHORD_HEADER)
+        return None if member is None else self._unreadable_chord(member, CHORD_HEADER)
+
+    def _unreadable_chord(self, member: Any, where: str, depth: int = 0) -> str | None:
+        """What is wrong with a chord member header (``canvas_run``: id, size, index,
+        body, then, and the member header of an enclosing chord), if anything."""
+        from celeriac.canvas import Signature
+
+        if not isinstance(member, dict) or depth > 32:
+            return f"header {where!r} must be a chord member (a mapping), not {member!r:.60}"
+        chord_id, size, index = member.get("id"), member.get("size"), member.get("index")
+        for key, value, sound in (
+                ("id", chord_id, isinstance(chord_id, str) and chord_id != ""),
+                ("size", size, type(size) is int and size > 0),
+                ("index", index, type(index) is int and index >= 0)):
+            if not sound:
+                return f"header {where!r}: {key!r} is {value!r:.60}"
+        then = member.get("then", [])
+        if not isinstance(then, list | tuple):
+            return f"header {where!r}: 'then' must be a list of signatures"
+        for place, payload in (("body", member.get("body")),
+                               *((f"then[{i}]", step) for i, step in enumerate(then))):
+            try:
+                Signature.from_payload(payload, self.app)
+            except Exception as exc:
+                return f"header {where!r}: {place} is not a signature: {describe_error(exc)}"
+        outer = member.get("member")
+        if outer is None:
+            return None
+        return self._unreadable_chord(outer, f"{where}.member", depth + 1)
 
     async def run(self, prepared: Prepared) -> Verdict:
         message, task = prepared.message, prepared.task
