@@ -63,11 +63,34 @@ class Outcome:
                 task: str | None = None, retries: int = 0) -> Outcome:
         kind = type(exc)
         return cls(
-            state, exc_type=f"{kind.__module__}.{kind.__qualname__}", exc_message=str(exc),
+            state, exc_type=f"{kind.__module__}.{kind.__qualname__}", exc_message=_text(exc),
             exc_args=_portable_args(exc),
             traceback="".join(traceback_module.format_exception(exc)),
             task=task, retries=retries, date_done=time.time(),
         )
+
+
+def _text(exc: BaseException) -> str:
+    """``str(exc)``, even for an exception whose ``__str__`` raises."""
+    try:
+        return str(exc)
+    except Exception:
+        return "(its text could not be read)"
+
+
+def describe_error(exc: BaseException) -> str:
+    """An exception as one readable line: its text, with its type name when that helps.
+
+    An exception whose ``str()`` is empty (``raise KeyError()``, ``TimeoutError()``) is
+    named by its type, so no log line or dead-letter reason is ever left blank.
+    """
+    name = type(exc).__name__
+    text = _text(exc)  # (a broken __str__ must not break the log line reporting it)
+    if text == "(its text could not be read)":
+        return f"{name} {text}"
+    if not text:
+        return name
+    return text if name in text else f"{name}: {text}"
 
 
 def _portable_args(exc: BaseException) -> list[Any] | None:

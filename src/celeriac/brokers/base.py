@@ -18,6 +18,11 @@ Delivery semantics every implementation provides:
   dead-lettered; ``extend`` reports it as lost.
 - A message published with ``eta`` waits in the broker, not in a worker, until then.
 - Higher ``priority`` (0-9) comes out first; equal priorities come out oldest first.
+- A stored message whose broker-level fields cannot be read never stops a fetch: it is
+  returned as a ``Delivery`` with ``problem`` set (or dead-lettered by the broker
+  itself), and everything behind it is fetched as usual.
+- ``publish`` refuses (TypeError/ValueError, nothing stored) messages whose fields are
+  not what ``Outgoing`` says (``check_outgoing``), so no such message is ever stored.
 
 A broker object may be used from several event loops in different threads (the
 worker's loop, and the app's bridge loop for sync producers); implementations keep
@@ -31,6 +36,7 @@ thread in one round trip. Other brokers are driven through the app's bridge loop
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -54,6 +60,43 @@ class Outgoing:
     eta: float | None = None  # Unix time; None or a past time means now
 
 
+def check_outgoing(messages: Sequence[Outgoing]) -> None:
+    """Raise TypeError/ValueError, naming the message and field, unless every one is sound.
+
+    Brokers call this before storing anything, so that a batch is published whole or
+    not at all and no stored message has a field a fetch cannot read.
+    """
+    for out in messages:
+        if type(out.id) is not str or not out.id:
+            raise TypeError(f"message id must be a non-empty str, not {out.id!r}")
+        if type(out.queue) is not str or not out.queue:
+            raise TypeError(f"message {out.id}: queue must be a non-empty str, "
+                            f"not {out.queue!r}")
+        if not (out.id.isascii() and out.queue.isascii()):
+            _check_text(out.id, "id", out.id)
+            _check_text(out.queue, "queue", out.id)
+        if not isinstance(out.body, bytes):
+            raise TypeError(f"message {out.id}: body must be bytes, "
+                            f"not {type(out.body).__name__}")
+        if type(out.priority) is not int or not MIN_PRIORITY <= out.priority <= MAX_PRIORITY:
+            raise ValueError(f"message {out.id}: priority must be an int "
+                             f"{MIN_PRIORITY}-{MAX_PRIORITY}, not {out.priority!r}")
+        eta = out.eta
+        if eta is not None and ((type(eta) is not float and type(eta) is not int)
+                                or not math.isfinite(eta)):
+            raise ValueError(f"message {out.id}: eta must be a finite Unix time or None, "
+                             f"not {eta!r}")
+
+
+def _check_text(value: str, name: str, message_id: str) -> None:
+    """Text every server can store: UTF-8, so no lone surrogates."""
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"message {message_id!r}: {name} is not valid text "
+                         f"({exc.reason} at {exc.start})") from None
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """A message handed to a worker under a lease."""
@@ -64,6 +107,12 @@ class Delivery:
     priority: int
     delivery_count: int
     receipt: Any  # the broker's handle for this one delivery (row + lease, stream id, tag)
+    # Set when the broker could not read this delivery's own fields (an id that is not
+    # text, a priority that is not a number): what is wrong, naming the field. The worker
+    # then dead-letters it with this reason instead of running it, and the broker must
+    # accept the delivery in ``dead_letter`` (its receipt is valid). The other fields
+    # then hold readable stand-ins.
+    problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from celeriac.brokers.base import Broker, DeadLetter, Delivery, Outgoing, QueueStats
+from celeriac.brokers.base import (
+    Broker,
+    DeadLetter,
+    Delivery,
+    Outgoing,
+    QueueStats,
+    check_outgoing,
+)
 from celeriac.brokers.buckets import MemoryBuckets
 
 
@@ -49,6 +56,7 @@ class MemoryBroker(Broker):
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:
+        check_outgoing(messages)  # all or nothing: a bad field stores none of them
         now = time.time()
         with self._lock:
             for out in messages:

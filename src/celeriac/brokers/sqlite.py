@@ -34,15 +34,27 @@ and on a timer for the next ETA or lease expiry, so it neither spins nor sleeps 
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from celeriac.brokers.base import Broker, DeadLetter, Delivery, Outgoing, QueueStats
+from celeriac.brokers.base import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    Broker,
+    DeadLetter,
+    Delivery,
+    Outgoing,
+    QueueStats,
+    check_outgoing,
+)
 from celeriac.brokers.buckets_sqlite import SQLiteBuckets
 from celeriac.errors import BrokerError
 from celeriac.sqlite_db import Database, PollPolicy, Schema, placeholders
+
+logger = logging.getLogger("celeriac.broker")
 
 SCHEMA = Schema("broker", 1, (
     """CREATE TABLE IF NOT EXISTS messages (
@@ -91,8 +103,12 @@ UPDATE messages
 SET lease_until = ?, lease_id = random(), delivery_count = delivery_count + 1
 WHERE seq IN (SELECT seq FROM messages WHERE queue = ? AND lease_until IS NULL
               ORDER BY priority DESC, seq LIMIT ?)
-RETURNING seq, lease_id, id, body, priority, delivery_count
+RETURNING seq, lease_id, CAST(id AS BLOB), body, priority, delivery_count,
+          typeof(id) || ' ' || typeof(body)
 """
+# (The id is read as bytes and decoded here: a row whose id is not UTF-8 text, written
+# by something other than celeriac, must not make the whole fetch fail; see _delivery.
+# Likewise the body only after its type was checked.)
 
 # Moves due messages into the ready table, in the order they came due. The same
 # ``now`` is bound in both statements, inside one write transaction.
@@ -101,6 +117,17 @@ INSERT INTO messages (id, queue, priority, body)
 SELECT id, queue, priority, body FROM scheduled WHERE due <= ? ORDER BY due, seq
 """
 UNSCHEDULE = "DELETE FROM scheduled WHERE due <= ?"
+
+# A scheduled row whose due time is not a number would never come due (and would make
+# the next-due probe return text): it is dead-lettered with the reason instead.
+BAD_DUE = "typeof(due) NOT IN ('integer', 'real')"
+DEAD_BAD_DUE = f"""
+INSERT INTO dead_letters (id, queue, priority, body, delivery_count, reason, dead_at)
+SELECT id, queue, priority, body, 0,
+       'unreadable scheduled message: its due time ' || quote(due) || ' is not a number', ?
+FROM scheduled WHERE {BAD_DUE}
+"""
+DELETE_BAD_DUE = f"DELETE FROM scheduled WHERE {BAD_DUE}"
 
 RECLAIM = """
 UPDATE messages SET lease_until = NULL, lease_id = NULL
@@ -156,6 +183,7 @@ class SQLiteBroker(Broker):
     def publish_blocking(self, messages: Sequence[Outgoing]) -> None:
         if not messages:
             return
+        check_outgoing(messages)  # nothing a fetch could not read is ever stored
         now = time.time()
         ready = [(m.id, m.queue, m.priority, m.body) for m in messages
                  if m.eta is None or m.eta <= now]
@@ -223,7 +251,9 @@ class SQLiteBroker(Broker):
             conn.executemany(
                 "INSERT INTO dead_letters "
                 "(id, queue, priority, body, delivery_count, reason, dead_at) "
-                "SELECT id, queue, priority, body, delivery_count, ?, ? "
+                # (coalesce: a row written without celeriac's constraints may hold NULLs)
+                "SELECT coalesce(id, 'row-' || seq), coalesce(queue, ''), "
+                "coalesce(priority, 0), coalesce(body, X''), delivery_count, ?, ? "
                 "FROM messages WHERE seq = ? AND lease_id = ?", moves)
             conn.executemany("DELETE FROM messages WHERE seq = ? AND lease_id = ?", receipts)
 
@@ -233,20 +263,23 @@ class SQLiteBroker(Broker):
         params = () if queues is None else tuple(queues)
         counts: dict[str, list[int]] = {name: [0, 0, 0] for name in queues or ()}
         # Each query reads only the index of its own rows: ready, scheduled, leased.
+        # Queue names are read as bytes: a name that is not UTF-8 (written by something
+        # other than celeriac) is shown escaped instead of failing the whole listing.
         with self._db.read(snapshot=True) as conn:
-            for name, ready in conn.execute(
-                    f"SELECT queue, count(*) FROM messages WHERE lease_until IS NULL {named} "
+            for raw, ready in conn.execute(
+                    f"SELECT CAST(queue AS BLOB), count(*) FROM messages "
+                    f"WHERE lease_until IS NULL {named} GROUP BY queue", params):
+                counts.setdefault(_text(raw), [0, 0, 0])[0] += ready
+            for raw, scheduled in conn.execute(
+                    f"SELECT CAST(queue AS BLOB), count(*) FROM scheduled WHERE 1 {named} "
                     "GROUP BY queue", params):
-                counts.setdefault(name, [0, 0, 0])[0] += ready
-            for name, scheduled in conn.execute(
-                    f"SELECT queue, count(*) FROM scheduled WHERE 1 {named} GROUP BY queue",
-                    params):
-                counts.setdefault(name, [0, 0, 0])[1] = scheduled
+                counts.setdefault(_text(raw), [0, 0, 0])[1] = scheduled
             # A lease that ran out is waiting again, though no fetch has released it yet.
-            for name, expired, held in conn.execute(
-                    "SELECT queue, sum(lease_until <= ?), sum(lease_until > ?) FROM messages "
-                    f"WHERE lease_until IS NOT NULL {named} GROUP BY queue", (now, now, *params)):
-                row = counts.setdefault(name, [0, 0, 0])
+            for raw, expired, held in conn.execute(
+                    "SELECT CAST(queue AS BLOB), sum(lease_until <= ?), sum(lease_until > ?) "
+                    f"FROM messages WHERE lease_until IS NOT NULL {named} GROUP BY queue",
+                    (now, now, *params)):
+                row = counts.setdefault(_text(raw), [0, 0, 0])
                 row[0] += expired
                 row[2] = held
         names = list(queues) if queues is not None else sorted(counts)
@@ -267,9 +300,13 @@ class SQLiteBroker(Broker):
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         with self._db.read() as conn:
-            rows = conn.execute("SELECT id, queue, body, reason, dead_at FROM dead_letters "
-                                "ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
-        return [DeadLetter(*row) for row in rows]
+            rows = conn.execute(
+                "SELECT CAST(id AS BLOB), CAST(queue AS BLOB), CAST(body AS BLOB), "
+                "CAST(reason AS BLOB), dead_at FROM dead_letters ORDER BY seq DESC LIMIT ?",
+                (limit,)).fetchall()
+        # Read as bytes: a dead letter is often there because its fields are not text.
+        return [DeadLetter(_text(id_), _text(queue), body or b"", _text(reason), dead_at)
+                for id_, queue, body, reason, dead_at in rows]
 
     async def purge_dead_letters(self) -> int:
         with self._db.write() as conn:
@@ -295,12 +332,15 @@ class SQLiteBroker(Broker):
                 "SELECT EXISTS (SELECT 1 FROM messages WHERE lease_until IS NULL AND queue IN "
                 f"({placeholders(queues)}))", tuple(queues)).fetchone()[0]
             due, expiry = conn.execute(NEXT_DUE).fetchone()
-        promote = due is not None and due <= now
+        bad_due = due is not None and not isinstance(due, int | float)
+        promote = bad_due or (due is not None and due <= now)
         reclaim = expiry is not None and expiry <= now
         if not (ready or promote or reclaim):
             return [], min((t for t in (due, expiry) if t is not None), default=None)
         with self._db.write() as conn:
             now = time.time()  # the lease starts now, after any wait for the write lock
+            if bad_due:
+                self._dead_letter_bad_due(conn, now)
             if promote:
                 conn.execute(PROMOTE, (now,))
                 conn.execute(UNSCHEDULE, (now,))
@@ -315,11 +355,70 @@ class SQLiteBroker(Broker):
             room = limit - len(taken)
             if room <= 0:
                 break
-            rows = conn.execute(CLAIM, (until, queue, room)).fetchall()
-            rows.sort(key=lambda row: (-row[4], row[0]))  # RETURNING has no order
-            taken.extend(Delivery(id_, queue, body, priority, count, Receipt(seq, lease_id))
-                         for seq, lease_id, id_, body, priority, count in rows)
+            found = [_delivery(queue, row) for row in
+                     conn.execute(CLAIM, (until, queue, room)).fetchall()]
+            found.sort(key=_delivery_order)  # RETURNING has no order
+            taken.extend(found)
         return taken
+
+    def _dead_letter_bad_due(self, conn: sqlite3.Connection, now: float) -> None:
+        moved = conn.execute(DEAD_BAD_DUE, (now,)).rowcount
+        conn.execute(DELETE_BAD_DUE)
+        logger.error("dead-lettered %d scheduled message(s) whose due time is not a number "
+                     "(written by something other than celeriac?)", moved)
+
+
+def _delivery(queue: str, row: tuple[Any, ...]) -> Delivery:
+    """A claimed row as a Delivery; one whose fields cannot be read says so (``problem``)."""
+    seq, lease_id, raw_id, body, priority, count, kinds = row
+    if kinds == "text blob" and type(priority) is int and type(count) is int \
+            and MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        try:
+            return Delivery(raw_id.decode(), queue, body, priority, count,
+                            Receipt(seq, lease_id))
+        except UnicodeDecodeError:
+            pass
+    id_kind, body_kind = kinds.split(" ")
+    problems = []
+    if id_kind != "text":
+        problems.append(f"its message id is {_describe_cell(id_kind, raw_id)}, not text")
+    else:
+        try:
+            raw_id.decode()
+        except UnicodeDecodeError as exc:
+            problems.append(f"its message id {raw_id[:60]!r} is not valid UTF-8 text "
+                            f"({exc.reason} at byte {exc.start})")
+    if body_kind != "blob":
+        problems.append(f"its body is {_describe_cell(body_kind, body)}, not a blob")
+    if type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        problems.append(f"its priority {priority!r} is not an integer "
+                        f"{MIN_PRIORITY}-{MAX_PRIORITY}")
+    if type(count) is not int:
+        problems.append(f"its delivery count {count!r} is not an integer")
+    problem = f"row {seq} of the messages table: " + "; ".join(problems)
+    logger.error("unreadable message in queue %s: %s", queue, problem)
+    return Delivery(_text(raw_id) or f"row-{seq}", queue,
+                    body if isinstance(body, bytes) else b"",
+                    priority if type(priority) is int else MIN_PRIORITY,
+                    count if type(count) is int else 1, Receipt(seq, lease_id), problem)
+
+
+def _delivery_order(delivery: Delivery) -> tuple[int, int]:
+    """Higher priority first, then older (a lower seq)."""
+    return -delivery.priority, delivery.receipt.seq
+
+
+def _describe_cell(kind: str, value: Any) -> str:
+    return "NULL" if kind == "null" else f"of type {kind} ({value!r:.60})"
+
+
+def _text(raw: Any) -> str:
+    """A column read as bytes, as text; bytes that are not UTF-8 are shown escaped."""
+    if raw is None:
+        return ""
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", "backslashreplace")
+    return str(raw)
 
 
 def _receipts(deliveries: Sequence[Delivery]) -> list[Receipt]:

@@ -9,6 +9,12 @@
 The reader needs nothing but the bytes, so messages and results sent with different
 serializers can share a queue, and a disallowed serializer is refused before any of its
 bytes are interpreted.
+
+``max_size`` (``task_message_max_size``) bounds a task message twice: the frame as sent,
+and its payload once decompressed. ``encode`` checks both before anything is sent;
+``decode(data, limit=...)`` checks the frame's length before reading anything and stops
+inflating a compressed payload as soon as it passes the limit (a decompression bomb).
+Results are not limited: a finished task's outcome must always be storable.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from celeriac.errors import ContentDisallowed, DecodeError, MessageTooLarge
+from celeriac.outcome import describe_error
 from celeriac.serialization.compression import COMPRESSORS_BY_CODE, compressor_for
 from celeriac.serialization.serializers import SERIALIZERS_BY_CODE, serializer_for
 
@@ -38,6 +45,11 @@ class Codec:
         payload = chosen.dumps(value)
         compression_code = 0
         if compression:
+            if self.max_size is not None and len(payload) + _HEADER.size > self.max_size:
+                raise MessageTooLarge(
+                    f"message is {len(payload) + _HEADER.size:,} bytes before compression, "
+                    f"over the limit of {self.max_size:,} bytes (task_message_max_size; "
+                    "a worker refuses a payload that inflates past it)")
             compressor = compressor_for(compression)
             payload = compressor.compress(payload)
             compression_code = compressor.code
@@ -49,7 +61,17 @@ class Codec:
             )
         return data
 
-    def decode(self, data: bytes) -> Any:
+    def decode(self, data: bytes, limit: int | None = None) -> Any:
+        """The value in a frame; ``limit`` bounds the frame and its inflated payload.
+
+        Raises DecodeError (not a frame, or not readable), ContentDisallowed (a
+        serializer not in ``accept``) or MessageTooLarge (past ``limit``).
+        """
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise DecodeError(f"a message body is bytes, not {type(data).__name__}")
+        if limit is not None and len(data) > limit:
+            raise MessageTooLarge(f"message is {len(data):,} bytes, over the limit of "
+                                  f"{limit:,} bytes (task_message_max_size)")
         if len(data) < _HEADER.size:
             raise DecodeError(f"{len(data)} bytes is too short to be a celeriac frame")
         magic, version, serializer_code, compression_code = _HEADER.unpack_from(data)
@@ -71,9 +93,12 @@ class Codec:
                 compressor = COMPRESSORS_BY_CODE.get(compression_code)
                 if compressor is None:
                     raise DecodeError(f"unknown compression code {compression_code}")
-                return serializer.loads(compressor.decompress(bytes(payload)))
+                inflate_limit = None if limit is None else limit - _HEADER.size
+                return serializer.loads(compressor.decompress(bytes(payload), inflate_limit))
             return serializer.loads(bytes(payload))
-        except DecodeError:
+        except (DecodeError, MessageTooLarge):
             raise
         except Exception as exc:
-            raise DecodeError(f"cannot decode {serializer.name} payload: {exc}") from exc
+            raise DecodeError(f"cannot decode {serializer.name} payload: "
+                              f"{describe_error(exc)}") from exc
+

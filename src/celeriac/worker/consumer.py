@@ -15,6 +15,12 @@ Four cooperating loops share the deliveries this process holds:
 
 A watchdog in the lease loop ends the process loudly when no broker call has
 succeeded for ``worker_watchdog_timeout`` seconds, rather than sitting idle forever.
+
+One delivery's trouble stays with it: a slot that fails on a delivery dead-letters it
+with the reason and goes on, and the flush sets aside (dead-letters) a verdict that
+fails for a reason of its own instead of retrying its whole batch forever. A
+redelivered task (which may be what killed a worker) starts only once the finished
+verdicts are written, so that its death cannot take their acks with it.
 """
 
 from __future__ import annotations
@@ -25,12 +31,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
 
 from celeriac.app import App
 from celeriac.brokers.base import Delivery
+from celeriac.outcome import describe_error
 from celeriac.worker.executor import Action, Executor, Prepared, SyncRunner, Verdict
 from celeriac.worker.ratelimit import RateLimiter
+from celeriac.worker.verdicts import (
+    publish_retries,
+    set_aside,
+    settle,
+    store_outcomes,
+    transient,
+)
 from celeriac.worker.workflow import follow_up
 
 logger = logging.getLogger("celeriac.worker")
@@ -117,6 +130,7 @@ class Consumer:
         self._last_broker_ok = time.monotonic()
         self._cold = False
         self._unflushed = 0  # held deliveries whose verdict waits for the flush
+        self._suspects = 0  # redelivered tasks running now: while any runs, no linger
         self._slowest: dict[str, float] = {}  # task name -> its recent slowest run (decaying)
         self._typical: float | None = None  # moving average of this process's run times
 
@@ -272,14 +286,23 @@ class Consumer:
                 item, carried = carried, None
                 if self._stopping.is_set():
                     return  # still held: handed back with the rest when the consumer stops
-            item[0].started = True
+            held = item[0]
+            held.started = True
             self._busy.add(slot)
+            suspect = held.delivery.delivery_count > 1
             try:
+                if suspect:  # delivered before: it may be what killed a worker
+                    self._suspects += 1
+                    await self._flush_finished()
                 if self._batchable(item[1]):
                     carried = await self._run_batch(item)
                 else:
                     await self._process(*item)
+            except Exception as exc:  # one delivery's trouble never stops this slot
+                self._failed(held, exc)
             finally:
+                if suspect:
+                    self._suspects -= 1
                 self._busy.discard(slot)
                 self._idle.set()
 
@@ -327,8 +350,9 @@ class Consumer:
                 held.started = True
                 self._submit(held, prepared)
                 self.stats.processed += 1
-            elif batch and not self._batchable(prepared):
-                carried = (held, prepared)
+            elif batch and (not self._batchable(prepared)
+                            or held.delivery.delivery_count > 1):
+                carried = (held, prepared)  # (a redelivery starts on its own: see the slot)
                 break
             else:
                 held.started = True
@@ -338,10 +362,14 @@ class Consumer:
             held = self._ready.get_nowait()
             carried = (held, self.executor.prepare(held.delivery))
         if batch:
-            ran = await self.executor.run_batch([prepared for _, prepared in batch])
-            for (held, prepared), (verdict, elapsed) in zip(batch, ran, strict=True):
-                self._timed(prepared.task.name, elapsed)
-                self._submit(held, verdict)
+            try:
+                ran = await self.executor.run_batch([prepared for _, prepared in batch])
+                for (held, prepared), (verdict, elapsed) in zip(batch, ran, strict=True):
+                    self._timed(prepared.task.name, elapsed)
+                    self._submit(held, verdict)
+            except Exception as exc:  # each call of the batch is settled, whatever happened
+                for held, _ in batch:
+                    self._failed(held, exc)
             self.stats.processed += len(batch)
             if len(batch) > 1:
                 self.stats.batched += len(batch)
@@ -358,6 +386,14 @@ class Consumer:
     async def _ack_early(self, held: Held) -> None:
         """At-most-once: remove the message before the task runs (task_acks_late=False)."""
         await self.app.broker.ack([held.delivery])
+
+    def _failed(self, held: Held, exc: Exception) -> None:
+        """The worker itself failed on a delivery: set it aside with the reason, go on."""
+        logger.error("could not handle message %s; dead-lettering it: %s", held.delivery.id,
+                     describe_error(exc), exc_info=exc)
+        if not held.finished:  # (a verdict already submitted stands)
+            self._submit(held, Verdict(Action.DEAD_LETTER, reason=(
+                f"the worker could not handle it: {describe_error(exc)}")))
 
     def _submit(self, held: Held, verdict: Verdict) -> None:
         self._count(verdict, held.delivery.id)
@@ -413,7 +449,11 @@ class Consumer:
             await self._pending.event.wait()
             await self._gather_verdicts()
             async with self._flush_lock:
-                await self._flush_once()
+                try:
+                    await self._flush_once()
+                except Exception:  # a bug must not stop every later result and ack
+                    logger.exception("the flush failed unexpectedly; going on")
+                    await asyncio.sleep(0.5)
 
     async def _gather_verdicts(self) -> None:
         """Let the verdicts of tasks running now join the batch, for a moment at most.
@@ -425,7 +465,8 @@ class Consumer:
         """
         deadline = time.monotonic() + FLUSH_LINGER
         try:
-            while self._busy and len(self._pending.items) < FLUSH_MAX_BATCH \
+            while self._busy and not self._suspects \
+                    and len(self._pending.items) < FLUSH_MAX_BATCH \
                     and not self._stopping.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -452,20 +493,65 @@ class Consumer:
         if not batch:
             return
         try:
-            batch = await self._still_ours(batch)
-            await self._store_outcomes(batch)
-            await follow_up(self.app, batch)  # chains, callbacks, chords: before the acks
-            await self._publish_retries(batch)
-            await self._settle(batch)
-            self._last_broker_ok = time.monotonic()
-        except Exception:
-            logger.exception("could not write %d results/acks; retrying", len(batch))
-            self._pending.items[:0] = batch
-            self._pending.event.set()
-            await asyncio.sleep(0.5)
-            return
+            await self._write(batch)
+        except Exception as exc:
+            if transient(exc) or len(batch) == 1:
+                await self._write_failed(batch, exc)
+                return
+            # Not the servers: one verdict is probably at fault. Write them one by one,
+            # so that it alone is set aside and the others are not held up by it.
+            logger.warning("could not write %d results/acks (%s); writing them one by one",
+                           len(batch), describe_error(exc))
+            for index, pair in enumerate(batch):
+                try:
+                    await self._write([pair])
+                except Exception as single:
+                    if transient(single):
+                        await self._write_failed(batch[index:], single)
+                        return
+                    await self._write_failed([pair], single)
+
+    async def _write(self, batch: list[tuple[Held, Verdict]]) -> None:
+        """Carry out a batch of verdicts in the order that keeps at-least-once."""
+        batch = await self._still_ours(batch)
+        await store_outcomes(self.app, batch)
+        await follow_up(self.app, batch)  # chains, callbacks, chords: before the acks
+        await publish_retries(self.app, batch)
+        await settle(self.app.broker, batch)
+        self._last_broker_ok = time.monotonic()
         for held, _ in batch:
             self._release(held)
+
+    async def _write_failed(self, batch: list[tuple[Held, Verdict]], exc: Exception) -> None:
+        """A write failed: retry later if the servers failed, else set the verdict aside.
+
+        A single verdict that fails for a reason of its own (no server error) is
+        dead-lettered with that reason, so that it can never hold up the flush.
+        """
+        if not transient(exc) and len(batch) == 1:
+            held, verdict = batch[0]
+            failure = await set_aside(self.app.broker, held.delivery, verdict, exc)
+            if failure is None:
+                self.stats.dead_lettered += 1
+                self._release(held)
+                return
+            exc = failure  # cannot even do that: the broker is in trouble after all
+        logger.error("could not write %d results/acks; retrying: %s", len(batch),
+                     describe_error(exc), exc_info=exc)
+        self._pending.items[:0] = batch
+        self._pending.event.set()
+        await asyncio.sleep(0.5)
+
+    async def _flush_finished(self) -> None:
+        """Write the finished verdicts now, before a task that may kill this process starts.
+
+        A redelivered task may be what killed a worker before (a poison); the acks of the
+        tasks that finished before it must not die with it, or those would run again.
+        """
+        if self._pending.items or self._flush_lock.locked():
+            async with self._flush_lock:
+                if self._pending.items:
+                    await self._flush_once()
 
     async def _still_ours(self, batch: list[tuple[Held, Verdict]]) -> list[tuple[Held, Verdict]]:
         """Drop the verdicts whose lease may have been taken over by another worker.
@@ -488,38 +574,6 @@ class Consumer:
                                "paused); another worker owns it, so its result is dropped",
                                message.id if message else held.delivery.id)
         return [pair for pair in batch if id(pair[0]) not in lost]
-
-    async def _store_outcomes(self, batch: list[tuple[Held, Verdict]]) -> None:
-        results: dict[str, bytes] = {}
-        headers: dict[str, dict[str, Any]] = {}  # where a backend may route each result
-        for _, verdict in batch:
-            if verdict.outcome is not None and verdict.message is not None:
-                serializer = verdict.message.result_serializer
-                results[verdict.message.id] = self.app.encode_outcome(verdict.outcome,
-                                                                      serializer)
-                headers[verdict.message.id] = verdict.message.headers
-        if results:
-            backend = self.app.backend
-            await backend.store_replies(results, headers, self.app.conf.result_expires)
-
-    async def _publish_retries(self, batch: list[tuple[Held, Verdict]]) -> None:
-        retries = [verdict.retry for _, verdict in batch if verdict.retry is not None]
-        if retries:
-            await self.app.publish(retries)
-
-    async def _settle(self, batch: list[tuple[Held, Verdict]]) -> None:
-        broker = self.app.broker
-        acks = [held.delivery for held, v in batch
-                if v.action in (Action.ACK, Action.RETRY, Action.DEFER)]
-        dead = [(held.delivery, v.reason or "dead-lettered") for held, v in batch
-                if v.action is Action.DEAD_LETTER]
-        requeue = [held.delivery for held, v in batch if v.action is Action.REQUEUE]
-        if acks:
-            await broker.ack(acks)
-        if dead:
-            await broker.dead_letter(dead)
-        if requeue:
-            await broker.requeue(requeue)
 
     def _release(self, held: Held) -> None:
         if self._held.pop(id(held.delivery), None) is not None and held.finished:
@@ -571,3 +625,4 @@ class Consumer:
                 logger.critical("no broker call has succeeded for %.0fs: stopping this worker "
                                 "so that it is restarted", silent)
                 self.stop(StopReason.BROKER_LOST)
+

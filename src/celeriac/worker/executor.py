@@ -18,17 +18,18 @@ from typing import Any
 from celeriac import states
 from celeriac.app import App
 from celeriac.brokers.base import Delivery, Outgoing
-from celeriac.canvas_run import CHAIN_HEADER, TOKEN_HEADER
+from celeriac.canvas_run import CHAIN_HEADER, CHORD_HEADER, TOKEN_HEADER
 from celeriac.errors import (
     ContentDisallowed,
     DecodeError,
+    MessageTooLarge,
     Reject,
     Retry,
     TaskNotRegistered,
     TaskRevokedError,
 )
 from celeriac.message import Message
-from celeriac.outcome import Outcome
+from celeriac.outcome import Outcome, describe_error
 from celeriac.task import Request, Task, current_request
 from celeriac.tracking import mark_started, tracks_started
 from celeriac.worker.guard import Guard, Interrupted
@@ -73,19 +74,50 @@ class Executor:
         self.guard = Guard(app, run_sync)  # revocations and time limits
 
     def prepare(self, delivery: Delivery) -> Prepared | Verdict:
-        """Decode and check a delivery; a Verdict when it must not run."""
+        """Decode and check a delivery; a Verdict when it must not run.
+
+        Never raises: whatever goes wrong with one delivery is that delivery's verdict
+        (dead-lettered with the reason), so it cannot stop the slot that prepares it.
+        """
+        try:
+            return self._prepare(delivery)
+        except Exception as exc:  # a bug, or a value no check foresaw: this delivery only
+            logger.exception("could not prepare message %s", delivery.id)
+            return _dead(f"the worker could not prepare it: {describe_error(exc)}")
+
+    def _prepare(self, delivery: Delivery) -> Prepared | Verdict:
+        problem = delivery.problem
+        if problem is not None:  # the broker could not read its own fields
+            return _dead(f"unreadable delivery: {problem}")
         limit = self.app.conf.task_delivery_limit
         if delivery.delivery_count > limit:
             return _dead(f"delivery limit exceeded: delivered {delivery.delivery_count} times "
                          f"(task_delivery_limit={limit}); the task may be killing its worker")
-        try:
-            message = self.app.decode_message(delivery.body)
+        codec = self.app.codec
+        try:  # the size is checked before a byte is decompressed or decoded
+            message = Message.from_payload(codec.decode(delivery.body, codec.max_size))
+        except MessageTooLarge as exc:
+            return _dead(f"message too large: {exc}")
         except (DecodeError, ContentDisallowed) as exc:
-            return _dead(f"undecodable message: {exc}")
+            reason = str(exc)  # "malformed message: <field> ..." says enough by itself
+            return _dead(reason if reason.startswith("malformed message")
+                         else f"undecodable message: {reason}")
         try:
             task = self.app.get_task(message.task)
         except TaskNotRegistered as exc:
             return _dead(f"unknown task: {exc}", message)
+        try:  # as at send time: a call its function cannot take is a malformed message
+            task.check_arguments(message.args, message.kwargs)
+        except TypeError as exc:
+            return _dead(f"malformed message: its arguments do not fit the task: {exc}",
+                         message)
+        if message.callbacks or message.errbacks or CHAIN_HEADER in message.headers \
+                or CHORD_HEADER in message.headers:
+            unreadable = self._unreadable_workflow(message)
+            if unreadable is not None:  # found now, before the task runs, not after
+                # (without its message: what follows it cannot be read, so not failed)
+                return _dead(f"malformed message: {message.task}[{message.id}]: "
+                             f"{unreadable}")
         if message.expires is not None and message.expires < time.time():
             expired = TaskRevokedError(f"task {message.task}[{message.id}] expired before it ran")
             logger.info("Task %s[%s] expired, not run", message.task, message.id)
@@ -96,6 +128,52 @@ class Executor:
             return Verdict(Action.ACK, refused, message=message)
         return Prepared(delivery, message, task)
 
+    def _unreadable_workflow(self, message: Message) -> str | None:
+        """What is wrong with the signatures of what follows the task, if anything."""
+        from celeriac.canvas import Signature
+
+        chain = message.headers.get(CHAIN_HEADER)
+        if chain is not None and not isinstance(chain, list | tuple):
+            return f"header {CHAIN_HEADER!r} must be a list of signatures, not {chain!r:.60}"
+        for name, payloads in (("callbacks", message.callbacks),
+                               ("errbacks", message.errbacks),
+                               (f"header {CHAIN_HEADER!r}", chain or ())):
+            for index, payload in enumerate(payloads):
+                try:
+                    Signature.from_payload(payload, self.app)
+                except Exception as exc:
+                    return f"{name}[{index}] is not a signature: {describe_error(exc)}"
+        member = message.headers.get(CHORD_HEADER)
+        return None if member is None else self._unreadable_chord(member, CHORD_HEADER)
+
+    def _unreadable_chord(self, member: Any, where: str, depth: int = 0) -> str | None:
+        """What is wrong with a chord member header (``canvas_run``: id, size, index,
+        body, then, and the member header of an enclosing chord), if anything."""
+        from celeriac.canvas import Signature
+
+        if not isinstance(member, dict) or depth > 32:
+            return f"header {where!r} must be a chord member (a mapping), not {member!r:.60}"
+        chord_id, size, index = member.get("id"), member.get("size"), member.get("index")
+        for key, value, sound in (
+                ("id", chord_id, isinstance(chord_id, str) and chord_id != ""),
+                ("size", size, type(size) is int and size > 0),
+                ("index", index, type(index) is int and index >= 0)):
+            if not sound:
+                return f"header {where!r}: {key!r} is {value!r:.60}"
+        then = member.get("then", [])
+        if not isinstance(then, list | tuple):
+            return f"header {where!r}: 'then' must be a list of signatures"
+        for place, payload in (("body", member.get("body")),
+                               *((f"then[{i}]", step) for i, step in enumerate(then))):
+            try:
+                Signature.from_payload(payload, self.app)
+            except Exception as exc:
+                return f"header {where!r}: {place} is not a signature: {describe_error(exc)}"
+        outer = member.get("member")
+        if outer is None:
+            return None
+        return self._unreadable_chord(outer, f"{where}.member", depth + 1)
+
     async def run(self, prepared: Prepared) -> Verdict:
         message, task = prepared.message, prepared.task
         if TOKEN_HEADER in message.headers:  # sent by a worker after a task of a workflow
@@ -105,7 +183,11 @@ class Executor:
                 return Verdict(Action.ACK, message=message)
         request = _request_for(message, prepared.delivery.delivery_count, self.hostname)
         if tracks_started(task) and not message.ignore_result:
-            await mark_started(self.app, message, self.hostname)
+            try:
+                await mark_started(self.app, message, self.hostname)
+            except Exception as exc:  # STARTED is informative: not worth not running for
+                logger.warning("Task %s[%s]: could not store STARTED (%s); running it anyway",
+                               message.task, message.id, describe_error(exc))
         started = time.perf_counter()
         try:
             verdict = await self.guard.run(task, message,
@@ -190,7 +272,8 @@ def _verdict_for_error(task: Task[Any, Any], request: Request, message: Message,
         return _retry_verdict(task, message, exc)
     if isinstance(exc, Reject):
         action = Action.REQUEUE if exc.requeue else Action.DEAD_LETTER
-        return Verdict(action, reason=f"rejected by the task: {exc.reason}", message=message)
+        said = str(exc.reason) if exc.reason else "(no reason given)"
+        return Verdict(action, reason=f"rejected by the task: {said}", message=message)
     if task.options.autoretry_for and isinstance(exc, task.options.autoretry_for) \
             and not isinstance(exc, task.options.dont_autoretry_for):
         return _autoretry(task, request, message, exc)
@@ -243,8 +326,13 @@ def _retry_verdict(task: Task[Any, Any], message: Message, signal: Retry) -> Ver
     when = signal.when.timestamp() if signal.when is not None else time.time()
     next_message = message.replace(retries=message.retries + 1, eta=when, sent_at=time.time(),
                                    **signal.changes)  # args, kwargs, queue, priority
-    retry = Outgoing(next_message.id, next_message.queue, encode_for(task, next_message),
-                     next_message.priority, when)
+    try:
+        body = encode_for(task, next_message)
+    except Exception as exc:  # new arguments that cannot be sent: the task fails with that
+        logger.error("Task %s[%s]: its retry cannot be sent: %s", message.task, message.id,
+                     describe_error(exc))
+        return Verdict(Action.ACK, _failure(exc, states.FAILURE, message), message=message)
+    retry = Outgoing(next_message.id, next_message.queue, body, next_message.priority, when)
     cause = signal.exc if signal.exc is not None else signal
     return Verdict(Action.RETRY, _failure(cause, states.RETRY, message), retry=retry,
                    message=message)
