@@ -188,6 +188,16 @@ class Broker(ABC):
     async def requeue(self, deliveries: Sequence[Delivery]) -> None:
         """Hand unstarted deliveries back at once; they do not count as delivered."""
 
+    def holds(self, delivery: Delivery) -> bool:
+        """Whether ``delivery`` is still this process's, as far as it knows without I/O.
+
+        A consumer asks before starting a prefetched delivery: False (its connection was
+        lost, its lease ran out) is certain, and the delivery is dropped, not started,
+        because another consumer has it now. True is no promise (``extend`` asks the
+        server). Brokers whose leases live on the server only answer True.
+        """
+        return True
+
     @abstractmethod
     async def extend(self, deliveries: Sequence[Delivery]) -> list[bool]:
         """Renew the leases; for each delivery, whether its lease is still this one's."""

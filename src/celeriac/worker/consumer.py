@@ -281,6 +281,8 @@ class Consumer:
                 if self._stopping.is_set():
                     self._ready.put_nowait(held)  # handed back by _hand_back_unstarted
                     return
+                if self._lost_before_start(held):
+                    continue
                 item = (held, self.executor.prepare(held.delivery))
             else:
                 item, carried = carried, None
@@ -360,6 +362,8 @@ class Consumer:
             if self._ready.empty() or self._stopping.is_set():
                 break
             held = self._ready.get_nowait()
+            if self._lost_before_start(held):
+                break  # ends this batch early; the slot goes on with the next delivery
             carried = (held, self.executor.prepare(held.delivery))
         if batch:
             try:
@@ -574,6 +578,18 @@ class Consumer:
                                "paused); another worker owns it, so its result is dropped",
                                message.id if message else held.delivery.id)
         return [pair for pair in batch if id(pair[0]) not in lost]
+
+    def _lost_before_start(self, held: Held) -> bool:
+        """Drop a prefetched delivery whose lease is known lost (its connection dropped):
+        the broker has given it to another consumer, so starting it would run it twice."""
+        if self.app.broker.holds(held.delivery):
+            return False
+        self.stats.lost_leases += 1
+        self._release(held)
+        logger.warning("prefetched task %s dropped before it started: its lease was lost "
+                       "(connection to the broker lost); another worker will run it",
+                       held.delivery.id)
+        return True
 
     def _release(self, held: Held) -> None:
         if self._held.pop(id(held.delivery), None) is not None and held.finished:

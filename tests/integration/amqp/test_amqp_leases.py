@@ -19,12 +19,11 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 
-import pytest
 from fault_proxy import FaultProxy
 from rabbit_harness import LEASE_SECONDS, Rabbit, RabbitDeployment
 from worker_harness import WorkerProcess, kill_pid, wait_until
 
-from celeriac.brokers import Broker, Outgoing, create_broker
+from celeriac.brokers import Outgoing, create_broker
 from celeriac.brokers.amqp import AMQPBroker
 
 TOTAL_TIMEOUT = 30.0
@@ -208,14 +207,6 @@ def test_a_poison_task_is_dead_lettered_alone_and_its_deaths_never_count_innocen
     deployment.wait_for_queue(ready=0, in_flight=0)
 
 
-# Until the consumer asks ``Broker.holds`` before starting a prefetched delivery (a change
-# in worker/consumer.py, outside this branch), it starts deliveries of a lost connection.
-NEEDS_CONSUMER_CHECK = pytest.mark.xfail(
-    not hasattr(Broker, "holds"), strict=True,
-    reason="the consumer does not yet drop prefetched deliveries it no longer holds")
-
-
-@NEEDS_CONSUMER_CHECK
 def test_after_connection_resets_only_the_tasks_running_then_run_twice(
     deployment: RabbitDeployment, rabbit: Rabbit,
 ) -> None:
