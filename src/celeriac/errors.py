@@ -171,9 +171,40 @@ class Reject(Exception):
 
 
 def describe(exc: BaseException) -> str:
-    """One readable line for an exception, its cause included, never an empty string."""
-    text = str(exc).strip() or type(exc).__name__
+    """An exception as one readable line, for log lines, dead-letter reasons and the CLI.
+
+    celeriac's own errors are written for their reader and come as they are; any other
+    exception is named by its type when its text does not say it (``KeyError: 'x'``), and
+    by its type alone when its text is empty or cannot be read, so no line is ever
+    blank. A cause that adds something (``raise ... from exc``) follows in parentheses.
+    """
+    text = _describe_one(exc)
     cause = exc.__cause__
-    if cause is not None and str(cause).strip() and str(cause).strip() not in text:
-        text = f"{text} ({type(cause).__name__}: {str(cause).strip()})"
-    return text.replace("\n", " ")
+    if cause is not None:
+        cause_text = _text(cause).strip()
+        if cause_text and cause_text not in text:
+            text = f"{text} ({_describe_one(cause)})"
+    return " ".join(text.split())  # one line
+
+
+_UNREADABLE = "(its text could not be read)"
+
+
+def _describe_one(exc: BaseException) -> str:
+    name = type(exc).__name__
+    text = _text(exc).strip()
+    if not text:
+        return name
+    if text == _UNREADABLE:
+        return f"{name} {text}"
+    if isinstance(exc, CeleriacError) or name in text:
+        return text
+    return f"{name}: {text}"
+
+
+def _text(exc: BaseException) -> str:
+    """``str(exc)``, even for an exception whose ``__str__`` raises."""
+    try:
+        return str(exc)
+    except Exception:
+        return _UNREADABLE

@@ -78,21 +78,6 @@ def _text(exc: BaseException) -> str:
         return "(its text could not be read)"
 
 
-def describe_error(exc: BaseException) -> str:
-    """An exception as one readable line: its text, with its type name when that helps.
-
-    An exception whose ``str()`` is empty (``raise KeyError()``, ``TimeoutError()``) is
-    named by its type, so no log line or dead-letter reason is ever left blank.
-    """
-    name = type(exc).__name__
-    text = _text(exc)  # (a broken __str__ must not break the log line reporting it)
-    if text == "(its text could not be read)":
-        return f"{name} {text}"
-    if not text:
-        return name
-    return text if name in text else f"{name}: {text}"
-
-
 def _portable_args(exc: BaseException) -> list[Any] | None:
     """The exception's args if they are plain data every serializer can carry."""
     plain = (str, int, float, bool, type(None))

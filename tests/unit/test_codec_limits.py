@@ -15,7 +15,7 @@ import pytest
 import zstandard
 
 from celeriac import DecodeError, MessageTooLarge
-from celeriac.outcome import describe_error
+from celeriac.errors import BrokerUnavailable, describe
 from celeriac.serialization import Codec
 from celeriac.serialization.compression import compressor_for
 
@@ -96,9 +96,10 @@ def test_a_body_that_is_not_bytes_is_a_decode_error() -> None:
     (KeyError(), "KeyError"), (TimeoutError(), "TimeoutError"),
     (ValueError("bad value"), "ValueError: bad value"),
     (KeyError("id"), "KeyError: 'id'"),
+    (BrokerUnavailable("cannot reach Redis"), "cannot reach Redis"),  # written for users
 ])
 def test_an_exception_always_reads_as_something(exc: BaseException, text: str) -> None:
-    assert describe_error(exc) == text
+    assert describe(exc) == text
 
 
 def test_an_exception_whose_text_cannot_be_read_still_reads_as_something() -> None:
@@ -106,4 +107,11 @@ def test_an_exception_whose_text_cannot_be_read_still_reads_as_something() -> No
         def __str__(self) -> str:
             raise RuntimeError("no text")
 
-    assert describe_error(Broken()) == "Broken (its text could not be read)"
+    assert describe(Broken()) == "Broken (its text could not be read)"
+
+
+def test_a_cause_that_adds_something_is_named_too() -> None:
+    error = BrokerUnavailable("cannot reach the broker")
+    error.__cause__ = ConnectionRefusedError(111, "Connection refused")
+    assert describe(error) == ("cannot reach the broker (ConnectionRefusedError: "
+                               "[Errno 111] Connection refused)")

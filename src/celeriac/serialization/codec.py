@@ -23,8 +23,7 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
-from celeriac.errors import ContentDisallowed, DecodeError, MessageTooLarge
-from celeriac.outcome import describe_error
+from celeriac.errors import ContentDisallowed, DecodeError, MessageTooLarge, describe
 from celeriac.serialization.compression import COMPRESSORS_BY_CODE, compressor_for
 from celeriac.serialization.serializers import SERIALIZERS_BY_CODE, serializer_for
 
@@ -100,5 +99,5 @@ class Codec:
             raise
         except Exception as exc:
             raise DecodeError(f"cannot decode {serializer.name} payload: "
-                              f"{describe_error(exc)}") from exc
+                              f"{describe(exc)}") from exc
 

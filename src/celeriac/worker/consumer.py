@@ -34,7 +34,7 @@ from enum import Enum
 
 from celeriac.app import App
 from celeriac.brokers.base import Delivery
-from celeriac.outcome import describe_error
+from celeriac.errors import describe
 from celeriac.worker.executor import Action, Executor, Prepared, SyncRunner, Verdict
 from celeriac.worker.ratelimit import RateLimiter
 from celeriac.worker.verdicts import (
@@ -394,10 +394,10 @@ class Consumer:
     def _failed(self, held: Held, exc: Exception) -> None:
         """The worker itself failed on a delivery: set it aside with the reason, go on."""
         logger.error("could not handle message %s; dead-lettering it: %s", held.delivery.id,
-                     describe_error(exc), exc_info=exc)
+                     describe(exc), exc_info=exc)
         if not held.finished:  # (a verdict already submitted stands)
             self._submit(held, Verdict(Action.DEAD_LETTER, reason=(
-                f"the worker could not handle it: {describe_error(exc)}")))
+                f"the worker could not handle it: {describe(exc)}")))
 
     def _submit(self, held: Held, verdict: Verdict) -> None:
         self._count(verdict, held.delivery.id)
@@ -505,7 +505,7 @@ class Consumer:
             # Not the servers: one verdict is probably at fault. Write them one by one,
             # so that it alone is set aside and the others are not held up by it.
             logger.warning("could not write %d results/acks (%s); writing them one by one",
-                           len(batch), describe_error(exc))
+                           len(batch), describe(exc))
             for index, pair in enumerate(batch):
                 try:
                     await self._write([pair])
@@ -541,7 +541,7 @@ class Consumer:
                 return
             exc = failure  # cannot even do that: the broker is in trouble after all
         logger.error("could not write %d results/acks; retrying: %s", len(batch),
-                     describe_error(exc), exc_info=exc)
+                     describe(exc), exc_info=exc)
         self._pending.items[:0] = batch
         self._pending.event.set()
         await asyncio.sleep(0.5)

@@ -27,9 +27,10 @@ from celeriac.errors import (
     Retry,
     TaskNotRegistered,
     TaskRevokedError,
+    describe,
 )
 from celeriac.message import Message
-from celeriac.outcome import Outcome, describe_error
+from celeriac.outcome import Outcome
 from celeriac.task import Request, Task, current_request
 from celeriac.tracking import mark_started, tracks_started
 from celeriac.worker.guard import Guard, Interrupted
@@ -83,7 +84,7 @@ class Executor:
             return self._prepare(delivery)
         except Exception as exc:  # a bug, or a value no check foresaw: this delivery only
             logger.exception("could not prepare message %s", delivery.id)
-            return _dead(f"the worker could not prepare it: {describe_error(exc)}")
+            return _dead(f"the worker could not prepare it: {describe(exc)}")
 
     def _prepare(self, delivery: Delivery) -> Prepared | Verdict:
         problem = delivery.problem
@@ -142,7 +143,7 @@ class Executor:
                 try:
                     Signature.from_payload(payload, self.app)
                 except Exception as exc:
-                    return f"{name}[{index}] is not a signature: {describe_error(exc)}"
+                    return f"{name}[{index}] is not a signature: {describe(exc)}"
         member = message.headers.get(CHORD_HEADER)
         return None if member is None else self._unreadable_chord(member, CHORD_HEADER)
 
@@ -168,7 +169,7 @@ class Executor:
             try:
                 Signature.from_payload(payload, self.app)
             except Exception as exc:
-                return f"header {where!r}: {place} is not a signature: {describe_error(exc)}"
+                return f"header {where!r}: {place} is not a signature: {describe(exc)}"
         outer = member.get("member")
         if outer is None:
             return None
@@ -187,7 +188,7 @@ class Executor:
                 await mark_started(self.app, message, self.hostname)
             except Exception as exc:  # STARTED is informative: not worth not running for
                 logger.warning("Task %s[%s]: could not store STARTED (%s); running it anyway",
-                               message.task, message.id, describe_error(exc))
+                               message.task, message.id, describe(exc))
         started = time.perf_counter()
         try:
             verdict = await self.guard.run(task, message,
@@ -330,7 +331,7 @@ def _retry_verdict(task: Task[Any, Any], message: Message, signal: Retry) -> Ver
         body = encode_for(task, next_message)
     except Exception as exc:  # new arguments that cannot be sent: the task fails with that
         logger.error("Task %s[%s]: its retry cannot be sent: %s", message.task, message.id,
-                     describe_error(exc))
+                     describe(exc))
         return Verdict(Action.ACK, _failure(exc, states.FAILURE, message), message=message)
     retry = Outgoing(next_message.id, next_message.queue, body, next_message.priority, when)
     cause = signal.exc if signal.exc is not None else signal

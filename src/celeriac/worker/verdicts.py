@@ -17,8 +17,8 @@ from typing import Any
 from celeriac import states
 from celeriac.app import App
 from celeriac.brokers.base import Broker, Delivery
-from celeriac.errors import BackendError, BrokerError, MessageError
-from celeriac.outcome import Outcome, describe_error
+from celeriac.errors import BackendError, BrokerError, MessageError, describe
+from celeriac.outcome import Outcome
 from celeriac.worker.executor import Action, Verdict
 
 logger = logging.getLogger("celeriac.worker")
@@ -58,7 +58,7 @@ def encoded(app: App, verdict: Verdict) -> bytes:
     except Exception as exc:
         chosen = serializer or app.conf.result_serializer
         error = MessageError(f"the {outcome.state} outcome of {message.task}[{message.id}] "
-                             f"could not be encoded with {chosen}: {describe_error(exc)}")
+                             f"could not be encoded with {chosen}: {describe(exc)}")
         logger.error("Task %s[%s] failed: %s", message.task, message.id, error)
         verdict.outcome = Outcome.failure(error, states.FAILURE, message.task,
                                           message.retries)
@@ -95,7 +95,7 @@ async def set_aside(broker: Broker, delivery: Delivery, verdict: Verdict,
     Returns None once done, or the error when even that failed (the broker's trouble).
     """
     reason = (f"the worker could not store its outcome or send what follows it: "
-              f"{describe_error(exc)}")
+              f"{describe(exc)}")
     name = f"{verdict.message.task}[{verdict.message.id}]" if verdict.message else delivery.id
     logger.error("Task %s: %s; dead-lettering it", name, reason, exc_info=exc)
     try:
