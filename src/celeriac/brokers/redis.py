@@ -104,6 +104,7 @@ from celeriac.brokers.base import (
     Delivery,
     Outgoing,
     QueueStats,
+    check_outgoing,
 )
 from celeriac.brokers.buckets_redis import RedisBuckets
 from celeriac.brokers.redis_connection import (
@@ -307,7 +308,9 @@ class RedisBroker(Broker):
         self._blocking.close()
 
     def _publish_calls(self, messages: Sequence[Outgoing]) -> list[tuple[list[str], list[Any]]]:
-        """The keys and arguments of the PUBLISH script calls for these messages."""
+        """The keys and arguments of the PUBLISH script calls for these messages, each
+        message checked first, so that a bad one stores none of the batch."""
+        check_outgoing(messages)
         now = time.time()
         calls = []
         queues_key = self._queues_key
