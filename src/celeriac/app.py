@@ -280,7 +280,9 @@ class App:
         return self._codec
 
     def decode_message(self, body: bytes) -> Message:
-        return Message.from_payload(self.codec.decode(body))
+        """A task message from its bytes, bounded by ``task_message_max_size`` (a body
+        that inflates past it is refused before it is inflated whole)."""
+        return Message.from_payload(self.codec.decode(body, self.codec.max_size))
 
     def encode_outcome(self, outcome: Outcome, serializer: str | None = None) -> bytes:
         # Results have no size limit: a finished task's outcome must always be storable.
