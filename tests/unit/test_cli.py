@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -352,3 +353,25 @@ def test_broker_option_wins_over_the_apps_own_broker(app: App, url: str,
     # Then it went to the store -b named
     assert run.returncode == 0, run.stderr
     assert stats(app).ready == 1
+
+
+@pytest.mark.usefixtures("app", "worker")
+def test_an_unregistered_task_is_logged_and_result_says_it_was_dead_lettered(
+        caplog: pytest.LogCaptureFixture, app: App) -> None:
+    # Given a task sent under a name no worker knows
+    task_id = invoke("call", "proj.nope").stdout.strip()
+
+    # Then the worker says so at ERROR, in Celery's words, with the likely causes
+    wait = app._run_sync
+    for _ in range(100):
+        if wait(app.broker.dead_letters(10)):
+            break
+        time.sleep(0.05)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("Received unregistered task of type 'proj.nope'" in e and "include" in e
+               for e in errors), errors
+    # And `celeriac result` says it never ran, and why, with a failing exit status
+    result = invoke("result", task_id)
+    assert result.exit_code == 1, result.output
+    assert "DEAD-LETTERED" in result.output
+    assert "unknown task" in result.output

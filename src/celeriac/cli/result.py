@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from celeriac import states
+from celeriac.brokers.base import DeadLetter
 from celeriac.cli.common import client_app, run
 from celeriac.outcome import Outcome
 
@@ -33,19 +34,33 @@ STATE_COLOURS = {states.SUCCESS: "green", states.FAILURE: "red", states.RETRY: "
 def result_command(spec: AppSpec, task_id: str, wait: bool, timeout: float | None) -> None:
     """Show the state of TASK_ID and its result, or its exception and traceback.
 
-    Exit status: 0 when the task succeeded (or is still on its way), 1 when it failed or
-    was revoked, 3 when nothing is stored under TASK_ID (an unknown or expired id, or a
-    task not started yet), so that scripts can act on it.
+    Exit status: 0 when the task succeeded (or is still on its way), 1 when it failed,
+    was revoked or was dead-lettered (never ran: the reason is shown), 3 when nothing is
+    known of TASK_ID (an unknown or expired id, or a task not started yet), so that
+    scripts can act on it.
     """
     with client_app(spec) as app:
         outcome = run(app, _load(app, task_id, wait or timeout is not None, timeout))
-        _show(task_id, outcome)
-        if timeout is not None and (outcome is None or not outcome.ready):
+        letter = None if outcome is not None else run(app, _dead_letter(app, task_id))
+        _show(task_id, outcome, letter)
+        if timeout is not None and letter is None and (outcome is None or not outcome.ready):
             raise click.ClickException(f"task {task_id} did not finish within {timeout:g} s")
+    if letter is not None:
+        sys.exit(EXIT_FAILED)
     if outcome is None:
         sys.exit(EXIT_NOTHING_STORED)
     if outcome.state in (states.FAILURE, states.REVOKED):
         sys.exit(EXIT_FAILED)
+
+
+DEAD_LETTER_SCAN = 1_000  # the most recent dead letters searched for an id
+
+
+async def _dead_letter(app: App, task_id: str) -> DeadLetter | None:
+    """The dead letter of ``task_id``, if it is among the most recent ones."""
+    broker = await app._connected_broker()
+    letters = await broker.dead_letters(DEAD_LETTER_SCAN)
+    return next((letter for letter in letters if letter.id == task_id), None)
 
 
 async def _load(app: App, task_id: str, wait: bool, timeout: float | None) -> Outcome | None:
@@ -60,11 +75,16 @@ async def _load(app: App, task_id: str, wait: bool, timeout: float | None) -> Ou
     return None if data is None else app.decode_outcome(data)
 
 
-def _show(task_id: str, outcome: Outcome | None) -> None:
+def _show(task_id: str, outcome: Outcome | None, letter: DeadLetter | None) -> None:
     state = states.PENDING if outcome is None else outcome.state
     _field("id", task_id)
     if outcome is not None and outcome.task:
         _field("task", outcome.task)
+    if letter is not None:  # it never ran: say why, rather than leave it "pending"
+        _field("state", click.style("DEAD-LETTERED", fg="red", bold=True) + " (it never ran)")
+        _field("queue", letter.queue)
+        _field("reason", letter.reason)
+        return
     _field("state", click.style(state, fg=STATE_COLOURS.get(state), bold=True))
     if outcome is None:
         click.echo("        (no result stored: queued, running, unknown, or expired)")

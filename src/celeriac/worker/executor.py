@@ -106,6 +106,13 @@ class Executor:
         try:
             task = self.app.get_task(message.task)
         except TaskNotRegistered as exc:
+            # Celery's words, which its users search for; the usual causes follow.
+            logger.error("Received unregistered task of type %r (id %s): it goes to the dead "
+                         "letters. The worker knows the tasks of the modules its app imports: "
+                         "is the task's module listed in include or imports, found by "
+                         "autodiscover_tasks, or imported by the app module? Is it sent to "
+                         "the app this worker runs, under the name it was registered with?",
+                         message.task, message.id)
             return _dead(f"unknown task: {exc}", message)
         try:  # as at send time: a call its function cannot take is a malformed message
             task.check_arguments(message.args, message.kwargs)
