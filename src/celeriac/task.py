@@ -346,9 +346,6 @@ class Task(Generic[P, R]):
         priority = changes.get("priority", 0)
         if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
             raise ValueError(f"priority must be a whole number from 0 to 9, not {priority!r}")
-        queue = changes.get("queue", "celeriac")
-        if not isinstance(queue, str) or not queue:
-            raise ValueError(f"queue must be a non-empty queue name, not {queue!r}")
         if args is not None:
             changes["args"] = tuple(args)
         if kwargs is not None:

@@ -130,7 +130,6 @@ def test_retry_backoff_doubles_up_to_its_cap_with_optional_jitter(app: App) -> N
     ({"countdown": 1, "eta": datetime.now(UTC)}, "countdown or eta, not both"),
     ({"routing_key": "x"}, "unexpected option 'routing_key'"),
     ({"priority": 11}, "priority must be a whole number"),
-    ({"queue": ""}, "queue must be a non-empty queue name"),
 ])
 def test_malformed_retry_calls_fail_the_task_clearly(app: App, call: dict[str, Any],
                                                      message: str) -> None:
