@@ -9,10 +9,13 @@ consumer carries the verdicts out in batches. Eager mode runs tasks through the 
 from __future__ import annotations
 
 import logging
+import os
+import sysconfig
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from types import TracebackType
 from typing import Any
 
 from celeriac import states
@@ -33,7 +36,9 @@ from celeriac.message import Message
 from celeriac.outcome import Outcome
 from celeriac.task import Request, Task, current_request
 from celeriac.tracking import mark_started, tracks_started
+from celeriac.worker import hooks
 from celeriac.worker.guard import Guard, Interrupted
+from celeriac.worker.hooks import has_hooks
 
 logger = logging.getLogger("celeriac.worker")
 
@@ -56,6 +61,7 @@ class Verdict:
     retry: Outgoing | None = None
     reason: str | None = None
     message: Message | None = None
+    error: BaseException | None = None  # a failure's exception, for the log's exc_info
 
 
 @dataclass(slots=True)
@@ -212,7 +218,7 @@ class Executor:
         tracked as STARTED (a write before the call).
         """
         message, task = prepared.message, prepared.task
-        return (not task.is_async and task.acks_late
+        return (not task.is_async and task.acks_late and not has_hooks(task)
                 and TOKEN_HEADER not in message.headers
                 and (message.ignore_result or not tracks_started(task))
                 and self.guard.limits_for(task, message) is None)
@@ -261,11 +267,28 @@ def _finished(task: Task[Any, Any], message: Message, verdict: Verdict,
 async def run_call(task: Task[Any, Any], request: Request, run_sync: SyncRunner) -> Verdict:
     """Run one call of ``task`` with ``request`` as its context; say what should follow."""
     message = _message_for(task, request)
+    if has_hooks(task):
+        return await _run_call_with_hooks(task, request, run_sync, message)
     try:
         value = await _invoke(task, request, run_sync)
     except Exception as exc:
         return _verdict_for_error(task, request, message, exc)
     return _succeeded(message, value)
+
+
+async def _run_call_with_hooks(task: Task[Any, Any], request: Request, run_sync: SyncRunner,
+                               message: Message) -> Verdict:
+    """``run_call`` for a task class with Celery's hooks (``worker/hooks.py``)."""
+    await hooks.before_start(task, request, run_sync)
+    try:
+        value = await _invoke(task, request, run_sync)
+    except Exception as exc:
+        verdict = _verdict_for_error(task, request, message, exc)
+        await hooks.after(task, request, verdict, run_sync, exc=exc)
+        return verdict
+    verdict = _succeeded(message, value)
+    await hooks.after(task, request, verdict, run_sync, retval=value)
+    return verdict
 
 
 def _succeeded(message: Message, value: Any) -> Verdict:
@@ -285,7 +308,8 @@ def _verdict_for_error(task: Task[Any, Any], request: Request, message: Message,
     if task.options.autoretry_for and isinstance(exc, task.options.autoretry_for) \
             and not isinstance(exc, task.options.dont_autoretry_for):
         return _autoretry(task, request, message, exc)
-    return Verdict(Action.ACK, _failure(exc, states.FAILURE, message), message=message)
+    return Verdict(Action.ACK, _failure(exc, states.FAILURE, message), message=message,
+                   error=exc)
 
 
 async def _invoke(task: Task[Any, Any], request: Request, run_sync: SyncRunner) -> Any:
@@ -339,7 +363,8 @@ def _retry_verdict(task: Task[Any, Any], message: Message, signal: Retry) -> Ver
     except Exception as exc:  # new arguments that cannot be sent: the task fails with that
         logger.error("Task %s[%s]: its retry cannot be sent: %s", message.task, message.id,
                      describe(exc))
-        return Verdict(Action.ACK, _failure(exc, states.FAILURE, message), message=message)
+        return Verdict(Action.ACK, _failure(exc, states.FAILURE, message), message=message,
+                   error=exc)
     retry = Outgoing(next_message.id, next_message.queue, body, next_message.priority, when)
     cause = signal.exc if signal.exc is not None else signal
     return Verdict(Action.RETRY, _failure(cause, states.RETRY, message), retry=retry,
@@ -381,6 +406,20 @@ def _failure(exc: BaseException, state: str, message: Message | None) -> Outcome
                            message.retries if message else 0)
 
 
+# Frames of these directories that come before the task's own are left out of a logged
+# failure: celeriac calling the task, and the standard library's thread pool under it.
+_CALLERS = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            sysconfig.get_paths()["stdlib"])
+
+
+def user_frames(tb: TracebackType | None) -> TracebackType | None:
+    """A traceback without its leading celeriac frames: the user's code comes first."""
+    first = tb
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_CALLERS):
+        tb = tb.tb_next
+    return tb if tb is not None else first
+
+
 def _dead(reason: str, message: Message | None = None) -> Verdict:
     return Verdict(Action.DEAD_LETTER, reason=reason, message=message)
 
@@ -393,6 +432,13 @@ def _log_verdict(task: Task[Any, Any], message: Message, verdict: Verdict,
             if logger.isEnabledFor(logging.INFO):
                 logger.info("Task %s[%s] succeeded in %.4fs: %.200r", message.task, message.id,
                             elapsed, outcome.result)
+        elif verdict.error is not None:
+            # exc_info, so that Sentry's logging integration and log aggregators get a real
+            # stack; the frames celeriac called the task through are left out.
+            error = verdict.error
+            logger.error("Task %s[%s] failed in %.4fs: %s: %s", message.task, message.id,
+                         elapsed, outcome.exc_type, outcome.exc_message,
+                         exc_info=(type(error), error, user_frames(error.__traceback__)))
         else:
             logger.error("Task %s[%s] failed in %.4fs: %s: %s\n%s", message.task, message.id,
                          elapsed, outcome.exc_type, outcome.exc_message, outcome.traceback)

@@ -1,0 +1,80 @@
+"""Celery's task hooks (``before_start``, ``on_success``, ``on_failure``, ``on_retry``,
+``after_return``) around a call, for tasks whose class overrides them (``base=``).
+
+A task on the plain ``Task`` class pays nothing: ``has_hooks`` is one cached look-up per
+class, and such calls never reach this module. A sync hook runs on the pool thread, as
+the task did (it may block: send a mail, close a database connection); an ``async def``
+hook is awaited on the loop. A hook that raises is logged and does not change the
+task's outcome: the task has already run.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from celeriac import states
+from celeriac.errors import Retry
+from celeriac.task import Task
+
+if TYPE_CHECKING:
+    from celeriac.task import Request
+    from celeriac.worker.executor import SyncRunner, Verdict
+
+logger = logging.getLogger("celeriac.worker")
+
+HOOKS = ("before_start", "on_success", "on_failure", "on_retry", "after_return")
+
+
+@functools.cache
+def _class_has_hooks(cls: type) -> bool:
+    return any(getattr(cls, name) is not getattr(Task, name) for name in HOOKS)
+
+
+def has_hooks(task: Task[Any, Any]) -> bool:
+    """Whether the task's class overrides any of the hooks (cached per class)."""
+    cls: type = type(task)
+    return _class_has_hooks(cls)
+
+
+async def before_start(task: Task[Any, Any], request: Request, run_sync: SyncRunner) -> None:
+    await _call(task, "before_start", run_sync, request.id, request.args, request.kwargs)
+
+
+async def after(task: Task[Any, Any], request: Request, verdict: Verdict, run_sync: SyncRunner,
+                retval: Any = None, exc: BaseException | None = None) -> None:
+    """The hooks that follow a call, by what the verdict made of it."""
+    from celeriac.worker.executor import Action
+
+    einfo = verdict.outcome.traceback if verdict.outcome is not None else None
+    args, kwargs = request.args, request.kwargs
+    if verdict.action is Action.RETRY and exc is not None:
+        status = states.RETRY
+        if isinstance(exc, Retry) and exc.exc is not None:
+            exc = exc.exc  # as Celery: the error the task retried for, not the signal
+        await _call(task, "on_retry", run_sync, exc, request.id, args, kwargs, einfo or "")
+    elif exc is not None and verdict.action is Action.ACK:
+        status = states.FAILURE
+        await _call(task, "on_failure", run_sync, exc, request.id, args, kwargs, einfo or "")
+    elif exc is not None:
+        status = "REJECTED"  # dead-lettered or requeued by the task (Reject)
+    else:
+        status = states.SUCCESS
+        await _call(task, "on_success", run_sync, retval, request.id, args, kwargs)
+    await _call(task, "after_return", run_sync, status, retval if exc is None else exc,
+                request.id, args, kwargs, einfo)
+
+
+async def _call(task: Task[Any, Any], name: str, run_sync: SyncRunner, *args: Any) -> None:
+    hook: Callable[..., Any] = getattr(task, name)
+    try:
+        if inspect.iscoroutinefunction(hook):
+            await hook(*args)
+        else:
+            await run_sync(lambda: hook(*args))
+    except Exception:
+        logger.exception("Task %s: its %s hook raised; the task's outcome stands",
+                         task.name, name)
