@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, ov
 from celeriac.backends import ResultBackend, create_backend
 from celeriac.bridge import Bridge
 from celeriac.brokers import Broker, Outgoing, broker_class, create_broker
-from celeriac.brokers.base import MAX_PRIORITY, MIN_PRIORITY
 from celeriac.builtins import builtin_task
 from celeriac.canvas_run import link_payloads
 from celeriac.config import Settings, suggest
@@ -21,6 +20,7 @@ from celeriac.errors import ContentDisallowed, TaskNotRegistered
 from celeriac.limits import check_time_limit
 from celeriac.message import Message
 from celeriac.outcome import Outcome
+from celeriac.priorities import priority_level
 from celeriac.result import AsyncResult
 from celeriac.routing import Router, check_declared, queue_for_key, transport_queue_options
 from celeriac.serialization import Codec
@@ -414,7 +414,8 @@ class App:
         if not conf.task_create_missing_queues:
             check_declared(queue, conf.task_queues)
         priority = _check_priority(_pick(priority, task_opts.priority, r_priority,
-                                         conf.task_default_priority))
+                                         conf.task_default_priority),
+                                   conf.task_queue_max_priority)
         serializer = _pick(serializer, task_opts.serializer, r_serializer,
                            conf.task_serializer)
         if serializer not in conf.accept_content:
@@ -536,12 +537,8 @@ def _normalise_task_options(options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def _check_priority(priority: Any) -> int:
-    if isinstance(priority, bool) or not isinstance(priority, int) \
-            or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
-        raise ValueError(f"priority must be a whole number from {MIN_PRIORITY} "
-                         f"to {MAX_PRIORITY}, not {priority!r}")
-    return priority
+def _check_priority(priority: Any, highest: int | None = None) -> int:
+    return priority_level(priority, highest)
 
 
 def _eta(countdown: float | None, eta: datetime | float | None, now: float) -> float | None:

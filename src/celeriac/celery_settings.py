@@ -171,8 +171,9 @@ _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
      "publishing is retried within broker_connection_timeout always, then raises"),
     ("task_publish_retry_policy", Answer.REFUSED, None,
      "publishing is retried within broker_connection_timeout always, then raises"),
-    ("task_queue_max_priority", Answer.REFUSED, None,
-     "celeriac priorities are 0-9 on every broker"),
+    ("task_queue_max_priority", Answer.SAME, None,
+     "the highest priority level kept (at most 9, celeriac's ten levels); a higher "
+     "priority counts as it"),
     ("task_queues", Answer.SAME, None, ""),
     ("task_reject_on_worker_lost", Answer.REFUSED, None,
      "a task whose worker died is delivered again up to task_delivery_limit times, "

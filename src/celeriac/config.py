@@ -71,6 +71,7 @@ class Settings(Mapping[str, Any]):
     # Task defaults.
     task_default_queue: str = "celeriac"
     task_default_priority: int = 0
+    task_queue_max_priority: int | None = None  # the highest level kept; None: 9
     task_routes: Any = None
     task_queues: Any = None  # read back as a tuple of routing.Queue
     task_create_missing_queues: bool = True
@@ -385,8 +386,20 @@ def _serializer_list(name: str, value: Any) -> tuple[str, ...]:
 
 
 def _priority(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
-        raise ConfigurationError(f"{name} must be a priority from 0 to 9, not {value!r}")
+    from celeriac.priorities import priority_level
+
+    try:
+        return priority_level(value)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}: {exc}") from None
+
+
+def _max_priority(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 255:
+        raise ConfigurationError(f"{name} must be a whole number from 1 to 255, "
+                                 f"not {value!r}")
     return value
 
 
@@ -462,6 +475,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "result_expires": _expiry,
     "task_default_queue": _nonempty_str,
     "task_default_priority": _priority,
+    "task_queue_max_priority": _max_priority,
     "task_acks_late": _bool,
     "task_always_eager": _bool,
     "task_eager_propagates": _bool,

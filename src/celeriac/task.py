@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from celeriac.errors import MaxRetriesExceededError, Retry
+from celeriac.priorities import priority_level
 
 if TYPE_CHECKING:
     from celeriac.app import App
@@ -343,9 +344,9 @@ class Task(Generic[P, R]):
         else:
             when = datetime.fromtimestamp(float(eta), UTC)
         changes = {name: value for name, value in options.items() if value is not None}
-        priority = changes.get("priority", 0)
-        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
-            raise ValueError(f"priority must be a whole number from 0 to 9, not {priority!r}")
+        if "priority" in changes:
+            changes["priority"] = priority_level(changes["priority"],
+                                                 self.app.conf.task_queue_max_priority)
         if args is not None:
             changes["args"] = tuple(args)
         if kwargs is not None:

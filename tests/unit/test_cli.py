@@ -107,7 +107,7 @@ def test_call_applies_queue_countdown_and_priority(app: App) -> None:
     ("--args", '{"x": 1}', "is JSON, but not an array"),
     ("--kwargs", "[1]", "is JSON, but not an object"),
     ("--eta", "tomorrow", "is not an ISO 8601 date and time"),
-    ("--priority", "10", "10 is not in the range 0<=x<=9"),
+    ("--priority", "256", "256 is not in the range 0<=x<=255"),
 ])
 def test_call_rejects_bad_options_before_sending(app: App, option: str, value: str,
                                                  error: str) -> None:

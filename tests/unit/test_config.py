@@ -25,7 +25,7 @@ def test_unknown_setting_in_update_changes_nothing() -> None:
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("task_serializer", "yaml", "must be one of json, msgpack, pickle"),
     ("worker_pool", "gevent", "must be one of prefork, threads, async, solo"),
-    ("task_default_priority", 11, "priority from 0 to 9"),
+    ("task_default_priority", 256, "priority must be a whole number from 0 to 255"),
     ("worker_prefetch_multiplier", 0, "whole number >= 1"),
     ("result_expires", -1, "seconds >= 0"),
     ("task_acks_late", "yes", "true or false"),

@@ -129,7 +129,7 @@ def test_retry_backoff_doubles_up_to_its_cap_with_optional_jitter(app: App) -> N
 @pytest.mark.parametrize(("call", "message"), [
     ({"countdown": 1, "eta": datetime.now(UTC)}, "countdown or eta, not both"),
     ({"routing_key": "x"}, "unexpected option 'routing_key'"),
-    ({"priority": 11}, "priority must be a whole number"),
+    ({"priority": 256}, "priority must be a whole number"),
 ])
 def test_malformed_retry_calls_fail_the_task_clearly(app: App, call: dict[str, Any],
                                                      message: str) -> None:

@@ -300,7 +300,7 @@ def test_class_based_annotations(app: App) -> None:
 
 @pytest.mark.parametrize(("annotations", "message"), [
     ({"proj.a": {"rate_limt": "1/s"}}, 'did you mean "rate_limit"'),
-    ({"proj.a": {"priority": 12}}, "priority must be a whole number"),
+    ({"proj.a": {"priority": 300}}, "priority must be a whole number"),
     ({"proj.a": "fast"}, "must be a mapping of task options"),
     ([42], "an object with an annotate"),
 ])

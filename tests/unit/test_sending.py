@@ -70,14 +70,42 @@ def test_unknown_send_option_suggests(app: App) -> None:
         noop.apply_async(countdwn=3)
 
 
-@pytest.mark.parametrize("priority", [-1, 10, "high", True])
+@pytest.mark.parametrize("priority", [-1, 256, "high", True, 5.0])
 def test_priority_out_of_range_is_refused(app: App, priority: object) -> None:
     @app.task
     def noop() -> None: ...
 
-    with pytest.raises(ValueError, match="priority must be a whole number from 0 to 9"):
+    with pytest.raises(ValueError, match="priority must be a whole number from 0 to 255"):
         noop.apply_async(priority=priority)
     assert stats(app).ready == 0
+
+
+def test_priorities_above_nine_count_as_nine_as_celerys_docs_write_them(app: App) -> None:
+    # Celery's docs and RabbitMQ take 0-255; the seeds' own example is priority=10
+    @app.task(priority=10)
+    def urgent() -> None: ...
+
+    @app.task
+    def normal() -> None: ...
+
+    normal.apply_async(priority=9)
+    urgent.delay()
+    normal.apply_async(priority=255)
+    normal.apply_async(priority=3)
+    got = app._run_sync(app.broker.fetch(["celeriac"], 10, 1.0))
+    assert [d.priority for d in got] == [9, 9, 9, 3]
+
+
+def test_task_queue_max_priority_lowers_the_highest_level(app: App) -> None:
+    app.conf.task_queue_max_priority = 5
+
+    @app.task
+    def noop() -> None: ...
+
+    noop.apply_async(priority=8)
+    noop.apply_async(priority=2)
+    got = app._run_sync(app.broker.fetch(["celeriac"], 10, 1.0))
+    assert sorted(d.priority for d in got) == [2, 5]
 
 
 def test_countdown_waits_in_the_broker(app: App) -> None:

@@ -66,6 +66,8 @@ Transport options (``broker_transport_options``; ``key_prefix`` and the TLS opti
 also be given in the URL's query string):
 
 - ``key_prefix``: the prefix of every key (default ``celeriac:``);
+- kombu's ``visibility_timeout``, ``global_keyprefix``, ``priority_steps``, ``sep`` and
+  ``queue_order_strategy`` are answered by ``redis_celery_options``;
 - ``lease_seconds``: how long a delivery is leased without being extended (default 10);
 - ``reclaim_interval``: seconds between reclaim passes of one broker object, which also
   bounds how long a fetch blocks between passes (default a quarter of the lease, at
@@ -96,6 +98,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from celeriac.brokers import redis_celery_options as celery_options
 from celeriac.brokers.base import (
     MAX_PRIORITY,
     MIN_PRIORITY,
@@ -183,7 +186,7 @@ class RedisBroker(Broker):
     supports_blocking_publish = True
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
-        super().__init__(url, options)
+        super().__init__(url, celery_options.translate(options or {}))
         check_options(self.options, OPTIONS, "Redis broker transport")
         if self.lease_seconds <= 0:
             raise ConfigurationError(f"lease_seconds must be > 0, not {self.lease_seconds!r}")

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from celeriac.brokers.base import MAX_PRIORITY, MIN_PRIORITY
 from celeriac.cli.common import client_app
 from celeriac.config import SERIALIZERS
+from celeriac.priorities import MAX_ACCEPTED
 
 if TYPE_CHECKING:
     from celeriac.cli.main import AppSpec
@@ -62,8 +62,8 @@ def _iso_datetime(ctx: click.Context, param: click.Parameter,
 @click.option("--eta", callback=_iso_datetime, help="Run no sooner than this ISO 8601 time.")
 @click.option("--expires", type=click.FloatRange(min=0),
               help="Revoke the task if it has not started within this many seconds.")
-@click.option("--priority", type=click.IntRange(MIN_PRIORITY, MAX_PRIORITY),
-              help="0 to 9; higher runs first.")
+@click.option("--priority", type=click.IntRange(0, MAX_ACCEPTED),
+              help="0 to 255, higher first; above 9 counts as 9.")
 @click.option("--serializer", type=click.Choice(SERIALIZERS), help="Message serializer.")
 @click.pass_obj
 def call_command(spec: AppSpec, name: str, args: list[Any], kwargs: dict[str, Any],
