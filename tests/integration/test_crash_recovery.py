@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from worker_harness import Deployment, kill_pid, wait_until
+from lease_cases import a_paused_workers_task_runs_elsewhere_and_its_late_result_is_refused
+from worker_harness import LEASE_SECONDS, Deployment, kill_pid, wait_until
 
 from celeriac import states
 
@@ -103,3 +104,10 @@ def test_a_task_that_kills_its_process_every_time_is_dead_lettered(
     assert {tag: n for tag, n in executions.items() if n > 1} == {"poison": 3}
     deployment.wait_for_queue(ready=0, in_flight=0)
     assert worker.running
+
+
+def test_a_paused_workers_task_runs_elsewhere_and_its_late_result_is_refused(
+    deployment: Deployment,
+) -> None:
+    a_paused_workers_task_runs_elsewhere_and_its_late_result_is_refused(
+        deployment, LEASE_SECONDS)

@@ -111,6 +111,15 @@ def whoami(self: Task[..., Any], tag: str) -> int:
     return os.getpid()
 
 
+def nap_pid(self: Task[..., Any], tag: str, seconds: float) -> int:
+    """Sleeps, then returns the pid that ran it: when two processes ran one task, the
+    stored result says whose result won."""
+    write("start", self, tag)
+    time.sleep(seconds)
+    write("done", self, tag)
+    return os.getpid()
+
+
 @dataclass(frozen=True)
 class LedgerTasks:
     record: Task[..., str]
@@ -122,6 +131,7 @@ class LedgerTasks:
     flaky: Task[..., str]
     suicide: Task[..., None]
     whoami: Task[..., int]
+    nap_pid: Task[..., int]
 
 
 def register(target: App) -> LedgerTasks:
@@ -136,7 +146,7 @@ def register(target: App) -> LedgerTasks:
         hang_once_acks_early=bound(hang_once, "hang_once_acks_early", acks_late=False),
         flaky=bound(flaky, autoretry_for=(RuntimeError,), max_retries=5,
                     default_retry_delay=0.2, retry_jitter=False),
-        suicide=bound(suicide), whoami=bound(whoami),
+        suicide=bound(suicide), whoami=bound(whoami), nap_pid=bound(nap_pid),
     )
 
 
