@@ -53,16 +53,18 @@ from aiormq.abc import AbstractChannel, AbstractConnection, ChannelFrame, Delive
 from aiormq.exceptions import (
     AMQPConnectionError,
     AMQPError,
+    ChannelAccessRefused,
     ChannelClosed,
     ChannelInvalidStateError,
     ChannelNotFoundEntity,
     ChannelPreconditionFailed,
+    InvalidFrameError,
     PublishError,
 )
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
-from celeriac.brokers.amqp_blocking import Server
+from celeriac.brokers.amqp_blocking import Refused, Server, last_cause, refusal
 from celeriac.brokers.amqp_topology import (
     DELAY_LEVELS,
     HEADER_DEAD_AT,
@@ -76,7 +78,7 @@ from celeriac.brokers.amqp_topology import (
 )
 from celeriac.brokers.amqp_wire import Incoming, Wire, WireLost
 from celeriac.brokers.base import Delivery
-from celeriac.errors import BrokerError, BrokerUnavailable
+from celeriac.errors import BrokerError, BrokerRefused, BrokerUnavailable
 
 logger = logging.getLogger("celeriac.broker.amqp")
 
@@ -270,14 +272,27 @@ class Link:
             timeout -= wait
         connection = aiormq.Connection(self.ctx.url, client_properties={
             "connection_name": f"celeriac pid {os.getpid()} {threading.current_thread().name}"})
+        attempt = max(0.05, min(timeout, self.ctx.settings.connect_timeout))
         try:
-            await asyncio.wait_for(connection.connect(),
-                                   max(0.05, min(timeout, self.ctx.settings.connect_timeout)))
+            await asyncio.wait_for(connection.connect(), attempt)
             self.publisher = await connection.channel(publisher_confirms=True)
             self.connection = connection
         except BaseException as exc:
+            refused = refusal(exc)
+            if refused is None and isinstance(exc, InvalidFrameError) \
+                    and "Connection.Close" in str(exc):
+                refused = await self._diagnose(attempt)
+            if refused is not None:
+                # Wrong credentials, an untrusted certificate, an unknown vhost: another
+                # attempt gets the same answer, so say it now rather than after a timeout.
+                await _quietly(connection.close())
+                self.connection = self.publisher = None
+                raise self.refused(refused) from exc
             if not isinstance(exc, TimeoutError | OSError | AMQPError) and not lost(exc):
                 raise
+            if isinstance(exc, TimeoutError) and not str(exc):  # asyncio's says nothing
+                exc = TimeoutError(f"no answer from RabbitMQ within {attempt:.3g}s "
+                                   "while connecting")
             self._failures += 1
             backoff = min(RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_FIRST * 2 ** self._failures)
             self._retry_at = self.loop.time() + backoff
@@ -293,6 +308,20 @@ class Link:
         connection.closing.add_done_callback(
             lambda closing: self._on_connection_closed(connection, closing))
         return connection
+
+    async def _diagnose(self, timeout: float) -> Refused | None:
+        """Why RabbitMQ closed a handshake aiormq reported without the reason.
+
+        aiormq turns a ``connection.close`` answering ``connection.open`` (an unknown
+        vhost: 530 NOT_ALLOWED) into "expected OpenOk, got Close", its code and words
+        lost; one handshake of celeriac's own reads them. Only on this failure path.
+        """
+        try:
+            wire = await Wire.open(self.ctx.server, timeout, heartbeat=0, confirm=False)
+        except Exception as exc:
+            return refusal(exc)
+        await _quietly(wire.close(CLOSE_TIMEOUT))
+        return None
 
     async def run(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run ``operation``; if the connection turns out to be dead, once more on a new one.
@@ -323,10 +352,19 @@ class Link:
             await _quietly(asyncio.wait_for(connection.close(), CLOSE_TIMEOUT))
 
     def _unavailable(self, detail: str = "") -> BrokerUnavailable:
-        error = self._last_error
+        error = last_cause(self._last_error)  # the socket's own words, not a wrapper's
         reason = f"{type(error).__name__}: {error}" if error is not None else "not connected"
         return BrokerUnavailable(f"cannot reach RabbitMQ at {self.ctx.safe_url} ({reason})"
                                  + (f"; {detail}" if detail else ""))
+
+    @property
+    def last_error(self) -> BaseException | None:
+        """Why the last connection attempt failed, or the last connection was lost."""
+        return self._last_error
+
+    def refused(self, refused: Exception) -> BrokerRefused:
+        return BrokerRefused(f"RabbitMQ at {self.ctx.safe_url} refused the connection: "
+                             f"{refused}")
 
     def _on_connection_closed(self, connection: AbstractConnection,
                               closing: asyncio.Future[Any] | None,
@@ -348,8 +386,13 @@ class Link:
     async def _open_consumer(self) -> Wire:
         # In confirm mode: copies of its deliveries (requeues that count, moves down the
         # delay ladder, dead letters) are published on it too (publish_here).
-        wire = await Wire.open(self.ctx.server, self.ctx.settings.connect_timeout,
-                               heartbeat=self.ctx.server.heartbeat, confirm=True)
+        try:
+            wire = await Wire.open(self.ctx.server, self.ctx.settings.connect_timeout,
+                                   heartbeat=self.ctx.server.heartbeat, confirm=True)
+        except Exception as exc:
+            if (refused := refusal(exc)) is not None:
+                raise self.refused(refused) from exc
+            raise
 
         def on_lost(error: BaseException) -> None:
             if self.consumer is not wire:
@@ -564,10 +607,11 @@ class Link:
         while pending:
             remaining = deadline - self.loop.time()
             if remaining <= 0:
+                cause = last_cause(error)
                 raise BrokerUnavailable(
                     f"RabbitMQ at {self.ctx.safe_url} did not confirm {len(pending)} "
-                    f"message(s) within {timeout:g}s ({type(error).__name__}: {error}); "
-                    "they may not have been stored") from error
+                    f"message(s) within {timeout:g}s (last error: {type(cause).__name__}: "
+                    f"{cause}); they may not have been stored") from cause
             try:
                 channel = await self._publisher_channel(remaining)
                 now_ms = time.time() * 1000
@@ -620,6 +664,9 @@ class Link:
         if isinstance(error, ChannelPreconditionFailed):
             raise BrokerError(f"RabbitMQ refused a message for queue {envelope.queue!r}: "
                               f"{error}") from error
+        if isinstance(error, ChannelAccessRefused):  # no permission: a retry cannot help
+            raise BrokerRefused(f"RabbitMQ refused access for queue {envelope.queue!r}: "
+                                f"{error}") from error
         if isinstance(error, PublishError | ChannelNotFoundEntity):
             # Unroutable, or an exchange missing: deleted under us. Declare it all again.
             self.forget_declared()

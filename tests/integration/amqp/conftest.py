@@ -113,5 +113,5 @@ def pytest_runtest_makereport(
             if world.workers:
                 report.sections.append(("worker logs", world.dump_logs()))
         for node in item.stash.get(_NODES, []):
-            report.sections.append((f"RabbitMQ node {node.name}", node.log_tail()))
+            report.sections.append((f"RabbitMQ node {node.name}", node.log_tail(15)))
     return report
