@@ -334,6 +334,8 @@ class Link:
             try:
                 return await operation()
             except BaseException as exc:
+                if isinstance(exc, ChannelAccessRefused):
+                    raise self.refused(exc, "access") from exc
                 if not lost(exc):
                     raise
                 if attempt == 2:
@@ -362,9 +364,9 @@ class Link:
         """Why the last connection attempt failed, or the last connection was lost."""
         return self._last_error
 
-    def refused(self, refused: Exception) -> BrokerRefused:
-        return BrokerRefused(f"RabbitMQ at {self.ctx.safe_url} refused the connection: "
-                             f"{refused}")
+    def refused(self, refused: Exception, what: str = "the connection") -> BrokerRefused:
+        """A refusal (login, vhost, certificate, permission) as the error to raise."""
+        return BrokerRefused(f"RabbitMQ at {self.ctx.safe_url} refused {what}: {refused}")
 
     def _on_connection_closed(self, connection: AbstractConnection,
                               closing: asyncio.Future[Any] | None,
@@ -624,6 +626,8 @@ class Link:
                 error = exc
                 continue
             except BaseException as exc:
+                if isinstance(exc, ChannelAccessRefused):  # declaring: no permission
+                    raise self.refused(exc, "access") from exc
                 if not lost(exc):
                     raise
                 error = exc

@@ -218,3 +218,20 @@ def _root(error: BaseException) -> BaseException:
     while error.__cause__ is not None:
         error = error.__cause__
     return error
+
+
+@pytest.mark.parametrize("path", ["async publish", "sync publish"])
+def test_a_publish_the_user_may_not_make_fails_at_once(
+        private_rabbit: Rabbit, closing: list[Broker | App], path: str) -> None:
+    # Given a user who may declare and read in the vhost, but not write (publish)
+    private_rabbit.ctl("set_permissions", "-p", private_rabbit.vhost, "guest", ".*", "", ".*")
+    broker = create_broker(private_rabbit.url(), {})
+    assert isinstance(broker, AMQPBroker)
+    closing.append(broker)
+    action = {"async publish": lambda: asyncio.run(broker.publish([out()])),
+              "sync publish": lambda: broker.publish_blocking([out()])}[path]
+
+    # When a message is published, then RabbitMQ's ACCESS_REFUSED is raised at once
+    error, took = timed(action, BrokerRefused)
+    assert took < AT_ONCE
+    assert "ACCESS_REFUSED" in str(error)
