@@ -92,9 +92,19 @@ queue's name when celeriac first creates it; ``queue_stats()`` reads it.
 *Threads and loops*: one connection per event loop (``amqp_link.Link``), created
 lazily; work on a delivery received on another loop is run on that loop.
 
-*Connection loss*: heartbeats (10 s) notice a dead peer; every operation reconnects
+*Connection loss*: heartbeats (10 s) notice a dead peer within twice the heartbeat, on
+every connection (aiormq's is told to give up that soon too); every operation reconnects
 (capped exponential backoff) and redeclares what it needs; a waiting fetch notices the
 lost channel and consumes again on the new connection.
+
+*Connection errors*: a cause no retry can fix raises ``BrokerRefused`` at once, with
+RabbitMQ's or the TLS library's words: a refused login (ACCESS_REFUSED), an unknown or
+forbidden vhost (NOT_ALLOWED), an untrusted certificate or a failed TLS handshake, a
+permission the user lacks (a channel's ACCESS_REFUSED). Anything else (a closed port,
+a reset, silence) is transient: ``publish`` and ``publish_blocking`` retry it within
+``publish_timeout``; ``connect`` and ``fetch`` try once (within ``connection_timeout``)
+and leave retrying to the worker. Then ``BrokerUnavailable`` names the last real cause
+(the socket's own error, chained as ``__cause__``).
 """
 
 from __future__ import annotations
