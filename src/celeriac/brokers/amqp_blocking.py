@@ -111,7 +111,7 @@ def refusal(error: BaseException) -> Refused | None:
         if name is None and type(error).__name__ == "ConnectionNotAllowed":
             name = "NOT_ALLOWED"  # aiormq drops the code of the classes it maps it to
         if name is not None:
-            return Refused(f"{name}: {_words(error)}")
+            return Refused(_named(name, _words(error)))
     return None
 
 
@@ -119,8 +119,13 @@ def closed_by_server(frame: spec.Connection.Close) -> Exception:
     """What a ``connection.close`` from RabbitMQ means: a ``Refused``, or a lost connection."""
     code = frame.reply_code or 0
     if code in REFUSED_CODES:
-        return Refused(f"{REFUSED_CODES[code]}: {frame.reply_text}")
+        return Refused(_named(REFUSED_CODES[code], frame.reply_text or ""))
     return ConnectionLost(repr(connection_error(frame)))
+
+
+def _named(name: str, text: str) -> str:
+    """RabbitMQ's reply text, led by the reply's name (it usually is already)."""
+    return text if text.startswith(name) else f"{name}: {text}"
 
 
 def _words(error: BaseException) -> str:

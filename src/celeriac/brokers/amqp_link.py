@@ -299,7 +299,7 @@ class Link:
             self._last_error = exc
             await _quietly(connection.close())
             self.connection = self.publisher = None
-            raise self._unavailable() from exc
+            raise self._unavailable() from last_cause(exc)  # the socket's own error
         if self._failures:
             logger.warning("reconnected to RabbitMQ at %s", self.ctx.safe_url)
         self._failures = 0
