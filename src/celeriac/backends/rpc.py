@@ -310,6 +310,7 @@ class _Listener:
         self.backend = backend
         self._ready = threading.Event()
         self._settled = threading.Event()  # ready, or refused for good
+        self._wake = threading.Event()  # ends a backoff wait: a sender waits, or stop()
         self._error: BaseException | None = None
         self.refused: Refused | None = None  # set when the server refused us: stopped
         self._stopping = threading.Event()
@@ -321,6 +322,8 @@ class _Listener:
     def wait_ready(self, timeout: float) -> None:
         """Return once consuming; ``BackendRefused`` at once when the server refused us,
         ``BackendError`` with the last failure's cause when ``timeout`` ran out."""
+        if not self._settled.is_set():
+            self._wake.set()  # try now, not at the end of a backoff grown in an outage
         self._settled.wait(timeout)
         if self._ready.is_set():
             return
@@ -334,6 +337,7 @@ class _Listener:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._wake.set()
         connection = self._connection
         if connection is not None:
             connection.shutdown()  # the blocked read returns
@@ -343,6 +347,7 @@ class _Listener:
         backend = self.backend
         server = Server.from_url(backend.server_url, f"celeriac rpc pid {os.getpid()}")
         failures = 0
+        down = False  # a failure since the last success: log the recovery
         while not self._stopping.is_set():
             connection: BlockingConnection | None = None
             try:
@@ -351,9 +356,9 @@ class _Listener:
                 connection.call(spec.Queue.Declare(queue=backend.reply_queue, exclusive=True,
                                                    auto_delete=True),
                                 spec.Queue.DeclareOk, time.monotonic() + backend.connect_timeout)
-                if failures:
+                if down:
                     logger.warning("rpc reply queue %s consuming again", backend.reply_queue)
-                failures = 0
+                failures, down = 0, False
                 self._ready.set()
                 self._settled.set()
                 connection.consume(backend.reply_queue, backend.deliver, self._stopping)
@@ -368,6 +373,7 @@ class _Listener:
                 if self._stopping.is_set():
                     break
                 failures += 1
+                down = True
                 self._error = exc
                 if isinstance(exc, ConnectionLost | AMQPError):
                     logger.warning("rpc reply queue: %s; retrying (results that come back "
@@ -378,7 +384,9 @@ class _Listener:
                 self._connection = None
                 if connection is not None:
                     connection.close()
-            self._stopping.wait(min(RECONNECT_BACKOFF_MAX, 0.1 * 2 ** failures))
+            if self._wake.wait(min(RECONNECT_BACKOFF_MAX, 0.1 * 2 ** failures)):
+                failures = 0  # a sender is waiting: quick retries again, for its timeout
+            self._wake.clear()
 
 
 class _Publisher:

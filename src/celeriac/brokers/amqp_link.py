@@ -334,8 +334,8 @@ class Link:
             try:
                 return await operation()
             except BaseException as exc:
-                if isinstance(exc, ChannelAccessRefused):
-                    raise self.refused(exc, "access") from exc
+                if (denied := access_refused(exc)) is not None:
+                    raise self.refused(denied, "access") from exc
                 if not lost(exc):
                     raise
                 if attempt == 2:
@@ -626,8 +626,8 @@ class Link:
                 error = exc
                 continue
             except BaseException as exc:
-                if isinstance(exc, ChannelAccessRefused):  # declaring: no permission
-                    raise self.refused(exc, "access") from exc
+                if (denied := access_refused(exc)) is not None:  # declaring: no permission
+                    raise self.refused(denied, "access") from exc
                 if not lost(exc):
                     raise
                 error = exc
@@ -1325,6 +1325,20 @@ def lost(error: BaseException) -> bool:
         # Closed by the server for a reason (404, 403, 405, 406): another try gets the same.
         return type(error) is ChannelClosed
     return isinstance(error, LOST)
+
+
+def access_refused(error: BaseException) -> ChannelAccessRefused | None:
+    """The channel's ACCESS_REFUSED (a permission the user lacks) behind ``error``.
+
+    aiormq fails a call on a channel the server closed with the close's reason, or, when
+    the call was waiting in another task, with a ``CancelledError`` carrying it.
+    """
+    if isinstance(error, ChannelAccessRefused):
+        return error
+    if isinstance(error, asyncio.CancelledError) and error.args \
+            and isinstance(error.args[0], ChannelAccessRefused):
+        return error.args[0]
+    return None
 
 
 async def _quietly(work: Awaitable[Any]) -> None:

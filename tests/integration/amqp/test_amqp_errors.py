@@ -25,9 +25,10 @@ from rabbit_harness import Rabbit
 from rabbit_node import RabbitNode, free_port
 
 from celeriac import App
+from celeriac.backends.rpc import RPCBackend
 from celeriac.brokers import Broker, Outgoing, create_broker
 from celeriac.brokers.amqp import AMQPBroker
-from celeriac.errors import BackendRefused, BrokerRefused, BrokerUnavailable
+from celeriac.errors import BackendError, BackendRefused, BrokerRefused, BrokerUnavailable
 
 # What a refused connection may take: a round trip or two, never a timeout. The
 # defaults stay (connect 4 s, publish 10 s), so a retried refusal could not pass.
@@ -107,7 +108,7 @@ def test_a_permanent_refusal_fails_at_once_with_its_real_cause(
     error, took = timed(action, BrokerRefused)
 
     # Then it fails at once, with RabbitMQ's (or TLS's) own words, never a timeout
-    assert took < AT_ONCE, f"{path} took {took:.2f}s to report {error}"
+    assert took < AT_ONCE, f"{path} took {took:.2f}s to report {error!r} from {_chain(error)}"
     assert words in str(error)
     assert "took over" not in str(error)
     assert "timed out" not in str(error)
@@ -233,5 +234,40 @@ def test_a_publish_the_user_may_not_make_fails_at_once(
 
     # When a message is published, then RabbitMQ's ACCESS_REFUSED is raised at once
     error, took = timed(action, BrokerRefused)
-    assert took < AT_ONCE
+    assert took < AT_ONCE, f"{path} took {took:.2f}s to report {error!r} from {_chain(error)}"
     assert "ACCESS_REFUSED" in str(error)
+
+
+def test_rpc_results_through_a_flapping_link_are_retried_then_name_their_cause(
+        node_vhost: tuple[RabbitNode, str]) -> None:
+    # Given an rpc:// backend whose server resets every new connection (a proxy)
+    node, vhost = node_vhost
+    proxy = FaultProxy(node.port)
+    backend = RPCBackend(f"rpc://guest:guest@127.0.0.1:{proxy.port}/{vhost}",
+                         {"connection_timeout": 1.5})
+    try:
+        proxy.refuse()
+
+        # When a producer sends while it lasts: BackendError (transient, not refused)
+        # once the timeout is spent, naming the reset
+        error, took = timed(backend.message_headers, BackendError)
+        assert not isinstance(error, BackendRefused)
+        assert 1.4 < took < 3.0
+        assert "ConnectionResetError" in str(error)
+        assert isinstance(_root(error), ConnectionResetError)
+
+        # And when the link comes back within a send's timeout, the send goes through
+        threading.Timer(0.5, proxy.restore).start()
+        assert backend.message_headers() == {"reply_to": backend.reply_queue}
+    finally:
+        backend.close_blocking()
+        proxy.close()
+
+
+def _chain(error: BaseException | None) -> list[str]:
+    """Every exception behind ``error`` (causes and contexts), for a failure message."""
+    seen: list[str] = []
+    while error is not None and len(seen) < 10:
+        seen.append(repr(error))
+        error = error.__cause__ or error.__context__
+    return seen
