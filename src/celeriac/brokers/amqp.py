@@ -324,7 +324,8 @@ class AMQPBroker(Broker):
             # The link's own last failure (a refused or reset connection) is the news,
             # not that waiting for it took too long.
             link = self._links.get(loop)
-            raise TimeoutError(f"declaring queues took over {timeout:.3g}s") from (
+            raise TimeoutError(f"no answer from RabbitMQ within {timeout:.3g}s (connecting "
+                               "to declare queues)") from (
                 link.last_error if link is not None else None)
         with self._blocking_lock:
             self._blocking_queues |= queues
