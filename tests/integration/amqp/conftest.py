@@ -2,8 +2,8 @@
 
 ``rabbit`` is a vhost on the shared RabbitMQ, which no test may stop or misconfigure.
 A test that does (restarts, refused logins, TLS) asks for ``private_rabbit``: a vhost on
-a RabbitMQ node of the test module's own (``rabbit_node``), started once per module and
-stopped after it; a test that leaves the node stopped has it started again for the next.
+a RabbitMQ node of the test run's own (``rabbit_node``), started once and stopped at
+the end; a test that leaves the node stopped has it started again for the next.
 A test module can make ``rabbit`` mean ``private_rabbit`` for every fixture built on it
 (``deployment``, ``deploy``) by overriding it.
 
@@ -38,9 +38,13 @@ def rabbit() -> Iterator[Rabbit]:
         server.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def rabbit_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
-    """A RabbitMQ node of this module's own, with a TLS listener too (see rabbit_node)."""
+    """A RabbitMQ node of the test run's own, with a TLS listener too (see rabbit_node).
+
+    One for the whole run (starting one takes about 4.5 s): tests share it through a
+    vhost each, and one that stops it has it started again for the next.
+    """
     node = RabbitNode(tmp_path_factory.mktemp("rabbit-node"), tls=True)
     try:
         node.start()
@@ -55,7 +59,7 @@ def rabbit_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode
 @pytest.fixture
 def private_rabbit(rabbit_node: RabbitNode, request: pytest.FixtureRequest
                    ) -> Iterator[Rabbit]:
-    """A vhost of this test's own on the module's private node, which it may stop."""
+    """A vhost of this test's own on the private node, which the test may stop."""
     request.node.stash.setdefault(_NODES, []).append(rabbit_node)
     if not rabbit_node.running:  # an earlier test left it stopped
         rabbit_node.start()

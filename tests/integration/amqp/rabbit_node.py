@@ -13,8 +13,8 @@ second authority the node's certificate does not chain to: a client trusting onl
 latter sees an untrusted certificate.
 
 Starting a node takes about 3-6 s on the test machine (most of it the Erlang VM and
-RabbitMQ's boot steps), so the fixture keeps one node per test module and gives each test
-a vhost of its own on it (``vhost``), reset between tests.
+RabbitMQ's boot steps), so the fixture keeps one node per test run and gives each test
+a vhost of its own on it (``add_vhost``), deleted after the test.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ and ``fetch()``, the async publish (aiormq), the sync ``delay()`` (``amqp_blocki
 Transient ones (a closed port, a reset) are retried within the publish timeout, and
 when it runs out ``BrokerUnavailable`` names the last real cause and chains it.
 
-Everything runs against a RabbitMQ node of this module's own with a TLS listener
+Everything runs against the private RabbitMQ node, which has a TLS listener too
 (``rabbit_node``); nothing here touches the shared one.
 """
 

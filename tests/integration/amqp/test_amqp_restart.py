@@ -1,6 +1,6 @@
 """RabbitMQ restarts: what survives, what does not.
 
-Each test runs on a RabbitMQ node of this module's own (``private_rabbit``), which it
+Each test runs on the test run's private RabbitMQ node (``private_rabbit``), which it
 shuts down and starts again with its database kept, as a server restart; the shared
 RabbitMQ is never stopped. Durable queues (the default) keep every confirmed task,
 delayed ones included; transient queues lose theirs, by design. A running worker
