@@ -92,6 +92,8 @@ DUE_WINDOW = 0.02
 RECONNECT_BACKOFF_FIRST = 0.1
 RECONNECT_BACKOFF_MAX = 5.0
 CLOSE_TIMEOUT = 5.0
+# How long a call that found its channel closing waits for the channel's reason.
+CHANNEL_CLOSE_WAIT = 0.5
 
 # Prefetch targets served exactly; larger ones are rounded up to a power of two.
 EXACT_PREFETCH = 32
@@ -334,7 +336,7 @@ class Link:
             try:
                 return await operation()
             except BaseException as exc:
-                if (denied := access_refused(exc)) is not None:
+                if (denied := await self._access_refused(exc)) is not None:
                     raise self.refused(denied, "access") from exc
                 if not lost(exc):
                     raise
@@ -363,6 +365,28 @@ class Link:
     def last_error(self) -> BaseException | None:
         """Why the last connection attempt failed, or the last connection was lost."""
         return self._last_error
+
+    async def _access_refused(self, error: BaseException) -> ChannelAccessRefused | None:
+        """The ACCESS_REFUSED behind ``error``: its own, or the one that closed a channel.
+
+        When RabbitMQ closes a channel with several calls under way on it (declares run
+        together), aiormq fails the later ones with ``ChannelInvalidStateError`` (which
+        looks like a lost channel, and was retried) before the channel itself has ended
+        with the reason; that is awaited briefly, then read.
+        """
+        if (denied := access_refused(error)) is not None:
+            return denied
+        channel = self.publisher  # (declares and publishes run on it)
+        if not isinstance(error, ChannelInvalidStateError) or channel is None:
+            return None
+        closing = channel.closing
+        if not closing.done():
+            await asyncio.wait({closing}, timeout=CHANNEL_CLOSE_WAIT)
+        if closing.done() and not closing.cancelled():
+            reason = closing.exception()
+            if reason is not None:
+                return access_refused(reason)
+        return None
 
     def refused(self, refused: Exception, what: str = "the connection") -> BrokerRefused:
         """A refusal (login, vhost, certificate, permission) as the error to raise."""
@@ -626,7 +650,7 @@ class Link:
                 error = exc
                 continue
             except BaseException as exc:
-                if (denied := access_refused(exc)) is not None:  # declaring: no permission
+                if (denied := await self._access_refused(exc)) is not None:  # no permission
                     raise self.refused(denied, "access") from exc
                 if not lost(exc):
                     raise
