@@ -17,7 +17,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 from fault_proxy import FaultProxy
@@ -78,6 +78,19 @@ def closing() -> Iterator[list[Broker | App]]:
             asyncio.run(thing.close())
 
 
+def on_a_loop(broker: Broker, call: Callable[[], Awaitable[object]]) -> object:
+    """``call`` on a new event loop, and the broker's connections on it closed before the
+    loop ends, as a program using ``asyncio.run`` would (even when ``call`` raised)."""
+
+    async def run() -> object:
+        try:
+            return await call()
+        finally:
+            await broker.close()
+
+    return asyncio.run(run())
+
+
 def timed(action: Callable[[], object], error: type[Exception]) -> tuple[Exception, float]:
     started = time.monotonic()
     with pytest.raises(error) as caught:
@@ -108,9 +121,9 @@ def test_a_permanent_refusal_fails_at_once_with_its_real_cause(
         broker = create_broker(url, {})
         closing.append(broker)
         action = {
-            "connect": lambda: asyncio.run(broker.connect()),
-            "fetch": lambda: asyncio.run(broker.fetch(["q"], 1, 1.0)),
-            "async publish": lambda: asyncio.run(broker.publish([out()])),
+            "connect": lambda: on_a_loop(broker, broker.connect),
+            "fetch": lambda: on_a_loop(broker, lambda: broker.fetch(["q"], 1, 1.0)),
+            "async publish": lambda: on_a_loop(broker, lambda: broker.publish([out()])),
         }[path]
     error, took = timed(action, BrokerRefused)
 
@@ -153,9 +166,9 @@ def test_a_closed_port_is_retried_until_the_timeout_then_names_its_cause(
     broker = create_broker(url, {"publish_timeout": 1.5, "connection_timeout": 0.5})
     assert isinstance(broker, AMQPBroker)
     closing.append(broker)
-    action = {"async publish": lambda: asyncio.run(broker.publish([out()])),
+    action = {"async publish": lambda: on_a_loop(broker, lambda: broker.publish([out()])),
               "sync publish": lambda: broker.publish_blocking([out()]),
-              "connect": lambda: asyncio.run(broker.connect())}[path]
+              "connect": lambda: on_a_loop(broker, broker.connect)}[path]
 
     # When a message is sent (or a worker connects)
     error, took = timed(action, BrokerUnavailable)
@@ -186,7 +199,7 @@ def test_a_connection_reset_at_connect_is_retried_within_the_timeout(
         # When a producer sends through it, sync then async
         started = time.monotonic()
         broker.publish_blocking([out()])
-        asyncio.run(broker.publish([out()]))
+        on_a_loop(broker, lambda: broker.publish([out()]))
 
         # Then both went through once the link came back, after retries (not refused)
         assert 0.7 < time.monotonic() - started < 6
@@ -236,7 +249,7 @@ def test_a_publish_the_user_may_not_make_fails_at_once(
     broker = create_broker(private_rabbit.url(), {})
     assert isinstance(broker, AMQPBroker)
     closing.append(broker)
-    action = {"async publish": lambda: asyncio.run(broker.publish([out()])),
+    action = {"async publish": lambda: on_a_loop(broker, lambda: broker.publish([out()])),
               "sync publish": lambda: broker.publish_blocking([out()])}[path]
 
     # When a message is published, then RabbitMQ's ACCESS_REFUSED is raised at once
