@@ -125,8 +125,17 @@ class FaultProxy:
 
 
 def _abort(sock: socket.socket) -> None:
-    """Close with a RST instead of a FIN, so the peer sees ECONNRESET."""
+    """Close with a RST instead of a FIN, so the peer sees ECONNRESET, now.
+
+    A pump thread is usually blocked in ``recv`` on the socket, and on Linux closing a
+    socket does not end a ``recv`` in progress: the kernel keeps it open (and sends
+    nothing) until that returns, which for an idle peer is its next heartbeat, seconds
+    later. ``shutdown(SHUT_RD)`` ends the ``recv`` at once without sending anything, so
+    the close that follows really is the RST.
+    """
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RD)
     with contextlib.suppress(OSError):
         sock.close()

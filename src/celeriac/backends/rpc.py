@@ -43,10 +43,17 @@ from pamqp import commands as spec
 
 from celeriac.backends.base import ResultBackend
 from celeriac.brokers.amqp import safe_url, split_url
-from celeriac.brokers.amqp_blocking import BlockingConnection, ConnectionLost, Server, Unroutable
+from celeriac.brokers.amqp_blocking import (
+    BlockingConnection,
+    ConnectionLost,
+    Refused,
+    Server,
+    Unroutable,
+    last_cause,
+)
 from celeriac.brokers.amqp_topology import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEARTBEAT
 from celeriac.brokers.amqp_wire import Wire, WireLost
-from celeriac.errors import BackendError, ConfigurationError
+from celeriac.errors import BackendError, BackendRefused, ConfigurationError
 from celeriac.task import current_request
 
 logger = logging.getLogger("celeriac.backend.rpc")
@@ -73,8 +80,9 @@ class RPCBackend(ResultBackend):
             connection_url += f"{sep}heartbeat={DEFAULT_HEARTBEAT}"
         self.server_url = connection_url
         self.safe_url = safe_url(server)
-        self.connect_timeout = float(self.options.get("connect_timeout",
-                                                      DEFAULT_CONNECT_TIMEOUT))
+        # connection_timeout is the generic name, connect_timeout the broker's older one.
+        self.connect_timeout = float(self.options.get(
+            "connect_timeout", self.options.get("connection_timeout", DEFAULT_CONNECT_TIMEOUT)))
         self.reply_queue = f"celeriac.reply.{uuid.uuid4().hex}"
         self._lock = threading.Lock()
         self._results: dict[str, tuple[bytes, float | None]] = {}
@@ -102,7 +110,9 @@ class RPCBackend(ResultBackend):
         """
         with self._lock:
             listener = self._listener
-            if listener is None:
+            if listener is None or listener.refused is not None:
+                # (A refused one has stopped: the next send tries again, and fails at
+                # once again unless the cause was fixed.)
                 listener = self._listener = _Listener(self)
         listener.wait_ready(self.connect_timeout)
 
@@ -269,6 +279,9 @@ class RPCBackend(ResultBackend):
         try:
             return await Wire.open(server, self.connect_timeout, heartbeat=server.heartbeat,
                                    confirm=True)
+        except Refused as exc:  # wrong credentials, untrusted certificate, no such vhost
+            raise BackendRefused(f"RabbitMQ for rpc results at {self.safe_url} refused the "
+                                 f"connection: {exc}") from exc
         except (WireLost, AMQPError) as exc:
             raise BackendError(f"cannot reach RabbitMQ for rpc results at {self.safe_url} "
                                f"({type(exc).__name__}: {exc})") from exc
@@ -296,7 +309,10 @@ class _Listener:
     def __init__(self, backend: RPCBackend) -> None:
         self.backend = backend
         self._ready = threading.Event()
+        self._settled = threading.Event()  # ready, or refused for good
+        self._wake = threading.Event()  # ends a backoff wait: a sender waits, or stop()
         self._error: BaseException | None = None
+        self.refused: Refused | None = None  # set when the server refused us: stopped
         self._stopping = threading.Event()
         self._connection: BlockingConnection | None = None
         self._thread = threading.Thread(target=self._run, name="celeriac-rpc-replies",
@@ -304,14 +320,24 @@ class _Listener:
         self._thread.start()
 
     def wait_ready(self, timeout: float) -> None:
-        if self._ready.wait(timeout):
+        """Return once consuming; ``BackendRefused`` at once when the server refused us,
+        ``BackendError`` with the last failure's cause when ``timeout`` ran out."""
+        if not self._settled.is_set():
+            self._wake.set()  # try now, not at the end of a backoff grown in an outage
+        self._settled.wait(timeout)
+        if self._ready.is_set():
             return
-        error = self._error
+        if self.refused is not None:
+            raise BackendRefused(f"RabbitMQ for rpc results at {self.backend.safe_url} "
+                                 f"refused the connection: {self.refused}") from self.refused
+        cause = last_cause(self._error)
         raise BackendError(f"the rpc reply queue could not be set up within {timeout:g}s"
-                           + (f": {error}" if error else "")) from error
+                           + (f" (last error: {type(cause).__name__}: {cause})"
+                              if cause else "")) from cause
 
     def stop(self) -> None:
         self._stopping.set()
+        self._wake.set()
         connection = self._connection
         if connection is not None:
             connection.shutdown()  # the blocked read returns
@@ -321,6 +347,7 @@ class _Listener:
         backend = self.backend
         server = Server.from_url(backend.server_url, f"celeriac rpc pid {os.getpid()}")
         failures = 0
+        down = False  # a failure since the last success: log the recovery
         while not self._stopping.is_set():
             connection: BlockingConnection | None = None
             try:
@@ -329,15 +356,24 @@ class _Listener:
                 connection.call(spec.Queue.Declare(queue=backend.reply_queue, exclusive=True,
                                                    auto_delete=True),
                                 spec.Queue.DeclareOk, time.monotonic() + backend.connect_timeout)
-                if failures:
+                if down:
                     logger.warning("rpc reply queue %s consuming again", backend.reply_queue)
-                failures = 0
+                failures, down = 0, False
                 self._ready.set()
+                self._settled.set()
                 connection.consume(backend.reply_queue, backend.deliver, self._stopping)
+            except Refused as exc:
+                # No retry can fix it: stop, and let every waiting send fail at once.
+                logger.error("rpc reply queue: RabbitMQ at %s refused the connection: %s",
+                             backend.safe_url, exc)
+                self.refused = exc
+                self._settled.set()
+                break
             except Exception as exc:
                 if self._stopping.is_set():
                     break
                 failures += 1
+                down = True
                 self._error = exc
                 if isinstance(exc, ConnectionLost | AMQPError):
                     logger.warning("rpc reply queue: %s; retrying (results that come back "
@@ -348,7 +384,9 @@ class _Listener:
                 self._connection = None
                 if connection is not None:
                     connection.close()
-            self._stopping.wait(min(RECONNECT_BACKOFF_MAX, 0.1 * 2 ** failures))
+            if self._wake.wait(min(RECONNECT_BACKOFF_MAX, 0.1 * 2 ** failures)):
+                failures = 0  # a sender is waiting: quick retries again, for its timeout
+            self._wake.clear()
 
 
 class _Publisher:

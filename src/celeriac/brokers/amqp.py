@@ -15,7 +15,8 @@ queue and exchange name), and aiormq's TLS options for ``amqps://`` (``cafile``,
 ``certfile``, ``keyfile``, ``no_verify_ssl``). ``broker_transport_options``:
 ``transient_queues`` / ``quorum_queues`` (lists of queue names), ``queues``
 (``{name: {"durable": bool, "type": "classic" | "quorum"}}``), ``default_queue_type``,
-``namespace``, ``heartbeat``, ``connect_timeout``, ``publish_timeout``, ``lease_seconds``.
+``namespace``, ``heartbeat``, ``connection_timeout`` (seconds to open a connection; also
+read as ``connect_timeout``, its older name), ``publish_timeout``, ``lease_seconds``.
 
 How the ``Broker`` contract maps onto RabbitMQ
 ----------------------------------------------
@@ -127,10 +128,21 @@ queue's name when celeriac first creates it; ``queue_stats()`` reads it.
 *Threads and loops*: one connection per event loop (``amqp_link.Link``), created
 lazily; work on a delivery received on another loop is run on that loop.
 
-*Connection loss*: heartbeats notice a dead peer (the consumer's within 1 to 1.5
-leases, see *Leases*); every operation reconnects
+*Connection loss*: heartbeats notice a dead peer within twice the heartbeat (10 s by
+default; the consumer's heartbeat is at most half the lease, so its deliveries go to
+others within 1 to 1.5 leases, see *Leases*); aiormq's connections are told to give up
+that soon too; every operation reconnects
 (capped exponential backoff) and redeclares what it needs; a waiting fetch notices the
 lost channel and consumes again on the new connection.
+
+*Connection errors*: a cause no retry can fix raises ``BrokerRefused`` at once, with
+RabbitMQ's or the TLS library's words: a refused login (ACCESS_REFUSED), an unknown or
+forbidden vhost (NOT_ALLOWED), an untrusted certificate or a failed TLS handshake, a
+permission the user lacks (a channel's ACCESS_REFUSED). Anything else (a closed port,
+a reset, silence) is transient: ``publish`` and ``publish_blocking`` retry it within
+``publish_timeout``; ``connect`` and ``fetch`` try once (within ``connection_timeout``)
+and leave retrying to the worker. Then ``BrokerUnavailable`` names the last real cause
+(the socket's own error, chained as ``__cause__``).
 """
 
 from __future__ import annotations
@@ -153,9 +165,12 @@ from aiormq.exceptions import AMQPError
 
 from celeriac.bridge import Bridge
 from celeriac.brokers.amqp_blocking import (
+    BlockingConnection,
     BlockingPool,
     ConnectionLost,
+    Refused,
     Server,
+    last_cause,
     redeclare,
     refused,
 )
@@ -170,7 +185,7 @@ from celeriac.brokers.amqp_topology import (
     Topology,
 )
 from celeriac.brokers.base import Broker, DeadLetter, Delivery, Outgoing, QueueStats
-from celeriac.errors import BrokerUnavailable
+from celeriac.errors import BrokerRefused, BrokerUnavailable
 
 T = TypeVar("T")
 
@@ -270,13 +285,13 @@ class AMQPBroker(Broker):
         while pending:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                cause = last_cause(error)
                 raise BrokerUnavailable(
                     f"RabbitMQ at {self._context.safe_url} did not confirm {len(pending)} "
-                    f"message(s) within {timeout:g}s ({type(error).__name__}: {error}); "
-                    "they may not have been stored") from error
+                    f"message(s) within {timeout:g}s (last error: {type(cause).__name__}: "
+                    f"{cause}); they may not have been stored") from cause
             try:
-                self._declare_blocking(pending, remaining)
-                connection = self._pool.take(min(remaining, self.settings.connect_timeout))
+                connection = self._blocking_connection(pending, remaining)
             except (ConnectionLost, BrokerUnavailable, TimeoutError) as exc:
                 error = exc
                 time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
@@ -288,7 +303,7 @@ class AMQPBroker(Broker):
                     [(e.body, *route(e), e.properties) for e in pending], remaining)
             except BaseException as exc:
                 connection.close()
-                if isinstance(exc, ConnectionLost | AMQPError):
+                if isinstance(exc, ConnectionLost | AMQPError | Refused):
                     if (final := refused(exc)) is not None:
                         raise final from exc
                     if redeclare(exc):
@@ -305,6 +320,17 @@ class AMQPBroker(Broker):
                     error = outcome
                     failed.append(envelope)
             pending = failed
+
+    def _blocking_connection(self, envelopes: Sequence[Envelope], timeout: float
+                             ) -> BlockingConnection:
+        """A pooled connection, once ``envelopes``' queues are declared; a refusal (wrong
+        credentials, an untrusted certificate, no such vhost) raised at once."""
+        try:
+            self._declare_blocking(envelopes, timeout)
+            return self._pool.take(min(timeout, self.settings.connect_timeout))
+        except Refused as exc:
+            raise BrokerRefused(f"RabbitMQ at {self._context.safe_url} refused the "
+                                f"connection: {exc}") from exc
 
     def _declare_blocking(self, envelopes: Sequence[Envelope], timeout: float) -> None:
         """Declare the queues (and delay ladders) not yet declared for blocking publishes.
@@ -333,7 +359,12 @@ class AMQPBroker(Broker):
             future.result(timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            raise TimeoutError(f"declaring queues took over {timeout:.3g}s") from None
+            # The link's own last failure (a refused or reset connection) is the news,
+            # not that waiting for it took too long.
+            link = self._links.get(loop)
+            raise TimeoutError(f"no answer from RabbitMQ within {timeout:.3g}s (connecting "
+                               "to declare queues)") from (
+                link.last_error if link is not None else None)
         with self._blocking_lock:
             self._blocking_queues |= queues
             self._blocking_ladders |= ladders

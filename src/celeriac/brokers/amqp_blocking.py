@@ -41,7 +41,16 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from aiormq.channel import exception_by_code as channel_error
 from aiormq.connection import exception_by_code as connection_error
-from aiormq.exceptions import AMQPError, ChannelNotFoundEntity, ChannelPreconditionFailed
+from aiormq.exceptions import (
+    AMQPConnectionError,
+    AMQPError,
+    AuthenticationError,
+    ChannelAccessRefused,
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+    ConnectionClosed,
+    ProbableAuthenticationError,
+)
 from pamqp import commands as spec
 from pamqp import frame as amqp_frame
 from pamqp.body import ContentBody
@@ -49,7 +58,7 @@ from pamqp.constants import FRAME_END, FRAME_HEADER_SIZE
 from pamqp.header import ContentHeader, ProtocolHeader
 from pamqp.heartbeat import Heartbeat
 
-from celeriac.errors import BrokerError
+from celeriac.errors import BrokerError, BrokerRefused
 
 CHANNEL = 1
 FRAME_MAX = 131072
@@ -62,6 +71,67 @@ Outbound = tuple[bytes, str, str, spec.Basic.Properties]  # body, exchange, key,
 
 class ConnectionLost(Exception):
     """The socket failed, timed out or was closed: publish again on a new connection."""
+
+
+class Refused(Exception):
+    """RabbitMQ, or the TLS handshake, refused this client for a reason no retry can fix:
+    wrong credentials, an untrusted certificate, a vhost that does not exist or is not
+    allowed. Each client raises it as its own ``BrokerRefused``/``BackendRefused``."""
+
+
+# Connection.Close reply codes that mean "not you, not here": ACCESS_REFUSED (a login
+# RabbitMQ refused: wrong user or password) and NOT_ALLOWED (an unknown vhost, or one
+# the user has no access to). Others (320 CONNECTION_FORCED at a shutdown, 541
+# INTERNAL_ERROR, ...) may pass: they are retried.
+REFUSED_CODES = {403: "ACCESS_REFUSED", 530: "NOT_ALLOWED"}
+# TLS errors that are a dropped connection rather than a refusal.
+_TLS_TRANSIENT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
+def refusal(error: BaseException) -> Refused | None:
+    """``error`` as a ``Refused`` when it is a permanent refusal (see there), else None.
+
+    Knows the causes of all three clients: a ``connection.close`` read by this module or
+    by ``amqp_wire`` (already a ``Refused``), aiormq's exceptions, and ``ssl``'s.
+    """
+    if isinstance(error, Refused):
+        return error
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return Refused(f"TLS: RabbitMQ's certificate is not trusted ({error.verify_message}; "
+                       "check cafile in the URL)")
+    if isinstance(error, ssl.SSLError) and not isinstance(error, _TLS_TRANSIENT):
+        return Refused(f"TLS handshake with RabbitMQ failed: {error}")
+    if isinstance(error, ProbableAuthenticationError | AuthenticationError):
+        return Refused(f"ACCESS_REFUSED: RabbitMQ refused the login ({_words(error)})")
+    if isinstance(error, AMQPConnectionError) and isinstance(error.__cause__, OSError):
+        return refusal(error.__cause__)  # aiormq's wrapping of the socket's own error
+    if isinstance(error, ConnectionClosed):
+        code = error.args[0] if len(error.args) > 1 else None
+        name = REFUSED_CODES.get(code) if isinstance(code, int) else None
+        if name is None and type(error).__name__ == "ConnectionNotAllowed":
+            name = "NOT_ALLOWED"  # aiormq drops the code of the classes it maps it to
+        if name is not None:
+            return Refused(_named(name, _words(error)))
+    return None
+
+
+def closed_by_server(frame: spec.Connection.Close) -> Exception:
+    """What a ``connection.close`` from RabbitMQ means: a ``Refused``, or a lost connection."""
+    code = frame.reply_code or 0
+    if code in REFUSED_CODES:
+        return Refused(_named(REFUSED_CODES[code], frame.reply_text or ""))
+    return ConnectionLost(repr(connection_error(frame)))
+
+
+def _named(name: str, text: str) -> str:
+    """RabbitMQ's reply text, led by the reply's name (it usually is already)."""
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
+def _words(error: BaseException) -> str:
+    """The server's own words in an aiormq error (its args), else the error's text."""
+    texts = [str(arg) for arg in error.args if isinstance(arg, str) and arg]
+    return "; ".join(texts) or str(error) or type(error).__name__
 
 
 class Unroutable(Exception):
@@ -106,7 +176,11 @@ def start_ok(server: Server, **capabilities: bool) -> spec.Connection.StartOk:
     """The client's answer to ``connection.start``: who it is, with PLAIN credentials."""
     return spec.Connection.StartOk(
         client_properties={"connection_name": server.name, "product": "celeriac",
-                           "capabilities": {"publisher_confirms": True, **capabilities}},
+                           # authentication_failure_close: a refused login is answered
+                           # with connection.close 403 ACCESS_REFUSED, not a bare hang-up.
+                           "capabilities": {"publisher_confirms": True,
+                                            "authentication_failure_close": True,
+                                            **capabilities}},
         mechanism="PLAIN", response=f"\0{server.user}\0{server.password}")
 
 
@@ -149,6 +223,8 @@ class BlockingConnection:
                 sock = server.tls.wrap_socket(sock, server_hostname=server.host)
         except OSError as exc:
             sock.close()
+            if (refused := refusal(exc)) is not None:
+                raise refused from exc
             raise ConnectionLost(f"cannot connect: {exc!r}") from exc
         self.sock = sock
         try:
@@ -286,7 +362,7 @@ class BlockingConnection:
             raise channel_error(frame)
         if isinstance(frame, spec.Connection.Close):
             self._send_quietly(0, spec.Connection.CloseOk(), deadline)
-            raise ConnectionLost(repr(connection_error(frame)))
+            raise closed_by_server(frame)
         # Heartbeats (none were asked for), Connection.Blocked/Unblocked: nothing to do.
 
     # -- frames ---------------------------------------------------------------------------
@@ -414,4 +490,18 @@ def refused(error: BaseException) -> BrokerError | None:
     """A failure no retry can fix, as the error to raise; else None."""
     if isinstance(error, ChannelPreconditionFailed):
         return BrokerError(f"RabbitMQ refused a message: {error}")
+    if isinstance(error, ChannelAccessRefused):  # the user may not write there
+        return BrokerRefused(f"RabbitMQ refused access: {_words(error)}")
+    if (refused := refusal(error)) is not None:
+        return BrokerRefused(f"RabbitMQ refused the connection: {refused}")
     return None
+
+
+def last_cause(error: BaseException | None) -> BaseException | None:
+    """The first failure under ``error``'s chain of causes: what really went wrong
+    (a refused connection, a reset) beneath the wrappers each layer added."""
+    seen: set[int] = set()
+    while error is not None and error.__cause__ is not None and id(error) not in seen:
+        seen.add(id(error))
+        error = error.__cause__
+    return error

@@ -55,15 +55,17 @@ from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from aiormq.exceptions import (
     AMQPConnectionError,
     AMQPError,
+    ChannelAccessRefused,
     ChannelClosed,
     ChannelInvalidStateError,
     ChannelNotFoundEntity,
     ChannelPreconditionFailed,
+    InvalidFrameError,
     PublishError,
 )
 from pamqp import commands as spec
 
-from celeriac.brokers.amqp_blocking import Server
+from celeriac.brokers.amqp_blocking import Refused, Server, last_cause, refusal
 from celeriac.brokers.amqp_confirm import Outbound, publish_confirmed
 from celeriac.brokers.amqp_topology import (
     DELAY_LEVELS,
@@ -81,7 +83,7 @@ from celeriac.brokers.amqp_topology import (
 )
 from celeriac.brokers.amqp_wire import Incoming, Wire, WireLost
 from celeriac.brokers.base import Delivery
-from celeriac.errors import BrokerError, BrokerUnavailable
+from celeriac.errors import BrokerError, BrokerRefused, BrokerUnavailable
 
 logger = logging.getLogger("celeriac.broker.amqp")
 
@@ -95,6 +97,8 @@ DUE_WINDOW = 0.02
 RECONNECT_BACKOFF_FIRST = 0.1
 RECONNECT_BACKOFF_MAX = 5.0
 CLOSE_TIMEOUT = 5.0
+# How long a call that found its channel closing waits for the channel's reason.
+CHANNEL_CLOSE_WAIT = 0.5
 
 # Prefetch targets served exactly; larger ones are rounded up to a power of two.
 EXACT_PREFETCH = 32
@@ -283,23 +287,36 @@ class Link:
                 raise self._unavailable(f"next attempt in {wait:.1f}s")
             await asyncio.sleep(wait)
             timeout -= wait
-        connection = aiormq.Connection(self.ctx.url, client_properties={
+        connection = _Connection(self.ctx.url, client_properties={
             "connection_name": f"celeriac pid {os.getpid()} {threading.current_thread().name}"})
+        attempt = max(0.05, min(timeout, self.ctx.settings.connect_timeout))
         try:
-            await asyncio.wait_for(connection.connect(),
-                                   max(0.05, min(timeout, self.ctx.settings.connect_timeout)))
+            await asyncio.wait_for(connection.connect(), attempt)
             self.publisher = await connection.channel(publisher_confirms=True)
             self.connection = connection
         except BaseException as exc:
+            refused = refusal(exc)
+            if refused is None and isinstance(exc, InvalidFrameError) \
+                    and "Connection.Close" in str(exc):
+                refused = await self._diagnose(attempt)
+            if refused is not None:
+                # Wrong credentials, an untrusted certificate, an unknown vhost: another
+                # attempt gets the same answer, so say it now rather than after a timeout.
+                await _quietly(connection.close())
+                self.connection = self.publisher = None
+                raise self.refused(refused) from exc
             if not isinstance(exc, TimeoutError | OSError | AMQPError) and not lost(exc):
                 raise
+            if isinstance(exc, TimeoutError) and not str(exc):  # asyncio's says nothing
+                exc = TimeoutError(f"no answer from RabbitMQ within {attempt:.3g}s "
+                                   "while connecting")
             self._failures += 1
             backoff = min(RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_FIRST * 2 ** self._failures)
             self._retry_at = self.loop.time() + backoff
             self._last_error = exc
             await _quietly(connection.close())
             self.connection = self.publisher = None
-            raise self._unavailable() from exc
+            raise self._unavailable() from last_cause(exc)  # the socket's own error
         if self._failures:
             logger.warning("reconnected to RabbitMQ at %s", self.ctx.safe_url)
         self._failures = 0
@@ -308,6 +325,20 @@ class Link:
         connection.closing.add_done_callback(
             lambda closing: self._on_connection_closed(connection, closing))
         return connection
+
+    async def _diagnose(self, timeout: float) -> Refused | None:
+        """Why RabbitMQ closed a handshake aiormq reported without the reason.
+
+        aiormq turns a ``connection.close`` answering ``connection.open`` (an unknown
+        vhost: 530 NOT_ALLOWED) into "expected OpenOk, got Close", its code and words
+        lost; one handshake of celeriac's own reads them. Only on this failure path.
+        """
+        try:
+            wire = await Wire.open(self.ctx.server, timeout, heartbeat=0, confirm=False)
+        except Exception as exc:
+            return refusal(exc)
+        await _quietly(wire.close(CLOSE_TIMEOUT))
+        return None
 
     async def run(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run ``operation``; if the connection turns out to be dead, once more on a new one.
@@ -320,6 +351,8 @@ class Link:
             try:
                 return await operation()
             except BaseException as exc:
+                if (denied := await self._access_refused(exc)) is not None:
+                    raise self.refused(denied, "access") from exc
                 if not lost(exc):
                     raise
                 if attempt == 2:
@@ -338,10 +371,41 @@ class Link:
             await _quietly(asyncio.wait_for(connection.close(), CLOSE_TIMEOUT))
 
     def _unavailable(self, detail: str = "") -> BrokerUnavailable:
-        error = self._last_error
+        error = last_cause(self._last_error)  # the socket's own words, not a wrapper's
         reason = f"{type(error).__name__}: {error}" if error is not None else "not connected"
         return BrokerUnavailable(f"cannot reach RabbitMQ at {self.ctx.safe_url} ({reason})"
                                  + (f"; {detail}" if detail else ""))
+
+    @property
+    def last_error(self) -> BaseException | None:
+        """Why the last connection attempt failed, or the last connection was lost."""
+        return self._last_error
+
+    async def _access_refused(self, error: BaseException) -> ChannelAccessRefused | None:
+        """The ACCESS_REFUSED behind ``error``: its own, or the one that closed a channel.
+
+        When RabbitMQ closes a channel with several calls under way on it (declares run
+        together), aiormq fails the later ones with ``ChannelInvalidStateError`` (which
+        looks like a lost channel, and was retried) before the channel itself has ended
+        with the reason; that is awaited briefly, then read.
+        """
+        if (denied := access_refused(error)) is not None:
+            return denied
+        channel = self.publisher  # (declares and publishes run on it)
+        if not isinstance(error, ChannelInvalidStateError) or channel is None:
+            return None
+        closing = channel.closing
+        if not closing.done():
+            await asyncio.wait({closing}, timeout=CHANNEL_CLOSE_WAIT)
+        if closing.done() and not closing.cancelled():
+            reason = closing.exception()
+            if reason is not None:
+                return access_refused(reason)
+        return None
+
+    def refused(self, refused: Exception, what: str = "the connection") -> BrokerRefused:
+        """A refusal (login, vhost, certificate, permission) as the error to raise."""
+        return BrokerRefused(f"RabbitMQ at {self.ctx.safe_url} refused {what}: {refused}")
 
     def _on_connection_closed(self, connection: AbstractConnection,
                               closing: asyncio.Future[Any] | None,
@@ -363,8 +427,13 @@ class Link:
     async def _open_consumer(self) -> Wire:
         # In confirm mode: copies of its deliveries (requeues that count, moves down the
         # delay ladder, dead letters) are published on it too (publish_here).
-        wire = await Wire.open(self.ctx.server, self.ctx.settings.connect_timeout,
-                               heartbeat=self.ctx.consumer_heartbeat, confirm=True)
+        try:
+            wire = await Wire.open(self.ctx.server, self.ctx.settings.connect_timeout,
+                                   heartbeat=self.ctx.consumer_heartbeat, confirm=True)
+        except Exception as exc:
+            if (refused := refusal(exc)) is not None:
+                raise self.refused(refused) from exc
+            raise
 
         def on_lost(error: BaseException) -> None:
             if self.consumer is not wire:
@@ -581,10 +650,11 @@ class Link:
         while pending:
             remaining = deadline - self.loop.time()
             if remaining <= 0:
+                cause = last_cause(error)
                 raise BrokerUnavailable(
                     f"RabbitMQ at {self.ctx.safe_url} did not confirm {len(pending)} "
-                    f"message(s) within {timeout:g}s ({type(error).__name__}: {error}); "
-                    "they may not have been stored") from error
+                    f"message(s) within {timeout:g}s (last error: {type(cause).__name__}: "
+                    f"{cause}); they may not have been stored") from cause
             try:
                 channel = await self._publisher_channel(remaining)
                 now_ms = time.time() * 1000
@@ -597,6 +667,8 @@ class Link:
                 error = exc
                 continue
             except BaseException as exc:
+                if (denied := await self._access_refused(exc)) is not None:  # no permission
+                    raise self.refused(denied, "access") from exc
                 if not lost(exc):
                     raise
                 error = exc
@@ -637,6 +709,9 @@ class Link:
         if isinstance(error, ChannelPreconditionFailed):
             raise BrokerError(f"RabbitMQ refused a message for queue {envelope.queue!r}: "
                               f"{error}") from error
+        if isinstance(error, ChannelAccessRefused):  # no permission: a retry cannot help
+            raise BrokerRefused(f"RabbitMQ refused access for queue {envelope.queue!r}: "
+                                f"{error}") from error
         if isinstance(error, PublishError | ChannelNotFoundEntity):
             # Unroutable, or an exchange missing: deleted under us. Declare it all again.
             self.forget_declared()
@@ -1268,6 +1343,20 @@ class Link:
             logger.error("background work on RabbitMQ failed", exc_info=task.exception())
 
 
+class _Connection(aiormq.Connection):
+    """aiormq's connection, giving up on a silent peer within two heartbeats.
+
+    aiormq waits ``(heartbeat + 1) * 3`` seconds without a frame (33 s for the default
+    10 s) before it drops a connection, and checks every half heartbeat: a producer on
+    a half-open link would wait that long to notice. RabbitMQ sends a heartbeat every
+    half interval, so ``heartbeat + 1`` seconds of silence is two of them missed, and
+    with the check's period a dead link is noticed within twice the heartbeat, as by
+    celeriac's own connections (``amqp_wire``).
+    """
+
+    HEARTBEAT_GRACE_MULTIPLIER = 1
+
+
 def prefetch_for(target: int, current: int) -> int:
     """The ``basic.qos`` prefetch for a consumer that wants ``target`` deliveries.
 
@@ -1298,6 +1387,20 @@ def lost(error: BaseException) -> bool:
         # Closed by the server for a reason (404, 403, 405, 406): another try gets the same.
         return type(error) is ChannelClosed
     return isinstance(error, LOST)
+
+
+def access_refused(error: BaseException) -> ChannelAccessRefused | None:
+    """The channel's ACCESS_REFUSED (a permission the user lacks) behind ``error``.
+
+    aiormq fails a call on a channel the server closed with the close's reason, or, when
+    the call was waiting in another task, with a ``CancelledError`` carrying it.
+    """
+    if isinstance(error, ChannelAccessRefused):
+        return error
+    if isinstance(error, asyncio.CancelledError) and error.args \
+            and isinstance(error.args[0], ChannelAccessRefused):
+        return error.args[0]
+    return None
 
 
 async def _quietly(work: Awaitable[Any]) -> None:

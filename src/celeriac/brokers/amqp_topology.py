@@ -142,8 +142,14 @@ class AMQPOptions:
         namespace = str(options.get("namespace", url_namespace))
         return cls(namespace=namespace,
                    heartbeat=int(options.get("heartbeat", DEFAULT_HEARTBEAT)),
-                   connect_timeout=float(options.get("connect_timeout",
-                                                     DEFAULT_CONNECT_TIMEOUT)),
+                   # connection_timeout: the generic name (App passes the setting
+                   # broker_connection_timeout under it); connect_timeout, the older
+                   # AMQP-only name, wins when both are given: it is the more specific.
+                   connect_timeout=_seconds(options.get(
+                       "connect_timeout", options.get("connection_timeout",
+                                                      DEFAULT_CONNECT_TIMEOUT)),
+                       "connect_timeout" if "connect_timeout" in options
+                       else "connection_timeout"),
                    publish_timeout=float(options.get("publish_timeout",
                                                      DEFAULT_PUBLISH_TIMEOUT)),
                    default_queue_type=default_type, queues=queues)
@@ -157,9 +163,22 @@ class AMQPOptions:
 
 
 _OPTION_NAMES = frozenset({
-    "lease_seconds", "namespace", "heartbeat", "connect_timeout", "publish_timeout",
+    "lease_seconds", "namespace", "heartbeat", "connect_timeout", "connection_timeout",
+    "publish_timeout",
     "default_queue_type", "transient_queues", "quorum_queues", "queues",
 })
+
+
+def _seconds(value: Any, option: str) -> float:
+    """A positive number of seconds, or a ConfigurationError naming the option."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise ConfigurationError(f"transport option {option} must be a positive number of "
+                                 f"seconds, not {value!r}")
+    return seconds
 
 
 def _names(value: Any, option: str) -> list[str]:

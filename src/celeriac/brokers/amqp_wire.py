@@ -24,7 +24,8 @@ intervals; a heartbeat is sent when nothing was written for half of one), a
 ``connection.close`` or a ``channel.close`` (the one channel is the connection's reason
 to live) end the wire. Every waiting call and unconfirmed publish then fails at once
 with the reason (``channel.close`` errors as aiormq's exceptions, so that callers tell
-a missing queue from a lost connection as before; everything else ``WireLost``), and
+a missing queue from a lost connection as before; a refused login or vhost, or an
+untrusted certificate, as ``amqp_blocking.Refused``; everything else ``WireLost``), and
 ``on_lost`` is called once. A closed wire is not reopened: the owner opens a new one.
 """
 
@@ -49,8 +50,11 @@ from pamqp.header import ContentHeader, ProtocolHeader
 from celeriac.brokers.amqp_blocking import (
     CHANNEL,
     FRAME_MAX,
+    Refused,
     Server,
     Unroutable,
+    closed_by_server,
+    refusal,
     start_ok,
     tune_ok,
 )
@@ -177,6 +181,8 @@ class Wire(asyncio.Protocol):
                 await wire._handshake(server, confirm)
         except BaseException as exc:
             wire.abort(exc if isinstance(exc, Exception) else None)
+            if (refused := refusal(exc)) is not None and refused is not exc:
+                raise refused from exc  # an untrusted certificate: no retry will help
             if isinstance(exc, OSError | TimeoutError) and not isinstance(exc, WireLost):
                 raise WireLost(f"cannot connect to RabbitMQ: {exc!r}") from exc
             raise
@@ -392,7 +398,9 @@ class Wire(asyncio.Protocol):
             self.abort(channel_error(frame))
         elif isinstance(frame, spec.Connection.Close):
             self._send(0, spec.Connection.CloseOk())
-            self.abort(WireLost(repr(connection_error(frame))))
+            refused = closed_by_server(frame)  # a refused login or vhost, or a lost one
+            self.abort(refused if isinstance(refused, Refused)
+                       else WireLost(repr(connection_error(frame))))
         elif self._waiting is not None and isinstance(frame, self._waiting[0]):
             future = self._waiting[1]
             self._waiting = None

@@ -1,7 +1,8 @@
-"""RabbitMQ on 127.0.0.1:5672 for the AMQP tests: a vhost per test, and restarts.
+"""RabbitMQ for the AMQP tests: a vhost per test, on the shared node or a private one.
 
 - ``Rabbit``: ``rabbitmqctl`` for one vhost of a test's own (created, and deleted with
-  everything in it afterwards) and for ``stop_app``/``start_app`` of the whole broker.
+  everything in it afterwards), on the shared RabbitMQ (127.0.0.1:5672), or on a
+  private node (``rabbit_node.RabbitNode``) that the test may stop and restart.
 - ``RabbitDeployment``: the integration harness's ``Deployment`` on an ``amqp://`` broker
   in that vhost, with results in a SQLite file (or ``rpc://``), so the ledger, the
   worker processes and the probe work as in the other integration tests.
@@ -13,22 +14,19 @@ Without RabbitMQ (or ``rabbitmqctl``) the tests are skipped, except under CI (th
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
+from rabbit_node import RABBITMQCTL, RabbitNode
 from worker_harness import (
     Deployment,
     Ledger,
@@ -54,108 +52,85 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def port_open(timeout: float = 1.0) -> bool:
+def port_open(timeout: float = 1.0, port: int = PORT) -> bool:
     try:
-        socket.create_connection((HOST, PORT), timeout=timeout).close()
+        socket.create_connection((HOST, port), timeout=timeout).close()
     except OSError:
         return False
     return True
 
 
 class Rabbit:
-    """The local RabbitMQ, through ``rabbitmqctl``: one vhost of this test's own.
+    """A vhost of this test's own, on the shared RabbitMQ or on a private node.
 
-    Tests that restart the broker take a machine-wide lock exclusively, the others take
-    it shared, so that two test runs on one machine do not restart RabbitMQ under each
-    other's feet (``restarts=True`` for the former).
+    On the shared node (``node=None``) nothing may be stopped or misconfigured: other
+    test runs use it at the same time. A test that restarts or stops RabbitMQ passes a
+    ``RabbitNode`` of its own (``rabbit_node.py``), which ``stop``/``start``/``restart``
+    act on.
     """
 
-    def __init__(self, restarts: bool = False) -> None:
-        binary = shutil.which("rabbitmqctl")
-        if binary is None:
-            unavailable("rabbitmqctl is not installed")
-        self.binary = str(binary)
-        self._lock = _lock(exclusive=restarts)
-        if not _wait(port_open, 30):
-            self._lock.close()
-            unavailable(f"RabbitMQ is not running on {HOST}:{PORT}")
+    def __init__(self, node: RabbitNode | None = None) -> None:
+        self.node = node
+        if node is None:
+            binary = shutil.which("rabbitmqctl")
+            if binary is None:
+                unavailable("rabbitmqctl is not installed")
+            self._ctl = [str(binary)]
+            self.host, self.port = HOST, PORT
+            self._env: dict[str, str] | None = None
+        else:
+            self._ctl = [RABBITMQCTL, "-n", node.name]
+            self.host, self.port = HOST, node.port
+            self._env = node.env
+        if not _wait(lambda: port_open(port=self.port), 30):
+            unavailable(f"RabbitMQ is not running on {self.host}:{self.port}")
         self.vhost = f"celeriac-test-{uuid.uuid4().hex[:10]}"
-        self.stopped = False
-        try:
-            self.ctl("add_vhost", self.vhost)
-            self.ctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
-        except BaseException:
-            self._lock.close()
-            raise
+        self.ctl("add_vhost", self.vhost)
+        self.ctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
 
     def url(self, **query: str) -> str:
         suffix = "&".join(f"{key}={value}" for key, value in query.items())
-        return f"amqp://guest:guest@{HOST}:{PORT}/{self.vhost}" + (f"?{suffix}" if suffix else "")
+        return (f"amqp://guest:guest@{self.host}:{self.port}/{self.vhost}"
+                + (f"?{suffix}" if suffix else ""))
 
     def ctl(self, *args: str, timeout: float = 30.0) -> str:
-        done = subprocess.run([self.binary, *args], capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        done = subprocess.run([*self._ctl, *args], capture_output=True, text=True,
+                              timeout=timeout, check=False, env=self._env)
         if done.returncode != 0:
             raise AssertionError(f"rabbitmqctl {' '.join(args)} failed: "
                                  f"{done.stdout}{done.stderr}")
         return done.stdout
 
-    def stop_app(self) -> None:
-        """Stop the RabbitMQ application (the Erlang node stays): every client is cut off."""
-        self.stopped = True
-        self.ctl("stop_app")
-        wait_until(lambda: not port_open(0.2), 10, "RabbitMQ to close its port")
+    def _private(self) -> RabbitNode:
+        if self.node is None:
+            raise AssertionError("only a private RabbitMQ node may be stopped by a test "
+                                 "(the private_rabbit fixture)")
+        return self.node
 
-    def start_app(self) -> None:
-        self.ctl("start_app")
-        self.ctl("await_startup", timeout=60)
-        wait_until(port_open, 20, "RabbitMQ to open its port")
-        self.stopped = False
+    def stop(self) -> None:
+        """Shut the private node down: every client is cut off, the port is closed."""
+        self._private().stop()
+
+    def start(self) -> None:
+        """Start the private node again, with its database (queues, messages) kept."""
+        self._private().start()
 
     def restart(self) -> float:
-        """stop_app then start_app; return how long the broker was down."""
-        down = time.monotonic()
-        self.stop_app()
-        self.start_app()
-        return time.monotonic() - down
+        """Stop then start the private node; how long it was down."""
+        return self._private().restart()
 
     def close(self) -> None:
-        """Bring the broker back if a test left it stopped, and delete the vhost."""
-        if self.stopped:
-            self.start_app()
-        try:
-            # Right after a restart, RabbitMQ may still be recovering the vhost's queues
-            # and fail the deletion; it succeeds once they are back.
-            wait_until(self._delete_vhost, 30, f"the deletion of vhost {self.vhost}")
-        finally:
-            self._lock.close()
+        """Delete the vhost (on a private node that is down, there is nothing to do)."""
+        if self.node is not None and not self.node.running:
+            return
+        # Right after a restart, RabbitMQ may still be recovering the vhost's queues and
+        # fail the deletion; it succeeds once they are back.
+        wait_until(self._delete_vhost, 30, f"the deletion of vhost {self.vhost}")
 
     def _delete_vhost(self) -> bool:
-        done = subprocess.run([self.binary, "delete_vhost", self.vhost], capture_output=True,
-                              text=True, timeout=30, check=False)
+        done = subprocess.run([*self._ctl, "delete_vhost", self.vhost], capture_output=True,
+                              text=True, timeout=30, check=False, env=self._env)
         return done.returncode == 0 or "does not exist" in done.stdout + done.stderr
-
-
-LOCK_PATH = Path(tempfile.gettempdir()) / "celeriac-rabbitmq-tests.lock"
-LOCK_WAIT = 90.0
-
-
-def _lock(exclusive: bool) -> IO[bytes]:
-    """Take the machine-wide lock of the RabbitMQ tests; closing the file releases it."""
-    handle = LOCK_PATH.open("ab")
-    mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
-
-    def taken() -> bool:
-        try:
-            fcntl.flock(handle, mode)
-        except BlockingIOError:
-            return False
-        return True
-
-    if not _wait(taken, LOCK_WAIT):
-        handle.close()
-        raise AssertionError(f"another test run held {LOCK_PATH} for {LOCK_WAIT:g}s")
-    return handle
 
 
 def _wait(condition: Callable[[], bool], timeout: float) -> bool:
@@ -254,59 +229,3 @@ class RabbitDeployment(Deployment):
 
 # What the ``deploy`` fixture gives: ``deploy(backend=None, **transport_options)``.
 Deploy = Callable[..., RabbitDeployment]
-
-
-class FreezableProxy:
-    """A TCP proxy to RabbitMQ that can stop passing bytes while keeping sockets open:
-    to both ends the other one looks alive but silent, as across a network partition."""
-
-    def __init__(self) -> None:
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.port = self._server.getsockname()[1]
-        self._open = threading.Event()
-        self._open.set()
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def freeze(self) -> None:
-        self._open.clear()
-
-    def thaw(self) -> None:
-        """Pass bytes again; the connections that were frozen are cut, new ones work."""
-        with self._lock:
-            frozen, self._sockets = self._sockets, []
-        for sock in frozen:
-            with contextlib.suppress(OSError):
-                sock.close()
-        self._open.set()
-
-    def close(self) -> None:
-        self.thaw()
-        self._server.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            self._open.wait()
-            upstream = socket.create_connection((HOST, PORT))
-            with self._lock:
-                self._sockets += [client, upstream]
-            for source, target in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
-
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
-        try:
-            with contextlib.suppress(OSError):
-                while data := source.recv(65536):
-                    while not self._open.wait(0.1):
-                        if source.fileno() < 0:
-                            return
-                    target.sendall(data)
-        finally:
-            for sock in (source, target):  # one side ended: so does the other
-                with contextlib.suppress(OSError):
-                    sock.close()

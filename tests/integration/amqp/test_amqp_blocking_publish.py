@@ -10,8 +10,9 @@ from collections.abc import Iterator
 
 import aiormq
 import pytest
+from fault_proxy import FaultProxy
 from pamqp import commands as spec
-from rabbit_harness import FreezableProxy, Rabbit
+from rabbit_harness import Rabbit
 
 from celeriac.brokers import Delivery, Outgoing, create_broker
 from celeriac.brokers.amqp import AMQPBroker
@@ -91,14 +92,14 @@ def test_a_queue_deleted_under_a_sync_producer_is_declared_again(
 
 
 def test_a_sync_producer_survives_a_cut_connection_and_reports_a_silent_one(
-        rabbit: Rabbit, proxy: FreezableProxy) -> None:
+        rabbit: Rabbit, proxy: FaultProxy) -> None:
     url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/{rabbit.vhost}"
     broker = create_broker(url, {"publish_timeout": 1.5, "connect_timeout": 0.5})
     assert isinstance(broker, AMQPBroker)
     try:
         # Given a sync producer whose pooled connection is cut while it is idle
         broker.publish_blocking([out("q", b"before")])
-        proxy.thaw()  # closes every proxied connection
+        proxy.reset()  # cuts every proxied connection (RST)
 
         # Then its next publish goes through on a new connection
         broker.publish_blocking([out("q", b"after cut")])

@@ -7,7 +7,8 @@ import contextlib
 import time
 import uuid
 
-from rabbit_harness import Deploy, FreezableProxy, Rabbit
+from fault_proxy import FaultProxy
+from rabbit_harness import Deploy, Rabbit
 from worker_harness import kill_pid, wait_until
 
 from celeriac.brokers import Broker, Delivery, Outgoing, create_broker
@@ -15,7 +16,7 @@ from celeriac.errors import BrokerUnavailable
 
 
 def test_a_silent_connection_is_noticed_by_heartbeats_and_consuming_resumes(
-    rabbit: Rabbit, proxy: FreezableProxy,
+    rabbit: Rabbit, proxy: FaultProxy,
 ) -> None:
     # Given a consumer with 1 s heartbeats through a proxy, holding one delivery
     url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/{rabbit.vhost}?heartbeat=1"

@@ -15,8 +15,9 @@ from functools import partial
 import aiormq
 import pytest
 from aiormq.exceptions import PublishError
+from fault_proxy import FaultProxy
 from pamqp import commands as spec
-from rabbit_harness import FreezableProxy, Rabbit
+from rabbit_harness import Rabbit
 
 from celeriac.brokers import Outgoing, create_broker
 from celeriac.brokers.amqp_blocking import Server, Unroutable
@@ -106,7 +107,7 @@ def test_many_messages_in_one_publish_are_all_stored_in_order(rabbit: Rabbit) ->
 
 @pytest.mark.parametrize("kind", PUBLISHERS)
 def test_a_batch_on_a_connection_that_dies_fails_at_once_not_at_its_timeout(
-        rabbit: Rabbit, proxy: FreezableProxy, kind: str) -> None:
+        rabbit: Rabbit, proxy: FaultProxy, kind: str) -> None:
     async def scenario() -> None:
         url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/{rabbit.vhost}"
         connection = aiormq.Connection(rabbit.url())

@@ -1,8 +1,11 @@
-"""RabbitMQ restarts (``rabbitmqctl stop_app``/``start_app``): what survives, what does not.
+"""RabbitMQ restarts: what survives, what does not.
 
-Durable queues (the default) keep every confirmed task, delayed ones included; transient
-queues lose theirs, by design. A running worker reconnects and keeps consuming, the
-tasks it held come back, and a producer gets a clear error while the broker is down.
+Each test runs on the test run's private RabbitMQ node (``private_rabbit``), which it
+shuts down and starts again with its database kept, as a server restart; the shared
+RabbitMQ is never stopped. Durable queues (the default) keep every confirmed task,
+delayed ones included; transient queues lose theirs, by design. A running worker
+reconnects and keeps consuming, the tasks it held come back, and a producer gets a
+clear error while the broker is down.
 """
 
 from __future__ import annotations
@@ -17,7 +20,11 @@ from worker_harness import register, wait_until
 from celeriac.brokers import QueueStats
 from celeriac.errors import BrokerUnavailable
 
-pytestmark = pytest.mark.restarts_rabbitmq
+
+@pytest.fixture
+def rabbit(private_rabbit: Rabbit) -> Rabbit:
+    """Every deployment of this module lives on the private node (see conftest)."""
+    return private_rabbit
 
 
 def test_a_durable_queue_keeps_every_confirmed_task_across_a_broker_restart(
@@ -83,7 +90,7 @@ def test_a_running_worker_reconnects_and_keeps_consuming_across_a_broker_restart
     deployment.ledger.wait_for("slow")
 
     # When RabbitMQ stops
-    rabbit.stop_app()
+    rabbit.stop()
     try:
         # Then a producer gets a clear error within its publish timeout, not a silent loss
         producer = deployment.make_app(
@@ -94,7 +101,7 @@ def test_a_running_worker_reconnects_and_keeps_consuming_across_a_broker_restart
         assert time.monotonic() - started < 4
     finally:
         # And when it starts again
-        rabbit.start_app()
+        rabbit.start()
 
     # Then the same worker processes take new tasks, without being restarted
     after = [tasks.record.delay(f"after-{n}") for n in range(20)]

@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import aiormq
 import pytest
 from aiormq.exceptions import ChannelNotFoundEntity
-from rabbit_harness import Deploy, FreezableProxy
+from fault_proxy import FaultProxy
+from rabbit_harness import Deploy
 from worker_harness import LedgerTasks, register, wait_until
 
 from celeriac import App
@@ -88,7 +89,7 @@ def test_a_sync_get_gives_up_at_its_timeout(deploy: Deploy) -> None:
 
 
 def test_the_reply_listener_comes_back_after_a_cut_and_after_a_silent_connection(
-        deploy: Deploy, proxy: FreezableProxy) -> None:
+        deploy: Deploy, proxy: FaultProxy) -> None:
     # Given a producer whose rpc results come through a proxy, with 1 s heartbeats
     deployment = deploy(backend="rpc://")
     deployment.start_worker("-c", "1").wait_ready()
@@ -103,7 +104,7 @@ def test_the_reply_listener_comes_back_after_a_cut_and_after_a_silent_connection
         producer.close()
 
 
-def check_recovery(tasks: LedgerTasks, proxy: FreezableProxy) -> None:
+def check_recovery(tasks: LedgerTasks, proxy: FaultProxy) -> None:
     assert tasks.add.delay(1, 1).get(timeout=20) == 2
 
     def answers(n: int) -> bool:
@@ -115,7 +116,7 @@ def check_recovery(tasks: LedgerTasks, proxy: FreezableProxy) -> None:
             return False
 
     # When its connections are cut, then results come back again
-    proxy.thaw()
+    proxy.reset()
     wait_until(lambda: answers(2), 20, "results after the cut")
 
     # When the network goes silent (heartbeats stop), and comes back
