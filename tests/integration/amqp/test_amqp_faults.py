@@ -6,8 +6,8 @@ the server; tasks are sent, and counted in the ledger, straight on the server. W
 user relies on:
 
 - a connection reset under an idle or a busy worker: it resumes within seconds, no task
-  is lost, and only a task that was running when the link was cut may run twice (on a
-  busy worker that last one does not hold yet: see its xfail marker);
+  is lost, and only a task that was running when the link was cut may run twice
+  (prefetched deliveries of the lost connection are dropped, not started: Broker.holds);
 - a half-open link (no RST, no FIN, nothing) is noticed within twice the heartbeat by the
   worker and by an async producer; when the link comes back after 30 s, the same worker
   processes go on and run what was sent meanwhile, each task once.
@@ -135,11 +135,6 @@ def test_a_reset_under_a_busy_worker_loses_nothing(
     assert min(e.t for e in run.starts if e.t > run.cuts[-1]) - run.cuts[-1] < RESUME
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 10 part 3: after a connection drop the worker still starts deliveries it "
-    "had prefetched on the lost connection (their ack is a no-op) while RabbitMQ "
-    "redelivers them; dropping them is the lease/delivery work (branch i10-amqp-lease) "
-    "and the worker's. Remove this marker once merged."))
 def test_a_reset_under_a_busy_worker_repeats_only_the_tasks_that_were_running(
         deploy: Deploy, faults: FaultProxy) -> None:
     # Given a busy worker whose connections are cut twice (see cut_a_busy_worker)
