@@ -209,6 +209,10 @@ class App:
             url, options = self.conf.effective_broker_url, self.conf.broker_transport_options
             if broker_class(url).supports_queue_options:  # task_queues: durable, transient
                 options = transport_queue_options(self.conf.task_queues, options)
+            if "connection_timeout" not in options and "connect_timeout" not in options:
+                # broker_connection_timeout bounds every broker's connection attempts
+                options = {**options,
+                           "connection_timeout": self.conf.broker_connection_timeout}
             self._broker = create_broker(url, options)
         return self._broker
 

@@ -100,3 +100,16 @@ def test_misspelled_environment_variable_is_an_error(monkeypatch: pytest.MonkeyP
 def test_celeriac_app_variable_is_not_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CELERIAC_APP", "proj.tasks")
     assert App("t").conf.task_serializer == "json"
+
+
+def test_broker_connection_timeout_reaches_the_broker() -> None:
+    # the setting Celery users know bounds the broker's connection attempts (issue 10)
+    app = App("proj", broker="redis://127.0.0.1:6379/0", broker_connection_timeout=1.5)
+    assert app.broker.settings.connection_timeout == 1.5  # type: ignore[attr-defined]
+    amqp = App("proj", broker="amqp://guest:guest@127.0.0.1:5672/",
+               broker_connection_timeout=2.5)
+    assert amqp.broker.settings.connect_timeout == 2.5  # type: ignore[attr-defined]
+    # and a transport option given explicitly wins
+    explicit = App("proj", broker="redis://127.0.0.1:6379/0", broker_connection_timeout=1.5,
+                   broker_transport_options={"connection_timeout": 7})
+    assert explicit.broker.settings.connection_timeout == 7  # type: ignore[attr-defined]

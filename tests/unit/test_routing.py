@@ -254,9 +254,10 @@ def test_declared_queue_options_reach_a_broker_that_declares_queues() -> None:
         assert broker.queue_spec("safe").quorum is True
     finally:
         app.close()
-    # A broker without the capability gets its transport options untouched
+    # A broker without the capability gets no queue options (only the connection timeout
+    # every broker gets from broker_connection_timeout)
     sqlite = App("proj", broker="memory://", task_queues=[Queue("volatile", durable=False)])
-    assert sqlite.broker.options == {}
+    assert sqlite.broker.options == {"connection_timeout": 4.0}
     sqlite.close()
 
 

@@ -184,7 +184,14 @@ from celeriac.brokers.amqp_topology import (
     QueueSpec,
     Topology,
 )
-from celeriac.brokers.base import Broker, DeadLetter, Delivery, Outgoing, QueueStats
+from celeriac.brokers.base import (
+    Broker,
+    DeadLetter,
+    Delivery,
+    Outgoing,
+    QueueStats,
+    check_outgoing,
+)
 from celeriac.errors import BrokerRefused, BrokerUnavailable
 
 T = TypeVar("T")
@@ -255,6 +262,7 @@ class AMQPBroker(Broker):
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         if not messages:
             return
+        check_outgoing(messages)  # a bad message stores none of the batch
         link = self._link()
         now_ms = time.time() * 1000
         envelopes = [self._context.envelope(
@@ -272,6 +280,7 @@ class AMQPBroker(Broker):
         """
         if not messages:
             return
+        check_outgoing(messages)
         now_ms = time.time() * 1000
         envelopes = [self._context.envelope(
             out.queue, out.id, out.body, out.priority, now_ms=now_ms,
