@@ -36,6 +36,10 @@ from celeriac.routing import Exchange, Queue
 from celeriac.shared import shared_task
 from celeriac.task import Request, Task
 
+# Celery's name for the application class, so that ``Celery("proj")`` keeps working when
+# a project changes only its imports.
+Celery = App
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -47,6 +51,7 @@ __all__ = [
     "BrokerRefused",
     "BrokerUnavailable",
     "CeleriacError",
+    "Celery",
     "ChordError",
     "ConfigurationError",
     "ContentDisallowed",

@@ -140,7 +140,7 @@ class App:
         the others) run around each execution, as Celery's ``base=``.
         """
         task_options = checked_task_options(options)
-        cls = _task_class(base)
+        cls = task_class(base)
 
         def register(function: Callable[..., Any]) -> TaskBase[Any, Any]:
             return self.register_task(function, name or self._default_name(function), bind,
@@ -510,7 +510,7 @@ def _task_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _task_class(base: Any) -> type[TaskBase[Any, Any]]:
+def task_class(base: Any) -> type[TaskBase[Any, Any]]:
     if base is None:
         return TaskBase
     if not (isinstance(base, type) and issubclass(base, TaskBase)):

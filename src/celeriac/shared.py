@@ -33,8 +33,10 @@ class SharedTask(Task[P, R]):
     """A task of whichever app is current; everything else as ``Task``."""
 
     def __init__(self, fn: Callable[..., Any], name: str | None, bind: bool,
-                 options: dict[str, Any]) -> None:
-        from celeriac.app import checked_task_options
+                 options: dict[str, Any], base: Any = None) -> None:
+        from celeriac.app import checked_task_options, task_class
+
+        self._base = task_class(base)  # the class of the task each app registers
 
         # Task.__init__ sets .app, which the property below ignores.
         super().__init__(cast("App", None), fn, name or _default_name(fn), bind,
@@ -49,7 +51,7 @@ class SharedTask(Task[P, R]):
         del value  # Task.__init__ sets it; the current app is looked up instead
 
     def register_on(self, app: App) -> None:
-        app.register_task(self.fn, self.name, self.bind, self._options)
+        app.register_task(self.fn, self.name, self.bind, self._options, self._base)
 
 
 @overload
@@ -57,16 +59,16 @@ def shared_task(fn: Callable[P, R], /) -> SharedTask[P, R]: ...
 
 
 @overload
-def shared_task(*, bind: bool = False, name: str | None = None,
+def shared_task(*, bind: bool = False, name: str | None = None, base: Any = None,
                 **options: Any) -> Callable[[Callable[P, R]], SharedTask[P, R]]: ...
 
 
 def shared_task(fn: Callable[..., Any] | None = None, /, *, bind: bool = False,
-                name: str | None = None, **options: Any) -> Any:
+                name: str | None = None, base: Any = None, **options: Any) -> Any:
     """``@shared_task`` or ``@shared_task(**options)``: as ``@app.task``, for every app."""
 
     def declare(function: Callable[..., Any]) -> SharedTask[Any, Any]:
-        task: SharedTask[Any, Any] = SharedTask(function, name, bind, options)
+        task: SharedTask[Any, Any] = SharedTask(function, name, bind, options, base)
         _declared.append(task)
         for app in live_apps():
             task.register_on(app)

@@ -6,7 +6,7 @@ import celeriac
 def test_public_api_is_pinned() -> None:
     assert sorted(celeriac.__all__) == sorted([
         "App", "AsyncResult", "BackendError", "BackendRefused", "BrokerError",
-        "BrokerRefused", "BrokerUnavailable",
+        "BrokerRefused", "BrokerUnavailable", "Celery",
         "CeleriacError", "ChordError", "ConfigurationError", "ContentDisallowed",
         "DecodeError", "EagerResult", "Exchange", "GroupResult", "MaxRetriesExceededError",
         "MessageError", "MessageTooLarge", "Queue", "QueueNotFound", "Reject", "Request",
