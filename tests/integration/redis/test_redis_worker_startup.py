@@ -6,8 +6,10 @@ server can fix, stops it with one line."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import redis
@@ -23,15 +25,22 @@ def test_a_worker_waits_for_a_redis_that_is_down_then_runs_its_tasks(
     redis_server.kill()
     world = RedisDeployment(tmp_path, redis_server.url, lease_seconds=2.0)
     try:
+        started = time.monotonic()
         worker = world.start_worker("-c", "2")
 
-        # Then each process says, once per attempt, which server it cannot reach and why
+        # Then, watched over 10 s, each process says once per attempt which server it
+        # cannot reach and why, and nothing else: no traceback, no restarted process
         worker.wait_for_log("(attempt 2)", 2, timeout=15)
+        time.sleep(max(0.0, started + 10.0 - time.monotonic()))  # the window watched
         log = worker.log()
         assert f"cannot reach the broker {redis_server.url} (attempt 1)" in log
+        attempts = re.findall(r"\[[^]]*/(worker-\d)\] celeriac\.worker: cannot reach .*"
+                              r"\(attempt (\d+)\)", log)
+        assert len(attempts) == len(set(attempts))  # one line per attempt and process
+        assert {process for process, _ in attempts} == {"worker-0", "worker-1"}
         assert "Traceback" not in log
         assert "died" not in log  # no process crashed and was restarted
-        assert len(worker.children()) == 2
+        assert len(worker.children()) == 2  # no more processes than slots
 
         # When the server comes up, the worker reaches it by itself and runs tasks
         redis_server.start()
