@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from celeriac.backends import ResultBackend, create_backend
@@ -32,6 +32,7 @@ from celeriac.task import (
     check_task_options,
 )
 from celeriac.task import Task as TaskBase  # App.Task is Celery's name for it
+from celeriac.timezones import aware, naive_zone
 from celeriac.tracking import mark_sent
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ class App:
         self._bridge = Bridge()
         self._codec_key: tuple[Any, ...] | None = None
         self._codec: Codec | None = None
+        self._result_codec: Codec | None = None
         self._router_source: Any = None
         self._router = Router(None)
         self._autodiscover: list[tuple[Any, str]] = []  # (packages, related_name)
@@ -213,8 +215,25 @@ class App:
                 # broker_connection_timeout bounds every broker's connection attempts
                 options = {**options,
                            "connection_timeout": self.conf.broker_connection_timeout}
+            options = self._celery_broker_settings(url, options)
             self._broker = create_broker(url, options)
         return self._broker
+
+    def _celery_broker_settings(self, url: str, options: dict[str, Any]) -> dict[str, Any]:
+        """Celery's broker_pool_limit and broker_heartbeat, as the transport options of a
+        broker that has them; on one that does not, a warning says they are not used."""
+        cls = broker_class(url)
+        for setting, option in (("broker_pool_limit", "pool_limit"),
+                                ("broker_heartbeat", "heartbeat")):
+            value = getattr(self.conf, setting)
+            if value is None or option in options:
+                continue  # unset, or the transport option says it already
+            if option in cls.setting_options:
+                options = {**options, option: value}
+            else:
+                logger.warning("%s=%r is not used by the %s broker (it has no such "
+                               "connection setting)", setting, value, cls.scheme)
+        return options
 
     @property
     def backend(self) -> ResultBackend:
@@ -276,6 +295,11 @@ class App:
     # -- encoding -------------------------------------------------------------------------
 
     @property
+    def naive_zone(self) -> tzinfo | None:
+        """What a naive datetime means (``enable_utc``, ``timezone``; None: local time)."""
+        return naive_zone(self.conf.enable_utc, self.conf.timezone)
+
+    @property
     def codec(self) -> Codec:
         key = (self.conf.accept_content, self.conf.task_message_max_size)
         if self._codec is None or self._codec_key != key:
@@ -294,7 +318,16 @@ class App:
                                       serializer or self.conf.result_serializer)
 
     def decode_outcome(self, data: bytes) -> Outcome:
-        return Outcome.from_payload(self.codec.decode(data))
+        return Outcome.from_payload(self.result_codec.decode(data))
+
+    @property
+    def result_codec(self) -> Codec:
+        """Reads results: ``result_accept_content`` (else ``accept_content``), no size
+        limit (a finished task's outcome must always be readable)."""
+        accept = self.conf.effective_result_accept_content
+        if self._result_codec is None or self._result_codec.accept != frozenset(accept):
+            self._result_codec = Codec(accept)
+        return self._result_codec
 
     def result_is_final(self, data: bytes) -> bool:
         return self.decode_outcome(data).ready
@@ -440,8 +473,9 @@ class App:
         message = Message(
             id=task_id or _task_id(),
             task=name, args=args, kwargs=kwargs, queue=queue, priority=priority,
-            eta=None if countdown is None and eta is None else _eta(countdown, eta, now),
-            expires=None if expires is None else _expires(expires, now),
+            eta=None if countdown is None and eta is None
+            else _eta(countdown, eta, now, self.naive_zone),
+            expires=None if expires is None else _expires(expires, now, self.naive_zone),
             # Only this call's limits travel; the worker falls back to the task's and its own.
             time_limit=None if time_limit is None
             else check_time_limit("time_limit", time_limit),
@@ -545,29 +579,29 @@ def _check_priority(priority: Any, highest: int | None = None) -> int:
     return priority_level(priority, highest)
 
 
-def _eta(countdown: float | None, eta: datetime | float | None, now: float) -> float | None:
+def _eta(countdown: float | None, eta: datetime | float | None, now: float,
+         naive: tzinfo | None = UTC) -> float | None:
     if countdown is not None and eta is not None:
         raise TypeError("give countdown or eta, not both")
     if countdown is not None:
         return now + float(countdown)
     if eta is None:
         return None
-    return _timestamp(eta)
+    return _timestamp(eta, naive)
 
 
-def _expires(expires: float | timedelta | datetime | None, now: float) -> float | None:
+def _expires(expires: float | timedelta | datetime | None, now: float,
+             naive: tzinfo | None = UTC) -> float | None:
     if expires is None:
         return None
     if isinstance(expires, timedelta):
         return now + expires.total_seconds()
     if isinstance(expires, int | float):
         return now + float(expires)
-    return _timestamp(expires)
+    return _timestamp(expires, naive)
 
 
-def _timestamp(moment: datetime | float) -> float:
+def _timestamp(moment: datetime | float, naive: tzinfo | None = UTC) -> float:
     if isinstance(moment, int | float):
         return float(moment)
-    if moment.tzinfo is None:  # naive datetimes are UTC, as in Celery with enable_utc
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    return aware(moment, naive).timestamp()  # naive: enable_utc and timezone (timezones.py)

@@ -73,8 +73,9 @@ _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
     ("broker_connection_timeout", Answer.SAME, None, ""),
     ("broker_failover_strategy", Answer.REFUSED, None,
      "celeriac connects to one broker URL; failover (Redis Sentinel) is planned"),
-    ("broker_heartbeat", Answer.REFUSED, None,
-     "set broker_transport_options={'heartbeat': seconds} (RabbitMQ; default 10)"),
+    ("broker_heartbeat", Answer.SAME, None,
+     "seconds between RabbitMQ heartbeats (a worker's consumer heartbeat is "
+     "also at most half its lease); not used by other brokers, with a warning"),
     ("broker_heartbeat_checkrate", Answer.REFUSED, None,
      "celeriac's RabbitMQ connection checks heartbeats itself"),
     ("broker_host", Answer.REFUSED, None, _NO_PARTS),
@@ -83,8 +84,9 @@ _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
     ("broker_native_delayed_delivery_queue_type", Answer.REFUSED, None,
      "celeriac's RabbitMQ delays use their own queues (docs/architecture.md)"),
     ("broker_password", Answer.REFUSED, None, _NO_PARTS),
-    ("broker_pool_limit", Answer.REFUSED, None,
-     "set broker_transport_options={'pool_limit': n} (Redis)"),
+    ("broker_pool_limit", Answer.SAME, None,
+     "connections a Redis broker keeps per process (None or 0: no limit); not "
+     "used by other brokers, with a warning"),
     ("broker_port", Answer.REFUSED, None, _NO_PARTS),
     ("broker_read_url", Answer.REFUSED, None,
      "celeriac uses one broker_url for reading and writing"),
@@ -102,8 +104,9 @@ _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
     ("control_exchange", Answer.REFUSED, None, _NOT_YET_EVENTS),
     ("control_queue_expires", Answer.REFUSED, None, _NOT_YET_EVENTS),
     ("control_queue_ttl", Answer.REFUSED, None, _NOT_YET_EVENTS),
-    ("enable_utc", Answer.REFUSED, None,
-     "celeriac reads naive datetimes as UTC (Celery's default, enable_utc=True)"),
+    ("enable_utc", Answer.SAME, None,
+     "True (the default): a naive datetime (eta, expires) is UTC; False: wall-"
+     "clock time in timezone"),
     ("event_exchange", Answer.REFUSED, None, _NOT_YET_EVENTS),
     ("event_queue_expires", Answer.REFUSED, None, _NOT_YET_EVENTS),
     ("event_queue_prefix", Answer.REFUSED, None, _NOT_YET_EVENTS),
@@ -112,8 +115,8 @@ _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
     ("imports", Answer.SAME, None,
      "modules a worker (and every celeriac command) imports after loading the app"),
     ("include", Answer.SAME, None, "as imports, imported after them"),
-    ("result_accept_content", Answer.REFUSED, None,
-     "results are read with accept_content"),
+    ("result_accept_content", Answer.SAME, None,
+     "the serializers results are read with (None: accept_content)"),
     ("result_backend", Answer.SAME, None, ""),
     ("result_backend_always_retry", Answer.REFUSED, None,
      "result writes are retried within broker_connection_timeout always"),
@@ -175,9 +178,10 @@ _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
      "the highest priority level kept (at most 9, celeriac's ten levels); a higher "
      "priority counts as it"),
     ("task_queues", Answer.SAME, None, ""),
-    ("task_reject_on_worker_lost", Answer.REFUSED, None,
-     "a task whose worker died is delivered again up to task_delivery_limit times, "
-     "then dead-lettered"),
+    ("task_reject_on_worker_lost", Answer.SAME, None,
+     "True or None: a task whose worker died is delivered again, up to "
+     "task_delivery_limit times; False: it is dead-lettered instead of run again "
+     "(where Celery stores it as failed)"),
     ("task_remote_tracebacks", Answer.REFUSED, None,
      "AsyncResult.traceback holds the worker's traceback always"),
     ("task_routes", Answer.SAME, None, ""),
@@ -190,8 +194,9 @@ _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
      "with ignore_result nothing is stored; failures are logged by the worker"),
     ("task_time_limit", Answer.SAME, None, ""),
     ("task_track_started", Answer.SAME, None, ""),
-    ("timezone", Answer.REFUSED, None,
-     "celeriac works in UTC; timezones arrive with periodic tasks (issue 14)"),
+    ("timezone", Answer.SAME, None,
+     "an IANA zone name; what a naive datetime means with enable_utc=False, and "
+     "the zone of periodic tasks"),
     ("worker_agent", Answer.REFUSED, None, "celeriac has no worker agent"),
     ("worker_autoscaler", Answer.REFUSED, None,
      "autoscaling is not built yet (issue 12)"),

@@ -49,6 +49,12 @@ class Settings(Mapping[str, Any]):
     broker_transport_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     broker_connection_timeout: float = 4.0
     broker_connection_retry_on_startup: bool = True
+    broker_pool_limit: int | None = None  # connections a process keeps; None: the broker's
+    broker_heartbeat: float | None = None  # seconds (RabbitMQ); None: the broker's (10)
+
+    # Time: what a naive datetime means (see timezones.py), and periodic tasks' zone.
+    timezone: str | None = None
+    enable_utc: bool = True
     broker_connection_max_retries: int | None = 100  # at worker start; None: forever
 
     # Task modules a worker imports after the app's own (Celery's imports and include).
@@ -59,6 +65,7 @@ class Settings(Mapping[str, Any]):
     task_serializer: str = "json"
     result_serializer: str = "json"
     accept_content: tuple[str, ...] = ("json", "msgpack")
+    result_accept_content: tuple[str, ...] | None = None  # None: accept_content
     task_compression: str | None = None
     task_message_max_size: int = 10 * 1024 * 1024
 
@@ -71,6 +78,7 @@ class Settings(Mapping[str, Any]):
     # Task defaults.
     task_default_queue: str = "celeriac"
     task_default_priority: int = 0
+    task_reject_on_worker_lost: bool | None = None  # False: delivery limit 1 (see below)
     task_queue_max_priority: int | None = None  # the highest level kept; None: 9
     task_routes: Any = None
     task_queues: Any = None  # read back as a tuple of routing.Queue
@@ -150,6 +158,19 @@ class Settings(Mapping[str, Any]):
 
     def copy(self) -> Settings:
         return dataclasses.replace(self)
+
+    @property
+    def delivery_limit(self) -> int:
+        """Deliveries a message may have: ``task_delivery_limit``, or 1 with Celery's
+        ``task_reject_on_worker_lost=False`` (a task whose worker died is not run again:
+        it goes to the dead letters, where Celery would store it as failed)."""
+        if self.task_reject_on_worker_lost is False:
+            return 1
+        return self.task_delivery_limit
+
+    @property
+    def effective_result_accept_content(self) -> tuple[str, ...]:
+        return self.result_accept_content or self.accept_content
 
     @property
     def effective_broker_url(self) -> str:
@@ -357,6 +378,40 @@ def _log_format(name: str, value: Any) -> str:
     return text
 
 
+def _pool_limit(name: str, value: Any) -> int | None:
+    """Celery's broker_pool_limit: None or 0 mean no limit."""
+    if value is None or value == 0:
+        return None
+    return _positive_int(name, value)
+
+
+def _heartbeat(name: str, value: Any) -> float | None:
+    """Celery's broker_heartbeat: seconds; None or 0 leave the broker's own default."""
+    seconds = _seconds(name, value)
+    return seconds if seconds else None
+
+
+def _timezone(name: str, value: Any) -> str | None:
+    from celeriac.timezones import zone
+
+    if value is None:
+        return None
+    text = _nonempty_str(name, str(value) if hasattr(value, "key") else value)
+    try:
+        zone(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}: {exc}") from None
+    return text
+
+
+def _optional_bool(name: str, value: Any) -> bool | None:
+    return None if value is None else _bool(name, value)
+
+
+def _optional_serializer_list(name: str, value: Any) -> tuple[str, ...] | None:
+    return None if value is None else _serializer_list(name, value)
+
+
 def _retries(name: str, value: Any) -> int | None:
     """A number of attempts; None or 0 mean no limit, as in Celery."""
     if value is None or value == 0:
@@ -464,6 +519,12 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "broker_transport_options": _mapping,
     "broker_connection_timeout": _seconds,
     "broker_connection_retry_on_startup": _bool,
+    "broker_pool_limit": _pool_limit,
+    "broker_heartbeat": _heartbeat,
+    "timezone": _timezone,
+    "enable_utc": _bool,
+    "task_reject_on_worker_lost": _optional_bool,
+    "result_accept_content": _optional_serializer_list,
     "imports": _module_names,
     "include": _module_names,
     "broker_connection_max_retries": _retries,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from celeriac.errors import MaxRetriesExceededError, Retry
 from celeriac.priorities import priority_level
+from celeriac.timezones import aware
 
 if TYPE_CHECKING:
     from celeriac.app import App
@@ -340,7 +341,7 @@ class Task(Generic[P, R]):
             delay = self.default_retry_delay if countdown is None else float(countdown)
             when = datetime.fromtimestamp(_now() + delay, UTC)
         elif isinstance(eta, datetime):
-            when = eta if eta.tzinfo is not None else eta.replace(tzinfo=UTC)
+            when = aware(eta, self.app.naive_zone)
         else:
             when = datetime.fromtimestamp(float(eta), UTC)
         changes = {name: value for name, value in options.items() if value is not None}

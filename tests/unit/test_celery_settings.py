@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import types
+from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -71,10 +73,48 @@ def test_mapped_settings_reach_their_celeriac_equivalent() -> None:
 
 
 def test_a_celery_setting_is_never_answered_with_an_unrelated_suggestion() -> None:
+    # broker_pool_limit is Celery's and taken; a typo of it is pointed back at it
+    Settings().update(broker_pool_limit=10)
     with pytest.raises(ConfigurationError) as raised:
-        Settings().update(broker_pool_limit=10)
-    assert "worker_pool" not in str(raised.value)
-    assert "pool_limit" in str(raised.value)
+        Settings().update(broker_pool_limt=10)
+    assert 'did you mean "broker_pool_limit"' in str(raised.value)
+
+
+def test_naive_datetimes_follow_enable_utc_and_timezone() -> None:
+    naive = datetime(2030, 1, 1, 12, 0)
+    utc_app = App("proj", broker="memory://")
+    message, _ = utc_app.prepare("x", (), {}, {"eta": naive})
+    assert message.eta == naive.replace(tzinfo=UTC).timestamp()  # enable_utc: naive is UTC
+    local_app = App("proj", broker="memory://", enable_utc=False, timezone="Asia/Tokyo")
+    message, _ = local_app.prepare("x", (), {}, {"eta": naive})
+    assert message.eta == naive.replace(tzinfo=ZoneInfo("Asia/Tokyo")).timestamp()
+    with pytest.raises(ConfigurationError, match="'Mars/Olympus' is not a time zone"):
+        App("proj", timezone="Mars/Olympus")
+
+
+def test_pool_limit_and_heartbeat_reach_the_brokers_that_have_them(
+        caplog: pytest.LogCaptureFixture) -> None:
+    redis_app = App("proj", broker="redis://127.0.0.1:6379/0", broker_pool_limit=3,
+                    broker_heartbeat=30)
+    assert redis_app.broker.options["pool_limit"] == 3
+    assert any("broker_heartbeat=30.0 is not used by the redis broker" in r.getMessage()
+               for r in caplog.records)
+    amqp_app = App("proj", broker="amqp://guest:guest@127.0.0.1:5672/", broker_heartbeat=30)
+    assert amqp_app.broker.settings.heartbeat == 30  # type: ignore[attr-defined]
+
+
+def test_reject_on_worker_lost_false_means_no_second_delivery() -> None:
+    assert Settings().delivery_limit == 5
+    conf = Settings()
+    conf.update(task_reject_on_worker_lost=False)
+    assert conf.delivery_limit == 1
+
+
+def test_results_are_read_with_result_accept_content() -> None:
+    app = App("proj", broker="memory://", accept_content=["json"],
+              result_accept_content=["msgpack"])
+    assert app.result_codec.accept == frozenset({"msgpack"})
+    assert App("proj", broker="memory://").result_codec.accept == frozenset({"json", "msgpack"})
 
 
 def test_a_celery_style_config_module_with_old_names_is_read_not_dropped() -> None:

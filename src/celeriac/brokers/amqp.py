@@ -207,6 +207,7 @@ class AMQPBroker(Broker):
     supports_priority = True
     supports_queue_options = True
     supports_blocking_publish = True
+    setting_options = frozenset({"heartbeat"})
 
     def __init__(self, url: str = DEFAULT_URL, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(url, options)

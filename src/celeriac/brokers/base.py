@@ -145,6 +145,9 @@ class Broker(ABC):
     supports_queue_options: ClassVar[bool] = False
     # Implements publish_blocking: sync callers publish without an event loop.
     supports_blocking_publish: ClassVar[bool] = False
+    # Transport options the app fills from Celery's broker_* settings when they are set
+    # (pool_limit from broker_pool_limit, heartbeat from broker_heartbeat).
+    setting_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         self.url = url

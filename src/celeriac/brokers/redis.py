@@ -184,6 +184,7 @@ class RedisBroker(Broker):
     supports_priority = True
     supports_rate_limit = True
     supports_blocking_publish = True
+    setting_options = frozenset({"pool_limit"})
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(url, celery_options.translate(options or {}))

@@ -241,7 +241,7 @@ class Consumer:
         one that kills its process reach the limit with it. On its last chance a message
         therefore runs alone: if its process dies then, it alone is dead-lettered.
         """
-        limit = self.app.conf.task_delivery_limit
+        limit = self.app.conf.delivery_limit
         if limit <= 1:  # no redelivery at all: nothing to protect, no reason to slow down
             return None
         return next((d for d in deliveries if d.delivery_count == limit), None)

@@ -96,7 +96,7 @@ class Executor:
         problem = delivery.problem
         if problem is not None:  # the broker could not read its own fields
             return _dead(f"unreadable delivery: {problem}")
-        limit = self.app.conf.task_delivery_limit
+        limit = self.app.conf.delivery_limit
         if delivery.delivery_count > limit:
             return _dead(f"delivery limit exceeded: delivered {delivery.delivery_count} times "
                          f"(task_delivery_limit={limit}); the task may be killing its worker")
