@@ -18,7 +18,7 @@ DOCS = Path(__file__).parents[2] / "docs" / "celery-settings.md"
 
 def test_the_docs_table_is_generated_from_the_code_table() -> None:
     assert DOCS.read_text() == markdown(), (
-        "run: python -m celeriac.celery_settings > docs/celery-settings.md")
+        "regenerate it with the command at the top of docs/celery-settings.md")
 
 
 @pytest.mark.parametrize("name", sorted(CELERY_SETTINGS))
