@@ -29,6 +29,7 @@ FILES = {
         app.autodiscover_tasks()
     """,
     "proj/settings.py": """
+        import os
         from pathlib import Path
 
         BASE_DIR = Path(__file__).resolve().parent.parent
@@ -37,8 +38,9 @@ FILES = {
         DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3",
                                  "NAME": BASE_DIR / "db.sqlite3"}}
         USE_TZ = True
-        CELERY_BROKER_URL = f"sqlite:///{BASE_DIR / 'broker.db'}"
-        CELERY_RESULT_BACKEND = CELERY_BROKER_URL
+        CELERY_BROKER_URL = os.environ.get("PROJ_BROKER_URL",
+                                           f"sqlite:///{BASE_DIR / 'broker.db'}")
+        CELERY_RESULT_BACKEND = os.environ.get("PROJ_RESULT_BACKEND", CELERY_BROKER_URL)
         CELERY_TASK_DEFAULT_QUEUE = "django-tasks"
         CELERY_WORKER_PREFETCH_MULTIPLIER = 1
     """,
@@ -73,25 +75,33 @@ class ProjectWorker(WorkerProcess):
     app_module = "proj"  # -A proj finds proj/celery.py's app through proj/__init__.py
 
 
-@pytest.fixture
-def django_project(tmp_path: Path) -> Path:
+def write_project(root: Path) -> None:
     for name, text in FILES.items():
-        path = tmp_path / name
+        path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text).lstrip())
-    return tmp_path
 
 
-def project_env(root: Path) -> dict[str, str]:
+def project_env(root: Path, broker: str | None, backend: str | None) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("CELERIAC_", "CELERY_", "DJANGO_"))}
+           if not key.startswith(("CELERIAC_", "CELERY_", "DJANGO_", "PROJ_"))}
     env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
     env["DJANGO_SETTINGS_MODULE"] = "proj.settings"
+    for name, value in (("PROJ_BROKER_URL", broker), ("PROJ_RESULT_BACKEND", backend)):
+        if value is not None:
+            env[name] = value
     return env
 
 
-def test_a_django_project_runs_its_shared_tasks_unchanged(django_project: Path) -> None:
-    env = project_env(django_project)
+def test_a_django_project_runs_its_shared_tasks_unchanged(tmp_path: Path) -> None:
+    run_django_project(tmp_path)
+
+
+def run_django_project(django_project: Path, broker: str | None = None,
+                       backend: str | None = None) -> None:
+    """The scenario, on the embedded broker or on ``broker``/``backend``."""
+    write_project(django_project)
+    env = project_env(django_project, broker, backend)
     subprocess.run([sys.executable, "-m", "django", "migrate", "--verbosity", "0"],
                    cwd=django_project, env=env, check=True, timeout=120)
     # Given a worker started the Celery way: -A proj, two prefork processes
