@@ -336,6 +336,19 @@ async def test_dead_letter_moves_out_of_the_queue_with_its_reason(broker: Broker
     assert await broker.dead_letters() == []
 
 
+async def test_chosen_dead_letters_are_removed_and_the_others_stay(broker: Broker) -> None:
+    messages = [Outgoing(uuid.uuid4().hex, "q", f"m{n}".encode()) for n in range(3)]
+    await broker.publish(messages)
+    got = await broker.fetch(["q"], 3, timeout=1)
+    await broker.dead_letter([(delivery, "unknown task") for delivery in got])
+
+    removed = await broker.remove_dead_letters([messages[0].id, messages[2].id, "no-such-id"])
+
+    assert removed == 2
+    assert [d.id for d in await broker.dead_letters()] == [messages[1].id]
+    assert await broker.remove_dead_letters([]) == 0
+
+
 # -- stats and purge --------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ worker thread runs. Separate App objects, as in real life: each command closes i
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -198,11 +199,76 @@ def test_queues_shows_ready_scheduled_and_dead_letters(app: App) -> None:
 
 
 @pytest.mark.usefixtures("app")
-def test_queues_without_any_queue_says_so() -> None:
+def test_queues_shows_the_apps_queues_even_when_empty() -> None:
     result = invoke("queues")
 
     assert result.exit_code == 0
-    assert "No queues yet on sqlite:///" in result.output
+    assert re.search(r"celeriac\s*│\s*0\s*│\s*0\s*│\s*0\s*│\s*0", result.output), \
+        result.output
+
+
+def test_queues_json_for_scripts(app: App) -> None:
+    invoke("call", "proj.add", "--args", "[1, 2]")
+
+    result = invoke("queues", "--json")
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [{"queue": "celeriac", "ready": 1, "scheduled": 0,
+                                          "in_flight": 0, "dead_letters": 0}]
+
+
+def dead_letter_three(app: App) -> list[str]:
+    """Three dead letters: two of proj.refuse, one of proj.nope (unknown)."""
+    ids = [app.send_task("proj.refuse").id for _ in range(2)]
+    ids.append(app.send_task("proj.nope").id)
+    drain = make_app(app.conf.effective_broker_url)
+    with ThreadedWorker(drain):
+        for _ in range(200):
+            if len(app._run_sync(app.broker.dead_letters(10))) == 3:
+                break
+            time.sleep(0.05)
+    drain.close()
+    return ids
+
+
+def test_dead_letters_of_one_task_are_requeued_to_their_queue(app: App) -> None:
+    refused_1, refused_2, unknown = dead_letter_three(app)
+
+    result = invoke("queues", "--dead", "--requeue", "--task", "proj.refuse", "-f")
+
+    assert result.exit_code == 0, result.output
+    assert "Requeued 2 dead letters to their queues." in result.output
+    assert [d.id for d in app._run_sync(app.broker.dead_letters(10))] == [unknown]
+    assert stats(app).ready == 2  # back in the queue, with their ids
+    got = app._run_sync(app.broker.fetch(["celeriac"], 10, 1.0))
+    assert {d.id for d in got} == {refused_1, refused_2}
+
+
+def test_chosen_dead_letters_are_purged_after_asking(app: App) -> None:
+    refused_1, refused_2, unknown = dead_letter_three(app)
+
+    refused = invoke("queues", "--dead", "--purge", "--id", unknown, input="n\n")
+    assert refused.exit_code == 1
+    assert len(app._run_sync(app.broker.dead_letters(10))) == 3
+
+    result = invoke("queues", "--dead", "--purge", "--id", unknown, input="y\n")
+    assert result.exit_code == 0, result.output
+    assert "Deleted 1 dead letter." in result.output
+    assert {d.id for d in app._run_sync(app.broker.dead_letters(10))} == {refused_1, refused_2}
+    listed = json.loads(invoke("queues", "--dead", "--json").stdout)
+    assert {letter["task"] for letter in listed} == {"proj.refuse"}
+
+
+@pytest.mark.usefixtures("app")
+@pytest.mark.parametrize(("args", "error"), [
+    (["--requeue", "--all"], "add --dead"),
+    (["--dead", "--requeue"], "one of --id, --task or --all"),
+    (["--dead", "--requeue", "--purge", "--all"], "--requeue or --purge, not both"),
+])
+def test_dead_letter_actions_need_a_clear_choice(args: list[str], error: str) -> None:
+    result = invoke("queues", *args)
+    assert result.exit_code == 2
+    assert error in result.output
 
 
 def test_client_commands_without_app_use_the_embedded_default(

@@ -154,7 +154,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -496,6 +496,25 @@ class AMQPBroker(Broker):
             return await link.purge_queue(self.topology.dead_queue)
 
         return await link.run(purge)
+
+    async def remove_dead_letters(self, ids: Collection[str]) -> int:
+        wanted = set(ids)
+        link = self._link()
+        removed = 0
+
+        def keep(message: DeliveredMessage) -> bool:
+            nonlocal removed
+            if self._dead_letter(message).id in wanted:
+                removed += 1
+                return False  # acked by the scan: gone
+            return True
+
+        async def scan() -> None:
+            await link.declare([])
+            await link.scan(self.topology.dead_queue, keep)
+
+        await link.run(scan)
+        return removed
 
     # -- beyond the contract --------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -224,6 +224,14 @@ class Broker(ABC):
     async def purge_dead_letters(self) -> int:
         """Delete every dead letter; return how many. Optional."""
         raise NotImplementedError(f"{type(self).__name__} cannot purge dead letters")
+
+    async def remove_dead_letters(self, ids: Collection[str]) -> int:
+        """Delete the dead letters of these message ids; return how many. Optional.
+
+        Requeueing a dead letter publishes its body again first, then removes it: a
+        failure in between leaves it in both places (at least once), never in neither.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot remove dead letters")
 
     def token_buckets(self) -> TokenBuckets | None:
         """Rate-limit buckets on this broker's server (``supports_rate_limit``), else None."""

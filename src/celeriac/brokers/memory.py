@@ -12,7 +12,7 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,6 +156,14 @@ class MemoryBroker(Broker):
             count = len(self._dead)
             self._dead.clear()
             return count
+
+    async def remove_dead_letters(self, ids: Collection[str]) -> int:
+        wanted = set(ids)
+        with self._lock:
+            kept = [letter for letter in self._dead if letter.id not in wanted]
+            removed = len(self._dead) - len(kept)
+            self._dead[:] = kept
+            return removed
 
     def token_buckets(self) -> MemoryBuckets:
         return self._buckets

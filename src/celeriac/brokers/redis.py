@@ -94,7 +94,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -654,6 +654,18 @@ class RedisBroker(Broker):
             async with self.settings.deadline():
                 count, _ = await pipe.execute()
         return int(count)
+
+    async def remove_dead_letters(self, ids: Collection[str]) -> int:
+        wanted = {message_id.encode() for message_id in ids}
+        client = await self._clients.get()
+        with self._errors("remove_dead_letters"):
+            async with self.settings.deadline():
+                entries = await command(client)("XRANGE", self._dead_key, "-", "+")
+                doomed = [entry_id for entry_id, fields in entries
+                          if fields.get(b"i") in wanted]
+                if not doomed:
+                    return 0
+                return int(await command(client)("XDEL", self._dead_key, *doomed))
 
     def token_buckets(self) -> RedisBuckets:
         return RedisBuckets(self.url, self.options)  # under this broker's key prefix

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from celeriac.brokers.base import (
@@ -312,6 +312,17 @@ class SQLiteBroker(Broker):
         with self._db.write() as conn:
             count: int = conn.execute("DELETE FROM dead_letters").rowcount
         return count
+
+    async def remove_dead_letters(self, ids: Collection[str]) -> int:
+        wanted = list(dict.fromkeys(ids))
+        removed = 0
+        with self._db.write() as conn:
+            for start in range(0, len(wanted), 500):  # SQLite's limit on bound values
+                chunk = wanted[start:start + 500]
+                removed += conn.execute(
+                    f"DELETE FROM dead_letters WHERE id IN ({','.join('?' * len(chunk))})",
+                    chunk).rowcount
+        return removed
 
     def token_buckets(self) -> SQLiteBuckets:
         return SQLiteBuckets(self.url)  # tables of their own in this file
