@@ -246,8 +246,9 @@ _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
      "celeriac's warm shutdown lets running tasks finish for this long"),
     ("worker_state_db", Answer.REFUSED, None,
      "revoked ids live on the result backend's server, not in a local file"),
-    ("worker_task_log_format", Answer.REFUSED, None,
-     "task log lines use worker_log_format; the task's name and id are in the message"),
+    ("worker_task_log_format", Answer.SAME, None,
+     "the format of lines a task's own code logs while it runs, with %(task_name)s "
+     "and %(task_id)s"),
     ("worker_timer", Answer.REFUSED, None, "celeriac's worker runs on asyncio"),
     ("worker_timer_precision", Answer.REFUSED, None, "celeriac's worker runs on asyncio"),
 )

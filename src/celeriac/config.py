@@ -27,6 +27,7 @@ from celeriac.celery_settings import CELERY_SETTINGS, OLD_TO_NEW, Answer, refusa
 from celeriac.errors import ConfigurationError
 from celeriac.limits import check_time_limit
 from celeriac.logs import FORMAT as LOG_FORMAT
+from celeriac.logs import TASK_FORMAT as TASK_LOG_FORMAT
 from celeriac.urls import safe_url
 
 DEFAULT_URL = "sqlite:///celeriac.db"
@@ -104,6 +105,7 @@ class Settings(Mapping[str, Any]):
     worker_disable_rate_limits: bool = False
     worker_hijack_root_logger: bool = True
     worker_log_format: str = LOG_FORMAT
+    worker_task_log_format: str = TASK_LOG_FORMAT
 
     def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         """Set several settings at once; every name and value is checked first.
@@ -371,6 +373,7 @@ def _log_format(name: str, value: Any) -> str:
     text = _nonempty_str(name, value)
     record = logging.LogRecord("celeriac", logging.INFO, __file__, 0, "checking", None, None)
     record.processName = "MainProcess"
+    record.task_id = record.task_name = "???"  # worker_task_log_format may name them
     try:
         logging.Formatter(text).format(record)
     except (KeyError, ValueError, TypeError) as exc:
@@ -562,4 +565,5 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "worker_disable_rate_limits": _bool,
     "worker_hijack_root_logger": _bool,
     "worker_log_format": _log_format,
+    "worker_task_log_format": _log_format,
 }

@@ -13,10 +13,13 @@ import logging
 import sys
 
 FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s"
+# Lines logged by a task's own code while it runs (Celery's worker_task_log_format).
+TASK_FORMAT = ("[%(asctime)s: %(levelname)s/%(processName)s] "
+               "%(task_name)s[%(task_id)s]: %(message)s")
 
 
 def configure_logging(level: str | int = "INFO", hijack_root: bool = True,
-                      fmt: str = FORMAT) -> None:
+                      fmt: str = FORMAT, task_fmt: str = TASK_FORMAT) -> None:
     """Send celeriac's logs (and, owning the root logger, the tasks' own) to stderr."""
     if isinstance(level, str):
         level = level.upper()
@@ -28,7 +31,35 @@ def configure_logging(level: str | int = "INFO", hijack_root: bool = True,
         if getattr(handler, "_celeriac", False):
             root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
+    handler.setFormatter(WorkerFormatter(fmt, task_fmt))
+    handler.addFilter(TaskContext())
     handler._celeriac = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
+
+
+class TaskContext(logging.Filter):
+    """Gives every record ``task_id`` and ``task_name``: those of the task whose code
+    logged it (the request context of its thread or asyncio task), else ``???``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from celeriac.task import current_request
+
+        request = current_request.get()
+        record.task_id = (request.id if request is not None else None) or "???"
+        record.task_name = (request.task if request is not None else None) or "???"
+        return True
+
+
+class WorkerFormatter(logging.Formatter):
+    """``fmt`` for the worker's own lines; ``task_fmt`` for what a task's code logs."""
+
+    def __init__(self, fmt: str, task_fmt: str) -> None:
+        super().__init__(fmt)
+        self._task = logging.Formatter(task_fmt)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "task_id", "???") != "???" \
+                and not record.name.startswith("celeriac."):
+            return self._task.format(record)
+        return super().format(record)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from worker_harness import WorkerProcess, wait_until
 
+from celeriac import App
+
 
 class OwnAppWorker(WorkerProcess):
     app_module = "own_logging"
@@ -58,6 +60,34 @@ def test_worker_log_format_sets_the_format_of_every_line(tmp_path: Path) -> None
         log = worker.log()
         assert "FMT INFO worker-0 celeriac@" in log
         assert "ready: consuming" in log
+    finally:
+        worker.signal(signal.SIGTERM)
+        worker.wait(30)
+        worker.kill_all()
+
+
+def test_what_a_task_logs_carries_its_name_and_id(tmp_path: Path) -> None:
+    # Given a worker whose task logs through the standard logging module
+    broker = f"sqlite:///{tmp_path / 'b.db'}"
+    worker = start(tmp_path, f"""
+        import logging
+        from celeriac import App
+        app = App("own", broker="{broker}")
+
+        @app.task(name="own.chatty")
+        def chatty():
+            logging.getLogger("own.tasks").warning("hello from the task")
+    """)
+    try:
+        # When the task runs
+        producer = App("own", broker=broker)
+        result = producer.send_task("own.chatty")
+        result.get(timeout=20)
+        producer.close()
+
+        # Then its line is in worker_task_log_format: the task's name and id in it
+        worker.wait_for_log("hello from the task", timeout=10)
+        assert f"own.chatty[{result.id}]: hello from the task" in worker.log()
     finally:
         worker.signal(signal.SIGTERM)
         worker.wait(30)

@@ -57,7 +57,8 @@ def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
     configure_logging(loglevel)
     app = spec.load()
     # Now that the app's settings are known: its own logging setup, if it has one, stays.
-    configure_logging(loglevel, app.conf.worker_hijack_root_logger, app.conf.worker_log_format)
+    configure_logging(loglevel, app.conf.worker_hijack_root_logger, app.conf.worker_log_format,
+                      app.conf.worker_task_log_format)
     options = WorkerOptions.from_settings(
         spec.spec or "", app.conf, pool=pool, concurrency=concurrency,
         queues=tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else (),

@@ -54,7 +54,8 @@ def child_main(options: WorkerOptions, index: int,
 
     ``deadlines`` is this process's entry in the supervisor's hard-deadline array.
     """
-    configure_logging(options.loglevel, options.hijack_root_logger, options.log_format)
+    configure_logging(options.loglevel, options.hijack_root_logger, options.log_format,
+                      options.task_log_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     app = load_app(options.app_spec)
     try:

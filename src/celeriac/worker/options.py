@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from celeriac.config import Settings
 from celeriac.logs import FORMAT as LOG_FORMAT
+from celeriac.logs import TASK_FORMAT as TASK_LOG_FORMAT
 from celeriac.routing import default_queues
 
 # Slots per process when -c is not given: a process per core for prefork; threads and
@@ -30,6 +31,7 @@ class WorkerOptions:
     loglevel: str = "INFO"
     hijack_root_logger: bool = True  # worker_hijack_root_logger
     log_format: str = LOG_FORMAT  # worker_log_format
+    task_log_format: str = TASK_LOG_FORMAT  # worker_task_log_format
     hostname: str = field(default_factory=lambda: expand_nodename(DEFAULT_NODENAME))
 
     @property
@@ -53,6 +55,7 @@ class WorkerOptions:
             "shutdown_timeout": conf.worker_shutdown_timeout,
             "hijack_root_logger": conf.worker_hijack_root_logger,
             "log_format": conf.worker_log_format,
+            "task_log_format": conf.worker_task_log_format,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         queues = queues or default_queues(conf.task_queues, conf.task_default_queue)
