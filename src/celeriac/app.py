@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
+from celeriac import signals
 from celeriac.backends import ResultBackend, create_backend
 from celeriac.bridge import Bridge
 from celeriac.brokers import Broker, Outgoing, broker_class, create_broker
@@ -392,6 +393,7 @@ class App:
     async def _send(self, calls: Sequence[tuple[Message, Outgoing]]) -> None:
         """Publish new tasks; then, with ``task_track_sent``, record them as SENT."""
         await self.publish([outgoing for _, outgoing in calls])
+        _published(calls)
         if self.conf.task_track_sent:
             await mark_sent(self, [message for message, _ in calls])
 
@@ -408,6 +410,7 @@ class App:
             self._run_sync(self._send(calls))
             return
         broker.publish_blocking([outgoing for _, outgoing in calls])
+        _published(calls)
         if self.conf.task_track_sent:
             self._run_sync(mark_sent(self, [message for message, _ in calls]))
 
@@ -488,7 +491,14 @@ class App:
             ignore_result=ignore_result, headers=headers,
             sent_at=now,
         )
-        body = self.codec.encode(message.to_payload(), serializer, compression)
+        payload = message.to_payload()
+        if signals.before_task_publish.receivers:  # before encoding: headers may be added
+            signals.before_task_publish.send(
+                sender=name, body=payload, exchange="", routing_key=queue, headers=headers,
+                properties={"correlation_id": message.id, "priority": priority},
+                declare=[], retry_policy=None)
+            payload = message.to_payload()  # (a receiver may have added headers)
+        body = self.codec.encode(payload, serializer, compression)
         return message, Outgoing(message.id, queue, body, priority, message.eta)
 
     def _route(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
@@ -573,6 +583,16 @@ def _normalise_task_options(options: dict[str, Any]) -> dict[str, Any]:
         if limit in options:
             options[limit] = check_time_limit(limit, options[limit])
     return options
+
+
+def _published(calls: Sequence[tuple[Message, Outgoing]]) -> None:
+    """``after_task_publish`` for each message the broker has accepted."""
+    if not signals.after_task_publish.receivers:
+        return
+    for message, outgoing in calls:
+        signals.after_task_publish.send(sender=message.task, body=message.to_payload(),
+                                        exchange="", routing_key=outgoing.queue,
+                                        headers=message.headers)
 
 
 def _check_priority(priority: Any, highest: int | None = None) -> int:

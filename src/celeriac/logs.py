@@ -4,13 +4,16 @@ With ``worker_hijack_root_logger`` (the default, as in Celery) the worker owns t
 logger: one stderr handler in ``worker_log_format`` at the ``-l`` level, so that the
 tasks' own logs come out too. With it off, an application that configures logging
 itself (Django's ``LOGGING``, a Sentry handler) keeps its configuration untouched; only
-celeriac's own loggers get the ``-l`` level, and propagate to the app's handlers.
+celeriac's own loggers get the ``-l`` level, and propagate to the app's handlers. An
+app that connects to the ``setup_logging`` signal does all of it itself.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+
+from celeriac import signals
 
 FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s"
 # Lines logged by a task's own code while it runs (Celery's worker_task_log_format).
@@ -63,3 +66,21 @@ class WorkerFormatter(logging.Formatter):
                 and not record.name.startswith("celeriac."):
             return self._task.format(record)
         return super().format(record)
+
+
+def setup_worker_logging(level: str | int, hijack_root: bool = True, fmt: str = FORMAT,
+                         task_fmt: str = TASK_FORMAT) -> None:
+    """The worker's logging, once the app is loaded: the ``setup_logging`` signal's
+    receivers take it over entirely when there are any (as in Celery); otherwise the
+    worker sets it up and sends ``after_setup_logger``."""
+    if signals.setup_logging.receivers:
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            if getattr(handler, "_celeriac", False):
+                root.removeHandler(handler)
+        signals.setup_logging.send(sender=None, loglevel=level, logfile=None, format=fmt,
+                                   colorize=False)
+        return
+    configure_logging(level, hijack_root, fmt, task_fmt)
+    signals.after_setup_logger.send(sender=None, logger=logging.getLogger(), loglevel=level,
+                                    logfile=None, format=fmt, colorize=False)

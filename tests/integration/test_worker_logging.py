@@ -92,3 +92,55 @@ def test_what_a_task_logs_carries_its_name_and_id(tmp_path: Path) -> None:
         worker.signal(signal.SIGTERM)
         worker.wait(30)
         worker.kill_all()
+
+
+def test_worker_signals_fire_in_the_processes_celery_fires_them_in(tmp_path: Path) -> None:
+    # Given an app that listens to the worker's signals, and sets logging up itself
+    record = tmp_path / "signals.txt"
+    worker = start(tmp_path, f"""
+        import logging, os, sys
+        from celeriac import App
+        from celeriac import signals
+
+        app = App("own", broker="sqlite:///{tmp_path / 'b.db'}")
+
+        def note(name, **extra):
+            with open({str(record)!r}, "a") as out:
+                out.write(f"{{name}} {{os.getpid()}} {{extra}}\\n")
+
+        @signals.setup_logging.connect
+        def own_logging(loglevel=None, **kwargs):
+            logging.basicConfig(stream=sys.stderr, level=loglevel,
+                                format="OWN %(processName)s %(message)s", force=True)
+            note("setup_logging")
+
+        for name in ("worker_init", "worker_process_init", "worker_ready",
+                     "worker_shutdown"):
+            getattr(signals, name).connect(
+                lambda sender=None, signal=None, **kw: note(signal.name))
+
+        @signals.worker_process_shutdown.connect
+        def bye(sender=None, pid=None, exitcode=None, **kwargs):
+            note("worker_process_shutdown", pid=pid, exitcode=exitcode)
+    """)
+    # When it starts and stops (the default -c of start() is one process)
+    try:
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    finally:
+        worker.kill_all()
+
+    # Then each signal fired where Celery fires it, and the app's logging was used
+    lines = [line.split(" ", 2) for line in record.read_text().splitlines()]
+    supervisor, child = worker.pid, next(int(p) for n, p, _ in lines
+                                         if n == "worker_process_init")
+    assert (["worker_init", str(supervisor)] in [line[:2] for line in lines])
+    assert ["worker_ready", str(child)] in [line[:2] for line in lines]
+    assert ["worker_shutdown", str(supervisor)] in [line[:2] for line in lines]
+    [bye] = [line for line in lines if line[0] == "worker_process_shutdown"]
+    assert bye[1] == str(child)
+    assert f"'pid': {child}, 'exitcode': 0" in bye[2]
+    assert {line[1] for line in lines if line[0] == "setup_logging"} == {
+        str(supervisor), str(child)}
+    assert "OWN worker-0" in worker.log()
+    assert "ready: consuming" in worker.log()

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from typing import TYPE_CHECKING
 
 import click
 
-from celeriac import __version__
+from celeriac import __version__, signals
 from celeriac.config import POOLS
 from celeriac.errors import describe
-from celeriac.logs import configure_logging
+from celeriac.logs import configure_logging, setup_worker_logging
 from celeriac.supervisor.supervisor import Supervisor
 from celeriac.urls import display_url
 from celeriac.worker.child import EXIT_BROKER_LOST, EXIT_OK, EXIT_REFUSED, serve
@@ -57,8 +58,8 @@ def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
     configure_logging(loglevel)
     app = spec.load()
     # Now that the app's settings are known: its own logging setup, if it has one, stays.
-    configure_logging(loglevel, app.conf.worker_hijack_root_logger, app.conf.worker_log_format,
-                      app.conf.worker_task_log_format)
+    setup_worker_logging(loglevel, app.conf.worker_hijack_root_logger,
+                         app.conf.worker_log_format, app.conf.worker_task_log_format)
     options = WorkerOptions.from_settings(
         spec.spec or "", app.conf, pool=pool, concurrency=concurrency,
         queues=tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else (),
@@ -69,15 +70,28 @@ def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
     )
     log_banner(app, options)
     warn_about_unsafe_settings(app)
-    if options.pool == "solo":
-        try:
-            reason = asyncio.run(serve(app, options, options.hostname,
-                                       stop_signals=(signal.SIGTERM, signal.SIGINT)))
-        except PERMANENT as exc:
-            logger.error("the worker cannot start: %s", describe(exc))
-            sys.exit(EXIT_REFUSED)
-        sys.exit(EXIT_BROKER_LOST if reason is StopReason.BROKER_LOST else EXIT_OK)
-    sys.exit(Supervisor(options).run())
+    signals.worker_init.send(sender=None)
+    try:
+        code = _run(app, options)
+    finally:
+        signals.worker_shutdown.send(sender=None)
+    sys.exit(code)
+
+
+def _run(app: App, options: WorkerOptions) -> int:
+    if options.pool != "solo":
+        return Supervisor(options).run()
+    signals.worker_process_init.send(sender=None)  # the one process of a solo worker
+    try:
+        reason = asyncio.run(serve(app, options, options.hostname,
+                                   stop_signals=(signal.SIGTERM, signal.SIGINT)))
+    except PERMANENT as exc:
+        logger.error("the worker cannot start: %s", describe(exc))
+        code = EXIT_REFUSED
+    else:
+        code = EXIT_BROKER_LOST if reason is StopReason.BROKER_LOST else EXIT_OK
+    signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=code)
+    return code
 
 
 def warn_about_unsafe_settings(app: App) -> None:

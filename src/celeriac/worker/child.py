@@ -28,10 +28,11 @@ import sys
 import time
 from collections.abc import Callable
 
+from celeriac import signals
 from celeriac.app import App
 from celeriac.errors import describe
 from celeriac.loader import load_app
-from celeriac.logs import configure_logging
+from celeriac.logs import configure_logging, setup_worker_logging
 from celeriac.worker.consumer import Consumer, StopReason
 from celeriac.worker.deadlines import DeadlineSlot
 from celeriac.worker.options import WorkerOptions
@@ -58,6 +59,9 @@ def child_main(options: WorkerOptions, index: int,
                       options.task_log_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     app = load_app(options.app_spec)
+    setup_worker_logging(options.loglevel, options.hijack_root_logger, options.log_format,
+                         options.task_log_format)
+    signals.worker_process_init.send(sender=None)
     try:
         reason = asyncio.run(serve(app, options, f"{options.hostname}/{index}",
                                    watch_parent=True, deadlines=deadlines))
@@ -66,6 +70,7 @@ def child_main(options: WorkerOptions, index: int,
         code = EXIT_REFUSED
     else:
         code = EXIT_BROKER_LOST if reason is StopReason.BROKER_LOST else EXIT_OK
+    signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=code)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -104,6 +109,7 @@ async def serve(app: App, options: WorkerOptions, hostname: str,
             return consumer.stop_reason or StopReason.SHUTDOWN
         logger.info("%s ready: consuming %s with %d slot(s), prefetch %d", hostname,
                     ",".join(options.queues), options.slots_per_process, consumer.budget)
+        await signals.worker_ready.asend(sender=consumer)
         reason = await consumer.run(grace=options.shutdown_timeout)
     finally:
         if watcher is not None:

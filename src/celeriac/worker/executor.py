@@ -18,7 +18,7 @@ from enum import Enum
 from types import TracebackType
 from typing import Any
 
-from celeriac import states
+from celeriac import signals, states
 from celeriac.app import App
 from celeriac.brokers.base import Delivery, Outgoing
 from celeriac.canvas_run import CHAIN_HEADER, CHORD_HEADER, TOKEN_HEADER
@@ -36,7 +36,7 @@ from celeriac.message import Message
 from celeriac.outcome import Outcome
 from celeriac.task import Request, Task, current_request
 from celeriac.tracking import mark_started, tracks_started
-from celeriac.worker import hooks
+from celeriac.worker import hooks, signalling
 from celeriac.worker.guard import Guard, Interrupted
 from celeriac.worker.hooks import has_hooks
 
@@ -81,6 +81,15 @@ class Executor:
         self.guard = Guard(app, run_sync)  # revocations and time limits
 
     def prepare(self, delivery: Delivery) -> Prepared | Verdict:
+        """Decide what to do with a delivery before running it (``_prepare``), and send
+        the signals Celery sends at this point when anything listens."""
+        outcome = self._guarded_prepare(delivery)
+        if signals.task_received.receivers or signals.task_rejected.receivers \
+                or signals.task_revoked.receivers:
+            signalling.after_prepare(delivery, outcome, self.hostname)
+        return outcome
+
+    def _guarded_prepare(self, delivery: Delivery) -> Prepared | Verdict:
         """Decode and check a delivery; a Verdict when it must not run.
 
         Never raises: whatever goes wrong with one delivery is that delivery's verdict
@@ -208,6 +217,9 @@ class Executor:
                                            lambda runner: run_call(task, request, runner))
         except Interrupted as stop:  # a time limit or a terminating revoke cut it short
             verdict = Verdict(Action.ACK, stop.outcome, message=message)
+            if stop.outcome.state == states.REVOKED and signals.task_revoked.receivers:
+                signals.task_revoked.send(sender=task, request=request, terminated=True,
+                                          signum=None, expired=False)
         return _finished(task, message, verdict, time.perf_counter() - started)
 
     def batchable(self, prepared: Prepared) -> bool:
@@ -219,6 +231,7 @@ class Executor:
         """
         message, task = prepared.message, prepared.task
         return (not task.is_async and task.acks_late and not has_hooks(task)
+                and not signalling.task_signals_connected()
                 and TOKEN_HEADER not in message.headers
                 and (message.ignore_result or not tracks_started(task))
                 and self.guard.limits_for(task, message) is None)
@@ -267,7 +280,7 @@ def _finished(task: Task[Any, Any], message: Message, verdict: Verdict,
 async def run_call(task: Task[Any, Any], request: Request, run_sync: SyncRunner) -> Verdict:
     """Run one call of ``task`` with ``request`` as its context; say what should follow."""
     message = _message_for(task, request)
-    if has_hooks(task):
+    if has_hooks(task) or signalling.task_signals_connected():
         return await _run_call_with_hooks(task, request, run_sync, message)
     try:
         value = await _invoke(task, request, run_sync)

@@ -1,5 +1,6 @@
 """Celery's task hooks (``before_start``, ``on_success``, ``on_failure``, ``on_retry``,
-``after_return``) around a call, for tasks whose class overrides them (``base=``).
+``after_return``) around a call, for tasks whose class overrides them (``base=``), and
+the task signals sent around it (``task_prerun`` ... ``task_postrun``) when connected.
 
 A task on the plain ``Task`` class pays nothing: ``has_hooks`` is one cached look-up per
 class, and such calls never reach this module. A sync hook runs on the pool thread, as
@@ -16,7 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from celeriac import states
+from celeriac import signals, states
 from celeriac.errors import Retry
 from celeriac.task import Task
 
@@ -41,7 +42,10 @@ def has_hooks(task: Task[Any, Any]) -> bool:
 
 
 async def before_start(task: Task[Any, Any], request: Request, run_sync: SyncRunner) -> None:
-    await _call(task, "before_start", run_sync, request.id, request.args, request.kwargs)
+    await _signal(task, signals.task_prerun, run_sync, task_id=request.id, task=task,
+                  args=request.args, kwargs=request.kwargs)
+    if has_hooks(task):
+        await _call(task, "before_start", run_sync, request.id, request.args, request.kwargs)
 
 
 async def after(task: Task[Any, Any], request: Request, verdict: Verdict, run_sync: SyncRunner,
@@ -51,21 +55,49 @@ async def after(task: Task[Any, Any], request: Request, verdict: Verdict, run_sy
 
     einfo = verdict.outcome.traceback if verdict.outcome is not None else None
     args, kwargs = request.args, request.kwargs
+    hooked = has_hooks(task)
     if verdict.action is Action.RETRY and exc is not None:
         status = states.RETRY
         if isinstance(exc, Retry) and exc.exc is not None:
             exc = exc.exc  # as Celery: the error the task retried for, not the signal
-        await _call(task, "on_retry", run_sync, exc, request.id, args, kwargs, einfo or "")
+        await _signal(task, signals.task_retry, run_sync, request=request, reason=exc,
+                      einfo=einfo)
+        if hooked:
+            await _call(task, "on_retry", run_sync, exc, request.id, args, kwargs,
+                        einfo or "")
     elif exc is not None and verdict.action is Action.ACK:
         status = states.FAILURE
-        await _call(task, "on_failure", run_sync, exc, request.id, args, kwargs, einfo or "")
+        await _signal(task, signals.task_failure, run_sync, task_id=request.id,
+                      exception=exc, args=args, kwargs=kwargs,
+                      traceback=exc.__traceback__, einfo=einfo)
+        if hooked:
+            await _call(task, "on_failure", run_sync, exc, request.id, args, kwargs,
+                        einfo or "")
     elif exc is not None:
         status = "REJECTED"  # dead-lettered or requeued by the task (Reject)
     else:
         status = states.SUCCESS
-        await _call(task, "on_success", run_sync, retval, request.id, args, kwargs)
-    await _call(task, "after_return", run_sync, status, retval if exc is None else exc,
-                request.id, args, kwargs, einfo)
+        await _signal(task, signals.task_success, run_sync, result=retval)
+        if hooked:
+            await _call(task, "on_success", run_sync, retval, request.id, args, kwargs)
+    outcome = retval if exc is None else exc
+    if hooked:
+        await _call(task, "after_return", run_sync, status, outcome, request.id, args,
+                    kwargs, einfo)
+    await _signal(task, signals.task_postrun, run_sync, task_id=request.id, task=task,
+                  args=args, kwargs=kwargs, retval=outcome, state=status)
+
+
+async def _signal(sender: Task[Any, Any], signal: signals.Signal, run_sync: SyncRunner,
+                  /, **arguments: Any) -> None:
+    """Send ``signal`` with the task as sender: on the loop for an async task, in the
+    pool thread for a sync one (where the task itself ran). ``send`` isolates errors."""
+    if not signal.receivers:
+        return
+    if sender.is_async:
+        await signal.asend(sender=sender, **arguments)
+    else:
+        await run_sync(lambda: signal.send(sender=sender, **arguments))
 
 
 async def _call(task: Task[Any, Any], name: str, run_sync: SyncRunner, *args: Any) -> None:
