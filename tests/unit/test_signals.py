@@ -203,3 +203,27 @@ def test_a_failing_receiver_does_not_fail_the_task(
     finally:
         signals.task_prerun.disconnect(broken)
     assert any("signal task_prerun: receiver" in r.getMessage() for r in caplog.records)
+
+
+def test_task_request_is_the_tasks_own_in_prerun_and_postrun(app: App) -> None:
+    seen: list[Any] = []
+
+    @app.task(name="sig.who")
+    def who() -> None: ...
+
+    def prerun(sender: Any = None, **kwargs: Any) -> None:
+        seen.append(("prerun", sender.request.id, kwargs["task_id"]))
+
+    def postrun(sender: Any = None, **kwargs: Any) -> None:
+        seen.append(("postrun", sender.request.id, kwargs["task_id"]))
+
+    signals.task_prerun.connect(prerun)
+    signals.task_postrun.connect(postrun)
+    try:
+        with ThreadedWorker(app):
+            result = who.delay()
+            result.get(timeout=TIMEOUT)
+    finally:
+        signals.task_prerun.disconnect(prerun)
+        signals.task_postrun.disconnect(postrun)
+    assert seen == [("prerun", result.id, result.id), ("postrun", result.id, result.id)]

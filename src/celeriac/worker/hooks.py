@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac import signals, states
 from celeriac.errors import Retry
-from celeriac.task import Task
+from celeriac.task import Task, current_request
 
 if TYPE_CHECKING:
     from celeriac.task import Request
@@ -42,10 +42,11 @@ def has_hooks(task: Task[Any, Any]) -> bool:
 
 
 async def before_start(task: Task[Any, Any], request: Request, run_sync: SyncRunner) -> None:
-    await _signal(task, signals.task_prerun, run_sync, task_id=request.id, task=task,
+    await _signal(task, signals.task_prerun, run_sync, request, task_id=request.id, task=task,
                   args=request.args, kwargs=request.kwargs)
     if has_hooks(task):
-        await _call(task, "before_start", run_sync, request.id, request.args, request.kwargs)
+        await _call(task, "before_start", run_sync, request, request.id, request.args,
+                    request.kwargs)
 
 
 async def after(task: Task[Any, Any], request: Request, verdict: Verdict, run_sync: SyncRunner,
@@ -60,53 +61,79 @@ async def after(task: Task[Any, Any], request: Request, verdict: Verdict, run_sy
         status = states.RETRY
         if isinstance(exc, Retry) and exc.exc is not None:
             exc = exc.exc  # as Celery: the error the task retried for, not the signal
-        await _signal(task, signals.task_retry, run_sync, request=request, reason=exc,
+        await _signal(task, signals.task_retry, run_sync, request, request=request, reason=exc,
                       einfo=einfo)
         if hooked:
-            await _call(task, "on_retry", run_sync, exc, request.id, args, kwargs,
+            await _call(task, "on_retry", run_sync, request, exc, request.id, args, kwargs,
                         einfo or "")
     elif exc is not None and verdict.action is Action.ACK:
         status = states.FAILURE
-        await _signal(task, signals.task_failure, run_sync, task_id=request.id,
+        await _signal(task, signals.task_failure, run_sync, request, task_id=request.id,
                       exception=exc, args=args, kwargs=kwargs,
                       traceback=exc.__traceback__, einfo=einfo)
         if hooked:
-            await _call(task, "on_failure", run_sync, exc, request.id, args, kwargs,
+            await _call(task, "on_failure", run_sync, request, exc, request.id, args, kwargs,
                         einfo or "")
     elif exc is not None:
         status = "REJECTED"  # dead-lettered or requeued by the task (Reject)
     else:
         status = states.SUCCESS
-        await _signal(task, signals.task_success, run_sync, result=retval)
+        await _signal(task, signals.task_success, run_sync, request, result=retval)
         if hooked:
-            await _call(task, "on_success", run_sync, retval, request.id, args, kwargs)
+            await _call(task, "on_success", run_sync, request, retval, request.id, args,
+                        kwargs)
     outcome = retval if exc is None else exc
     if hooked:
-        await _call(task, "after_return", run_sync, status, outcome, request.id, args,
+        await _call(task, "after_return", run_sync, request, status, outcome, request.id, args,
                     kwargs, einfo)
-    await _signal(task, signals.task_postrun, run_sync, task_id=request.id, task=task,
+    await _signal(task, signals.task_postrun, run_sync, request, task_id=request.id, task=task,
                   args=args, kwargs=kwargs, retval=outcome, state=status)
 
 
 async def _signal(sender: Task[Any, Any], signal: signals.Signal, run_sync: SyncRunner,
-                  /, **arguments: Any) -> None:
+                  request: Request, /, **arguments: Any) -> None:
     """Send ``signal`` with the task as sender: on the loop for an async task, in the
-    pool thread for a sync one (where the task itself ran). ``send`` isolates errors."""
+    pool thread for a sync one (where the task itself ran), with the task's request as
+    the context (``task.request`` reads it, as in Celery). ``send`` isolates errors."""
     if not signal.receivers:
         return
     if sender.is_async:
-        await signal.asend(sender=sender, **arguments)
-    else:
-        await run_sync(lambda: signal.send(sender=sender, **arguments))
+        token = current_request.set(request)
+        try:
+            await signal.asend(sender=sender, **arguments)
+        finally:
+            current_request.reset(token)
+        return
+
+    def send() -> None:
+        token = current_request.set(request)
+        try:
+            signal.send(sender=sender, **arguments)
+        finally:
+            current_request.reset(token)
+
+    await run_sync(send)
 
 
-async def _call(task: Task[Any, Any], name: str, run_sync: SyncRunner, *args: Any) -> None:
+async def _call(task: Task[Any, Any], name: str, run_sync: SyncRunner, request: Request,
+                *args: Any) -> None:
     hook: Callable[..., Any] = getattr(task, name)
+    token = current_request.set(request)  # self.request in a hook, as in Celery
     try:
         if inspect.iscoroutinefunction(hook):
             await hook(*args)
         else:
-            await run_sync(lambda: hook(*args))
+            await run_sync(functools.partial(_with_request, request, hook, *args))
     except Exception:
         logger.exception("Task %s: its %s hook raised; the task's outcome stands",
                          task.name, name)
+    finally:
+        current_request.reset(token)
+
+
+def _with_request(request: Request, function: Callable[..., Any], *args: Any) -> Any:
+    token = current_request.set(request)
+    try:
+        return function(*args)
+    finally:
+        current_request.reset(token)
