@@ -174,7 +174,9 @@ from celeriac.brokers.amqp_blocking import (
     redeclare,
     refused,
 )
-from celeriac.brokers.amqp_link import CLOSE_TIMEOUT, Context, Envelope, Link, Receipt
+from celeriac.brokers.amqp_connection import CLOSE_TIMEOUT, Connected, Context, Envelope
+from celeriac.brokers.amqp_deliveries import Deliveries, Receipt
+from celeriac.brokers.amqp_link import Link
 from celeriac.brokers.amqp_topology import (
     DELAY_LEVELS,
     HEADER_DEAD_AT,
@@ -414,7 +416,7 @@ class AMQPBroker(Broker):
             await _on_loop(link, partial(link.requeue, receipts))
 
     async def dead_letter(self, deliveries: Sequence[tuple[Delivery, str]]) -> None:
-        groups: dict[Link, list[tuple[Receipt, str]]] = {}
+        groups: dict[Deliveries, list[tuple[Receipt, str]]] = {}
         for delivery, reason in deliveries:
             if isinstance(delivery.receipt, Receipt):
                 groups.setdefault(delivery.receipt.link, []).append((delivery.receipt, reason))
@@ -423,14 +425,15 @@ class AMQPBroker(Broker):
 
     async def extend(self, deliveries: Sequence[Delivery]) -> list[bool]:
         owned = [False] * len(deliveries)
-        positions: dict[Link, list[int]] = {}
+        positions: dict[Deliveries, list[int]] = {}
         for index, delivery in enumerate(deliveries):
             if isinstance(delivery.receipt, Receipt):
                 positions.setdefault(delivery.receipt.link, []).append(index)
         for link, indexes in positions.items():
             receipts = [deliveries[i].receipt for i in indexes]
 
-            async def extend_there(lk: Link = link, rs: list[Receipt] = receipts) -> list[bool]:
+            async def extend_there(lk: Deliveries = link,
+                                   rs: list[Receipt] = receipts) -> list[bool]:
                 return await lk.extend(rs)
 
             answers = await _on_loop(link, extend_there)
@@ -582,16 +585,16 @@ class AMQPBroker(Broker):
             dead_at=float(dead_at) / 1000 if isinstance(dead_at, int | float) else 0.0)
 
 
-def _by_link(deliveries: Sequence[Delivery]) -> dict[Link, list[Receipt]]:
+def _by_link(deliveries: Sequence[Delivery]) -> dict[Deliveries, list[Receipt]]:
     """Receipts grouped by the link that issued them; anything else is stale already."""
-    groups: dict[Link, list[Receipt]] = {}
+    groups: dict[Deliveries, list[Receipt]] = {}
     for delivery in deliveries:
         if isinstance(delivery.receipt, Receipt):
             groups.setdefault(delivery.receipt.link, []).append(delivery.receipt)
     return groups
 
 
-async def _on_loop(link: Link, work: Callable[[], Coroutine[Any, Any, T]]) -> T | None:
+async def _on_loop(link: Connected, work: Callable[[], Coroutine[Any, Any, T]]) -> T | None:
     """Run ``work`` on the link's own loop; None when that loop is gone."""
     loop = link.loop
     if loop is asyncio.get_running_loop():

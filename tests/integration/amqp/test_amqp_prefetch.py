@@ -14,7 +14,7 @@ from rabbit_harness import Rabbit
 
 from celeriac.brokers import Outgoing, create_broker
 from celeriac.brokers.amqp_blocking import Server
-from celeriac.brokers.amqp_link import prefetch_for
+from celeriac.brokers.amqp_consume import prefetch_for
 from celeriac.brokers.amqp_wire import Incoming, Wire
 
 
