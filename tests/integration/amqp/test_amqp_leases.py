@@ -11,17 +11,14 @@ delivered before alone, so that its deaths count only itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-import os
-import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 from fault_proxy import FaultProxy
+from lease_cases import a_paused_workers_task_runs_elsewhere_and_its_late_result_is_refused
 from rabbit_harness import LEASE_SECONDS, Rabbit, RabbitDeployment
-from worker_harness import WorkerProcess, kill_pid, wait_until
+from worker_harness import kill_pid, wait_until
 
 from celeriac.brokers import Outgoing, create_broker
 from celeriac.brokers.amqp import AMQPBroker
@@ -29,56 +26,12 @@ from celeriac.brokers.amqp import AMQPBroker
 TOTAL_TIMEOUT = 30.0
 
 
-class LeaseWorker(WorkerProcess):
-    """A worker on ``lease_app``: the AMQP ledger tasks and ``ledger.nap_pid``."""
-
-    app_module = "lease_app"
-
-
-def start(deployment: RabbitDeployment, *args: str, **settings: object) -> WorkerProcess:
-    log = deployment.root / f"worker-{len(deployment.workers)}.log"
-    worker = LeaseWorker([*args, "-l", "INFO"], deployment.env(**settings), deployment.root,
-                         log)
-    deployment.workers.append(worker)
-    return worker
-
-
-@contextlib.contextmanager
-def paused(pid: int) -> Iterator[float]:
-    """SIGSTOP ``pid`` (yielding when), and SIGCONT it whatever happens."""
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield time.time()
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-
-
 def test_a_paused_workers_task_runs_elsewhere_within_the_lease_and_its_late_result_is_refused(
     deployment: RabbitDeployment,
 ) -> None:
-    # Given two worker processes, one of them running a task that takes a few seconds
-    worker = start(deployment, "-c", "2").wait_ready(2)
-    result = deployment.app.send_task("ledger.nap_pid", args=("napper", 3.0))
-    first = deployment.ledger.wait_for("napper")[0]
-
-    # When that process is paused (SIGSTOP) mid-task
-    with paused(first.pid) as stopped_at:
-        # Then the task runs again in the other process within the lease and a few
-        # seconds (RabbitMQ's default heartbeat would have taken 20-30 s)
-        second = deployment.ledger.wait_for("napper", count=2, timeout=15)[1]
-        assert second.pid != first.pid
-        assert second.t - stopped_at < LEASE_SECONDS + 3.0
-        assert result.get(timeout=10) == second.pid
-
-    # And when the paused process goes on, finishes the task and tries to store its result,
-    # that stale result is refused and logged
-    deployment.ledger.wait_for("napper", "done", count=2, timeout=15)
-    worker.wait_for_log(f"lease on {result.id} lost", timeout=15)
-    assert deployment.app.AsyncResult(result.id).get(timeout=5) == second.pid
-    # The task ran twice (it was running when its process was paused), nothing else
-    assert Counter(deployment.ledger.tags()) == {"napper": 2}
-    deployment.wait_for_queue(ready=0, in_flight=0)
+    # (RabbitMQ's default heartbeat would have taken 20-30 s to hand the task on)
+    a_paused_workers_task_runs_elsewhere_and_its_late_result_is_refused(
+        deployment, LEASE_SECONDS)
 
 
 def test_a_cut_off_workers_task_runs_elsewhere_within_the_lease_and_its_result_is_refused(
@@ -87,12 +40,12 @@ def test_a_cut_off_workers_task_runs_elsewhere_within_the_lease_and_its_result_i
     # Given two workers, each reaching RabbitMQ through a proxy of its own
     proxies = [FaultProxy(5672), FaultProxy(5672)]
     try:
-        workers = [start(deployment, "-c", "1",
+        workers = [deployment.start_worker("-c", "1",
                          broker_url=rabbit.url().replace(":5672/", f":{proxy.port}/"))
                    for proxy in proxies]
         for worker in workers:
             worker.wait_ready()
-        result = deployment.app.send_task("ledger.nap_pid", args=("cut", 3.0))
+        result = deployment.tasks.nap_pid.delay("cut", 3.0)
         first = deployment.ledger.wait_for("cut")[0]
         index = next(i for i, worker in enumerate(workers)
                      if first.pid in {child.pid for child in worker.children()})
@@ -215,7 +168,7 @@ def test_after_connection_resets_only_the_tasks_running_then_run_twice(
     proxy = FaultProxy(5672)
     try:
         url = rabbit.url().replace(":5672/", f":{proxy.port}/")
-        start(deployment, "-c", "1", broker_url=url).wait_ready()
+        deployment.start_worker("-c", "1", broker_url=url).wait_ready()
         tags = [f"t{n}" for n in range(60)]
         results = [deployment.tasks.sleepy.delay(tag, 0.05) for tag in tags]
 
