@@ -77,43 +77,42 @@ class Signal:
 
     def send(self, sender: Any = None, **arguments: Any) -> list[tuple[Receiver, Any]]:
         """Call the receivers; return (receiver, what it returned or raised) pairs."""
-        if not self.receivers:
-            return []
-        key = _sender_key(sender)
         replies: list[tuple[Receiver, Any]] = []
-        for receiver, wanted in list(self.receivers):
-            if wanted is not None and wanted != key:
-                continue
+        for receiver in self._receivers_for(sender):
             try:
                 reply = receiver(sender=sender, signal=self, **arguments)
                 if inspect.isawaitable(reply):
                     reply = _complete(reply)
             except Exception as exc:
-                logger.exception("signal %s: receiver %s raised; carrying on", self.name,
-                                 _name_of(receiver))
-                reply = exc
+                reply = self._failed(receiver, exc)
             replies.append((receiver, reply))
         return replies
 
     async def asend(self, sender: Any = None, **arguments: Any) -> list[tuple[Receiver, Any]]:
         """``send`` from a coroutine: async receivers are awaited on this loop."""
-        if not self.receivers:
-            return []
-        key = _sender_key(sender)
         replies: list[tuple[Receiver, Any]] = []
-        for receiver, wanted in list(self.receivers):
-            if wanted is not None and wanted != key:
-                continue
+        for receiver in self._receivers_for(sender):
             try:
                 reply = receiver(sender=sender, signal=self, **arguments)
                 if inspect.isawaitable(reply):
                     reply = await reply
             except Exception as exc:
-                logger.exception("signal %s: receiver %s raised; carrying on", self.name,
-                                 _name_of(receiver))
-                reply = exc
+                reply = self._failed(receiver, exc)
             replies.append((receiver, reply))
         return replies
+
+    def _receivers_for(self, sender: Any) -> list[Receiver]:
+        """The receivers connected for every sender or for this one, in connection order."""
+        if not self.receivers:
+            return []
+        key = _sender_key(sender)
+        return [receiver for receiver, wanted in self.receivers
+                if wanted is None or wanted == key]
+
+    def _failed(self, receiver: Receiver, exc: Exception) -> Exception:
+        logger.exception("signal %s: receiver %s raised; carrying on", self.name,
+                         _name_of(receiver), exc_info=exc)
+        return exc
 
     def __repr__(self) -> str:
         return f"<Signal {self.name}: {len(self.receivers)} receiver(s)>"
