@@ -173,6 +173,7 @@ from celeriac.brokers.amqp_blocking import (
     last_cause,
     redeclare,
     refused,
+    unconfirmed,
 )
 from celeriac.brokers.amqp_connection import CLOSE_TIMEOUT, Connected, Context, Envelope
 from celeriac.brokers.amqp_deliveries import Deliveries, Receipt
@@ -297,11 +298,8 @@ class AMQPBroker(Broker):
         while pending:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                cause = last_cause(error)
-                raise BrokerUnavailable(
-                    f"RabbitMQ at {self._context.safe_url} did not confirm {len(pending)} "
-                    f"message(s) within {timeout:g}s (last error: {type(cause).__name__}: "
-                    f"{cause}); they may not have been stored") from cause
+                raise unconfirmed(self._context.safe_url, len(pending), timeout, error) \
+                    from last_cause(error)
             try:
                 connection = self._blocking_connection(pending, remaining)
             except (ConnectionLost, BrokerUnavailable, TimeoutError) as exc:

@@ -58,7 +58,7 @@ from pamqp.constants import FRAME_END, FRAME_HEADER_SIZE
 from pamqp.header import ContentHeader, ProtocolHeader
 from pamqp.heartbeat import Heartbeat
 
-from celeriac.errors import BrokerError, BrokerRefused
+from celeriac.errors import BrokerError, BrokerRefused, BrokerUnavailable
 
 CHANNEL = 1
 FRAME_MAX = 131072
@@ -495,6 +495,16 @@ def refused(error: BaseException) -> BrokerError | None:
     if (refused := refusal(error)) is not None:
         return BrokerRefused(f"RabbitMQ refused the connection: {refused}")
     return None
+
+
+def unconfirmed(safe_url: str, count: int, timeout: float,
+                error: BaseException | None) -> BrokerUnavailable:
+    """The error of a publish whose ``count`` messages were not confirmed in time, naming
+    the last real cause (chain it: ``raise unconfirmed(...) from last_cause(error)``)."""
+    cause = last_cause(error)
+    return BrokerUnavailable(
+        f"RabbitMQ at {safe_url} did not confirm {count} message(s) within {timeout:g}s "
+        f"(last error: {type(cause).__name__}: {cause}); they may not have been stored")
 
 
 def last_cause(error: BaseException | None) -> BaseException | None:

@@ -25,7 +25,7 @@ from aiormq.exceptions import (
 )
 from pamqp import commands as spec
 
-from celeriac.brokers.amqp_blocking import last_cause
+from celeriac.brokers.amqp_blocking import last_cause, unconfirmed
 from celeriac.brokers.amqp_confirm import Outbound, publish_confirmed
 from celeriac.brokers.amqp_connection import RECONNECT_BACKOFF_FIRST, Connected, Envelope, lost
 from celeriac.brokers.amqp_topology import DELAY_LEVELS
@@ -146,11 +146,8 @@ class Publishing(Connected):
         while pending:
             remaining = deadline - self.loop.time()
             if remaining <= 0:
-                cause = last_cause(error)
-                raise BrokerUnavailable(
-                    f"RabbitMQ at {self.ctx.safe_url} did not confirm {len(pending)} "
-                    f"message(s) within {timeout:g}s (last error: {type(cause).__name__}: "
-                    f"{cause}); they may not have been stored") from cause
+                raise unconfirmed(self.ctx.safe_url, len(pending), timeout, error) \
+                    from last_cause(error)
             try:
                 channel = await self._publisher_channel(remaining)
                 now_ms = time.time() * 1000
