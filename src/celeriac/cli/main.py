@@ -25,9 +25,8 @@ from celeriac.loader import load_app
 class AppSpec:
     """The ``-A`` option, loaded only when a subcommand asks for the app."""
 
-    def __init__(self, spec: str | None, traceback: bool = False) -> None:
+    def __init__(self, spec: str | None) -> None:
         self.spec = spec
-        self.traceback = traceback
         self._app: App | None = None
 
     def load(self) -> App:
@@ -58,7 +57,8 @@ def cli(ctx: click.Context, app_spec: str | None, broker: str | None,
         if value is not None:
             os.environ[f"CELERY_{variable.upper()}"] = value
             os.environ.pop(f"CELERIAC_{variable.upper()}", None)
-    ctx.obj = AppSpec(app_spec, traceback)
+    del traceback  # read by main(), which handles the errors after click is done
+    ctx.obj = AppSpec(app_spec)
 
 
 cli.add_command(worker_command)
