@@ -25,7 +25,8 @@ def import_listed(names: Iterable[str], setting: str) -> None:
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name is not None and name.startswith(exc.name):  # the module itself
+            missing = exc.name or ""
+            if name == missing or name.startswith(f"{missing}."):  # it, or its package
                 raise ConfigurationError(
                     f"cannot import {name!r}, listed in {setting}: {exc}") from exc
             raise  # a missing import inside it: the user's module has a bug
