@@ -15,6 +15,7 @@ from celeriac.backends import ResultBackend, create_backend
 from celeriac.bridge import Bridge
 from celeriac.brokers import Broker, Outgoing, broker_class, create_broker
 from celeriac.builtins import builtin_task
+from celeriac.bus.base import Bus
 from celeriac.canvas_run import link_payloads
 from celeriac.config import Settings, suggest
 from celeriac.errors import ContentDisallowed, TaskNotRegistered
@@ -270,6 +271,13 @@ class App:
             await backend.connect()
             self._backend_connected = True
         return backend
+
+    async def open_bus(self) -> Bus:
+        """A connected ``Bus`` on the broker's server, for this event loop (events and
+        remote control); the caller closes it."""
+        bus = self.broker.bus()
+        await bus.connect()
+        return bus
 
     def _run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine of this app's for a synchronous caller."""

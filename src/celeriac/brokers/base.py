@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from celeriac.brokers.buckets import TokenBuckets
+    from celeriac.bus.base import Bus
 
 MIN_PRIORITY = 0
 MAX_PRIORITY = 9
@@ -236,3 +237,9 @@ class Broker(ABC):
     def token_buckets(self) -> TokenBuckets | None:
         """Rate-limit buckets on this broker's server (``supports_rate_limit``), else None."""
         return None
+
+    def bus(self) -> Bus:
+        """A new ``Bus`` on this broker's server, with connections of its own: the topics
+        that events and remote control travel on (``celeriac.bus``). The caller connects
+        it on its own event loop and closes it."""
+        raise NotImplementedError(f"{type(self).__name__} carries no event or control topics")

@@ -25,6 +25,8 @@ from celeriac.brokers.base import (
     check_outgoing,
 )
 from celeriac.brokers.buckets import MemoryBuckets
+from celeriac.bus.base import Bus
+from celeriac.bus.memory import MemoryBus
 
 
 @dataclass(slots=True)
@@ -46,6 +48,7 @@ class MemoryBroker(Broker):
     def __init__(self, url: str = "memory://", options: Mapping[str, Any] | None = None) -> None:
         super().__init__(url, options)
         self._buckets = MemoryBuckets()  # every user of this broker object shares them
+        self._bus = MemoryBus()  # the same: topics live as long as this object
         self._lock = threading.Lock()
         self._seq = itertools.count()
         self._ready: dict[str, list[tuple[int, int, _Stored]]] = {}  # heap of (-priority, seq)
@@ -164,6 +167,9 @@ class MemoryBroker(Broker):
             removed = len(self._dead) - len(kept)
             self._dead[:] = kept
             return removed
+
+    def bus(self) -> Bus:
+        return self._bus  # shared by every thread using this broker object
 
     def token_buckets(self) -> MemoryBuckets:
         return self._buckets
