@@ -80,11 +80,12 @@ def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
 
 def _run(app: App, options: WorkerOptions) -> int:
     if options.pool != "solo":
-        return Supervisor(options).run()
+        return Supervisor(options, app).run()
     signals.worker_process_init.send(sender=None)  # the one process of a solo worker
     try:
         reason = asyncio.run(serve(app, options, options.hostname,
-                                   stop_signals=(signal.SIGTERM, signal.SIGINT)))
+                                   stop_signals=(signal.SIGTERM, signal.SIGINT),
+                                   own_node=True))
     except PERMANENT as exc:
         logger.error("the worker cannot start: %s", describe(exc))
         code = EXIT_REFUSED

@@ -49,9 +49,10 @@ KILL_MARGIN = 2.0
 class Deadlines:
     """One published deadline per worker process index, and what to do when one passes."""
 
-    def __init__(self, context: SpawnContext, options: WorkerOptions) -> None:
+    def __init__(self, context: SpawnContext, options: WorkerOptions,
+                 capacity: int | None = None) -> None:
         self.options = options
-        self._entries = context.RawArray(Entry, max(1, options.processes))
+        self._entries = context.RawArray(Entry, max(1, capacity or options.processes))
         self._app: App | None = None
 
     def slot(self, index: int) -> DeadlineSlot:

@@ -16,6 +16,12 @@ watches its children's sentinels:
 - a child that cannot start for a reason no restart fixes (exit code ``EXIT_REFUSED``: a
   missing client library, a bad broker URL) stops the whole worker with that code,
   instead of being restarted into the same error.
+
+The supervisor is also the node (``celeriac.node``): its processes publish their numbers
+in a shared-memory board (``worker.status``) that it sums up for the node's services
+(heartbeats, node-level control, metrics, health), which run on a thread beside the
+watch loop (``node.agent``). What those services ask of the node (resize the pool, shut
+down) is queued to the watch loop, which alone starts and stops processes.
 """
 
 from __future__ import annotations
@@ -24,16 +30,27 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import queue
 import signal
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import TYPE_CHECKING
 
+from celeriac.node.agent import NodeAgent
+from celeriac.node.base import NodeSnapshot
+from celeriac.node.services import node_services
 from celeriac.supervisor.deadlines import Deadlines
 from celeriac.worker.child import EXIT_OK, EXIT_REFUSED, child_main
 from celeriac.worker.options import WorkerOptions
+from celeriac.worker.status import StatusBoard
+
+if TYPE_CHECKING:
+    from celeriac.app import App
 
 logger = logging.getLogger("celeriac.supervisor")
 
@@ -41,6 +58,9 @@ POLL_INTERVAL = 0.2
 COLD_STOP_KILL_AFTER = 5.0
 RESTART_BACKOFF_MAX = 10.0
 QUICK_DEATH = 2.0  # a child dying sooner than this after its start is crashing, not recycling
+# Process indices a node can have (pool_grow, autoscaling): the shared-memory arrays are
+# made this long at start. A few hundred bytes per index.
+PROCESS_CAPACITY = 64
 
 
 @dataclass
@@ -51,32 +71,97 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, options: WorkerOptions) -> None:
+    def __init__(self, options: WorkerOptions, app: App | None = None) -> None:
         self.options = options
+        self.app = app  # the node's services need it; without it they do not run
+        self.name = options.hostname
         self._context = multiprocessing.get_context("spawn")
         self._children: dict[int, Child] = {}
         self._signals = 0
         self._stop_deadline: float | None = None
         self._quick_deaths = 0
-        self._deadlines = Deadlines(self._context, options)  # hard time limit backstop
+        self.capacity = max(options.processes, PROCESS_CAPACITY)
+        self._deadlines = Deadlines(self._context, options, self.capacity)  # time limit backstop
+        self._board = StatusBoard(self._context, self.capacity)
+        self._size = options.processes  # processes the pool should have
+        self._retiring: set[int] = set()  # indices shrunk away: not replaced when they exit
+        self._retired_processed = 0  # what replaced processes had processed
+        self._indices: tuple[int, ...] = ()  # live indices, for other threads to read
+        self._requests: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.started_at = time.time()
         self.exit_code = 0
 
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGTERM, signal.SIGINT)}
+        agent = None
         try:
             logger.info("starting %d worker process(es), pool %s, queues %s",
                         self.options.processes, self.options.pool,
                         ",".join(self.options.queues))
             for index in range(self.options.processes):
                 self._start(index)
+            if self.app is not None:
+                agent = NodeAgent(SupervisedNode(self, self.app),
+                                  node_services(self.app, self.options))
+                agent.start()
             self._watch()
         finally:
+            if agent is not None:
+                agent.stop()  # after the processes: its goodbye (worker-offline) is last
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self._deadlines.close()
         logger.info("all worker processes stopped")
         return self.exit_code
+
+    # -- the node, as its services see it (node.base.NodeHandle; called from their thread)
+
+    def snapshot(self) -> NodeSnapshot:
+        with self._lock:
+            indices, retired = self._indices, self._retired_processed
+        return NodeSnapshot(self.name, os.getpid(), self.options.pool, self.started_at,
+                            tuple(self._board.read(list(indices))), retired)
+
+    def resize(self, delta: int) -> int:
+        """Grow or shrink the prefork pool by ``delta`` processes (see NodeHandle)."""
+        if self.options.pool != "prefork":
+            raise ValueError(f"the {self.options.pool} pool runs its slots in one process; "
+                             "its size changes there, not in the supervisor")
+        with self._lock:
+            target = self._size + delta
+            if target < 1:
+                raise ValueError(f"the pool has {self._size} process(es): it cannot shrink "
+                                 f"by {-delta}")
+            if target > self.capacity:
+                raise ValueError(f"the pool cannot grow past {self.capacity} processes")
+            self._size = target
+        self._requests.put(self._apply_size)
+        return target
+
+    def shutdown(self) -> None:
+        self._requests.put(lambda: self._begin_stop(signal.SIGTERM) if not self.stopping
+                           else None)
+
+    def _apply_size(self) -> None:
+        """Start or warm-stop processes until the pool has ``_size`` (watch loop only)."""
+        if self.stopping:
+            return
+        live = sorted(i for i in self._children if i not in self._retiring)
+        for index in range(self.capacity):
+            if len(live) >= self._size:
+                break
+            if index not in self._children:
+                self._start(index)
+                live.append(index)
+        for index in reversed(live[self._size:]):
+            # A warm stop: it finishes its task and hands back what it prefetched.
+            self._retiring.add(index)
+            logger.info("stopping worker process %d: the pool shrinks to %d", index,
+                        self._size)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._children[index].process.pid or 0, signal.SIGTERM)
 
     @property
     def stopping(self) -> bool:
@@ -90,11 +175,15 @@ class Supervisor:
 
     def _start(self, index: int) -> None:
         self._deadlines.reset(index)
+        status = self._board.slot(index)
+        status.clear()
         process = self._context.Process(target=child_main,
-                                        args=(self.options, index, self._deadlines.slot(index)),
+                                        args=(self.options, index, self._deadlines.slot(index),
+                                              status),
                                         name=f"worker-{index}", daemon=False)
         process.start()
         self._children[index] = Child(index, process, time.monotonic())
+        self._publish_indices()
         logger.debug("started worker process %d (pid %s)", index, process.pid)
 
     def _watch(self) -> None:
@@ -102,6 +191,8 @@ class Supervisor:
             sentinels = {child.process.sentinel: child for child in self._children.values()}
             for sentinel in wait(list(sentinels), timeout=POLL_INTERVAL):
                 self._reap(sentinels[sentinel])  # type: ignore[index]
+            while not self._requests.empty():
+                self._requests.get_nowait()()
             self._deadlines.enforce({index: child.process.pid
                                      for index, child in self._children.items()})
             self._enforce_stop_deadline()
@@ -110,6 +201,16 @@ class Supervisor:
         child.process.join()
         code = child.process.exitcode
         del self._children[child.index]
+        with self._lock:
+            self._retired_processed += self._board.slot(child.index).read().processed
+            self._board.slot(child.index).clear()
+        self._publish_indices()
+        if child.index in self._retiring:
+            self._retiring.discard(child.index)
+            if code not in (EXIT_OK, None):
+                logger.warning("worker process %d exited with code %s as the pool shrank",
+                               child.index, code)
+            return
         if self.stopping:
             if code not in (EXIT_OK, None):
                 logger.warning("worker process %d exited with code %s during shutdown",
@@ -139,6 +240,10 @@ class Supervisor:
             time.sleep(min(RESTART_BACKOFF_MAX, 0.1 * 2 ** self._quick_deaths))
         if not self.stopping:
             self._start(child.index)
+
+    def _publish_indices(self) -> None:
+        with self._lock:
+            self._indices = tuple(sorted(self._children))
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -178,3 +283,22 @@ class Supervisor:
             self._signal_children(signal.SIGKILL)
             self._stop_deadline = None
             self.exit_code = 1
+
+
+class SupervisedNode:
+    """The supervisor as its node's services see it (``node.base.NodeHandle``)."""
+
+    def __init__(self, supervisor: Supervisor, app: App) -> None:
+        self.supervisor = supervisor
+        self.app = app
+        self.name = supervisor.name
+        self.options = supervisor.options
+
+    def snapshot(self) -> NodeSnapshot:
+        return self.supervisor.snapshot()
+
+    def resize(self, delta: int) -> int:
+        return self.supervisor.resize(delta)
+
+    def shutdown(self) -> None:
+        self.supervisor.shutdown()

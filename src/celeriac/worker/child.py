@@ -33,11 +33,15 @@ from celeriac.app import App
 from celeriac.errors import describe
 from celeriac.loader import load_app
 from celeriac.logs import configure_logging, setup_worker_logging
+from celeriac.node.agent import run_services
+from celeriac.node.services import node_services
+from celeriac.node.solo import SoloNode
 from celeriac.worker.consumer import Consumer, StopReason
 from celeriac.worker.deadlines import DeadlineSlot
 from celeriac.worker.options import WorkerOptions
 from celeriac.worker.pools import runner_for
 from celeriac.worker.startup import PERMANENT, StartupStopped, connect_patiently
+from celeriac.worker.status import StatusSlot
 
 logger = logging.getLogger("celeriac.worker")
 
@@ -50,10 +54,11 @@ EXIT_MARGIN = 10.0  # seconds past the grace a process replacing itself may take
 
 
 def child_main(options: WorkerOptions, index: int,
-               deadlines: DeadlineSlot | None = None) -> None:
+               deadlines: DeadlineSlot | None = None, status: StatusSlot | None = None) -> None:
     """Entry point of a supervised worker process (spawned, so it imports afresh).
 
-    ``deadlines`` is this process's entry in the supervisor's hard-deadline array.
+    ``deadlines`` is this process's entry in the supervisor's hard-deadline array,
+    ``status`` its entry in the node's status board (``worker.status``).
     """
     configure_logging(options.loglevel, options.hijack_root_logger, options.log_format,
                       options.task_log_format)
@@ -64,7 +69,8 @@ def child_main(options: WorkerOptions, index: int,
     signals.worker_process_init.send(sender=None)
     try:
         reason = asyncio.run(serve(app, options, f"{options.hostname}/{index}",
-                                   watch_parent=True, deadlines=deadlines))
+                                   watch_parent=True, deadlines=deadlines,
+                                   status=status))
     except PERMANENT as exc:
         logger.error("worker process %d cannot start: %s", index, describe(exc))
         code = EXIT_REFUSED
@@ -81,18 +87,25 @@ def child_main(options: WorkerOptions, index: int,
 async def serve(app: App, options: WorkerOptions, hostname: str,
                 stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM,),
                 watch_parent: bool = False,
-                deadlines: DeadlineSlot | None = None) -> StopReason:
+                deadlines: DeadlineSlot | None = None,
+                status: StatusSlot | None = None, own_node: bool = False) -> StopReason:
     """Run a consumer for ``app`` in this process until a signal or a recycle stops it.
 
     With ``watch_parent``, a supervisor that dies (even by SIGKILL) makes this process
     stop warmly instead of consuming on as an orphan nobody supervises; and a task
-    thread that cannot be stopped (hard time limit) makes it replace itself.
+    thread that cannot be stopped (hard time limit) makes it replace itself. With
+    ``own_node`` (a solo worker) this process is its node too: the node's services
+    (heartbeats, node-level control, metrics) run on this loop beside the consumer.
     """
+    node = SoloNode(app, options) if own_node else None
+    if node is not None:
+        status = node.status
     runner = runner_for(options.pool, options.slots_per_process)
     consumer = Consumer(app, options.queues, options.slots_per_process, runner,
                         prefetch_multiplier=options.prefetch_multiplier, hostname=hostname,
                         max_tasks=options.max_tasks_per_child,
-                        memory_check=_memory_check(options.max_memory_per_child))
+                        memory_check=_memory_check(options.max_memory_per_child),
+                        status=status)
     if watch_parent:
         consumer.executor.guard.supervise(lambda: consumer.stop(StopReason.RECYCLE),
                                           deadlines, options.shutdown_timeout + EXIT_MARGIN)
@@ -101,6 +114,12 @@ async def serve(app: App, options: WorkerOptions, hostname: str,
         loop.add_signal_handler(signum, _on_stop_signal, consumer, watch_parent)
     loop.add_signal_handler(signal.SIGQUIT, _on_quit, consumer)
     watcher = asyncio.create_task(_watch_parent(consumer)) if watch_parent else None
+    node_stop = asyncio.Event()
+    node_task = None
+    if node is not None:
+        node.consumer = consumer
+        node_task = asyncio.create_task(
+            run_services(node, node_services(app, options), node_stop), name="node")
     try:
         try:
             await connect_patiently(app, lambda: consumer.stop_reason is not None)
@@ -114,6 +133,9 @@ async def serve(app: App, options: WorkerOptions, hostname: str,
     finally:
         if watcher is not None:
             watcher.cancel()
+        if node_task is not None:  # its goodbye (worker-offline) once the tasks are done
+            node_stop.set()
+            await node_task
         runner.shutdown()
         await app.aclose()
     logger.info("%s stopped (%s): %d succeeded, %d failed, %d retried, %d dead-lettered",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from celeriac.brokers.base import Delivery
 from celeriac.errors import describe
 from celeriac.worker.executor import Action, Executor, Prepared, SyncRunner, Verdict
 from celeriac.worker.ratelimit import RateLimiter
+from celeriac.worker.status import PUBLISH_INTERVAL as STATUS_PUBLISH_INTERVAL
+from celeriac.worker.status import StatusSlot
 from celeriac.worker.verdicts import (
     publish_retries,
     set_aside,
@@ -68,6 +71,7 @@ QUICK_DECAY = 0.9  # a slow run is remembered until it decays below QUICK_TASK
 RUN_BATCH_MAX = 64
 PREFETCH_WINDOW = 0.01
 PREFETCH_MAX = 256
+STATUS_INTERVAL = STATUS_PUBLISH_INTERVAL
 
 
 class StopReason(Enum):
@@ -108,7 +112,8 @@ class Consumer:
     def __init__(self, app: App, queues: Sequence[str], slots: int, run_sync: SyncRunner,
                  *, prefetch_multiplier: int | None = None, hostname: str = "celeriac",
                  max_tasks: int | None = None,
-                 memory_check: Callable[[], bool] | None = None) -> None:
+                 memory_check: Callable[[], bool] | None = None,
+                 status: StatusSlot | None = None) -> None:
         self.app = app
         self.queues = list(queues)
         self.slots = slots
@@ -117,6 +122,7 @@ class Consumer:
         self.rate_limits = RateLimiter(app)
         self.max_tasks = max_tasks
         self.memory_check = memory_check  # callable() -> bool: True when over the limit
+        self.status = status  # this process's entry for its node (worker.status)
         self.stats = ConsumerStats()
         self.stop_reason: StopReason | None = None
         self._held: dict[int, Held] = {}  # id(delivery) -> held
@@ -161,6 +167,8 @@ class Consumer:
                  asyncio.create_task(self._flush_loop(), name="flush"),
                  asyncio.create_task(self._lease_loop(), name="leases"),
                  asyncio.create_task(self.executor.guard.watch(), name="revocations")]
+        if self.status is not None:
+            loops.append(asyncio.create_task(self._status_loop(), name="status"))
         slots = [asyncio.create_task(self._slot_loop(), name=f"slot-{i}")
                  for i in range(self.slots)]
         try:
@@ -183,7 +191,20 @@ class Consumer:
             await asyncio.gather(*loops[1:], return_exceptions=True)
             await self._hand_back_remaining()
             await self.rate_limits.close()
+            self.publish_status(consuming=False)
         return self.stop_reason or StopReason.SHUTDOWN
+
+    def publish_status(self, consuming: bool) -> None:
+        """This process's numbers, for its node (heartbeats, stats, health, autoscaling)."""
+        if self.status is not None:
+            self.status.publish(pid=os.getpid(), slots=self.slots, active=len(self._busy),
+                                reserved=self._ready.qsize(),
+                                processed=self.stats.processed, consuming=consuming)
+
+    async def _status_loop(self) -> None:
+        while True:
+            self.publish_status(consuming=not self._stopping.is_set())
+            await asyncio.sleep(STATUS_INTERVAL)
 
     # -- fetching -------------------------------------------------------------------------
 
