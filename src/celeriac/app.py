@@ -39,6 +39,7 @@ from celeriac.tracking import mark_sent
 
 if TYPE_CHECKING:
     from celeriac.control import Control
+    from celeriac.events.receiver import Events
 
 logger = logging.getLogger("celeriac.app")
 
@@ -271,6 +272,13 @@ class App:
             await backend.connect()
             self._backend_connected = True
         return backend
+
+    @functools.cached_property
+    def events(self) -> Events:
+        """The event stream: ``app.events.iter(since=...)``, ``app.events.aiter()``."""
+        from celeriac.events.receiver import Events
+
+        return Events(self)
 
     async def open_bus(self) -> Bus:
         """A connected ``Bus`` on the broker's server, for this event loop (events and

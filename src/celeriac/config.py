@@ -75,6 +75,7 @@ class Settings(Mapping[str, Any]):
     task_ignore_result: bool = False
     task_track_started: bool = False
     task_track_sent: bool = False  # store SENT when sending (see docs/states.md)
+    task_send_sent_event: bool = False  # producers emit task-sent (celeriac.events)
 
     # Task defaults.
     task_default_queue: str = "celeriac"
@@ -98,6 +99,7 @@ class Settings(Mapping[str, Any]):
     worker_concurrency: int | None = None
     worker_pool: str = "prefork"
     worker_prefetch_multiplier: int = 4
+    worker_send_task_events: bool = True  # task events (celeriac.events); -E/--without-events
     worker_max_tasks_per_child: int | None = None
     worker_max_memory_per_child: int | None = None  # KiB, as in Celery
     worker_shutdown_timeout: float = 30.0
@@ -546,6 +548,8 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "task_ignore_result": _bool,
     "task_track_started": _bool,
     "task_track_sent": _bool,
+    "task_send_sent_event": _bool,
+    "worker_send_task_events": _bool,
     "task_routes": _routes,
     "task_queues": _queues,
     "task_create_missing_queues": _bool,

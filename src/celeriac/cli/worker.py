@@ -45,6 +45,9 @@ logger = logging.getLogger("celeriac.worker")
 @click.option("-n", "--hostname", metavar="NAME",
               help="The worker's node name, e.g. name@%h (%h host, %n short host, "
                    "%d domain, %i process index).")
+@click.option("-E", "--task-events/--without-events", "task_events", default=None,
+              help="Send task events (on by default: worker_send_task_events); -E is "
+                   "accepted as in Celery.")
 @click.option("-l", "--loglevel", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                                 case_sensitive=False))
@@ -53,7 +56,7 @@ def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
                    queues: str | None, prefetch_multiplier: int | None,
                    max_tasks_per_child: int | None, max_memory_per_child: int | None,
                    shutdown_timeout: float | None, hostname: str | None,
-                   loglevel: str) -> None:
+                   task_events: bool | None, loglevel: str) -> None:
     """Start a worker: consume the queues and run their tasks."""
     configure_logging(loglevel)
     app = spec.load()
@@ -65,7 +68,7 @@ def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
         queues=tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else (),
         prefetch_multiplier=prefetch_multiplier, max_tasks_per_child=max_tasks_per_child,
         max_memory_per_child=max_memory_per_child, shutdown_timeout=shutdown_timeout,
-        loglevel=loglevel.upper(),
+        loglevel=loglevel.upper(), send_events=task_events,
         hostname=expand_nodename(hostname) if hostname is not None else None,
     )
     log_banner(app, options)

@@ -105,7 +105,8 @@ async def serve(app: App, options: WorkerOptions, hostname: str,
                         prefetch_multiplier=options.prefetch_multiplier, hostname=hostname,
                         max_tasks=options.max_tasks_per_child,
                         memory_check=_memory_check(options.max_memory_per_child),
-                        status=status)
+                        status=status, node_name=options.hostname,
+                        events=options.send_events)
     if watch_parent:
         consumer.executor.guard.supervise(lambda: consumer.stop(StopReason.RECYCLE),
                                           deadlines, options.shutdown_timeout + EXIT_MARGIN)

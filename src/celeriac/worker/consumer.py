@@ -36,6 +36,10 @@ from enum import Enum
 from celeriac.app import App
 from celeriac.brokers.base import Delivery
 from celeriac.errors import describe
+from celeriac.events.emitter import EventEmitter
+from celeriac.events.emitter import acquire as acquire_emitter
+from celeriac.events.emitter import release as release_emitter
+from celeriac.events.tasks import TaskEvents
 from celeriac.worker.executor import Action, Executor, Prepared, SyncRunner, Verdict
 from celeriac.worker.ratelimit import RateLimiter
 from celeriac.worker.status import PUBLISH_INTERVAL as STATUS_PUBLISH_INTERVAL
@@ -113,7 +117,8 @@ class Consumer:
                  *, prefetch_multiplier: int | None = None, hostname: str = "celeriac",
                  max_tasks: int | None = None,
                  memory_check: Callable[[], bool] | None = None,
-                 status: StatusSlot | None = None) -> None:
+                 status: StatusSlot | None = None, node_name: str | None = None,
+                 events: bool | None = None) -> None:
         self.app = app
         self.queues = list(queues)
         self.slots = slots
@@ -123,6 +128,10 @@ class Consumer:
         self.max_tasks = max_tasks
         self.memory_check = memory_check  # callable() -> bool: True when over the limit
         self.status = status  # this process's entry for its node (worker.status)
+        # Task events (celeriac.events), under the node's name (not this process's).
+        self.node_name = node_name or hostname
+        self.send_events = app.conf.worker_send_task_events if events is None else events
+        self._emitter: EventEmitter | None = None
         self.stats = ConsumerStats()
         self.stop_reason: StopReason | None = None
         self._held: dict[int, Held] = {}  # id(delivery) -> held
@@ -163,6 +172,9 @@ class Consumer:
         await self.executor.guard.start()  # the revoked ids, before any task runs
         await self.rate_limits.start()  # the run-time rate limits, likewise
         grace = self.app.conf.worker_shutdown_timeout if grace is None else grace
+        if self.send_events:
+            self._emitter = acquire_emitter(self.app, self.node_name)
+            self.executor.events = TaskEvents(self._emitter)
         loops = [asyncio.create_task(self._fetch_loop(), name="fetch"),
                  asyncio.create_task(self._flush_loop(), name="flush"),
                  asyncio.create_task(self._lease_loop(), name="leases"),
@@ -192,6 +204,9 @@ class Consumer:
             await self._hand_back_remaining()
             await self.rate_limits.close()
             self.publish_status(consuming=False)
+            if self._emitter is not None:  # the last task events go out
+                self.executor.events = None
+                await release_emitter(self._emitter)
         return self.stop_reason or StopReason.SHUTDOWN
 
     def publish_status(self, consuming: bool) -> None:
@@ -539,11 +554,13 @@ class Consumer:
     async def _write(self, batch: list[tuple[Held, Verdict]]) -> None:
         """Carry out a batch of verdicts in the order that keeps at-least-once."""
         batch = await self._still_ours(batch)
-        await store_outcomes(self.app, batch)
+        stored = await store_outcomes(self.app, batch)
         await follow_up(self.app, batch)  # chains, callbacks, chords: before the acks
         await publish_retries(self.app, batch)
         await settle(self.app.broker, batch)
         self._last_broker_ok = time.monotonic()
+        if self.executor.events is not None:  # carried out: now a monitor may see them
+            self.executor.events.settled(batch, stored)
         for held, _ in batch:
             self._release(held)
 
@@ -558,6 +575,8 @@ class Consumer:
             failure = await set_aside(self.app.broker, held.delivery, verdict, exc)
             if failure is None:
                 self.stats.dead_lettered += 1
+                if self.executor.events is not None:
+                    self.executor.events.set_aside(held, verdict, describe(exc))
                 self._release(held)
                 return
             exc = failure  # cannot even do that: the broker is in trouble after all

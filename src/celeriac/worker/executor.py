@@ -32,6 +32,7 @@ from celeriac.errors import (
     TaskRevokedError,
     describe,
 )
+from celeriac.events.tasks import TaskEvents
 from celeriac.message import Message
 from celeriac.outcome import Outcome
 from celeriac.task import Request, Task, current_request
@@ -62,6 +63,7 @@ class Verdict:
     reason: str | None = None
     message: Message | None = None
     error: BaseException | None = None  # a failure's exception, for the log's exc_info
+    runtime: float | None = None  # seconds the call took; None when it did not run
 
 
 @dataclass(slots=True)
@@ -79,6 +81,7 @@ class Executor:
         self.run_sync = run_sync
         self.hostname = hostname
         self.guard = Guard(app, run_sync)  # revocations and time limits
+        self.events: TaskEvents | None = None  # set by the consumer when events are on
 
     def prepare(self, delivery: Delivery) -> Prepared | Verdict:
         """Decide what to do with a delivery before running it (``_prepare``), and send
@@ -87,6 +90,8 @@ class Executor:
         if signals.task_received.receivers or signals.task_rejected.receivers \
                 or signals.task_revoked.receivers:
             signalling.after_prepare(delivery, outcome, self.hostname)
+        if self.events is not None and type(outcome) is Prepared:
+            self.events.received(outcome)
         return outcome
 
     def _guarded_prepare(self, delivery: Delivery) -> Prepared | Verdict:
@@ -211,6 +216,8 @@ class Executor:
             except Exception as exc:  # STARTED is informative: not worth not running for
                 logger.warning("Task %s[%s]: could not store STARTED (%s); running it anyway",
                                message.task, message.id, describe(exc))
+        if self.events is not None:
+            self.events.started(prepared)
         started = time.perf_counter()
         try:
             verdict = await self.guard.run(task, message,
@@ -257,6 +264,8 @@ class Executor:
                     done.append((False, exc, time.perf_counter() - started))
             return done
 
+        if self.events is not None:
+            self.events.started_batch(batch)
         ran = await self.guard.runner(run_all)
         verdicts = []
         for (task, message, request), (ok, value, elapsed) in zip(calls, ran, strict=True):
@@ -269,6 +278,7 @@ class Executor:
 def _finished(task: Task[Any, Any], message: Message, verdict: Verdict,
               elapsed: float) -> Verdict:
     """Log what happened to a call; drop a result nobody will read."""
+    verdict.runtime = elapsed
     _log_verdict(task, message, verdict, elapsed)
     if verdict.action is Action.ACK and verdict.outcome is not None \
             and verdict.outcome.state == states.SUCCESS and message.ignore_result \

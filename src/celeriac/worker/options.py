@@ -32,6 +32,7 @@ class WorkerOptions:
     hijack_root_logger: bool = True  # worker_hijack_root_logger
     log_format: str = LOG_FORMAT  # worker_log_format
     task_log_format: str = TASK_LOG_FORMAT  # worker_task_log_format
+    send_events: bool = True  # worker_send_task_events; --without-events
     hostname: str = field(default_factory=lambda: expand_nodename(DEFAULT_NODENAME))
 
     @property
@@ -56,6 +57,7 @@ class WorkerOptions:
             "hijack_root_logger": conf.worker_hijack_root_logger,
             "log_format": conf.worker_log_format,
             "task_log_format": conf.worker_task_log_format,
+            "send_events": conf.worker_send_task_events,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         queues = queues or default_queues(conf.task_queues, conf.task_default_queue)

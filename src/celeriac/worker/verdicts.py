@@ -32,7 +32,8 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, BrokerError | BackendError | OSError)
 
 
-async def store_outcomes(app: App, batch: Batch) -> None:
+async def store_outcomes(app: App, batch: Batch) -> dict[str, bytes]:
+    """Store the batch's outcomes in one write; returns them (task id -> bytes)."""
     results: dict[str, bytes] = {}
     headers: dict[str, dict[str, Any]] = {}  # where a backend may route each result
     for _, verdict in batch:
@@ -41,6 +42,7 @@ async def store_outcomes(app: App, batch: Batch) -> None:
             headers[verdict.message.id] = verdict.message.headers
     if results:
         await app.backend.store_replies(results, headers, app.conf.result_expires)
+    return results
 
 
 def encoded(app: App, verdict: Verdict) -> bytes:

@@ -1,0 +1,121 @@
+"""Reading the event stream: ``app.events.iter()`` and ``async for ... in app.events.aiter()``.
+
+Each yields Celery-shaped dicts (``event.expand``), one per event, in the order each
+emitting process (``hostname``, ``pid``) sent them. ``since`` reads back what the bus
+still keeps (``bus.RETENTION``: ten minutes on every broker) from that moment: a Unix
+time, a ``datetime``, or a ``timedelta`` meaning "that long ago"; without it, events
+published after the call starts. ``timeout`` ends the stream after that many seconds
+without an event, ``limit`` after that many events; without either it runs until the
+caller stops (``break``, closing the generator, Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from celeriac.bus.base import EVENTS, Subscription
+from celeriac.events.event import expand
+
+if TYPE_CHECKING:
+    from celeriac.app import App
+
+POLL = 1.0  # seconds one read waits on the bus, at most
+
+Since = float | int | datetime | timedelta | None
+
+
+def since_time(since: Since) -> float | None:
+    """``since`` as a Unix time (see the module)."""
+    if since is None:
+        return None
+    if isinstance(since, timedelta):
+        return time.time() - since.total_seconds()
+    if isinstance(since, datetime):
+        return since.timestamp()  # a naive datetime is local time, as datetime says
+    if isinstance(since, bool) or not isinstance(since, int | float):
+        raise TypeError(f"since must be a Unix time, a datetime or a timedelta, "
+                        f"not {since!r}")
+    return float(since)
+
+
+class Events:
+    """``app.events``: the event stream of the app's broker."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def iter(self, since: Since = None, timeout: float | None = None,
+             limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """The events, for a sync caller (reads on the app's own loop thread)."""
+        start = since_time(since)
+        app = self.app
+
+        async def subscribe() -> tuple[Any, Subscription]:
+            bus = await app.open_bus()
+            return bus, await bus.subscribe(EVENTS, start)
+
+        bus, subscription = app._run_sync(subscribe())
+        try:
+            yield from _stream(lambda wait: app._run_sync(subscription.read(wait)),
+                               timeout, limit)
+        finally:
+            app._run_sync(_close(bus, subscription))
+
+    async def aiter(self, since: Since = None, timeout: float | None = None,
+                    limit: int | None = None) -> AsyncIterator[dict[str, Any]]:
+        """The events, for ``async for`` on the caller's loop."""
+        start = since_time(since)
+        bus = await self.app.open_bus()
+        subscription = await bus.subscribe(EVENTS, start)
+        count, quiet_since = 0, time.monotonic()
+        try:
+            while True:
+                wait = _wait(timeout, quiet_since)
+                if wait is None:
+                    return
+                records = await subscription.read(wait)
+                if records:
+                    quiet_since = time.monotonic()
+                for record in records:
+                    for event in expand(record.payload, time.time()):
+                        yield event
+                        count += 1
+                        if limit is not None and count >= limit:
+                            return
+        finally:
+            await _close(bus, subscription)
+
+
+def _stream(read: Any, timeout: float | None, limit: int | None) -> Iterator[dict[str, Any]]:
+    count, quiet_since = 0, time.monotonic()
+    while True:
+        wait = _wait(timeout, quiet_since)
+        if wait is None:
+            return
+        records = read(wait)
+        if records:
+            quiet_since = time.monotonic()
+        for record in records:
+            for event in expand(record.payload, time.time()):
+                yield event
+                count += 1
+                if limit is not None and count >= limit:
+                    return
+
+
+def _wait(timeout: float | None, quiet_since: float) -> float | None:
+    """How long the next read may wait; None once ``timeout`` passed without an event."""
+    if timeout is None:
+        return POLL
+    left = quiet_since + timeout - time.monotonic()
+    return None if left <= 0 else min(POLL, left)
+
+
+async def _close(bus: Any, subscription: Subscription) -> None:
+    try:
+        await subscription.close()
+    finally:
+        await bus.close()
