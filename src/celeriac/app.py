@@ -40,6 +40,7 @@ from celeriac.tracking import mark_sent
 if TYPE_CHECKING:
     from celeriac.control import Control
     from celeriac.events.receiver import Events
+    from celeriac.events.sent import SentEvents
 
 logger = logging.getLogger("celeriac.app")
 
@@ -274,6 +275,12 @@ class App:
         return backend
 
     @functools.cached_property
+    def _sent_events(self) -> SentEvents:
+        from celeriac.events.sent import SentEvents
+
+        return SentEvents(self)
+
+    @functools.cached_property
     def events(self) -> Events:
         """The event stream: ``app.events.iter(since=...)``, ``app.events.aiter()``."""
         from celeriac.events.receiver import Events
@@ -412,6 +419,8 @@ class App:
         _published(calls)
         if self.conf.task_track_sent:
             await mark_sent(self, [message for message, _ in calls])
+        if self.conf.task_send_sent_event:
+            await self._sent_events.send([message for message, _ in calls])
 
     def _send_blocking(self, calls: Sequence[tuple[Message, Outgoing]]) -> None:
         """``_send`` for a sync caller.
@@ -429,6 +438,8 @@ class App:
         _published(calls)
         if self.conf.task_track_sent:
             self._run_sync(mark_sent(self, [message for message, _ in calls]))
+        if self.conf.task_send_sent_event:
+            self._sent_events.send_blocking([message for message, _ in calls])
 
     def prepare(self, name: str, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None,
                 options: Mapping[str, Any],

@@ -12,7 +12,7 @@ caller stops (``break``, closing the generator, Ctrl-C).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -48,8 +48,11 @@ class Events:
         self.app = app
 
     def iter(self, since: Since = None, timeout: float | None = None,
-             limit: int | None = None) -> Iterator[dict[str, Any]]:
-        """The events, for a sync caller (reads on the app's own loop thread)."""
+             limit: int | None = None) -> Generator[dict[str, Any], None, None]:
+        """The events, for a sync caller (reads on the app's own loop thread).
+
+        The reader's position is fixed when ``iter`` is called, not at the first
+        ``next``: a monitor made before the tasks are sent sees all their events."""
         start = since_time(since)
         app = self.app
 
@@ -58,15 +61,12 @@ class Events:
             return bus, await bus.subscribe(EVENTS, start)
 
         bus, subscription = app._run_sync(subscribe())
-        try:
-            yield from _stream(lambda wait: app._run_sync(subscription.read(wait)),
-                               timeout, limit)
-        finally:
-            app._run_sync(_close(bus, subscription))
+        return _sync_stream(app, bus, subscription, timeout, limit)
 
     async def aiter(self, since: Since = None, timeout: float | None = None,
                     limit: int | None = None) -> AsyncIterator[dict[str, Any]]:
-        """The events, for ``async for`` on the caller's loop."""
+        """The events, for ``async for`` on the caller's loop (the reader's position is
+        fixed at the first iteration)."""
         start = since_time(since)
         bus = await self.app.open_bus()
         subscription = await bus.subscribe(EVENTS, start)
@@ -89,21 +89,25 @@ class Events:
             await _close(bus, subscription)
 
 
-def _stream(read: Any, timeout: float | None, limit: int | None) -> Iterator[dict[str, Any]]:
+def _sync_stream(app: App, bus: Any, subscription: Subscription, timeout: float | None,
+                 limit: int | None) -> Generator[dict[str, Any], None, None]:
     count, quiet_since = 0, time.monotonic()
-    while True:
-        wait = _wait(timeout, quiet_since)
-        if wait is None:
-            return
-        records = read(wait)
-        if records:
-            quiet_since = time.monotonic()
-        for record in records:
-            for event in expand(record.payload, time.time()):
-                yield event
-                count += 1
-                if limit is not None and count >= limit:
-                    return
+    try:
+        while True:
+            wait = _wait(timeout, quiet_since)
+            if wait is None:
+                return
+            records = app._run_sync(subscription.read(wait))
+            if records:
+                quiet_since = time.monotonic()
+            for record in records:
+                for event in expand(record.payload, time.time()):
+                    yield event
+                    count += 1
+                    if limit is not None and count >= limit:
+                        return
+    finally:
+        app._run_sync(_close(bus, subscription))
 
 
 def _wait(timeout: float | None, quiet_since: float) -> float | None:
