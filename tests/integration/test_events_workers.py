@@ -316,6 +316,8 @@ def test_task_sent_and_the_events_command(sqlite_world: World) -> None:
                      and e["type"] == "task-succeeded"])
 
     wait_until(succeeded_seen, 10.0, "the task's events on the bus")
+    worker.signal(signal.SIGTERM)  # no more heartbeats: the stream goes quiet
+    assert worker.wait(30) == 0
     # `celeriac events --json` prints one parseable object per line, and stops at --count
     command = [sys.executable, "-m", "celeriac", "-A", "events_app", "events", "--json",
                "--since", "5m", "--timeout", "3"]
