@@ -14,7 +14,8 @@ its log instead; a gap means a batch whose publish failed was sent again (renumb
 
 On the wire, an emitting process sends its events in batches, one bus record per batch
 (``encode``): the hostname, pid and first ``seq`` once, then each event as a compact
-array: its type, timestamp and values in the order ``FIELDS`` gives for its type. No
+array: its type, timestamp and values in the order ``FIELDS`` gives for its type (a
+task that is its own root is sent with ``root_id`` null, filled in on reading). No
 dict per event is built where events are made (the worker's hot path); ``expand`` makes
 them where they are read.
 """
@@ -145,6 +146,8 @@ def expand(payload: bytes, received_at: float | None = None) -> Iterator[dict[st
                                  "hostname": hostname, "pid": pid, "seq": seq + offset,
                                  "clock": seq + offset}
         event.update(zip(names, values, strict=False))
+        if "root_id" in event and event["root_id"] is None:
+            event["root_id"] = event["uuid"]  # sent as None: the task is its own root
         if received_at is not None:
             event["local_received"] = received_at
         yield event

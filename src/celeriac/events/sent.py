@@ -30,7 +30,8 @@ logger = logging.getLogger("celeriac.events")
 
 def sent_events(messages: Sequence[Message]) -> list[Compact]:
     now = time.time()
-    return [("task-sent", now, m.id, m.task, m.queue, m.root_id or m.id, m.parent_id,
+    return [("task-sent", now, m.id, m.task, m.queue,
+             None if m.root_id == m.id else m.root_id, m.parent_id,
              bounded_repr(m.args), bounded_repr(m.kwargs), m.retries, iso(m.eta),
              iso(m.expires)) for m in messages]
 

@@ -36,22 +36,21 @@ class TaskEvents:
 
     def received(self, prepared: Prepared) -> None:
         m = prepared.message
-        self._emit(("task-received", time.time(), m.id, m.task, m.queue, m.root_id or m.id,
+        self._emit(("task-received", time.time(), m.id, m.task, m.queue, _root(m),
                     m.parent_id, bounded_repr(m.args), bounded_repr(m.kwargs), m.retries,
                     iso(m.eta) if m.eta is not None else None,
                     iso(m.expires) if m.expires is not None else None))
 
     def started(self, prepared: Prepared) -> None:
         m = prepared.message
-        self._emit(("task-started", time.time(), m.id, m.task, m.queue, m.root_id or m.id,
+        self._emit(("task-started", time.time(), m.id, m.task, m.queue, _root(m),
                     m.parent_id))
 
     def started_batch(self, batch: Sequence[Prepared]) -> None:
         now, emit = time.time(), self._emit
         for prepared in batch:
             m = prepared.message
-            emit(("task-started", now, m.id, m.task, m.queue, m.root_id or m.id,
-                  m.parent_id))
+            emit(("task-started", now, m.id, m.task, m.queue, _root(m), m.parent_id))
 
     def settled(self, batch: Sequence[tuple[Any, Verdict]],
                 stored: Mapping[str, bytes]) -> None:
@@ -99,7 +98,14 @@ class TaskEvents:
 
 
 def _task(m: Message) -> tuple[Any, ...]:
-    return m.id, m.task, m.queue, m.root_id or m.id, m.parent_id
+    return m.id, m.task, m.queue, _root(m), m.parent_id
+
+
+def _root(m: Message) -> str | None:
+    """The root id as sent: None for a task that is its own root (``event.expand``
+    fills it in), which keeps a fifth of the bytes of a task's events off the wire."""
+    root = m.root_id
+    return None if root == m.id else root
 
 
 def _exception(verdict: Verdict) -> str | None:
