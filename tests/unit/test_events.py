@@ -240,6 +240,7 @@ class _DownBus(Bus):
 def test_a_down_bus_drops_the_oldest_events_and_never_fails_tasks(
         app: App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(emitter_module, "BUFFER_MAX", 50)
+    monkeypatch.setattr(emitter_module, "CLOSE_TIMEOUT", 0.5)
     monkeypatch.setattr(type(app.broker), "bus", lambda self: _DownBus())
 
     @app.task
@@ -254,6 +255,7 @@ def test_a_down_bus_drops_the_oldest_events_and_never_fails_tasks(
     dropped = [r.message for r in caplog.records if "dropped the" in r.message]
     assert dropped, caplog.text
     assert "at most 50 wait" in dropped[0]
+    assert "not published at exit" in caplog.text  # and the worker still stopped
 
 
 def test_a_broker_without_a_bus_turns_events_off_once(

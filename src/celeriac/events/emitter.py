@@ -60,6 +60,7 @@ class EventEmitter:
         self._wake = asyncio.Event()
         self._bus: Bus | None = None
         self._users = 0
+        self._closing = False
         self._dropped_reported_at = 0.0
         self._task = self._loop.create_task(self._publish_loop(), name="events")
 
@@ -98,13 +99,12 @@ class EventEmitter:
         delay = 0.1
         while True:
             await self._wake.wait()
-            await asyncio.sleep(LINGER)
+            if not self._closing:
+                await asyncio.sleep(LINGER)
             self._wake.clear()
             try:
                 await self._publish_buffer()
                 delay = 0.1
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 logger.warning("events: cannot publish on the broker's bus (retrying in "
                                "%.1fs; %d event(s) wait): %s", delay, len(self.buffer),
@@ -113,6 +113,9 @@ class EventEmitter:
                 self._wake.set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
+                continue
+            if self._closing and (self.off or not self.buffer):
+                return
 
     async def _publish_buffer(self) -> None:
         """Publish what is buffered now, in records of at most ``BATCH_MAX`` events."""
@@ -150,18 +153,24 @@ class EventEmitter:
                 await bus.close()
 
     async def close(self) -> None:
-        """Publish what is left (within ``CLOSE_TIMEOUT``), then stop."""
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        if self.buffer and not self.off:
-            try:
-                async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await self._publish_buffer()
-            except Exception as exc:
-                logger.warning("events: %d event(s) of %s not published at exit: %s",
-                               len(self.buffer), self.hostname, describe(exc))
-        await self._reset_bus()
+        """Publish what is left (within ``CLOSE_TIMEOUT``), then stop.
+
+        The publisher loop is asked to finish, never cancelled in the middle of a publish
+        (a publish the server took but whose answer was cut off would be sent again)."""
+        self._closing = True
+        self._wake.set()
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await asyncio.shield(self._task)
+        except TimeoutError:
+            logger.warning("events: %d event(s) of %s not published at exit: the bus did "
+                           "not take them within %.0fs", len(self.buffer), self.hostname,
+                           CLOSE_TIMEOUT)
+        finally:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            await self._reset_bus()
 
 
 # One emitter per (event loop, hostname), shared by whoever emits for that hostname there.
