@@ -308,3 +308,39 @@ def test_since_and_durations() -> None:
                          "runtime": 0.5, "result_size": 12})
     assert "task-succeeded" in line
     assert "w@h proj.add[abc] runtime=0.5000 result_size=12" in line
+
+
+def test_closing_waits_for_the_publish_in_flight_and_sends_nothing_twice(app: App) -> None:
+    memory = app.broker.bus()
+
+    class SlowBus(Bus):
+        """The memory bus, with publishes whose answer takes a while (a busy server)."""
+
+        in_flight = asyncio.Event()
+
+        async def close(self) -> None:
+            pass
+
+        async def publish(self, topic: str, payloads: Sequence[bytes]) -> None:
+            await memory.publish(topic, payloads)  # the server has it ...
+            SlowBus.in_flight.set()
+            await asyncio.sleep(0.2)  # ... and its answer is on its way
+
+        async def subscribe(self, topic: str, since: float | None = None) -> Subscription:
+            return await memory.subscribe(topic, since)
+
+    async def emit_and_close() -> None:
+        SlowBus.in_flight = asyncio.Event()
+        app.broker.bus = SlowBus  # type: ignore[method-assign]
+        emitter = emitter_module.acquire(app, "slow@host")
+        for index in range(10):
+            emitter.emit(("task-started", time.time(), f"id-{index}", "t", "q", None, None))
+        await SlowBus.in_flight.wait()
+        emitter.emit(("task-started", time.time(), "id-10", "t", "q", None, None))
+        await emitter_module.release(emitter)  # while the first batch is in flight
+
+    since = time.time() - 1
+    asyncio.run(emit_and_close())
+    del app.broker.bus
+    seen = list(app.events.iter(since=since, timeout=0.3))
+    assert [e["uuid"] for e in seen] == [f"id-{index}" for index in range(11)]
