@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("celeriac.events")
 
-LINGER = 0.005  # seconds the publisher waits for a batch to fill
+LINGER = 0.01  # seconds the publisher waits for a batch to fill
 BUFFER_MAX = 50_000  # events kept while the bus cannot take them; older ones are dropped
 BATCH_MAX = 20_000  # events in one record at most
 RETRY_MAX = 5.0  # seconds between attempts to reach an unreachable bus, at most
@@ -48,7 +48,8 @@ CLOSE_TIMEOUT = 3.0  # seconds the last batch gets to be published when the emit
 class EventEmitter:
     """The events of one hostname from this process, published on ``app``'s bus."""
 
-    def __init__(self, app: App, hostname: str) -> None:
+    def __init__(self, app: App, hostname: str, bus: Bus | None = None) -> None:
+        """``bus``: a connected bus to publish on (the node's), else it opens its own."""
         self.app = app
         self.hostname = hostname
         self.pid = os.getpid()
@@ -58,7 +59,8 @@ class EventEmitter:
         self.published = 0
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._bus: Bus | None = None
+        self._bus: Bus | None = bus
+        self._owns_bus = bus is None  # a bus it was given is closed by its owner
         self._users = 0
         self._closing = False
         self._dropped_reported_at = 0.0
@@ -148,7 +150,8 @@ class EventEmitter:
 
     async def _reset_bus(self) -> None:
         bus, self._bus = self._bus, None
-        if bus is not None:
+        owned, self._owns_bus = self._owns_bus, True  # from now on it opens its own
+        if bus is not None and owned:
             with contextlib.suppress(Exception):
                 await bus.close()
 
@@ -178,13 +181,14 @@ _emitters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, EventE
     weakref.WeakKeyDictionary()
 
 
-def acquire(app: App, hostname: str) -> EventEmitter:
-    """The emitter of ``hostname`` on the running loop (made if need be); ``release`` it."""
+def acquire(app: App, hostname: str, bus: Bus | None = None) -> EventEmitter:
+    """The emitter of ``hostname`` on the running loop (made if need be, on ``bus`` if
+    given); ``release`` it."""
     loop = asyncio.get_running_loop()
     here = _emitters.setdefault(loop, {})
     emitter = here.get(hostname)
     if emitter is None:
-        emitter = here[hostname] = EventEmitter(app, hostname)
+        emitter = here[hostname] = EventEmitter(app, hostname, bus)
     emitter._users += 1
     return emitter
 

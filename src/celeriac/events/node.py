@@ -34,7 +34,7 @@ def worker_event(kind: str, snapshot: NodeSnapshot) -> Compact:
 
 async def worker_events(context: NodeContext) -> None:
     """Online now, a heartbeat every ``HEARTBEAT_INTERVAL`` seconds, offline at the end."""
-    emitter = acquire(context.app, context.name)
+    emitter = acquire(context.app, context.name, context.bus)  # the node's connection
     try:
         emitter.emit(worker_event("worker-online", context.node.snapshot()))
         while True:
