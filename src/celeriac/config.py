@@ -103,6 +103,7 @@ class Settings(Mapping[str, Any]):
     worker_shutdown_timeout: float = 30.0
     worker_watchdog_timeout: float = 60.0
     worker_disable_rate_limits: bool = False
+    worker_enable_remote_control: bool = True  # answer inspect/control (celeriac.control)
     worker_hijack_root_logger: bool = True
     worker_log_format: str = LOG_FORMAT
     worker_task_log_format: str = TASK_LOG_FORMAT
@@ -563,6 +564,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "worker_shutdown_timeout": _seconds,
     "worker_watchdog_timeout": _seconds,
     "worker_disable_rate_limits": _bool,
+    "worker_enable_remote_control": _bool,
     "worker_hijack_root_logger": _bool,
     "worker_log_format": _log_format,
     "worker_task_log_format": _log_format,

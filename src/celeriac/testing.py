@@ -16,6 +16,8 @@ Use ``ThreadedWorker`` directly to consume another app or queues::
 from __future__ import annotations
 
 import asyncio
+import itertools
+import socket
 import threading
 from collections.abc import Iterator, Sequence
 from types import TracebackType
@@ -24,18 +26,26 @@ from typing import Any
 import pytest
 
 from celeriac.app import App
+from celeriac.control.commands import ProcessInfo
 from celeriac.worker.consumer import Consumer
 from celeriac.worker.pools import runner_for
 
 START_TIMEOUT = 10.0
+_numbers = itertools.count(1)
 
 
 class ThreadedWorker:
-    """A real consumer on its own event loop, in a thread of this process."""
+    """A real consumer on its own event loop, in a thread of this process.
+
+    It answers remote control (``app.control.inspect()``, ``ping``, ``shutdown``...) as
+    a node named ``hostname`` (by default ``threaded-<n>@<host>``, unique in the process).
+    """
 
     def __init__(self, app: App, queues: Sequence[str] | None = None, slots: int = 4,
-                 pool: str = "threads", grace: float = 10.0) -> None:
+                 pool: str = "threads", grace: float = 10.0,
+                 hostname: str | None = None) -> None:
         self.app = app
+        self.hostname = hostname or f"threaded-{next(_numbers)}@{socket.gethostname()}"
         self.queues = list(queues or [app.conf.task_default_queue])
         self.slots = slots
         self.pool = pool
@@ -82,7 +92,9 @@ class ThreadedWorker:
     async def _run(self) -> None:
         runner = runner_for(self.pool, self.slots)
         self.consumer = Consumer(self.app, self.queues, self.slots, runner,
-                                 hostname="celeriac@test")
+                                 hostname=self.hostname)
+        self.consumer.control = ProcessInfo(self.consumer, self.hostname, 0, self.pool,
+                                            own_node=True)
         self._loop = asyncio.get_running_loop()
         await self.app.connect()
         self._started.set()

@@ -13,6 +13,10 @@ if TYPE_CHECKING:
 
 def node_services(app: App, options: WorkerOptions) -> list[NodeService]:
     """The services of a node: one line per subsystem that has node-wide work."""
-    del app, options
+    del options
     services: list[NodeService] = []
+    if app.conf.worker_enable_remote_control:
+        from celeriac.control.listener import control_service
+
+        services.append(control_service)
     return services

@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 from celeriac import signals
 from celeriac.app import App
+from celeriac.control.commands import ProcessInfo
 from celeriac.errors import describe
 from celeriac.loader import load_app
 from celeriac.logs import configure_logging, setup_worker_logging
@@ -106,6 +107,10 @@ async def serve(app: App, options: WorkerOptions, hostname: str,
                         max_tasks=options.max_tasks_per_child,
                         memory_check=_memory_check(options.max_memory_per_child),
                         status=status)
+    consumer.control = ProcessInfo(consumer, options.hostname,
+                                   status.index if status is not None else 0,
+                                   options.pool,
+                                   node_pid=os.getppid() if watch_parent else os.getpid())
     if watch_parent:
         consumer.executor.guard.supervise(lambda: consumer.stop(StopReason.RECYCLE),
                                           deadlines, options.shutdown_timeout + EXIT_MARGIN)

@@ -29,14 +29,17 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from celeriac.app import App
 from celeriac.brokers.base import Delivery
 from celeriac.errors import describe
 from celeriac.worker.executor import Action, Executor, Prepared, SyncRunner, Verdict
+from celeriac.worker.pools import ThreadRunner
 from celeriac.worker.ratelimit import RateLimiter
 from celeriac.worker.status import PUBLISH_INTERVAL as STATUS_PUBLISH_INTERVAL
 from celeriac.worker.status import StatusSlot
@@ -48,6 +51,9 @@ from celeriac.worker.verdicts import (
     transient,
 )
 from celeriac.worker.workflow import follow_up
+
+if TYPE_CHECKING:
+    from celeriac.control.commands import ProcessInfo
 
 logger = logging.getLogger("celeriac.worker")
 
@@ -98,6 +104,7 @@ class ConsumerStats:
     lost_leases: int = 0
     deferred: int = 0  # over a rate limit: handed back until a token is due
     batched: int = 0  # quick tasks run in batches of more than one per thread hop
+    total: Counter[str] = field(default_factory=Counter)  # finished, by task name
 
 
 @dataclass
@@ -117,13 +124,15 @@ class Consumer:
         self.app = app
         self.queues = list(queues)
         self.slots = slots
-        self.budget = slots * (prefetch_multiplier or app.conf.worker_prefetch_multiplier)
+        self._multiplier = prefetch_multiplier or app.conf.worker_prefetch_multiplier
+        self.budget = slots * self._multiplier
         self.executor = Executor(app, run_sync, hostname)
         self.rate_limits = RateLimiter(app)
         self.max_tasks = max_tasks
         self.memory_check = memory_check  # callable() -> bool: True when over the limit
         self.status = status  # this process's entry for its node (worker.status)
         self.stats = ConsumerStats()
+        self.control: ProcessInfo | None = None  # set to answer remote control (run())
         self.stop_reason: StopReason | None = None
         self._held: dict[int, Held] = {}  # id(delivery) -> held
         self._ready: asyncio.Queue[Held] = asyncio.Queue()
@@ -137,6 +146,8 @@ class Consumer:
         self._cold = False
         self._unflushed = 0  # held deliveries whose verdict waits for the flush
         self._suspects = 0  # redelivered tasks running now: while any runs, no linger
+        self._slot_tasks: list[asyncio.Task[None]] = []
+        self._retiring = 0  # busy slots to end after their task (resize)
         self._slowest: dict[str, float] = {}  # task name -> its recent slowest run (decaying)
         self._typical: float | None = None  # moving average of this process's run times
 
@@ -169,8 +180,12 @@ class Consumer:
                  asyncio.create_task(self.executor.guard.watch(), name="revocations")]
         if self.status is not None:
             loops.append(asyncio.create_task(self._status_loop(), name="status"))
-        slots = [asyncio.create_task(self._slot_loop(), name=f"slot-{i}")
-                 for i in range(self.slots)]
+        if self.control is not None:
+            from celeriac.control.listener import listen
+
+            loops.append(asyncio.create_task(listen(self.control), name="control"))
+        slots = self._slot_tasks = [asyncio.create_task(self._slot_loop(), name=f"slot-{i}")
+                                    for i in range(self.slots)]
         try:
             await self._stopping.wait()
             await self._hand_back_unstarted()
@@ -193,6 +208,63 @@ class Consumer:
             await self.rate_limits.close()
             self.publish_status(consuming=False)
         return self.stop_reason or StopReason.SHUTDOWN
+
+    # -- remote control (celeriac.control.commands) -------------------------------------
+
+    def reserved(self) -> list[Delivery]:
+        """The deliveries fetched and not started yet."""
+        return [held.delivery for held in self._held.values() if not held.started]
+
+    def add_queue(self, queue: str) -> None:
+        """Consume ``queue`` too, from the next fetch on."""
+        if queue not in self.queues:
+            self.queues = [*self.queues, queue]
+
+    async def cancel_queue(self, queue: str) -> None:
+        """Stop consuming ``queue``: the next fetch leaves it out; what was fetched from
+        it and not started yet goes back to the broker."""
+        self.queues = [name for name in self.queues if name != queue]
+        back = [held for held in self._held.values()
+                if not held.started and held.delivery.queue == queue]
+        if back:
+            keep = [held for held in self._drain_ready() if held not in back]
+            for held in keep:
+                self._ready.put_nowait(held)
+            await self._hand_back(back, f"prefetched {queue!r}")
+
+    def _drain_ready(self) -> list[Held]:
+        items: list[Held] = []
+        while not self._ready.empty():
+            items.append(self._ready.get_nowait())
+        return items
+
+    def resize(self, delta: int) -> int:
+        """Add (``delta`` > 0) or retire slots; returns the new number of slots. Idle
+        slots end at once, busy ones after their task. (A minimal version for remote
+        control's ``pool_grow``/``pool_shrink``.)"""
+        target = self.slots + delta
+        if target < 1:
+            raise ValueError(f"the pool has {self.slots} slot(s): it cannot shrink by "
+                             f"{-delta}")
+        if self._stopping.is_set():
+            raise ValueError("the worker is stopping")
+        if delta > 0:
+            runner = self.executor.run_sync
+            # A thread per slot (-P threads); the async pool's capped threads stay as they are.
+            if isinstance(runner, ThreadRunner) and runner.threads == self.slots:
+                runner.grow_to(target)
+            self._slot_tasks += [asyncio.create_task(self._slot_loop(), name="slot")
+                                 for _ in range(delta)]
+        else:
+            idle = [slot for slot in self._slot_tasks if slot not in self._busy]
+            for slot in idle[:-delta]:
+                slot.cancel()
+                self._slot_tasks.remove(slot)
+            self._retiring += max(0, -delta - len(idle))
+        self.slots = target
+        self.budget = target * self._multiplier
+        self._room.set()
+        return target
 
     def publish_status(self, consuming: bool) -> None:
         """This process's numbers, for its node (heartbeats, stats, health, autoscaling)."""
@@ -297,6 +369,11 @@ class Consumer:
         assert slot is not None
         carried: tuple[Held, Prepared | Verdict] | None = None
         while True:
+            if carried is None and self._retiring > 0:
+                self._retiring -= 1
+                if slot in self._slot_tasks:
+                    self._slot_tasks.remove(slot)
+                return
             if carried is None:
                 held = await self._ready.get()
                 if self._stopping.is_set():
@@ -430,6 +507,8 @@ class Consumer:
         self._pending.event.set()
 
     def _count(self, verdict: Verdict, message_id: str) -> None:
+        if verdict.message is not None and verdict.action is not Action.DEFER:
+            self.stats.total[verdict.message.task] += 1
         if verdict.action is Action.DEAD_LETTER:
             self.stats.dead_lettered += 1
             if verdict.message is None:  # not decoded: the executor could not log it by name

@@ -45,6 +45,14 @@ class ThreadRunner:
         except concurrent.futures.TimeoutError:
             return await asyncio.wrap_future(future)
 
+    def grow_to(self, threads: int) -> None:
+        """Allow up to ``threads`` threads (a pool grown by remote control); new threads
+        start as calls need them. Never shrinks: idle threads cost nothing."""
+        if threads > self.threads:
+            self.threads = threads
+            self._executor._max_workers = threads  # read when the next call is submitted
+            self._wait = 0.0
+
     def shutdown(self) -> None:
         # Tasks cut short by the grace period keep their threads; do not wait for them.
         self._executor.shutdown(wait=False, cancel_futures=True)
