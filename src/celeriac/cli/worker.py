@@ -13,6 +13,7 @@ import click
 
 from celeriac import __version__, signals
 from celeriac.config import POOLS
+from celeriac.control.names import NodeNameTaken, ensure_unique_name
 from celeriac.errors import describe
 from celeriac.logs import configure_logging, setup_worker_logging
 from celeriac.supervisor.supervisor import Supervisor
@@ -79,6 +80,11 @@ def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
 
 
 def _run(app: App, options: WorkerOptions) -> int:
+    try:
+        ensure_unique_name(app, options.hostname)
+    except NodeNameTaken as exc:
+        logger.error("the worker cannot start: %s", exc)
+        return EXIT_REFUSED
     if options.pool != "solo":
         return Supervisor(options, app).run()
     signals.worker_process_init.send(sender=None)  # the one process of a solo worker
