@@ -114,6 +114,8 @@ def _consumers_change(world: Deployment, a: str, b: str) -> None:
     time.sleep(1.0)  # what nobody consumes stays put: give a wrong worker time to take it
     assert world.ledger.of("extra-2") == []
     assert left.state == "PENDING"
+    stats = world.probe.stats("extra")  # ready, not held (prefetched) by anyone
+    assert (stats.ready, stats.in_flight) == (1, 0), stats
 
 
 def _rate_limit_takes_effect(world: Deployment, a: str, b: str) -> None:

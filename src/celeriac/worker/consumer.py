@@ -224,6 +224,7 @@ class Consumer:
         """Stop consuming ``queue``: the next fetch leaves it out; what was fetched from
         it and not started yet goes back to the broker."""
         self.queues = [name for name in self.queues if name != queue]
+        await self.app.broker.stop_consuming([queue])
         back = [held for held in self._held.values()
                 if not held.started and held.delivery.queue == queue]
         if back:
