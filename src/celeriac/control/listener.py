@@ -112,7 +112,10 @@ async def _one(bus: Bus, payload: bytes, node: str, index: int | None,
         return
     try:
         value = await handle(request)
-    except (TypeError, ValueError) as exc:  # arguments it does not take, or values
+    except ValueError as exc:  # a value it cannot take: the message says why
+        logger.warning("control command %s refused: %s", request.command, exc)
+        value = error(str(exc))
+    except TypeError as exc:  # arguments it does not take
         logger.warning("control command %s refused: %s", request.command, describe(exc))
         value = error(f"{request.command}: {describe(exc)}")
     except Exception as exc:
