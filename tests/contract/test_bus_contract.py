@@ -147,6 +147,22 @@ async def test_a_waiting_reader_wakes_for_a_record(broker: Broker) -> None:
         await bus.close()
 
 
+async def test_a_cancelled_read_leaves_the_subscription_reading(broker: Broker) -> None:
+    """A worker shutting down cancels its waiting read; nothing is lost or garbled."""
+    bus = await _bus(broker)
+    try:
+        reader = await bus.subscribe(CONTROL)
+        waiting = asyncio.create_task(reader.read(10.0))
+        await asyncio.sleep(0.1)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await bus.publish(CONTROL, [b"after the cancel"])
+        assert payloads(await read_until(reader, 1)) == [b"after the cancel"]
+    finally:
+        await bus.close()
+
+
 async def test_ten_thousand_records_arrive_complete_and_in_order(broker: Broker) -> None:
     bus = await _bus(broker)
     try:

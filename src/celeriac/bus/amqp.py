@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -179,7 +180,8 @@ class _AMQPSubscription(Subscription):
         self._since = since
         self._next_offset: int | None = None  # after the last record read
         self._channel: AbstractChannel | None = None
-        self._arrived: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
+        self._arrived: deque[DeliveredMessage] = deque()  # of the current channel
+        self._signal = asyncio.Event()  # set when a delivery arrives
         self._made_at = time.time()  # where a consumer lost before any read resumes
 
     def _offset(self) -> Any:
@@ -199,11 +201,12 @@ class _AMQPSubscription(Subscription):
             connection = await connected.ready()
             channel = await connection.channel(publisher_confirms=False)
             await channel.basic_qos(prefetch_count=PREFETCH)
-            self._arrived = asyncio.Queue()
-            arrived = self._arrived  # (a callback of an older channel must not feed a new one)
+            arrived = self._arrived = deque()  # (an older channel's must not feed it)
+            signal = self._signal
 
             async def on_message(message: DeliveredMessage) -> None:
-                arrived.put_nowait(message)
+                arrived.append(message)
+                signal.set()
 
             await channel.basic_consume(self._bus.queue(self._topic), on_message,
                                         no_ack=False,
@@ -213,33 +216,38 @@ class _AMQPSubscription(Subscription):
         await connected.run(attempt)
 
     async def read(self, timeout: float) -> list[Record]:
-        if self._channel is None or self._channel.is_closed:
-            await self._resume()
         deadline = time.monotonic() + max(timeout, 0.0)
         while True:
+            if self._channel is None or self._channel.is_closed:
+                await self._resume()
             messages = self._drain()
             if not messages:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return []
-                try:
-                    first = await asyncio.wait_for(self._arrived.get(), remaining)
-                except TimeoutError:
-                    return []
-                messages = [first, *self._drain()]
+                await self._wait(remaining)
+                continue
             records = self._records(messages)
             await self._ack(messages[-1])
             if records:
                 return records
 
+    async def _wait(self, timeout: float) -> None:
+        """Until a delivery arrives, the channel closes (resumed by the caller), or
+        ``timeout``. Deliveries stay in ``_arrived`` throughout: a cancelled read
+        loses none."""
+        assert self._channel is not None
+        self._signal.clear()
+        waiter = asyncio.ensure_future(self._signal.wait())
+        try:
+            await asyncio.wait((waiter, self._channel.closing), timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+
     def _drain(self) -> list[DeliveredMessage]:
-        messages: list[DeliveredMessage] = []
-        while len(messages) < PREFETCH:
-            try:
-                messages.append(self._arrived.get_nowait())
-            except asyncio.QueueEmpty:
-                break
-        return messages
+        count = min(len(self._arrived), PREFETCH)
+        return [self._arrived.popleft() for _ in range(count)]
 
     def _records(self, messages: list[DeliveredMessage]) -> list[Record]:
         records: list[Record] = []
