@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import pytest
 
 from celeriac.brokers import Broker
-from celeriac.bus import CONTROL, EVENTS, REPLIES, Bus, Record, Subscription
+from celeriac.bus import CONTROL, EVENTS, REPLIES, RETENTION, Bus, Record, Subscription
 
 
 async def _bus(broker: Broker) -> Bus:
@@ -171,6 +171,22 @@ async def test_ten_thousand_records_arrive_complete_and_in_order(broker: Broker)
         for i in range(0, len(sent), 100):
             await bus.publish(EVENTS, sent[i:i + 100])
         assert payloads(await read_until(reader, len(sent), timeout=30)) == sent
+    finally:
+        await bus.close()
+
+
+async def test_retention_keeps_at_least_max_records_and_not_many_more(
+        broker: Broker) -> None:
+    limit = RETENTION[CONTROL].max_records
+    bus = await _bus(broker)
+    try:
+        start = time.time()
+        sent = [b"%05d" % i + b"c" * 900 for i in range(4 * limit)]
+        for i in range(0, len(sent), 100):
+            await bus.publish(CONTROL, sent[i:i + 100])
+        kept = payloads(await read_quiet(await bus.subscribe(CONTROL, since=start)))
+        assert limit <= len(kept) <= 2 * limit  # (each bus trims lazily, by its own steps)
+        assert kept == sent[-len(kept):]  # the newest, in order
     finally:
         await bus.close()
 

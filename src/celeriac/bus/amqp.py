@@ -30,9 +30,12 @@ A lost reader connection is reopened on the next ``read``, and the consumer resu
 after the last offset it read (RabbitMQ tells each delivery's offset), so nothing still
 retained is missed or read twice.
 
-Retention: ``x-max-age`` is exact; the count is turned into bytes (``RECORD_BYTES`` per
-record), and a stream drops whole segments, so the segment size is set to a quarter of
-that and RabbitMQ keeps between three quarters and all of ``max_records`` such records.
+Retention: a stream drops whole segments, and only when it starts a new one. The count
+is turned into bytes (``RECORD_BYTES`` per record, a little more than an event), the
+segment size is a quarter of that, and the length limit one segment more, so RabbitMQ
+keeps between ``max_records`` and 1.5 times as many records of that size (fewer of
+larger ones: the count is approximate here). ``x-max-age`` likewise drops a segment
+once all of it is older than the age.
 """
 
 from __future__ import annotations
@@ -68,11 +71,14 @@ def queue_name(namespace: str, topic: str) -> str:
 def stream_arguments(topic: str) -> dict[str, Any]:
     retention = RETENTION[topic]
     length = retention.max_records * RECORD_BYTES
+    segment = max(length // 4, 64 * 1024)
     return {
         "x-queue-type": "stream",
         "x-max-age": f"{max(1, int(retention.max_age))}s",
-        "x-max-length-bytes": length,
-        "x-stream-max-segment-size-bytes": max(length // 4, 64 * 1024),
+        # RabbitMQ drops the oldest whole segment while the stream is longer than this:
+        # one segment more than the count, so that it never keeps fewer.
+        "x-max-length-bytes": length + segment,
+        "x-stream-max-segment-size-bytes": segment,
     }
 
 

@@ -11,7 +11,8 @@ at a time, in ``seq`` order, so a reader never sees a later ``seq`` before an ea
 one (no gaps to wait out).
 
 Retention is trimmed by the publisher, inside its publish transaction, at most once a
-second per topic and bus object (or after ``TRIM_EVERY`` records): a ``DELETE`` on every
+second per topic and bus object (or after ``TRIM_EVERY`` records, or a quarter of the
+topic's ``max_records``): a ``DELETE`` on every
 publish would cost more than the insert at tens of thousands of events a second. Both
 trims walk the ``(topic, seq)`` index from the oldest row, so they cost what they delete.
 
@@ -43,7 +44,8 @@ SCHEMA = Schema("bus", 1, (
 # second: the poll never backs off beyond 20 ms.
 POLL = PollPolicy(first=0.002, active_for=1.0, maximum=0.02, wake_on_wait=False)
 
-# Trim a topic at most this often (seconds), or after this many records published.
+# Trim a topic at most this often (seconds), or after this many records published (or
+# a quarter of its max_records if fewer: a topic then holds at most 1.25 times as many).
 TRIM_INTERVAL = 1.0
 TRIM_EVERY = 10_000
 
@@ -104,8 +106,9 @@ class SQLiteBus(Bus):
     def _trim_due(self, topic: str, count: int) -> bool:
         self._since_trim[topic] += count
         clock = time.monotonic()
+        every = min(TRIM_EVERY, max(RETENTION[topic].max_records // 4, 1))
         if clock - self._trimmed_at[topic] < TRIM_INTERVAL \
-                and self._since_trim[topic] < TRIM_EVERY:
+                and self._since_trim[topic] < every:
             return False
         self._trimmed_at[topic] = clock
         self._since_trim[topic] = 0
