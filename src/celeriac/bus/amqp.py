@@ -51,7 +51,7 @@ from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp import commands as spec
 
 from celeriac.brokers.amqp_confirm import Outbound, publish_confirmed
-from celeriac.brokers.amqp_connection import CLOSE_TIMEOUT, Connected, Context, lost, quietly
+from celeriac.brokers.amqp_connection import CLOSE_TIMEOUT, Connected, Context, quietly
 from celeriac.bus.base import RETENTION, Bus, Record, Subscription, check_topic
 from celeriac.errors import BrokerError, BrokerUnavailable
 
@@ -96,11 +96,6 @@ class AMQPBus(Bus):
 
     def queue(self, topic: str) -> str:
         return queue_name(self._ctx.topology.namespace, topic)
-
-    @property
-    def queues(self) -> list[str]:
-        """Every topic's queue name in this namespace (for ``delete_namespace``)."""
-        return [self.queue(topic) for topic in RETENTION]
 
     def _connected(self, which: str) -> Connected:
         current = self._publisher if which == "publisher" else self._reader
@@ -175,6 +170,7 @@ class AMQPBus(Bus):
         await self._channel(topic)  # the stream must exist before anyone consumes it
         subscription = _AMQPSubscription(self, topic, since)
         await subscription.start()
+        subscription.started_at = time.time()
         self._subscriptions.add(subscription)
         return subscription
 
@@ -188,7 +184,9 @@ class _AMQPSubscription(Subscription):
         self._channel: AbstractChannel | None = None
         self._arrived: deque[DeliveredMessage] = deque()  # of the current channel
         self._signal = asyncio.Event()  # set when a delivery arrives
-        self._made_at = time.time()  # where a consumer lost before any read resumes
+        self.started_at = 0.0  # when consume-ok came: where a reader that read nothing
+        # before its connection was lost resumes
+        self._acks: set[asyncio.Task[None]] = set()
 
     def _offset(self) -> Any:
         if self._next_offset is not None:
@@ -234,7 +232,7 @@ class _AMQPSubscription(Subscription):
                 await self._wait(remaining)
                 continue
             records = self._records(messages)
-            await self._ack(messages[-1])
+            self._ack(messages[-1])
             if records:
                 return records
 
@@ -273,15 +271,15 @@ class _AMQPSubscription(Subscription):
             records.append(Record(at, bytes(message.body)))
         return records
 
-    async def _ack(self, last: DeliveredMessage) -> None:
+    def _ack(self, last: DeliveredMessage) -> None:
+        """Ack up to ``last``, for more credit, in a task of its own: a read cancelled
+        now must not lose the records it took (an ack is one-way, nothing waits for it)."""
         channel, tag = last.channel, last.delivery_tag
         if channel.is_closed or tag is None:
             return
-        try:
-            await channel.basic_ack(tag, multiple=True)
-        except Exception as exc:
-            if not lost(exc):
-                raise  # a lost channel is reopened by the next read
+        task = asyncio.ensure_future(quietly(channel.basic_ack(tag, multiple=True)))
+        self._acks.add(task)  # (a lost channel is reopened by the next read)
+        task.add_done_callback(self._acks.discard)
 
     async def _resume(self) -> None:
         """Consume again on a new channel, after the last record read."""
@@ -291,7 +289,7 @@ class _AMQPSubscription(Subscription):
         if self._next_offset is None and self._since is None:
             # Nothing read yet: "next" now could skip records published while the old
             # consumer was gone; start from when it was made instead.
-            self._since = self._made_at
+            self._since = self.started_at
         await self.start()
 
     async def close(self) -> None:
