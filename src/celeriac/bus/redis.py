@@ -25,6 +25,7 @@ call is bounded by its deadline; failures become ``BrokerUnavailable``/``BrokerE
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -43,6 +44,7 @@ READ_LIMIT = 1_000
 # The largest sequence part of an entry id.
 MAX_SEQ = 2 ** 64 - 1
 PAYLOAD = b"p"
+READER_NAME = "celeriac-bus-reader"  # CLIENT SETNAME of each reader's connection
 
 
 def _errors(what: str) -> Any:
@@ -121,8 +123,12 @@ class _RedisSubscription(Subscription):
 
     async def read(self, timeout: float) -> list[Record]:
         if self._client is None:
-            # One connection of its own: XREAD BLOCK occupies it while waiting.
-            self._client = self._bus.settings.make_client()
+            # One connection of its own: XREAD BLOCK occupies it while waiting. Named,
+            # so that CLIENT LIST tells which process reads which topic.
+            client = self._bus.settings.make_client()
+            client.connection_pool.connection_kwargs["client_name"] = (
+                f"{READER_NAME}:pid={os.getpid()}:{self._key}")
+            self._client = client
         args: list[Any] = ["XREAD", "COUNT", READ_LIMIT]
         block_ms = math.ceil(timeout * 1000)
         if block_ms > 0:  # (BLOCK 0 would wait forever)
