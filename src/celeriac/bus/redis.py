@@ -10,13 +10,16 @@ A record's ``at`` is the millisecond part of its entry id: the server's clock.
 record. ``XADD`` takes one trimming rule only, so age is trimmed on a timer instead: at
 most once a second per topic (and bus object), the pipeline also carries
 ``XTRIM MINID ~ <now - max_age>``. Both trims are approximate (``~``): Redis drops whole
-radix-tree nodes only, which makes them nearly free, and never trims below the limit.
+radix-tree nodes only (100 entries each by default), which makes them nearly free, and
+never trims below the limit; so a topic keeps up to a node more than ``max_records``, and
+a quiet one may keep its last few records past ``max_age`` until the next publish.
 
 **Reading**: ``since=None`` reads the stream's last id (``XREVRANGE ... COUNT 1``, or
 ``0-0`` for a stream not made yet) before ``subscribe`` returns, so every later entry has
 a greater id and is read; ``since=t`` starts after the id ``<ms - 1>-<max>``, i.e. at the
 first entry of millisecond ``floor(t * 1000)``. ``read`` is ``XREAD BLOCK`` on a client of
-the subscription's own (one connection), so a waiting reader holds up no publish.
+the subscription's own (one connection, named ``celeriac-bus-reader:pid=<pid>:<key>`` in
+``CLIENT LIST``, closed by ``close``), so a waiting reader holds up no publish.
 
 Connections use the broker's settings (URL, TLS, timeouts: ``RedisSettings``), and every
 call is bounded by its deadline; failures become ``BrokerUnavailable``/``BrokerError``.
