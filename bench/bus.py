@@ -5,7 +5,7 @@
 - *publish*: records/s of sequential ``publish`` calls of batches of 100 payloads of
   300 bytes (a worker's event batches), with a reader tailing the topic throughout;
 - *latency*: publish to a reader already waiting in ``read`` (on a bus object of its
-  own, as a monitor or a worker would be), p50 and p99 of a record every 10 ms (a busy
+  own, as a monitor or a worker would be), p50 and p99 of a record every ~10 ms (a busy
   topic), and p50 of one after 1.5 s of quiet (a control request to idle workers).
 
 It needs Redis on 127.0.0.1:6379 (database 13, a key prefix of its own, deleted after)
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import statistics
 import struct
 import tempfile
@@ -102,7 +103,9 @@ async def latencies(publisher: Bus, reader: Subscription, samples: int,
     found: list[float] = []
     for _ in range(samples):
         waiting = asyncio.create_task(reader.read(5.0))
-        await asyncio.sleep(spacing)  # the reader is waiting by now
+        # The reader is waiting by now. Jittered, so that a poller (SQLite) started with
+        # the read is not ticking in step with the publisher in this same loop.
+        await asyncio.sleep(spacing * random.uniform(0.5, 1.5))
         await publisher.publish(CONTROL, [struct.pack("d", time.perf_counter())])
         records = await waiting
         arrived = time.perf_counter()
