@@ -147,6 +147,7 @@ from celeriac.brokers.redis_scripts import (
     REQUEUE,
     STATS,
 )
+from celeriac.bus.base import Bus
 from celeriac.errors import BrokerError, BrokerRefused, BrokerUnavailable, ConfigurationError
 
 logger = logging.getLogger("celeriac.brokers.redis")
@@ -669,6 +670,11 @@ class RedisBroker(Broker):
 
     def token_buckets(self) -> RedisBuckets:
         return RedisBuckets(self.url, self.options)  # under this broker's key prefix
+
+    def bus(self) -> Bus:
+        from celeriac.bus.redis import RedisBus
+
+        return RedisBus(self.url, self.options)  # under this broker's key prefix
 
 
 class RedissBroker(RedisBroker):

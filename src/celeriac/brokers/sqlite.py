@@ -51,6 +51,7 @@ from celeriac.brokers.base import (
     check_outgoing,
 )
 from celeriac.brokers.buckets_sqlite import SQLiteBuckets
+from celeriac.bus.base import Bus
 from celeriac.errors import BrokerError
 from celeriac.sqlite_db import Database, PollPolicy, Schema, placeholders
 
@@ -326,6 +327,11 @@ class SQLiteBroker(Broker):
 
     def token_buckets(self) -> SQLiteBuckets:
         return SQLiteBuckets(self.url)  # tables of their own in this file
+
+    def bus(self) -> Bus:
+        from celeriac.bus.sqlite import SQLiteBus
+
+        return SQLiteBus(self.url)  # a table of its own in this file
 
     # -- claiming -------------------------------------------------------------------------
 
