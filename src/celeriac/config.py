@@ -107,6 +107,12 @@ class Settings(Mapping[str, Any]):
     worker_log_format: str = LOG_FORMAT
     worker_task_log_format: str = TASK_LOG_FORMAT
 
+    # Queue alerts (celeriac.monitor.rules): thresholds per queue or "*", how often
+    # `celeriac monitor` checks them, and where alerts are POSTed.
+    queue_alerts: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    queue_alerts_interval: float = 10.0
+    alert_webhooks: tuple[str, ...] = ()
+
     def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         """Set several settings at once; every name and value is checked first.
 
@@ -504,6 +510,25 @@ def _annotations(name: str, value: Any) -> Any:
     return check_annotations(value)
 
 
+def _queue_alerts(name: str, value: Any) -> Any:
+    from celeriac.monitor.rules import check_queue_alerts
+
+    return check_queue_alerts(name, value)
+
+
+def _webhooks(name: str, value: Any) -> Any:
+    from celeriac.monitor.rules import check_webhooks
+
+    return check_webhooks(name, value)
+
+
+def _interval(name: str, value: Any) -> float:
+    seconds = _seconds(name, value)
+    if not seconds:
+        raise ConfigurationError(f"{name} must be a number of seconds > 0, not {value!r}")
+    return seconds
+
+
 def _rate_limit(name: str, value: Any) -> Any:
     from celeriac.ratelimit import parse_rate
 
@@ -566,4 +591,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "worker_hijack_root_logger": _bool,
     "worker_log_format": _log_format,
     "worker_task_log_format": _log_format,
+    "queue_alerts": _queue_alerts,
+    "queue_alerts_interval": _interval,
+    "alert_webhooks": _webhooks,
 }
