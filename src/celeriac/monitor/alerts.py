@@ -121,8 +121,12 @@ class AlertChecker:
                                   every=EVERY_QUEUE in self.rules)
         return self.evaluate(stats, time.time() if now is None else now)
 
-    def evaluate(self, stats: Iterable[QueueStats], now: float) -> list[AlertChange]:
-        """Apply readings taken elsewhere (the exporter's, the dashboard's) to the alerts."""
+    def evaluate(self, stats: Iterable[QueueStats], now: float,
+                 announce: bool = True) -> list[AlertChange]:
+        """Apply readings taken elsewhere (the exporter's, the dashboard's) to the alerts;
+        with ``announce`` off the changes are only returned (a live table shows them),
+        not logged nor posted. Call it on a running event loop (webhooks are queued
+        there)."""
         changes: list[AlertChange] = []
         for reading in stats:
             rule = rule_of(self.rules, reading.queue)
@@ -132,7 +136,7 @@ class AlertChecker:
                 change = self._check(rule, reading, metric, now)
                 if change is not None:
                     changes.append(change)
-        for change in changes:
+        for change in changes if announce else ():
             self._announce(change)
         return changes
 
