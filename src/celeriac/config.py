@@ -373,10 +373,13 @@ def _module_names(name: str, value: Any) -> tuple[str, ...]:
 
 
 def _log_format(name: str, value: Any) -> str:
-    """A logging format string, tried on a record now rather than on the first log line."""
+    """A logging format string, tried on a record now rather than on the first log line;
+    for worker_log_format, also the special value "json"."""
     import logging
 
     text = _nonempty_str(name, value)
+    if name == "worker_log_format" and text == "json":  # one JSON object per line (logs.py)
+        return text
     record = logging.LogRecord("celeriac", logging.INFO, __file__, 0, "checking", None, None)
     record.processName = "MainProcess"
     record.task_id = record.task_name = "???"  # worker_task_log_format may name them
