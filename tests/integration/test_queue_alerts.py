@@ -297,3 +297,44 @@ def _imported(pid: int) -> bool:
         return any(f.path.endswith("b.db") for f in psutil.Process(pid).open_files())
     except psutil.NoSuchProcess:
         return True
+
+
+def test_monitor_posts_an_alert_within_its_interval_and_stops_on_sigterm(
+        tmp_path: Path) -> None:
+    import signal
+
+    hook = Hook()
+    (tmp_path / "alerting.py").write_text(textwrap.dedent(f"""
+        from celeriac import App
+        app = App("alerting", broker="sqlite:///{tmp_path / 'b.db'}",
+                  queue_alerts={{"celeriac": {{"max_length": 2}}}},
+                  alert_webhooks=["{hook.url}"])
+    """))
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("CELERIAC_", "CELERY_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), *filter(None, [env.get("PYTHONPATH")])])
+    log = tmp_path / "monitor.log"
+    with alert_app("sqlite", tmp_path) as app, log.open("w") as sink:
+        monitor = subprocess.Popen([sys.executable, "-m", "celeriac", "-A", "alerting",
+                                    "monitor", "--interval", "0.2"], env=env, cwd=tmp_path,
+                                   stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: "monitor: checking 1 queue rule" in log.read_text(), 20,
+                     "the monitor to start")
+            fill(app, 3)
+            filled = time.monotonic()
+            wait_for(lambda: hook.posts, 5, "the firing alert")
+            assert time.monotonic() - filled < 0.2 + 1.0
+            purge(app)
+            wait_for(lambda: len(hook.posts) == 2, 5, "the resolved alert")
+            assert hook.statuses() == [("firing", "celeriac", "length"),
+                                       ("resolved", "celeriac", "length")]
+            monitor.send_signal(signal.SIGTERM)
+            assert monitor.wait(20) == 0
+        finally:
+            monitor.kill()
+    text = log.read_text()
+    assert "ALERT queue 'celeriac' length 3 is above its max_length 2" in text
+    assert "RESOLVED queue 'celeriac' length 0 is back at or below 1.6" in text
+    assert "monitor: stopping" in text
+    hook.close()

@@ -9,6 +9,7 @@ a bad setting exits 2.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -61,22 +62,24 @@ def monitor_command(spec: AppSpec, interval: float | None, once: bool, loglevel:
                     len(checker.rules), "" if len(checker.rules) == 1 else "s",
                     checker.broker_display, checker.interval,
                     ", ".join(safe_url(url) for url in checker.sender.urls) or "none")
+        stopping = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, and how services stop
+            signal.signal(signum, lambda *_: stopping.set())
         try:
-            _loop(app, checker)
-        except KeyboardInterrupt:
-            logger.info("monitor: stopping")
+            _loop(app, checker, stopping)
         finally:
+            logger.info("monitor: stopping")
             run(app, checker.aclose(flush=FLUSH_SECONDS))
 
 
-def _loop(app: App, checker: AlertChecker) -> None:
-    """Checks from this thread (Ctrl-C lands here); webhooks go out on the app's loop."""
-    pause = threading.Event()  # never set: an interruptible sleep
-    while True:
+def _loop(app: App, checker: AlertChecker, stopping: threading.Event) -> None:
+    """Checks from this thread until a signal sets ``stopping``; webhooks go out on the
+    app's loop meanwhile."""
+    while not stopping.is_set():
         started = time.monotonic()
         try:
             run(app, checker.check_once())
         except BrokerError as exc:
             logger.warning("cannot read the queues on %s: %s; next check in %.1f s",
                            checker.broker_display, exc, checker.interval)
-        pause.wait(max(0.0, checker.interval - (time.monotonic() - started)))
+        stopping.wait(max(0.0, checker.interval - (time.monotonic() - started)))
