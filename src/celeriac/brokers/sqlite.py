@@ -93,6 +93,8 @@ SCHEMA = Schema("broker", 2, (
         reason TEXT NOT NULL,
         dead_at REAL NOT NULL
     )""",
+    # queue_stats counts each queue's dead letters from this index, not the whole table.
+    "CREATE INDEX IF NOT EXISTS dead_letters_queue ON dead_letters (queue)",
 ), upgrades={1: ("ALTER TABLE messages ADD COLUMN ready_at REAL",)})
 
 # A worker that just handled a message polls every millisecond for the next one; one
