@@ -1,7 +1,7 @@
 """Helpers of the alert tests: brokers in a namespace of their own, and webhook receivers.
 
 A ``Hook`` is a stdlib HTTP server on 127.0.0.1 (port 0) in a thread that records each
-POSTed JSON body; it can answer the first few POSTs with 503 to test retries.
+POSTed JSON body; it can answer the first few POSTs with an error (503) to test retries.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ KINDS = ["sqlite", "redis", "amqp"]
 class Hook:
     """A webhook receiver: ``posts`` holds the JSON bodies, ``attempts`` every POST."""
 
-    def __init__(self, fail_first: int = 0) -> None:
+    def __init__(self, fail_first: int = 0, fail_status: int = 503) -> None:
         self.posts: list[dict[str, Any]] = []
         self.attempts = 0
         self.fail_first = fail_first
@@ -45,7 +45,7 @@ class Hook:
                     failing = hook.attempts <= hook.fail_first
                     if not failing:
                         hook.posts.append(json.loads(body))
-                self.send_response(503 if failing else 204)
+                self.send_response(fail_status if failing else 204)
                 self.end_headers()
 
             def log_message(self, *args: object) -> None:  # quiet

@@ -102,7 +102,7 @@ def test_a_queue_over_max_length_alerts_the_webhook_and_recovers_when_drained(
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_queue_hovering_at_its_threshold_does_not_flap(kind: str, tmp_path: Path) -> None:
     hook = Hook()
-    settings = {QUEUE: {"max_length": 10, "recover_at": 0.8}}
+    settings = {"*": {"max_length": 10, "recover_at": 0.8}}  # every queue the broker knows
     with alert_app(kind, tmp_path, queue_alerts=settings) as app:
         checker = AlertChecker(app, sender=fast_sender([hook.url]))
         seen = []
@@ -338,3 +338,16 @@ def test_monitor_posts_an_alert_within_its_interval_and_stops_on_sigterm(
     assert "RESOLVED queue 'celeriac' length 0 is back at or below 1.6" in text
     assert "monitor: stopping" in text
     hook.close()
+
+
+def test_a_webhook_that_refuses_the_payload_is_not_retried(tmp_path: Path) -> None:
+    refusing = Hook(fail_first=10, fail_status=400)  # the receiver says the payload is bad
+    with alert_app("sqlite", tmp_path, queue_alerts={QUEUE: {"max_length": 0}}) as app:
+        sender = WebhookSender([refusing.url], attempts=3, first_delay=0.05)
+        checker = AlertChecker(app, sender=sender)
+        fill(app, 1)
+        assert [c.status for c in app._run_sync(checker.check_once())] == ["firing"]
+        assert app._run_sync(sender.flush(10))
+        assert (refusing.attempts, sender.dropped) == (1, 1)
+        app._run_sync(checker.aclose())
+    refusing.close()
