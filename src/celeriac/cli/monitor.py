@@ -20,7 +20,7 @@ from celeriac.cli.common import client_app, run
 from celeriac.errors import BrokerError, ConfigurationError
 from celeriac.logs import configure_logging
 from celeriac.monitor.alerts import AlertChecker
-from celeriac.urls import safe_url
+from celeriac.monitor.webhooks import shown
 
 if TYPE_CHECKING:
     from celeriac.app import App
@@ -61,7 +61,7 @@ def monitor_command(spec: AppSpec, interval: float | None, once: bool, loglevel:
         logger.info("monitor: checking %d queue rule%s on %s every %.1f s; webhooks: %s",
                     len(checker.rules), "" if len(checker.rules) == 1 else "s",
                     checker.broker_display, checker.interval,
-                    ", ".join(safe_url(url) for url in checker.sender.urls) or "none")
+                    ", ".join(shown(url) for url in checker.sender.urls) or "none")
         stopping = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, and how services stop
             signal.signal(signum, lambda *_: stopping.set())

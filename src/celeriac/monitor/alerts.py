@@ -79,8 +79,10 @@ class AlertChange:
 
     def payload(self, app: str, broker: str) -> dict[str, Any]:
         """The webhook JSON; ``broker`` is a display URL (no password)."""
+        exact = self.metric == "length"  # counts are whole numbers, ages seconds
         return {"status": self.status, "queue": self.queue, "metric": self.metric,
-                "value": self.value, "threshold": self.threshold,
+                "value": int(self.value) if exact else round(self.value, 3),
+                "threshold": self.threshold,
                 "at": datetime.fromtimestamp(self.at, UTC).isoformat(),
                 "timestamp": self.at, "app": app, "broker": broker,
                 # Chat webhooks (Slack, Mattermost) show a "text" field as it is.

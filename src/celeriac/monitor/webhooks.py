@@ -23,10 +23,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
-
-from celeriac.urls import safe_url
 
 logger = logging.getLogger("celeriac.monitor")
 
@@ -64,7 +63,7 @@ class WebhookSender:
                 queue.task_done()
                 self.dropped += 1
                 logger.error("webhook %s: %d alert changes waiting; dropped the oldest",
-                             safe_url(url), QUEUE_LIMIT)
+                             shown(url), QUEUE_LIMIT)
             queue.put_nowait(body)
 
     async def flush(self, timeout: float) -> bool:
@@ -95,7 +94,7 @@ class WebhookSender:
         task = self._tasks.get(url)
         if task is None or task.done():
             self._tasks[url] = asyncio.get_running_loop().create_task(
-                self._deliver(url, queue), name=f"webhook {safe_url(url)}")
+                self._deliver(url, queue), name=f"webhook {shown(url)}")
         return queue
 
     async def _deliver(self, url: str, queue: asyncio.Queue[bytes]) -> None:
@@ -116,12 +115,24 @@ class WebhookSender:
             if not retry or attempt == self.attempts:
                 self.dropped += 1
                 logger.error("webhook %s: alert not delivered after %d attempt%s: %s",
-                             safe_url(url), attempt, "" if attempt == 1 else "s", problem)
+                             shown(url), attempt, "" if attempt == 1 else "s", problem)
                 return
             logger.warning("webhook %s: %s; retrying in %.1f s (attempt %d of %d)",
-                           safe_url(url), problem, delay, attempt, self.attempts)
+                           shown(url), problem, delay, attempt, self.attempts)
             await asyncio.sleep(delay)
             delay = min(self.max_delay, delay * 2)
+
+
+def shown(url: str) -> str:
+    """A webhook URL for logs: scheme, host and port only. Chat webhooks (Slack's
+    ``/services/T.../B.../secret``) carry their secret in the path or query."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    rest = "/..." if parts.path.strip("/") or parts.query else ""
+    return f"{parts.scheme}://{host}{port}{rest}"
 
 
 def _post(url: str, body: bytes, timeout: float) -> tuple[str | None, bool]:
