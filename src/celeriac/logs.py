@@ -33,6 +33,7 @@ TASK_FORMAT = ("[%(asctime)s: %(levelname)s/%(processName)s] "
                "%(task_name)s[%(task_id)s]: %(message)s")
 JSON = "json"  # worker_log_format's special value: one JSON object per line
 TASK_FIELDS = "celeriac_task"  # the LogRecord attribute task_fields() sets via extra=
+FIELDS = "celeriac_fields"  # other fields of a line, for JSON (an alert's queue, value)
 
 
 def task_fields(task_id: str | None, name: str | None, queue: str | None = None,
@@ -119,6 +120,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         line.update(self._task(record))
+        line.update(getattr(record, FIELDS, None) or {})
         if record.exc_info:
             line["exc_info"] = self.formatException(record.exc_info)
         elif record.exc_text:

@@ -5,6 +5,7 @@ is retried and holds up nothing; ``monitor --once`` exit codes; oldest_age grows
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -205,7 +206,8 @@ def test_sqlite_age_of_a_message_published_a_known_time_ago(tmp_path: Path) -> N
         assert 120 <= found < 125
 
 
-def run_monitor_once(tmp_path: Path, db: str, hook: str) -> subprocess.CompletedProcess[str]:
+def run_monitor_once(tmp_path: Path, db: str, hook: str,
+                     *args: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "alerting.py").write_text(textwrap.dedent(f"""
         from celeriac import App
         app = App("alerting", broker="sqlite:///{db}",
@@ -216,7 +218,7 @@ def run_monitor_once(tmp_path: Path, db: str, hook: str) -> subprocess.Completed
            if not key.startswith(("CELERIAC_", "CELERY_"))}
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), *filter(None, [env.get("PYTHONPATH")])])
     return subprocess.run([sys.executable, "-m", "celeriac", "-A", "alerting", "monitor",
-                           "--once"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                           "--once", *args], env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=60)
 
 
@@ -231,11 +233,18 @@ def test_monitor_once_exits_1_while_an_alert_fires_and_0_when_clear(tmp_path: Pa
         assert "ERROR" in done.stderr
         assert "queue 'celeriac' length 3 is above its max_length 2" in done.stderr
         assert hook.statuses() == [("firing", "celeriac", "length")]
+        # With JSON logs, the alert's line carries its fields
+        done = run_monitor_once(tmp_path, str(db), hook.url, "--log-format", "json")
+        assert done.returncode == 1, done.stderr
+        [line] = [json.loads(text) for text in done.stderr.splitlines() if '"ALERT' in text]
+        assert (line["level"], line["alert"], line["queue"], line["metric"], line["value"],
+                line["threshold"]) == ("ERROR", "firing", "celeriac", "length", 3, 2)
+        wait_for(lambda: len(hook.posts) == 2, 5, "the second monitor's post")
         # Drained: exit 0 (a fresh monitor has nothing firing, so nothing is posted)
         purge(app)
         done = run_monitor_once(tmp_path, str(db), hook.url)
         assert done.returncode == 0, done.stderr
-        assert len(hook.posts) == 1
+        assert len(hook.posts) == 2
     hook.close()
 
 

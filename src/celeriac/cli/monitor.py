@@ -18,7 +18,7 @@ import click
 
 from celeriac.cli.common import client_app, run
 from celeriac.errors import BrokerError, ConfigurationError
-from celeriac.logs import configure_logging
+from celeriac.logs import FORMAT, JSON, configure_logging
 from celeriac.monitor.alerts import AlertChecker
 from celeriac.monitor.webhooks import shown
 
@@ -39,15 +39,18 @@ FLUSH_SECONDS = 10.0
               help="Check once; exit 1 if any alert fires, 0 if none.")
 @click.option("-l", "--loglevel", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: one JSON object per line, as the worker's.")
 @click.pass_obj
-def monitor_command(spec: AppSpec, interval: float | None, once: bool, loglevel: str) -> None:
+def monitor_command(spec: AppSpec, interval: float | None, once: bool, loglevel: str,
+                    log_format: str) -> None:
     """Watch queue lengths and ages against the queue_alerts setting.
 
     An alert fires when a queue is above a threshold on a check, and resolves when it
     falls to 80% of it (recover_at): logged at ERROR / WARNING and POSTed as JSON to
     every alert_webhooks URL.
     """
-    configure_logging(loglevel)
+    configure_logging(loglevel, fmt=JSON if log_format == "json" else FORMAT)
     with client_app(spec) as app:
         if not app.conf.queue_alerts:
             raise ConfigurationError("queue_alerts is empty: nothing to check; set e.g. "

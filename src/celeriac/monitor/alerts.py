@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from celeriac.errors import BrokerError
+from celeriac.logs import FIELDS
 from celeriac.monitor.queues import read_queues
 from celeriac.monitor.rules import EVERY_QUEUE, METRICS, QueueRule, rule_of, rules_for
 from celeriac.monitor.webhooks import WebhookSender
@@ -191,10 +192,13 @@ class AlertChecker:
                            rule.recover_at)
 
     def _announce(self, change: AlertChange) -> None:
+        fields = {FIELDS: {"alert": change.status, "queue": change.queue,
+                           "metric": change.metric, "value": change.value,
+                           "threshold": change.threshold}}  # for JSON log lines
         if change.status == "firing":
-            logger.error("ALERT %s", change.describe())
+            logger.error("ALERT %s", change.describe(), extra=fields)
         else:
-            logger.warning("RESOLVED %s", change.describe())
+            logger.warning("RESOLVED %s", change.describe(), extra=fields)
         if self.sender.urls:
             self.sender.post(change.payload(self.app.main, self.broker_display))
 
