@@ -89,7 +89,8 @@ def queues_command(spec: AppSpec, names: str | None, dead: bool, limit: int, as_
         if as_json:
             click.echo(json.dumps([{"queue": name, "ready": row.ready,
                                     "scheduled": row.scheduled, "in_flight": row.in_flight,
-                                    "dead_letters": dead_count}
+                                    "dead_letters": dead_count,
+                                    "oldest_age": row.oldest_age}
                                    for name, (row, dead_count) in sorted(rows.items())]))
             return
         more = "+" if len(letters) >= DEAD_LETTER_SCAN else ""  # the scan stopped early
@@ -109,7 +110,9 @@ def _rows(stats: list[QueueStats], letters: list[DeadLetter], known: list[str],
     extra = set(known) if filtered else set(known) | set(dead)  # a queue may be known
     for queue in extra - rows.keys():                           # only from dead letters
         rows[queue] = QueueStats(queue, 0, 0, 0)
-    return {name: (row, dead[name]) for name, row in rows.items()}
+    # The broker's own count when it keeps one (exact), else the scan's.
+    return {name: (row, dead[name] if row.dead_letters is None else row.dead_letters)
+            for name, row in rows.items()}
 
 
 def _act_on_dead_letters(app: App, url: str, requeue: bool, ids: set[str],
