@@ -3,7 +3,8 @@
 Each row: ready, scheduled, in flight, dead letters, the oldest ready message's age and
 the queue's alert state under ``queue_alerts`` (the same ``AlertChecker`` as
 ``celeriac monitor``, without webhooks: watching a table must not page anyone).
-Ctrl-C ends it with exit status 0.
+Ctrl-C ends it with exit status 0. When the output is not a terminal (piped, or to a
+file) each refresh prints a new table instead of redrawing one.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ def watch_queues(app: App, names: list[str], interval: float, console: Console) 
     checker = AlertChecker(app, webhooks=())
     pause = threading.Event()  # never set: an interruptible sleep
     try:
+        if not console.is_terminal:  # piped or to a file: one table per refresh, in order
+            while True:
+                started = time.monotonic()
+                console.print(_frame(app, checker, names))
+                console.file.flush()
+                pause.wait(max(0.0, interval - (time.monotonic() - started)))
         with Live(Text("reading the queues..."), console=console, auto_refresh=False,
                   transient=False) as live:
             while True:
