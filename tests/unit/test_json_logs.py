@@ -27,8 +27,10 @@ def test_a_plain_line_has_the_common_fields_only() -> None:
 
 
 def test_a_worker_line_about_a_task_carries_its_fields_and_the_worker() -> None:
+    formatter = JsonFormatter("w@h/0")  # (task fields are gathered once one exists)
     extra = task_fields("id-1", "proj.add", "celeriac", "SUCCESS", 0.25, 2)
-    line = json.loads(JsonFormatter("w@h/0").format(record("done", **extra)))
+    assert extra is not None
+    line = json.loads(formatter.format(record("done", **extra)))
     assert {key: line[key] for key in ("task_id", "task_name", "queue", "state", "runtime",
                                        "retries", "worker")} == {
         "task_id": "id-1", "task_name": "proj.add", "queue": "celeriac", "state": "SUCCESS",

@@ -442,7 +442,7 @@ def _dead(reason: str, message: Message | None = None) -> Verdict:
 
 def _log_verdict(task: Task[Any, Any], message: Message, verdict: Verdict,
                  elapsed: float) -> None:
-    def fields(state: str) -> dict[str, Any]:  # the task's fields, for JSON log lines
+    def fields(state: str) -> dict[str, Any] | None:  # the task's fields, for JSON lines
         return task_fields(message.id, message.task, message.queue, state, elapsed,
                            message.retries)
 
