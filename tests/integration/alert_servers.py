@@ -76,8 +76,9 @@ def refused_url() -> str:
 @contextlib.contextmanager
 def alert_app(kind: str, tmp_path: Any, **settings: Any) -> Iterator[App]:
     """An app on a broker of ``kind``, in a namespace of its own, cleaned up after."""
-    if kind == "sqlite":
-        app = App("alerts", broker=f"sqlite:///{tmp_path / 'b.db'}", **settings)
+    if kind in ("sqlite", "memory"):
+        url = "memory://" if kind == "memory" else f"sqlite:///{tmp_path / 'b.db'}"
+        app = App("alerts", broker=url, **settings)
         try:
             yield app
         finally:

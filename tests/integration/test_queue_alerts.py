@@ -152,7 +152,7 @@ def test_a_webhook_that_is_down_is_retried_and_holds_up_nothing(tmp_path: Path) 
     good.close()
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
 def test_oldest_age_grows_while_a_message_waits(kind: str, tmp_path: Path) -> None:
     with alert_app(kind, tmp_path, queue_alerts={QUEUE: {"max_age": 0.3}}) as app:
         checker = AlertChecker(app, webhooks=())
