@@ -31,7 +31,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from celeriac.errors import BrokerError
 from celeriac.logs import FIELDS
 from celeriac.monitor.queues import read_queues
-from celeriac.monitor.rules import EVERY_QUEUE, METRICS, QueueRule, rule_of, rules_for
+from celeriac.monitor.rules import (
+    EVERY_QUEUE,
+    METRICS,
+    QueueRule,
+    check_queue_alerts,
+    rule_of,
+    rules_for,
+)
 from celeriac.monitor.webhooks import WebhookSender
 from celeriac.routing import default_queues
 from celeriac.urls import safe_url
@@ -97,8 +104,8 @@ class AlertChecker:
                  webhooks: Sequence[str] | None = None, interval: float | None = None,
                  sender: WebhookSender | None = None) -> None:
         self.app = app
-        self.rules: dict[str, QueueRule] = rules_for(
-            app.conf.queue_alerts if rules is None else rules)
+        self.rules: dict[str, QueueRule] = rules_for(  # given rules are checked as settings
+            app.conf.queue_alerts if rules is None else check_queue_alerts("rules", rules))
         self.interval = app.conf.queue_alerts_interval if interval is None else interval
         self.sender = sender or WebhookSender(
             app.conf.alert_webhooks if webhooks is None else webhooks)
