@@ -47,7 +47,8 @@ def _mask_text(text: str) -> str:
 
 
 def masked_settings(conf: Settings, with_defaults: bool = False) -> dict[str, Any]:
-    """Celery's ``inspect().conf()``: the settings changed from their defaults (or all)."""
-    defaults = Settings()
-    return {name: masked(name, getattr(conf, name)) for name in conf
-            if with_defaults or getattr(conf, name) != getattr(defaults, name)}
+    """Celery's ``inspect().conf()``: the settings changed from their defaults (or all),
+    as ``Settings.table`` shows them (a webhook URL reduced to its host, say), then with
+    every secret masked as above, however deep."""
+    return {name: masked(name, value)
+            for name, value in conf.table(with_defaults=with_defaults).items()}
