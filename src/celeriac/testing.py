@@ -64,6 +64,9 @@ class ThreadedWorker:
             raise RuntimeError("the test worker did not start")
         if self._error is not None:
             raise self._error
+        if self.consumer is not None and self.consumer.control is not None:
+            # Remote control reaches it once its listener reads (inspect(), ping()).
+            self.consumer.control.listening.wait(START_TIMEOUT)
         return self
 
     def stop(self) -> None:

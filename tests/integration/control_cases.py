@@ -40,6 +40,16 @@ def _within(seconds: float, call: Any) -> Any:
     return value
 
 
+def wait_reachable(world: Deployment, processes: dict[str, int]) -> None:
+    """Wait until each node's processes all answer (a worker logs that it consumes a
+    moment before its control listener reads)."""
+    def answered() -> bool:
+        stats = world.app.control.inspect(list(processes), timeout=0.3).stats() or {}
+        return all(len(stats.get(name, {}).get("pool", {}).get("processes", [])) == count
+                   for name, count in processes.items())
+    wait_until(answered, 20, f"{processes} answering remote control")
+
+
 def two_nodes_answer_and_obey(world: Deployment) -> None:
     """ping, active, registered, stats, active_queues within 1 s from two nodes; then
     pool_grow/pool_shrink (prefork), add_consumer/cancel_consumer, rate_limit, conf."""
@@ -51,6 +61,7 @@ def two_nodes_answer_and_obey(world: Deployment) -> None:
     beta = world.start_worker("-n", b_name, "-P", "threads", "-c", "2")
     alpha.wait_ready()
     beta.wait_ready()
+    wait_reachable(world, {a: 1, b: 1})
     inspect = world.app.control.inspect(timeout=1.0)
 
     # Both answer, within the 1 s timeout.
@@ -137,6 +148,7 @@ def duplicate_name_is_refused(world: Deployment) -> None:
     name, _ = names()
     first = world.start_worker("-n", name, "-P", "threads", "-c", "1")
     first.wait_ready()
+    wait_reachable(world, {node(name): 1})
     second = world.start_worker("-n", name, "-P", "solo")
     assert second.wait(30) == EXIT_REFUSED
     log = second.log()
@@ -150,6 +162,7 @@ def cli_json_shapes(world: Deployment) -> None:
     worker = world.start_worker("-n", name, "-P", "threads", "-c", "2")
     worker.wait_ready()
     me = node(name)
+    wait_reachable(world, {me: 1})
 
     def celeriac(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "celeriac", "-A", "ledger_app", *args],

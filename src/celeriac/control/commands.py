@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -56,6 +57,9 @@ class ProcessInfo:
     own_node: bool = False  # no node service runs beside it: it answers shutdown itself
     node_pid: int = field(default_factory=os.getpid)  # the supervisor's, if supervised
     started_at: float = field(default_factory=time.time)
+    # Set once the listener reads requests (or knows it never will): a request sent
+    # before that is not seen by this process.
+    listening: threading.Event = field(default_factory=threading.Event)
 
 
 ProcessHandler = Callable[..., Awaitable[Any]]

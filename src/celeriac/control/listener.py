@@ -40,6 +40,7 @@ async def listen(info: commands.ProcessInfo) -> None:
     """Answer the process commands for one worker process, until cancelled."""
     app = info.consumer.app
     if not app.conf.worker_enable_remote_control:
+        info.listening.set()
         return
 
     async def handle(request: Request) -> Any:
@@ -49,7 +50,10 @@ async def listen(info: commands.ProcessInfo) -> None:
             return None
         return await commands.PROCESS_COMMANDS[request.command](info, **request.arguments)
 
-    await _serve(app, info.node, info.index, handle, None)
+    try:
+        await _serve(app, info.node, info.index, handle, None, info.listening.set)
+    finally:
+        info.listening.set()  # (it never will)
 
 
 async def control_service(context: NodeContext) -> None:
@@ -61,15 +65,16 @@ async def control_service(context: NodeContext) -> None:
             return None
         return await commands.NODE_COMMANDS[request.command](context, **request.arguments)
 
-    await _serve(context.app, context.name, None, handle, context.bus)
+    await _serve(context.app, context.name, None, handle, context.bus, lambda: None)
 
 
 Handler = Callable[[Request], Awaitable[Any]]
 
 
 async def _serve(app: App, node: str, index: int | None, handle: Handler,
-                 bus: Bus | None) -> None:
-    """Read requests from ``bus`` (else one opened here), answer them, forever."""
+                 bus: Bus | None, on_listening: Callable[[], None]) -> None:
+    """Read requests from ``bus`` (else one opened here), answer them, forever;
+    ``on_listening`` is called once the first subscription is made."""
     own_bus = bus is None
     while True:
         try:
@@ -77,6 +82,7 @@ async def _serve(app: App, node: str, index: int | None, handle: Handler,
                 bus = await app.open_bus()
             assert bus is not None
             subscription = await bus.subscribe(CONTROL)
+            on_listening()
             try:
                 while True:
                     for record in await subscription.read(READ_TIMEOUT):
