@@ -92,12 +92,14 @@ def test_unknown_command_and_bad_arguments_are_error_replies(app: App) -> None:
 def test_conf_masks_secrets(app: App) -> None:
     app.conf.update(result_backend="memory://", broker_transport_options={
         "key_prefix": "x", "sentinel_kwargs": {"password": "hunter2"}},
-        task_default_queue="celeriac")
+        task_default_queue="celeriac",
+        alert_webhooks=["https://hooks.example.com/services/T0/B0/tokenSECRETabc"])
     app.conf.task_routes = {"t.*": {"queue": "q"}}
     with ThreadedWorker(app, hostname="a@h"):
         conf = app.control.inspect(timeout=0.3).conf(with_defaults=True)["a@h"]
     text = repr(conf)
     assert "hunter2" not in text
+    assert "tokenSECRETabc" not in text
     assert conf["broker_transport_options"]["sentinel_kwargs"]["password"] == "***"
     assert conf["task_default_queue"] == "celeriac"
 
