@@ -106,6 +106,8 @@ class Settings(Mapping[str, Any]):
     worker_hijack_root_logger: bool = True
     worker_log_format: str = LOG_FORMAT
     worker_task_log_format: str = TASK_LOG_FORMAT
+    worker_autoscale: tuple[int, int] | None = None  # (max, min), as --autoscale=MAX,MIN
+    worker_autoscale_keepalive: float = 30.0  # idle seconds before a slot is given back
 
     def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         """Set several settings at once; every name and value is checked first.
@@ -504,6 +506,28 @@ def _annotations(name: str, value: Any) -> Any:
     return check_annotations(value)
 
 
+def _autoscale(name: str, value: Any) -> tuple[int, int] | None:
+    from celeriac.worker.autoscale import check_bounds, parse_autoscale
+
+    if value is None:
+        return None
+    try:
+        if isinstance(value, str):
+            return parse_autoscale(value)
+        if isinstance(value, list | tuple):
+            return check_bounds(tuple(value))
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}: {exc}") from None
+    raise ConfigurationError(f"{name} must be (max, min) or 'MAX,MIN', not {value!r}")
+
+
+def _keepalive(name: str, value: Any) -> float:
+    seconds = _seconds(name, value)
+    if seconds is None:
+        raise ConfigurationError(f"{name} must be a number of seconds >= 0, not None")
+    return seconds
+
+
 def _rate_limit(name: str, value: Any) -> Any:
     from celeriac.ratelimit import parse_rate
 
@@ -566,4 +590,6 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "worker_hijack_root_logger": _bool,
     "worker_log_format": _log_format,
     "worker_task_log_format": _log_format,
+    "worker_autoscale": _autoscale,
+    "worker_autoscale_keepalive": _keepalive,
 }

@@ -80,7 +80,8 @@ class Supervisor:
         self._signals = 0
         self._stop_deadline: float | None = None
         self._quick_deaths = 0
-        self.capacity = max(options.processes, PROCESS_CAPACITY)
+        self.capacity = max(options.processes, PROCESS_CAPACITY,
+                            options.autoscale[0] if options.autoscale else 0)
         self._deadlines = Deadlines(self._context, options, self.capacity)  # time limit backstop
         self._board = StatusBoard(self._context, self.capacity)
         self._size = options.processes  # processes the pool should have
@@ -137,7 +138,8 @@ class Supervisor:
             if target > self.capacity:
                 raise ValueError(f"the pool cannot grow past {self.capacity} processes")
             self._size = target
-        self._requests.put(self._apply_size)
+        if delta:  # resize(0) only asks the size
+            self._requests.put(self._apply_size)
         return target
 
     def shutdown(self) -> None:
@@ -155,13 +157,22 @@ class Supervisor:
             if index not in self._children:
                 self._start(index)
                 live.append(index)
-        for index in reversed(live[self._size:]):
+        for index in self._to_stop(live, len(live) - self._size):
             # A warm stop: it finishes its task and hands back what it prefetched.
             self._retiring.add(index)
             logger.info("stopping worker process %d: the pool shrinks to %d", index,
                         self._size)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._children[index].process.pid or 0, signal.SIGTERM)
+
+    def _to_stop(self, live: list[int], count: int) -> list[int]:
+        """Which ``count`` processes a shrink stops: idle ones (running nothing, per the
+        status board) before busy ones, so the pool gives back capacity at once and no
+        task waits for a process to drain; the highest indices first among equals."""
+        if count <= 0:
+            return []
+        busy = {p.index for p in self._board.read(live) if p.active}
+        return sorted(live, key=lambda index: (index in busy, -index))[:count]
 
     @property
     def stopping(self) -> bool:

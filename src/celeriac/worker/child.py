@@ -36,6 +36,7 @@ from celeriac.logs import configure_logging, setup_worker_logging
 from celeriac.node.agent import run_services
 from celeriac.node.services import node_services
 from celeriac.node.solo import SoloNode
+from celeriac.worker.autoscale import start_in_process
 from celeriac.worker.consumer import Consumer, StopReason
 from celeriac.worker.deadlines import DeadlineSlot
 from celeriac.worker.options import WorkerOptions
@@ -116,6 +117,7 @@ async def serve(app: App, options: WorkerOptions, hostname: str,
     watcher = asyncio.create_task(_watch_parent(consumer)) if watch_parent else None
     node_stop = asyncio.Event()
     node_task = None
+    autoscaler = None
     if node is not None:
         node.consumer = consumer
         node_task = asyncio.create_task(
@@ -129,8 +131,11 @@ async def serve(app: App, options: WorkerOptions, hostname: str,
         logger.info("%s ready: consuming %s with %d slot(s), prefetch %d", hostname,
                     ",".join(options.queues), options.slots_per_process, consumer.budget)
         await signals.worker_ready.asend(sender=consumer)
+        autoscaler = start_in_process(consumer, options)  # -P threads/async --autoscale
         reason = await consumer.run(grace=options.shutdown_timeout)
     finally:
+        if autoscaler is not None:
+            autoscaler.cancel()
         if watcher is not None:
             watcher.cancel()
         if node_task is not None:  # its goodbye (worker-offline) once the tasks are done

@@ -37,6 +37,7 @@ from celeriac.app import App
 from celeriac.brokers.base import Delivery
 from celeriac.errors import describe
 from celeriac.worker.executor import Action, Executor, Prepared, SyncRunner, Verdict
+from celeriac.worker.pools import ThreadRunner
 from celeriac.worker.ratelimit import RateLimiter
 from celeriac.worker.status import PUBLISH_INTERVAL as STATUS_PUBLISH_INTERVAL
 from celeriac.worker.status import StatusSlot
@@ -117,7 +118,8 @@ class Consumer:
         self.app = app
         self.queues = list(queues)
         self.slots = slots
-        self.budget = slots * (prefetch_multiplier or app.conf.worker_prefetch_multiplier)
+        self._multiplier = prefetch_multiplier or app.conf.worker_prefetch_multiplier
+        self.budget = slots * self._multiplier
         self.executor = Executor(app, run_sync, hostname)
         self.rate_limits = RateLimiter(app)
         self.max_tasks = max_tasks
@@ -132,6 +134,9 @@ class Consumer:
         self._flush_lock = asyncio.Lock()  # held while a batch is being written
         self._stopping = asyncio.Event()
         self._busy: set[asyncio.Task[None]] = set()  # slots running a task right now
+        self._slot_tasks: set[asyncio.Task[None]] = set()  # every slot loop (run() starts them)
+        self._retiring = 0  # busy slots that end once their task is done (resize)
+        self._slot_names = 0
         self._idle = asyncio.Event()
         self._last_broker_ok = time.monotonic()
         self._cold = False
@@ -169,16 +174,18 @@ class Consumer:
                  asyncio.create_task(self.executor.guard.watch(), name="revocations")]
         if self.status is not None:
             loops.append(asyncio.create_task(self._status_loop(), name="status"))
-        slots = [asyncio.create_task(self._slot_loop(), name=f"slot-{i}")
-                 for i in range(self.slots)]
+        for _ in range(self.slots):
+            self._add_slot()
         try:
             await self._stopping.wait()
             await self._hand_back_unstarted()
+            slots = list(self._slot_tasks)
             for slot in slots:  # idle slots wait on the ready queue; running ones finish
                 if slot not in self._busy:
                     slot.cancel()
             await self._wait_for_running(grace)
         finally:
+            slots = list(self._slot_tasks)
             for task in slots + loops[:1]:
                 task.cancel()
             await asyncio.gather(*slots, loops[0], return_exceptions=True)
@@ -193,6 +200,54 @@ class Consumer:
             await self.rate_limits.close()
             self.publish_status(consuming=False)
         return self.stop_reason or StopReason.SHUTDOWN
+
+    def resize(self, delta: int) -> int:
+        """Grow or shrink this process's slots by ``delta`` (``pool_grow``/``pool_shrink``,
+        autoscaling of the threads and async pools); returns the new number of slots.
+
+        New slots start at once, with pool threads and prefetch budget to match. A
+        shrink ends idle slots first; a busy slot it needs finishes its task and then
+        ends: a running task is never cancelled. Raises ``ValueError`` below one slot.
+        """
+        target = self.slots + delta
+        if target < 1:
+            raise ValueError(f"this worker has {self.slots} slot(s): it cannot shrink by "
+                             f"{-delta} (one slot at least)")
+        if delta > 0:
+            kept = min(self._retiring, delta)  # busy slots about to retire stay instead
+            self._retiring -= kept
+            if self._slot_tasks:  # running; otherwise run() starts ``target`` slots
+                for _ in range(delta - kept):
+                    self._add_slot()
+        elif delta < 0:
+            idle = [slot for slot in self._slot_tasks if slot not in self._busy]
+            for slot in idle[:-delta]:  # waiting on the ready queue: nothing to lose
+                slot.cancel()
+                self._slot_tasks.discard(slot)
+            self._retiring += -delta - len(idle[:-delta])
+        self.slots = target
+        self.budget = target * self._multiplier
+        runner = self.executor.guard.runner
+        if isinstance(runner, ThreadRunner):
+            runner.fit(target)
+        self._room.set()  # the fetch loop sees the new budget
+        self.publish_status(consuming=not self._stopping.is_set())
+        return target
+
+    @property
+    def active(self) -> int:
+        """Tasks running now."""
+        return len(self._busy)
+
+    @property
+    def reserved(self) -> int:
+        """Tasks fetched and waiting for a slot."""
+        return self._ready.qsize()
+
+    def _add_slot(self) -> None:
+        self._slot_names += 1
+        slot = asyncio.create_task(self._slot_loop(), name=f"slot-{self._slot_names}")
+        self._slot_tasks.add(slot)
 
     def publish_status(self, consuming: bool) -> None:
         """This process's numbers, for its node (heartbeats, stats, health, autoscaling)."""
@@ -298,6 +353,10 @@ class Consumer:
         carried: tuple[Held, Prepared | Verdict] | None = None
         while True:
             if carried is None:
+                if self._retiring:  # the pool shrank while this slot ran a task
+                    self._retiring -= 1
+                    self._slot_tasks.discard(slot)
+                    return
                 held = await self._ready.get()
                 if self._stopping.is_set():
                     self._ready.put_nowait(held)  # handed back by _hand_back_unstarted
