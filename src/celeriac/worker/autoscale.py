@@ -147,10 +147,10 @@ async def autoscale(pool: Pool, broker: Broker, queues: Sequence[str], policy: P
         try:
             size = pool.resize(change.delta)
         except ValueError as exc:  # e.g. pool_shrink left it below what we asked
-            logger.warning("autoscale: could not resize the pool by %+d: %s", change.delta,
+            logger.warning("could not resize the pool by %+d: %s", change.delta,
                            exc)
             continue
-        logger.info("autoscale: %s the pool from %d to %d %s: %s",
+        logger.info("%s the pool from %d to %d %s: %s",
                     "growing" if change.delta > 0 else "shrinking", load.size, size,
                     pool.unit, change.reason)
 
@@ -160,7 +160,7 @@ async def _waiting(broker: Broker, queues: Sequence[str]) -> int:
     try:
         return sum(stats.ready for stats in await broker.queue_stats(list(queues)))
     except Exception as exc:
-        logger.warning("autoscale: cannot read the queue lengths (deciding on the "
+        logger.warning("cannot read the queue lengths (deciding on the "
                        "prefetched tasks alone): %s", describe(exc))
         return 0
 
