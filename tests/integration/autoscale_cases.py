@@ -115,3 +115,25 @@ def threads_grow_their_slots_under_a_backlog_and_shrink_when_idle(
     # And once idle the slots go back to 1
     worker.wait_for_log("shrinking the pool from 2 to 1 slot(s)", timeout=30)
     assert len(worker.children()) == 1
+
+
+def prefork_shrinks_idle_processes_and_keeps_the_busy_one(deployment: Deployment) -> None:
+    # Given a prefork worker with --autoscale=3,1 running a long task on its one process
+    worker = start_autoscaled(deployment, "--autoscale=3,1").wait_ready(1)
+    tasks = deployment.tasks
+    long = tasks.sleepy.delay("long", 10.0)
+    (started,) = deployment.ledger.wait_for("long")
+    # And short tasks queued behind it, which make the pool grow to 3
+    short = deployment.app.send_many([tasks.sleepy.s(f"short-{n}", 0.3) for n in range(4)])
+    wait_until(lambda: len(worker.children()) == 3, 30, "the pool grown to 3 processes")
+    assert all(result.get(timeout=30).startswith("short") for result in short)
+
+    # When the pool goes idle but for the long task, it shrinks back to 1 process
+    wait_until(lambda: len(worker.children()) == 1, 30, "the pool back to 1 process")
+
+    # Then the process kept is the one running the long task: it was not stopped
+    assert not deployment.ledger.of("long", "done"), "the long task ended too early to tell"
+    assert [child.pid for child in worker.children()] == [started.pid]
+    # And the long task finishes there, once
+    assert long.get(timeout=30) == "long"
+    assert [entry.pid for entry in deployment.ledger.of("long")] == [started.pid]

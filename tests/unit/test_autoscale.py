@@ -14,6 +14,7 @@ import pytest
 
 from celeriac import App
 from celeriac.config import ConfigurationError
+from celeriac.supervisor.supervisor import Supervisor
 from celeriac.testing import ThreadedWorker
 from celeriac.worker.autoscale import Load, Policy, parse_autoscale
 from celeriac.worker.consumer import Consumer
@@ -207,3 +208,34 @@ def test_the_worker_autoscale_setting_starts_the_pool_at_min() -> None:
         app.conf.worker_autoscale = (1, 2)
     with pytest.raises(ConfigurationError, match="worker_autoscaler"):
         app.conf.update(worker_autoscaler="celery.worker.autoscale:Autoscaler")
+
+
+# -- prefork: which processes a shrink stops ----------------------------------------------
+
+
+def test_a_prefork_shrink_stops_idle_processes_before_busy_ones() -> None:
+    supervisor = Supervisor(WorkerOptions("proj", ("celeriac",), concurrency=4))
+    try:
+        for index, active in enumerate([0, 1, 0, 1]):  # 1 and 3 run a task
+            supervisor._board.slot(index).publish(pid=100 + index, slots=1, active=active,
+                                                  reserved=0, processed=0, consuming=True)
+        live = [0, 1, 2, 3]
+        assert supervisor._to_stop(live, 1) == [2]  # the highest idle one
+        assert supervisor._to_stop(live, 2) == [2, 0]
+        assert supervisor._to_stop(live, 3) == [2, 0, 3]  # then busy ones (they drain)
+        assert supervisor._to_stop(live, 0) == []
+    finally:
+        supervisor._deadlines.close()
+
+
+def test_resize_by_zero_tells_the_size_without_changing_it() -> None:
+    supervisor = Supervisor(WorkerOptions("proj", ("celeriac",), concurrency=2,
+                                          autoscale=(80, 2)))
+    try:
+        assert supervisor.capacity == 80  # room for MAX processes
+        assert supervisor.resize(0) == 2
+        assert supervisor._requests.empty()
+        assert supervisor.resize(3) == 5
+        assert supervisor.resize(0) == 5
+    finally:
+        supervisor._deadlines.close()
