@@ -57,6 +57,11 @@ class Gate:
             time.sleep(0.01)
 
 
+def stop_if_running(worker: ThreadedWorker) -> None:
+    if worker._thread is not None and worker._thread.is_alive():
+        worker.stop()
+
+
 def consumer_of(worker: ThreadedWorker) -> Consumer:
     assert worker.consumer is not None
     return worker.consumer
@@ -239,3 +244,51 @@ def test_resize_by_zero_tells_the_size_without_changing_it() -> None:
         assert supervisor.resize(0) == 5
     finally:
         supervisor._deadlines.close()
+
+
+# -- a process shrunk away: Consumer.retire ------------------------------------------------
+
+
+def test_a_retired_consumer_lets_its_task_run_past_the_grace_period(celeriac_app: App) -> None:
+    gate = Gate(celeriac_app)
+    worker = ThreadedWorker(celeriac_app, slots=1, pool="threads", grace=0.1).start()
+    try:
+        consumer = consumer_of(worker)
+        result = gate.task.delay(1)
+        queued = gate.task.delay(2)
+        gate.wait_running(1)
+        worker.call(consumer.retire)
+        time.sleep(0.5)  # five grace periods: a plain stop would have given up by now
+        assert gate.running == 1
+        assert worker._thread is not None
+        assert worker._thread.is_alive()
+        gate.release.set()
+        assert result.get(timeout=WAIT) == 1  # finished and stored, not cut short
+        worker._thread.join(WAIT)
+        assert not worker._thread.is_alive()  # then the consumer ended
+        assert consumer.stats.processed == 1  # the queued task was handed back, not run
+        assert not queued.ready()
+    finally:
+        gate.release.set()
+        stop_if_running(worker)
+
+
+def test_a_stop_after_retire_brings_the_grace_period_back(celeriac_app: App) -> None:
+    gate = Gate(celeriac_app)
+    worker = ThreadedWorker(celeriac_app, slots=1, pool="threads", grace=0.2).start()
+    try:
+        consumer = consumer_of(worker)
+        gate.task.delay(1)
+        gate.wait_running(1)
+        worker.call(consumer.retire)
+        time.sleep(0.3)
+        started = time.monotonic()
+        worker.call(consumer.stop)  # a shutdown while it drains: 0.2 s from now
+        assert worker._thread is not None
+        worker._thread.join(WAIT)
+        assert not worker._thread.is_alive()
+        assert 0.15 < time.monotonic() - started < 2.0
+        assert gate.running == 1  # cut short (it will be delivered again)
+    finally:
+        gate.release.set()
+        stop_if_running(worker)

@@ -45,7 +45,7 @@ from celeriac.node.agent import NodeAgent
 from celeriac.node.base import NodeSnapshot
 from celeriac.node.services import node_services
 from celeriac.supervisor.deadlines import Deadlines
-from celeriac.worker.child import EXIT_OK, EXIT_REFUSED, child_main
+from celeriac.worker.child import EXIT_OK, EXIT_REFUSED, RETIRE_SIGNAL, child_main
 from celeriac.worker.options import WorkerOptions
 from celeriac.worker.status import StatusBoard
 
@@ -158,12 +158,13 @@ class Supervisor:
                 self._start(index)
                 live.append(index)
         for index in self._to_stop(live, len(live) - self._size):
-            # A warm stop: it finishes its task and hands back what it prefetched.
+            # It hands back what it prefetched and finishes its task, however long that
+            # takes (RETIRE_SIGNAL): a shrink never cuts a running task short.
             self._retiring.add(index)
             logger.info("stopping worker process %d: the pool shrinks to %d", index,
                         self._size)
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self._children[index].process.pid or 0, signal.SIGTERM)
+                os.kill(self._children[index].process.pid or 0, RETIRE_SIGNAL)
 
     def _to_stop(self, live: list[int], count: int) -> list[int]:
         """Which ``count`` processes a shrink stops: idle ones (running nothing, per the
@@ -218,7 +219,8 @@ class Supervisor:
         self._publish_indices()
         if child.index in self._retiring:
             self._retiring.discard(child.index)
-            if code not in (EXIT_OK, None):
+            # (-RETIRE_SIGNAL: it was still starting, before its handler; it ran nothing)
+            if code not in (EXIT_OK, None, -RETIRE_SIGNAL):
                 logger.warning("worker process %d exited with code %s as the pool shrank",
                                child.index, code)
             return

@@ -1,7 +1,9 @@
 """A worker process: loads the app and runs one consumer until told to stop.
 
 Signals: SIGTERM is a warm stop (prefetched tasks go back, running ones finish within
-the grace period); SIGQUIT is a cold stop (everything held goes back now).
+the grace period); SIGQUIT is a cold stop (everything held goes back now); SIGUSR1,
+from the supervisor as the pool shrinks, is a warm stop whose running task finishes
+however long it takes (``Consumer.retire``).
 
 A supervised child takes every SIGTERM as the same warm stop, however many arrive: when
 systemd (``KillMode=control-group``), supervisord (``stopasgroup``) or ``kill -TERM
@@ -49,6 +51,9 @@ logger = logging.getLogger("celeriac.worker")
 EXIT_OK = 0
 EXIT_BROKER_LOST = 70  # EX_SOFTWARE: the supervisor restarts the process
 EXIT_REFUSED = 78  # EX_CONFIG: the broker or backend refused us for good; do not restart
+# From the supervisor when the pool shrinks: a warm stop whose running task finishes
+# however long it takes (no grace period); a later SIGTERM brings the grace period back.
+RETIRE_SIGNAL = signal.SIGUSR1
 MEMORY_CHECK_INTERVAL = 0.5
 PARENT_CHECK_INTERVAL = 1.0
 EXIT_MARGIN = 10.0  # seconds past the grace a process replacing itself may take to exit
@@ -114,6 +119,8 @@ async def serve(app: App, options: WorkerOptions, hostname: str,
     for signum in stop_signals:
         loop.add_signal_handler(signum, _on_stop_signal, consumer, watch_parent)
     loop.add_signal_handler(signal.SIGQUIT, _on_quit, consumer)
+    if watch_parent:
+        loop.add_signal_handler(RETIRE_SIGNAL, _on_retire, consumer)
     watcher = asyncio.create_task(_watch_parent(consumer)) if watch_parent else None
     node_stop = asyncio.Event()
     node_task = None
@@ -169,6 +176,13 @@ def _on_stop_signal(consumer: Consumer, supervised: bool) -> None:
     else:
         logger.warning("cold shutdown (a second stop signal): handing back every task now")
         consumer.stop_cold()
+
+
+def _on_retire(consumer: Consumer) -> None:
+    if consumer.stop_reason is None:
+        logger.info("the pool shrinks: this process finishes its running task, hands back "
+                    "the rest and exits")
+        consumer.retire()
 
 
 def _on_quit(consumer: Consumer) -> None:

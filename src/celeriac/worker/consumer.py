@@ -26,6 +26,7 @@ verdicts are written, so that its death cannot take their acks with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -140,6 +141,8 @@ class Consumer:
         self._idle = asyncio.Event()
         self._last_broker_ok = time.monotonic()
         self._cold = False
+        self._stopped_at: float | None = None  # monotonic time stop() was first called
+        self._draining = False  # retired: running tasks finish without a grace period
         self._unflushed = 0  # held deliveries whose verdict waits for the flush
         self._suspects = 0  # redelivered tasks running now: while any runs, no linger
         self._slowest: dict[str, float] = {}  # task name -> its recent slowest run (decaying)
@@ -159,8 +162,20 @@ class Consumer:
         """Stop fetching; what is queued goes back, what runs finishes (a warm stop)."""
         if self.stop_reason is None:
             self.stop_reason = reason
+        if self._stopped_at is None or self._draining:
+            # The grace period counts from now (a stop after ``retire`` bounds it again).
+            self._stopped_at = time.monotonic()
+            self._draining = False
+            self._idle.set()
         self._stopping.set()
         self._room.set()
+
+    def retire(self) -> None:
+        """A warm stop whose running tasks finish however long they take: this process
+        was shrunk away, nobody waits for it. A later ``stop`` (a shutdown) brings the
+        grace period back, counted from then."""
+        self.stop()
+        self._draining = True
 
     async def run(self, grace: float | None = None) -> StopReason:
         """Consume until stopped; then finish running tasks within ``grace`` seconds."""
@@ -512,13 +527,14 @@ class Consumer:
             self.stop(StopReason.RECYCLE)
 
     async def _wait_for_running(self, grace: float) -> None:
-        deadline = time.monotonic() + grace
-        while self._busy and not self._cold and time.monotonic() < deadline:
-            self._idle.clear()
-            try:
-                await asyncio.wait_for(self._idle.wait(), deadline - time.monotonic())
-            except TimeoutError:
+        while self._busy and not self._cold:
+            left = None if self._draining else (
+                (self._stopped_at or time.monotonic()) + grace - time.monotonic())
+            if left is not None and left <= 0:
                 break
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), left)
         if self._busy and self._cold:
             logger.warning("cold stop: %d running task(s) cut short; they will be "
                            "delivered again", len(self._busy))
