@@ -79,7 +79,8 @@ class NodeHandle(Protocol):
 
     def resize(self, delta: int) -> int:
         """Grow (``delta`` > 0) or shrink the pool by ``delta`` processes (or slots, for
-        the pools that run many in one process); returns the size it will have. Raises
+        the pools that run many in one process); returns the size it will have
+        (``resize(0)`` only asks it: the autoscaler does, ``worker.autoscale``). Raises
         ``ValueError`` with the reason when it cannot (below 1, above the capacity, a
         pool that cannot change its size)."""
         ...
