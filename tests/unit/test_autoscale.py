@@ -7,6 +7,7 @@ in-memory broker): its tasks block on events the test releases, so "running" and
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -14,7 +15,7 @@ import pytest
 
 from celeriac import App
 from celeriac.config import ConfigurationError
-from celeriac.supervisor.supervisor import Supervisor
+from celeriac.supervisor.supervisor import Child, Supervisor
 from celeriac.testing import ThreadedWorker
 from celeriac.worker.autoscale import Load, Policy, parse_autoscale
 from celeriac.worker.consumer import Consumer
@@ -292,3 +293,20 @@ def test_a_stop_after_retire_brings_the_grace_period_back(celeriac_app: App) -> 
     finally:
         gate.release.set()
         stop_if_running(worker)
+
+
+def test_a_process_shrunk_away_is_not_replaced_and_its_count_is_kept() -> None:
+    supervisor = Supervisor(WorkerOptions("proj", ("celeriac",), concurrency=3))
+    try:
+        process = supervisor._context.Process(target=sys.exit, args=(0,))
+        process.start()
+        supervisor._children[2] = Child(2, process, time.monotonic())
+        supervisor._board.slot(2).publish(pid=process.pid or 0, slots=1, active=0,
+                                          reserved=0, processed=7, consuming=False)
+        supervisor._retiring.add(2)  # as _apply_size does when the pool shrinks
+        supervisor._reap(supervisor._children[2])
+        assert 2 not in supervisor._children  # not replaced
+        assert supervisor.snapshot().processed == 7  # its tasks still count
+        assert supervisor.snapshot().processes == ()
+    finally:
+        supervisor._deadlines.close()
