@@ -7,6 +7,7 @@ in-memory broker): its tasks block on events the test releases, so "running" and
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 import time
@@ -17,7 +18,7 @@ from celeriac import App
 from celeriac.config import ConfigurationError
 from celeriac.supervisor.supervisor import Child, Supervisor
 from celeriac.testing import ThreadedWorker
-from celeriac.worker.autoscale import Load, Policy, parse_autoscale
+from celeriac.worker.autoscale import ConsumerPool, Load, Policy, autoscale, parse_autoscale
 from celeriac.worker.consumer import Consumer
 from celeriac.worker.options import WorkerOptions
 from celeriac.worker.pools import ThreadRunner
@@ -259,6 +260,8 @@ def test_a_retired_consumer_lets_its_task_run_past_the_grace_period(celeriac_app
         queued = gate.task.delay(2)
         gate.wait_running(1)
         worker.call(consumer.retire)
+        with pytest.raises(ValueError, match="stopping"):
+            worker.call(lambda: consumer.resize(1))
         time.sleep(0.5)  # five grace periods: a plain stop would have given up by now
         assert gate.running == 1
         assert worker._thread is not None
@@ -310,3 +313,31 @@ def test_a_process_shrunk_away_is_not_replaced_and_its_count_is_kept() -> None:
         assert supervisor.snapshot().processes == ()
     finally:
         supervisor._deadlines.close()
+
+
+# -- the loop, on a real consumer -----------------------------------------------------------
+
+
+def test_the_autoscaler_grows_and_shrinks_a_consumers_slots(
+        celeriac_app: App) -> None:
+    gate = Gate(celeriac_app)
+    worker = ThreadedWorker(celeriac_app, slots=1, pool="threads").start()
+    try:
+        consumer = consumer_of(worker)
+        policy = Policy(maximum=4, minimum=1, keepalive=0.3)
+        scaler = worker.call(lambda: asyncio.ensure_future(autoscale(
+            ConsumerPool(consumer), celeriac_app.broker, worker.queues, policy,
+            interval=0.05)))
+        results = [gate.task.delay(n) for n in range(6)]
+        gate.wait_running(4)  # grown by the backlog, up to MAX
+        assert consumer.slots == 4
+        gate.release.set()
+        assert sorted(r.get(timeout=WAIT) for r in results) == list(range(6))
+        deadline = time.monotonic() + WAIT
+        while consumer.slots > 1:  # one slot given back per check after the keepalive
+            assert time.monotonic() < deadline, f"{consumer.slots} slots left"
+            time.sleep(0.02)
+        worker.call(scaler.cancel)
+    finally:
+        gate.release.set()
+        stop_if_running(worker)

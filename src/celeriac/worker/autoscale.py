@@ -127,6 +127,11 @@ class Policy:
 class Pool(Protocol):
     unit: str  # "process(es)" or "slot(s)"
 
+    @property
+    def stopping(self) -> bool:
+        """The pool is shutting down: the autoscaler's work is over."""
+        ...
+
     def load(self) -> Load: ...
 
     def resize(self, delta: int) -> int: ...
@@ -134,12 +139,15 @@ class Pool(Protocol):
 
 async def autoscale(pool: Pool, broker: Broker, queues: Sequence[str], policy: Policy,
                     interval: float = CHECK_INTERVAL) -> None:
-    """Check every ``interval`` seconds and resize ``pool``; runs until cancelled."""
+    """Check every ``interval`` seconds and resize ``pool``, until it stops or this is
+    cancelled."""
     logger.info("autoscaling between %d and %d %s (idle keepalive %gs)", policy.minimum,
                 policy.maximum, pool.unit, policy.keepalive)
-    while True:
+    while not pool.stopping:
         await asyncio.sleep(interval)
         waiting = await _waiting(broker, queues)
+        if pool.stopping:
+            return
         load = pool.load()
         change = policy.decide(load, waiting, time.monotonic())
         if change is None:
@@ -175,6 +183,10 @@ class NodePool:
 
     def __init__(self, node: NodeHandle) -> None:
         self.node = node
+
+    @property
+    def stopping(self) -> bool:
+        return False  # the node cancels its services when it stops
 
     def load(self) -> Load:
         snapshot = self.node.snapshot()
@@ -213,6 +225,10 @@ class ConsumerPool:
 
     def __init__(self, consumer: Consumer) -> None:
         self.consumer = consumer
+
+    @property
+    def stopping(self) -> bool:
+        return self.consumer.stopping
 
     def load(self) -> Load:
         consumer = self.consumer

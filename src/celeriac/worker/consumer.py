@@ -228,6 +228,8 @@ class Consumer:
         if target < 1:
             raise ValueError(f"this worker has {self.slots} slot(s): it cannot shrink by "
                              f"{-delta} (one slot at least)")
+        if self._stopping.is_set():
+            raise ValueError("this worker is stopping: its pool no longer changes size")
         if delta > 0:
             kept = min(self._retiring, delta)  # busy slots about to retire stay instead
             self._retiring -= kept
@@ -248,6 +250,10 @@ class Consumer:
         self._room.set()  # the fetch loop sees the new budget
         self.publish_status(consuming=not self._stopping.is_set())
         return target
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     @property
     def active(self) -> int:
