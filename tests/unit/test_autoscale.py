@@ -113,8 +113,8 @@ def test_shrinking_retires_idle_slots_first(celeriac_app: App) -> None:
         running = gate.task.delay(0)
         gate.wait_running(1)
         assert worker.call(lambda: consumer.resize(-2)) == 1
-        assert worker.call(lambda: len(consumer._slot_tasks)) == 1  # the two idle went
-        assert worker.call(lambda: consumer._retiring) == 0  # the busy one stays
+        assert worker.call(lambda: len(consumer._slots.tasks)) == 1  # the two idle went
+        assert worker.call(lambda: consumer._slots.retiring) == 0  # the busy one stays
         queued = gate.task.delay(1)
         time.sleep(0.2)
         assert gate.running == 1  # the one slot left is busy: the new task waits
@@ -131,7 +131,7 @@ def test_a_shrink_then_a_grow_keeps_the_busy_slot(celeriac_app: App) -> None:
         gate.wait_running(2)
         assert worker.call(lambda: consumer.resize(-1)) == 1  # a busy slot will retire
         assert worker.call(lambda: consumer.resize(1)) == 2  # ... and now stays instead
-        assert worker.call(lambda: (len(consumer._slot_tasks), consumer._retiring)) == (2, 0)
+        assert worker.call(lambda: (len(consumer._slots.tasks), consumer._slots.retiring)) == (2, 0)
         gate.release.set()
         assert [r.get(timeout=WAIT) for r in results] == [0, 1]
 

@@ -40,6 +40,7 @@ from celeriac.errors import describe
 from celeriac.worker.executor import Action, Executor, Prepared, SyncRunner, Verdict
 from celeriac.worker.pools import ThreadRunner
 from celeriac.worker.ratelimit import RateLimiter
+from celeriac.worker.slots import SlotLoops
 from celeriac.worker.status import PUBLISH_INTERVAL as STATUS_PUBLISH_INTERVAL
 from celeriac.worker.status import StatusSlot
 from celeriac.worker.verdicts import (
@@ -135,9 +136,7 @@ class Consumer:
         self._flush_lock = asyncio.Lock()  # held while a batch is being written
         self._stopping = asyncio.Event()
         self._busy: set[asyncio.Task[None]] = set()  # slots running a task right now
-        self._slot_tasks: set[asyncio.Task[None]] = set()  # every slot loop (run() starts them)
-        self._retiring = 0  # busy slots that end once their task is done (resize)
-        self._slot_names = 0
+        self._slots = SlotLoops(self._slot_loop)  # run() starts them; resize() changes them
         self._idle = asyncio.Event()
         self._last_broker_ok = time.monotonic()
         self._cold = False
@@ -189,18 +188,17 @@ class Consumer:
                  asyncio.create_task(self.executor.guard.watch(), name="revocations")]
         if self.status is not None:
             loops.append(asyncio.create_task(self._status_loop(), name="status"))
-        for _ in range(self.slots):
-            self._add_slot()
+        self._slots.start(self.slots)
         try:
             await self._stopping.wait()
             await self._hand_back_unstarted()
-            slots = list(self._slot_tasks)
+            slots = list(self._slots.tasks)
             for slot in slots:  # idle slots wait on the ready queue; running ones finish
                 if slot not in self._busy:
                     slot.cancel()
             await self._wait_for_running(grace)
         finally:
-            slots = list(self._slot_tasks)
+            slots = list(self._slots.tasks)
             for task in slots + loops[:1]:
                 task.cancel()
             await asyncio.gather(*slots, loops[0], return_exceptions=True)
@@ -231,17 +229,9 @@ class Consumer:
         if self._stopping.is_set():
             raise ValueError("this worker is stopping: its pool no longer changes size")
         if delta > 0:
-            kept = min(self._retiring, delta)  # busy slots about to retire stay instead
-            self._retiring -= kept
-            if self._slot_tasks:  # running; otherwise run() starts ``target`` slots
-                for _ in range(delta - kept):
-                    self._add_slot()
+            self._slots.grow(delta)
         elif delta < 0:
-            idle = [slot for slot in self._slot_tasks if slot not in self._busy]
-            for slot in idle[:-delta]:  # waiting on the ready queue: nothing to lose
-                slot.cancel()
-                self._slot_tasks.discard(slot)
-            self._retiring += -delta - len(idle[:-delta])
+            self._slots.shrink(-delta, self._busy)
         self.slots = target
         self.budget = target * self._multiplier
         runner = self.executor.guard.runner
@@ -264,11 +254,6 @@ class Consumer:
     def reserved(self) -> int:
         """Tasks fetched and waiting for a slot."""
         return self._ready.qsize()
-
-    def _add_slot(self) -> None:
-        self._slot_names += 1
-        slot = asyncio.create_task(self._slot_loop(), name=f"slot-{self._slot_names}")
-        self._slot_tasks.add(slot)
 
     def publish_status(self, consuming: bool) -> None:
         """This process's numbers, for its node (heartbeats, stats, health, autoscaling)."""
@@ -374,9 +359,7 @@ class Consumer:
         carried: tuple[Held, Prepared | Verdict] | None = None
         while True:
             if carried is None:
-                if self._retiring:  # the pool shrank while this slot ran a task
-                    self._retiring -= 1
-                    self._slot_tasks.discard(slot)
+                if self._slots.retire_now(slot):  # the pool shrank while it ran a task
                     return
                 held = await self._ready.get()
                 if self._stopping.is_set():
