@@ -341,3 +341,22 @@ def test_the_autoscaler_grows_and_shrinks_a_consumers_slots(
     finally:
         gate.release.set()
         stop_if_running(worker)
+
+
+def test_a_draining_process_is_marked_and_the_node_still_counts_as_consuming() -> None:
+    supervisor = Supervisor(WorkerOptions("proj", ("celeriac",), concurrency=2))
+    try:
+        for index, consuming in enumerate([True, False]):  # 1 stopped consuming: it drains
+            supervisor._board.slot(index).publish(pid=100 + index, slots=1, active=1,
+                                                  reserved=0, processed=3,
+                                                  consuming=consuming)
+        supervisor._indices = (0, 1)
+        supervisor._retiring.add(1)
+        snapshot = supervisor.snapshot()
+        assert [p.retiring for p in snapshot.processes] == [False, True]
+        assert snapshot.consuming  # the node still consumes (readiness)
+        assert (snapshot.active, snapshot.processed) == (2, 6)  # its work still counts
+        supervisor._retiring.clear()
+        assert not supervisor.snapshot().consuming  # a process not consuming, not drained
+    finally:
+        supervisor._deadlines.close()

@@ -59,8 +59,10 @@ class NodeSnapshot:
 
     @property
     def consuming(self) -> bool:
-        """Every live process reached its broker and consumes."""
-        return bool(self.processes) and all(p.consuming for p in self.processes)
+        """Every live process reached its broker and consumes (but those shrunk away,
+        which stopped consuming and drain)."""
+        serving = [p for p in self.processes if not p.retiring]
+        return bool(serving) and all(p.consuming for p in serving)
 
     def stalled(self, now: float, limit: float) -> list[ProcessSnapshot]:
         """Processes whose event loop has not written its entry for ``limit`` seconds

@@ -35,7 +35,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -122,8 +122,11 @@ class Supervisor:
     def snapshot(self) -> NodeSnapshot:
         with self._lock:
             indices, retired = self._indices, self._retired_processed
+            retiring = frozenset(self._retiring)
+        processes = tuple(replace(p, retiring=True) if p.index in retiring else p
+                          for p in self._board.read(list(indices)))
         return NodeSnapshot(self.name, os.getpid(), self.options.pool, self.started_at,
-                            tuple(self._board.read(list(indices))), retired)
+                            processes, retired)
 
     def resize(self, delta: int) -> int:
         """Grow or shrink the prefork pool by ``delta`` processes (see NodeHandle)."""
@@ -160,7 +163,8 @@ class Supervisor:
         for index in self._to_stop(live, len(live) - self._size):
             # It hands back what it prefetched and finishes its task, however long that
             # takes (RETIRE_SIGNAL): a shrink never cuts a running task short.
-            self._retiring.add(index)
+            with self._lock:  # (snapshot() reads it from the services' thread)
+                self._retiring.add(index)
             logger.info("stopping worker process %d: the pool shrinks to %d", index,
                         self._size)
             with contextlib.suppress(ProcessLookupError):
@@ -216,9 +220,10 @@ class Supervisor:
         with self._lock:
             self._retired_processed += self._board.slot(child.index).read().processed
             self._board.slot(child.index).clear()
-        self._publish_indices()
-        if child.index in self._retiring:
+            shrunk = child.index in self._retiring
             self._retiring.discard(child.index)
+        self._publish_indices()
+        if shrunk:
             # (-RETIRE_SIGNAL: it was still starting, before its handler; it ran nothing)
             if code not in (EXIT_OK, None, -RETIRE_SIGNAL):
                 logger.warning("worker process %d exited with code %s as the pool shrank",

@@ -189,10 +189,10 @@ class NodePool:
         return False  # the node cancels its services when it stops
 
     def load(self) -> Load:
-        snapshot = self.node.snapshot()
+        serving = [p for p in self.node.snapshot().processes if not p.retiring]
         size = self.node.resize(0)  # the size it has or is heading to
-        consuming = sum(p.slots for p in snapshot.processes if p.consuming)
-        return Load(size, consuming, snapshot.active, snapshot.reserved)
+        return Load(size, sum(p.slots for p in serving if p.consuming),
+                    sum(p.active for p in serving), sum(p.reserved for p in serving))
 
     def resize(self, delta: int) -> int:
         return self.node.resize(delta)
