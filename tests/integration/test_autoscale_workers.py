@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from autoscale_cases import (
+    node_name,
     prefork_grows_to_max_under_a_backlog_and_back_to_min_when_idle,
     prefork_shrinks_idle_processes_and_keeps_the_busy_one,
     threads_grow_their_slots_under_a_backlog_and_shrink_when_idle,
@@ -26,8 +27,8 @@ def test_prefork_autoscale_stops_idle_processes_and_keeps_the_busy_one(
 
 
 def test_bad_autoscale_bounds_are_one_clear_line(deployment: Deployment) -> None:
-    swapped = deployment.start_worker("--autoscale=1,4")
-    solo = deployment.start_worker("-P", "solo", "--autoscale=4,1")
+    swapped = deployment.start_worker("-n", node_name(), "--autoscale=1,4")
+    solo = deployment.start_worker("-n", node_name(), "-P", "solo", "--autoscale=4,1")
     assert swapped.wait(20) == 2
     assert solo.wait(20) == 2
     assert "MAX (1) must be at least MIN (4): Celery's order is --autoscale=MAX,MIN" \
