@@ -143,9 +143,18 @@ async def autoscale(pool: Pool, broker: Broker, queues: Sequence[str], policy: P
     cancelled."""
     logger.info("autoscaling between %d and %d %s (idle keepalive %gs)", policy.minimum,
                 policy.maximum, pool.unit, policy.keepalive)
+    unreadable = False  # the queue lengths could not be read last time (logged once)
     while not pool.stopping:
         await asyncio.sleep(interval)
-        waiting = await _waiting(broker, queues)
+        try:
+            waiting = sum(stats.ready for stats in await broker.queue_stats(list(queues)))
+            unreadable = False
+        except Exception as exc:
+            if not unreadable:
+                logger.warning("cannot read the queue lengths (deciding on the prefetched "
+                               "tasks alone until they can be read): %s", describe(exc))
+            unreadable = True
+            waiting = 0
         if pool.stopping:
             return
         load = pool.load()
@@ -155,22 +164,11 @@ async def autoscale(pool: Pool, broker: Broker, queues: Sequence[str], policy: P
         try:
             size = pool.resize(change.delta)
         except ValueError as exc:  # e.g. pool_shrink left it below what we asked
-            logger.warning("could not resize the pool by %+d: %s", change.delta,
-                           exc)
+            logger.warning("could not resize the pool by %+d: %s", change.delta, exc)
             continue
         logger.info("%s the pool from %d to %d %s: %s",
                     "growing" if change.delta > 0 else "shrinking", load.size, size,
                     pool.unit, change.reason)
-
-
-async def _waiting(broker: Broker, queues: Sequence[str]) -> int:
-    """Messages ready on the broker; 0 (the pool's own backlog still counts) on error."""
-    try:
-        return sum(stats.ready for stats in await broker.queue_stats(list(queues)))
-    except Exception as exc:
-        logger.warning("cannot read the queue lengths (deciding on the "
-                       "prefetched tasks alone): %s", describe(exc))
-        return 0
 
 
 # -- prefork: processes of the node -----------------------------------------------------
