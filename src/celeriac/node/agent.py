@@ -17,6 +17,7 @@ import threading
 from collections.abc import Sequence
 
 from celeriac.bus.base import Bus
+from celeriac.bus.memory import MemoryBus
 from celeriac.errors import describe
 from celeriac.node.base import NodeContext, NodeHandle, NodeService
 
@@ -55,7 +56,13 @@ async def run_services(node: NodeHandle, services: Sequence[NodeService],
 async def _connect_bus(node: NodeHandle, stop: asyncio.Event) -> Bus | None:
     delay = 0.5
     while not stop.is_set():
-        bus = node.app.broker.bus()
+        try:
+            bus = node.app.broker.bus()
+        except NotImplementedError as exc:
+            # The services that need no topics (autoscaling, metrics) still run.
+            logger.warning("node %s: %s; events and remote control are off", node.name,
+                           describe(exc))
+            return MemoryBus()  # topics of this process alone
         try:
             await bus.connect()
             return bus
