@@ -206,7 +206,9 @@ _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
      "the zone of periodic tasks"),
     ("worker_agent", Answer.REFUSED, None, "celeriac has no worker agent"),
     ("worker_autoscaler", Answer.REFUSED, None,
-     "autoscaling is not built yet (issue 12)"),
+     "celeriac's autoscaler is built in, not a class to replace: set its bounds with "
+     "--autoscale=MAX,MIN or worker_autoscale=(max, min), its idle cool-down with "
+     "worker_autoscale_keepalive"),
     ("worker_cancel_long_running_tasks_on_connection_loss", Answer.REFUSED, None,
      "a task whose lease is lost runs on, and its result is refused (fencing); "
      "see docs/architecture.md"),

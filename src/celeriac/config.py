@@ -107,6 +107,8 @@ class Settings(Mapping[str, Any]):
     worker_hijack_root_logger: bool = True
     worker_log_format: str = LOG_FORMAT
     worker_task_log_format: str = TASK_LOG_FORMAT
+    worker_autoscale: tuple[int, int] | None = None  # (max, min), as --autoscale=MAX,MIN
+    worker_autoscale_keepalive: float = 30.0  # idle seconds before a slot is given back
 
     # Queue alerts (celeriac.monitor.rules): thresholds per queue or "*", how often
     # `celeriac monitor` checks them, and where alerts are POSTed.
@@ -537,6 +539,28 @@ def _interval(name: str, value: Any) -> float:
     return seconds
 
 
+def _autoscale(name: str, value: Any) -> tuple[int, int] | None:
+    from celeriac.worker.autoscale import check_bounds, parse_autoscale
+
+    if value is None:
+        return None
+    try:
+        if isinstance(value, str):
+            return parse_autoscale(value)
+        if isinstance(value, list | tuple):
+            return check_bounds(tuple(value))
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}: {exc}") from None
+    raise ConfigurationError(f"{name} must be (max, min) or 'MAX,MIN', not {value!r}")
+
+
+def _keepalive(name: str, value: Any) -> float:
+    seconds = _seconds(name, value)
+    if seconds is None:
+        raise ConfigurationError(f"{name} must be a number of seconds >= 0, not None")
+    return seconds
+
+
 def _rate_limit(name: str, value: Any) -> Any:
     from celeriac.ratelimit import parse_rate
 
@@ -603,4 +627,6 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "queue_alerts": _queue_alerts,
     "queue_alerts_interval": _interval,
     "alert_webhooks": _webhooks,
+    "worker_autoscale": _autoscale,
+    "worker_autoscale_keepalive": _keepalive,
 }

@@ -19,9 +19,9 @@ import asyncio
 import itertools
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -32,6 +32,8 @@ from celeriac.worker.pools import runner_for
 
 START_TIMEOUT = 10.0
 _numbers = itertools.count(1)
+
+T = TypeVar("T")
 
 
 class ThreadedWorker:
@@ -77,6 +79,16 @@ class ThreadedWorker:
             self._thread.join(self.grace + START_TIMEOUT)
         if self._error is not None:
             raise self._error
+
+    def call(self, fn: Callable[[], T], timeout: float = START_TIMEOUT) -> T:
+        """Run ``fn`` on the worker's event loop (e.g. ``consumer.resize``); its result."""
+        if self._loop is None:
+            raise RuntimeError("the test worker is not running")
+
+        async def run() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
 
     def __enter__(self) -> ThreadedWorker:
         return self.start()

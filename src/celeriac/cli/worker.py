@@ -19,6 +19,7 @@ from celeriac.logs import FORMAT as LOG_FORMAT
 from celeriac.logs import JSON, configure_logging, setup_worker_logging
 from celeriac.supervisor.supervisor import Supervisor
 from celeriac.urls import display_url
+from celeriac.worker.autoscale import parse_autoscale
 from celeriac.worker.child import EXIT_BROKER_LOST, EXIT_OK, EXIT_REFUSED, serve
 from celeriac.worker.consumer import StopReason
 from celeriac.worker.options import WorkerOptions, expand_nodename, logfile_path
@@ -31,9 +32,22 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celeriac.worker")
 
 
+def _autoscale_bounds(ctx: click.Context, param: click.Parameter,
+                      value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        return parse_autoscale(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
 @click.command("worker")
 @click.option("-c", "--concurrency", type=click.IntRange(min=1),
               help="Processes (prefork) or slots in one process (threads, async).")
+@click.option("--autoscale", metavar="MAX,MIN", callback=_autoscale_bounds,
+              help="Grow the pool up to MAX processes (slots for threads/async) while "
+                   "work is queued, shrink it to MIN when idle (Celery's order).")
 @click.option("-P", "--pool", type=click.Choice(POOLS), help="How tasks run.")
 @click.option("-Q", "--queues", help="Comma-separated queues, consumed in this order.")
 @click.option("--prefetch-multiplier", type=click.IntRange(min=1),
@@ -57,7 +71,8 @@ logger = logging.getLogger("celeriac.worker")
               help="Append logs to this file instead of stderr (%p node name, %h host, "
                    "%n, %d, %i process index, %I).")
 @click.pass_obj
-def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
+def worker_command(spec: AppSpec, concurrency: int | None,
+                   autoscale: tuple[int, int] | None, pool: str | None,
                    queues: str | None, prefetch_multiplier: int | None,
                    max_tasks_per_child: int | None, max_memory_per_child: int | None,
                    shutdown_timeout: float | None, hostname: str | None,
@@ -73,7 +88,11 @@ def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
         loglevel=loglevel.upper(),
         hostname=expand_nodename(hostname) if hostname is not None else None,
         log_format=_log_format(log_format, app.conf.worker_log_format), logfile=logfile,
+        autoscale=autoscale,
     )
+    if options.autoscale is not None and options.pool == "solo":
+        raise click.UsageError("--autoscale needs a pool that can change size: -P prefork, "
+                               "threads or async (a solo worker runs one task at a time)")
     # Now that the app's settings are known: its own logging setup, if it has one, stays.
     setup_worker_logging(loglevel, options.hijack_root_logger, options.log_format,
                          options.task_log_format,
@@ -132,6 +151,8 @@ def log_banner(app: App, options: WorkerOptions) -> None:
         pool = f"prefork, {options.processes} process(es)"
     else:
         pool = f"{options.pool}, {options.slots_per_process} slot(s)"
+    if options.autoscale is not None:
+        pool += f" (autoscale {options.autoscale[1]} to {options.autoscale[0]})"
     lines = [
         f"celeriac {__version__} worker {options.hostname}",
         f"  app:      {app.main} ({options.app_spec})",

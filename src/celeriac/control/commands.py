@@ -143,7 +143,7 @@ async def active(info: ProcessInfo) -> Any:
 @_process("reserved")
 async def reserved(info: ProcessInfo) -> Any:
     found = []
-    for delivery in info.consumer.reserved():
+    for delivery in info.consumer.reserved_deliveries():
         message = _decoded(info, delivery)
         if message is not None:
             found.append(_request_info(message, info, time_start=None, acknowledged=False))

@@ -26,6 +26,7 @@ verdicts are written, so that its death cannot take their acks with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -41,6 +42,7 @@ from celeriac.errors import describe
 from celeriac.worker.executor import Action, Executor, Prepared, SyncRunner, Verdict
 from celeriac.worker.pools import ThreadRunner
 from celeriac.worker.ratelimit import RateLimiter
+from celeriac.worker.slots import SlotLoops
 from celeriac.worker.status import PUBLISH_INTERVAL as STATUS_PUBLISH_INTERVAL
 from celeriac.worker.status import StatusSlot
 from celeriac.worker.verdicts import (
@@ -141,13 +143,14 @@ class Consumer:
         self._flush_lock = asyncio.Lock()  # held while a batch is being written
         self._stopping = asyncio.Event()
         self._busy: set[asyncio.Task[None]] = set()  # slots running a task right now
+        self._slots = SlotLoops(self._slot_loop)  # run() starts them; resize() changes them
         self._idle = asyncio.Event()
         self._last_broker_ok = time.monotonic()
         self._cold = False
+        self._stopped_at: float | None = None  # monotonic time stop() was first called
+        self._draining = False  # retired: running tasks finish without a grace period
         self._unflushed = 0  # held deliveries whose verdict waits for the flush
         self._suspects = 0  # redelivered tasks running now: while any runs, no linger
-        self._slot_tasks: list[asyncio.Task[None]] = []
-        self._retiring = 0  # busy slots to end after their task (resize)
         self._slowest: dict[str, float] = {}  # task name -> its recent slowest run (decaying)
         self._typical: float | None = None  # moving average of this process's run times
 
@@ -165,8 +168,20 @@ class Consumer:
         """Stop fetching; what is queued goes back, what runs finishes (a warm stop)."""
         if self.stop_reason is None:
             self.stop_reason = reason
+        if self._stopped_at is None or self._draining:
+            # The grace period counts from now (a stop after ``retire`` bounds it again).
+            self._stopped_at = time.monotonic()
+            self._draining = False
+            self._idle.set()
         self._stopping.set()
         self._room.set()
+
+    def retire(self) -> None:
+        """A warm stop whose running tasks finish however long they take: this process
+        was shrunk away, nobody waits for it. A later ``stop`` (a shutdown) brings the
+        grace period back, counted from then."""
+        self.stop()
+        self._draining = True
 
     async def run(self, grace: float | None = None) -> StopReason:
         """Consume until stopped; then finish running tasks within ``grace`` seconds."""
@@ -184,16 +199,17 @@ class Consumer:
             from celeriac.control.listener import listen
 
             loops.append(asyncio.create_task(listen(self.control), name="control"))
-        slots = self._slot_tasks = [asyncio.create_task(self._slot_loop(), name=f"slot-{i}")
-                                    for i in range(self.slots)]
+        self._slots.start(self.slots)
         try:
             await self._stopping.wait()
             await self._hand_back_unstarted()
+            slots = list(self._slots.tasks)
             for slot in slots:  # idle slots wait on the ready queue; running ones finish
                 if slot not in self._busy:
                     slot.cancel()
             await self._wait_for_running(grace)
         finally:
+            slots = list(self._slots.tasks)
             for task in slots + loops[:1]:
                 task.cancel()
             await asyncio.gather(*slots, loops[0], return_exceptions=True)
@@ -209,10 +225,51 @@ class Consumer:
             self.publish_status(consuming=False)
         return self.stop_reason or StopReason.SHUTDOWN
 
+    def resize(self, delta: int) -> int:
+        """Grow or shrink this process's slots by ``delta`` (``pool_grow``/``pool_shrink``,
+        autoscaling of the threads and async pools); returns the new number of slots.
+
+        New slots start at once, with pool threads and prefetch budget to match. A
+        shrink ends idle slots first; a busy slot it needs finishes its task and then
+        ends: a running task is never cancelled. Raises ``ValueError`` below one slot.
+        """
+        target = self.slots + delta
+        if target < 1:
+            raise ValueError(f"this worker has {self.slots} slot(s): it cannot shrink by "
+                             f"{-delta} (one slot at least)")
+        if self._stopping.is_set():
+            raise ValueError("this worker is stopping: its pool no longer changes size")
+        if delta > 0:
+            self._slots.grow(delta)
+        elif delta < 0:
+            self._slots.shrink(-delta, self._busy)
+        self.slots = target
+        self.budget = target * self._multiplier
+        runner = self.executor.guard.runner
+        if isinstance(runner, ThreadRunner):
+            runner.fit(target)
+        self._room.set()  # the fetch loop sees the new budget
+        self.publish_status(consuming=not self._stopping.is_set())
+        return target
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    @property
+    def active(self) -> int:
+        """Tasks running now."""
+        return len(self._busy)
+
+    @property
+    def reserved(self) -> int:
+        """Tasks fetched and waiting for a slot."""
+        return self._ready.qsize()
+
     # -- remote control (celeriac.control.commands) -------------------------------------
 
-    def reserved(self) -> list[Delivery]:
-        """The deliveries fetched and not started yet."""
+    def reserved_deliveries(self) -> list[Delivery]:
+        """The deliveries fetched and not started yet (``inspect().reserved()``)."""
         return [held.delivery for held in self._held.values() if not held.started]
 
     def add_queue(self, queue: str) -> None:
@@ -238,34 +295,6 @@ class Consumer:
         while not self._ready.empty():
             items.append(self._ready.get_nowait())
         return items
-
-    def resize(self, delta: int) -> int:
-        """Add (``delta`` > 0) or retire slots; returns the new number of slots. Idle
-        slots end at once, busy ones after their task. (A minimal version for remote
-        control's ``pool_grow``/``pool_shrink``.)"""
-        target = self.slots + delta
-        if target < 1:
-            raise ValueError(f"the pool has {self.slots} slot(s): it cannot shrink by "
-                             f"{-delta}")
-        if self._stopping.is_set():
-            raise ValueError("the worker is stopping")
-        if delta > 0:
-            runner = self.executor.run_sync
-            # A thread per slot (-P threads); the async pool's capped threads stay as they are.
-            if isinstance(runner, ThreadRunner) and runner.threads == self.slots:
-                runner.grow_to(target)
-            self._slot_tasks += [asyncio.create_task(self._slot_loop(), name="slot")
-                                 for _ in range(delta)]
-        else:
-            idle = [slot for slot in self._slot_tasks if slot not in self._busy]
-            for slot in idle[:-delta]:
-                slot.cancel()
-                self._slot_tasks.remove(slot)
-            self._retiring += max(0, -delta - len(idle))
-        self.slots = target
-        self.budget = target * self._multiplier
-        self._room.set()
-        return target
 
     def publish_status(self, consuming: bool) -> None:
         """This process's numbers, for its node (heartbeats, stats, health, autoscaling)."""
@@ -370,12 +399,9 @@ class Consumer:
         assert slot is not None
         carried: tuple[Held, Prepared | Verdict] | None = None
         while True:
-            if carried is None and self._retiring > 0:
-                self._retiring -= 1
-                if slot in self._slot_tasks:
-                    self._slot_tasks.remove(slot)
-                return
             if carried is None:
+                if self._slots.retire_now(slot):  # the pool shrank while it ran a task
+                    return
                 held = await self._ready.get()
                 if self._stopping.is_set():
                     self._ready.put_nowait(held)  # handed back by _hand_back_unstarted
@@ -533,13 +559,14 @@ class Consumer:
             self.stop(StopReason.RECYCLE)
 
     async def _wait_for_running(self, grace: float) -> None:
-        deadline = time.monotonic() + grace
-        while self._busy and not self._cold and time.monotonic() < deadline:
-            self._idle.clear()
-            try:
-                await asyncio.wait_for(self._idle.wait(), deadline - time.monotonic())
-            except TimeoutError:
+        while self._busy and not self._cold:
+            left = None if self._draining else (
+                (self._stopped_at or time.monotonic()) + grace - time.monotonic())
+            if left is not None and left <= 0:
                 break
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), left)
         if self._busy and self._cold:
             logger.warning("cold stop: %d running task(s) cut short; they will be "
                            "delivered again", len(self._busy))

@@ -310,7 +310,7 @@ class Guard:
         """A pool thread is stuck in a task: give up on it, and on this process if we can."""
         old = self.runner
         if isinstance(old, ThreadRunner):
-            self.runner = ThreadRunner(old.threads)
+            self.runner = ThreadRunner(old.threads, old.cap)
             self._own_runners.append(self.runner)
         if self._on_stuck is None:
             logger.error("a thread is still running %s and cannot be stopped; it runs on "

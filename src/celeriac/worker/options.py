@@ -34,6 +34,8 @@ class WorkerOptions:
     task_log_format: str = TASK_LOG_FORMAT  # worker_task_log_format
     logfile: str | None = None  # -f/--logfile, %p %h %n %d %i %I expanded per process
     hostname: str = field(default_factory=lambda: expand_nodename(DEFAULT_NODENAME))
+    autoscale: tuple[int, int] | None = None  # (max, min): the pool starts at min
+    autoscale_keepalive: float = 30.0
 
     @property
     def processes(self) -> int:
@@ -48,6 +50,9 @@ class WorkerOptions:
                       pool: str | None = None, concurrency: int | None = None,
                       **overrides: object) -> WorkerOptions:
         pool = pool or conf.worker_pool
+        autoscale = overrides.pop("autoscale", None) or conf.worker_autoscale
+        if autoscale is not None:  # as in Celery, the pool starts at MIN
+            concurrency = autoscale[1]  # type: ignore[index]
         concurrency = concurrency or conf.worker_concurrency or _default_concurrency(pool)
         values: dict[str, object] = {
             "prefetch_multiplier": conf.worker_prefetch_multiplier,
@@ -57,6 +62,8 @@ class WorkerOptions:
             "hijack_root_logger": conf.worker_hijack_root_logger,
             "log_format": conf.worker_log_format,
             "task_log_format": conf.worker_task_log_format,
+            "autoscale": autoscale,
+            "autoscale_keepalive": conf.worker_autoscale_keepalive,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         queues = queues or default_queues(conf.task_queues, conf.task_default_queue)
