@@ -64,7 +64,7 @@ def test_a_refused_command_exits_1_with_the_nodes_reason() -> None:
     shrunk = invoke("control", "pool_shrink", "5", "--json", "-t", "0.3")
     assert shrunk.exit_code == 1
     assert json.loads(shrunk.output) == {
-        "cli@h": {"error": "the pool has 2 slot(s): it cannot shrink by 5"}}
+        "cli@h": {"error": "this worker has 2 slot(s): it cannot shrink by 5 (one slot at least)"}}
 
 
 @pytest.mark.usefixtures("url")
