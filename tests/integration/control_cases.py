@@ -84,6 +84,11 @@ def two_nodes_answer_and_obey(world: Deployment) -> None:
     assert {name: [q["name"] for q in qs] for name, qs in queues.items()} == {
         a: ["celeriac"], b: ["celeriac"]}
 
+    # Asked by name, the nodes say which processes answer: no need to wait the timeout.
+    began = time.monotonic()
+    assert set(world.app.control.inspect([a, b], timeout=5).active_queues()) == {a, b}
+    assert time.monotonic() - began < 1.0
+
     # conf: no secret, whatever the setting
     conf = inspect.conf(with_defaults=True)
     assert conf is not None

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from celeriac import App
-from celeriac.control.mailbox import Reply, Request
+from celeriac.control.mailbox import Reply, Request, complete
 from celeriac.control.replies import by_node
 from celeriac.testing import ThreadedWorker
 
@@ -70,6 +70,11 @@ def test_destination_only_the_named_node_answers(app: App) -> None:
         # A single name (a string) returns that node's reply itself, as Celery does.
         assert app.control.inspect(destination="a@h", timeout=0.3).ping() == {"ok": "pong"}
         assert app.control.inspect(destination=["nobody@h"], timeout=0.2).ping() is None
+        # Named nodes that answered in full end the wait before the timeout.
+        began = time.monotonic()
+        assert app.control.inspect(["a@h", "b@h"], timeout=5).active() == {"a@h": [],
+                                                                            "b@h": []}
+        assert time.monotonic() - began < 1.0
 
 
 def test_nobody_answers_within_the_timeout(app: App) -> None:
@@ -181,6 +186,19 @@ def test_replies_of_one_node_merge_into_one() -> None:
     assert stats["pool"] == {"max-concurrency": 2, "processes": [10, 11]}
     assert (stats["uptime"], stats["processed"], stats["pid"]) == (4.0, 4, 9)
     assert stats["rusage"] == {"utime": 1.5, "maxrss": 7}
+
+
+def test_a_named_node_is_complete_once_its_expected_processes_answered() -> None:
+    roll = Reply("r", "n@h", None, {"ok": "pong"}, expect=(0, 1))
+    first = Reply("r", "n@h", 0, {"ok": "pong"})
+    second = Reply("r", "n@h", 1, {"ok": "pong"})
+    assert not complete([first, second], ["n@h"])  # who answers is not known yet
+    assert not complete([roll, first], ["n@h"])
+    assert complete([roll, first, second], ["n@h"])
+    assert not complete([roll, first, second], ["n@h", "m@h"])
+    only_roll = Reply("r", "m@h", None, None, expect=(0,))
+    assert by_node("active", [only_roll, Reply("r", "m@h", 0, [])]) == {"m@h": []}
+    assert Reply.decode(roll.encode()) == roll
 
 
 def test_requests_round_trip_and_filter_by_destination() -> None:

@@ -89,10 +89,18 @@ def known(command: str) -> bool:
 
 def answered_by_process(command: str, info: ProcessInfo) -> bool:
     """Whether this process answers ``command`` (else its node service does, or nobody)."""
+    return answered_by_processes(command, info.pool, info.own_node)
+
+
+def answered_by_processes(command: str, pool: str, own_node: bool = False) -> bool:
+    """Whether the processes of a ``pool`` node answer ``command`` (an unknown one with
+    an error)."""
+    if not known(command):
+        return True
     if command in ("pool_grow", "pool_shrink"):
-        return info.pool in SLOT_POOLS
+        return pool in SLOT_POOLS
     if command == "shutdown":
-        return info.own_node
+        return own_node
     return command in PROCESS_COMMANDS
 
 

@@ -50,8 +50,12 @@ async def listen(info: commands.ProcessInfo) -> None:
             return None
         return await commands.PROCESS_COMMANDS[request.command](info, **request.arguments)
 
+    def expect(request: Request) -> tuple[int, ...] | None:
+        del request  # a node service says it, where there is one
+        return (info.index,) if info.own_node else None
+
     try:
-        await _serve(app, info.node, info.index, handle, None, info.listening.set)
+        await _serve(app, info.node, info.index, handle, expect, None, info.listening.set)
     finally:
         info.listening.set()  # (it never will)
 
@@ -65,13 +69,20 @@ async def control_service(context: NodeContext) -> None:
             return None
         return await commands.NODE_COMMANDS[request.command](context, **request.arguments)
 
-    await _serve(context.app, context.name, None, handle, context.bus, lambda: None)
+    def expect(request: Request) -> tuple[int, ...] | None:
+        """The processes that will answer too (the client stops waiting once they did)."""
+        if not commands.answered_by_processes(request.command, pool):
+            return ()
+        return tuple(process.index for process in context.node.snapshot().processes)
+
+    await _serve(context.app, context.name, None, handle, expect, context.bus, lambda: None)
 
 
 Handler = Callable[[Request], Awaitable[Any]]
+Expect = Callable[[Request], "tuple[int, ...] | None"]
 
 
-async def _serve(app: App, node: str, index: int | None, handle: Handler,
+async def _serve(app: App, node: str, index: int | None, handle: Handler, expect: Expect,
                  bus: Bus | None, on_listening: Callable[[], None]) -> None:
     """Read requests from ``bus`` (else one opened here), answer them, forever;
     ``on_listening`` is called once the first subscription is made."""
@@ -86,7 +97,7 @@ async def _serve(app: App, node: str, index: int | None, handle: Handler,
             try:
                 while True:
                     for record in await subscription.read(READ_TIMEOUT):
-                        await _one(bus, record.payload, node, index, handle)
+                        await _one(bus, record.payload, node, index, handle, expect)
             finally:
                 with contextlib.suppress(Exception):
                     await subscription.close()
@@ -108,7 +119,7 @@ async def _serve(app: App, node: str, index: int | None, handle: Handler,
 
 
 async def _one(bus: Bus, payload: bytes, node: str, index: int | None,
-               handle: Handler) -> None:
+               handle: Handler, expect: Expect) -> None:
     try:
         request = Request.decode(payload)
     except ValueError as exc:
@@ -128,6 +139,8 @@ async def _one(bus: Bus, payload: bytes, node: str, index: int | None,
         logger.error("control command %s failed: %s", request.command, describe(exc),
                      exc_info=True)
         value = error(describe(exc))
-    if value is None or not request.reply:
+    if not request.reply:
         return
-    await answer(bus, [Reply(request.id, node, index, value)])
+    expected = expect(request) if request.destination is not None else None
+    if value is not None or expected is not None:
+        await answer(bus, [Reply(request.id, node, index, value, expected)])

@@ -10,6 +10,12 @@ commands such as ``pool_grow``). The client subscribes to ``replies`` *before* i
 publishes the request, so no answer can slip past it, then collects answers for
 ``timeout`` seconds (Celery's default: 1 s) or until ``limit`` of them arrived.
 
+A node's own service also says which of its processes will answer (``expect``: their
+indices), so a request for named nodes (``destination``) ends as soon as each of them
+has answered in full, instead of waiting out the timeout (Celery stops there too, at one
+reply per destination). A process that does not answer (stuck, still starting) makes the
+client wait the timeout, no more.
+
 Records are JSON: a command's answer must be data any client can read (task arguments
 are shown as their ``repr``, as Celery does).
 """
@@ -69,7 +75,8 @@ class Reply:
     request: str  # the request's id
     node: str
     process: int | None  # the answering process's index; None: the node's own service
-    value: Any  # the command's answer; {"error": message} when it failed
+    value: Any  # the command's answer; {"error": message} when it failed; None: only expect
+    expect: tuple[int, ...] | None = None  # (node service) the processes that will answer
 
     @property
     def failed(self) -> bool:
@@ -77,7 +84,8 @@ class Reply:
 
     def encode(self) -> bytes:
         return json.dumps({"request": self.request, "node": self.node,
-                           "process": self.process, "value": self.value},
+                           "process": self.process, "value": self.value,
+                           "expect": list(self.expect) if self.expect is not None else None},
                           default=repr).encode()
 
     @classmethod
@@ -85,10 +93,11 @@ class Reply:
         """The reply in ``data``; ``ValueError`` if it is not one."""
         try:
             fields = json.loads(data)
-            process = fields["process"]
+            process, expect = fields["process"], fields.get("expect")
             return cls(request=str(fields["request"]), node=str(fields["node"]),
                        process=int(process) if process is not None else None,
-                       value=fields["value"])
+                       value=fields["value"],
+                       expect=tuple(int(i) for i in expect) if expect is not None else None)
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"not a control reply: {exc}") from None
 
@@ -100,8 +109,9 @@ def error(message: str) -> dict[str, str]:
 
 async def call(bus: Bus, request: Request, timeout: float = DEFAULT_TIMEOUT,
                limit: int | None = None) -> list[Reply]:
-    """Publish ``request`` and collect its replies for ``timeout`` seconds (or until
-    ``limit`` replies came); ``[]`` at once when it asks for none."""
+    """Publish ``request`` and collect its replies for ``timeout`` seconds, or until
+    ``limit`` replies came, or until every node of its ``destination`` answered in full;
+    ``[]`` at once when it asks for none."""
     if not request.reply:
         await bus.publish(CONTROL, [request.encode()])
         return []
@@ -120,9 +130,23 @@ async def call(bus: Bus, request: Request, timeout: float = DEFAULT_TIMEOUT,
                     replies.append(reply)
                     if limit is not None and len(replies) >= limit:
                         return replies
+            if request.destination is not None and complete(replies, request.destination):
+                return replies
     finally:
         await subscription.close()
     return replies
+
+
+def complete(replies: Sequence[Reply], nodes: Sequence[str]) -> bool:
+    """Whether each of ``nodes`` said which processes answer, and they all did."""
+    for node in nodes:
+        mine = [reply for reply in replies if reply.node == node]
+        expected = next((reply.expect for reply in mine if reply.expect is not None), None)
+        if expected is None:
+            return False
+        if not set(expected) <= {reply.process for reply in mine}:
+            return False
+    return True
 
 
 async def answer(bus: Bus, replies: Sequence[Reply]) -> None:

@@ -28,7 +28,8 @@ def by_node(command: str, replies: Iterable[Reply]) -> dict[str, Any]:
     """``{node: merged reply}`` over ``replies`` (those of one request)."""
     grouped: dict[str, list[Reply]] = {}
     for reply in replies:
-        grouped.setdefault(reply.node, []).append(reply)
+        if reply.value is not None:  # (None: a node saying which processes answer)
+            grouped.setdefault(reply.node, []).append(reply)
     merged: dict[str, Any] = {}
     for node, answers in grouped.items():
         # The node's own answer first, then its processes in index order.

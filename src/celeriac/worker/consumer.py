@@ -290,6 +290,18 @@ class Consumer:
                 self._ready.put_nowait(held)
             await self._hand_back(back, f"prefetched {queue!r}")
 
+    async def _only_consumed(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """Hand back what a fetch begun before a ``cancel_consumer`` got from that queue."""
+        back = [d for d in deliveries if d.queue not in self.queues]
+        if back:
+            try:
+                await self.app.broker.requeue(back)
+            except Exception:
+                logger.exception("could not hand back %d task(s) of a cancelled queue; "
+                                 "running them here", len(back))
+                return deliveries
+        return [d for d in deliveries if d.queue in self.queues]
+
     def _drain_ready(self) -> list[Held]:
         items: list[Held] = []
         while not self._ready.empty():
@@ -319,8 +331,9 @@ class Consumer:
                 self._room.clear()
                 await self._room.wait()
                 continue
+            queues = self.queues
             try:
-                deliveries = await broker.fetch(self.queues, room, FETCH_TIMEOUT)
+                deliveries = await broker.fetch(queues, room, FETCH_TIMEOUT)
             except Exception:
                 failures += 1
                 logger.exception("fetch from the broker failed (attempt %d)", failures)
@@ -328,6 +341,8 @@ class Consumer:
                 continue
             failures = 0
             self._last_broker_ok = time.monotonic()
+            if queues is not self.queues:  # changed while it fetched (cancel_consumer)
+                deliveries = await self._only_consumed(deliveries)
             suspect = self._last_chance(deliveries)
             if suspect is not None:
                 deliveries = await self._isolate(deliveries, suspect)
