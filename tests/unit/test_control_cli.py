@@ -79,6 +79,8 @@ def test_nobody_online_is_one_line_and_exit_1() -> None:
     (["control", "rate_limit", "proj.add"], "rate_limit takes TASK_NAME RATE_LIMIT"),
     (["control", "pool_grow", "many"], "pool_grow: n must be a number, not 'many'"),
     (["control", "shutdown", "now"], "shutdown takes no arguments"),
+    (["control", "rate_limit", "proj.add", "fast"],
+     "rate_limit: rate limit 'fast' must start with a number"),
 ])
 def test_wrong_arguments_are_one_usage_line(args: list[str], message: str) -> None:
     result = invoke(*args)

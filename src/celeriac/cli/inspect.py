@@ -107,7 +107,10 @@ def control_command(spec: AppSpec, command: str, args: tuple[str, ...],
     arguments = _arguments(command, args)
     with client_app(spec) as app:
         if command == "rate_limit":  # kept for every worker, those started later too
-            app.control.rate_limit(arguments["task_name"], arguments["rate_limit"])
+            try:
+                app.control.rate_limit(arguments["task_name"], arguments["rate_limit"])
+            except ValueError as exc:
+                raise click.UsageError(f"rate_limit: {exc}") from None
         replies = _ask(app, command, arguments, _destination(destination), timeout)
     _show(command, replies, as_json)
     if any(isinstance(reply, dict) and "error" in reply for reply in replies.values()):
