@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celeriac.control")
 
 READ_TIMEOUT = 1.0
-RETRY_DELAY = 2.0
+RETRY_DELAY = 2.0  # seconds before reading again after a failure, doubling up to the max
+RETRY_DELAY_MAX = 30.0
 
 
 async def listen(info: commands.ProcessInfo) -> None:
@@ -87,6 +88,7 @@ async def _serve(app: App, node: str, index: int | None, handle: Handler, expect
     """Read requests from ``bus`` (else one opened here), answer them, forever;
     ``on_listening`` is called once the first subscription is made."""
     own_bus = bus is None
+    delay = RETRY_DELAY
     while True:
         try:
             if own_bus:
@@ -94,6 +96,7 @@ async def _serve(app: App, node: str, index: int | None, handle: Handler, expect
             assert bus is not None
             subscription = await bus.subscribe(CONTROL)
             on_listening()
+            delay = RETRY_DELAY
             try:
                 while True:
                     for record in await subscription.read(READ_TIMEOUT):
@@ -109,13 +112,14 @@ async def _serve(app: App, node: str, index: int | None, handle: Handler, expect
             raise
         except Exception as exc:
             logger.warning("remote control of %s interrupted (retrying in %.0fs): %s",
-                           node, RETRY_DELAY, describe(exc))
+                           node, delay, describe(exc))
         finally:
             if own_bus and bus is not None:
                 with contextlib.suppress(Exception):
                     await bus.close()
                 bus = None
-        await asyncio.sleep(RETRY_DELAY)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RETRY_DELAY_MAX)
 
 
 async def _one(bus: Bus, payload: bytes, node: str, index: int | None,
