@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from celeriac import App
+from celeriac.control import commands
 from celeriac.control.mailbox import Reply, Request, complete
 from celeriac.control.replies import by_node
 from celeriac.testing import ThreadedWorker
@@ -92,6 +93,19 @@ def test_unknown_command_and_bad_arguments_are_error_replies(app: App) -> None:
         assert app.control.pool_shrink(5, reply=True, timeout=0.3)[0]["a@h"]["error"]
         assert worker.consumer is not None
         assert worker.consumer.stop_reason is None
+
+
+def test_a_command_that_raises_is_an_error_reply_and_the_worker_goes_on(
+        app: App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    async def explode(info: commands.ProcessInfo) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(commands.PROCESS_COMMANDS, "explode", explode)
+    with ThreadedWorker(app, hostname="a@h"):
+        assert app.control.broadcast("explode", reply=True, timeout=0.3) == [
+            {"a@h": {"error": "RuntimeError: boom"}}]
+        assert app.control.ping(timeout=0.3) == [{"a@h": {"ok": "pong"}}]
+    assert "control command explode failed: RuntimeError: boom" in caplog.text
 
 
 def test_conf_masks_secrets(app: App) -> None:
