@@ -13,6 +13,9 @@ Four cooperating loops share the deliveries this process holds:
 - leases:  extends the leases of everything held, every third of the lease time, and
            notices leases that were lost (this process was paused, for example).
 
+Beside them, with ``control`` set, a loop answers remote control
+(``celeriac.control.listener``: ``inspect().active()``, ``add_consumer``...).
+
 A watchdog in the lease loop ends the process loudly when no broker call has
 succeeded for ``worker_watchdog_timeout`` seconds, rather than sitting idle forever.
 
