@@ -286,3 +286,17 @@ def _wait(condition: Callable[[], bool], what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+def test_the_tasks_of_a_workflow_hold_no_key(app: App) -> None:
+    from celeriac import group
+
+    @app.task(unique_for=60)
+    def job(n: int) -> int:
+        return n
+
+    group(job.s(1), job.s(1)).apply_async()
+    assert queued(app) == 2
+    assert holder(app, derive_key(job.name, (1,), {}, job)) is None
+    assert job.delay(1).id  # a single send still claims it
+    assert holder(app, derive_key(job.name, (1,), {}, job)) is not None

@@ -37,15 +37,17 @@ CLAIM_AND_PUBLISH = Script("unique_publish", """
 -- ARGV task id, hold (ms), queue, then for a stream: '', message id, body;
 --      for an ETA zset: due time (Unix ms), member, ''
 -- Returns the holder's task id, or false when claimed and published.
+-- The message is stored before the key is set: a script that fails halfway keeps
+-- what it wrote, and a message without its hold is the lesser harm.
 local held = redis.call('GET', KEYS[1])
 if held then return held end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if ARGV[4] == '' then
   redis.call('XADD', KEYS[3], '*', 'i', ARGV[5], 'b', ARGV[6])
 else
   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
 end
 redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false
 """)
 
