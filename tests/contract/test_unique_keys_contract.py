@@ -5,14 +5,15 @@ backends (used under a RabbitMQ broker: claim, then publish)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import isolated
 
 from celeriac.backends import create_backend
 from celeriac.brokers import Outgoing, create_broker
@@ -29,13 +30,46 @@ def owner(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     kind, role = request.param.split("-")
     url = {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path / 'u.db'}",
            "redis": REDIS_URL}[kind]
-    with isolated(url) as options:
-        made: Any = (create_broker(url, options) if role == "broker"
-                     else create_backend(url, options))
+    prefix = f"test-unique:{uuid.uuid4().hex[:12]}:"
+    options = {"key_prefix": prefix} if kind == "redis" else {}
+    if kind == "redis":
+        _require_redis()
+    made: Any = (create_broker(url, options) if role == "broker"
+                 else create_backend(url, options))
+    try:
         asyncio.run(made.connect())
         yield made
+    finally:
         made.close_blocking()
         asyncio.run(made.close())
+        if kind == "redis":
+            _delete_prefix(prefix)
+
+
+def _require_redis() -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"Redis is not running at {REDIS_URL}")
+    finally:
+        client.close()
+
+
+def _delete_prefix(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 @pytest.fixture
