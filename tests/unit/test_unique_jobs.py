@@ -300,3 +300,36 @@ def test_the_tasks_of_a_workflow_hold_no_key(app: App) -> None:
     assert holder(app, derive_key(job.name, (1,), {}, job)) is None
     assert job.delay(1).id  # a single send still claims it
     assert holder(app, derive_key(job.name, (1,), {}, job)) is not None
+
+
+def test_a_dead_lettered_task_frees_its_key(app: App) -> None:
+    from celeriac.errors import Reject
+
+    @app.task(unique_for=60)
+    def refuse(n: int) -> None:
+        raise Reject("no", requeue=False)
+
+    first = refuse.delay(1)
+    key = derive_key(refuse.name, (1,), {}, refuse)
+    with ThreadedWorker(app):
+        _wait(lambda: holder(app, key) is None, "the key released")
+    assert refuse.delay(1).id != first.id
+
+
+def test_a_message_dead_lettered_before_decoding_still_frees_its_key(app: App) -> None:
+    # Past task_delivery_limit a message is dead-lettered before it is decoded; the
+    # release decodes it to find its key.
+    from celeriac.brokers.base import Delivery
+    from celeriac.uniqueness.send import final_holds
+    from celeriac.worker.executor import Action, Verdict
+
+    message, outgoing = app.prepare("t", (1,), {}, {"unique_key": "k", "unique_for": 60})
+    delivery = Delivery(message.id, "celeriac", outgoing.body, 0, 9, None)
+    held = type("Held", (), {"delivery": delivery})()
+    dead = Verdict(Action.DEAD_LETTER, reason="delivery limit exceeded")
+    assert final_holds(app, [(held, dead)]) == [("k", message.id)]
+    garbage = type("Held", (), {"delivery": Delivery("x", "celeriac", b"junk", 0, 9,
+                                                     None)})()
+    assert final_holds(app, [(garbage, dead)]) == []
+    retried = Verdict(Action.RETRY, message=message)
+    assert final_holds(app, [(held, retried)]) == []

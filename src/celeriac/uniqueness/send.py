@@ -70,7 +70,8 @@ def _log_duplicate(message: Message, holder: str) -> None:
 # -- the worker's side --------------------------------------------------------------------
 
 
-def final_holds(batch: Iterable[tuple[Any, Any]], dead_lettered: bool = False) -> list[Hold]:
+def final_holds(app: App, batch: Iterable[tuple[Any, Any]],
+                dead_lettered: bool = False) -> list[Hold]:
     """The (key, task id) holds that a batch of written verdicts ends.
 
     Ends a hold: an ack with no retry to follow (success, failure, revoked, expired)
@@ -81,12 +82,26 @@ def final_holds(batch: Iterable[tuple[Any, Any]], dead_lettered: bool = False) -
     from celeriac.worker.executor import Action
 
     holds: list[Hold] = []
-    for _, verdict in batch:
+    for held, verdict in batch:
         message = verdict.message
+        dead = dead_lettered or verdict.action is Action.DEAD_LETTER
+        if message is None and dead:
+            message = _decoded(app, held)  # e.g. past its delivery limit, never decoded
         if message is not None and message.unique_key is not None and (
-                dead_lettered or verdict.action in (Action.ACK, Action.DEAD_LETTER)):
+                dead or verdict.action is Action.ACK):
             holds.append((message.unique_key, message.id))
     return holds
+
+
+def _decoded(app: App, held: Any) -> Message | None:
+    """The message of a delivery dead-lettered before it was decoded, if it decodes."""
+    body = getattr(getattr(held, "delivery", None), "body", None)
+    if not isinstance(body, bytes):
+        return None
+    try:
+        return app.decode_message(body)
+    except Exception:  # unreadable: no key to release (its hold ends at its deadline)
+        return None
 
 
 async def release_finished(app: App, batch: Sequence[tuple[Any, Any]],
@@ -96,7 +111,7 @@ async def release_finished(app: App, batch: Sequence[tuple[Any, Any]],
     Called after the batch's acks: a crash before this leaves a key held until its
     ``unique_for`` ends, never a key free while its task could still run.
     """
-    holds = final_holds(batch, dead_lettered)
+    holds = final_holds(app, batch, dead_lettered)
     if holds:
         await release_holds(app, holds)
 
