@@ -95,7 +95,8 @@ def test_many_producers_one_key_one_execution_per_lifetime(
         env=world.env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         for out in outs]
     try:
-        time.sleep(0.5)  # (not a wait for an event: lets both interpreters import first)
+        wait_until(lambda: all(Path(f"{out}.ready").exists() for out in outs), 30,
+                   "the producers to be ready")
         go.touch()
         for producer in producers:
             output, _ = producer.communicate(timeout=60)

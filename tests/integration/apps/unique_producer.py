@@ -4,10 +4,11 @@
 
 Each thread sends ``ledger.sleepy("unique", WORK_SECONDS)`` with ``unique_key=KEY``
 ``SENDS_PER_THREAD`` times, ``PAUSE`` seconds apart (so that the sends span several
-lifetimes of the key), once the file ``GO`` exists (so that the
-test starts every process's threads together). Each send is one JSON line in ``OUT``:
-the Unix times before and after it, and the id of the task it returned. Prints
-``sent N`` when every thread is done. Broker and backend come from ``CELERIAC_*``.
+lifetimes of the key), once the file ``GO`` exists: the process writes ``OUT.ready``
+when it waits for it, and the test says go when every producer is ready, so that all
+threads start together. Each send is one JSON line in ``OUT``: the Unix times before
+and after it, and the id of the task it returned. Prints ``sent N`` when every thread
+is done. Broker and backend come from ``CELERIAC_*``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def main(key: str, threads: int, sends: int, work: float, unique_for: float, pau
         with lock:
             lines.extend(mine)
 
+    with open(f"{out}.ready", "w"):  # imported and connected-to-be: the test may say go
+        pass
     deadline = time.monotonic() + 30
     while not os.path.exists(go):
         if time.monotonic() > deadline:
