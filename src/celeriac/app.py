@@ -36,6 +36,8 @@ from celeriac.task import (
 from celeriac.task import Task as TaskBase  # App.Task is Celery's name for it
 from celeriac.timezones import aware, naive_zone
 from celeriac.tracking import mark_sent
+from celeriac.uniqueness.keys import check_unique_for
+from celeriac.uniqueness.keys import resolve as resolve_unique
 
 if TYPE_CHECKING:
     from celeriac.control import Control
@@ -351,6 +353,10 @@ class App:
         if self.conf.task_always_eager and task is not None:
             return task.apply(args, kwargs, **options)
         message, outgoing = self.prepare(name, args, kwargs, options, task)
+        if message.unique_key is not None:  # sent only if no task holds its key
+            from celeriac.uniqueness.send import send_unique_blocking
+
+            return AsyncResult(send_unique_blocking(self, message, outgoing), self, name)
         self._send_blocking(((message, outgoing),))
         return AsyncResult(message.id, self, name)
 
@@ -363,6 +369,10 @@ class App:
         if self.conf.task_always_eager and task is not None:
             return task.apply(args, kwargs, **options)
         message, outgoing = self.prepare(name, args, kwargs, options, task)
+        if message.unique_key is not None:  # sent only if no task holds its key
+            from celeriac.uniqueness.send import send_unique
+
+            return AsyncResult(await send_unique(self, message, outgoing), self, name)
         await self._send([(message, outgoing)])
         return AsyncResult(message.id, self, name)
 
@@ -379,9 +389,15 @@ class App:
         if self.conf.task_always_eager:
             return [task.apply(message.args, message.kwargs)
                     for (message, _), task in prepared if task is not None]
-        calls = [call for call, _ in prepared]
+        calls = [call for call, _ in prepared if call[0].unique_key is None]
         for start in range(0, len(calls), chunk_size):
             self._send_blocking(calls[start:start + chunk_size])
+        if len(calls) < len(prepared):  # unique ones one by one: each may find its key held
+            from celeriac.uniqueness.send import send_unique_blocking
+
+            return [AsyncResult(message.id if message.unique_key is None
+                                else send_unique_blocking(self, message, outgoing),
+                                self, message.task) for (message, outgoing), _ in prepared]
         return [AsyncResult(message.id, self, message.task) for (message, _), _ in prepared]
 
     def _prepare_call(self, call: Any) -> tuple[tuple[Message, Outgoing],
@@ -401,6 +417,10 @@ class App:
     async def _send(self, calls: Sequence[tuple[Message, Outgoing]]) -> None:
         """Publish new tasks; then, with ``task_track_sent``, record them as SENT."""
         await self.publish([outgoing for _, outgoing in calls])
+        await self._after_send(calls)
+
+    async def _after_send(self, calls: Sequence[tuple[Message, Outgoing]]) -> None:
+        """What follows the publish of new tasks: signals and SENT markers."""
         _published(calls)
         if self.conf.task_track_sent:
             await mark_sent(self, [message for message, _ in calls])
@@ -418,6 +438,10 @@ class App:
             self._run_sync(self._send(calls))
             return
         broker.publish_blocking([outgoing for _, outgoing in calls])
+        self._after_send_blocking(calls)
+
+    def _after_send_blocking(self, calls: Sequence[tuple[Message, Outgoing]]) -> None:
+        """``_after_send`` for a sync caller."""
         _published(calls)
         if self.conf.task_track_sent:
             self._run_sync(mark_sent(self, [message for message, _ in calls]))
@@ -455,7 +479,7 @@ class App:
         # Each option of the call, None where not given (all None, at no cost, for delay()).
         (queue, priority, serializer, compression, ignore_result, expires, headers,
          countdown, eta, time_limit, soft_time_limit, link, link_error, task_id, retries,
-         root_id, parent_id, group_id) = \
+         root_id, parent_id, group_id, unique_key, unique_for) = \
             tuple(map(options.get, _CALL_OPTIONS)) if options else _NO_CALL_OPTIONS
 
         queue = _pick(queue, task_opts.queue, r_queue, conf.task_default_queue)
@@ -481,6 +505,10 @@ class App:
                 headers = {**extra, **headers}
         now = time.time()
         expires = _pick(expires, task_opts.expires, r_expires, None)
+        if unique_for is None:
+            unique_for = task_opts.unique_for
+        unique = None if unique_for is None and unique_key is None else \
+            resolve_unique(name, args, kwargs, task, unique_key, unique_for)
         message = Message(
             id=task_id or _task_id(),
             task=name, args=args, kwargs=kwargs, queue=queue, priority=priority,
@@ -497,6 +525,8 @@ class App:
             callbacks=link_payloads(link) if link else (),
             errbacks=link_payloads(link_error) if link_error else (),
             ignore_result=ignore_result, headers=headers,
+            unique_key=None if unique is None else unique[0],
+            unique_for=None if unique is None else unique[1],
             sent_at=now,
         )
         payload = message.to_payload()
@@ -536,7 +566,7 @@ _NO_TASK_OPTIONS = TaskOptions()  # for a task not registered in this process
 _CALL_OPTIONS = ("queue", "priority", "serializer", "compression", "ignore_result",
                  "expires", "headers", "countdown", "eta", "time_limit", "soft_time_limit",
                  "link", "link_error", "task_id", "retries", "root_id", "parent_id",
-                 "group_id")
+                 "group_id", "unique_key", "unique_for")
 _NO_CALL_OPTIONS = (None,) * len(_CALL_OPTIONS)
 # What a route (task_routes) may set, in the order App.prepare unpacks it.
 _ROUTED_OPTIONS = ("queue", "priority", "serializer", "compression", "ignore_result",
@@ -590,6 +620,8 @@ def _normalise_task_options(options: dict[str, Any]) -> dict[str, Any]:
     for limit in ("time_limit", "soft_time_limit"):
         if limit in options:
             options[limit] = check_time_limit(limit, options[limit])
+    if options.get("unique_for") is not None:
+        options["unique_for"] = check_unique_for(options["unique_for"])
     return options
 
 
