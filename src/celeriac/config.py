@@ -107,6 +107,10 @@ class Settings(Mapping[str, Any]):
     worker_log_format: str = LOG_FORMAT
     worker_task_log_format: str = TASK_LOG_FORMAT
 
+    # Periodic tasks (celeriac.beat, docs/periodic-tasks.md).
+    beat_schedule: dict[str, Any] = dataclasses.field(default_factory=dict)
+    beat_max_loop_interval: float = 0.0  # seconds; 0: beat's own (0.25)
+
     def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         """Set several settings at once; every name and value is checked first.
 
@@ -504,6 +508,12 @@ def _annotations(name: str, value: Any) -> Any:
     return check_annotations(value)
 
 
+def _beat_schedule(name: str, value: Any) -> Any:
+    from celeriac.beat.entry import check_beat_schedule
+
+    return check_beat_schedule(value)
+
+
 def _rate_limit(name: str, value: Any) -> Any:
     from celeriac.ratelimit import parse_rate
 
@@ -566,4 +576,6 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "worker_hijack_root_logger": _bool,
     "worker_log_format": _log_format,
     "worker_task_log_format": _log_format,
+    "beat_schedule": _beat_schedule,
+    "beat_max_loop_interval": _seconds,
 }
