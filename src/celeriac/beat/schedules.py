@@ -66,6 +66,11 @@ class Schedule:
         """The schedule as JSON-able data (dynamic entries are stored so)."""
         raise NotImplementedError
 
+    @property
+    def text(self) -> str:
+        """The schedule as a person reads it (``every 10s``, ``*/15 9-17 * * mon-fri``)."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class schedule(Schedule):
@@ -99,6 +104,10 @@ class schedule(Schedule):
 
     def to_dict(self) -> dict[str, Any]:
         return {"every": self.run_every}
+
+    @property
+    def text(self) -> str:
+        return f"every {self.run_every:g}s"
 
     def __repr__(self) -> str:
         return f"<freq: {self.run_every:g}s>"
@@ -150,6 +159,14 @@ class crontab(Schedule):
 
     def to_dict(self) -> dict[str, Any]:
         return {"crontab": dict(self.fields)}
+
+    @property
+    def text(self) -> str:
+        """The fields in a crontab line's order: minute hour day-of-month month weekday."""
+        f = {name: value if isinstance(value, str | int) else ",".join(map(str, value))
+             for name, value in self.fields.items()}
+        return (f"{f['minute']} {f['hour']} {f['day_of_month']} {f['month_of_year']} "
+                f"{f['day_of_week']}")
 
     def _day_matches(self, day: date) -> bool:
         return (day.month in self.month_of_year and day.day in self.day_of_month

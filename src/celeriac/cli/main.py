@@ -12,6 +12,7 @@ import sys
 import click
 
 from celeriac.app import App
+from celeriac.cli.beat import beat_command
 from celeriac.cli.call import call_command
 from celeriac.cli.demo import demo_command
 from celeriac.cli.purge import purge_command
@@ -67,6 +68,7 @@ cli.add_command(result_command)
 cli.add_command(queues_command)
 cli.add_command(purge_command)
 cli.add_command(demo_command)
+cli.add_command(beat_command)
 
 
 EXIT_USAGE = 2  # a user's mistake: a bad -A, setting, URL or option (as click's usage errors)

@@ -45,6 +45,8 @@ logger = logging.getLogger("celeriac.worker")
 @click.option("-n", "--hostname", metavar="NAME",
               help="The worker's node name, e.g. name@%h (%h host, %n short host, "
                    "%d domain, %i process index).")
+@click.option("-B", "--beat", is_flag=True,
+              help="Also run beat (periodic tasks) in this node; any number may.")
 @click.option("-l", "--loglevel", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                                 case_sensitive=False))
@@ -52,7 +54,7 @@ logger = logging.getLogger("celeriac.worker")
 def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
                    queues: str | None, prefetch_multiplier: int | None,
                    max_tasks_per_child: int | None, max_memory_per_child: int | None,
-                   shutdown_timeout: float | None, hostname: str | None,
+                   shutdown_timeout: float | None, hostname: str | None, beat: bool,
                    loglevel: str) -> None:
     """Start a worker: consume the queues and run their tasks."""
     configure_logging(loglevel)
@@ -67,6 +69,7 @@ def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
         max_memory_per_child=max_memory_per_child, shutdown_timeout=shutdown_timeout,
         loglevel=loglevel.upper(),
         hostname=expand_nodename(hostname) if hostname is not None else None,
+        beat=beat or None,
     )
     log_banner(app, options)
     warn_about_unsafe_settings(app)

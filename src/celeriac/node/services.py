@@ -13,6 +13,10 @@ if TYPE_CHECKING:
 
 def node_services(app: App, options: WorkerOptions) -> list[NodeService]:
     """The services of a node: one line per subsystem that has node-wide work."""
-    del app, options
+    del app
     services: list[NodeService] = []
+    if options.beat:
+        from celeriac.beat.service import beat_service
+
+        services.append(beat_service)
     return services

@@ -33,6 +33,7 @@ class WorkerOptions:
     log_format: str = LOG_FORMAT  # worker_log_format
     task_log_format: str = TASK_LOG_FORMAT  # worker_task_log_format
     hostname: str = field(default_factory=lambda: expand_nodename(DEFAULT_NODENAME))
+    beat: bool = False  # -B: run beat in this node (celeriac.beat.service)
 
     @property
     def processes(self) -> int:
