@@ -172,8 +172,11 @@ class Scheduler:
             if due > now:
                 return
             new = self._decide(entry, state, due, now, lease[1])
-            if not self.leadership.valid() or not self.store.swap(entry.name, state, new,
-                                                                  lease):
+            # A run is recorded only while the entry is (still) stored and not paused,
+            # checked on the server in the same step: pause and remove act at once.
+            if not self.leadership.valid() or not self.store.swap(
+                    entry.name, state, new, lease, running=new.pending is not None,
+                    dynamic=entry.dynamic):
                 return
             state = self._send_recorded(entry, new) if new.pending is not None else new
 
@@ -183,7 +186,7 @@ class Scheduler:
         if state is not None and state.key == entry.key:
             return state
         fresh = RunState(entry.key, anchor=now, cursor=now, token=lease[1])
-        if not self.store.swap(entry.name, state, fresh, lease):
+        if not self.store.swap(entry.name, state, fresh, lease, dynamic=entry.dynamic):
             return None
         if state is not None:
             logger.info("beat: %s has a new schedule (%s); it starts now", entry.name,

@@ -116,10 +116,13 @@ class BeatStore:
         raise NotImplementedError
 
     def swap(self, entry: str, expected: RunState | None, new: RunState | None,
-             lease: tuple[str, int] | None) -> bool:
+             lease: tuple[str, int] | None, *, running: bool = False,
+             dynamic: bool = False) -> bool:
         """Replace ``entry``'s state if it is still ``expected`` (None: absent) and, when
         ``lease`` is given, that (holder, token) still holds the lease; ``new`` None
-        deletes it. True if it was replaced."""
+        deletes it. With ``running``, only if the entry is not paused; with ``dynamic``,
+        only if it is still stored (not removed): so once ``pause`` or ``remove``
+        returns, no new run of the entry is recorded. True if it was replaced."""
         raise NotImplementedError
 
     # -- dynamic entries ------------------------------------------------------------------
@@ -194,10 +197,14 @@ class MemoryStore(BeatStore):
             return {name: RunState.from_json(data) for name, data in self._states.items()}
 
     def swap(self, entry: str, expected: RunState | None, new: RunState | None,
-             lease: tuple[str, int] | None) -> bool:
+             lease: tuple[str, int] | None, *, running: bool = False,
+             dynamic: bool = False) -> bool:
         with self._lock:
             if lease is not None and (self._lease is None or self._lease[:2] != lease
                                       or self._lease[2] <= self.clock()):
+                return False
+            if (running and entry in self._paused) or \
+                    (dynamic and entry not in self._entries):
                 return False
             current = self._states.get(entry)
             if current != (None if expected is None else expected.to_json()):

@@ -40,10 +40,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """)
 
-# KEYS: lease, state. ARGV: entry, expected ('' = absent), new ('' = delete),
-# lease value ('' = no lease check). Returns 1 if replaced.
+# KEYS: lease, state, paused, entries. ARGV: entry, expected ('' = absent), new
+# ('' = delete), lease value ('' = no lease check), running ('1': not paused), dynamic
+# ('1': still stored). Returns 1 if replaced.
 SWAP = Script("beat_swap", """
 if ARGV[4] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[4] then return 0 end
+if ARGV[5] == '1' and redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return 0 end
+if ARGV[6] == '1' and redis.call('HEXISTS', KEYS[4], ARGV[1]) == 0 then return 0 end
 local current = redis.call('HGET', KEYS[2], ARGV[1])
 if ARGV[2] == '' then
     if current then return 0 end
@@ -112,12 +115,15 @@ class RedisStore(BeatStore):
         return {name.decode(): RunState.from_json(data) for name, data in pairs.items()}
 
     def swap(self, entry: str, expected: RunState | None, new: RunState | None,
-             lease: tuple[str, int] | None) -> bool:
+             lease: tuple[str, int] | None, *, running: bool = False,
+             dynamic: bool = False) -> bool:
         replaced = self._client.script(
-            "record run", SWAP, [self.lease_key, self.state_key],
+            "record run", SWAP,
+            [self.lease_key, self.state_key, self.paused_key, self.entries_key],
             [entry, b"" if expected is None else expected.to_json(),
              b"" if new is None else new.to_json(),
-             "" if lease is None else f"{lease[1]}|{lease[0]}"])
+             "" if lease is None else f"{lease[1]}|{lease[0]}",
+             "1" if running else "0", "1" if dynamic else "0"])
         return bool(replaced)
 
     def version(self) -> int:

@@ -68,7 +68,8 @@ class SQLiteStore(BeatStore):
         return {entry: RunState.from_json(data) for entry, data in rows}
 
     def swap(self, entry: str, expected: RunState | None, new: RunState | None,
-             lease: tuple[str, int] | None) -> bool:
+             lease: tuple[str, int] | None, *, running: bool = False,
+             dynamic: bool = False) -> bool:
         with self._db.write() as conn:
             if lease is not None:
                 held = conn.execute(
@@ -76,6 +77,12 @@ class SQLiteStore(BeatStore):
                     (lease[0], lease[1], time.time())).fetchone()
                 if held is None:
                     return False
+            if running and conn.execute("SELECT 1 FROM beat_paused WHERE name = ?",
+                                        (entry,)).fetchone() is not None:
+                return False
+            if dynamic and conn.execute("SELECT 1 FROM beat_entries WHERE name = ?",
+                                        (entry,)).fetchone() is None:
+                return False
             row = conn.execute("SELECT data FROM beat_state WHERE entry = ?",
                                (entry,)).fetchone()
             current = None if row is None else bytes(row[0])
