@@ -8,9 +8,11 @@ import pytest
 from beat_clock import Clock, Crash, Sends, drive, make_scheduler
 
 from celeriac import App
-from celeriac.beat.scheduler import MISSED_AFTER, run_id
+from celeriac.beat.entry import Entry
+from celeriac.beat.leader import Leadership
+from celeriac.beat.scheduler import MISSED_AFTER, Scheduler, run_id
 from celeriac.beat.store import MemoryStore, RunState
-from celeriac.errors import ConfigurationError
+from celeriac.errors import BrokerError, ConfigurationError
 from celeriac.schedules import crontab
 
 START = 1_800_000_000.0  # a round Unix time
@@ -241,3 +243,57 @@ def test_rpc_results_with_rabbitmq_leave_beat_nowhere_to_keep_state() -> None:
     app = App("t", broker="amqp://guest:guest@127.0.0.1:5672//", backend="rpc://")
     with pytest.raises(ConfigurationError, match="set result_backend to a redis"):
         app.beat.list()
+
+
+class FlakyStore(MemoryStore):
+    """A memory store whose next confirmation of a sent run fails (a lost connection)."""
+
+    fail_confirm = False
+
+    def swap(self, entry: str, expected: RunState | None, new: RunState | None,
+             lease: tuple[str, int] | None, *, running: bool = False,
+             dynamic: bool = False) -> bool:
+        confirming = expected is not None and expected.pending is not None \
+            and new is not None and new.pending is None
+        if confirming and self.fail_confirm:
+            self.fail_confirm = False
+            raise BrokerError("the server went away")
+        return super().swap(entry, expected, new, lease, running=running, dynamic=dynamic)
+
+
+def test_a_lost_confirmation_does_not_send_the_run_again() -> None:
+    app = _app(tick=_every(1))
+    clock = Clock(START)
+    store = FlakyStore(clock)
+    sends = Sends(clock)
+    scheduler = make_scheduler(app, clock, store, sends)
+    drive(scheduler, clock, START + 2.5)
+    store.fail_confirm = True
+    clock.now = START + 3
+    with pytest.raises(BrokerError):
+        scheduler.tick()  # sent, then the confirmation failed
+    assert store.states()["tick"].pending == START + 3
+    drive(scheduler, clock, START + 5.5)
+    assert sends.dues() == [START + 1, START + 2, START + 3, START + 4, START + 5]
+
+
+def test_a_failed_send_is_retried_with_the_same_id_and_backs_off() -> None:
+    app = _app(tick=_every(1))
+    clock = Clock(START)
+    store = MemoryStore(clock)
+    attempts: list[float] = []
+    sends = Sends(clock)
+
+    def flaky(entry: Entry, due: float, task_id: str) -> None:
+        attempts.append(clock.now)
+        if len(attempts) <= 2:
+            raise BrokerError("broker down")
+        sends(entry, due, task_id)
+
+    leadership = Leadership(store, holder="a", ttl=3.0, monotonic=clock)
+    scheduler = Scheduler(app, store, clock=clock, monotonic=clock, send=flaky,
+                          leadership=leadership, max_interval=0.25)
+    drive(scheduler, clock, START + 6.2)
+    assert attempts[1] - attempts[0] >= 1.0  # not every pass: it backs off
+    assert sends.dues() == [START + k for k in range(1, 7)]  # late, but none lost
+    assert sends.items[0].task_id == run_id("tick", START + 1)

@@ -58,6 +58,8 @@ MISSED_AFTER = 10.0  # seconds: a run later than this when first seen was missed
 DEFAULT_LOOP_INTERVAL = 0.25  # seconds between passes (beat_max_loop_interval=0)
 MAX_RUNS_PER_PASS = 100  # runs of one entry sent in one pass (a long catch-up continues)
 ERROR_PAUSE = 1.0  # seconds after a pass failed on the server
+SEND_RETRY_FIRST = 1.0  # seconds before sending a run whose send failed again, doubling
+SEND_RETRY_MAX = 30.0
 
 # The namespace of run ids: uuid5 of "<entry>\n<due>" (run_id).
 RUN_NAMESPACE = uuid.UUID("5c1c5b1e-6f0a-4d67-9a55-0c0b3e7d1f2a")
@@ -93,6 +95,9 @@ class Scheduler:
         self.paused: set[str] = set()
         self._version: int | None = None
         self.next_due: dict[str, float] = {}  # entry -> its next due time, after a pass
+        self._unconfirmed: dict[str, float] = {}  # entry -> due time sent, not confirmed
+        self._retry_at: dict[str, float] = {}  # entry -> monotonic time to send again
+        self._retry_delay: dict[str, float] = {}
 
     @property
     def entries(self) -> dict[str, Entry]:
@@ -213,17 +218,31 @@ class Scheduler:
         assert due is not None
         if not self.leadership.valid():
             return None  # the lease may be a successor's by now: it sends this run
+        if self._monotonic() < self._retry_at.get(entry.name, float("-inf")):
+            return None  # its last send failed: wait before trying again
         task_id = run_id(entry.name, due)
-        try:
-            self.send(entry, due, task_id)
-        except Exception as exc:
-            logger.error("beat: sending %s (due %s) failed; retrying on the next pass: %s",
-                         entry.name, _when(due), describe(exc))
-            return None
+        if self._unconfirmed.get(entry.name) != due:  # sent, but not yet confirmed
+            try:
+                self.send(entry, due, task_id)
+            except Exception as exc:
+                delay = min(SEND_RETRY_MAX, 2 * self._retry_delay.get(entry.name,
+                                                                       SEND_RETRY_FIRST / 2))
+                self._retry_delay[entry.name] = delay
+                self._retry_at[entry.name] = self._monotonic() + delay
+                logger.error("beat: sending %s (due %s) failed; retrying in %gs: %s",
+                             entry.name, _when(due), delay, describe(exc))
+                return None
+            self._retry_delay.pop(entry.name, None)
+            self._retry_at.pop(entry.name, None)
+            # Remembered until confirmed: if the confirmation fails (the server is
+            # unreachable), the next pass confirms without sending the run again.
+            self._unconfirmed[entry.name] = due
         sent = dataclasses.replace(state, pending=None, last_due=due, sent_at=self.clock())
         # Not guarded by the lease: the run is sent, whoever leads now must know it.
         if not self.store.swap(entry.name, state, sent, None):
+            self._unconfirmed.pop(entry.name, None)  # changed under us: read it again
             return None
+        self._unconfirmed.pop(entry.name, None)
         logger.info("beat: sent %s (%s) due %s, id %s", entry.name, entry.task, _when(due),
                     task_id)
         return sent
