@@ -294,15 +294,25 @@ def test_schedule_changes_reach_the_running_leader_within_a_second(world: World)
 
 
 @pytest.mark.parametrize("pool", ["threads", "solo"])
-def test_worker_dash_b_runs_beat_beside_its_tasks(tmp_path: Path, pool: str) -> None:
+def test_worker_dash_b_runs_beat_and_hands_over_when_its_node_stops(tmp_path: Path,
+                                                                     pool: str) -> None:
     world = World("sqlite", tmp_path)
     try:
         nodes = [world.start("worker", "-B", "-P", pool) for _ in range(2)]
         leader = wait_until(world.leader_pid, 15, "a -B node leading")
         assert leader in {node.pid for node in nodes}  # the supervisor (or solo) process
         _sent_at_least(world, 3, time.time())
-        for node in nodes:
-            node.stop()
+        first = next(node for node in nodes if node.pid == leader)
+        first.stop()  # a warm shutdown: beat gives the lease up
+        stopped = time.time()
+        other = wait_until(lambda: (p := world.leader_pid()) not in (None, leader) and p,
+                           10, "the other node leading")
+        # Well before the lease (3 s, extended every second) could have run out.
+        assert time.time() - stopped < 1.5
+        assert "released its lease" in first.log()
+        second = next(node for node in nodes if node.pid == other)
+        _sent_at_least(world, 2, time.time())
+        second.stop()
         final = world.state("tick")
         assert final is not None
         assert final.last_due is not None
