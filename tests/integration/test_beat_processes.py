@@ -200,14 +200,21 @@ def test_three_beats_with_the_leader_killed_twice_send_every_run_once(world: Wor
     worker = world.start("worker", "-P", "threads", "-c", "4")
     beats = [world.start("beat") for _ in range(3)]
     leaders: list[int] = []
+    takeovers: list[float] = []
+    killed_at = None
     for _ in range(3):
         pid = wait_until(lambda: (p := world.leader_pid()) not in (None, *leaders) and p,
                          15, "a new leader")
+        if killed_at is not None:
+            takeovers.append(time.monotonic() - killed_at)
         leaders.append(pid)
         _sent_at_least(world, 3, time.time())
         if len(leaders) < 3:
             next(b for b in beats if b.pid == pid).kill()  # SIGKILL: no goodbye
+            killed_at = time.monotonic()
     assert len(set(leaders)) == 3
+    print(f"takeover after SIGKILL: {', '.join(f'{t:.2f}s' for t in takeovers)}")
+    assert max(takeovers) < 5.0  # the lease (3 s) runs out, a follower tries each 0.5 s
     for beat in beats:
         if beat.popen.poll() is None:
             beat.stop()
@@ -242,6 +249,7 @@ def _check_changes(world: World, name: str, add: Any, pause: Any, resume: Any,
     add()
     added = time.time()
     state = wait_until(lambda: world.state(name), 5, f"{name} scheduled")
+    print(f"{name}: added, picked up after {state.anchor - added:.3f}s")
     assert state.anchor - added < 1.0  # the leader picked it up within a second
     wait_until(lambda: (s := world.state(name)) is not None and s.last_due, 5,
                f"a run of {name}")
