@@ -297,3 +297,33 @@ def test_a_failed_send_is_retried_with_the_same_id_and_backs_off() -> None:
     assert attempts[1] - attempts[0] >= 1.0  # not every pass: it backs off
     assert sends.dues() == [START + k for k in range(1, 7)]  # late, but none lost
     assert sends.items[0].task_id == run_id("tick", START + 1)
+
+
+def test_a_run_waiting_for_a_retry_does_not_make_the_loop_spin() -> None:
+    app = _app(tick=_every(1))
+    clock = Clock(START)
+    store = MemoryStore(clock)
+
+    def down(entry: Entry, due: float, task_id: str) -> None:
+        raise BrokerError("broker down")
+
+    leadership = Leadership(store, holder="a", ttl=3.0, monotonic=clock)
+    scheduler = Scheduler(app, store, clock=clock, monotonic=clock, send=down,
+                          leadership=leadership, max_interval=0.25)
+    drive(scheduler, clock, START + 1.0)  # the first run's send fails
+    assert store.states()["tick"].pending == START + 1
+    assert scheduler.tick() >= 0.2  # waits a loop interval, not 0
+
+
+def test_a_long_catch_up_goes_on_in_the_next_pass_at_once() -> None:
+    app = _app(tick=_every(0.01))
+    clock = Clock(START)
+    store = MemoryStore(clock)
+    sends = Sends(clock)
+    scheduler = make_scheduler(app, clock, store, sends)
+    scheduler.tick()
+    clock.now = START + 5  # 500 runs due: a leader took over late, within the window
+    assert scheduler.tick() == 0.0  # a pass sends at most MAX_RUNS_PER_PASS of them
+    while scheduler.tick() == 0.0:
+        pass
+    assert len(sends.items) == 500

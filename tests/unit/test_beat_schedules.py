@@ -189,3 +189,19 @@ def test_crontab_honours_enable_utc_without_a_timezone() -> None:
     drive(make_scheduler(app, clock, MemoryStore(clock), sends, ttl=FOREVER), clock,
           at(UTC, 2026, 6, 1, 13))
     assert sends.dues() == [at(UTC, 2026, 6, 1, 12)]
+
+
+@pytest.mark.parametrize("every", [0.01, 0.3, 1.0, 7.7])
+def test_interval_due_times_are_exactly_anchor_plus_k_intervals(every: float) -> None:
+    # Every beat process must compute the very same float for a run (its id is made
+    # from it): walking from due time to due time never drifts off anchor + k * every.
+    anchor = 1_800_000_000.123
+    interval = schedule(every)
+    moment = anchor
+    for k in range(1, 2001):
+        moment = interval.next_after(moment, anchor, UTC)
+        assert moment == anchor + k * every
+    # From any moment, the first due time after it, not the second.
+    for offset in (0.0, every / 3, every * 999.999, every * 1000):
+        due = interval.next_after(anchor + offset, anchor, UTC)
+        assert anchor + offset < due <= anchor + offset + every

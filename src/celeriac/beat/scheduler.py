@@ -131,11 +131,16 @@ class Scheduler:
         self._refresh()
         now = self.clock()
         states = self.store.states()
+        behind = False  # an entry has more runs to catch up than one pass sends
         for name, entry in self.entries.items():
             if not self.leadership.valid():
                 break
-            self._advance(entry, states.get(name), now)
-        soonest = min(self.next_due.values(), default=now + self.max_interval)
+            behind |= self._advance(entry, states.get(name), now)
+        if behind:
+            return 0.0
+        # Due times already past belong to runs waiting for a retry: not worth waking for.
+        soonest = min((due for due in self.next_due.values() if due > now),
+                      default=now + self.max_interval)
         lease_check = self.leadership.next_check() - self._monotonic()
         return max(0.0, min(soonest - self.clock(), lease_check, self.max_interval))
 
@@ -162,28 +167,30 @@ class Scheduler:
 
     # -- one entry ------------------------------------------------------------------------
 
-    def _advance(self, entry: Entry, state: RunState | None, now: float) -> None:
+    def _advance(self, entry: Entry, state: RunState | None, now: float) -> bool:
+        """Decide ``entry``'s runs due by ``now``; True if more remain for the next pass."""
         lease = self.leadership.lease
         if lease is None:
-            return
+            return False
         state = self._started(entry, state, now, lease)
         if state is not None and state.pending is not None:
             state = self._send_recorded(entry, state)
         for _ in range(MAX_RUNS_PER_PASS):
             if state is None:
-                return  # changed under us, or a send failed: the next pass reads again
+                return False  # changed under us, or a send failed: a later pass retries
             due = entry.schedule.next_after(state.cursor, state.anchor, self.zone)
             self.next_due[entry.name] = due
             if due > now:
-                return
+                return False
             new = self._decide(entry, state, due, now, lease[1])
             # A run is recorded only while the entry is (still) stored and not paused,
             # checked on the server in the same step: pause and remove act at once.
             if not self.leadership.valid() or not self.store.swap(
                     entry.name, state, new, lease, running=new.pending is not None,
                     dynamic=entry.dynamic):
-                return
+                return False
             state = self._send_recorded(entry, new) if new.pending is not None else new
+        return True
 
     def _started(self, entry: Entry, state: RunState | None, now: float,
                  lease: tuple[str, int]) -> RunState | None:

@@ -92,11 +92,14 @@ class schedule(Schedule):
         return self.run_every
 
     def next_after(self, moment: float, anchor: float, zone: tzinfo) -> float:
-        steps = math.floor((moment - anchor) / self.run_every) + 1
-        due = anchor + max(steps, 1) * self.run_every
-        while due <= moment:  # floating point: make "strictly after" exact
-            due += self.run_every
-        return due
+        # Always anchor + k * run_every, computed the same way for every k, so that each
+        # beat process gets the very same float (and so the same run id) for a run.
+        steps = max(math.floor((moment - anchor) / self.run_every) + 1, 1)
+        while anchor + steps * self.run_every <= moment:  # rounding: strictly after
+            steps += 1
+        while steps > 1 and anchor + (steps - 1) * self.run_every > moment:
+            steps -= 1  # rounding the other way: the first one after, not the second
+        return anchor + steps * self.run_every
 
     @property
     def key(self) -> str:
