@@ -143,8 +143,9 @@ def periodic_task_entry(schedule: Any, sig: Any, args: Sequence[Any],
         raise TypeError(f"add_periodic_task needs a signature (task.s(...)), not {sig!r}")
     entry = {
         "task": task, "schedule": schedule,
-        "args": tuple(getattr(sig, "args", ())) or tuple(args),
-        "kwargs": dict(getattr(sig, "kwargs", {}) or kwargs or {}),
+        # As Celery's clone of the signature: extra args in front, extra kwargs over.
+        "args": (*args, *getattr(sig, "args", ())),
+        "kwargs": {**(getattr(sig, "kwargs", None) or {}), **(kwargs or {})},
         "options": {**dict(getattr(sig, "options", {}) or {}), **options},
         "missed": missed,
     }
