@@ -205,3 +205,10 @@ def test_interval_due_times_are_exactly_anchor_plus_k_intervals(every: float) ->
     for offset in (0.0, every / 3, every * 999.999, every * 1000):
         due = interval.next_after(anchor + offset, anchor, UTC)
         assert anchor + offset < due <= anchor + offset + every
+
+
+def test_solar_is_refused_with_what_to_use() -> None:
+    from celeriac.schedules import solar
+
+    with pytest.raises(ConfigurationError, match="no solar schedules; use crontab"):
+        solar("sunset", -37.81753, 144.96715)
