@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celeriac.beat")
 
 MISSED_AFTER = 10.0  # seconds: a run later than this when first seen was missed
+LATE_NOTE = 1.0  # seconds: a run sent this late says so in its log line
 DEFAULT_LOOP_INTERVAL = 0.25  # seconds between passes (beat_max_loop_interval=0)
 MAX_RUNS_PER_PASS = 100  # runs of one entry sent in one pass (a long catch-up continues)
 ERROR_PAUSE = 1.0  # seconds after a pass failed on the server
@@ -250,8 +251,10 @@ class Scheduler:
             self._unconfirmed.pop(entry.name, None)  # changed under us: read it again
             return None
         self._unconfirmed.pop(entry.name, None)
-        logger.info("beat: sent %s (%s) due %s, id %s", entry.name, entry.task, _when(due),
-                    task_id)
+        late = sent.sent_at - due if sent.sent_at is not None else 0.0
+        logger.info("beat: sent %s (%s) due %s, id %s%s", entry.name, entry.task,
+                    _when(due), task_id,
+                    f" ({late:.1f}s late: caught up)" if late >= LATE_NOTE else "")
         return sent
 
     def _send(self, entry: Entry, due: float, task_id: str) -> None:
