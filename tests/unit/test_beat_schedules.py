@@ -8,7 +8,7 @@ each run's due time and the moment it was sent.
 from __future__ import annotations
 
 import itertools
-from datetime import timedelta
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -212,3 +212,16 @@ def test_solar_is_refused_with_what_to_use() -> None:
 
     with pytest.raises(ConfigurationError, match="no solar schedules; use crontab"):
         solar("sunset", -37.81753, 144.96715)
+
+
+def test_the_schedule_zone_follows_timezone_then_enable_utc_then_the_machine(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from celeriac.timezones import schedule_zone
+
+    assert schedule_zone(True, "Europe/Berlin") == BERLIN
+    assert schedule_zone(False, "Europe/Berlin") == BERLIN
+    assert schedule_zone(True, None) == UTC or str(schedule_zone(True, None)) == "UTC"
+    monkeypatch.setenv("TZ", "America/New_York")
+    local = schedule_zone(False, None)
+    # This machine's zone with its rules, not just today's offset.
+    assert wall_instant(datetime(2026, 3, 8, 2, 30), local) == at(NEW_YORK, 2026, 3, 8, 3)
