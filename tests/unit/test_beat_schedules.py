@@ -104,8 +104,6 @@ def test_interval_due_times_are_anchored() -> None:
 
 
 def test_a_missing_wall_time_is_the_end_of_the_gap() -> None:
-    from datetime import datetime
-
     # Berlin springs forward at 02:00 CET to 03:00 CEST on 2026-03-29.
     assert wall_instant(datetime(2026, 3, 29, 2, 30), BERLIN) == at(BERLIN, 2026, 3, 29, 3)
     # An existing time, and a repeated one (its first occurrence, CEST = UTC+2).
