@@ -40,6 +40,7 @@ from celeriac.uniqueness.keys import check_unique_for
 from celeriac.uniqueness.keys import resolve as resolve_unique
 
 if TYPE_CHECKING:
+    from celeriac.beat.dynamic import Beat
     from celeriac.control import Control
 
 logger = logging.getLogger("celeriac.app")
@@ -107,6 +108,10 @@ class App:
         self._router_source: Any = None
         self._router = Router(None)
         self._autodiscover: list[tuple[Any, str]] = []  # (packages, related_name)
+        # Celery's app signals: receivers get sender=app (add_periodic_task goes here).
+        self.on_after_configure = signals.Signal("on_after_configure", ("source",))
+        self.on_after_finalize = signals.Signal("on_after_finalize")
+        self._finalized = False
         app_created(self)  # shared tasks declared so far are registered here too
 
     def __repr__(self) -> str:
@@ -118,6 +123,27 @@ class App:
         """Load settings from a module, ``"module"`` or ``"module:attribute"`` path, or
         object; ``namespace="CELERY"`` reads ``CELERY_BROKER_URL``-style names (Django)."""
         self.conf.load_object(obj, namespace)
+
+    def finalize(self) -> None:
+        """Send ``on_after_configure`` and ``on_after_finalize`` once, as Celery does
+        when an app is first used; beat calls it when it starts."""
+        if self._finalized:
+            return
+        self._finalized = True
+        self.on_after_configure.send(sender=self, source=self.conf)
+        self.on_after_finalize.send(sender=self)
+
+    def add_periodic_task(self, schedule: Any, sig: Any, args: Sequence[Any] = (),
+                          kwargs: Mapping[str, Any] | None = None, name: str | None = None,
+                          **opts: Any) -> str:
+        """Celery's ``add_periodic_task``: an entry of ``beat_schedule`` sending the
+        signature ``sig`` on ``schedule`` (``opts``: send options, and ``missed``).
+        Returns the entry's name (``name``, else the signature's repr)."""
+        from celeriac.beat.dynamic import periodic_task_entry
+
+        key, entry = periodic_task_entry(schedule, sig, args, kwargs, name, opts)
+        self.conf.beat_schedule = {**self.conf.beat_schedule, key: entry}
+        return key
 
     # -- the task registry ----------------------------------------------------------------
 
@@ -552,6 +578,14 @@ class App:
 
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:
         return AsyncResult(task_id, self)
+
+    @functools.cached_property
+    def beat(self) -> Beat:
+        """Periodic tasks kept on the server: ``app.beat.add(name, task, schedule)``,
+        ``remove``, ``pause``, ``resume``, ``list()`` (docs/periodic-tasks.md)."""
+        from celeriac.beat.dynamic import Beat
+
+        return Beat(self)
 
     @functools.cached_property
     def control(self) -> Control:

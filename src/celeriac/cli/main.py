@@ -12,6 +12,7 @@ import sys
 import click
 
 from celeriac.app import App
+from celeriac.cli.beat import beat_command
 from celeriac.cli.call import call_command
 from celeriac.cli.demo import demo_command
 from celeriac.cli.inspect import control_command, inspect_command, status_command
@@ -73,6 +74,7 @@ cli.add_command(inspect_command)
 cli.add_command(control_command)
 cli.add_command(status_command)
 cli.add_command(monitor_command)
+cli.add_command(beat_command)
 
 
 EXIT_USAGE = 2  # a user's mistake: a bad -A, setting, URL or option (as click's usage errors)

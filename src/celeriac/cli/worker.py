@@ -61,6 +61,8 @@ def _autoscale_bounds(ctx: click.Context, param: click.Parameter,
 @click.option("-n", "--hostname", metavar="NAME",
               help="The worker's node name, e.g. name@%h (%h host, %n short host, "
                    "%d domain, %i process index).")
+@click.option("-B", "--beat", is_flag=True,
+              help="Also run beat (periodic tasks) in this node; any number may.")
 @click.option("-l", "--loglevel", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                                 case_sensitive=False))
@@ -75,7 +77,7 @@ def worker_command(spec: AppSpec, concurrency: int | None,
                    autoscale: tuple[int, int] | None, pool: str | None,
                    queues: str | None, prefetch_multiplier: int | None,
                    max_tasks_per_child: int | None, max_memory_per_child: int | None,
-                   shutdown_timeout: float | None, hostname: str | None,
+                   shutdown_timeout: float | None, hostname: str | None, beat: bool,
                    loglevel: str, log_format: str | None, logfile: str | None) -> None:
     """Start a worker: consume the queues and run their tasks."""
     configure_logging(loglevel)
@@ -89,6 +91,7 @@ def worker_command(spec: AppSpec, concurrency: int | None,
         hostname=expand_nodename(hostname) if hostname is not None else None,
         log_format=_log_format(log_format, app.conf.worker_log_format), logfile=logfile,
         autoscale=autoscale,
+        beat=beat or None,
     )
     if options.autoscale is not None and options.pool == "solo":
         raise click.UsageError("--autoscale needs a pool that can change size: -P prefork, "

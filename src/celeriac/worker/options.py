@@ -36,6 +36,7 @@ class WorkerOptions:
     hostname: str = field(default_factory=lambda: expand_nodename(DEFAULT_NODENAME))
     autoscale: tuple[int, int] | None = None  # (max, min): the pool starts at min
     autoscale_keepalive: float = 30.0
+    beat: bool = False  # -B: run beat in this node (celeriac.beat.service)
 
     @property
     def processes(self) -> int:
