@@ -43,21 +43,31 @@ _BACKENDS = ("celeriac stores results in SQLite, Redis or rpc:// (RabbitMQ); "
 _KOMBU = ("celeriac routes by queue name only; declare queues with task_queues "
           "(celeriac.Queue) and route with task_routes")
 _NOT_YET_EVENTS = "task events and remote control are not built yet (issue 12)"
-_NOT_YET_BEAT = "periodic tasks (beat) are not built yet (issue 14)"
 _NOT_YET_SECURITY = "message signing is not built yet (issue 15)"
 _NO_PARTS = ("give the whole URL in broker_url (scheme://user:password@host:port/vhost)")
 
 # (name, answer, target or None, note). Old uppercase names are in OLD_NAMES below.
 _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
     ("accept_content", Answer.SAME, None, ""),
-    ("beat_cron_starting_deadline", Answer.REFUSED, None, _NOT_YET_BEAT),
-    ("beat_max_loop_interval", Answer.REFUSED, None, _NOT_YET_BEAT),
-    ("beat_schedule", Answer.REFUSED, None, _NOT_YET_BEAT),
+    ("beat_cron_starting_deadline", Answer.REFUSED, None,
+     "celeriac sends a run that is late by less than 10 s (a beat taking over from "
+     "another) and applies the entry's missed policy to older ones: set "
+     "\"missed\": \"skip\" or \"run_once\" in the entry (docs/periodic-tasks.md)"),
+    ("beat_max_loop_interval", Answer.SAME, None,
+     "the longest beat sleeps between passes; 0 (the default) means 0.25 s, so that "
+     "schedule changes made with app.beat or `celeriac beat add` apply within a second"),
+    ("beat_schedule", Answer.SAME, None,
+     "Celery's entry shape (task, schedule, args, kwargs, options), plus \"missed\"; "
+     "relative=True is refused (docs/periodic-tasks.md)"),
     ("beat_schedule_filename", Answer.REFUSED, None,
-     "celeriac's beat will keep its state on the broker's server, not in a local file"),
-    ("beat_scheduler", Answer.REFUSED, None, _NOT_YET_BEAT),
+     "celeriac's beat keeps its state on the broker's server (with RabbitMQ, the result "
+     "backend's), not in a local file: there is nothing to name"),
+    ("beat_scheduler", Answer.REFUSED, None,
+     "celeriac has one scheduler, with its state on the server and a leader elected "
+     "there; for django-celery-beat's or RedBeat's dynamic entries use app.beat.add "
+     "or `celeriac beat add` (docs/periodic-tasks.md)"),
     ("beat_sync_every", Answer.REFUSED, None,
-     "celeriac's beat will record each run on the server before sending it"),
+     "celeriac's beat records each run on the server before sending it"),
     ("broker_channel_error_retry", Answer.REFUSED, None,
      "celeriac retries channel errors within broker_connection_timeout always"),
     ("broker_connection_max_retries", Answer.SAME, None,
@@ -101,9 +111,16 @@ _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
     ("broker_vhost", Answer.REFUSED, None, _NO_PARTS),
     ("broker_write_url", Answer.REFUSED, None,
      "celeriac uses one broker_url for reading and writing"),
-    ("control_exchange", Answer.REFUSED, None, _NOT_YET_EVENTS),
-    ("control_queue_expires", Answer.REFUSED, None, _NOT_YET_EVENTS),
-    ("control_queue_ttl", Answer.REFUSED, None, _NOT_YET_EVENTS),
+    ("control_exchange", Answer.REFUSED, None,
+     "remote control travels on the broker's own control and replies topics (a Redis "
+     "stream, a RabbitMQ stream queue, an SQLite table), not on a kombu exchange; their "
+     "names follow the broker's key prefix or vhost"),
+    ("control_queue_expires", Answer.REFUSED, None,
+     "no queue is made per worker or per client for remote control: each reads the "
+     "shared control topic from its own position, so there is nothing to expire"),
+    ("control_queue_ttl", Answer.REFUSED, None,
+     "control requests are kept for a fixed 60 s on the control topic, and a worker "
+     "only reads those sent after it started, so an old command never runs late"),
     ("enable_utc", Answer.SAME, None,
      "True (the default): a naive datetime (eta, expires) is UTC; False: wall-"
      "clock time in timezone"),
@@ -200,7 +217,9 @@ _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
      "the zone of periodic tasks"),
     ("worker_agent", Answer.REFUSED, None, "celeriac has no worker agent"),
     ("worker_autoscaler", Answer.REFUSED, None,
-     "autoscaling is not built yet (issue 12)"),
+     "celeriac's autoscaler is built in, not a class to replace: set its bounds with "
+     "--autoscale=MAX,MIN or worker_autoscale=(max, min), its idle cool-down with "
+     "worker_autoscale_keepalive"),
     ("worker_cancel_long_running_tasks_on_connection_loss", Answer.REFUSED, None,
      "a task whose lease is lost runs on, and its result is refused (fencing); "
      "see docs/architecture.md"),
@@ -215,7 +234,7 @@ _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
     ("worker_disable_rate_limits", Answer.SAME, None, ""),
     ("worker_enable_prefetch_count_reduction", Answer.REFUSED, None,
      "the prefetch follows the worker's free slots always"),
-    ("worker_enable_remote_control", Answer.REFUSED, None, _NOT_YET_EVENTS),
+    ("worker_enable_remote_control", Answer.SAME, None, ""),
     ("worker_enable_soft_shutdown_on_idle", Answer.REFUSED, None,
      "a warm shutdown hands prefetched tasks back at once"),
     ("worker_hijack_root_logger", Answer.SAME, None,
@@ -224,7 +243,8 @@ _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
     ("worker_log_color", Answer.REFUSED, None,
      "the worker's log lines are plain text; colour them in your log viewer"),
     ("worker_log_format", Answer.SAME, None,
-     "the format of the worker's log lines (with worker_hijack_root_logger)"),
+     "the format of the worker's log lines (with worker_hijack_root_logger); "
+     "\"json\" for one JSON object per line (--log-format json)"),
     ("worker_lost_wait", Answer.REFUSED, None,
      "a dead worker process's tasks come back when their lease runs out"),
     ("worker_max_memory_per_child", Answer.SAME, None, ""),

@@ -105,9 +105,22 @@ class Settings(Mapping[str, Any]):
     worker_shutdown_timeout: float = 30.0
     worker_watchdog_timeout: float = 60.0
     worker_disable_rate_limits: bool = False
+    worker_enable_remote_control: bool = True  # answer inspect/control (celeriac.control)
     worker_hijack_root_logger: bool = True
     worker_log_format: str = LOG_FORMAT
     worker_task_log_format: str = TASK_LOG_FORMAT
+    worker_autoscale: tuple[int, int] | None = None  # (max, min), as --autoscale=MAX,MIN
+    worker_autoscale_keepalive: float = 30.0  # idle seconds before a slot is given back
+
+    # Queue alerts (celeriac.monitor.rules): thresholds per queue or "*", how often
+    # `celeriac monitor` checks them, and where alerts are POSTed.
+    queue_alerts: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    queue_alerts_interval: float = 10.0
+    alert_webhooks: tuple[str, ...] = ()
+
+    # Periodic tasks (celeriac.beat, docs/periodic-tasks.md).
+    beat_schedule: dict[str, Any] = dataclasses.field(default_factory=dict)
+    beat_max_loop_interval: float = 0.0  # seconds; 0: beat's own (0.25)
 
     def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         """Set several settings at once; every name and value is checked first.
@@ -249,6 +262,10 @@ _SECRET_WORDS = ("password", "secret", "token", "key")
 
 def _displayable(name: str, value: Any) -> Any:
     """A setting's value with passwords masked, in URLs and in option mappings."""
+    if name == "alert_webhooks":  # a chat webhook's secret is its path: host only
+        from celeriac.monitor.webhooks import shown
+
+        return tuple(shown(url) for url in value)
     if isinstance(value, str) and "://" in value:
         return safe_url(value)
     if isinstance(value, Mapping):
@@ -369,10 +386,13 @@ def _module_names(name: str, value: Any) -> tuple[str, ...]:
 
 
 def _log_format(name: str, value: Any) -> str:
-    """A logging format string, tried on a record now rather than on the first log line."""
+    """A logging format string, tried on a record now rather than on the first log line;
+    for worker_log_format, also the special value "json"."""
     import logging
 
     text = _nonempty_str(name, value)
+    if name == "worker_log_format" and text == "json":  # one JSON object per line (logs.py)
+        return text
     record = logging.LogRecord("celeriac", logging.INFO, __file__, 0, "checking", None, None)
     record.processName = "MainProcess"
     record.task_id = record.task_name = "???"  # worker_task_log_format may name them
@@ -506,6 +526,53 @@ def _annotations(name: str, value: Any) -> Any:
     return check_annotations(value)
 
 
+def _queue_alerts(name: str, value: Any) -> Any:
+    from celeriac.monitor.rules import check_queue_alerts
+
+    return check_queue_alerts(name, value)
+
+
+def _webhooks(name: str, value: Any) -> Any:
+    from celeriac.monitor.rules import check_webhooks
+
+    return check_webhooks(name, value)
+
+
+def _interval(name: str, value: Any) -> float:
+    seconds = _seconds(name, value)
+    if not seconds:
+        raise ConfigurationError(f"{name} must be a number of seconds > 0, not {value!r}")
+    return seconds
+
+
+def _autoscale(name: str, value: Any) -> tuple[int, int] | None:
+    from celeriac.worker.autoscale import check_bounds, parse_autoscale
+
+    if value is None:
+        return None
+    try:
+        if isinstance(value, str):
+            return parse_autoscale(value)
+        if isinstance(value, list | tuple):
+            return check_bounds(tuple(value))
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}: {exc}") from None
+    raise ConfigurationError(f"{name} must be (max, min) or 'MAX,MIN', not {value!r}")
+
+
+def _keepalive(name: str, value: Any) -> float:
+    seconds = _seconds(name, value)
+    if seconds is None:
+        raise ConfigurationError(f"{name} must be a number of seconds >= 0, not None")
+    return seconds
+
+
+def _beat_schedule(name: str, value: Any) -> Any:
+    from celeriac.beat.entry import check_beat_schedule
+
+    return check_beat_schedule(value)
+
+
 def _rate_limit(name: str, value: Any) -> Any:
     from celeriac.ratelimit import parse_rate
 
@@ -567,7 +634,15 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "worker_shutdown_timeout": _seconds,
     "worker_watchdog_timeout": _seconds,
     "worker_disable_rate_limits": _bool,
+    "worker_enable_remote_control": _bool,
     "worker_hijack_root_logger": _bool,
     "worker_log_format": _log_format,
     "worker_task_log_format": _log_format,
+    "queue_alerts": _queue_alerts,
+    "queue_alerts_interval": _interval,
+    "alert_webhooks": _webhooks,
+    "worker_autoscale": _autoscale,
+    "worker_autoscale_keepalive": _keepalive,
+    "beat_schedule": _beat_schedule,
+    "beat_max_loop_interval": _seconds,
 }

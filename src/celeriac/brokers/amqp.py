@@ -195,6 +195,8 @@ from celeriac.brokers.base import (
     QueueStats,
     check_outgoing,
 )
+from celeriac.bus.amqp import queue_name as bus_queue
+from celeriac.bus.base import RETENTION, Bus
 from celeriac.errors import BrokerRefused, BrokerUnavailable
 
 T = TypeVar("T")
@@ -405,6 +407,9 @@ class AMQPBroker(Broker):
             return []
         return await self._link().fetch(list(queues), limit, timeout)
 
+    async def stop_consuming(self, queues: Sequence[str]) -> None:
+        await self._link().stop_consuming(list(queues))
+
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         for link, receipts in _by_link(deliveries).items():
             await _on_loop(link, partial(link.ack, receipts))
@@ -517,6 +522,11 @@ class AMQPBroker(Broker):
         await link.run(scan)
         return removed
 
+    def bus(self) -> Bus:
+        from celeriac.bus.amqp import AMQPBus
+
+        return AMQPBus(self._context)  # stream queues in this broker's namespace
+
     # -- beyond the contract --------------------------------------------------------------
 
     async def delete_namespace(self) -> None:
@@ -534,6 +544,7 @@ class AMQPBroker(Broker):
         queues += [top.delay_queue(name, level) for name in sorted(names)
                    for level in range(DELAY_LEVELS)]
         queues += [top.dead_queue, top.registry_queue]
+        queues += [bus_queue(top.namespace, topic) for topic in RETENTION]  # the bus's
         exchanges = [top.delay_exchange(level) for level in range(DELAY_LEVELS)]
         exchanges += [top.delivery_exchange, top.dead_exchange]
         await link.delete(exchanges, queues)

@@ -12,9 +12,12 @@ import sys
 import click
 
 from celeriac.app import App
+from celeriac.cli.beat import beat_command
 from celeriac.cli.call import call_command
 from celeriac.cli.demo import demo_command
 from celeriac.cli.events import events_command
+from celeriac.cli.inspect import control_command, inspect_command, status_command
+from celeriac.cli.monitor import monitor_command
 from celeriac.cli.purge import purge_command
 from celeriac.cli.queues import queues_command
 from celeriac.cli.result import result_command
@@ -69,6 +72,11 @@ cli.add_command(queues_command)
 cli.add_command(purge_command)
 cli.add_command(demo_command)
 cli.add_command(events_command)
+cli.add_command(inspect_command)
+cli.add_command(control_command)
+cli.add_command(status_command)
+cli.add_command(monitor_command)
+cli.add_command(beat_command)
 
 
 EXIT_USAGE = 2  # a user's mistake: a bad -A, setting, URL or option (as click's usage errors)

@@ -13,13 +13,16 @@ import click
 
 from celeriac import __version__, signals
 from celeriac.config import POOLS
+from celeriac.control.names import NodeNameTaken, ensure_unique_name
 from celeriac.errors import describe
-from celeriac.logs import configure_logging, setup_worker_logging
+from celeriac.logs import FORMAT as LOG_FORMAT
+from celeriac.logs import JSON, configure_logging, setup_worker_logging
 from celeriac.supervisor.supervisor import Supervisor
 from celeriac.urls import display_url
+from celeriac.worker.autoscale import parse_autoscale
 from celeriac.worker.child import EXIT_BROKER_LOST, EXIT_OK, EXIT_REFUSED, serve
 from celeriac.worker.consumer import StopReason
-from celeriac.worker.options import WorkerOptions, expand_nodename
+from celeriac.worker.options import WorkerOptions, expand_nodename, logfile_path
 from celeriac.worker.startup import PERMANENT
 
 if TYPE_CHECKING:
@@ -29,9 +32,22 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celeriac.worker")
 
 
+def _autoscale_bounds(ctx: click.Context, param: click.Parameter,
+                      value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        return parse_autoscale(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
 @click.command("worker")
 @click.option("-c", "--concurrency", type=click.IntRange(min=1),
               help="Processes (prefork) or slots in one process (threads, async).")
+@click.option("--autoscale", metavar="MAX,MIN", callback=_autoscale_bounds,
+              help="Grow the pool up to MAX processes (slots for threads/async) while "
+                   "work is queued, shrink it to MIN when idle (Celery's order).")
 @click.option("-P", "--pool", type=click.Choice(POOLS), help="How tasks run.")
 @click.option("-Q", "--queues", help="Comma-separated queues, consumed in this order.")
 @click.option("--prefetch-multiplier", type=click.IntRange(min=1),
@@ -48,21 +64,28 @@ logger = logging.getLogger("celeriac.worker")
 @click.option("-E", "--task-events/--without-events", "task_events", default=None,
               help="Send task events (on by default: worker_send_task_events); -E is "
                    "accepted as in Celery.")
+@click.option("-B", "--beat", is_flag=True,
+              help="Also run beat (periodic tasks) in this node; any number may.")
 @click.option("-l", "--loglevel", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                                 case_sensitive=False))
+@click.option("--log-format", type=click.Choice(["text", "json"]),
+              help="text (worker_log_format) or json: one JSON object per line "
+                   "[default: the worker_log_format setting].")
+@click.option("-f", "--logfile", metavar="PATH",
+              help="Append logs to this file instead of stderr (%p node name, %h host, "
+                   "%n, %d, %i process index, %I).")
 @click.pass_obj
-def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
+def worker_command(spec: AppSpec, concurrency: int | None,
+                   autoscale: tuple[int, int] | None, pool: str | None,
                    queues: str | None, prefetch_multiplier: int | None,
                    max_tasks_per_child: int | None, max_memory_per_child: int | None,
-                   shutdown_timeout: float | None, hostname: str | None,
-                   task_events: bool | None, loglevel: str) -> None:
+                   shutdown_timeout: float | None, hostname: str | None, beat: bool,
+                   task_events: bool | None, loglevel: str, log_format: str | None,
+                   logfile: str | None) -> None:
     """Start a worker: consume the queues and run their tasks."""
     configure_logging(loglevel)
     app = spec.load()
-    # Now that the app's settings are known: its own logging setup, if it has one, stays.
-    setup_worker_logging(loglevel, app.conf.worker_hijack_root_logger,
-                         app.conf.worker_log_format, app.conf.worker_task_log_format)
     options = WorkerOptions.from_settings(
         spec.spec or "", app.conf, pool=pool, concurrency=concurrency,
         queues=tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else (),
@@ -70,7 +93,17 @@ def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
         max_memory_per_child=max_memory_per_child, shutdown_timeout=shutdown_timeout,
         loglevel=loglevel.upper(), send_events=task_events,
         hostname=expand_nodename(hostname) if hostname is not None else None,
+        log_format=_log_format(log_format, app.conf.worker_log_format), logfile=logfile,
+        autoscale=autoscale,
+        beat=beat or None,
     )
+    if options.autoscale is not None and options.pool == "solo":
+        raise click.UsageError("--autoscale needs a pool that can change size: -P prefork, "
+                               "threads or async (a solo worker runs one task at a time)")
+    # Now that the app's settings are known: its own logging setup, if it has one, stays.
+    setup_worker_logging(loglevel, options.hijack_root_logger, options.log_format,
+                         options.task_log_format,
+                         logfile_path(options.logfile, options.hostname), options.hostname)
     log_banner(app, options)
     warn_about_unsafe_settings(app)
     signals.worker_init.send(sender=None)
@@ -81,7 +114,21 @@ def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
     sys.exit(code)
 
 
+def _log_format(choice: str | None, setting: str) -> str:
+    """--log-format over worker_log_format: json, or text in the setting's format."""
+    if choice == "json":
+        return JSON
+    if choice == "text" and setting == JSON:
+        return LOG_FORMAT
+    return setting
+
+
 def _run(app: App, options: WorkerOptions) -> int:
+    try:
+        ensure_unique_name(app, options.hostname)
+    except NodeNameTaken as exc:
+        logger.error("the worker cannot start: %s", exc)
+        return EXIT_REFUSED
     if options.pool != "solo":
         return Supervisor(options, app).run()
     signals.worker_process_init.send(sender=None)  # the one process of a solo worker
@@ -111,6 +158,8 @@ def log_banner(app: App, options: WorkerOptions) -> None:
         pool = f"prefork, {options.processes} process(es)"
     else:
         pool = f"{options.pool}, {options.slots_per_process} slot(s)"
+    if options.autoscale is not None:
+        pool += f" (autoscale {options.autoscale[1]} to {options.autoscale[0]})"
     lines = [
         f"celeriac {__version__} worker {options.hostname}",
         f"  app:      {app.main} ({options.app_spec})",

@@ -33,6 +33,7 @@ from celeriac.errors import (
     describe,
 )
 from celeriac.events.tasks import TaskEvents
+from celeriac.logs import task_fields
 from celeriac.message import Message
 from celeriac.outcome import Outcome
 from celeriac.task import Request, Task, current_request
@@ -148,7 +149,9 @@ class Executor:
                              f"{unreadable}")
         if message.expires is not None and message.expires < time.time():
             expired = TaskRevokedError(f"task {message.task}[{message.id}] expired before it ran")
-            logger.info("Task %s[%s] expired, not run", message.task, message.id)
+            logger.info("Task %s[%s] expired, not run", message.task, message.id,
+                        extra=task_fields(message.id, message.task, message.queue,
+                                          states.REVOKED, retries=message.retries))
             return Verdict(Action.ACK, _failure(expired, states.REVOKED, message),
                            message=message)
         refused = self.guard.refused(message)  # revoked: an O(1) look-up in memory
@@ -410,6 +413,7 @@ def _request_for(message: Message, delivery_count: int, hostname: str) -> Reques
         root_id=message.root_id or message.id, parent_id=message.parent_id,
         group_id=message.group_id, hostname=hostname, headers=message.headers,
         callbacks=message.callbacks, errbacks=message.errbacks,
+        unique_key=message.unique_key, unique_for=message.unique_for,
     )
 
 
@@ -421,6 +425,7 @@ def _message_for(task: Task[Any, Any], request: Request) -> Message:
         eta=request.eta, expires=request.expires, retries=request.retries,
         root_id=request.root_id, parent_id=request.parent_id, group_id=request.group_id,
         headers=request.headers, callbacks=request.callbacks, errbacks=request.errbacks,
+        unique_key=request.unique_key, unique_for=request.unique_for,
     )
 
 
@@ -449,26 +454,34 @@ def _dead(reason: str, message: Message | None = None) -> Verdict:
 
 def _log_verdict(task: Task[Any, Any], message: Message, verdict: Verdict,
                  elapsed: float) -> None:
+    def fields(state: str) -> dict[str, Any] | None:  # the task's fields, for JSON lines
+        return task_fields(message.id, message.task, message.queue, state, elapsed,
+                           message.retries)
+
     if verdict.action is Action.ACK and verdict.outcome is not None:
         outcome = verdict.outcome
         if outcome.state == states.SUCCESS:
             if logger.isEnabledFor(logging.INFO):
                 logger.info("Task %s[%s] succeeded in %.4fs: %.200r", message.task, message.id,
-                            elapsed, outcome.result)
+                            elapsed, outcome.result, extra=fields(outcome.state))
         elif verdict.error is not None:
             # exc_info, so that Sentry's logging integration and log aggregators get a real
             # stack; the frames celeriac called the task through are left out.
             error = verdict.error
             logger.error("Task %s[%s] failed in %.4fs: %s: %s", message.task, message.id,
                          elapsed, outcome.exc_type, outcome.exc_message,
-                         exc_info=(type(error), error, user_frames(error.__traceback__)))
+                         exc_info=(type(error), error, user_frames(error.__traceback__)),
+                         extra=fields(outcome.state))
         else:
             logger.error("Task %s[%s] failed in %.4fs: %s: %s\n%s", message.task, message.id,
-                         elapsed, outcome.exc_type, outcome.exc_message, outcome.traceback)
+                         elapsed, outcome.exc_type, outcome.exc_message, outcome.traceback,
+                         extra=fields(outcome.state))
     elif verdict.action is Action.RETRY and verdict.retry is not None:
         delay = (verdict.retry.eta or time.time()) - time.time()
         logger.warning("Task %s[%s] retry %d in %.2fs: %s", message.task, message.id,
                        message.retries + 1, max(0.0, delay),
-                       verdict.outcome.exc_message if verdict.outcome else "")
+                       verdict.outcome.exc_message if verdict.outcome else "",
+                       extra=fields(states.RETRY))
     elif verdict.action is Action.DEAD_LETTER:
-        logger.error("Task %s[%s] dead-lettered: %s", message.task, message.id, verdict.reason)
+        logger.error("Task %s[%s] dead-lettered: %s", message.task, message.id, verdict.reason,
+                     extra=fields("DEAD_LETTERED"))

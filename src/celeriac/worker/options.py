@@ -33,7 +33,11 @@ class WorkerOptions:
     log_format: str = LOG_FORMAT  # worker_log_format
     task_log_format: str = TASK_LOG_FORMAT  # worker_task_log_format
     send_events: bool = True  # worker_send_task_events; --without-events
+    logfile: str | None = None  # -f/--logfile, %p %h %n %d %i %I expanded per process
     hostname: str = field(default_factory=lambda: expand_nodename(DEFAULT_NODENAME))
+    autoscale: tuple[int, int] | None = None  # (max, min): the pool starts at min
+    autoscale_keepalive: float = 30.0
+    beat: bool = False  # -B: run beat in this node (celeriac.beat.service)
 
     @property
     def processes(self) -> int:
@@ -48,6 +52,9 @@ class WorkerOptions:
                       pool: str | None = None, concurrency: int | None = None,
                       **overrides: object) -> WorkerOptions:
         pool = pool or conf.worker_pool
+        autoscale = overrides.pop("autoscale", None) or conf.worker_autoscale
+        if autoscale is not None:  # as in Celery, the pool starts at MIN
+            concurrency = autoscale[1]  # type: ignore[index]
         concurrency = concurrency or conf.worker_concurrency or _default_concurrency(pool)
         values: dict[str, object] = {
             "prefetch_multiplier": conf.worker_prefetch_multiplier,
@@ -58,6 +65,8 @@ class WorkerOptions:
             "log_format": conf.worker_log_format,
             "task_log_format": conf.worker_task_log_format,
             "send_events": conf.worker_send_task_events,
+            "autoscale": autoscale,
+            "autoscale_keepalive": conf.worker_autoscale_keepalive,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         queues = queues or default_queues(conf.task_queues, conf.task_default_queue)
@@ -73,6 +82,16 @@ def _default_concurrency(pool: str) -> int:
     if pool == "solo":
         return 1
     return os.cpu_count() or 1
+
+
+def logfile_path(template: str | None, nodename: str, index: int | None = None
+                 ) -> str | None:
+    """Celery's ``--logfile`` expansion: ``%p`` the worker's node name, then as
+    ``expand_nodename`` (``%h``, ``%n``, ``%d``, ``%i`` the process index, 0 in the
+    supervisor, ``%I`` the same with a dash, empty in the supervisor)."""
+    if template is None:
+        return None
+    return expand_nodename(template.replace("%p", nodename), index)
 
 
 def expand_nodename(template: str, index: int | None = None) -> str:

@@ -1,0 +1,1 @@
+"""Watching a running cluster from outside the workers: queue readings and alerts."""
