@@ -53,7 +53,7 @@ def test_every_task_has_received_started_succeeded_once_in_order(app: App) -> No
         return x + y
 
     stream = app.events.iter(timeout=WAIT)  # the monitor: subscribed before the tasks
-    with ThreadedWorker(app, slots=4):
+    with ThreadedWorker(app, slots=4) as worker:
         results = [add.delay(i, i) for i in range(300)]
         ids = {r.id for r in results}
         seen: list[dict[str, Any]] = []
@@ -80,7 +80,7 @@ def test_every_task_has_received_started_succeeded_once_in_order(app: App) -> No
         assert order[(task_id, "task-received")] < order[(task_id, "task-started")] \
             < order[(task_id, "task-succeeded")]
     done = of_type(seen, "task-succeeded")[0]
-    assert done["hostname"] == "celeriac@test"
+    assert done["hostname"] == worker.hostname
     assert done["name"] == add.name
     assert done["queue"] == "celeriac"
     assert done["root_id"] == done["uuid"]
