@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from celeriac import App, TaskRevokedError
-from celeriac.bus.base import Bus, Subscription
+from celeriac.bus.base import EVENTS, Bus, Subscription
 from celeriac.cli.events import format_event, parse_duration
 from celeriac.errors import Reject
 from celeriac.events import emitter as emitter_module
@@ -222,26 +222,33 @@ def test_task_sent_when_enabled(app: App) -> None:
 
 
 class _DownBus(Bus):
-    """A bus whose server is unreachable: every publish fails."""
+    """The memory bus, whose events topic is unreachable: every publish on it fails
+    (remote control, on the same bus, still works)."""
 
     attempts = 0
+
+    def __init__(self, memory: Bus) -> None:
+        self.memory = memory
 
     async def close(self) -> None:
         pass
 
     async def publish(self, topic: str, payloads: Sequence[bytes]) -> None:
-        _DownBus.attempts += 1
-        raise ConnectionError("connection refused")
+        if topic == EVENTS:
+            _DownBus.attempts += 1
+            raise ConnectionError("connection refused")
+        await self.memory.publish(topic, payloads)
 
     async def subscribe(self, topic: str, since: float | None = None) -> Subscription:
-        raise ConnectionError("connection refused")
+        return await self.memory.subscribe(topic, since)
 
 
 def test_a_down_bus_drops_the_oldest_events_and_never_fails_tasks(
         app: App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(emitter_module, "BUFFER_MAX", 50)
     monkeypatch.setattr(emitter_module, "CLOSE_TIMEOUT", 0.5)
-    monkeypatch.setattr(type(app.broker), "bus", lambda self: _DownBus())
+    memory = app.broker.bus()
+    monkeypatch.setattr(type(app.broker), "bus", lambda self: _DownBus(memory))
 
     @app.task
     def add(x: int, y: int) -> int:
