@@ -33,6 +33,7 @@ from typing import Any
 
 import redis
 
+from bench.run import wait_for_idle_cpus
 from bench.targets import CELERIAC_REDIS_DB, REDIS_HOST, CeleriacSession, WorkerSpec
 from bench.tasks import NOOP
 from bench.workloads import drain, queue_tasks
@@ -109,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="pairs of drains (3)")
     parser.add_argument("--tasks", type=int, default=20_000, help="tasks per drain (20000)")
+    parser.add_argument("--wait-idle", type=float, default=30.0, metavar="SECONDS",
+                        help="wait up to this long for idle CPUs before each drain (30)")
     args = parser.parse_args(argv)
     rates: dict[bool, list[float]] = {True: [], False: []}
     cpus: dict[bool, list[float]] = {True: [], False: []}
@@ -117,12 +120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for run in range(args.runs):
             for events in ((True, False) if run % 2 == 0 else (False, True)):
                 url = f"redis://{REDIS_HOST}/{CELERIAC_REDIS_DB}?key_prefix={prefix}r{run}:"
+                busy = wait_for_idle_cpus(args.wait_idle)  # as bench.run does
                 rate, cpu_ms, found = one_drain(url, args.tasks, events)
                 rates[events].append(rate)
                 cpus[events].append(cpu_ms)
                 print(f"run {run + 1}: events {'on ' if events else 'off'} "
                       f"{rate:,.0f} tasks/s, worker CPU {cpu_ms:.0f} ms per 1,000 tasks"
-                      f"{found}", flush=True)
+                      f"{found} (CPUs {busy:.0%} busy before)", flush=True)
     finally:
         clean(prefix)
     on, off = statistics.median(rates[True]), statistics.median(rates[False])

@@ -37,7 +37,8 @@ class TaskEvents:
     def received(self, prepared: Prepared) -> None:
         m = prepared.message
         self._emit(("task-received", time.time(), m.id, m.task, m.queue, _root(m),
-                    m.parent_id, bounded_repr(m.args), bounded_repr(m.kwargs), m.retries,
+                    m.parent_id, bounded_repr(m.args) if m.args else "()",
+                    bounded_repr(m.kwargs) if m.kwargs else "{}", m.retries,
                     iso(m.eta) if m.eta is not None else None,
                     iso(m.expires) if m.expires is not None else None))
 
