@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("celeriac.events")
 
-LINGER = 0.01  # seconds the publisher waits for a batch to fill
+LINGER = 0.02  # seconds the publisher waits for a batch to fill (a publish costs ~0.1 ms)
 BUFFER_MAX = 50_000  # events kept while the bus cannot take them; older ones are dropped
 BATCH_MAX = 20_000  # events in one record at most
 RETRY_MAX = 5.0  # seconds between attempts to reach an unreachable bus, at most
