@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
@@ -351,3 +352,38 @@ def test_closing_waits_for_the_publish_in_flight_and_sends_nothing_twice(app: Ap
     del app.broker.bus
     seen = list(app.events.iter(since=since, timeout=0.3))
     assert [e["uuid"] for e in seen] == [f"id-{index}" for index in range(11)]
+
+
+def test_a_task_terminated_while_it_runs_is_revoked_with_terminated(
+        app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    from celeriac.worker import guard as guard_module
+
+    monkeypatch.setattr(guard_module, "REVOKE_POLL", 0.05)
+    started = threading.Event()
+
+    @app.task
+    async def forever() -> None:
+        started.set()
+        await asyncio.sleep(WAIT * 3)
+
+    stream = app.events.iter(timeout=WAIT)
+    with ThreadedWorker(app, slots=1):
+        result = forever.delay()
+        assert started.wait(WAIT)
+        app.control.terminate(result.id)
+        with pytest.raises(TaskRevokedError):
+            result.get(timeout=WAIT)
+        seen = collect_from(stream, lambda s: any(e["type"] == "task-revoked" for e in s))
+    [revoked] = of_type(seen, "task-revoked")
+    assert revoked["uuid"] == result.id
+    assert revoked["terminated"] is True
+    assert revoked["expired"] is False
+
+
+def collect_from(stream: Iterator[dict[str, Any]], until: Any) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    for event in stream:
+        seen.append(event)
+        if until(seen):
+            break
+    return seen
