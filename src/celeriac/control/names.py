@@ -32,9 +32,11 @@ def ensure_unique_name(app: App, name: str, timeout: float = NAME_CHECK_TIMEOUT)
     A broker that cannot be reached now is not a reason to refuse: the worker's own
     start retries it (``worker.startup``), and the check is skipped with a warning.
     """
-    if not app.conf.worker_enable_remote_control or app.broker.scheme == "memory":
-        return  # nobody could answer: remote control is off, or the broker is in-process
+    if not app.conf.worker_enable_remote_control:
+        return  # nobody could answer
     try:
+        if app.broker.scheme == "memory":
+            return  # an in-process broker: no other node can share it
         answers = app.control.broadcast("ping", destination=[name], reply=True,
                                         timeout=timeout, limit=1)
     except ConfigurationError:
