@@ -106,6 +106,10 @@ class Settings(Mapping[str, Any]):
     worker_hijack_root_logger: bool = True
     worker_log_format: str = LOG_FORMAT
     worker_task_log_format: str = TASK_LOG_FORMAT
+    # /metrics, /healthz, /readyz on this port (None: off); all interfaces by default,
+    # since Prometheus and Kubernetes probes reach a worker on its pod or host address.
+    worker_metrics_port: int | None = None
+    worker_metrics_host: str = "0.0.0.0"
 
     def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         """Set several settings at once; every name and value is checked first.
@@ -358,6 +362,14 @@ def _positive_int(name: str, value: Any) -> int | None:
     return value
 
 
+def _port(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ConfigurationError(f"{name} must be a TCP port (1-65535), not {value!r}")
+    return value
+
+
 def _module_names(name: str, value: Any) -> tuple[str, ...]:
     items = (value,) if isinstance(value, str) else value
     if not isinstance(items, Iterable) or not all(
@@ -566,4 +578,6 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "worker_hijack_root_logger": _bool,
     "worker_log_format": _log_format,
     "worker_task_log_format": _log_format,
+    "worker_metrics_port": _port,
+    "worker_metrics_host": _nonempty_str,
 }

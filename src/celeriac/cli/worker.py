@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import click
@@ -15,6 +16,8 @@ from celeriac import __version__, signals
 from celeriac.config import POOLS
 from celeriac.errors import describe
 from celeriac.logs import configure_logging, setup_worker_logging
+from celeriac.monitor.endpoint import NodeMetrics
+from celeriac.monitor.metrics import require_prometheus
 from celeriac.supervisor.supervisor import Supervisor
 from celeriac.urls import display_url
 from celeriac.worker.child import EXIT_BROKER_LOST, EXIT_OK, EXIT_REFUSED, serve
@@ -45,6 +48,12 @@ logger = logging.getLogger("celeriac.worker")
 @click.option("-n", "--hostname", metavar="NAME",
               help="The worker's node name, e.g. name@%h (%h host, %n short host, "
                    "%d domain, %i process index).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
+              help="Serve /metrics (Prometheus), /healthz and /readyz on this port "
+                   "(needs celeriac[metrics]).")
+@click.option("--metrics-host", metavar="ADDRESS",
+              help="The address to serve them on (default 0.0.0.0: reachable by "
+                   "Prometheus and Kubernetes probes; 127.0.0.1 keeps them local).")
 @click.option("-l", "--loglevel", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                                 case_sensitive=False))
@@ -53,6 +62,7 @@ def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
                    queues: str | None, prefetch_multiplier: int | None,
                    max_tasks_per_child: int | None, max_memory_per_child: int | None,
                    shutdown_timeout: float | None, hostname: str | None,
+                   metrics_port: int | None, metrics_host: str | None,
                    loglevel: str) -> None:
     """Start a worker: consume the queues and run their tasks."""
     configure_logging(loglevel)
@@ -67,7 +77,10 @@ def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
         max_memory_per_child=max_memory_per_child, shutdown_timeout=shutdown_timeout,
         loglevel=loglevel.upper(),
         hostname=expand_nodename(hostname) if hostname is not None else None,
+        metrics_port=metrics_port, metrics_host=metrics_host,
     )
+    if options.metrics_port is not None:
+        require_prometheus("--metrics-port (worker_metrics_port)")  # before anything starts
     log_banner(app, options)
     warn_about_unsafe_settings(app)
     signals.worker_init.send(sender=None)
@@ -81,16 +94,24 @@ def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
 def _run(app: App, options: WorkerOptions) -> int:
     if options.pool != "solo":
         return Supervisor(options, app).run()
+    metrics = None
+    if options.metrics_port is not None:
+        metrics = NodeMetrics(app, options.metrics_host, options.metrics_port,
+                              list(options.queues))
+        options = replace(options, metrics_dir=metrics.directory)
     signals.worker_process_init.send(sender=None)  # the one process of a solo worker
     try:
         reason = asyncio.run(serve(app, options, options.hostname,
                                    stop_signals=(signal.SIGTERM, signal.SIGINT),
-                                   own_node=True))
+                                   own_node=True, metrics=metrics))
     except PERMANENT as exc:
         logger.error("the worker cannot start: %s", describe(exc))
         code = EXIT_REFUSED
     else:
         code = EXIT_BROKER_LOST if reason is StopReason.BROKER_LOST else EXIT_OK
+    finally:
+        if metrics is not None:
+            metrics.close()
     signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=code)
     return code
 
@@ -115,6 +136,8 @@ def log_banner(app: App, options: WorkerOptions) -> None:
         f"  results:  {display_url(conf.effective_result_backend)}",
         f"  pool:     {pool}, prefetch {options.prefetch_multiplier} per slot",
         f"  queues:   {', '.join(options.queues)}",
+        *([f"  metrics:  http://{options.metrics_host}:{options.metrics_port}/metrics"]
+          if options.metrics_port is not None else []),
         f"  tasks:    {len(app.tasks)} registered",
         *(f"    . {name}" for name in sorted(app.tasks)),
     ]

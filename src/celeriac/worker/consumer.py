@@ -36,6 +36,7 @@ from enum import Enum
 from celeriac.app import App
 from celeriac.brokers.base import Delivery
 from celeriac.errors import describe
+from celeriac.monitor.tally import TaskTally
 from celeriac.worker.executor import Action, Executor, Prepared, SyncRunner, Verdict
 from celeriac.worker.ratelimit import RateLimiter
 from celeriac.worker.status import PUBLISH_INTERVAL as STATUS_PUBLISH_INTERVAL
@@ -123,6 +124,7 @@ class Consumer:
         self.max_tasks = max_tasks
         self.memory_check = memory_check  # callable() -> bool: True when over the limit
         self.status = status  # this process's entry for its node (worker.status)
+        self.tally: TaskTally | None = None  # counts for /metrics (monitor.tally), if on
         self.stats = ConsumerStats()
         self.stop_reason: StopReason | None = None
         self._held: dict[int, Held] = {}  # id(delivery) -> held
@@ -407,6 +409,8 @@ class Consumer:
         self._slowest[name] = elapsed if slowest is None else max(elapsed, slowest * QUICK_DECAY)
         typical = self._typical
         self._typical = elapsed if typical is None else typical + (elapsed - typical) * 0.1
+        if self.tally is not None:
+            self.tally.observe(name, elapsed)
 
     async def _ack_early(self, held: Held) -> None:
         """At-most-once: remove the message before the task runs (task_acks_late=False)."""
@@ -430,6 +434,8 @@ class Consumer:
         self._pending.event.set()
 
     def _count(self, verdict: Verdict, message_id: str) -> None:
+        if self.tally is not None:
+            self.tally.count_verdict(verdict)
         if verdict.action is Action.DEAD_LETTER:
             self.stats.dead_lettered += 1
             if verdict.message is None:  # not decoded: the executor could not log it by name

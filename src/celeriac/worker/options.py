@@ -33,6 +33,9 @@ class WorkerOptions:
     log_format: str = LOG_FORMAT  # worker_log_format
     task_log_format: str = TASK_LOG_FORMAT  # worker_task_log_format
     hostname: str = field(default_factory=lambda: expand_nodename(DEFAULT_NODENAME))
+    metrics_port: int | None = None  # worker_metrics_port: serve /metrics (monitor/)
+    metrics_host: str = "0.0.0.0"
+    metrics_dir: str | None = None  # where processes write their counts (monitor.tally)
 
     @property
     def processes(self) -> int:
@@ -56,6 +59,8 @@ class WorkerOptions:
             "hijack_root_logger": conf.worker_hijack_root_logger,
             "log_format": conf.worker_log_format,
             "task_log_format": conf.worker_task_log_format,
+            "metrics_port": conf.worker_metrics_port,
+            "metrics_host": conf.worker_metrics_host,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         queues = queues or default_queues(conf.task_queues, conf.task_default_queue)

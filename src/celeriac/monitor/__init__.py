@@ -1,0 +1,1 @@
+"""Watching celeriac from outside a task: metrics, health checks, queue alerts."""
