@@ -22,7 +22,6 @@ absence into one line that names the extra.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -40,9 +39,11 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 def require_prometheus(what: str) -> None:
     """Raise one clear line when prometheus-client is missing (``what`` needs it)."""
-    if importlib.util.find_spec("prometheus_client") is None:
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
         raise ConfigurationError(f"{what} needs the prometheus-client library, which is not "
-                                 "installed: pip install 'celeriac[metrics]'")
+                                 "installed: pip install 'celeriac[metrics]'") from None
 
 
 def task_families(tally: TaskTally) -> Iterator[Any]:
