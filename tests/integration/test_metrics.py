@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+
 import metrics_cases
-from worker_harness import Deployment
+from worker_harness import Deployment, wait_until
 
 
 def test_counts_are_exact_across_recycled_processes(deployment: Deployment) -> None:
@@ -16,3 +20,29 @@ def test_queue_gauges_show_a_backlog(deployment: Deployment) -> None:
 
 def test_not_ready_while_stopping(deployment: Deployment) -> None:
     metrics_cases.not_ready_while_stopping(deployment)
+
+
+def test_the_exporter_serves_every_queue(deployment: Deployment) -> None:
+    """``celeriac exporter``: the queues of the whole broker, the declared one included,
+    read when scraped; SIGTERM stops it cleanly."""
+    for i in range(3):
+        deployment.tasks.add.delay(i, i)
+    deployment.tasks.add.apply_async((1, 1), queue="reports")
+    port = metrics_cases.free_port()
+    log = deployment.root / "exporter.log"
+    with log.open("wb") as out:
+        exporter = subprocess.Popen(
+            [sys.executable, "-m", "celeriac", "-A", "ledger_app", "exporter",
+             "--port", str(port), "--host", "127.0.0.1"],
+            env=deployment.env(), cwd=deployment.root, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: metrics_cases.value(port, "celeriac_queue_ready",
+                                               queue="reports") == 1, 20, "the exporter")
+        assert metrics_cases.value(port, "celeriac_queue_ready", queue="celeriac") == 3
+        assert metrics_cases.value(port, "celeriac_broker_up") == 1
+        assert metrics_cases.get(port, "/healthz")[0] == 200
+        exporter.send_signal(signal.SIGTERM)
+        assert exporter.wait(10) == 0, log.read_text()
+    finally:
+        exporter.kill()
+        exporter.wait()

@@ -14,6 +14,7 @@ import click
 from celeriac.app import App
 from celeriac.cli.call import call_command
 from celeriac.cli.demo import demo_command
+from celeriac.cli.exporter import exporter_command
 from celeriac.cli.purge import purge_command
 from celeriac.cli.queues import queues_command
 from celeriac.cli.result import result_command
@@ -67,6 +68,7 @@ cli.add_command(result_command)
 cli.add_command(queues_command)
 cli.add_command(purge_command)
 cli.add_command(demo_command)
+cli.add_command(exporter_command)
 
 
 EXIT_USAGE = 2  # a user's mistake: a bad -A, setting, URL or option (as click's usage errors)
