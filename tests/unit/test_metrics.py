@@ -38,6 +38,7 @@ def test_verdicts_are_counted_under_their_outcomes() -> None:
     tally.count_verdict(Verdict(Action.DEAD_LETTER, reason="undecodable"))
     tally.count_verdict(Verdict(Action.DEFER, message=message))  # runs later: not yet
     tally.count_verdict(Verdict(Action.REQUEUE, message=message))
+    tally.fold()
     assert dict(tally.tasks) == {("proj.add", "succeeded"): 1, ("proj.add", "failed"): 1,
                                  ("proj.add", "revoked"): 1, ("proj.add", "retried"): 1,
                                  ("unknown", "rejected"): 1}

@@ -82,28 +82,37 @@ class TaskTally:
         self.tasks: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.runtimes: dict[str, Runtimes] = {}
         self.changes = 0
+        # (task, Action, state) -> verdicts not yet folded into ``tasks``
+        self._verdicts: defaultdict[tuple[str, Any, str | None], int] = defaultdict(int)
 
     def count(self, task: str, outcome: str) -> None:
         self.tasks[(task, outcome)] += 1
         self.changes += 1
 
     def count_verdict(self, verdict: Verdict) -> None:
-        """Count a task's verdict under its outcome; one deferred (over its rate limit)
-        or handed back is not finished and counts when it runs."""
-        action = verdict.action.value
-        if action == "ack":
-            state = verdict.outcome.state if verdict.outcome is not None else states.SUCCESS
-            outcome = (FAILED if state == states.FAILURE
-                       else REVOKED if state == states.REVOKED else SUCCEEDED)
-        elif action == "retry":
-            outcome = RETRIED
-        elif action == "dead_letter":
-            outcome = REJECTED
-        else:
-            return
-        message = verdict.message
-        self.tasks[(message.task if message is not None else UNKNOWN_TASK, outcome)] += 1
+        """Count a task's verdict; its outcome is worked out later, once per kind of
+        verdict (``fold``), not once per task."""
+        message, outcome = verdict.message, verdict.outcome
+        self._verdicts[(message.task if message is not None else UNKNOWN_TASK,
+                        verdict.action, outcome.state if outcome is not None else None)] += 1
         self.changes += 1
+
+    def fold(self) -> None:
+        """Move the counted verdicts into ``tasks`` under their outcomes. One deferred (over
+        its rate limit) or handed back is not finished: it counts when it runs."""
+        for (task, action, state), count in self._verdicts.items():
+            kind = action.value
+            if kind == "ack":
+                outcome = (FAILED if state == states.FAILURE
+                           else REVOKED if state == states.REVOKED else SUCCEEDED)
+            elif kind == "retry":
+                outcome = RETRIED
+            elif kind == "dead_letter":
+                outcome = REJECTED
+            else:
+                continue
+            self.tasks[(task, outcome)] += count
+        self._verdicts.clear()
 
     def observe(self, task: str, seconds: float) -> None:
         runtimes = self.runtimes.get(task)
@@ -119,6 +128,7 @@ class TaskTally:
             self.runtimes.setdefault(task, Runtimes()).add(runtimes)
 
     def to_json(self, final: bool) -> bytes:
+        self.fold()
         return json.dumps({
             "final": final,
             "tasks": [[task, outcome, count] for (task, outcome), count in self.tasks.items()],
