@@ -223,7 +223,8 @@ _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
     ("worker_log_color", Answer.REFUSED, None,
      "the worker's log lines are plain text; colour them in your log viewer"),
     ("worker_log_format", Answer.SAME, None,
-     "the format of the worker's log lines (with worker_hijack_root_logger)"),
+     "the format of the worker's log lines (with worker_hijack_root_logger); "
+     "\"json\" for one JSON object per line (--log-format json)"),
     ("worker_lost_wait", Answer.REFUSED, None,
      "a dead worker process's tasks come back when their lease runs out"),
     ("worker_max_memory_per_child", Answer.SAME, None, ""),

@@ -111,6 +111,12 @@ class Settings(Mapping[str, Any]):
     worker_metrics_port: int | None = None
     worker_metrics_host: str = "0.0.0.0"
 
+    # Queue alerts (celeriac.monitor.rules): thresholds per queue or "*", how often
+    # `celeriac monitor` checks them, and where alerts are POSTed.
+    queue_alerts: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    queue_alerts_interval: float = 10.0
+    alert_webhooks: tuple[str, ...] = ()
+
     def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         """Set several settings at once; every name and value is checked first.
 
@@ -251,6 +257,10 @@ _SECRET_WORDS = ("password", "secret", "token", "key")
 
 def _displayable(name: str, value: Any) -> Any:
     """A setting's value with passwords masked, in URLs and in option mappings."""
+    if name == "alert_webhooks":  # a chat webhook's secret is its path: host only
+        from celeriac.monitor.webhooks import shown
+
+        return tuple(shown(url) for url in value)
     if isinstance(value, str) and "://" in value:
         return safe_url(value)
     if isinstance(value, Mapping):
@@ -379,10 +389,13 @@ def _module_names(name: str, value: Any) -> tuple[str, ...]:
 
 
 def _log_format(name: str, value: Any) -> str:
-    """A logging format string, tried on a record now rather than on the first log line."""
+    """A logging format string, tried on a record now rather than on the first log line;
+    for worker_log_format, also the special value "json"."""
     import logging
 
     text = _nonempty_str(name, value)
+    if name == "worker_log_format" and text == "json":  # one JSON object per line (logs.py)
+        return text
     record = logging.LogRecord("celeriac", logging.INFO, __file__, 0, "checking", None, None)
     record.processName = "MainProcess"
     record.task_id = record.task_name = "???"  # worker_task_log_format may name them
@@ -516,6 +529,25 @@ def _annotations(name: str, value: Any) -> Any:
     return check_annotations(value)
 
 
+def _queue_alerts(name: str, value: Any) -> Any:
+    from celeriac.monitor.rules import check_queue_alerts
+
+    return check_queue_alerts(name, value)
+
+
+def _webhooks(name: str, value: Any) -> Any:
+    from celeriac.monitor.rules import check_webhooks
+
+    return check_webhooks(name, value)
+
+
+def _interval(name: str, value: Any) -> float:
+    seconds = _seconds(name, value)
+    if not seconds:
+        raise ConfigurationError(f"{name} must be a number of seconds > 0, not {value!r}")
+    return seconds
+
+
 def _rate_limit(name: str, value: Any) -> Any:
     from celeriac.ratelimit import parse_rate
 
@@ -578,6 +610,9 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "worker_hijack_root_logger": _bool,
     "worker_log_format": _log_format,
     "worker_task_log_format": _log_format,
+    "queue_alerts": _queue_alerts,
+    "queue_alerts_interval": _interval,
+    "alert_webhooks": _webhooks,
     "worker_metrics_port": _port,
     "worker_metrics_host": _nonempty_str,
 }

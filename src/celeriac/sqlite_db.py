@@ -23,9 +23,9 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 from celeriac.errors import ConfigurationError
@@ -167,6 +167,9 @@ class Schema:
     component: str  # its row in celeriac_schema: "broker", "results"
     version: int
     statements: Sequence[str]
+    # version -> the statements that bring a file of that version to the next one, so
+    # that an older file is upgraded in place instead of refused.
+    upgrades: Mapping[int, Sequence[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +249,12 @@ class Database:
                          (self.schema.component, self.schema.version))
             found = conn.execute("SELECT version FROM celeriac_schema WHERE component = ?",
                                  (self.schema.component,)).fetchone()[0]
+            while found in self.schema.upgrades and found < self.schema.version:
+                for statement in self.schema.upgrades[found]:
+                    conn.execute(statement)
+                found += 1
+                conn.execute("UPDATE celeriac_schema SET version = ? WHERE component = ?",
+                             (found, self.schema.component))
             if found != self.schema.version:
                 raise self.error(
                     f"{self.path} holds {self.schema.component} schema version {found}, "

@@ -96,10 +96,11 @@ def exact_counts_across_recycled_processes(world: Deployment) -> None:
     assert get(port, "/healthz")[0] == 200
 
 
-def queue_gauges_show_a_backlog(world: Deployment, sees_in_flight: bool = True) -> None:
+def queue_gauges_show_a_backlog(world: Deployment, amqp: bool = False) -> None:
     """Two busy processes with prefetch 1: what is sent behind them is ready, theirs in
-    flight, and both show as running. (RabbitMQ does not report unacked messages over
-    AMQP: another process's in-flight ones are not seen there, ``sees_in_flight``.)"""
+    flight, and both show as running; the oldest ready message's age grows. (RabbitMQ
+    reports neither unacked messages nor the age of its head over AMQP: another process's
+    in-flight messages are not seen there, and there is no age.)"""
     worker, port = start(world, "--prefetch-multiplier", "1")
     worker.wait_ready(2)
     wait_until(lambda: get(port, "/readyz")[0] == 200, 10, "/readyz 200")
@@ -111,11 +112,17 @@ def queue_gauges_show_a_backlog(world: Deployment, sees_in_flight: bool = True) 
     world.tasks.add.apply_async((0, 0), countdown=300)
     wait_until(lambda: (value(port, "celeriac_queue_ready", queue=QUEUE) == 3
                         and value(port, "celeriac_queue_in_flight", queue=QUEUE)
-                        == (2 if sees_in_flight else 0)
+                        == (0 if amqp else 2)
                         and value(port, "celeriac_queue_scheduled", queue=QUEUE) == 1
                         and value(port, "celeriac_tasks_running") == 2),
                10, "the backlog in the queue gauges")
     assert value(port, "celeriac_broker_up") == 1
+    age = value(port, "celeriac_queue_oldest_age_seconds", queue=QUEUE)
+    if amqp:
+        assert age is None
+    else:
+        assert age is not None
+        assert age > 0
     # Drained: the ready backlog runs once the sleeps end.
     wait_until(lambda: task_counts(port)[("ledger.add", "succeeded")] == 3, COUNT_TIMEOUT,
                "the backlog drained")

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from celeriac.monitor.metrics import Collector, node_families, queue_families, render, task_families
-from celeriac.monitor.queues import QueueReading, QueuesSnapshot
+from celeriac.monitor.probe import QueueReading, QueuesSnapshot
 from celeriac.monitor.tally import TaskTally
 from celeriac.node.base import NodeSnapshot
 

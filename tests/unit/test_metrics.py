@@ -16,7 +16,7 @@ from celeriac.errors import ConfigurationError
 from celeriac.message import Message
 from celeriac.monitor.health import liveness, readiness
 from celeriac.monitor.metrics import Collector, node_families, queue_families, render, task_families
-from celeriac.monitor.queues import QueueReading, QueuesSnapshot
+from celeriac.monitor.probe import QueueReading, QueuesSnapshot
 from celeriac.monitor.tally import RUNTIME_BUCKETS, TallyReader, TallyWriter, TaskTally
 from celeriac.node.base import NodeSnapshot
 from celeriac.outcome import Outcome

@@ -16,9 +16,11 @@ def test_a_process_entry_reads_back_what_it_published() -> None:
     seen = board.read([2])[0]
     assert (seen.index, seen.pid, seen.slots, seen.active, seen.reserved, seen.processed,
             seen.consuming) == (2, 42, 3, 2, 5, 17, True)
-    assert seen.beat > 0 and not seen.busy
+    assert seen.beat > 0
+    assert not seen.busy
     board.slot(2).clear()
-    assert board.read([2])[0].processed == 0 and not board.read([2])[0].consuming
+    assert board.read([2])[0].processed == 0
+    assert not board.read([2])[0].consuming
 
 
 def test_an_index_past_the_capacity_is_refused() -> None:

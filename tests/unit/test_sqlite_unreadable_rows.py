@@ -51,7 +51,7 @@ def test_null_columns_are_problems_too(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE messages (seq INTEGER PRIMARY KEY, id TEXT, queue TEXT, "
                      "priority INTEGER, body BLOB, delivery_count INTEGER NOT NULL DEFAULT 0, "
-                     "lease_until REAL, lease_id INTEGER)")
+                     "lease_until REAL, lease_id INTEGER, ready_at REAL)")
 
     async def scenario() -> None:
         broker = SQLiteBroker(f"sqlite:///{path}")

@@ -195,6 +195,8 @@ from celeriac.brokers.base import (
     QueueStats,
     check_outgoing,
 )
+from celeriac.bus.amqp import queue_name as bus_queue
+from celeriac.bus.base import RETENTION, Bus
 from celeriac.errors import BrokerRefused, BrokerUnavailable
 
 T = TypeVar("T")
@@ -517,6 +519,11 @@ class AMQPBroker(Broker):
         await link.run(scan)
         return removed
 
+    def bus(self) -> Bus:
+        from celeriac.bus.amqp import AMQPBus
+
+        return AMQPBus(self._context)  # stream queues in this broker's namespace
+
     # -- beyond the contract --------------------------------------------------------------
 
     async def delete_namespace(self) -> None:
@@ -534,6 +541,7 @@ class AMQPBroker(Broker):
         queues += [top.delay_queue(name, level) for name in sorted(names)
                    for level in range(DELAY_LEVELS)]
         queues += [top.dead_queue, top.registry_queue]
+        queues += [bus_queue(top.namespace, topic) for topic in RETENTION]  # the bus's
         exchanges = [top.delay_exchange(level) for level in range(DELAY_LEVELS)]
         exchanges += [top.delivery_exchange, top.dead_exchange]
         await link.delete(exchanges, queues)

@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -122,6 +122,13 @@ class QueueStats:
     ready: int  # waiting to be fetched now
     scheduled: int  # waiting for an ETA or countdown
     in_flight: int  # leased to a worker
+    # Seconds the oldest ready message has waited (since it was published, or came due):
+    # the latency users feel. None when nothing is ready or the broker cannot tell.
+    # Not compared: two readings of a queue are equal when their counts are, however
+    # much time passed between them.
+    oldest_age: float | None = field(default=None, compare=False)
+    # Dead letters of this queue, when the broker can count them cheaply; else None.
+    dead_letters: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ class _Stored:
     priority: int
     seq: int
     deliveries: int = 0
+    ready_at: float = 0.0  # when it was published or came due: its age in queue_stats
 
 
 class MemoryBroker(Broker):
@@ -63,7 +64,8 @@ class MemoryBroker(Broker):
         now = time.time()
         with self._lock:
             for out in messages:
-                stored = _Stored(out.id, out.queue, out.body, out.priority, next(self._seq))
+                stored = _Stored(out.id, out.queue, out.body, out.priority, next(self._seq),
+                                 ready_at=max(now, out.eta or now))
                 if out.eta is not None and out.eta > now:
                     heapq.heappush(self._scheduled, (out.eta, stored.seq, stored))
                     self._ready.setdefault(out.queue, [])  # the queue is known from now on
@@ -135,8 +137,17 @@ class MemoryBroker(Broker):
             names = list(queues) if queues is not None else sorted(self._ready)
             scheduled = [entry[2].queue for entry in self._scheduled]
             leased = [stored.queue for stored, _ in self._leased.values()]
+            dead = [letter.queue for letter in self._dead]
+            now = time.time()
             return [QueueStats(name, len(self._ready.get(name, ())), scheduled.count(name),
-                               leased.count(name)) for name in names]
+                               leased.count(name), self._oldest_age(name, now),
+                               dead.count(name)) for name in names]
+
+    def _oldest_age(self, queue: str, now: float) -> float | None:
+        heap = self._ready.get(queue)
+        if not heap:
+            return None
+        return max(0.0, now - min(entry[2].ready_at for entry in heap))
 
     async def purge(self, queues: Sequence[str]) -> int:
         with self._lock:

@@ -147,6 +147,7 @@ from celeriac.brokers.redis_scripts import (
     REQUEUE,
     STATS,
 )
+from celeriac.bus.base import Bus
 from celeriac.errors import BrokerError, BrokerRefused, BrokerUnavailable, ConfigurationError
 
 logger = logging.getLogger("celeriac.brokers.redis")
@@ -613,9 +614,13 @@ class RedisBroker(Broker):
         keys: list[str] = []
         for name in names:
             keys += [self._key("eta", name), *(self.stream_key(name, b) for b in BANDS)]
-        counts = await self._run(STATS, keys, [GROUP, RETURNED], "queue_stats")
-        return [QueueStats(name, int(counts[3 * i]), int(counts[3 * i + 1]),
-                           int(counts[3 * i + 2])) for i, name in enumerate(names)]
+        lease_ms = max(1, round(self.lease_seconds * 1000))
+        counts = await self._run(STATS, keys, [GROUP, RETURNED, lease_ms], "queue_stats")
+        now_ms = int(counts[-1])  # ages by the server's clock, which wrote the entry ids
+        return [QueueStats(name, int(counts[4 * i]), int(counts[4 * i + 1]),
+                           int(counts[4 * i + 2]),
+                           _age(now_ms, int(counts[4 * i + 3])) if int(counts[4 * i]) else None)
+                for i, name in enumerate(names)]
 
     async def purge(self, queues: Sequence[str]) -> int:
         removed = 0
@@ -670,6 +675,11 @@ class RedisBroker(Broker):
     def token_buckets(self) -> RedisBuckets:
         return RedisBuckets(self.url, self.options)  # under this broker's key prefix
 
+    def bus(self) -> Bus:
+        from celeriac.bus.redis import RedisBus
+
+        return RedisBus(self.url, self.options)  # under this broker's key prefix
+
 
 class RedissBroker(RedisBroker):
     """``rediss://``: the Redis broker over TLS."""
@@ -687,3 +697,8 @@ def _batches(items: Sequence[Any]) -> list[Sequence[Any]]:
 
 
 __all__ = ["RedisBroker", "RedisReceipt", "RedissBroker"]
+
+
+def _age(now_ms: int, oldest_ms: int) -> float | None:
+    """Seconds since the oldest ready entry was added (-1: none found)."""
+    return None if oldest_ms < 0 else max(0.0, (now_ms - oldest_ms) / 1000)

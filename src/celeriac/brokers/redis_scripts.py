@@ -327,28 +327,74 @@ STATS = Script("stats", """
 -- Counts per queue, read in one atomic step. A stream holds the entries not yet
 -- delivered plus the leased ones (acks delete entries), so ready = length - leased,
 -- where handed-back entries count as ready, not as leased.
+-- The oldest ready entry of a band is the first not yet delivered (after the group's
+-- last-delivered id), the first handed back, or the first whose lease ran out; its
+-- entry id is the server's time (ms) when it was added.
 -- KEYS  per queue: eta zset, then the streams of bands 9..0
--- ARGV  group, returned
--- Returns {ready, scheduled, in_flight} per queue.
-local group, returned, out = ARGV[1], ARGV[2], {}
+-- ARGV  group, returned, lease ms
+-- Returns {ready, scheduled, in_flight, oldest entry ms or -1} per queue, then the
+-- server's time in ms.
+local group, returned, lease_ms, out = ARGV[1], ARGV[2], ARGV[3], {}
+
+local function entry_ms(id)
+  return tonumber(string.match(id, '^(%d+)'))
+end
+
+local function oldest_ready(stream)
+  local oldest = nil
+  local function consider(id)
+    local ms = entry_ms(id)
+    if ms and (oldest == nil or ms < oldest) then oldest = ms end
+  end
+  for _, info in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local fields = {}
+    for j = 1, #info, 2 do fields[info[j]] = info[j + 1] end
+    if fields['name'] == group then
+      local first = redis.call('XRANGE', stream, '(' .. fields['last-delivered-id'], '+',
+                               'COUNT', 1)
+      if #first > 0 then consider(first[1][1]) end
+    end
+  end
+  local back = redis.call('XPENDING', stream, group, '-', '+', 1, returned)
+  if #back > 0 then consider(back[1][1]) end
+  local expired = redis.call('XPENDING', stream, group, 'IDLE', lease_ms, '-', '+', 1)
+  if #expired > 0 then consider(expired[1][1]) end
+  return oldest
+end
+
 for q = 0, #KEYS / 11 - 1 do
   local base = 1 + q * 11
-  local ready, leased = 0, 0
+  local ready, leased, oldest = 0, 0, -1
   for b = 1, 10 do
     local stream = KEYS[base + b]
     local summary = redis.pcall('XPENDING', stream, group)
     local pending, back = 0, 0
-    if type(summary) == 'table' and not summary.err then
+    local grouped = type(summary) == 'table' and not summary.err
+    if grouped then
       pending = summary[1]
       for _, c in ipairs(summary[4] or {}) do
         if c[1] == returned then back = tonumber(c[2]) end
       end
     end
-    ready = ready + math.max(0, redis.call('XLEN', stream) - pending) + back
+    local waiting = math.max(0, redis.call('XLEN', stream) - pending) + back
+    if waiting > 0 then
+      local ms
+      if grouped then
+        ms = oldest_ready(stream)
+      else  -- no worker has read this band yet: every entry waits, the first is oldest
+        local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+        if #first > 0 then ms = entry_ms(first[1][1]) end
+      end
+      if ms and (oldest < 0 or ms < oldest) then oldest = ms end
+    end
+    ready = ready + waiting
     leased = leased + pending - back
   end
   out[#out + 1], out[#out + 2], out[#out + 3] = ready, redis.call('ZCARD', KEYS[base]), leased
+  out[#out + 1] = oldest
 end
+local now = redis.call('TIME')
+out[#out + 1] = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 return out
 """)
 

@@ -1,10 +1,12 @@
 """The embedded broker: one SQLite file in WAL mode, shared by every process on a machine.
 
-Schema (version 1)::
+Schema (version 2; a version 1 file gains ``ready_at`` when first opened)::
 
     messages      ready and leased messages
       seq             INTEGER PRIMARY KEY   age: FIFO order within a priority
       id, queue, priority, body
+      ready_at        Unix time it was published or came due (queue_stats' oldest_age);
+                      NULL for rows written before version 2
       delivery_count  fetches so far (a requeue gives one back)
       lease_until     NULL when ready, else the Unix time the lease ends
       lease_id        random token of the current lease; NULL when ready
@@ -51,12 +53,13 @@ from celeriac.brokers.base import (
     check_outgoing,
 )
 from celeriac.brokers.buckets_sqlite import SQLiteBuckets
+from celeriac.bus.base import Bus
 from celeriac.errors import BrokerError
 from celeriac.sqlite_db import Database, PollPolicy, Schema, placeholders
 
 logger = logging.getLogger("celeriac.broker")
 
-SCHEMA = Schema("broker", 1, (
+SCHEMA = Schema("broker", 2, (
     """CREATE TABLE IF NOT EXISTS messages (
         seq INTEGER PRIMARY KEY,
         id TEXT NOT NULL,
@@ -65,7 +68,8 @@ SCHEMA = Schema("broker", 1, (
         body BLOB NOT NULL,
         delivery_count INTEGER NOT NULL DEFAULT 0,
         lease_until REAL,
-        lease_id INTEGER
+        lease_id INTEGER,
+        ready_at REAL
     )""",
     """CREATE INDEX IF NOT EXISTS messages_ready
         ON messages (queue, priority DESC, seq) WHERE lease_until IS NULL""",
@@ -90,7 +94,9 @@ SCHEMA = Schema("broker", 1, (
         reason TEXT NOT NULL,
         dead_at REAL NOT NULL
     )""",
-))
+    # queue_stats counts each queue's dead letters from this index, not the whole table.
+    "CREATE INDEX IF NOT EXISTS dead_letters_queue ON dead_letters (queue)",
+), upgrades={1: ("ALTER TABLE messages ADD COLUMN ready_at REAL",)})
 
 # A worker that just handled a message polls every millisecond for the next one; one
 # that has been idle for a while backs off to 50 ms, costing nothing measurable.
@@ -113,8 +119,8 @@ RETURNING seq, lease_id, CAST(id AS BLOB), body, priority, delivery_count,
 # Moves due messages into the ready table, in the order they came due. The same
 # ``now`` is bound in both statements, inside one write transaction.
 PROMOTE = """
-INSERT INTO messages (id, queue, priority, body)
-SELECT id, queue, priority, body FROM scheduled WHERE due <= ? ORDER BY due, seq
+INSERT INTO messages (id, queue, priority, body, ready_at)
+SELECT id, queue, priority, body, due FROM scheduled WHERE due <= ? ORDER BY due, seq
 """
 UNSCHEDULE = "DELETE FROM scheduled WHERE due <= ?"
 
@@ -139,6 +145,28 @@ NEXT_DUE = """
 SELECT (SELECT min(due) FROM scheduled),
        (SELECT min(lease_until) FROM messages WHERE lease_until IS NOT NULL)
 """
+
+
+# When the oldest ready message of a queue became ready: the head of each priority's
+# run of the ready index (ten probes, however long the queue), and the expired leases.
+# Within a priority, seq order is the order messages became ready, except that a due
+# message is promoted (given its seq) only by the next fetch: while no worker fetches,
+# due messages count as scheduled, not ready, as in the counts.
+OLDEST_READY = f"""
+WITH levels(p) AS (VALUES {", ".join(f"({level})"
+                                    for level in range(MIN_PRIORITY, MAX_PRIORITY + 1))})
+SELECT min(at) FROM (
+    SELECT (SELECT ready_at FROM messages WHERE queue = :queue AND priority = levels.p
+            AND lease_until IS NULL ORDER BY seq LIMIT 1) AS at FROM levels
+    UNION ALL
+    SELECT min(ready_at) FROM messages WHERE lease_until <= :now AND queue = :queue)
+"""
+
+
+def _oldest_ready(conn: sqlite3.Connection, queue: str, now: float) -> float | None:
+    """Seconds the oldest ready message of ``queue`` has waited, if it is known."""
+    at = conn.execute(OLDEST_READY, {"queue": queue, "now": now}).fetchone()[0]
+    return None if not isinstance(at, int | float) else max(0.0, now - at)
 
 
 class Receipt(NamedTuple):
@@ -185,14 +213,15 @@ class SQLiteBroker(Broker):
             return
         check_outgoing(messages)  # nothing a fetch could not read is ever stored
         now = time.time()
-        ready = [(m.id, m.queue, m.priority, m.body) for m in messages
+        ready = [(m.id, m.queue, m.priority, m.body, now) for m in messages
                  if m.eta is None or m.eta <= now]
         later = [(m.id, m.queue, m.priority, m.body, m.eta) for m in messages
                  if m.eta is not None and m.eta > now]
         with self._db.write() as conn:
             if ready:
                 conn.executemany(
-                    "INSERT INTO messages (id, queue, priority, body) VALUES (?, ?, ?, ?)", ready)
+                    "INSERT INTO messages (id, queue, priority, body, ready_at) "
+                    "VALUES (?, ?, ?, ?, ?)", ready)
             if later:
                 conn.executemany("INSERT INTO scheduled (id, queue, priority, body, due) "
                                  "VALUES (?, ?, ?, ?, ?)", later)
@@ -282,8 +311,17 @@ class SQLiteBroker(Broker):
                 row = counts.setdefault(_text(raw), [0, 0, 0])
                 row[0] += expired
                 row[2] = held
+            dead: dict[str, int] = {}
+            for raw, count in conn.execute(
+                    f"SELECT CAST(queue AS BLOB), count(*) FROM dead_letters WHERE 1 {named} "
+                    "GROUP BY queue", params):
+                dead[_text(raw)] = count
+            oldest = {name: _oldest_ready(conn, name, now)
+                      for name, row in counts.items() if row[0]}
         names = list(queues) if queues is not None else sorted(counts)
-        return [QueueStats(name, *counts[name]) for name in names]
+        return [QueueStats(name, counts[name][0], counts[name][1], counts[name][2],
+                           oldest_age=oldest.get(name), dead_letters=dead.get(name, 0))
+                for name in names]
 
     async def purge(self, queues: Sequence[str]) -> int:
         """Delete the ready, scheduled and lease-expired messages of the queues."""
@@ -326,6 +364,11 @@ class SQLiteBroker(Broker):
 
     def token_buckets(self) -> SQLiteBuckets:
         return SQLiteBuckets(self.url)  # tables of their own in this file
+
+    def bus(self) -> Bus:
+        from celeriac.bus.sqlite import SQLiteBus
+
+        return SQLiteBus(self.url)  # a table of its own in this file
 
     # -- claiming -------------------------------------------------------------------------
 

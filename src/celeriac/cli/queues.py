@@ -1,5 +1,6 @@
 """``celeriac -A proj queues``: what waits in each queue; ``--dead`` lists the dead letters,
-and ``--dead --requeue``/``--purge`` send chosen ones back or delete them."""
+and ``--dead --requeue``/``--purge`` send chosen ones back or delete them; ``--watch``
+is a live table (``cli/watch.py``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from rich.text import Text
 
 from celeriac.brokers.base import DeadLetter, Outgoing, QueueStats
 from celeriac.cli.common import client_app, parse_queues, run
+from celeriac.cli.watch import watch_queues
 from celeriac.routing import default_queues
 from celeriac.urls import safe_url
 
@@ -43,10 +45,14 @@ DEAD_LETTER_SCAN = 10_000
 @click.option("--all", "every", is_flag=True,
               help="With --requeue/--purge: every dead letter.")
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--watch", is_flag=True,
+              help="A live table, with the oldest message's age and the alert state.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              metavar="SECONDS", help="With --watch: seconds between refreshes.")
 @click.pass_obj
 def queues_command(spec: AppSpec, names: str | None, dead: bool, limit: int, as_json: bool,
                    requeue: bool, purge: bool, ids: tuple[str, ...], task_name: str | None,
-                   every: bool, force: bool) -> None:
+                   every: bool, force: bool, watch: bool, interval: float) -> None:
     """Show each queue: ready, scheduled, in flight and dead-lettered messages.
 
     Every queue the app declares is shown, empty ones too. With --dead, the dead letters
@@ -59,8 +65,13 @@ def queues_command(spec: AppSpec, names: str | None, dead: bool, limit: int, as_
         raise click.UsageError("choose --requeue or --purge, not both")
     if (requeue or purge) and (bool(ids) + (task_name is not None) + every) != 1:
         raise click.UsageError("choose the dead letters with one of --id, --task or --all")
+    if watch and (dead or as_json):
+        raise click.UsageError("--watch shows the live table: leave out --dead and --json")
     console = Console(highlight=False)
     with client_app(spec) as app:
+        if watch:
+            watch_queues(app, parse_queues(names), interval, console)
+            return
         url = safe_url(app.conf.effective_broker_url)
         if requeue or purge:
             _act_on_dead_letters(app, url, requeue, set(ids), task_name, force)
@@ -78,7 +89,8 @@ def queues_command(spec: AppSpec, names: str | None, dead: bool, limit: int, as_
         if as_json:
             click.echo(json.dumps([{"queue": name, "ready": row.ready,
                                     "scheduled": row.scheduled, "in_flight": row.in_flight,
-                                    "dead_letters": dead_count}
+                                    "dead_letters": dead_count,
+                                    "oldest_age": row.oldest_age}
                                    for name, (row, dead_count) in sorted(rows.items())]))
             return
         more = "+" if len(letters) >= DEAD_LETTER_SCAN else ""  # the scan stopped early
@@ -98,7 +110,9 @@ def _rows(stats: list[QueueStats], letters: list[DeadLetter], known: list[str],
     extra = set(known) if filtered else set(known) | set(dead)  # a queue may be known
     for queue in extra - rows.keys():                           # only from dead letters
         rows[queue] = QueueStats(queue, 0, 0, 0)
-    return {name: (row, dead[name]) for name, row in rows.items()}
+    # The broker's own count when it keeps one (exact), else the scan's.
+    return {name: (row, dead[name] if row.dead_letters is None else row.dead_letters)
+            for name, row in rows.items()}
 
 
 def _act_on_dead_letters(app: App, url: str, requeue: bool, ids: set[str],

@@ -15,14 +15,15 @@ import click
 from celeriac import __version__, signals
 from celeriac.config import POOLS
 from celeriac.errors import describe
-from celeriac.logs import configure_logging, setup_worker_logging
+from celeriac.logs import FORMAT as LOG_FORMAT
+from celeriac.logs import JSON, configure_logging, setup_worker_logging
 from celeriac.monitor.endpoint import NodeMetrics
 from celeriac.monitor.metrics import require_prometheus
 from celeriac.supervisor.supervisor import Supervisor
 from celeriac.urls import display_url
 from celeriac.worker.child import EXIT_BROKER_LOST, EXIT_OK, EXIT_REFUSED, serve
 from celeriac.worker.consumer import StopReason
-from celeriac.worker.options import WorkerOptions, expand_nodename
+from celeriac.worker.options import WorkerOptions, expand_nodename, logfile_path
 from celeriac.worker.startup import PERMANENT
 
 if TYPE_CHECKING:
@@ -57,19 +58,22 @@ logger = logging.getLogger("celeriac.worker")
 @click.option("-l", "--loglevel", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                                 case_sensitive=False))
+@click.option("--log-format", type=click.Choice(["text", "json"]),
+              help="text (worker_log_format) or json: one JSON object per line "
+                   "[default: the worker_log_format setting].")
+@click.option("-f", "--logfile", metavar="PATH",
+              help="Append logs to this file instead of stderr (%p node name, %h host, "
+                   "%n, %d, %i process index, %I).")
 @click.pass_obj
 def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
                    queues: str | None, prefetch_multiplier: int | None,
                    max_tasks_per_child: int | None, max_memory_per_child: int | None,
                    shutdown_timeout: float | None, hostname: str | None,
                    metrics_port: int | None, metrics_host: str | None,
-                   loglevel: str) -> None:
+                   loglevel: str, log_format: str | None, logfile: str | None) -> None:
     """Start a worker: consume the queues and run their tasks."""
     configure_logging(loglevel)
     app = spec.load()
-    # Now that the app's settings are known: its own logging setup, if it has one, stays.
-    setup_worker_logging(loglevel, app.conf.worker_hijack_root_logger,
-                         app.conf.worker_log_format, app.conf.worker_task_log_format)
     options = WorkerOptions.from_settings(
         spec.spec or "", app.conf, pool=pool, concurrency=concurrency,
         queues=tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else (),
@@ -77,10 +81,15 @@ def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
         max_memory_per_child=max_memory_per_child, shutdown_timeout=shutdown_timeout,
         loglevel=loglevel.upper(),
         hostname=expand_nodename(hostname) if hostname is not None else None,
+        log_format=_log_format(log_format, app.conf.worker_log_format), logfile=logfile,
         metrics_port=metrics_port, metrics_host=metrics_host,
     )
     if options.metrics_port is not None:
         require_prometheus("--metrics-port (worker_metrics_port)")  # before anything starts
+    # Now that the app's settings are known: its own logging setup, if it has one, stays.
+    setup_worker_logging(loglevel, options.hijack_root_logger, options.log_format,
+                         options.task_log_format,
+                         logfile_path(options.logfile, options.hostname), options.hostname)
     log_banner(app, options)
     warn_about_unsafe_settings(app)
     signals.worker_init.send(sender=None)
@@ -89,6 +98,15 @@ def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
     finally:
         signals.worker_shutdown.send(sender=None)
     sys.exit(code)
+
+
+def _log_format(choice: str | None, setting: str) -> str:
+    """--log-format over worker_log_format: json, or text in the setting's format."""
+    if choice == "json":
+        return JSON
+    if choice == "text" and setting == JSON:
+        return LOG_FORMAT
+    return setting
 
 
 def _run(app: App, options: WorkerOptions) -> int:

@@ -1,1 +1,1 @@
-"""Watching celeriac from outside a task: metrics, health checks, queue alerts."""
+"""Watching a running cluster from outside the workers: queue readings and alerts."""

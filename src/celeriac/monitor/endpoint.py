@@ -34,7 +34,7 @@ from celeriac.monitor.metrics import (
     require_prometheus,
     task_families,
 )
-from celeriac.monitor.queues import QueueProbe
+from celeriac.monitor.probe import QueueProbe
 from celeriac.monitor.tally import TallyReader
 
 if TYPE_CHECKING:

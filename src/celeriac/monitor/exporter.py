@@ -3,7 +3,7 @@
 Each worker node can serve its own ``/metrics`` (``--metrics-port``); some teams would
 rather scrape one place, or watch queues no worker consumes yet. The exporter reads
 every queue the broker knows (and those the app declares) at scrape time, as a node
-does for its own queues (``monitor.queues``): ready, scheduled, in flight, dead letters,
+does for its own queues (``monitor.probe``): ready, scheduled, in flight, dead letters,
 oldest ready message's age, and ``celeriac_broker_up``.
 
 Workers up and task counts by type from the worker events are not served yet: they need
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from celeriac.monitor.endpoint import TEXT, Endpoint
 from celeriac.monitor.metrics import CONTENT_TYPE, Collector, queue_families, render
-from celeriac.monitor.queues import QueueProbe
+from celeriac.monitor.probe import QueueProbe
 from celeriac.routing import default_queues
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ Names (all ``celeriac_``):
 - ``task_runtime_seconds{task}``: a histogram of how long tasks ran;
 - ``tasks_running``, ``tasks_prefetched``, ``worker_processes``, ``worker_slots``,
   ``worker_ready`` (1 while ``/readyz`` says ready): the node now, from shared memory;
-- per queue the node consumes (``monitor.queues``, read from the broker at scrape time):
+- per queue the node consumes (``monitor.probe``, read from the broker at scrape time):
   ``queue_ready``, ``queue_scheduled``, ``queue_in_flight``, ``queue_dead_letters``,
   ``queue_oldest_age_seconds`` (on brokers that know it), and ``broker_up``.
 
@@ -30,7 +30,7 @@ from celeriac.monitor.health import readiness
 from celeriac.monitor.tally import RUNTIME_BUCKETS, TaskTally
 
 if TYPE_CHECKING:
-    from celeriac.monitor.queues import QueuesSnapshot
+    from celeriac.monitor.probe import QueuesSnapshot
     from celeriac.node.base import NodeSnapshot
 
 PREFIX = "celeriac_"

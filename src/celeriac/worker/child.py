@@ -40,7 +40,7 @@ from celeriac.node.services import node_services
 from celeriac.node.solo import SoloNode
 from celeriac.worker.consumer import Consumer, StopReason
 from celeriac.worker.deadlines import DeadlineSlot
-from celeriac.worker.options import WorkerOptions
+from celeriac.worker.options import WorkerOptions, logfile_path
 from celeriac.worker.pools import runner_for
 from celeriac.worker.startup import PERMANENT, StartupStopped, connect_patiently
 from celeriac.worker.status import StatusSlot
@@ -65,12 +65,14 @@ def child_main(options: WorkerOptions, index: int,
     ``deadlines`` is this process's entry in the supervisor's hard-deadline array,
     ``status`` its entry in the node's status board (``worker.status``).
     """
+    logfile = logfile_path(options.logfile, options.hostname, index)
+    name = f"{options.hostname}/{index}"  # this process's name, as in its requests
     configure_logging(options.loglevel, options.hijack_root_logger, options.log_format,
-                      options.task_log_format)
+                      options.task_log_format, logfile, name)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     app = load_app(options.app_spec)
     setup_worker_logging(options.loglevel, options.hijack_root_logger, options.log_format,
-                         options.task_log_format)
+                         options.task_log_format, logfile, name)
     signals.worker_process_init.send(sender=None)
     try:
         reason = asyncio.run(serve(app, options, f"{options.hostname}/{index}",

@@ -32,6 +32,7 @@ from celeriac.errors import (
     TaskRevokedError,
     describe,
 )
+from celeriac.logs import task_fields
 from celeriac.message import Message
 from celeriac.outcome import Outcome
 from celeriac.task import Request, Task, current_request
@@ -143,7 +144,9 @@ class Executor:
                              f"{unreadable}")
         if message.expires is not None and message.expires < time.time():
             expired = TaskRevokedError(f"task {message.task}[{message.id}] expired before it ran")
-            logger.info("Task %s[%s] expired, not run", message.task, message.id)
+            logger.info("Task %s[%s] expired, not run", message.task, message.id,
+                        extra=task_fields(message.id, message.task, message.queue,
+                                          states.REVOKED, retries=message.retries))
             return Verdict(Action.ACK, _failure(expired, states.REVOKED, message),
                            message=message)
         refused = self.guard.refused(message)  # revoked: an O(1) look-up in memory
@@ -439,26 +442,34 @@ def _dead(reason: str, message: Message | None = None) -> Verdict:
 
 def _log_verdict(task: Task[Any, Any], message: Message, verdict: Verdict,
                  elapsed: float) -> None:
+    def fields(state: str) -> dict[str, Any] | None:  # the task's fields, for JSON lines
+        return task_fields(message.id, message.task, message.queue, state, elapsed,
+                           message.retries)
+
     if verdict.action is Action.ACK and verdict.outcome is not None:
         outcome = verdict.outcome
         if outcome.state == states.SUCCESS:
             if logger.isEnabledFor(logging.INFO):
                 logger.info("Task %s[%s] succeeded in %.4fs: %.200r", message.task, message.id,
-                            elapsed, outcome.result)
+                            elapsed, outcome.result, extra=fields(outcome.state))
         elif verdict.error is not None:
             # exc_info, so that Sentry's logging integration and log aggregators get a real
             # stack; the frames celeriac called the task through are left out.
             error = verdict.error
             logger.error("Task %s[%s] failed in %.4fs: %s: %s", message.task, message.id,
                          elapsed, outcome.exc_type, outcome.exc_message,
-                         exc_info=(type(error), error, user_frames(error.__traceback__)))
+                         exc_info=(type(error), error, user_frames(error.__traceback__)),
+                         extra=fields(outcome.state))
         else:
             logger.error("Task %s[%s] failed in %.4fs: %s: %s\n%s", message.task, message.id,
-                         elapsed, outcome.exc_type, outcome.exc_message, outcome.traceback)
+                         elapsed, outcome.exc_type, outcome.exc_message, outcome.traceback,
+                         extra=fields(outcome.state))
     elif verdict.action is Action.RETRY and verdict.retry is not None:
         delay = (verdict.retry.eta or time.time()) - time.time()
         logger.warning("Task %s[%s] retry %d in %.2fs: %s", message.task, message.id,
                        message.retries + 1, max(0.0, delay),
-                       verdict.outcome.exc_message if verdict.outcome else "")
+                       verdict.outcome.exc_message if verdict.outcome else "",
+                       extra=fields(states.RETRY))
     elif verdict.action is Action.DEAD_LETTER:
-        logger.error("Task %s[%s] dead-lettered: %s", message.task, message.id, verdict.reason)
+        logger.error("Task %s[%s] dead-lettered: %s", message.task, message.id, verdict.reason,
+                     extra=fields("DEAD_LETTERED"))

@@ -32,6 +32,7 @@ class WorkerOptions:
     hijack_root_logger: bool = True  # worker_hijack_root_logger
     log_format: str = LOG_FORMAT  # worker_log_format
     task_log_format: str = TASK_LOG_FORMAT  # worker_task_log_format
+    logfile: str | None = None  # -f/--logfile, %p %h %n %d %i %I expanded per process
     hostname: str = field(default_factory=lambda: expand_nodename(DEFAULT_NODENAME))
     metrics_port: int | None = None  # worker_metrics_port: serve /metrics (monitor/)
     metrics_host: str = "0.0.0.0"
@@ -76,6 +77,16 @@ def _default_concurrency(pool: str) -> int:
     if pool == "solo":
         return 1
     return os.cpu_count() or 1
+
+
+def logfile_path(template: str | None, nodename: str, index: int | None = None
+                 ) -> str | None:
+    """Celery's ``--logfile`` expansion: ``%p`` the worker's node name, then as
+    ``expand_nodename`` (``%h``, ``%n``, ``%d``, ``%i`` the process index, 0 in the
+    supervisor, ``%I`` the same with a dash, empty in the supervisor)."""
+    if template is None:
+        return None
+    return expand_nodename(template.replace("%p", nodename), index)
 
 
 def expand_nodename(template: str, index: int | None = None) -> str:

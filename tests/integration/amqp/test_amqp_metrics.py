@@ -12,7 +12,7 @@ def test_counts_are_exact_across_recycled_processes(deployment: RabbitDeployment
 
 
 def test_queue_gauges_show_a_backlog(deployment: RabbitDeployment) -> None:
-    metrics_cases.queue_gauges_show_a_backlog(deployment, sees_in_flight=False)
+    metrics_cases.queue_gauges_show_a_backlog(deployment, amqp=True)
 
 
 def test_not_ready_while_stopping(deployment: RabbitDeployment) -> None:
