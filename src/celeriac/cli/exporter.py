@@ -31,7 +31,9 @@ def exporter_command(spec: AppSpec, port: int, host: str, names: str | None) -> 
     """Serve Prometheus metrics of every queue, read from the broker when scraped.
 
     Ready, scheduled, in-flight and dead-lettered messages and the age of the oldest
-    ready one, per queue (docs/operations.md, "Metrics"). Stops on SIGTERM or Ctrl-C.
+    ready one, per queue (docs/operations.md, "Metrics"). With queue_alerts set, it
+    checks them too (as celeriac monitor) and serves the firing ones as a metric.
+    Stops on SIGTERM or Ctrl-C.
     """
     require_prometheus("the exporter")
     stop = threading.Event()

@@ -10,7 +10,9 @@ Names (all ``celeriac_``):
   ``worker_ready`` (1 while ``/readyz`` says ready): the node now, from shared memory;
 - per queue the node consumes (``monitor.probe``, read from the broker at scrape time):
   ``queue_ready``, ``queue_scheduled``, ``queue_in_flight``, ``queue_dead_letters``,
-  ``queue_oldest_age_seconds`` (on brokers that know it), and ``broker_up``.
+  ``queue_oldest_age_seconds`` (on brokers that know it), and ``broker_up``;
+- the exporter adds ``queue_alert_firing{queue, metric}`` for the ``queue_alerts`` it
+  checks.
 
 Queue numbers are the broker's, so every node that consumes a queue reports the same
 value: aggregate them with ``max by (queue)``, not ``sum``.
@@ -30,6 +32,7 @@ from celeriac.monitor.health import readiness
 from celeriac.monitor.tally import RUNTIME_BUCKETS, TaskTally
 
 if TYPE_CHECKING:
+    from celeriac.monitor.alerts import Alert
     from celeriac.monitor.probe import QueuesSnapshot
     from celeriac.node.base import NodeSnapshot
 
@@ -111,6 +114,18 @@ def queue_families(queues: QueuesSnapshot) -> Iterator[Any]:
             age.add_metric([reading.queue], 0.0)  # nothing waits: no latency
     yield from families.values()
     yield age
+
+
+def alert_families(firing: Iterable[Alert]) -> Iterator[Any]:
+    """The queue alerts firing now (``queue_alerts``, checked by the exporter)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    family = GaugeMetricFamily(f"{PREFIX}queue_alert_firing",
+                               "1 for each queue alert firing now (queue_alerts), by queue "
+                               "and metric (length, age).", labels=["queue", "metric"])
+    for alert in sorted(firing, key=lambda a: (a.queue, a.metric)):
+        family.add_metric([alert.queue, alert.metric], 1)
+    yield family
 
 
 class Collector:
