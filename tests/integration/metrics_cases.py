@@ -159,3 +159,35 @@ def not_ready_without_broker(world: Deployment, closed_broker_url: str) -> None:
     assert value(port, "celeriac_broker_up") == 0
     assert value(port, "celeriac_worker_ready") == 0
     assert worker.running
+
+
+def solo_worker_serves_its_own_metrics(world: Deployment) -> None:
+    """``-P solo``: the one process is its node and serves the endpoint itself."""
+    port = free_port()
+    worker = world.start_worker("-P", "solo", "--metrics-port", str(port),
+                                "--metrics-host", "127.0.0.1")
+    worker.wait_ready(1)
+    for i in range(5):
+        world.tasks.add.delay(i, i)
+    world.tasks.add.delay("a", 1)
+    expected = Counter({("ledger.add", "succeeded"): 5, ("ledger.add", "failed"): 1})
+    wait_until(lambda: task_counts(port) == expected, COUNT_TIMEOUT, f"counts {expected}")
+    assert get(port, "/readyz") == (200, "ready: 1 process(es) consuming\n")
+    assert value(port, "celeriac_worker_processes") == 1
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+
+
+def a_port_in_use_is_one_line(world: Deployment) -> None:
+    """The metrics port is taken: the worker says so in one line and exits 2 (a usage
+    error), before starting any process."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        worker = world.start_worker("-c", "2", "--metrics-port", str(port),
+                                    "--metrics-host", "127.0.0.1")
+        assert worker.wait(30) == 2
+    assert f"Error: cannot serve metrics on 127.0.0.1:{port}: Address already in use" \
+        in worker.log()
+    assert "starting 2 worker process(es)" not in worker.log()

@@ -52,3 +52,11 @@ def test_the_exporter_serves_every_queue(deployment: Deployment) -> None:
     finally:
         exporter.kill()
         exporter.wait()
+
+
+def test_a_solo_worker_serves_its_own_metrics(deployment: Deployment) -> None:
+    metrics_cases.solo_worker_serves_its_own_metrics(deployment)
+
+
+def test_a_metrics_port_in_use_is_one_line(deployment: Deployment) -> None:
+    metrics_cases.a_port_in_use_is_one_line(deployment)
