@@ -3,7 +3,8 @@
 W2 (20,000 no-op tasks queued, then drained by a 2-process prefork worker, timed from
 the first execution until every result is stored; ``bench.workloads.drain``) runs with
 and without ``--metrics-port`` in one run, alternating which goes first, ``--runs``
-times each. While the metrics worker drains, a scraper reads ``/metrics`` every
+times each, and the worker's CPU time from start to exit (what other load on a shared
+machine disturbs least). While the metrics worker drains, a scraper reads ``/metrics`` every
 ``--scrape-interval`` seconds (1 s: fifteen times Prometheus's default rate), so the
 scrapes' cost is counted too. Prints the medians and the cost in percent; the goal
 (issue 12) is at most 5%.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import socket
 import statistics
 import tempfile
@@ -75,7 +77,16 @@ class Scraper(threading.Thread):
                 pass  # the worker is starting or stopping
 
 
-def one_drain(target: MetricsRedis, tasks: int, metrics: bool, interval: float) -> float:
+def children_cpu() -> float:
+    """CPU seconds of every worker process this runner started and reaped (the worker's
+    supervisor reaps its own processes, so theirs are in it)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def one_drain(target: MetricsRedis, tasks: int, metrics: bool,
+              interval: float) -> tuple[float, float]:
+    """(tasks/s, CPU seconds the worker used from its start to its exit)."""
     with tempfile.TemporaryDirectory(prefix="celeriac-bench-") as tmp:
         workdir = Path(tmp)
         ledger = workdir / "ledger"
@@ -91,8 +102,10 @@ def one_drain(target: MetricsRedis, tasks: int, metrics: bool, interval: float) 
                 scraper = Scraper(port, interval)
                 scraper.start()
             wait_for_idle_cpus(IDLE_PATIENCE)
+            cpu = children_cpu()
             drained = drain(session, sent, WorkerSpec("prefork", 2), workdir, ledger,
                             300.0, "worker-drain.log")
+            cpu = children_cpu() - cpu
         finally:
             os.environ.pop("CELERIAC_WORKER_METRICS_PORT", None)
             os.environ.pop("CELERIAC_WORKER_METRICS_HOST", None)
@@ -103,7 +116,7 @@ def one_drain(target: MetricsRedis, tasks: int, metrics: bool, interval: float) 
             counted = sum(float(line.rsplit(" ", 1)[1]) for line in scraper.last.splitlines()
                           if line.startswith("celeriac_tasks_total{"))
             print(f"    {scraper.scrapes} scrapes; the last one counted {counted:,.0f} tasks")
-        return drained.rate
+        return drained.rate, cpu
 
 
 def main() -> None:
@@ -116,14 +129,17 @@ def main() -> None:
     target = MetricsRedis()
     target.setup()
     rates: dict[bool, list[float]] = {False: [], True: []}
+    cpus: dict[bool, list[float]] = {False: [], True: []}
     try:
         for run in range(args.runs):
             order = (False, True) if run % 2 == 0 else (True, False)
             for metrics in order:
-                rate = one_drain(target, args.tasks, metrics, args.scrape_interval)
+                rate, cpu = one_drain(target, args.tasks, metrics, args.scrape_interval)
                 rates[metrics].append(rate)
+                cpus[metrics].append(cpu)
                 print(f"  run {run + 1}: W2 {'with' if metrics else 'without'} "
-                      f"--metrics-port: {rate:,.0f} tasks/s", flush=True)
+                      f"--metrics-port: {rate:,.0f} tasks/s, worker CPU {cpu:.2f} s",
+                      flush=True)
     finally:
         target.teardown()
     plain, measured = statistics.median(rates[False]), statistics.median(rates[True])
@@ -134,6 +150,12 @@ def main() -> None:
     best_plain, best_measured = max(rates[False]), max(rates[True])
     print(f"  best runs (least disturbed by other load): without {best_plain:,.0f}, with "
           f"{best_measured:,.0f}: cost {(best_plain - best_measured) / best_plain * 100:+.1f}%")
+    # CPU is what other load on the machine disturbs least: the worker's CPU seconds from
+    # start to exit (start-up included, the same in both), and what metrics add per task.
+    cpu_plain, cpu_measured = statistics.median(cpus[False]), statistics.median(cpus[True])
+    print(f"  worker CPU per drain (median): without {cpu_plain:.2f} s, with "
+          f"{cpu_measured:.2f} s: {(cpu_measured - cpu_plain) / args.tasks * 1e6:+.1f} us "
+          f"per task ({(cpu_measured - cpu_plain) / cpu_plain * 100:+.1f}%)")
     print("  without:", ", ".join(f"{r:,.0f}" for r in rates[False]))
     print("  with:   ", ", ".join(f"{r:,.0f}" for r in rates[True]))
 
