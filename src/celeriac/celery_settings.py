@@ -101,9 +101,16 @@ _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
     ("broker_vhost", Answer.REFUSED, None, _NO_PARTS),
     ("broker_write_url", Answer.REFUSED, None,
      "celeriac uses one broker_url for reading and writing"),
-    ("control_exchange", Answer.REFUSED, None, _NOT_YET_EVENTS),
-    ("control_queue_expires", Answer.REFUSED, None, _NOT_YET_EVENTS),
-    ("control_queue_ttl", Answer.REFUSED, None, _NOT_YET_EVENTS),
+    ("control_exchange", Answer.REFUSED, None,
+     "remote control travels on the broker's own control and replies topics (a Redis "
+     "stream, a RabbitMQ stream queue, an SQLite table), not on a kombu exchange; their "
+     "names follow the broker's key prefix or vhost"),
+    ("control_queue_expires", Answer.REFUSED, None,
+     "no queue is made per worker or per client for remote control: each reads the "
+     "shared control topic from its own position, so there is nothing to expire"),
+    ("control_queue_ttl", Answer.REFUSED, None,
+     "control requests are kept for a fixed 60 s on the control topic, and a worker "
+     "only reads those sent after it started, so an old command never runs late"),
     ("enable_utc", Answer.SAME, None,
      "True (the default): a naive datetime (eta, expires) is UTC; False: wall-"
      "clock time in timezone"),
@@ -199,7 +206,9 @@ _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
      "the zone of periodic tasks"),
     ("worker_agent", Answer.REFUSED, None, "celeriac has no worker agent"),
     ("worker_autoscaler", Answer.REFUSED, None,
-     "autoscaling is not built yet (issue 12)"),
+     "celeriac's autoscaler is built in, not a class to replace: set its bounds with "
+     "--autoscale=MAX,MIN or worker_autoscale=(max, min), its idle cool-down with "
+     "worker_autoscale_keepalive"),
     ("worker_cancel_long_running_tasks_on_connection_loss", Answer.REFUSED, None,
      "a task whose lease is lost runs on, and its result is refused (fencing); "
      "see docs/architecture.md"),
@@ -214,7 +223,7 @@ _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
     ("worker_disable_rate_limits", Answer.SAME, None, ""),
     ("worker_enable_prefetch_count_reduction", Answer.REFUSED, None,
      "the prefetch follows the worker's free slots always"),
-    ("worker_enable_remote_control", Answer.REFUSED, None, _NOT_YET_EVENTS),
+    ("worker_enable_remote_control", Answer.SAME, None, ""),
     ("worker_enable_soft_shutdown_on_idle", Answer.REFUSED, None,
      "a warm shutdown hands prefetched tasks back at once"),
     ("worker_hijack_root_logger", Answer.SAME, None,

@@ -103,9 +103,12 @@ class Settings(Mapping[str, Any]):
     worker_shutdown_timeout: float = 30.0
     worker_watchdog_timeout: float = 60.0
     worker_disable_rate_limits: bool = False
+    worker_enable_remote_control: bool = True  # answer inspect/control (celeriac.control)
     worker_hijack_root_logger: bool = True
     worker_log_format: str = LOG_FORMAT
     worker_task_log_format: str = TASK_LOG_FORMAT
+    worker_autoscale: tuple[int, int] | None = None  # (max, min), as --autoscale=MAX,MIN
+    worker_autoscale_keepalive: float = 30.0  # idle seconds before a slot is given back
     # /metrics, /healthz, /readyz on this port (None: off); all interfaces by default,
     # since Prometheus and Kubernetes probes reach a worker on its pod or host address.
     worker_metrics_port: int | None = None
@@ -548,6 +551,28 @@ def _interval(name: str, value: Any) -> float:
     return seconds
 
 
+def _autoscale(name: str, value: Any) -> tuple[int, int] | None:
+    from celeriac.worker.autoscale import check_bounds, parse_autoscale
+
+    if value is None:
+        return None
+    try:
+        if isinstance(value, str):
+            return parse_autoscale(value)
+        if isinstance(value, list | tuple):
+            return check_bounds(tuple(value))
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}: {exc}") from None
+    raise ConfigurationError(f"{name} must be (max, min) or 'MAX,MIN', not {value!r}")
+
+
+def _keepalive(name: str, value: Any) -> float:
+    seconds = _seconds(name, value)
+    if seconds is None:
+        raise ConfigurationError(f"{name} must be a number of seconds >= 0, not None")
+    return seconds
+
+
 def _rate_limit(name: str, value: Any) -> Any:
     from celeriac.ratelimit import parse_rate
 
@@ -607,12 +632,15 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "worker_shutdown_timeout": _seconds,
     "worker_watchdog_timeout": _seconds,
     "worker_disable_rate_limits": _bool,
+    "worker_enable_remote_control": _bool,
     "worker_hijack_root_logger": _bool,
     "worker_log_format": _log_format,
     "worker_task_log_format": _log_format,
     "queue_alerts": _queue_alerts,
     "queue_alerts_interval": _interval,
     "alert_webhooks": _webhooks,
+    "worker_autoscale": _autoscale,
+    "worker_autoscale_keepalive": _keepalive,
     "worker_metrics_port": _port,
     "worker_metrics_host": _nonempty_str,
 }

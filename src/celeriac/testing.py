@@ -16,26 +16,38 @@ Use ``ThreadedWorker`` directly to consume another app or queues::
 from __future__ import annotations
 
 import asyncio
+import itertools
+import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from celeriac.app import App
+from celeriac.control.commands import ProcessInfo
 from celeriac.worker.consumer import Consumer
 from celeriac.worker.pools import runner_for
 
 START_TIMEOUT = 10.0
+_numbers = itertools.count(1)
+
+T = TypeVar("T")
 
 
 class ThreadedWorker:
-    """A real consumer on its own event loop, in a thread of this process."""
+    """A real consumer on its own event loop, in a thread of this process.
+
+    It answers remote control (``app.control.inspect()``, ``ping``, ``shutdown``...) as
+    a node named ``hostname`` (by default ``threaded-<n>@<host>``, unique in the process).
+    """
 
     def __init__(self, app: App, queues: Sequence[str] | None = None, slots: int = 4,
-                 pool: str = "threads", grace: float = 10.0) -> None:
+                 pool: str = "threads", grace: float = 10.0,
+                 hostname: str | None = None) -> None:
         self.app = app
+        self.hostname = hostname or f"threaded-{next(_numbers)}@{socket.gethostname()}"
         self.queues = list(queues or [app.conf.task_default_queue])
         self.slots = slots
         self.pool = pool
@@ -54,6 +66,9 @@ class ThreadedWorker:
             raise RuntimeError("the test worker did not start")
         if self._error is not None:
             raise self._error
+        if self.consumer is not None and self.consumer.control is not None:
+            # Remote control reaches it once its listener reads (inspect(), ping()).
+            self.consumer.control.listening.wait(START_TIMEOUT)
         return self
 
     def stop(self) -> None:
@@ -64,6 +79,16 @@ class ThreadedWorker:
             self._thread.join(self.grace + START_TIMEOUT)
         if self._error is not None:
             raise self._error
+
+    def call(self, fn: Callable[[], T], timeout: float = START_TIMEOUT) -> T:
+        """Run ``fn`` on the worker's event loop (e.g. ``consumer.resize``); its result."""
+        if self._loop is None:
+            raise RuntimeError("the test worker is not running")
+
+        async def run() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
 
     def __enter__(self) -> ThreadedWorker:
         return self.start()
@@ -82,7 +107,9 @@ class ThreadedWorker:
     async def _run(self) -> None:
         runner = runner_for(self.pool, self.slots)
         self.consumer = Consumer(self.app, self.queues, self.slots, runner,
-                                 hostname="celeriac@test")
+                                 hostname=self.hostname)
+        self.consumer.control = ProcessInfo(self.consumer, self.hostname, 0, self.pool,
+                                            own_node=True)
         self._loop = asyncio.get_running_loop()
         await self.app.connect()
         self._started.set()

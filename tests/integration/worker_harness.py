@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -108,6 +109,17 @@ class Ledger:
 # -- worker processes ---------------------------------------------------------------------
 
 
+_worker_numbers = itertools.count(1)
+
+
+def unique_name(args: Sequence[str]) -> list[str]:
+    """``args`` with a node name of its own (``-n``), unless they give one: a live node's
+    name is refused to a second worker, and tests start several at once."""
+    if "-n" in args or "--hostname" in args or any(a.startswith("--hostname=") for a in args):
+        return list(args)
+    return ["-n", f"test{next(_worker_numbers)}-{os.getpid()}@%h", *args]
+
+
 class WorkerProcess:
     """``python -m celeriac -A ledger_app worker ...`` in its own session, logging to a file."""
 
@@ -115,11 +127,11 @@ class WorkerProcess:
 
     def __init__(self, args: Sequence[str], env: Mapping[str, str], cwd: Path,
                  log_path: Path) -> None:
-        self.args = list(args)
+        self.args = unique_name(args)
         self.log_path = log_path
         self._log: IO[bytes] = log_path.open("wb")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "celeriac", "-A", self.app_module, "worker", *args],
+            [sys.executable, "-m", "celeriac", "-A", self.app_module, "worker", *self.args],
             env=dict(env), cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: cleanup reaches orphans too
         )

@@ -169,7 +169,7 @@ def test_task_track_started_stores_started_with_the_worker_while_it_runs(app: Ap
         finish.wait(5)
         return "done"
 
-    with ThreadedWorker(app):
+    with ThreadedWorker(app, hostname="celeriac@test"):
         result = slow.delay()
         assert running.wait(5)
         _wait_for_state(result, states.STARTED)

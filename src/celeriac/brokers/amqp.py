@@ -407,6 +407,9 @@ class AMQPBroker(Broker):
             return []
         return await self._link().fetch(list(queues), limit, timeout)
 
+    async def stop_consuming(self, queues: Sequence[str]) -> None:
+        await self._link().stop_consuming(list(queues))
+
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         for link, receipts in _by_link(deliveries).items():
             await _on_loop(link, partial(link.ack, receipts))

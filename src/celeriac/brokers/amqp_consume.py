@@ -254,6 +254,21 @@ class Consuming(Deliveries):
                     await self._start_consumer(channel, queue)
             return self.generation
 
+    async def stop_consuming(self, queues: Sequence[str]) -> None:
+        """Cancel the consumers of ``queues``; what they buffered goes back, uncounted."""
+        async with self._consume_lock:
+            wire, generation = self.consumer, self.generation
+            for queue in queues:
+                tag = self.consumers.pop(queue, None)
+                if tag is not None and wire is not None:
+                    await wire.cancel(tag)
+                self._expect.pop(queue, None)
+                heap = self.buffers.pop(queue, [])
+                self.buffered_counts.pop(queue, None)
+                if heap and wire is not None:
+                    await asyncio.gather(*(self._move(generation, entry[3], entry[3].deliveries)
+                                           for entry in heap))
+
     async def _start_consumer(self, channel: Wire, queue: str) -> None:
         name = self.ctx.topology.queue(queue)
         ready = await channel.call(spec.Queue.Declare(queue=name, passive=True),

@@ -191,6 +191,11 @@ class Broker(ABC):
         none arrived in that time.
         """
 
+    async def stop_consuming(self, queues: Sequence[str]) -> None:
+        """The caller will not fetch from ``queues`` any more (``cancel_consumer``): a
+        broker that pushes messages ahead of ``fetch`` (RabbitMQ's consumers) stops and
+        hands back what it buffered from them. Brokers that fetch on demand need nothing."""
+
     @abstractmethod
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Remove the messages for good. Deliveries whose lease was lost are ignored."""

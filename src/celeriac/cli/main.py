@@ -15,6 +15,7 @@ from celeriac.app import App
 from celeriac.cli.call import call_command
 from celeriac.cli.demo import demo_command
 from celeriac.cli.exporter import exporter_command
+from celeriac.cli.inspect import control_command, inspect_command, status_command
 from celeriac.cli.monitor import monitor_command
 from celeriac.cli.purge import purge_command
 from celeriac.cli.queues import queues_command
@@ -69,6 +70,9 @@ cli.add_command(result_command)
 cli.add_command(queues_command)
 cli.add_command(purge_command)
 cli.add_command(demo_command)
+cli.add_command(inspect_command)
+cli.add_command(control_command)
+cli.add_command(status_command)
 cli.add_command(monitor_command)
 cli.add_command(exporter_command)
 

@@ -14,6 +14,7 @@ import click
 
 from celeriac import __version__, signals
 from celeriac.config import POOLS
+from celeriac.control.names import NodeNameTaken, ensure_unique_name
 from celeriac.errors import describe
 from celeriac.logs import FORMAT as LOG_FORMAT
 from celeriac.logs import JSON, configure_logging, setup_worker_logging
@@ -21,6 +22,7 @@ from celeriac.monitor.endpoint import NodeMetrics
 from celeriac.monitor.metrics import require_prometheus
 from celeriac.supervisor.supervisor import Supervisor
 from celeriac.urls import display_url
+from celeriac.worker.autoscale import parse_autoscale
 from celeriac.worker.child import EXIT_BROKER_LOST, EXIT_OK, EXIT_REFUSED, serve
 from celeriac.worker.consumer import StopReason
 from celeriac.worker.options import WorkerOptions, expand_nodename, logfile_path
@@ -33,9 +35,22 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celeriac.worker")
 
 
+def _autoscale_bounds(ctx: click.Context, param: click.Parameter,
+                      value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        return parse_autoscale(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
 @click.command("worker")
 @click.option("-c", "--concurrency", type=click.IntRange(min=1),
               help="Processes (prefork) or slots in one process (threads, async).")
+@click.option("--autoscale", metavar="MAX,MIN", callback=_autoscale_bounds,
+              help="Grow the pool up to MAX processes (slots for threads/async) while "
+                   "work is queued, shrink it to MIN when idle (Celery's order).")
 @click.option("-P", "--pool", type=click.Choice(POOLS), help="How tasks run.")
 @click.option("-Q", "--queues", help="Comma-separated queues, consumed in this order.")
 @click.option("--prefetch-multiplier", type=click.IntRange(min=1),
@@ -65,7 +80,8 @@ logger = logging.getLogger("celeriac.worker")
               help="Append logs to this file instead of stderr (%p node name, %h host, "
                    "%n, %d, %i process index, %I).")
 @click.pass_obj
-def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
+def worker_command(spec: AppSpec, concurrency: int | None,
+                   autoscale: tuple[int, int] | None, pool: str | None,
                    queues: str | None, prefetch_multiplier: int | None,
                    max_tasks_per_child: int | None, max_memory_per_child: int | None,
                    shutdown_timeout: float | None, hostname: str | None,
@@ -82,8 +98,12 @@ def worker_command(spec: AppSpec, concurrency: int | None, pool: str | None,
         loglevel=loglevel.upper(),
         hostname=expand_nodename(hostname) if hostname is not None else None,
         log_format=_log_format(log_format, app.conf.worker_log_format), logfile=logfile,
+        autoscale=autoscale,
         metrics_port=metrics_port, metrics_host=metrics_host,
     )
+    if options.autoscale is not None and options.pool == "solo":
+        raise click.UsageError("--autoscale needs a pool that can change size: -P prefork, "
+                               "threads or async (a solo worker runs one task at a time)")
     if options.metrics_port is not None:
         require_prometheus("--metrics-port (worker_metrics_port)")  # before anything starts
     # Now that the app's settings are known: its own logging setup, if it has one, stays.
@@ -110,6 +130,11 @@ def _log_format(choice: str | None, setting: str) -> str:
 
 
 def _run(app: App, options: WorkerOptions) -> int:
+    try:
+        ensure_unique_name(app, options.hostname)
+    except NodeNameTaken as exc:
+        logger.error("the worker cannot start: %s", exc)
+        return EXIT_REFUSED
     if options.pool != "solo":
         return Supervisor(options, app).run()
     metrics = None
@@ -147,6 +172,8 @@ def log_banner(app: App, options: WorkerOptions) -> None:
         pool = f"prefork, {options.processes} process(es)"
     else:
         pool = f"{options.pool}, {options.slots_per_process} slot(s)"
+    if options.autoscale is not None:
+        pool += f" (autoscale {options.autoscale[1]} to {options.autoscale[0]})"
     lines = [
         f"celeriac {__version__} worker {options.hostname}",
         f"  app:      {app.main} ({options.app_spec})",

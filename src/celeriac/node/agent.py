@@ -14,29 +14,33 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Sequence
 
 from celeriac.bus.base import Bus
-from celeriac.errors import describe
+from celeriac.bus.memory import MemoryBus
+from celeriac.errors import BrokerError, describe
 from celeriac.node.base import NodeContext, NodeHandle, NodeService
 
 logger = logging.getLogger("celeriac.node")
 
 GOODBYE_TIMEOUT = 3.0  # seconds services get to finish when the node stops
-RESTART_DELAY = 2.0  # seconds before a failed service runs again
-CONNECT_RETRY_MAX = 10.0
+RESTART_DELAY = 2.0  # seconds before a failed service runs again, doubling
+RESTART_DELAY_MAX = 30.0
 
 
 async def run_services(node: NodeHandle, services: Sequence[NodeService],
                        stop: asyncio.Event) -> None:
-    """Run ``services`` until ``stop`` is set, then give them ``GOODBYE_TIMEOUT`` to end."""
+    """Run ``services`` until ``stop`` is set, then give them ``GOODBYE_TIMEOUT`` to end.
+
+    They start at once, the bus unconnected: it connects on first use, so a broker that is
+    down holds up only the services that need it (they fail and are retried), never the
+    others (health checks must answer while the broker is down).
+    """
     if not services:
         await stop.wait()
         return
-    bus = await _connect_bus(node, stop)
-    if bus is None:
-        return
-    context = NodeContext(node, bus)
+    context = NodeContext(node, _bus_of(node))
     tasks = [asyncio.create_task(_keep_running(service, context, stop),
                                  name=getattr(service, "__name__", "service"))
              for service in services]
@@ -49,41 +53,43 @@ async def run_services(node: NodeHandle, services: Sequence[NodeService],
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True),
                                    GOODBYE_TIMEOUT)
         with contextlib.suppress(Exception):
-            await bus.close()
+            await context.bus.close()
 
 
-async def _connect_bus(node: NodeHandle, stop: asyncio.Event) -> Bus | None:
-    delay = 0.5
-    while not stop.is_set():
-        bus = node.app.broker.bus()
-        try:
-            await bus.connect()
-            return bus
-        except Exception as exc:
-            logger.warning("node %s cannot reach the broker for events and remote control "
-                           "(retrying in %.0fs): %s", node.name, delay, describe(exc))
-            with contextlib.suppress(Exception):
-                await bus.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
-        delay = min(delay * 2, CONNECT_RETRY_MAX)
-    return None
+def _bus_of(node: NodeHandle) -> Bus:
+    try:
+        return node.app.broker.bus()
+    except NotImplementedError as exc:
+        # The services that need no topics (autoscaling, metrics) still run.
+        logger.warning("node %s: %s; events and remote control are off", node.name,
+                       describe(exc))
+        return MemoryBus()  # topics of this process alone
 
 
 async def _keep_running(service: NodeService, context: NodeContext,
                         stop: asyncio.Event) -> None:
+    """Run ``service``; one that fails is logged and run again after a pause that
+    doubles (a broker that is down is retried without flooding the log)."""
     name = getattr(service, "__name__", repr(service))
+    delay = RESTART_DELAY
     while not stop.is_set():
+        started = time.monotonic()
         try:
             await service(context)
             return  # a service that ends on its own has nothing more to do
         except asyncio.CancelledError:
             raise
+        except (BrokerError, OSError) as exc:  # a server's trouble: no traceback to read
+            logger.error("node service %s cannot reach the broker (retrying in %.0fs): %s",
+                         name, delay, describe(exc))
         except Exception as exc:
             logger.error("node service %s failed (restarting it in %.0fs): %s", name,
-                         RESTART_DELAY, describe(exc), exc_info=True)
+                         delay, describe(exc), exc_info=True)
+        if time.monotonic() - started > RESTART_DELAY_MAX:
+            delay = RESTART_DELAY  # it ran a good while: this is a new failure
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), RESTART_DELAY)
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, RESTART_DELAY_MAX)
 
 
 class NodeAgent:

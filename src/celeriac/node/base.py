@@ -59,8 +59,10 @@ class NodeSnapshot:
 
     @property
     def consuming(self) -> bool:
-        """Every live process reached its broker and consumes."""
-        return bool(self.processes) and all(p.consuming for p in self.processes)
+        """Every live process reached its broker and consumes (but those shrunk away,
+        which stopped consuming and drain)."""
+        serving = [p for p in self.processes if not p.retiring]
+        return bool(serving) and all(p.consuming for p in serving)
 
     def stalled(self, now: float, limit: float) -> list[ProcessSnapshot]:
         """Processes whose event loop has not written its entry for ``limit`` seconds
@@ -79,7 +81,8 @@ class NodeHandle(Protocol):
 
     def resize(self, delta: int) -> int:
         """Grow (``delta`` > 0) or shrink the pool by ``delta`` processes (or slots, for
-        the pools that run many in one process); returns the size it will have. Raises
+        the pools that run many in one process); returns the size it will have
+        (``resize(0)`` only asks it: the autoscaler does, ``worker.autoscale``). Raises
         ``ValueError`` with the reason when it cannot (below 1, above the capacity, a
         pool that cannot change its size)."""
         ...

@@ -47,7 +47,7 @@ from celeriac.node.agent import NodeAgent
 from celeriac.node.base import NodeSnapshot
 from celeriac.node.services import node_services
 from celeriac.supervisor.deadlines import Deadlines
-from celeriac.worker.child import EXIT_OK, EXIT_REFUSED, child_main
+from celeriac.worker.child import EXIT_OK, EXIT_REFUSED, RETIRE_SIGNAL, child_main
 from celeriac.worker.options import WorkerOptions
 from celeriac.worker.status import StatusBoard
 
@@ -82,7 +82,8 @@ class Supervisor:
         self._signals = 0
         self._stop_deadline: float | None = None
         self._quick_deaths = 0
-        self.capacity = max(options.processes, PROCESS_CAPACITY)
+        self.capacity = max(options.processes, PROCESS_CAPACITY,
+                            options.autoscale[0] if options.autoscale else 0)
         self._deadlines = Deadlines(self._context, options, self.capacity)  # time limit backstop
         self._board = StatusBoard(self._context, self.capacity)
         self._size = options.processes  # processes the pool should have
@@ -133,8 +134,11 @@ class Supervisor:
     def snapshot(self) -> NodeSnapshot:
         with self._lock:
             indices, retired = self._indices, self._retired_processed
+            retiring = frozenset(self._retiring)
+        processes = tuple(replace(p, retiring=True) if p.index in retiring else p
+                          for p in self._board.read(list(indices)))
         return NodeSnapshot(self.name, os.getpid(), self.options.pool, self.started_at,
-                            tuple(self._board.read(list(indices))), retired)
+                            processes, retired)
 
     def resize(self, delta: int) -> int:
         """Grow or shrink the prefork pool by ``delta`` processes (see NodeHandle)."""
@@ -149,7 +153,8 @@ class Supervisor:
             if target > self.capacity:
                 raise ValueError(f"the pool cannot grow past {self.capacity} processes")
             self._size = target
-        self._requests.put(self._apply_size)
+        if delta:  # resize(0) only asks the size
+            self._requests.put(self._apply_size)
         return target
 
     def shutdown(self) -> None:
@@ -167,13 +172,24 @@ class Supervisor:
             if index not in self._children:
                 self._start(index)
                 live.append(index)
-        for index in reversed(live[self._size:]):
-            # A warm stop: it finishes its task and hands back what it prefetched.
-            self._retiring.add(index)
+        for index in self._to_stop(live, len(live) - self._size):
+            # It hands back what it prefetched and finishes its task, however long that
+            # takes (RETIRE_SIGNAL): a shrink never cuts a running task short.
+            with self._lock:  # (snapshot() reads it from the services' thread)
+                self._retiring.add(index)
             logger.info("stopping worker process %d: the pool shrinks to %d", index,
                         self._size)
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self._children[index].process.pid or 0, signal.SIGTERM)
+                os.kill(self._children[index].process.pid or 0, RETIRE_SIGNAL)
+
+    def _to_stop(self, live: list[int], count: int) -> list[int]:
+        """Which ``count`` processes a shrink stops: idle ones (running nothing, per the
+        status board) before busy ones, so the pool gives back capacity at once and no
+        task waits for a process to drain; the highest indices first among equals."""
+        if count <= 0:
+            return []
+        busy = {p.index for p in self._board.read(live) if p.active}
+        return sorted(live, key=lambda index: (index in busy, -index))[:count]
 
     @property
     def stopping(self) -> bool:
@@ -216,10 +232,12 @@ class Supervisor:
         with self._lock:
             self._retired_processed += self._board.slot(child.index).read().processed
             self._board.slot(child.index).clear()
-        self._publish_indices()
-        if child.index in self._retiring:
+            shrunk = child.index in self._retiring
             self._retiring.discard(child.index)
-            if code not in (EXIT_OK, None):
+        self._publish_indices()
+        if shrunk:
+            # (-RETIRE_SIGNAL: it was still starting, before its handler; it ran nothing)
+            if code not in (EXIT_OK, None, -RETIRE_SIGNAL):
                 logger.warning("worker process %d exited with code %s as the pool shrank",
                                child.index, code)
             return

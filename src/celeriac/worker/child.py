@@ -1,7 +1,9 @@
 """A worker process: loads the app and runs one consumer until told to stop.
 
 Signals: SIGTERM is a warm stop (prefetched tasks go back, running ones finish within
-the grace period); SIGQUIT is a cold stop (everything held goes back now).
+the grace period); SIGQUIT is a cold stop (everything held goes back now); SIGUSR1,
+from the supervisor as the pool shrinks, is a warm stop whose running task finishes
+however long it takes (``Consumer.retire``).
 
 A supervised child takes every SIGTERM as the same warm stop, however many arrive: when
 systemd (``KillMode=control-group``), supervisord (``stopasgroup``) or ``kill -TERM
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from celeriac import signals
 from celeriac.app import App
+from celeriac.control.commands import ProcessInfo
 from celeriac.errors import describe
 from celeriac.loader import load_app
 from celeriac.logs import configure_logging, setup_worker_logging
@@ -38,6 +41,7 @@ from celeriac.monitor.tally import TallyWriter, TaskTally
 from celeriac.node.agent import run_services
 from celeriac.node.services import node_services
 from celeriac.node.solo import SoloNode
+from celeriac.worker.autoscale import start_in_process
 from celeriac.worker.consumer import Consumer, StopReason
 from celeriac.worker.deadlines import DeadlineSlot
 from celeriac.worker.options import WorkerOptions, logfile_path
@@ -53,6 +57,9 @@ logger = logging.getLogger("celeriac.worker")
 EXIT_OK = 0
 EXIT_BROKER_LOST = 70  # EX_SOFTWARE: the supervisor restarts the process
 EXIT_REFUSED = 78  # EX_CONFIG: the broker or backend refused us for good; do not restart
+# From the supervisor when the pool shrinks: a warm stop whose running task finishes
+# however long it takes (no grace period); a later SIGTERM brings the grace period back.
+RETIRE_SIGNAL = signal.SIGUSR1
 MEMORY_CHECK_INTERVAL = 0.5
 PARENT_CHECK_INTERVAL = 1.0
 EXIT_MARGIN = 10.0  # seconds past the grace a process replacing itself may take to exit
@@ -116,11 +123,11 @@ async def serve(app: App, options: WorkerOptions, hostname: str,
                         max_tasks=options.max_tasks_per_child,
                         memory_check=_memory_check(options.max_memory_per_child),
                         status=status)
-    tally = None
-    if options.metrics_dir is not None:
-        consumer.tally = TaskTally()
-        tally = TallyWriter(consumer.tally, options.metrics_dir)
-        tally.start()
+    consumer.control = ProcessInfo(consumer, options.hostname,
+                                   status.index if status is not None else 0,
+                                   options.pool,
+                                   node_pid=os.getppid() if watch_parent else os.getpid())
+    tally = _tally(consumer, options)
     if watch_parent:
         consumer.executor.guard.supervise(lambda: consumer.stop(StopReason.RECYCLE),
                                           deadlines, options.shutdown_timeout + EXIT_MARGIN)
@@ -128,9 +135,12 @@ async def serve(app: App, options: WorkerOptions, hostname: str,
     for signum in stop_signals:
         loop.add_signal_handler(signum, _on_stop_signal, consumer, watch_parent)
     loop.add_signal_handler(signal.SIGQUIT, _on_quit, consumer)
+    if watch_parent:
+        loop.add_signal_handler(RETIRE_SIGNAL, _on_retire, consumer)
     watcher = asyncio.create_task(_watch_parent(consumer)) if watch_parent else None
     node_stop = asyncio.Event()
     node_task = None
+    autoscaler = None
     if node is not None:
         node.consumer = consumer
         if metrics is not None:
@@ -146,8 +156,11 @@ async def serve(app: App, options: WorkerOptions, hostname: str,
         logger.info("%s ready: consuming %s with %d slot(s), prefetch %d", hostname,
                     ",".join(options.queues), options.slots_per_process, consumer.budget)
         await signals.worker_ready.asend(sender=consumer)
+        autoscaler = start_in_process(consumer, options)  # -P threads/async --autoscale
         reason = await consumer.run(grace=options.shutdown_timeout)
     finally:
+        if autoscaler is not None:
+            autoscaler.cancel()
         if tally is not None:
             tally.close()
         if watcher is not None:
@@ -161,6 +174,16 @@ async def serve(app: App, options: WorkerOptions, hostname: str,
                 hostname, reason.value, consumer.stats.succeeded, consumer.stats.failed,
                 consumer.stats.retried, consumer.stats.dead_lettered)
     return reason
+
+
+def _tally(consumer: Consumer, options: WorkerOptions) -> TallyWriter | None:
+    """With ``--metrics-port``, count this process's tasks for its node's ``/metrics``."""
+    if options.metrics_dir is None:
+        return None
+    consumer.tally = TaskTally()
+    writer = TallyWriter(consumer.tally, options.metrics_dir)
+    writer.start()
+    return writer
 
 
 async def _watch_parent(consumer: Consumer) -> None:
@@ -183,6 +206,13 @@ def _on_stop_signal(consumer: Consumer, supervised: bool) -> None:
     else:
         logger.warning("cold shutdown (a second stop signal): handing back every task now")
         consumer.stop_cold()
+
+
+def _on_retire(consumer: Consumer) -> None:
+    if consumer.stop_reason is None:
+        logger.info("the pool shrinks: this process finishes its running task, hands back "
+                    "the rest and exits")
+        consumer.retire()
 
 
 def _on_quit(consumer: Consumer) -> None:

@@ -13,6 +13,9 @@ Four cooperating loops share the deliveries this process holds:
 - leases:  extends the leases of everything held, every third of the lease time, and
            notices leases that were lost (this process was paused, for example).
 
+Beside them, with ``control`` set, a loop answers remote control
+(``celeriac.control.listener``: ``inspect().active()``, ``add_consumer``...).
+
 A watchdog in the lease loop ends the process loudly when no broker call has
 succeeded for ``worker_watchdog_timeout`` seconds, rather than sitting idle forever.
 
@@ -26,19 +29,24 @@ verdicts are written, so that its death cannot take their acks with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from celeriac.app import App
 from celeriac.brokers.base import Delivery
 from celeriac.errors import describe
 from celeriac.monitor.tally import TaskTally
 from celeriac.worker.executor import Action, Executor, Prepared, SyncRunner, Verdict
+from celeriac.worker.pools import ThreadRunner
 from celeriac.worker.ratelimit import RateLimiter
+from celeriac.worker.slots import SlotLoops
 from celeriac.worker.status import PUBLISH_INTERVAL as STATUS_PUBLISH_INTERVAL
 from celeriac.worker.status import StatusSlot
 from celeriac.worker.verdicts import (
@@ -49,6 +57,9 @@ from celeriac.worker.verdicts import (
     transient,
 )
 from celeriac.worker.workflow import follow_up
+
+if TYPE_CHECKING:
+    from celeriac.control.commands import ProcessInfo
 
 logger = logging.getLogger("celeriac.worker")
 
@@ -99,6 +110,7 @@ class ConsumerStats:
     lost_leases: int = 0
     deferred: int = 0  # over a rate limit: handed back until a token is due
     batched: int = 0  # quick tasks run in batches of more than one per thread hop
+    total: Counter[str] = field(default_factory=Counter)  # finished, by task name
 
 
 @dataclass
@@ -118,7 +130,8 @@ class Consumer:
         self.app = app
         self.queues = list(queues)
         self.slots = slots
-        self.budget = slots * (prefetch_multiplier or app.conf.worker_prefetch_multiplier)
+        self._multiplier = prefetch_multiplier or app.conf.worker_prefetch_multiplier
+        self.budget = slots * self._multiplier
         self.executor = Executor(app, run_sync, hostname)
         self.rate_limits = RateLimiter(app)
         self.max_tasks = max_tasks
@@ -126,6 +139,7 @@ class Consumer:
         self.status = status  # this process's entry for its node (worker.status)
         self.tally: TaskTally | None = None  # counts for /metrics (monitor.tally), if on
         self.stats = ConsumerStats()
+        self.control: ProcessInfo | None = None  # set to answer remote control (run())
         self.stop_reason: StopReason | None = None
         self._held: dict[int, Held] = {}  # id(delivery) -> held
         self._ready: asyncio.Queue[Held] = asyncio.Queue()
@@ -134,9 +148,12 @@ class Consumer:
         self._flush_lock = asyncio.Lock()  # held while a batch is being written
         self._stopping = asyncio.Event()
         self._busy: set[asyncio.Task[None]] = set()  # slots running a task right now
+        self._slots = SlotLoops(self._slot_loop)  # run() starts them; resize() changes them
         self._idle = asyncio.Event()
         self._last_broker_ok = time.monotonic()
         self._cold = False
+        self._stopped_at: float | None = None  # monotonic time stop() was first called
+        self._draining = False  # retired: running tasks finish without a grace period
         self._unflushed = 0  # held deliveries whose verdict waits for the flush
         self._suspects = 0  # redelivered tasks running now: while any runs, no linger
         self._slowest: dict[str, float] = {}  # task name -> its recent slowest run (decaying)
@@ -156,8 +173,20 @@ class Consumer:
         """Stop fetching; what is queued goes back, what runs finishes (a warm stop)."""
         if self.stop_reason is None:
             self.stop_reason = reason
+        if self._stopped_at is None or self._draining:
+            # The grace period counts from now (a stop after ``retire`` bounds it again).
+            self._stopped_at = time.monotonic()
+            self._draining = False
+            self._idle.set()
         self._stopping.set()
         self._room.set()
+
+    def retire(self) -> None:
+        """A warm stop whose running tasks finish however long they take: this process
+        was shrunk away, nobody waits for it. A later ``stop`` (a shutdown) brings the
+        grace period back, counted from then."""
+        self.stop()
+        self._draining = True
 
     async def run(self, grace: float | None = None) -> StopReason:
         """Consume until stopped; then finish running tasks within ``grace`` seconds."""
@@ -171,16 +200,21 @@ class Consumer:
                  asyncio.create_task(self.executor.guard.watch(), name="revocations")]
         if self.status is not None:
             loops.append(asyncio.create_task(self._status_loop(), name="status"))
-        slots = [asyncio.create_task(self._slot_loop(), name=f"slot-{i}")
-                 for i in range(self.slots)]
+        if self.control is not None:
+            from celeriac.control.listener import listen
+
+            loops.append(asyncio.create_task(listen(self.control), name="control"))
+        self._slots.start(self.slots)
         try:
             await self._stopping.wait()
             await self._hand_back_unstarted()
+            slots = list(self._slots.tasks)
             for slot in slots:  # idle slots wait on the ready queue; running ones finish
                 if slot not in self._busy:
                     slot.cancel()
             await self._wait_for_running(grace)
         finally:
+            slots = list(self._slots.tasks)
             for task in slots + loops[:1]:
                 task.cancel()
             await asyncio.gather(*slots, loops[0], return_exceptions=True)
@@ -195,6 +229,89 @@ class Consumer:
             await self.rate_limits.close()
             self.publish_status(consuming=False)
         return self.stop_reason or StopReason.SHUTDOWN
+
+    def resize(self, delta: int) -> int:
+        """Grow or shrink this process's slots by ``delta`` (``pool_grow``/``pool_shrink``,
+        autoscaling of the threads and async pools); returns the new number of slots.
+
+        New slots start at once, with pool threads and prefetch budget to match. A
+        shrink ends idle slots first; a busy slot it needs finishes its task and then
+        ends: a running task is never cancelled. Raises ``ValueError`` below one slot.
+        """
+        target = self.slots + delta
+        if target < 1:
+            raise ValueError(f"this worker has {self.slots} slot(s): it cannot shrink by "
+                             f"{-delta} (one slot at least)")
+        if self._stopping.is_set():
+            raise ValueError("this worker is stopping: its pool no longer changes size")
+        if delta > 0:
+            self._slots.grow(delta)
+        elif delta < 0:
+            self._slots.shrink(-delta, self._busy)
+        self.slots = target
+        self.budget = target * self._multiplier
+        runner = self.executor.guard.runner
+        if isinstance(runner, ThreadRunner):
+            runner.fit(target)
+        self._room.set()  # the fetch loop sees the new budget
+        self.publish_status(consuming=not self._stopping.is_set())
+        return target
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    @property
+    def active(self) -> int:
+        """Tasks running now."""
+        return len(self._busy)
+
+    @property
+    def reserved(self) -> int:
+        """Tasks fetched and waiting for a slot."""
+        return self._ready.qsize()
+
+    # -- remote control (celeriac.control.commands) -------------------------------------
+
+    def reserved_deliveries(self) -> list[Delivery]:
+        """The deliveries fetched and not started yet (``inspect().reserved()``)."""
+        return [held.delivery for held in self._held.values() if not held.started]
+
+    def add_queue(self, queue: str) -> None:
+        """Consume ``queue`` too, from the next fetch on."""
+        if queue not in self.queues:
+            self.queues = [*self.queues, queue]
+
+    async def cancel_queue(self, queue: str) -> None:
+        """Stop consuming ``queue``: the next fetch leaves it out; what was fetched from
+        it and not started yet goes back to the broker."""
+        self.queues = [name for name in self.queues if name != queue]
+        await self.app.broker.stop_consuming([queue])
+        back = [held for held in self._held.values()
+                if not held.started and held.delivery.queue == queue]
+        if back:
+            keep = [held for held in self._drain_ready() if held not in back]
+            for held in keep:
+                self._ready.put_nowait(held)
+            await self._hand_back(back, f"prefetched {queue!r}")
+
+    async def _only_consumed(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """Hand back what a fetch begun before a ``cancel_consumer`` got from that queue."""
+        back = [d for d in deliveries if d.queue not in self.queues]
+        if back:
+            try:
+                await self.app.broker.requeue(back)
+            except Exception:
+                logger.exception("could not hand back %d task(s) of a cancelled queue; "
+                                 "running them here", len(back))
+                return deliveries
+        return [d for d in deliveries if d.queue in self.queues]
+
+    def _drain_ready(self) -> list[Held]:
+        items: list[Held] = []
+        while not self._ready.empty():
+            items.append(self._ready.get_nowait())
+        return items
 
     def publish_status(self, consuming: bool) -> None:
         """This process's numbers, for its node (heartbeats, stats, health, autoscaling)."""
@@ -219,8 +336,9 @@ class Consumer:
                 self._room.clear()
                 await self._room.wait()
                 continue
+            queues = self.queues
             try:
-                deliveries = await broker.fetch(self.queues, room, FETCH_TIMEOUT)
+                deliveries = await broker.fetch(queues, room, FETCH_TIMEOUT)
             except Exception:
                 failures += 1
                 logger.exception("fetch from the broker failed (attempt %d)", failures)
@@ -228,6 +346,8 @@ class Consumer:
                 continue
             failures = 0
             self._last_broker_ok = time.monotonic()
+            if queues is not self.queues:  # changed while it fetched (cancel_consumer)
+                deliveries = await self._only_consumed(deliveries)
             suspect = self._last_chance(deliveries)
             if suspect is not None:
                 deliveries = await self._isolate(deliveries, suspect)
@@ -300,6 +420,8 @@ class Consumer:
         carried: tuple[Held, Prepared | Verdict] | None = None
         while True:
             if carried is None:
+                if self._slots.retire_now(slot):  # the pool shrank while it ran a task
+                    return
                 held = await self._ready.get()
                 if self._stopping.is_set():
                     self._ready.put_nowait(held)  # handed back by _hand_back_unstarted
@@ -434,6 +556,8 @@ class Consumer:
         self._pending.event.set()
 
     def _count(self, verdict: Verdict, message_id: str) -> None:
+        if verdict.message is not None and verdict.action is not Action.DEFER:
+            self.stats.total[verdict.message.task] += 1
         if self.tally is not None:
             self.tally.count_verdict(verdict)
         if verdict.action is Action.DEAD_LETTER:
@@ -459,13 +583,14 @@ class Consumer:
             self.stop(StopReason.RECYCLE)
 
     async def _wait_for_running(self, grace: float) -> None:
-        deadline = time.monotonic() + grace
-        while self._busy and not self._cold and time.monotonic() < deadline:
-            self._idle.clear()
-            try:
-                await asyncio.wait_for(self._idle.wait(), deadline - time.monotonic())
-            except TimeoutError:
+        while self._busy and not self._cold:
+            left = None if self._draining else (
+                (self._stopped_at or time.monotonic()) + grace - time.monotonic())
+            if left is not None and left <= 0:
                 break
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), left)
         if self._busy and self._cold:
             logger.warning("cold stop: %d running task(s) cut short; they will be "
                            "delivered again", len(self._busy))

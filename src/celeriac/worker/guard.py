@@ -186,6 +186,16 @@ class Guard:
         entry = self._revoked.get(task_id)
         return entry is not None and (entry[1] is None or entry[1] > time.time())
 
+    def revoked_ids(self) -> list[str]:
+        """The revoked task ids this process knows of (``inspect().revoked()``)."""
+        now = time.time()
+        return [task_id for task_id, (_, until) in self._revoked.items()
+                if until is None or until > now]
+
+    def running(self) -> list[tuple[Message, float]]:
+        """The tasks running now, with the Unix time each started (``inspect().active()``)."""
+        return [(running.message, running.started_at) for running in self._running.values()]
+
     def refused(self, message: Message) -> Outcome | None:
         """The outcome to store instead of running ``message``, if its id is revoked."""
         entry = self._revoked.get(message.id)
@@ -300,7 +310,7 @@ class Guard:
         """A pool thread is stuck in a task: give up on it, and on this process if we can."""
         old = self.runner
         if isinstance(old, ThreadRunner):
-            self.runner = ThreadRunner(old.threads)
+            self.runner = ThreadRunner(old.threads, old.cap)
             self._own_runners.append(self.runner)
         if self._on_stuck is None:
             logger.error("a thread is still running %s and cannot be stopped; it runs on "
@@ -354,6 +364,7 @@ class _Running:
     reason: str | None = None  # why the guard cancelled it: SOFT, HARD, TERMINATED
     cancels: int = 0  # cancellations the guard requested, to be undone after
     thread: _Thread | None = field(default=None)
+    started_at: float = field(default_factory=time.time)
 
     @property
     def name(self) -> str:

@@ -34,6 +34,8 @@ class WorkerOptions:
     task_log_format: str = TASK_LOG_FORMAT  # worker_task_log_format
     logfile: str | None = None  # -f/--logfile, %p %h %n %d %i %I expanded per process
     hostname: str = field(default_factory=lambda: expand_nodename(DEFAULT_NODENAME))
+    autoscale: tuple[int, int] | None = None  # (max, min): the pool starts at min
+    autoscale_keepalive: float = 30.0
     metrics_port: int | None = None  # worker_metrics_port: serve /metrics (monitor/)
     metrics_host: str = "0.0.0.0"
     metrics_dir: str | None = None  # where processes write their counts (monitor.tally)
@@ -51,6 +53,9 @@ class WorkerOptions:
                       pool: str | None = None, concurrency: int | None = None,
                       **overrides: object) -> WorkerOptions:
         pool = pool or conf.worker_pool
+        autoscale = overrides.pop("autoscale", None) or conf.worker_autoscale
+        if autoscale is not None:  # as in Celery, the pool starts at MIN
+            concurrency = autoscale[1]  # type: ignore[index]
         concurrency = concurrency or conf.worker_concurrency or _default_concurrency(pool)
         values: dict[str, object] = {
             "prefetch_multiplier": conf.worker_prefetch_multiplier,
@@ -60,6 +65,8 @@ class WorkerOptions:
             "hijack_root_logger": conf.worker_hijack_root_logger,
             "log_format": conf.worker_log_format,
             "task_log_format": conf.worker_task_log_format,
+            "autoscale": autoscale,
+            "autoscale_keepalive": conf.worker_autoscale_keepalive,
             "metrics_port": conf.worker_metrics_port,
             "metrics_host": conf.worker_metrics_host,
         }

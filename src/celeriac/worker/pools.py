@@ -25,13 +25,30 @@ SINGLE_THREAD_WAIT = 0.02
 
 
 class ThreadRunner:
-    """Runs sync callables on a fixed set of threads."""
+    """Runs sync callables on a set of threads, resized with the slots (``fit``)."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, cap: int | None = None) -> None:
         self.threads = threads
+        self.cap = cap  # at most this many threads, however many slots (-P async)
         self._executor = ThreadPoolExecutor(max_workers=threads,
                                             thread_name_prefix="celeriac-task")
         self._wait = SINGLE_THREAD_WAIT if threads == 1 else 0.0
+
+    def fit(self, slots: int) -> None:
+        """Have as many threads as ``slots`` (up to the cap): the pool was resized.
+
+        New calls go to a new set of threads; calls running on the old ones finish there
+        (the old executor is shut down without waiting), so nothing running is cut short.
+        """
+        threads = max(1, min(slots, self.cap or slots))
+        if threads == self.threads:
+            return
+        old = self._executor
+        self._executor = ThreadPoolExecutor(max_workers=threads,
+                                            thread_name_prefix="celeriac-task")
+        self.threads = threads
+        self._wait = SINGLE_THREAD_WAIT if threads == 1 else 0.0
+        old.shutdown(wait=False)
 
     async def __call__(self, fn: Callable[[], Any]) -> Any:
         if not self._wait:
@@ -52,5 +69,5 @@ class ThreadRunner:
 
 def runner_for(pool: str, slots: int) -> ThreadRunner:
     """The thread runner for a pool kind: one thread per slot, capped for -P async."""
-    threads = min(slots, MAX_SYNC_THREADS_FOR_ASYNC_POOL) if pool == "async" else slots
-    return ThreadRunner(max(1, threads))
+    cap = MAX_SYNC_THREADS_FOR_ASYNC_POOL if pool == "async" else None
+    return ThreadRunner(max(1, min(slots, cap or slots)), cap)

@@ -96,6 +96,12 @@ class RateLimiter:
             await asyncio.sleep(OVERRIDES_REFRESH)
             await self._refresh()
 
+    async def override(self, task_name: str, rate: str) -> None:
+        """Set a run-time limit for every worker (``"0"``: none) and apply it here now;
+        the other processes read it within ``OVERRIDES_REFRESH`` seconds."""
+        await self.store.set_override(task_name, rate)
+        await self._refresh()
+
     async def _refresh(self) -> None:
         try:
             found = await self.store.overrides()

@@ -46,6 +46,7 @@ class ProcessSnapshot:
     processed: int
     consuming: bool
     beat: float  # time.monotonic() of the last write; 0.0 if it never wrote
+    retiring: bool = False  # shrunk away: it drains and exits (set by the supervisor)
 
     @property
     def busy(self) -> bool:

@@ -33,6 +33,7 @@ from worker_harness import (
     LedgerTasks,
     WorkerProcess,
     register,
+    unique_name,
     wait_until,
 )
 
@@ -170,11 +171,11 @@ class AmqpWorker(WorkerProcess):
 
     def __init__(self, args: Sequence[str], env: dict[str, str], cwd: Path,
                  log_path: Path) -> None:
-        self.args = list(args)
+        self.args = unique_name(args)
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "celeriac", "-A", "amqp_ledger_app", "worker", *args],
+            [sys.executable, "-m", "celeriac", "-A", "amqp_ledger_app", "worker", *self.args],
             env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True)
         self.pid = self.popen.pid
