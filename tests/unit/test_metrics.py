@@ -166,3 +166,14 @@ def test_celeriac_works_without_prometheus_client_and_says_which_extra(tmp_path:
     assert done.stderr.strip().splitlines()[-1] == (
         "Error: --metrics-port (worker_metrics_port) needs the prometheus-client library, "
         "which is not installed: pip install 'celeriac[metrics]'")
+
+
+def test_the_commands_and_options_are_in_the_help() -> None:
+    from click.testing import CliRunner
+
+    from celeriac.cli.main import cli
+
+    assert "exporter" in CliRunner().invoke(cli, ["--help"]).output
+    worker_help = CliRunner().invoke(cli, ["worker", "--help"]).output
+    assert "--metrics-port" in worker_help
+    assert "--metrics-host" in worker_help
