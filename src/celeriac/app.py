@@ -36,8 +36,11 @@ from celeriac.task import (
 from celeriac.task import Task as TaskBase  # App.Task is Celery's name for it
 from celeriac.timezones import aware, naive_zone
 from celeriac.tracking import mark_sent
+from celeriac.uniqueness.keys import check_unique_for
+from celeriac.uniqueness.keys import resolve as resolve_unique
 
 if TYPE_CHECKING:
+    from celeriac.beat.dynamic import Beat
     from celeriac.control import Control
 
 logger = logging.getLogger("celeriac.app")
@@ -105,6 +108,10 @@ class App:
         self._router_source: Any = None
         self._router = Router(None)
         self._autodiscover: list[tuple[Any, str]] = []  # (packages, related_name)
+        # Celery's app signals: receivers get sender=app (add_periodic_task goes here).
+        self.on_after_configure = signals.Signal("on_after_configure", ("source",))
+        self.on_after_finalize = signals.Signal("on_after_finalize")
+        self._finalized = False
         app_created(self)  # shared tasks declared so far are registered here too
 
     def __repr__(self) -> str:
@@ -116,6 +123,27 @@ class App:
         """Load settings from a module, ``"module"`` or ``"module:attribute"`` path, or
         object; ``namespace="CELERY"`` reads ``CELERY_BROKER_URL``-style names (Django)."""
         self.conf.load_object(obj, namespace)
+
+    def finalize(self) -> None:
+        """Send ``on_after_configure`` and ``on_after_finalize`` once, as Celery does
+        when an app is first used; beat calls it when it starts."""
+        if self._finalized:
+            return
+        self._finalized = True
+        self.on_after_configure.send(sender=self, source=self.conf)
+        self.on_after_finalize.send(sender=self)
+
+    def add_periodic_task(self, schedule: Any, sig: Any, args: Sequence[Any] = (),
+                          kwargs: Mapping[str, Any] | None = None, name: str | None = None,
+                          **opts: Any) -> str:
+        """Celery's ``add_periodic_task``: an entry of ``beat_schedule`` sending the
+        signature ``sig`` on ``schedule`` (``opts``: send options, and ``missed``).
+        Returns the entry's name (``name``, else the signature's repr)."""
+        from celeriac.beat.dynamic import periodic_task_entry
+
+        key, entry = periodic_task_entry(schedule, sig, args, kwargs, name, opts)
+        self.conf.beat_schedule = {**self.conf.beat_schedule, key: entry}
+        return key
 
     # -- the task registry ----------------------------------------------------------------
 
@@ -356,6 +384,10 @@ class App:
         if self.conf.task_always_eager and task is not None:
             return task.apply(args, kwargs, **options)
         message, outgoing = self.prepare(name, args, kwargs, options, task)
+        if message.unique_key is not None:  # sent only if no task holds its key
+            from celeriac.uniqueness.send import send_unique_blocking
+
+            return AsyncResult(send_unique_blocking(self, message, outgoing), self, name)
         self._send_blocking(((message, outgoing),))
         return AsyncResult(message.id, self, name)
 
@@ -368,6 +400,10 @@ class App:
         if self.conf.task_always_eager and task is not None:
             return task.apply(args, kwargs, **options)
         message, outgoing = self.prepare(name, args, kwargs, options, task)
+        if message.unique_key is not None:  # sent only if no task holds its key
+            from celeriac.uniqueness.send import send_unique
+
+            return AsyncResult(await send_unique(self, message, outgoing), self, name)
         await self._send([(message, outgoing)])
         return AsyncResult(message.id, self, name)
 
@@ -384,9 +420,15 @@ class App:
         if self.conf.task_always_eager:
             return [task.apply(message.args, message.kwargs)
                     for (message, _), task in prepared if task is not None]
-        calls = [call for call, _ in prepared]
+        calls = [call for call, _ in prepared if call[0].unique_key is None]
         for start in range(0, len(calls), chunk_size):
             self._send_blocking(calls[start:start + chunk_size])
+        if len(calls) < len(prepared):  # unique ones one by one: each may find its key held
+            from celeriac.uniqueness.send import send_unique_blocking
+
+            return [AsyncResult(message.id if message.unique_key is None
+                                else send_unique_blocking(self, message, outgoing),
+                                self, message.task) for (message, outgoing), _ in prepared]
         return [AsyncResult(message.id, self, message.task) for (message, _), _ in prepared]
 
     def _prepare_call(self, call: Any) -> tuple[tuple[Message, Outgoing],
@@ -406,6 +448,10 @@ class App:
     async def _send(self, calls: Sequence[tuple[Message, Outgoing]]) -> None:
         """Publish new tasks; then, with ``task_track_sent``, record them as SENT."""
         await self.publish([outgoing for _, outgoing in calls])
+        await self._after_send(calls)
+
+    async def _after_send(self, calls: Sequence[tuple[Message, Outgoing]]) -> None:
+        """What follows the publish of new tasks: signals and SENT markers."""
         _published(calls)
         if self.conf.task_track_sent:
             await mark_sent(self, [message for message, _ in calls])
@@ -423,6 +469,10 @@ class App:
             self._run_sync(self._send(calls))
             return
         broker.publish_blocking([outgoing for _, outgoing in calls])
+        self._after_send_blocking(calls)
+
+    def _after_send_blocking(self, calls: Sequence[tuple[Message, Outgoing]]) -> None:
+        """``_after_send`` for a sync caller."""
         _published(calls)
         if self.conf.task_track_sent:
             self._run_sync(mark_sent(self, [message for message, _ in calls]))
@@ -460,7 +510,7 @@ class App:
         # Each option of the call, None where not given (all None, at no cost, for delay()).
         (queue, priority, serializer, compression, ignore_result, expires, headers,
          countdown, eta, time_limit, soft_time_limit, link, link_error, task_id, retries,
-         root_id, parent_id, group_id) = \
+         root_id, parent_id, group_id, unique_key, unique_for) = \
             tuple(map(options.get, _CALL_OPTIONS)) if options else _NO_CALL_OPTIONS
 
         queue = _pick(queue, task_opts.queue, r_queue, conf.task_default_queue)
@@ -486,6 +536,10 @@ class App:
                 headers = {**extra, **headers}
         now = time.time()
         expires = _pick(expires, task_opts.expires, r_expires, None)
+        if unique_for is None:
+            unique_for = task_opts.unique_for
+        unique = None if unique_for is None and unique_key is None else \
+            resolve_unique(name, args, kwargs, task, unique_key, unique_for)
         message = Message(
             id=task_id or _task_id(),
             task=name, args=args, kwargs=kwargs, queue=queue, priority=priority,
@@ -502,6 +556,8 @@ class App:
             callbacks=link_payloads(link) if link else (),
             errbacks=link_payloads(link_error) if link_error else (),
             ignore_result=ignore_result, headers=headers,
+            unique_key=None if unique is None else unique[0],
+            unique_for=None if unique is None else unique[1],
             sent_at=now,
         )
         payload = message.to_payload()
@@ -529,6 +585,14 @@ class App:
         return AsyncResult(task_id, self)
 
     @functools.cached_property
+    def beat(self) -> Beat:
+        """Periodic tasks kept on the server: ``app.beat.add(name, task, schedule)``,
+        ``remove``, ``pause``, ``resume``, ``list()`` (docs/periodic-tasks.md)."""
+        from celeriac.beat.dynamic import Beat
+
+        return Beat(self)
+
+    @functools.cached_property
     def control(self) -> Control:
         """Remote control of the workers: ``app.control.revoke(task_id, terminate=True)``."""
         from celeriac.control import Control
@@ -541,7 +605,7 @@ _NO_TASK_OPTIONS = TaskOptions()  # for a task not registered in this process
 _CALL_OPTIONS = ("queue", "priority", "serializer", "compression", "ignore_result",
                  "expires", "headers", "countdown", "eta", "time_limit", "soft_time_limit",
                  "link", "link_error", "task_id", "retries", "root_id", "parent_id",
-                 "group_id")
+                 "group_id", "unique_key", "unique_for")
 _NO_CALL_OPTIONS = (None,) * len(_CALL_OPTIONS)
 # What a route (task_routes) may set, in the order App.prepare unpacks it.
 _ROUTED_OPTIONS = ("queue", "priority", "serializer", "compression", "ignore_result",
@@ -595,6 +659,8 @@ def _normalise_task_options(options: dict[str, Any]) -> dict[str, Any]:
     for limit in ("time_limit", "soft_time_limit"):
         if limit in options:
             options[limit] = check_time_limit(limit, options[limit])
+    if options.get("unique_for") is not None:
+        options["unique_for"] = check_unique_for(options["unique_for"])
     return options
 
 

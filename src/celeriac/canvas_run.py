@@ -388,6 +388,10 @@ class Emitter:
             headers[TOKEN_HEADER] = self.token
         if headers:
             options["headers"] = headers
+        # The tasks of a workflow are sent as a whole, not one by one: they hold no
+        # unique key (docs/unique-jobs.md), whatever their task's unique_for says.
+        options.pop("unique_key", None)
+        options["unique_for"] = 0
         for key, value in (("group_id", ctx.group_id), ("parent_id", ctx.parent_id),
                            ("root_id", ctx.root_id)):
             if value is not None:

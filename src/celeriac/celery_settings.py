@@ -43,21 +43,31 @@ _BACKENDS = ("celeriac stores results in SQLite, Redis or rpc:// (RabbitMQ); "
 _KOMBU = ("celeriac routes by queue name only; declare queues with task_queues "
           "(celeriac.Queue) and route with task_routes")
 _NOT_YET_EVENTS = "task events and remote control are not built yet (issue 12)"
-_NOT_YET_BEAT = "periodic tasks (beat) are not built yet (issue 14)"
 _NOT_YET_SECURITY = "message signing is not built yet (issue 15)"
 _NO_PARTS = ("give the whole URL in broker_url (scheme://user:password@host:port/vhost)")
 
 # (name, answer, target or None, note). Old uppercase names are in OLD_NAMES below.
 _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
     ("accept_content", Answer.SAME, None, ""),
-    ("beat_cron_starting_deadline", Answer.REFUSED, None, _NOT_YET_BEAT),
-    ("beat_max_loop_interval", Answer.REFUSED, None, _NOT_YET_BEAT),
-    ("beat_schedule", Answer.REFUSED, None, _NOT_YET_BEAT),
+    ("beat_cron_starting_deadline", Answer.REFUSED, None,
+     "celeriac sends a run that is late by less than 10 s (a beat taking over from "
+     "another) and applies the entry's missed policy to older ones: set "
+     "\"missed\": \"skip\" or \"run_once\" in the entry (docs/periodic-tasks.md)"),
+    ("beat_max_loop_interval", Answer.SAME, None,
+     "the longest beat sleeps between passes; 0 (the default) means 0.25 s, so that "
+     "schedule changes made with app.beat or `celeriac beat add` apply within a second"),
+    ("beat_schedule", Answer.SAME, None,
+     "Celery's entry shape (task, schedule, args, kwargs, options), plus \"missed\"; "
+     "relative=True is refused (docs/periodic-tasks.md)"),
     ("beat_schedule_filename", Answer.REFUSED, None,
-     "celeriac's beat will keep its state on the broker's server, not in a local file"),
-    ("beat_scheduler", Answer.REFUSED, None, _NOT_YET_BEAT),
+     "celeriac's beat keeps its state on the broker's server (with RabbitMQ, the result "
+     "backend's), not in a local file: there is nothing to name"),
+    ("beat_scheduler", Answer.REFUSED, None,
+     "celeriac has one scheduler, with its state on the server and a leader elected "
+     "there; for django-celery-beat's or RedBeat's dynamic entries use app.beat.add "
+     "or `celeriac beat add` (docs/periodic-tasks.md)"),
     ("beat_sync_every", Answer.REFUSED, None,
-     "celeriac's beat will record each run on the server before sending it"),
+     "celeriac's beat records each run on the server before sending it"),
     ("broker_channel_error_retry", Answer.REFUSED, None,
      "celeriac retries channel errors within broker_connection_timeout always"),
     ("broker_connection_max_retries", Answer.SAME, None,

@@ -120,6 +120,10 @@ class Settings(Mapping[str, Any]):
     queue_alerts_interval: float = 10.0
     alert_webhooks: tuple[str, ...] = ()
 
+    # Periodic tasks (celeriac.beat, docs/periodic-tasks.md).
+    beat_schedule: dict[str, Any] = dataclasses.field(default_factory=dict)
+    beat_max_loop_interval: float = 0.0  # seconds; 0: beat's own (0.25)
+
     def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         """Set several settings at once; every name and value is checked first.
 
@@ -573,6 +577,12 @@ def _keepalive(name: str, value: Any) -> float:
     return seconds
 
 
+def _beat_schedule(name: str, value: Any) -> Any:
+    from celeriac.beat.entry import check_beat_schedule
+
+    return check_beat_schedule(value)
+
+
 def _rate_limit(name: str, value: Any) -> Any:
     from celeriac.ratelimit import parse_rate
 
@@ -643,4 +653,6 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "worker_autoscale_keepalive": _keepalive,
     "worker_metrics_port": _port,
     "worker_metrics_host": _nonempty_str,
+    "beat_schedule": _beat_schedule,
+    "beat_max_loop_interval": _seconds,
 }

@@ -44,6 +44,8 @@ class Message:
     callbacks: tuple[dict[str, Any], ...] = ()  # signatures run with the result (link)
     errbacks: tuple[dict[str, Any], ...] = ()  # signatures run on failure (link_error)
     headers: dict[str, Any] = field(default_factory=dict)  # room for extensions
+    unique_key: str | None = None  # the key this task holds while queued or running
+    unique_for: float | None = None  # seconds the key is held at most (celeriac.uniqueness)
     sent_at: float = field(default_factory=time.time)
 
     def replace(self, **changes: Any) -> Message:
@@ -111,6 +113,7 @@ _OPTIONAL_DEFAULTS: dict[str, Any] = {
     "parent_id": None, "group_id": None, "ignore_result": False, "result_serializer": None,
     "callbacks": (), "errbacks": (), "headers": {},
     "time_limit": None, "soft_time_limit": None,
+    "unique_key": None, "unique_for": None,
 }
 
 
@@ -184,6 +187,12 @@ def _text_or_none(name: str, value: Any) -> str | None:
     raise _wrong(name, "a string or null", value)
 
 
+def _key(name: str, value: Any) -> str | None:
+    if value is None or (type(value) is str and value):
+        return value
+    raise _wrong(name, "a non-empty string or null", value)
+
+
 def _flag(name: str, value: Any) -> bool:
     if type(value) is not bool:
         raise _wrong(name, "true or false", value)
@@ -220,5 +229,6 @@ _OPTIONAL_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "ignore_result": _flag, "result_serializer": _serializer,
     "callbacks": _signatures, "errbacks": _signatures, "headers": _headers,
     "time_limit": _limit, "soft_time_limit": _limit,
+    "unique_key": _key, "unique_for": _limit,
 }
 assert _OPTIONAL_CHECKS.keys() == _OPTIONAL_DEFAULTS.keys()

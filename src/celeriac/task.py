@@ -52,6 +52,8 @@ class Request:
     headers: dict[str, Any] = field(default_factory=dict)
     callbacks: tuple[dict[str, Any], ...] = ()  # link signatures (payloads), as in Celery
     errbacks: tuple[dict[str, Any], ...] = ()  # link_error signatures
+    unique_key: str | None = None  # the key it holds (unique jobs); a retry keeps it
+    unique_for: float | None = None
 
     @property
     def delivery_info(self) -> dict[str, Any]:
@@ -89,6 +91,8 @@ class TaskOptions:
     track_started: bool | None = None  # store STARTED when it starts (task_track_started)
     time_limit: float | None = None  # hard, seconds (see celeriac.limits)
     soft_time_limit: float | None = None
+    # seconds a send holds its key (task name + arguments): no second copy meanwhile
+    unique_for: float | None = None  # (celeriac.uniqueness, docs/unique-jobs.md)
 
 
 TASK_OPTION_NAMES = frozenset(TaskOptions.__dataclass_fields__)
@@ -119,6 +123,7 @@ SEND_OPTION_NAMES = frozenset({
     "compression", "ignore_result", "headers", "link", "link_error", "retries",
     "root_id", "parent_id", "group_id", "time_limit", "soft_time_limit",
     "routing_key", "exchange",  # Celery's: a routing key picks a queue of task_queues
+    "unique_key", "unique_for",  # unique jobs (celeriac.uniqueness)
 })
 
 

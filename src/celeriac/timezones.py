@@ -8,6 +8,7 @@ An aware datetime means what it says either way. Periodic tasks read ``timezone`
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -35,3 +36,29 @@ def aware(moment: datetime, naive: tzinfo | None) -> datetime:
     if naive is None:
         return moment.astimezone()  # a naive datetime's astimezone() reads it as local
     return moment.replace(tzinfo=naive)
+
+
+def schedule_zone(enable_utc: bool, timezone: str | None) -> tzinfo:
+    """The zone periodic tasks' crontab times are in, as in Celery: ``timezone`` if set,
+    else UTC with ``enable_utc``, else this machine's zone (``TZ``, /etc/localtime)."""
+    if timezone:
+        return zone(timezone)
+    if enable_utc:
+        return UTC
+    return _local_zone()
+
+
+def _local_zone() -> tzinfo:
+    """This machine's zone with its daylight-saving rules (not just today's offset)."""
+    name = os.environ.get("TZ", "").lstrip(":")
+    if name:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    try:
+        with open("/etc/localtime", "rb") as file:
+            return ZoneInfo.from_file(file, key="localtime")
+    except OSError:
+        local = datetime.now().astimezone().tzinfo  # no rules known: today's offset
+        return local if local is not None else UTC

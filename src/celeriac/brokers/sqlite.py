@@ -212,19 +212,24 @@ class SQLiteBroker(Broker):
         if not messages:
             return
         check_outgoing(messages)  # nothing a fetch could not read is ever stored
+        with self._db.write() as conn:
+            self.publish_in(conn, messages)
+
+    def publish_in(self, conn: sqlite3.Connection, messages: Sequence[Outgoing]) -> None:
+        """Store checked messages within the caller's write transaction on this file
+        (``celeriac.uniqueness`` claims a key and publishes in one transaction)."""
         now = time.time()
         ready = [(m.id, m.queue, m.priority, m.body, now) for m in messages
                  if m.eta is None or m.eta <= now]
         later = [(m.id, m.queue, m.priority, m.body, m.eta) for m in messages
                  if m.eta is not None and m.eta > now]
-        with self._db.write() as conn:
-            if ready:
-                conn.executemany(
-                    "INSERT INTO messages (id, queue, priority, body, ready_at) "
-                    "VALUES (?, ?, ?, ?, ?)", ready)
-            if later:
-                conn.executemany("INSERT INTO scheduled (id, queue, priority, body, due) "
-                                 "VALUES (?, ?, ?, ?, ?)", later)
+        if ready:
+            conn.executemany(
+                "INSERT INTO messages (id, queue, priority, body, ready_at) "
+                "VALUES (?, ?, ?, ?, ?)", ready)
+        if later:
+            conn.executemany("INSERT INTO scheduled (id, queue, priority, body, due) "
+                             "VALUES (?, ?, ?, ?, ?)", later)
 
     async def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout

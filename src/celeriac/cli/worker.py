@@ -70,6 +70,8 @@ def _autoscale_bounds(ctx: click.Context, param: click.Parameter,
 @click.option("--metrics-host", metavar="ADDRESS",
               help="The address to serve them on (default 0.0.0.0: reachable by "
                    "Prometheus and Kubernetes probes; 127.0.0.1 keeps them local).")
+@click.option("-B", "--beat", is_flag=True,
+              help="Also run beat (periodic tasks) in this node; any number may.")
 @click.option("-l", "--loglevel", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                                 case_sensitive=False))
@@ -84,7 +86,7 @@ def worker_command(spec: AppSpec, concurrency: int | None,
                    autoscale: tuple[int, int] | None, pool: str | None,
                    queues: str | None, prefetch_multiplier: int | None,
                    max_tasks_per_child: int | None, max_memory_per_child: int | None,
-                   shutdown_timeout: float | None, hostname: str | None,
+                   shutdown_timeout: float | None, hostname: str | None, beat: bool,
                    metrics_port: int | None, metrics_host: str | None,
                    loglevel: str, log_format: str | None, logfile: str | None) -> None:
     """Start a worker: consume the queues and run their tasks."""
@@ -100,6 +102,7 @@ def worker_command(spec: AppSpec, concurrency: int | None,
         log_format=_log_format(log_format, app.conf.worker_log_format), logfile=logfile,
         autoscale=autoscale,
         metrics_port=metrics_port, metrics_host=metrics_host,
+        beat=beat or None,
     )
     if options.autoscale is not None and options.pool == "solo":
         raise click.UsageError("--autoscale needs a pool that can change size: -P prefork, "

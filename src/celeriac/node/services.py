@@ -21,4 +21,8 @@ def node_services(app: App, options: WorkerOptions) -> list[NodeService]:
         from celeriac.control.listener import control_service
 
         services.append(control_service)
+    if options.beat:
+        from celeriac.beat.service import beat_service
+
+        services.append(beat_service)
     return services

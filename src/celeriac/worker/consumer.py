@@ -43,6 +43,7 @@ from celeriac.app import App
 from celeriac.brokers.base import Delivery
 from celeriac.errors import describe
 from celeriac.monitor.tally import TaskTally
+from celeriac.uniqueness.send import release_finished
 from celeriac.worker.executor import Action, Executor, Prepared, SyncRunner, Verdict
 from celeriac.worker.pools import ThreadRunner
 from celeriac.worker.ratelimit import RateLimiter
@@ -674,6 +675,7 @@ class Consumer:
         await follow_up(self.app, batch)  # chains, callbacks, chords: before the acks
         await publish_retries(self.app, batch)
         await settle(self.app.broker, batch)
+        await release_finished(self.app, batch)  # unique keys of the tasks now ended
         self._last_broker_ok = time.monotonic()
         for held, _ in batch:
             self._release(held)
@@ -689,6 +691,7 @@ class Consumer:
             failure = await set_aside(self.app.broker, held.delivery, verdict, exc)
             if failure is None:
                 self.stats.dead_lettered += 1
+                await release_finished(self.app, [(held, verdict)], dead_lettered=True)
                 self._release(held)
                 return
             exc = failure  # cannot even do that: the broker is in trouble after all

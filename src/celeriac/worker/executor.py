@@ -403,6 +403,7 @@ def _request_for(message: Message, delivery_count: int, hostname: str) -> Reques
         root_id=message.root_id or message.id, parent_id=message.parent_id,
         group_id=message.group_id, hostname=hostname, headers=message.headers,
         callbacks=message.callbacks, errbacks=message.errbacks,
+        unique_key=message.unique_key, unique_for=message.unique_for,
     )
 
 
@@ -414,6 +415,7 @@ def _message_for(task: Task[Any, Any], request: Request) -> Message:
         eta=request.eta, expires=request.expires, retries=request.retries,
         root_id=request.root_id, parent_id=request.parent_id, group_id=request.group_id,
         headers=request.headers, callbacks=request.callbacks, errbacks=request.errbacks,
+        unique_key=request.unique_key, unique_for=request.unique_for,
     )
 
 

@@ -39,6 +39,7 @@ class WorkerOptions:
     metrics_port: int | None = None  # worker_metrics_port: serve /metrics (monitor/)
     metrics_host: str = "0.0.0.0"
     metrics_dir: str | None = None  # where processes write their counts (monitor.tally)
+    beat: bool = False  # -B: run beat in this node (celeriac.beat.service)
 
     @property
     def processes(self) -> int:
