@@ -66,6 +66,13 @@ def start(world: Deployment, *args: str, **settings: object) -> tuple[WorkerProc
     return worker, port
 
 
+def stop(worker: WorkerProcess) -> None:
+    """A warm shutdown, which also removes the node's counts directory (a SIGKILL, the
+    harness's cleanup, would leave it behind in the temporary directory)."""
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+
+
 def exact_counts_across_recycled_processes(world: Deployment) -> None:
     """Counts by name and outcome are exact over two processes replaced every 5 tasks."""
     tasks = world.tasks
@@ -97,6 +104,7 @@ def exact_counts_across_recycled_processes(world: Deployment) -> None:
     assert value(port, "celeriac_task_runtime_seconds_count", task="ledger.add") == 24
     assert value(port, "celeriac_worker_processes") == 2
     assert get(port, "/healthz")[0] == 200
+    stop(worker)
 
 
 def queue_gauges_show_a_backlog(world: Deployment, amqp: bool = False) -> None:
@@ -131,6 +139,7 @@ def queue_gauges_show_a_backlog(world: Deployment, amqp: bool = False) -> None:
                "the backlog drained")
     wait_until(lambda: value(port, "celeriac_queue_ready", queue=QUEUE) == 0, 10,
                "an empty queue")
+    stop(worker)
 
 
 def not_ready_while_stopping(world: Deployment) -> None:
@@ -162,6 +171,7 @@ def not_ready_without_broker(world: Deployment, closed_broker_url: str) -> None:
     assert value(port, "celeriac_broker_up") == 0
     assert value(port, "celeriac_worker_ready") == 0
     assert worker.running
+    stop(worker)
 
 
 def solo_worker_serves_its_own_metrics(world: Deployment) -> None:
@@ -177,8 +187,7 @@ def solo_worker_serves_its_own_metrics(world: Deployment) -> None:
     wait_until(lambda: task_counts(port) == expected, COUNT_TIMEOUT, f"counts {expected}")
     assert get(port, "/readyz") == (200, "ready: 1 process(es) consuming\n")
     assert value(port, "celeriac_worker_processes") == 1
-    worker.signal(signal.SIGTERM)
-    assert worker.wait(30) == 0
+    stop(worker)
 
 
 def a_port_in_use_is_one_line(world: Deployment) -> None:
