@@ -240,16 +240,21 @@ class App:
     @property
     def broker(self) -> Broker:
         if self._broker is None:
-            url, options = self.conf.effective_broker_url, self.conf.broker_transport_options
-            if broker_class(url).supports_queue_options:  # task_queues: durable, transient
-                options = transport_queue_options(self.conf.task_queues, options)
-            if "connection_timeout" not in options and "connect_timeout" not in options:
-                # broker_connection_timeout bounds every broker's connection attempts
-                options = {**options,
-                           "connection_timeout": self.conf.broker_connection_timeout}
-            options = self._celery_broker_settings(url, options)
-            self._broker = create_broker(url, options)
+            self._broker = self.new_broker()
         return self._broker
+
+    def new_broker(self) -> Broker:
+        """A broker from this app's settings, apart from ``broker`` (not connected): for a
+        caller on another event loop than the app's, such as the metrics endpoint."""
+        url, options = self.conf.effective_broker_url, self.conf.broker_transport_options
+        if broker_class(url).supports_queue_options:  # task_queues: durable, transient
+            options = transport_queue_options(self.conf.task_queues, options)
+        if "connection_timeout" not in options and "connect_timeout" not in options:
+            # broker_connection_timeout bounds every broker's connection attempts
+            options = {**options,
+                       "connection_timeout": self.conf.broker_connection_timeout}
+        options = self._celery_broker_settings(url, options)
+        return create_broker(url, options)
 
     def _celery_broker_settings(self, url: str, options: dict[str, Any]) -> dict[str, Any]:
         """Celery's broker_pool_limit and broker_heartbeat, as the transport options of a

@@ -111,6 +111,10 @@ class Settings(Mapping[str, Any]):
     worker_task_log_format: str = TASK_LOG_FORMAT
     worker_autoscale: tuple[int, int] | None = None  # (max, min), as --autoscale=MAX,MIN
     worker_autoscale_keepalive: float = 30.0  # idle seconds before a slot is given back
+    # /metrics, /healthz, /readyz on this port (None: off); all interfaces by default,
+    # since Prometheus and Kubernetes probes reach a worker on its pod or host address.
+    worker_metrics_port: int | None = None
+    worker_metrics_host: str = "0.0.0.0"
 
     # Queue alerts (celeriac.monitor.rules): thresholds per queue or "*", how often
     # `celeriac monitor` checks them, and where alerts are POSTed.
@@ -374,6 +378,14 @@ def _positive_int(name: str, value: Any) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(f"{name} must be a whole number >= 1, not {value!r}")
+    return value
+
+
+def _port(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ConfigurationError(f"{name} must be a TCP port (1-65535), not {value!r}")
     return value
 
 
@@ -643,6 +655,8 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "alert_webhooks": _webhooks,
     "worker_autoscale": _autoscale,
     "worker_autoscale_keepalive": _keepalive,
+    "worker_metrics_port": _port,
+    "worker_metrics_host": _nonempty_str,
     "beat_schedule": _beat_schedule,
     "beat_max_loop_interval": _seconds,
 }

@@ -16,6 +16,7 @@ from celeriac.cli.beat import beat_command
 from celeriac.cli.call import call_command
 from celeriac.cli.demo import demo_command
 from celeriac.cli.events import events_command
+from celeriac.cli.exporter import exporter_command
 from celeriac.cli.inspect import control_command, inspect_command, status_command
 from celeriac.cli.monitor import monitor_command
 from celeriac.cli.purge import purge_command
@@ -76,6 +77,7 @@ cli.add_command(inspect_command)
 cli.add_command(control_command)
 cli.add_command(status_command)
 cli.add_command(monitor_command)
+cli.add_command(exporter_command)
 cli.add_command(beat_command)
 
 

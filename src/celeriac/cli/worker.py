@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import click
@@ -17,6 +18,8 @@ from celeriac.control.names import NodeNameTaken, ensure_unique_name
 from celeriac.errors import describe
 from celeriac.logs import FORMAT as LOG_FORMAT
 from celeriac.logs import JSON, configure_logging, setup_worker_logging
+from celeriac.monitor.endpoint import NodeMetrics
+from celeriac.monitor.metrics import require_prometheus
 from celeriac.supervisor.supervisor import Supervisor
 from celeriac.urls import display_url
 from celeriac.worker.autoscale import parse_autoscale
@@ -64,6 +67,12 @@ def _autoscale_bounds(ctx: click.Context, param: click.Parameter,
 @click.option("-E", "--task-events/--without-events", "task_events", default=None,
               help="Send task events (on by default: worker_send_task_events); -E is "
                    "accepted as in Celery.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
+              help="Serve /metrics (Prometheus), /healthz and /readyz on this port "
+                   "(needs celeriac[metrics]).")
+@click.option("--metrics-host", metavar="ADDRESS",
+              help="The address to serve them on (default 0.0.0.0: reachable by "
+                   "Prometheus and Kubernetes probes; 127.0.0.1 keeps them local).")
 @click.option("-B", "--beat", is_flag=True,
               help="Also run beat (periodic tasks) in this node; any number may.")
 @click.option("-l", "--loglevel", default="INFO", show_default=True,
@@ -81,7 +90,8 @@ def worker_command(spec: AppSpec, concurrency: int | None,
                    queues: str | None, prefetch_multiplier: int | None,
                    max_tasks_per_child: int | None, max_memory_per_child: int | None,
                    shutdown_timeout: float | None, hostname: str | None, beat: bool,
-                   task_events: bool | None, loglevel: str, log_format: str | None,
+                   task_events: bool | None, metrics_port: int | None,
+                   metrics_host: str | None, loglevel: str, log_format: str | None,
                    logfile: str | None) -> None:
     """Start a worker: consume the queues and run their tasks."""
     configure_logging(loglevel)
@@ -95,11 +105,14 @@ def worker_command(spec: AppSpec, concurrency: int | None,
         hostname=expand_nodename(hostname) if hostname is not None else None,
         log_format=_log_format(log_format, app.conf.worker_log_format), logfile=logfile,
         autoscale=autoscale,
+        metrics_port=metrics_port, metrics_host=metrics_host,
         beat=beat or None,
     )
     if options.autoscale is not None and options.pool == "solo":
         raise click.UsageError("--autoscale needs a pool that can change size: -P prefork, "
                                "threads or async (a solo worker runs one task at a time)")
+    if options.metrics_port is not None:
+        require_prometheus("--metrics-port (worker_metrics_port)")  # before anything starts
     # Now that the app's settings are known: its own logging setup, if it has one, stays.
     setup_worker_logging(loglevel, options.hijack_root_logger, options.log_format,
                          options.task_log_format,
@@ -131,16 +144,24 @@ def _run(app: App, options: WorkerOptions) -> int:
         return EXIT_REFUSED
     if options.pool != "solo":
         return Supervisor(options, app).run()
+    metrics = None
+    if options.metrics_port is not None:
+        metrics = NodeMetrics(app, options.metrics_host, options.metrics_port,
+                              list(options.queues))
+        options = replace(options, metrics_dir=metrics.directory)
     signals.worker_process_init.send(sender=None)  # the one process of a solo worker
     try:
         reason = asyncio.run(serve(app, options, options.hostname,
                                    stop_signals=(signal.SIGTERM, signal.SIGINT),
-                                   own_node=True))
+                                   own_node=True, metrics=metrics))
     except PERMANENT as exc:
         logger.error("the worker cannot start: %s", describe(exc))
         code = EXIT_REFUSED
     else:
         code = EXIT_BROKER_LOST if reason is StopReason.BROKER_LOST else EXIT_OK
+    finally:
+        if metrics is not None:
+            metrics.close()
     signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=code)
     return code
 
@@ -167,6 +188,8 @@ def log_banner(app: App, options: WorkerOptions) -> None:
         f"  results:  {display_url(conf.effective_result_backend)}",
         f"  pool:     {pool}, prefetch {options.prefetch_multiplier} per slot",
         f"  queues:   {', '.join(options.queues)}",
+        *([f"  metrics:  http://{options.metrics_host}:{options.metrics_port}/metrics"]
+          if options.metrics_port is not None else []),
         f"  tasks:    {len(app.tasks)} registered",
         *(f"    . {name}" for name in sorted(app.tasks)),
     ]

@@ -19,8 +19,9 @@ watches its children's sentinels:
 
 The supervisor is also the node (``celeriac.node``): its processes publish their numbers
 in a shared-memory board (``worker.status``) that it sums up for the node's services
-(heartbeats, node-level control, metrics, health), which run on a thread beside the
-watch loop (``node.agent``). What those services ask of the node (resize the pool, shut
+(heartbeats, node-level control), which run on a thread beside the watch loop
+(``node.agent``), and for ``/metrics`` and the health checks (``monitor.endpoint``), served
+on a thread of their own. What those services ask of the node (resize the pool, shut
 down) is queued to the watch loop, which alone starts and stops processes.
 """
 
@@ -41,6 +42,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from celeriac.monitor.endpoint import NodeMetrics
 from celeriac.node.agent import NodeAgent
 from celeriac.node.base import NodeSnapshot
 from celeriac.node.services import node_services
@@ -94,6 +96,12 @@ class Supervisor:
         self.exit_code = 0
 
     def run(self) -> int:
+        metrics = None
+        if self.options.metrics_port is not None and self.app is not None:
+            # Before the first process starts: they write their counts where it reads.
+            metrics = NodeMetrics(self.app, self.options.metrics_host,
+                                  self.options.metrics_port, list(self.options.queues))
+            self.options = replace(self.options, metrics_dir=metrics.directory)
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGTERM, signal.SIGINT)}
         agent = None
@@ -107,10 +115,14 @@ class Supervisor:
                 agent = NodeAgent(SupervisedNode(self, self.app),
                                   node_services(self.app, self.options))
                 agent.start()
+                if metrics is not None:
+                    metrics.start(SupervisedNode(self, self.app))
             self._watch()
         finally:
             if agent is not None:
                 agent.stop()  # after the processes: its goodbye (worker-offline) is last
+            if metrics is not None:
+                metrics.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self._deadlines.close()

@@ -29,6 +29,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from celeriac import signals
 from celeriac.app import App
@@ -36,6 +37,7 @@ from celeriac.control.commands import ProcessInfo
 from celeriac.errors import describe
 from celeriac.loader import load_app
 from celeriac.logs import configure_logging, setup_worker_logging
+from celeriac.monitor.tally import TallyWriter, TaskTally
 from celeriac.node.agent import run_services
 from celeriac.node.services import node_services
 from celeriac.node.solo import SoloNode
@@ -46,6 +48,9 @@ from celeriac.worker.options import WorkerOptions, logfile_path
 from celeriac.worker.pools import runner_for
 from celeriac.worker.startup import PERMANENT, StartupStopped, connect_patiently
 from celeriac.worker.status import StatusSlot
+
+if TYPE_CHECKING:
+    from celeriac.monitor.endpoint import NodeMetrics
 
 logger = logging.getLogger("celeriac.worker")
 
@@ -97,14 +102,17 @@ async def serve(app: App, options: WorkerOptions, hostname: str,
                 stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM,),
                 watch_parent: bool = False,
                 deadlines: DeadlineSlot | None = None,
-                status: StatusSlot | None = None, own_node: bool = False) -> StopReason:
+                status: StatusSlot | None = None, own_node: bool = False,
+                metrics: NodeMetrics | None = None) -> StopReason:
     """Run a consumer for ``app`` in this process until a signal or a recycle stops it.
 
     With ``watch_parent``, a supervisor that dies (even by SIGKILL) makes this process
     stop warmly instead of consuming on as an orphan nobody supervises; and a task
     thread that cannot be stopped (hard time limit) makes it replace itself. With
     ``own_node`` (a solo worker) this process is its node too: the node's services
-    (heartbeats, node-level control, metrics) run on this loop beside the consumer.
+    (heartbeats, node-level control) run on this loop beside the consumer, and
+    ``metrics`` (``--metrics-port``) serves it. With ``options.metrics_dir`` the consumer
+    counts its tasks for the node's ``/metrics`` (``monitor.tally``).
     """
     node = SoloNode(app, options) if own_node else None
     if node is not None:
@@ -120,6 +128,7 @@ async def serve(app: App, options: WorkerOptions, hostname: str,
                                    status.index if status is not None else 0,
                                    options.pool,
                                    node_pid=os.getppid() if watch_parent else os.getpid())
+    tally = _tally(consumer, options)
     if watch_parent:
         consumer.executor.guard.supervise(lambda: consumer.stop(StopReason.RECYCLE),
                                           deadlines, options.shutdown_timeout + EXIT_MARGIN)
@@ -135,6 +144,8 @@ async def serve(app: App, options: WorkerOptions, hostname: str,
     autoscaler = None
     if node is not None:
         node.consumer = consumer
+        if metrics is not None:
+            metrics.start(node)
         node_task = asyncio.create_task(
             run_services(node, node_services(app, options), node_stop), name="node")
     try:
@@ -151,6 +162,8 @@ async def serve(app: App, options: WorkerOptions, hostname: str,
     finally:
         if autoscaler is not None:
             autoscaler.cancel()
+        if tally is not None:
+            tally.close()
         if watcher is not None:
             watcher.cancel()
         if node_task is not None:  # its goodbye (worker-offline) once the tasks are done
@@ -162,6 +175,16 @@ async def serve(app: App, options: WorkerOptions, hostname: str,
                 hostname, reason.value, consumer.stats.succeeded, consumer.stats.failed,
                 consumer.stats.retried, consumer.stats.dead_lettered)
     return reason
+
+
+def _tally(consumer: Consumer, options: WorkerOptions) -> TallyWriter | None:
+    """With ``--metrics-port``, count this process's tasks for its node's ``/metrics``."""
+    if options.metrics_dir is None:
+        return None
+    consumer.tally = TaskTally()
+    writer = TallyWriter(consumer.tally, options.metrics_dir)
+    writer.start()
+    return writer
 
 
 async def _watch_parent(consumer: Consumer) -> None:

@@ -46,6 +46,7 @@ from celeriac.events.emitter import EventEmitter
 from celeriac.events.emitter import acquire as acquire_emitter
 from celeriac.events.emitter import release as release_emitter
 from celeriac.events.tasks import TaskEvents
+from celeriac.monitor.tally import TaskTally
 from celeriac.uniqueness.send import release_finished
 from celeriac.worker.executor import Action, Executor, Prepared, SyncRunner, Verdict
 from celeriac.worker.pools import ThreadRunner
@@ -146,6 +147,7 @@ class Consumer:
         self.node_name = node_name or hostname
         self.send_events = app.conf.worker_send_task_events if events is None else events
         self._emitter: EventEmitter | None = None
+        self.tally: TaskTally | None = None  # counts for /metrics (monitor.tally), if on
         self.stats = ConsumerStats()
         self.control: ProcessInfo | None = None  # set to answer remote control (run())
         self.stop_reason: StopReason | None = None
@@ -545,6 +547,8 @@ class Consumer:
         self._slowest[name] = elapsed if slowest is None else max(elapsed, slowest * QUICK_DECAY)
         typical = self._typical
         self._typical = elapsed if typical is None else typical + (elapsed - typical) * 0.1
+        if self.tally is not None:
+            self.tally.observe(name, elapsed)
 
     async def _ack_early(self, held: Held) -> None:
         """At-most-once: remove the message before the task runs (task_acks_late=False)."""
@@ -570,6 +574,8 @@ class Consumer:
     def _count(self, verdict: Verdict, message_id: str) -> None:
         if verdict.message is not None and verdict.action is not Action.DEFER:
             self.stats.total[verdict.message.task] += 1
+        if self.tally is not None:
+            self.tally.count_verdict(verdict)
         if verdict.action is Action.DEAD_LETTER:
             self.stats.dead_lettered += 1
             if verdict.message is None:  # not decoded: the executor could not log it by name

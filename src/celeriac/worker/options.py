@@ -37,6 +37,9 @@ class WorkerOptions:
     hostname: str = field(default_factory=lambda: expand_nodename(DEFAULT_NODENAME))
     autoscale: tuple[int, int] | None = None  # (max, min): the pool starts at min
     autoscale_keepalive: float = 30.0
+    metrics_port: int | None = None  # worker_metrics_port: serve /metrics (monitor/)
+    metrics_host: str = "0.0.0.0"
+    metrics_dir: str | None = None  # where processes write their counts (monitor.tally)
     beat: bool = False  # -B: run beat in this node (celeriac.beat.service)
 
     @property
@@ -67,6 +70,8 @@ class WorkerOptions:
             "send_events": conf.worker_send_task_events,
             "autoscale": autoscale,
             "autoscale_keepalive": conf.worker_autoscale_keepalive,
+            "metrics_port": conf.worker_metrics_port,
+            "metrics_host": conf.worker_metrics_host,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         queues = queues or default_queues(conf.task_queues, conf.task_default_queue)
