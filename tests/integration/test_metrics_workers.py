@@ -60,3 +60,49 @@ def test_a_solo_worker_serves_its_own_metrics(deployment: Deployment) -> None:
 
 def test_a_metrics_port_in_use_is_one_line(deployment: Deployment) -> None:
     metrics_cases.a_port_in_use_is_one_line(deployment)
+
+
+def test_the_exporter_serves_workers_and_outcomes_from_the_events(
+        deployment: Deployment) -> None:
+    """``celeriac exporter`` follows the events: the node is up while it sends heartbeats
+    and down once it said goodbye; task outcomes are counted by name."""
+    port = metrics_cases.free_port()
+    log = deployment.root / "exporter.log"
+    with log.open("wb") as out:
+        exporter = subprocess.Popen(
+            [sys.executable, "-m", "celeriac", "-A", "ledger_app", "exporter",
+             "--port", str(port), "--host", "127.0.0.1"],
+            env=deployment.env(), cwd=deployment.root, stdout=out, stderr=subprocess.STDOUT)
+    worker = None
+    try:
+        wait_until(lambda: metrics_cases.value(port, "celeriac_workers_online") == 0, 20,
+                   "the exporter, with no worker yet")
+        worker = deployment.start_worker("-n", "exported@%h", "-c", "1").wait_ready()
+        for i in range(5):
+            deployment.tasks.add.delay(i, i)
+        deployment.tasks.add.delay("a", 1)  # TypeError: failed
+
+        def outcomes() -> tuple[float | None, float | None]:
+            return (metrics_cases.value(port, "celeriac_cluster_tasks_total",
+                                        task="ledger.add", outcome="succeeded"),
+                    metrics_cases.value(port, "celeriac_cluster_tasks_total",
+                                        task="ledger.add", outcome="failed"))
+
+        wait_until(lambda: outcomes() == (5, 1), 20, "5 succeeded and 1 failed")
+        samples = metrics_cases.samples(port)
+        up = {dict(labels)["worker"]: v for (name, labels), v in samples.items()
+              if name == "celeriac_worker_up"}
+        assert list(up.values()) == [1]
+        assert next(iter(up)).startswith("exported@")
+        assert samples[("celeriac_workers_online", frozenset())] == 1
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+        wait_until(lambda: metrics_cases.value(port, "celeriac_workers_online") == 0, 10,
+                   "the node down after its worker-offline")
+        exporter.send_signal(signal.SIGTERM)
+        assert exporter.wait(10) == 0, log.read_text()
+    finally:
+        if worker is not None:
+            worker.kill_all()
+        exporter.kill()
+        exporter.wait()

@@ -12,25 +12,29 @@ With ``queue_alerts`` set, the exporter also checks them (``monitor.alerts``, as
 ``celeriac_queue_alert_firing{queue, metric}``. Run either it or ``celeriac monitor``,
 not both, or every alert is posted twice.
 
-Workers up and task counts by type from the worker events are not served yet: they need
-the events (``app.events``), which are not part of celeriac yet; until then, count
-workers with Prometheus's own ``up`` over the nodes' ``--metrics-port`` endpoints.
+It also follows the event stream (``monitor.cluster``): the worker nodes up (by their
+heartbeats), what each ran and had processed at its last heartbeat, and task outcomes by
+name, counted from the events since the exporter started. With events off in the
+workers (``--without-events``) those show no workers and no outcomes.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from celeriac.errors import BrokerError, describe
 from celeriac.monitor.alerts import AlertChecker
+from celeriac.monitor.cluster import ClusterView, EventFollower
 from celeriac.monitor.endpoint import TEXT, Endpoint
 from celeriac.monitor.metrics import (
     CONTENT_TYPE,
     Collector,
     alert_families,
+    cluster_families,
     queue_families,
     render,
 )
@@ -51,18 +55,22 @@ class Exporter:
         self.app = app
         self.probe = QueueProbe(app, queues, known=declared)
         self.checker = AlertChecker(app) if app.conf.queue_alerts else None
+        self.cluster = ClusterView()
+        self.follower = EventFollower(app, self.cluster)
         self._stop = threading.Event()
         self._alerts = threading.Thread(target=self._check_alerts, name="queue-alerts",
                                         daemon=True)
         collector = Collector(
             lambda: queue_families(self.probe.read()),
-            lambda: alert_families(self.checker.firing.values() if self.checker else ()))
+            lambda: alert_families(self.checker.firing.values() if self.checker else ()),
+            lambda: cluster_families(self.cluster, time.time()))
         self.endpoint = Endpoint(host, port, {
             "/metrics": lambda: (200, CONTENT_TYPE, render(collector)),
             "/healthz": lambda: (200, TEXT, b"live\n"),
         })
 
     def start(self) -> None:
+        self.follower.start()
         self.endpoint.start()
         if self.checker is not None:
             self._alerts.start()
@@ -70,6 +78,7 @@ class Exporter:
     def close(self) -> None:
         self._stop.set()
         self.endpoint.close()
+        self.follower.close()
         self.probe.close()
         if self.checker is not None and self._alerts.is_alive():
             self._alerts.join()

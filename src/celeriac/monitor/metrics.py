@@ -12,7 +12,9 @@ Names (all ``celeriac_``):
   ``queue_ready``, ``queue_scheduled``, ``queue_in_flight``, ``queue_dead_letters``,
   ``queue_oldest_age_seconds`` (on brokers that know it), and ``broker_up``;
 - the exporter adds ``queue_alert_firing{queue, metric}`` for the ``queue_alerts`` it
-  checks.
+  checks, and from the events (``monitor.cluster``) ``workers_online``,
+  ``worker_up{worker}``, ``worker_tasks_active{worker}``,
+  ``worker_tasks_processed{worker}`` and ``cluster_tasks_total{task, outcome}``.
 
 Queue numbers are the broker's, so every node that consumes a queue reports the same
 value: aggregate them with ``max by (queue)``, not ``sum``.
@@ -33,6 +35,7 @@ from celeriac.monitor.tally import RUNTIME_BUCKETS, TaskTally
 
 if TYPE_CHECKING:
     from celeriac.monitor.alerts import Alert
+    from celeriac.monitor.cluster import ClusterView
     from celeriac.monitor.probe import QueuesSnapshot
     from celeriac.node.base import NodeSnapshot
 
@@ -126,6 +129,37 @@ def alert_families(firing: Iterable[Alert]) -> Iterator[Any]:
     for alert in sorted(firing, key=lambda a: (a.queue, a.metric)):
         family.add_metric([alert.queue, alert.metric], 1)
     yield family
+
+
+def cluster_families(view: ClusterView, now: float) -> Iterator[Any]:
+    """The workers and task outcomes the events told the exporter (``monitor.cluster``)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    workers = view.workers()
+    yield GaugeMetricFamily(f"{PREFIX}workers_online", "Worker nodes heard from lately "
+                            "(heartbeats) and not gone offline.",
+                            sum(w.up(now) for w in workers))
+    families = {
+        "up": GaugeMetricFamily(f"{PREFIX}worker_up", "1 while the node sends heartbeats.",
+                                labels=["worker"]),
+        "active": GaugeMetricFamily(f"{PREFIX}worker_tasks_active",
+                                    "Tasks the node ran at its last heartbeat.",
+                                    labels=["worker"]),
+        "processed": GaugeMetricFamily(f"{PREFIX}worker_tasks_processed",
+                                       "Tasks the node finished since it started, at its "
+                                       "last heartbeat.", labels=["worker"]),
+    }
+    for worker in workers:
+        families["up"].add_metric([worker.hostname], int(worker.up(now)))
+        families["active"].add_metric([worker.hostname], worker.active)
+        families["processed"].add_metric([worker.hostname], worker.processed)
+    yield from families.values()
+    outcomes = CounterMetricFamily(f"{PREFIX}cluster_tasks", "Task outcomes seen in the "
+                                   "events since the exporter started, by name and outcome.",
+                                   labels=["task", "outcome"])
+    for (task, outcome), count in sorted(view.outcomes().items()):
+        outcomes.add_metric([task, outcome], count)
+    yield outcomes
 
 
 class Collector:

@@ -1,0 +1,140 @@
+"""The cluster as the events tell it: which workers are up, what they run, task outcomes.
+
+The exporter (``celeriac exporter``) has no worker of its own to ask; it follows the
+event stream (``celeriac.events``) instead and keeps, for ``/metrics``:
+
+- per worker node: when it was last heard from (``worker-online``/``worker-heartbeat``),
+  its ``active`` and ``processed`` counts from the last heartbeat, and whether it said
+  ``worker-offline``. A node is *up* while it was heard from within
+  ``HEARTBEAT_MISSES`` heartbeat intervals (its own ``freq``), as Celery's monitors
+  judge it, and did not go offline;
+- task outcomes by name, counted from ``task-succeeded``, ``task-failed``,
+  ``task-retried``, ``task-rejected`` and ``task-revoked`` since the exporter started
+  (a counter: Prometheus's ``rate()`` does not care where it started); every task
+  event carries the task's name.
+
+``ClusterView`` is the state (fed event dicts, thread-safe); ``EventFollower`` is the
+thread that reads the stream into it, retrying a broker that is down with a doubling
+pause and one log line per failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from celeriac.bus.base import EVENTS
+from celeriac.errors import describe
+from celeriac.events.event import expand
+
+if TYPE_CHECKING:
+    from celeriac.app import App
+
+logger = logging.getLogger("celeriac.monitor")
+
+HEARTBEAT_MISSES = 3  # heartbeats a node may miss before it counts as down
+OUTCOMES = {"task-succeeded": "succeeded", "task-failed": "failed",
+            "task-retried": "retried", "task-rejected": "rejected",
+            "task-revoked": "revoked"}
+READ_WAIT = 0.5
+RETRY_MAX = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    hostname: str
+    heard_at: float  # Unix time of its last online/heartbeat event
+    freq: float
+    active: int
+    processed: int
+    offline: bool
+
+    def up(self, now: float) -> bool:
+        return not self.offline and now - self.heard_at <= HEARTBEAT_MISSES * self.freq
+
+
+class ClusterView:
+    """What the events said so far (see the module)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._workers: dict[str, Worker] = {}
+        self._outcomes: Counter[tuple[str, str]] = Counter()
+
+    def apply(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        with self._lock:
+            if kind in ("worker-online", "worker-heartbeat", "worker-offline"):
+                self._worker(event, offline=kind == "worker-offline")
+            elif kind in OUTCOMES:
+                self._outcomes[(str(event.get("name") or "unknown"), OUTCOMES[kind])] += 1
+
+    def _worker(self, event: dict[str, Any], offline: bool) -> None:
+        hostname = str(event.get("hostname"))
+        known = self._workers.get(hostname)
+        self._workers[hostname] = Worker(
+            hostname, float(event.get("timestamp") or time.time()),
+            float(event.get("freq") or (known.freq if known else 2.0)),
+            int(event.get("active") or 0), int(event.get("processed") or 0), offline)
+
+    def workers(self) -> list[Worker]:
+        with self._lock:
+            return sorted(self._workers.values(), key=lambda w: w.hostname)
+
+    def outcomes(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self._outcomes)
+
+
+class EventFollower:
+    """A thread reading the event stream into a ``ClusterView`` until ``close``."""
+
+    def __init__(self, app: App, view: ClusterView) -> None:
+        self.app = app
+        self.view = view
+        self._stop = threading.Event()
+        self._following = threading.Event()  # set once the reader's position is fixed
+        self._thread = threading.Thread(target=self._main, name="events", daemon=True)
+
+    def start(self, wait: float = 10.0) -> None:
+        """Start reading; returns once the stream is followed (or ``wait`` passed)."""
+        self._thread.start()
+        self._following.wait(wait)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(READ_WAIT + 5.0)
+
+    def _main(self) -> None:
+        asyncio.run(self._follow())
+
+    async def _follow(self) -> None:
+        delay = 1.0
+        since: float | None = None  # from now; after a failure, from where it broke off
+        while not self._stop.is_set():
+            bus = self.app.broker.bus()
+            try:
+                subscription = await bus.subscribe(EVENTS, since)
+                self._following.set()
+                delay = 1.0
+                try:
+                    while not self._stop.is_set():
+                        for record in await subscription.read(READ_WAIT):
+                            since = record.at
+                            for event in expand(record.payload, time.time()):
+                                self.view.apply(event)
+                finally:
+                    await subscription.close()
+            except Exception as exc:
+                logger.error("exporter: cannot read the events (retrying in %.0fs): %s",
+                             delay, describe(exc))
+            finally:
+                await bus.close()
+            if not self._stop.is_set():
+                await asyncio.to_thread(self._stop.wait, delay)
+                delay = min(delay * 2, RETRY_MAX)
