@@ -152,7 +152,7 @@ task_received = Signal("task_received", ("request",))
 task_prerun = Signal("task_prerun", ("task_id", "task", "args", "kwargs"))
 task_postrun = Signal("task_postrun", ("task_id", "task", "args", "kwargs", "retval",
                                        "state"))
-task_success = Signal("task_success", ("result",))
+task_success = Signal("task_success", ("result", "runtime"))
 task_failure = Signal("task_failure", ("task_id", "exception", "args", "kwargs",
                                        "traceback", "einfo"))
 task_retry = Signal("task_retry", ("request", "reason", "einfo"))

@@ -50,7 +50,8 @@ async def before_start(task: Task[Any, Any], request: Request, run_sync: SyncRun
 
 
 async def after(task: Task[Any, Any], request: Request, verdict: Verdict, run_sync: SyncRunner,
-                retval: Any = None, exc: BaseException | None = None) -> None:
+                retval: Any = None, exc: BaseException | None = None,
+                runtime: float = 0.0) -> None:
     """The hooks that follow a call, by what the verdict made of it."""
     from celeriac.worker.executor import Action
 
@@ -78,7 +79,8 @@ async def after(task: Task[Any, Any], request: Request, verdict: Verdict, run_sy
         status = "REJECTED"  # dead-lettered or requeued by the task (Reject)
     else:
         status = states.SUCCESS
-        await _signal(task, signals.task_success, run_sync, request, result=retval)
+        await _signal(task, signals.task_success, run_sync, request, result=retval,
+                      runtime=runtime)
         if hooked:
             await _call(task, "on_success", run_sync, request, retval, request.id, args,
                         kwargs)
