@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from signals_app import PUBLISH_SIGNALS, RECORD_ENV, SignalTasks, connect, disconnect, register
+from signals_app import (
+    OWN_LOGGING_ENV,
+    PUBLISH_SIGNALS,
+    RECORD_ENV,
+    SignalTasks,
+    connect,
+    disconnect,
+    register,
+)
 from worker_harness import Deployment, WorkerProcess, unique_name, wait_until
 
 TIMEOUT = 20.0
@@ -56,9 +64,12 @@ class SignalsWorker(WorkerProcess):
     app_module = "signals_app"
 
 
-def start_worker(world: Deployment, record: Path, *args: str) -> WorkerProcess:
+def start_worker(world: Deployment, record: Path, *args: str,
+                 own_logging: bool = False) -> WorkerProcess:
     env = world.env()
     env[RECORD_ENV] = str(record)
+    if own_logging:
+        env[OWN_LOGGING_ENV] = "1"
     worker = SignalsWorker(unique_name(["-P", "prefork", "-c", "2", "-l", "INFO", *args]),
                            env, world.root, world.root / f"worker-{len(world.workers)}.log")
     world.workers.append(worker)
@@ -267,3 +278,28 @@ def check_worker_signals(lines: list[dict[str, Any]], supervisor: int) -> None:
         assert mine.index("worker_process_init") < mine.index("worker_ready")
         assert mine[-1] == "worker_process_shutdown"
     assert supervisor not in {line["process"] for line in of(lines, "worker_ready")}
+
+
+def setup_logging_takes_logging_over(world: Deployment) -> None:
+    """With a ``setup_logging`` receiver, the supervisor and each process call it with
+    Celery's arguments (the level as a number) instead of setting logging up, so
+    ``after_setup_logger`` does not fire; the worker logs through the app's handler."""
+    record = world.root / "signals.jsonl"
+    record.touch()
+    worker = start_worker(world, record, own_logging=True)
+    worker.wait_ready(2)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    lines = read(record)
+    children = {line["process"] for line in of(lines, "worker_process_init")}
+    heard = of(lines, "setup_logging")
+    assert {line["process"] for line in heard} == children | {worker.pid}
+    assert len(heard) == 3
+    for line in heard:
+        assert line["arguments"] == DOCUMENTED["setup_logging"]
+        assert line["sender"] is None
+        assert (line["loglevel"], line["logfile"], line["colorize"]) == (20, None, False)
+        assert isinstance(line["format"], str)
+    assert of(lines, "after_setup_logger") == []
+    log = worker.log()
+    assert "OWN worker-0" in log and "OWN worker-1" in log, log[-2000:]

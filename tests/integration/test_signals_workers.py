@@ -9,3 +9,7 @@ from worker_harness import Deployment
 
 def test_every_signal_fires_with_celerys_arguments(deployment: Deployment) -> None:
     signal_cases.every_signal_fires_with_celerys_arguments(deployment)
+
+
+def test_setup_logging_takes_logging_over(deployment: Deployment) -> None:
+    signal_cases.setup_logging_takes_logging_over(deployment)

@@ -5,7 +5,8 @@ from the ``CELERIAC_*`` environment) and, when ``SIGNALS_RECORD`` names a file, 
 a receiver to every signal a worker sends. Each call becomes one JSON line in that file:
 the signal's name, the process and thread it ran in, the sender and every argument it got,
 made JSON-safe (``safe``). The producer side (the test process) calls ``connect`` for the
-publish signals only, and ``disconnect`` after.
+publish signals only, and ``disconnect`` after. With ``SIGNALS_OWN_LOGGING`` set, the app
+also takes logging over through ``setup_logging`` (recorded too).
 
 Lines are written with one ``os.write`` on an ``O_APPEND`` descriptor, so lines from the
 supervisor and its processes never interleave.
@@ -26,6 +27,7 @@ from celeriac import App, Task, signals
 from celeriac.errors import Reject
 
 RECORD_ENV = "SIGNALS_RECORD"
+OWN_LOGGING_ENV = "SIGNALS_OWN_LOGGING"  # set: the app takes logging over (setup_logging)
 
 WORKER_SIGNALS = (
     "task_received", "task_prerun", "task_postrun", "task_success", "task_failure",
@@ -153,3 +155,10 @@ app = App("signals-tests")
 tasks = register(app)
 if os.environ.get(RECORD_ENV):
     connect(os.environ[RECORD_ENV], WORKER_SIGNALS)
+if os.environ.get(RECORD_ENV) and os.environ.get(OWN_LOGGING_ENV):
+    connect(os.environ[RECORD_ENV], ["setup_logging"])
+
+    @signals.setup_logging.connect
+    def own_logging(loglevel: int = logging.INFO, **kwargs: Any) -> None:
+        logging.basicConfig(level=loglevel, format="OWN %(processName)s %(message)s",
+                            force=True)
