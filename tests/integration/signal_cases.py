@@ -302,4 +302,5 @@ def setup_logging_takes_logging_over(world: Deployment) -> None:
         assert isinstance(line["format"], str)
     assert of(lines, "after_setup_logger") == []
     log = worker.log()
-    assert "OWN worker-0" in log and "OWN worker-1" in log, log[-2000:]
+    assert "OWN worker-0" in log, log[-2000:]
+    assert "OWN worker-1" in log, log[-2000:]
