@@ -223,14 +223,20 @@ def check_task_signals(lines: list[dict[str, Any]], added: str, failed: str, ret
     assert failure["exception"] == {"exception": "ValueError", "message": "bad input"}
     assert (failure["args"], failure["kwargs"]) == (["bad input"], {})
     assert "traceback" in failure["traceback"]  # a traceback object
-    assert "ValueError: bad input" in failure["einfo"]  # the formatted traceback
+    einfo = failure["einfo"]  # billiard's ExceptionInfo, as Celery's receivers read it
+    assert "ValueError: bad input" in einfo["einfo"]
+    assert einfo["traceback"]
+    assert einfo["tb"]
+    assert einfo["type"] == "ValueError"
+    assert einfo["exception"] == failure["exception"]
 
     retry = one(lines, "task_retry")
     assert retry["sender"] == {"task": "signals.flaky"}
     assert retry["request"]["request"] == retried
     assert retry["request"]["retries"] == 0
     assert retry["reason"] == {"exception": "KeyError", "message": "'first attempt'"}
-    assert "KeyError" in retry["einfo"]
+    assert "KeyError" in retry["einfo"]["einfo"]
+    assert retry["einfo"]["exception"] == retry["reason"]
 
     received = [line["request"] for line in of(lines, "task_received")]
     assert sorted((r["request"], r["retries"]) for r in received) == sorted(

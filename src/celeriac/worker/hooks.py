@@ -55,13 +55,15 @@ async def after(task: Task[Any, Any], request: Request, verdict: Verdict, run_sy
     """The hooks that follow a call, by what the verdict made of it."""
     from celeriac.worker.executor import Action
 
-    einfo = verdict.outcome.traceback if verdict.outcome is not None else None
+    text = verdict.outcome.traceback if verdict.outcome is not None else None
     args, kwargs = request.args, request.kwargs
     hooked = has_hooks(task)
     if verdict.action is Action.RETRY and exc is not None:
         status = states.RETRY
         if isinstance(exc, Retry) and exc.exc is not None:
             exc = exc.exc  # as Celery: the error the task retried for, not the signal
+    einfo = None if text is None else signals.ExceptionInfo(text, exc)
+    if verdict.action is Action.RETRY and exc is not None:
         await _signal(task, signals.task_retry, run_sync, request, request=request, reason=exc,
                       einfo=einfo)
         if hooked:

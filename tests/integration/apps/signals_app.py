@@ -41,6 +41,11 @@ PUBLISH_SIGNALS = ("before_task_publish", "after_task_publish")
 def safe(value: Any, depth: int = 0) -> Any:
     """``value`` as JSON: plain values as they are, tasks, requests, exceptions, loggers
     and deliveries as small mappings that say what they are, anything else by type."""
+    if isinstance(value, str) and hasattr(value, "exc_info"):  # Celery's einfo
+        kind, exception, tb = value.exc_info
+        return {"einfo": str(value), "traceback": value.traceback == str(value),
+                "type": kind and kind.__name__, "exception": safe(exception, depth + 1),
+                "tb": tb is not None}
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if depth > 4:
