@@ -3,8 +3,9 @@
 The worker runs ``celeriac -A signals_app worker -P prefork -c 2``, whose app connects a
 receiver to every signal a worker sends; the test process connects the publish signals.
 Every call is one JSON line (apps/signals_app.py). Tasks that succeed, fail, retry once
-then succeed, are rejected (``Reject``), revoked before running, expire, and a message
-for a task nobody knows go through the worker; then it stops warmly. Each signal must
+then succeed, are rejected (``Reject``), revoked before running, expire, are revoked
+with ``terminate=True`` while running, and a message for a task nobody knows go through
+the worker; then it stops warmly. Each signal must
 have fired the right number of times, in the process Celery fires it in, with the
 arguments Celery documents (docs/userguide/signals.rst), by name and by value.
 
@@ -108,12 +109,18 @@ def every_signal_fires_with_celerys_arguments(world: Deployment) -> None:
         revoked = tasks.add.delay(5, 5)
         world.app.control.revoke(revoked.id)
         expired = tasks.add.apply_async((7, 7), expires=past)
+        napping = tasks.nap.delay(30.0)
     finally:
         disconnect()
-    sent = [added, failed, retried, refused, unknown, revoked, expired]
+    sent = [added, failed, retried, refused, unknown, revoked, expired, napping]
 
     # When a prefork worker of two processes runs them, then stops warmly
     worker = start_worker(world, record)
+    # (and a running task is revoked with terminate=True: what its process prefetched
+    # behind it runs after)
+    wait_until(lambda: any(line["task_id"] == napping.id
+                           for line in of(read(record), "(task ran)")), TIMEOUT, "the nap")
+    world.app.control.revoke(napping.id, terminate=True)
     assert added.get(timeout=TIMEOUT) == 5
     with pytest.raises(ValueError, match="bad input"):
         failed.get(timeout=TIMEOUT)
@@ -121,7 +128,7 @@ def every_signal_fires_with_celerys_arguments(world: Deployment) -> None:
 
     def all_heard() -> bool:
         lines = read(record)
-        return (len(of(lines, "task_postrun")) >= 5 and len(of(lines, "task_revoked")) >= 2
+        return (len(of(lines, "task_postrun")) >= 5 and len(of(lines, "task_revoked")) >= 3
                 and len(of(lines, "task_rejected")) >= 1)
 
     wait_until(all_heard, TIMEOUT, "every task's signals")
@@ -131,8 +138,8 @@ def every_signal_fires_with_celerys_arguments(world: Deployment) -> None:
     lines = read(record)
     check_counts_and_processes(lines, worker.pid)
     check_publish_signals(lines, sent)
-    check_task_signals(lines, added.id, failed.id, retried.id, refused.id)
-    check_dead_letters_and_revocations(lines, unknown.id, revoked.id, expired.id)
+    check_task_signals(lines, added.id, failed.id, retried.id, refused.id, napping.id)
+    check_dead_letters_and_revocations(lines, unknown.id, revoked.id, expired.id, napping.id)
     check_worker_signals(lines, worker.pid)
 
 
@@ -141,11 +148,12 @@ def check_counts_and_processes(lines: list[dict[str, Any]], supervisor: int) -> 
     only those), in the process Celery sends it in."""
     counts = Counter(line["signal"] for line in lines)
     assert counts == {
-        "before_task_publish": 7, "after_task_publish": 7,  # the producer's seven sends
-        # a retry's new message is published by the worker without them (see the report)
-        "task_received": 5, "task_prerun": 5, "(task ran)": 5, "task_postrun": 5,
+        "before_task_publish": 8, "after_task_publish": 8,  # the producer's eight sends
+        # (a retry's message is published by the worker with its ack, without them)
+        "task_received": 6, "task_prerun": 6, "(task ran)": 6,
+        "task_postrun": 5,  # not for the terminated task: it never returned (as Celery)
         "task_success": 2, "task_failure": 1, "task_retry": 1,
-        "task_revoked": 2, "task_rejected": 1,
+        "task_revoked": 3, "task_rejected": 1,
         "worker_init": 1, "worker_shutdown": 1,
         "worker_process_init": 2, "worker_process_shutdown": 2,
         "worker_ready": 2,  # one consumer per worker process
@@ -185,7 +193,7 @@ def check_publish_signals(lines: list[dict[str, Any]], sent: list[Any]) -> None:
     before = of(lines, "before_task_publish")
     assert [line["sender"] for line in before] == [
         "signals.add", "signals.boom", "signals.flaky", "signals.refuse", "signals.missing",
-        "signals.add", "signals.add"]
+        "signals.add", "signals.add", "signals.nap"]
     assert before[0]["body"]["args"] == [2, 3]
     assert before[0]["properties"]["correlation_id"] == sent[0].id
     assert before[0]["declare"] == []
@@ -193,7 +201,7 @@ def check_publish_signals(lines: list[dict[str, Any]], sent: list[Any]) -> None:
 
 
 def check_task_signals(lines: list[dict[str, Any]], added: str, failed: str, retried: str,
-                       refused: str) -> None:
+                       refused: str, terminated: str) -> None:
     """prerun/postrun around each run, in the task's own thread; success, failure and
     retry with the task as sender and Celery's arguments."""
     def runs(name: str) -> dict[str, list[dict[str, Any]]]:
@@ -206,7 +214,8 @@ def check_task_signals(lines: list[dict[str, Any]], added: str, failed: str, ret
     ran = runs("(task ran)")
     for name in ("task_prerun", "task_postrun"):
         heard = runs(name)
-        assert heard.keys() == ran.keys(), name
+        expected = ran.keys() - ({terminated} if name == "task_postrun" else set())
+        assert heard.keys() == expected, name
         for task_id, calls in heard.items():
             assert [(c["process"], c["thread"]) for c in calls] == [
                 (r["process"], r["thread"]) for r in ran[task_id]], name
@@ -250,14 +259,16 @@ def check_task_signals(lines: list[dict[str, Any]], added: str, failed: str, ret
 
     received = [line["request"] for line in of(lines, "task_received")]
     assert sorted((r["request"], r["retries"]) for r in received) == sorted(
-        [(added, 0), (failed, 0), (retried, 0), (retried, 1), (refused, 0)])
+        [(added, 0), (failed, 0), (retried, 0), (retried, 1), (refused, 0),
+         (terminated, 0)])
     assert all(line["sender"] == {"type": "Consumer"} for line in of(lines, "task_received"))
 
 
 def check_dead_letters_and_revocations(lines: list[dict[str, Any]], unknown: str,
-                                       revoked: str, expired: str) -> None:
-    """An unknown task is rejected (the raw message and why); revoked and expired ones
-    are revoked with the task as sender, not terminated, expired only if they were."""
+                                       revoked: str, expired: str, terminated: str) -> None:
+    """An unknown task is rejected (the raw message and why); revoked, expired and
+    terminated ones are revoked with the task as sender, ``terminated`` and ``expired``
+    saying which (``signum`` None: TERM is to be assumed, Celery's docs say)."""
     rejected = one(lines, "task_rejected")
     assert rejected["sender"] == {"type": "Consumer"}
     assert rejected["message"]["queue"] == "celeriac"
@@ -269,6 +280,10 @@ def check_dead_letters_and_revocations(lines: list[dict[str, Any]], unknown: str
         assert line["sender"] == {"task": "signals.add"}
         assert (line["terminated"], line["signum"], line["expired"]) == (
             False, None, was_expired)
+    [line] = [line for line in of(lines, "task_revoked")
+              if line["request"]["request"] == terminated]
+    assert line["sender"] == {"task": "signals.nap"}
+    assert (line["terminated"], line["signum"], line["expired"]) == (True, None, False)
     ran_ids = {line["task_id"] for line in of(lines, "(task ran)")}
     assert not ran_ids & {unknown, revoked, expired}
 

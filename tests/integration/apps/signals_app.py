@@ -14,6 +14,7 @@ supervisor and its processes never interleave.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -134,6 +135,12 @@ def flaky(self: Task[..., Any]) -> str:
     return "second attempt"
 
 
+async def nap(self: Task[..., Any], seconds: float) -> None:
+    """Runs until revoked with ``terminate=True`` (an async task: cancelled in place)."""
+    _ran(self)
+    await asyncio.sleep(seconds)
+
+
 def refuse(self: Task[..., Any]) -> None:
     _ran(self)
     raise Reject("not for this worker", requeue=False)
@@ -145,6 +152,7 @@ class SignalTasks:
     boom: Task[..., None]
     flaky: Task[..., str]
     refuse: Task[..., None]
+    nap: Task[..., None]
 
 
 def register(target: App) -> SignalTasks:
@@ -153,6 +161,7 @@ def register(target: App) -> SignalTasks:
         boom=target.task(name="signals.boom", bind=True)(boom),
         flaky=target.task(name="signals.flaky", bind=True, max_retries=2)(flaky),
         refuse=target.task(name="signals.refuse", bind=True)(refuse),
+        nap=target.task(name="signals.nap", bind=True)(nap),
     )
 
 
