@@ -227,7 +227,7 @@ class AMQPBroker(Broker):
         self._links_lock = threading.Lock()
         # publish_blocking: pooled sockets, and a loop of its own for declaring queues.
         self._pool = BlockingPool(Server.from_url(
-            connection_url, f"celeriac pid {os.getpid()} sync publisher"))
+            connection_url, f"celeriac pid {os.getpid()} sync publisher", self.settings.tls))
         self._declarer: Bridge | None = None
         self._blocking_lock = threading.Lock()
         self._blocking_queues: set[str] = set()  # declared for blocking publishes

@@ -34,7 +34,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -58,7 +58,9 @@ from pamqp.constants import FRAME_END, FRAME_HEADER_SIZE
 from pamqp.header import ContentHeader, ProtocolHeader
 from pamqp.heartbeat import Heartbeat
 
-from celeriac.errors import BrokerError, BrokerRefused, BrokerUnavailable
+from celeriac.errors import BrokerError, BrokerRefused, BrokerUnavailable, ConfigurationError
+from celeriac.tls import client_context, from_query
+from celeriac.urls import safe_url
 
 CHANNEL = 1
 FRAME_MAX = 131072
@@ -152,17 +154,19 @@ class Server:
     heartbeat: int = 0  # seconds the URL asks for (``?heartbeat=``); 0: none asked
 
     @classmethod
-    def from_url(cls, url: str, name: str) -> Server:
+    def from_url(cls, url: str, name: str,
+                 tls_options: Mapping[str, Any] | None = None) -> Server:
+        """``tls_options``: ``broker_use_ssl`` as ``celeriac.tls.normalize`` gives it;
+        the URL's own TLS query options (``cafile``, ...) win over it."""
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
         tls: ssl.SSLContext | None = None
         if parts.scheme == "amqps":
-            tls = ssl.create_default_context(cafile=query.get("cafile"))
-            if query.get("certfile"):
-                tls.load_cert_chain(query["certfile"], query.get("keyfile"))
-            if query.get("no_verify_ssl", "0") != "0":
-                tls.check_hostname = False
-                tls.verify_mode = ssl.CERT_NONE
+            tls = client_context({**(tls_options or {}), **from_query(query)})
+        elif tls_options is not None:
+            raise ConfigurationError(
+                f"TLS options (broker_use_ssl) given for a plain amqp:// URL "
+                f"({safe_url(url)}); use amqps:// to connect with TLS")
         vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
         return cls(host=parts.hostname or "localhost",
                    port=parts.port or (5671 if tls else 5672),

@@ -103,7 +103,8 @@ class Context:
         self.lease_seconds = lease_seconds
         self.known: set[str] = set()  # celeriac queues declared through this broker
         # (AMQPBroker puts the heartbeat into the URL when it names none.)
-        self.server = Server.from_url(url, f"celeriac pid {os.getpid()} consumer")
+        self.server = Server.from_url(url, f"celeriac pid {os.getpid()} consumer",
+                                      settings.tls)
         self.consumer_heartbeat = consumer_heartbeat(self.server.heartbeat, lease_seconds)
         self._stamp_lock = threading.Lock()
         self._last_stamp = 0
@@ -189,7 +190,9 @@ class Connected:
                 raise self._unavailable(f"next attempt in {wait:.1f}s")
             await asyncio.sleep(wait)
             timeout -= wait
-        connection = _Connection(self.ctx.url, client_properties={
+        # context: the same TLS context as every other client of this broker
+        # (broker_use_ssl and the URL's options), not aiormq's own reading of the URL.
+        connection = _Connection(self.ctx.url, context=self.ctx.server.tls, client_properties={
             "connection_name": f"celeriac pid {os.getpid()} {threading.current_thread().name}"})
         attempt = max(0.05, min(timeout, self.ctx.settings.connect_timeout))
         try:

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import ssl
 import threading
 import time
 import weakref
@@ -43,6 +42,7 @@ import redis.retry
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from celeriac import tls as tls_options
 from celeriac.brokers.redis_failures import describe, refusal, retryable
 from celeriac.config import suggest
 from celeriac.errors import CeleriacError, ConfigurationError
@@ -75,20 +75,10 @@ RETRY_BACKOFF_CAP = 0.5
 
 # TLS options passed through to redis-py's SSLConnection, under Celery's and redis-py's
 # names (``broker_use_ssl`` keys and ``rediss://...?ssl_cert_reqs=none`` query values).
-SSL_OPTIONS = frozenset({
-    "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_data", "ssl_ca_path", "ssl_certfile",
-    "ssl_keyfile", "ssl_password", "ssl_check_hostname", "ssl_ciphers", "ssl_min_version",
-})
+SSL_OPTIONS = tls_options.OPTIONS
 CONNECTION_OPTIONS = frozenset({"connection_timeout", "pool_limit", "ssl", "require_noeviction",
                                 *SSL_OPTIONS})
 DEFAULT_KEY_PREFIX = "celeriac:"
-
-_CERT_REQS = {
-    "none": ssl.CERT_NONE, "cert_none": ssl.CERT_NONE,
-    "optional": ssl.CERT_OPTIONAL, "cert_optional": ssl.CERT_OPTIONAL,
-    "required": ssl.CERT_REQUIRED, "cert_required": ssl.CERT_REQUIRED,
-}
-
 
 def check_options(options: Mapping[str, Any], known: frozenset[str], what: str) -> None:
     """Reject an unknown option name, suggesting the closest known one."""
@@ -135,9 +125,8 @@ class RedisSettings:
                                        or not isinstance(pool_limit, int) or pool_limit < 1):
             raise ConfigurationError(f"pool_limit must be a whole number >= 1 or None, "
                                      f"not {pool_limit!r}")
-        nested = options.get("ssl") or {}
-        if not isinstance(nested, Mapping):
-            raise ConfigurationError(f"the ssl option must be a mapping, not {nested!r}")
+        # Celery's broker_use_ssl / redis_backend_use_ssl, under either spelling.
+        nested = tls_options.normalize(options.get("ssl"), "the ssl option") or {}
         tls = {**{k: v for k, v in options.items() if k in SSL_OPTIONS}, **nested}
         check_options(tls, SSL_OPTIONS, "TLS")
         query = parse_qsl(parts.query, keep_blank_values=True)
@@ -148,7 +137,7 @@ class RedisSettings:
         if "ssl_cert_reqs" in from_query:  # the URL wins, as redis-py has it
             tls["ssl_cert_reqs"] = from_query["ssl_cert_reqs"]
         if "ssl_cert_reqs" in tls:
-            tls["ssl_cert_reqs"] = _cert_reqs(tls["ssl_cert_reqs"])
+            tls["ssl_cert_reqs"] = tls_options.cert_reqs(tls["ssl_cert_reqs"])
         prefix = from_query.get("key_prefix", options.get("key_prefix", DEFAULT_KEY_PREFIX))
         if not isinstance(prefix, str):
             raise ConfigurationError(f"key_prefix must be a string, not {prefix!r}")
@@ -237,16 +226,6 @@ def _flag(value: Any, name: str) -> bool:
     if text in ("false", "no", "0", "off"):
         return False
     raise ConfigurationError(f"{name} must be true or false, not {value!r}")
-
-
-def _cert_reqs(value: Any) -> ssl.VerifyMode:
-    if isinstance(value, ssl.VerifyMode):
-        return value
-    mode = _CERT_REQS.get(str(value).lower())
-    if mode is None:
-        raise ConfigurationError(f"ssl_cert_reqs must be none, optional or required "
-                                 f"(or ssl.CERT_*), not {value!r}")
-    return mode
 
 
 # -- one client per event loop ------------------------------------------------------------

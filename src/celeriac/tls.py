@@ -1,0 +1,134 @@
+"""TLS options in Celery's shapes, read once for every client that connects to a server.
+
+Celery's ``broker_use_ssl`` and ``redis_backend_use_ssl`` take a mapping of TLS options.
+Its documentation spells them two ways: redis-py's names for Redis (``ssl_cert_reqs``,
+``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``) and py-amqp's for RabbitMQ
+(``cert_reqs``, ``ca_certs``, ``certfile``, ``keyfile``). celeriac accepts both
+spellings for both brokers and turns them into redis-py's names (``normalize``), which
+the Redis clients take as they are and ``client_context`` turns into the
+``ssl.SSLContext`` of the RabbitMQ clients (aiormq, celeriac's own wire connection, the
+blocking publishers and the rpc:// listener). ``True`` means TLS with the defaults.
+
+Verification is on unless switched off: the server's certificate must chain to a trusted
+authority (the system's, or ``ssl_ca_certs``) and name the host connected to.
+``ssl_certfile``/``ssl_keyfile`` present a client certificate (mutual TLS).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+from celeriac.config import suggest
+from celeriac.errors import ConfigurationError
+
+# Every option, under its canonical (redis-py) name.
+OPTIONS = frozenset({
+    "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_data", "ssl_ca_path", "ssl_certfile",
+    "ssl_keyfile", "ssl_password", "ssl_check_hostname", "ssl_ciphers", "ssl_min_version",
+})
+# py-amqp's names (Celery's RabbitMQ examples) and aiormq's URL query names.
+ALIASES = {
+    "cert_reqs": "ssl_cert_reqs", "ca_certs": "ssl_ca_certs", "cafile": "ssl_ca_certs",
+    "capath": "ssl_ca_path", "cadata": "ssl_ca_data", "certfile": "ssl_certfile",
+    "keyfile": "ssl_keyfile", "password": "ssl_password",
+    "check_hostname": "ssl_check_hostname", "ciphers": "ssl_ciphers",
+}
+
+CERT_REQS = {
+    "none": ssl.CERT_NONE, "cert_none": ssl.CERT_NONE,
+    "optional": ssl.CERT_OPTIONAL, "cert_optional": ssl.CERT_OPTIONAL,
+    "required": ssl.CERT_REQUIRED, "cert_required": ssl.CERT_REQUIRED,
+}
+
+
+def normalize(value: Any, setting: str) -> dict[str, Any] | None:
+    """``value`` of a ``*_use_ssl`` setting as options under redis-py's names.
+
+    None or False: no TLS asked for (None is returned); True: TLS with the defaults
+    (an empty mapping); a mapping: its options, ``ssl_cert_reqs`` made an
+    ``ssl.VerifyMode``. An unknown option name is an error naming the closest one.
+    """
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{setting} must be True or a mapping of TLS options, "
+                                 f"not {value!r}")
+    options: dict[str, Any] = {}
+    known = OPTIONS | set(ALIASES)
+    for name, option in value.items():
+        canonical = ALIASES.get(name, name)
+        if canonical not in OPTIONS:
+            raise ConfigurationError(
+                f"unknown TLS option {name!r} in {setting}{suggest(str(name), known)}; "
+                f"known: {', '.join(sorted(OPTIONS))}")
+        options[canonical] = option
+    if "ssl_cert_reqs" in options:
+        options["ssl_cert_reqs"] = cert_reqs(options["ssl_cert_reqs"])
+    return options
+
+
+def cert_reqs(value: Any) -> ssl.VerifyMode:
+    """``ssl_cert_reqs`` as an ``ssl.VerifyMode``: ``ssl.CERT_*`` or its name."""
+    if isinstance(value, ssl.VerifyMode):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return ssl.VerifyMode(value)
+    mode = CERT_REQS.get(str(value).lower())
+    if mode is None:
+        raise ConfigurationError(f"ssl_cert_reqs must be none, optional or required "
+                                 f"(or ssl.CERT_*), not {value!r}")
+    return mode
+
+
+def client_context(options: Mapping[str, Any]) -> ssl.SSLContext:
+    """A client ``SSLContext`` for ``options`` (canonical names, see ``normalize``).
+
+    A file that cannot be read (a wrong path, a key that does not match its
+    certificate) is a ``ConfigurationError`` naming the option, raised here, before any
+    connection is tried.
+    """
+    try:
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=options.get("ssl_ca_certs"),
+            capath=options.get("ssl_ca_path"), cadata=options.get("ssl_ca_data"))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"cannot load the CA certificates of ssl_ca_certs "
+                                 f"{options.get('ssl_ca_certs')!r}: {exc}") from exc
+    mode = cert_reqs(options.get("ssl_cert_reqs", ssl.CERT_REQUIRED))
+    check_hostname = bool(options.get("ssl_check_hostname", mode == ssl.CERT_REQUIRED))
+    if mode == ssl.CERT_NONE or not check_hostname:
+        context.check_hostname = False  # must be off before verify_mode may be lowered
+    context.verify_mode = mode
+    if options.get("ssl_certfile"):
+        try:
+            context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"),
+                                    options.get("ssl_password"))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(
+                f"cannot load the client certificate ssl_certfile "
+                f"{options['ssl_certfile']!r} / ssl_keyfile "
+                f"{options.get('ssl_keyfile')!r}: {exc}") from exc
+    if options.get("ssl_ciphers"):
+        context.set_ciphers(options["ssl_ciphers"])
+    if options.get("ssl_min_version") is not None:
+        context.minimum_version = options["ssl_min_version"]
+    return context
+
+
+def from_query(query: Mapping[str, str]) -> dict[str, Any]:
+    """The TLS options of an ``amqps://`` URL's query string (aiormq's names:
+    ``cafile``, ``certfile``, ``keyfile``, ``no_verify_ssl``), under canonical names."""
+    options: dict[str, Any] = {}
+    for name in ("cafile", "capath", "certfile", "keyfile"):
+        if query.get(name):
+            options[ALIASES[name]] = query[name]
+    for name in ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        if query.get(name):
+            options[name] = query[name]
+    if query.get("no_verify_ssl", "0") != "0":
+        options["ssl_cert_reqs"] = ssl.CERT_NONE
+    return options
