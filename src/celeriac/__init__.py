@@ -9,6 +9,7 @@ from celeriac.canvas import Signature, chain, chord, group, signature
 from celeriac.errors import (
     BackendError,
     BackendRefused,
+    BrokerAuthenticationError,
     BrokerError,
     BrokerRefused,
     BrokerUnavailable,
@@ -47,6 +48,7 @@ __all__ = [
     "AsyncResult",
     "BackendError",
     "BackendRefused",
+    "BrokerAuthenticationError",
     "BrokerError",
     "BrokerRefused",
     "BrokerUnavailable",

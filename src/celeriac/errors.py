@@ -12,7 +12,8 @@
     │   ├── BrokerUnavailable       no connection within the timeout (a transient cause,
     │   │                           retried until then; the last one is chained)
     │   └── BrokerRefused           the server refused us for good: wrong credentials, an
-    │                               untrusted certificate, an unknown vhost (never retried)
+    │       │                       untrusted certificate, an unknown vhost (never retried)
+    │       └── BrokerAuthenticationError   the user name or password was rejected
     ├── BackendError                the result backend could not do what was asked
     │   └── BackendRefused          as BrokerRefused, from the result backend's server
     ├── TimeoutError                ``AsyncResult.get`` waited longer than its timeout
@@ -90,6 +91,24 @@ class BrokerRefused(BrokerError):
     are raised at once, with the server's own words, instead of being retried until a
     timeout hides them.
     """
+
+
+class BrokerAuthenticationError(BrokerRefused):
+    """The broker's server rejected the user name or password in ``broker_url``.
+
+    Raised at once by producers; a worker waits for the credentials to be fixed on the
+    server, retrying with a capped backoff (``celeriac.worker.startup``). The message
+    never contains the password.
+    """
+
+
+def refused_error(refused: type[CeleriacError], authentication: bool,
+                  message: str) -> CeleriacError:
+    """``refused(message)``, or ``BrokerAuthenticationError`` for a broker's refusal
+    that is a rejected login (``authentication``)."""
+    if authentication and issubclass(BrokerAuthenticationError, refused):
+        return BrokerAuthenticationError(message)
+    return refused(message)
 
 
 class BackendError(CeleriacError):

@@ -53,7 +53,7 @@ from celeriac.brokers.amqp_topology import (
     Topology,
 )
 from celeriac.brokers.amqp_wire import Wire, WireLost
-from celeriac.errors import BrokerRefused, BrokerUnavailable
+from celeriac.errors import BrokerRefused, BrokerUnavailable, CeleriacError, refused_error
 
 logger = logging.getLogger("celeriac.broker.amqp")
 
@@ -308,9 +308,10 @@ class Connected:
                 return access_refused(reason)
         return None
 
-    def refused(self, refused: Exception, what: str = "the connection") -> BrokerRefused:
+    def refused(self, refused: Exception, what: str = "the connection") -> CeleriacError:
         """A refusal (login, vhost, certificate, permission) as the error to raise."""
-        return BrokerRefused(f"RabbitMQ at {self.ctx.safe_url} refused {what}: {refused}")
+        return refused_error(BrokerRefused, getattr(refused, "authentication", False),
+                             f"RabbitMQ at {self.ctx.safe_url} refused {what}: {refused}")
 
     def _on_connection_closed(self, connection: AbstractConnection,
                               closing: asyncio.Future[Any] | None,

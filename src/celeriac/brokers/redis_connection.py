@@ -43,9 +43,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from celeriac import tls as tls_options
-from celeriac.brokers.redis_failures import describe, refusal, retryable
+from celeriac.brokers.redis_failures import authentication_failed, describe, refusal, retryable
 from celeriac.config import suggest
-from celeriac.errors import CeleriacError, ConfigurationError
+from celeriac.errors import CeleriacError, ConfigurationError, refused_error
 
 # Packs a command in C, where redis-py's packer encodes each argument in Python.
 _pack_command: Callable[[tuple[Any, ...]], bytes] | None
@@ -386,7 +386,7 @@ class BlockingClient:
         if (refused := refusal(exc)) is not None:
             if reply:
                 conn.disconnect()  # a half-made connection (AUTH or SELECT failed)
-            return self._refused_error(what, refused)
+            return self._refused_error(what, refused, exc)
         if isinstance(exc, redis_errors.ConnectionError):
             return None
         if isinstance(exc, redis_errors.TimeoutError | OSError):
@@ -410,7 +410,7 @@ class BlockingClient:
             return pool.get_connection()
         except (redis_errors.RedisError, OSError) as exc:
             if (refused := refusal(exc)) is not None:
-                raise self._refused_error(what, refused) from exc
+                raise self._refused_error(what, refused, exc) from exc
             if not isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError
                               | OSError):
                 raise self._error(f"{self._what} {what}: {type(exc).__name__}: {exc}") \
@@ -441,8 +441,9 @@ class BlockingClient:
         return self._unavailable(
             f"{self._what} {what}: Redis is unavailable ({describe(exc)})")
 
-    def _refused_error(self, what: str, cause: str) -> CeleriacError:
-        return self._refused(f"{self._what} {what}: Redis refused the connection: {cause}")
+    def _refused_error(self, what: str, cause: str, exc: BaseException) -> CeleriacError:
+        return refused_error(self._refused, authentication_failed(exc),
+                             f"{self._what} {what}: Redis refused the connection: {cause}")
 
 
 # Every BlockingClient of this process, so that a forked child drops their pools at once

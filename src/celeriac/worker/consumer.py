@@ -41,6 +41,7 @@ from celeriac.worker.executor import Action, Executor, Prepared, SyncRunner, Ver
 from celeriac.worker.pools import ThreadRunner
 from celeriac.worker.ratelimit import RateLimiter
 from celeriac.worker.slots import SlotLoops
+from celeriac.worker.startup import log_fetch_failure
 from celeriac.worker.status import PUBLISH_INTERVAL as STATUS_PUBLISH_INTERVAL
 from celeriac.worker.status import StatusSlot
 from celeriac.worker.verdicts import (
@@ -280,10 +281,11 @@ class Consumer:
                 continue
             try:
                 deliveries = await broker.fetch(self.queues, room, FETCH_TIMEOUT)
-            except Exception:
+            except Exception as exc:
                 failures += 1
-                logger.exception("fetch from the broker failed (attempt %d)", failures)
-                await asyncio.sleep(min(RETRY_BACKOFF_MAX, 0.1 * 2 ** failures))
+                delay = min(RETRY_BACKOFF_MAX, 0.1 * 2 ** failures)
+                log_fetch_failure(exc, failures, delay)  # one line for a known cause
+                await asyncio.sleep(delay)
                 continue
             failures = 0
             self._last_broker_ok = time.monotonic()
