@@ -44,6 +44,7 @@ from redis.backoff import ExponentialBackoff
 
 from celeriac import tls as tls_options
 from celeriac.brokers.redis_failures import authentication_failed, describe, refusal, retryable
+from celeriac.brokers.redis_plain import PlainConnection, PlainSyncConnection
 from celeriac.config import suggest
 from celeriac.errors import CeleriacError, ConfigurationError, refused_error
 
@@ -170,12 +171,18 @@ class RedisSettings:
                            -1, is_retryable=retryable),
             **self.tls_options,
         }
+        if not self.tls:
+            kwargs["connection_class"] = PlainConnection  # a TLS port: said at once
         if self.pool_limit is None:
             return aioredis.ConnectionPool.from_url(self.url, **kwargs)
         # Waits for a free connection (up to the timeout) instead of failing at once.
         return aioredis.BlockingConnectionPool.from_url(
             self.url, max_connections=self.pool_limit, timeout=self.connection_timeout,
             **kwargs)
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("rediss://")
 
     def make_client(self) -> aioredis.Redis:
         return aioredis.Redis.from_pool(self.make_pool())
@@ -200,6 +207,8 @@ class RedisSettings:
                 supported_errors=(redis_errors.ConnectionError,)),
             **self.tls_options,
         }
+        if not self.tls:
+            kwargs["connection_class"] = PlainSyncConnection
         if self.pool_limit is None:
             return redis.ConnectionPool.from_url(self.url, **kwargs)
         return redis.BlockingConnectionPool.from_url(

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 
 import redis.exceptions as redis_errors
 
+from celeriac.brokers.redis_plain import PlainTextToTLS
 from celeriac.errors import CeleriacError, refused_error
 
 # The last failure of a retried command in this task (set by ``retryable``, which
@@ -47,6 +48,8 @@ def refusal(exc: BaseException) -> str | None:
     the TLS library's own, with a hint where the fix is ours to name.
     """
     for cause in _chain(exc):
+        if isinstance(cause, PlainTextToTLS):
+            return str(cause)
         if isinstance(cause, ssl.SSLCertVerificationError):
             return (f"TLS certificate verification failed: {cause.verify_message or cause} "
                     "(ssl_ca_certs names the CA to trust; ssl_cert_reqs=none turns "
