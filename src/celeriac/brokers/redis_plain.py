@@ -3,7 +3,7 @@
 A Redis server's TLS port answers plain text by dropping the connection, which looks
 exactly like a server restarting: it would be retried until the connection timeout and
 reported as unavailable. So the plain connections used here check, when their very
-first exchange is cut off, whether the port completes a TLS handshake; if it does, the
+first exchange is cut off, whether the port answers a TLS ClientHello in TLS; if so, the
 URL is wrong (``redis://`` where ``rediss://`` was meant), which no retry can fix, and
 ``PlainTextToTLS`` says so at once (``redis_failures.refusal`` treats it as a refusal).
 The check costs nothing while connections work: it runs only on that failure.
@@ -21,18 +21,16 @@ import redis
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
-PROBE_TIMEOUT = 1.0  # seconds for the TLS handshake of the check
+PROBE_TIMEOUT = 0.5  # seconds to wait for the answer to the check's ClientHello
+
+# host:port pairs this process has talked plain Redis to: never checked again, so a
+# server that restarts or a flapping link costs no check (a plain server may take the
+# whole PROBE_TIMEOUT to not answer).
+_reached: set[tuple[str, int]] = set()
 
 
 class PlainTextToTLS(redis_errors.ConnectionError):
     """A ``redis://`` (plain) client reached a port that speaks TLS."""
-
-
-def _context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False  # any TLS server at all is the answer
-    context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def _refusal(host: str, port: int) -> PlainTextToTLS:
@@ -41,26 +39,54 @@ def _refusal(host: str, port: int) -> PlainTextToTLS:
                           "redis_backend_use_ssl for the certificates)")
 
 
+def _unknown(host: str, port: int, exc: redis_errors.ConnectionError) -> bool:
+    """Whether to check: a dropped connection (not an answer: AuthenticationError is a
+    ConnectionError too) to a server this process has never talked plain Redis to."""
+    return (host, port) not in _reached and not isinstance(
+        exc, redis_errors.AuthenticationError | redis_errors.AuthorizationError)
+
+
+def _hello() -> bytes:
+    """A TLS ClientHello, then a line end: a TLS server answers the hello with a
+    handshake record (0x16) or an alert (0x15); a Redis server answers the line at once
+    with an error reply or not at all (then the check times out)."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    tls = context.wrap_bio(incoming, outgoing)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read() + b"\r\n"
+
+
+_TLS_RECORDS = (0x15, 0x16)  # alert, handshake
+
+
 def speaks_tls(host: str, port: int) -> bool:
-    """Whether ``host:port`` completes a TLS handshake (blocking, bounded)."""
+    """Whether ``host:port`` answers a ClientHello in TLS (blocking, bounded)."""
     try:
-        with socket.create_connection((host, port), PROBE_TIMEOUT) as sock, \
-                _context().wrap_socket(sock, server_hostname=host):
-            return True
-    except (OSError, ssl.SSLError):
+        with socket.create_connection((host, port), PROBE_TIMEOUT) as sock:
+            sock.settimeout(PROBE_TIMEOUT)
+            sock.sendall(_hello())
+            first = sock.recv(1)
+    except OSError:
         return False
+    return bool(first) and first[0] in _TLS_RECORDS
 
 
 async def speaks_tls_async(host: str, port: int) -> bool:
     try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=_context()), PROBE_TIMEOUT)
-    except (OSError, ssl.SSLError, TimeoutError):
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(_hello())
+                first = await reader.read(1)
+            finally:
+                writer.close()
+    except (OSError, TimeoutError):
         return False
-    writer.close()
-    with contextlib.suppress(OSError, ssl.SSLError):
-        await writer.wait_closed()
-    return True
+    return bool(first) and first[0] in _TLS_RECORDS
 
 
 class PlainConnection(aioredis.Connection):
@@ -70,9 +96,11 @@ class PlainConnection(aioredis.Connection):
         try:
             await super().on_connect_check_health(*args, **kwargs)
         except redis_errors.ConnectionError as exc:
-            if await speaks_tls_async(self.host, self.port):
+            if _unknown(self.host, self.port, exc) and await speaks_tls_async(
+                    self.host, self.port):
                 raise _refusal(self.host, self.port) from exc
             raise
+        _reached.add((self.host, self.port))
 
 
 class PlainSyncConnection(redis.Connection):
@@ -82,6 +110,7 @@ class PlainSyncConnection(redis.Connection):
         try:
             super().on_connect_check_health(*args, **kwargs)
         except redis_errors.ConnectionError as exc:
-            if speaks_tls(self.host, self.port):
+            if _unknown(self.host, self.port, exc) and speaks_tls(self.host, self.port):
                 raise _refusal(self.host, self.port) from exc
             raise
+        _reached.add((self.host, self.port))

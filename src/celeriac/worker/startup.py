@@ -113,7 +113,7 @@ def log_fetch_failure(exc: BaseException, attempt: int, delay: float) -> None:
     password it now refuses), whose text says it all; a traceback for anything else,
     which is a bug to find."""
     if isinstance(exc, BrokerError):
-        logger.warning("fetch from the broker failed (attempt %d): %s; retrying in %.1fs",
+        logger.error("fetch from the broker failed (attempt %d): %s; retrying in %.1fs",
                        attempt, describe(exc), delay)
     else:
         logger.error("fetch from the broker failed (attempt %d); retrying in %.1fs",
