@@ -37,11 +37,11 @@ from enum import Enum
 from celeriac.app import App
 from celeriac.brokers.base import Delivery
 from celeriac.errors import describe
+from celeriac.worker.broker_failures import log_failure, log_fetch_failure, quiet
 from celeriac.worker.executor import Action, Executor, Prepared, SyncRunner, Verdict
 from celeriac.worker.pools import ThreadRunner
 from celeriac.worker.ratelimit import RateLimiter
 from celeriac.worker.slots import SlotLoops
-from celeriac.worker.startup import log_fetch_failure
 from celeriac.worker.status import PUBLISH_INTERVAL as STATUS_PUBLISH_INTERVAL
 from celeriac.worker.status import StatusSlot
 from celeriac.worker.verdicts import (
@@ -628,7 +628,7 @@ class Consumer:
                 return
             exc = failure  # cannot even do that: the broker is in trouble after all
         logger.error("could not write %d results/acks; retrying: %s", len(batch),
-                     describe(exc), exc_info=exc)
+                     describe(exc), exc_info=None if quiet(exc) else exc)
         self._pending.items[:0] = batch
         self._pending.event.set()
         await asyncio.sleep(0.5)
@@ -722,7 +722,7 @@ class Consumer:
                         if ok:
                             item.confirmed_at = now
                 except Exception:
-                    logger.exception("could not extend %d lease(s)", len(held))
+                    log_failure(logger, "could not extend %d lease(s)", len(held))
             silent = time.monotonic() - self._last_broker_ok
             if silent > watchdog and not self._stopping.is_set():
                 logger.critical("no broker call has succeeded for %.0fs: stopping this worker "

@@ -26,13 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from celeriac.app import App
-from celeriac.errors import (
-    BackendRefused,
-    BrokerError,
-    BrokerRefused,
-    ConfigurationError,
-    describe,
-)
+from celeriac.errors import BackendRefused, BrokerRefused, ConfigurationError, describe
 from celeriac.urls import safe_url
 
 logger = logging.getLogger("celeriac.worker")
@@ -107,14 +101,3 @@ async def _sleep_unless_stopping(delay: float, stopping: Callable[[], bool]) -> 
         raise StartupStopped
 
 
-
-def log_fetch_failure(exc: BaseException, attempt: int, delay: float) -> None:
-    """Log a running worker's failed fetch: one line for a broker error (a lost server, a
-    password it now refuses), whose text says it all; a traceback for anything else,
-    which is a bug to find."""
-    if isinstance(exc, BrokerError):
-        logger.error("fetch from the broker failed (attempt %d): %s; retrying in %.1fs",
-                       attempt, describe(exc), delay)
-    else:
-        logger.error("fetch from the broker failed (attempt %d); retrying in %.1fs",
-                     attempt, delay, exc_info=exc)
