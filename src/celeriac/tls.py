@@ -16,6 +16,9 @@ authority (the system's, or ``ssl_ca_certs``) and name the host connected to.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
 import ssl
 from collections.abc import Mapping
 from typing import Any
@@ -35,6 +38,8 @@ ALIASES = {
     "keyfile": "ssl_keyfile", "password": "ssl_password",
     "check_hostname": "ssl_check_hostname", "ciphers": "ssl_ciphers",
 }
+
+PROBE_TIMEOUT = 0.5  # seconds to wait for the answer to ``speaks_tls``'s ClientHello
 
 CERT_REQS = {
     "none": ssl.CERT_NONE, "cert_none": ssl.CERT_NONE,
@@ -132,3 +137,51 @@ def from_query(query: Mapping[str, str]) -> dict[str, Any]:
     if query.get("no_verify_ssl", "0") != "0":
         options["ssl_cert_reqs"] = ssl.CERT_NONE
     return options
+
+
+# -- is that port a TLS port? -------------------------------------------------------------
+# A plain client that reaches a TLS port sees its connection dropped, which looks like a
+# server restarting. The clients ask these on that failure, to say "use rediss:// /
+# amqps://" at once instead of retrying until a timeout.
+
+def _hello() -> bytes:
+    """A TLS ClientHello, then a line end: a TLS server answers the hello with a
+    handshake record (0x16) or an alert (0x15); a Redis server answers the line at once
+    with an error reply or not at all (then the check times out)."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    tls = context.wrap_bio(incoming, outgoing)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read() + b"\r\n"
+
+
+_TLS_RECORDS = (0x15, 0x16)  # alert, handshake
+
+
+def speaks_tls(host: str, port: int) -> bool:
+    """Whether ``host:port`` answers a ClientHello in TLS (blocking, bounded)."""
+    try:
+        with socket.create_connection((host, port), PROBE_TIMEOUT) as sock:
+            sock.settimeout(PROBE_TIMEOUT)
+            sock.sendall(_hello())
+            first = sock.recv(1)
+    except OSError:
+        return False
+    return bool(first) and first[0] in _TLS_RECORDS
+
+
+async def speaks_tls_async(host: str, port: int) -> bool:
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(_hello())
+                first = await reader.read(1)
+            finally:
+                writer.close()
+    except (OSError, TimeoutError):
+        return False
+    return bool(first) and first[0] in _TLS_RECORDS

@@ -112,7 +112,7 @@ def refusal(error: BaseException) -> Refused | None:
         return error
     if isinstance(error, ssl.SSLCertVerificationError):
         return Refused(f"TLS: RabbitMQ's certificate is not trusted ({error.verify_message}; "
-                       "check cafile in the URL)")
+                       "check ssl_ca_certs in broker_use_ssl, or cafile in the URL)")
     if isinstance(error, ssl.SSLError) and not isinstance(error, _TLS_TRANSIENT):
         return Refused(f"TLS handshake with RabbitMQ failed: {error}")
     if isinstance(error, ProbableAuthenticationError | AuthenticationError):

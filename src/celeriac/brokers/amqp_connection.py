@@ -54,6 +54,7 @@ from celeriac.brokers.amqp_topology import (
 )
 from celeriac.brokers.amqp_wire import Wire, WireLost
 from celeriac.errors import BrokerRefused, BrokerUnavailable, CeleriacError, refused_error
+from celeriac.tls import speaks_tls_async
 
 logger = logging.getLogger("celeriac.broker.amqp")
 
@@ -168,6 +169,7 @@ class Connected:
         self._connect_lock = asyncio.Lock()
         self._failures = 0
         self._retry_at = 0.0
+        self._reached = False  # a connection was opened once: the port is no TLS port
         self._last_error: BaseException | None = None
         self.closed = False
 
@@ -199,11 +201,18 @@ class Connected:
             await asyncio.wait_for(connection.connect(), attempt)
             self.publisher = await connection.channel(publisher_confirms=True)
             self.connection = connection
+            self._reached = True  # a plain server: no TLS check on later failures
         except BaseException as exc:
             refused = refusal(exc)
             if refused is None and isinstance(exc, InvalidFrameError) \
                     and "Connection.Close" in str(exc):
                 refused = await self._diagnose(attempt)
+            if refused is None and self.ctx.server.tls is None and not self._reached \
+                    and isinstance(last_cause(exc), ConnectionResetError) \
+                    and await speaks_tls_async(self.ctx.server.host, self.ctx.server.port):
+                refused = Refused(f"{self.ctx.server.host}:{self.ctx.server.port} speaks "
+                                  "TLS but the URL is a plain amqp:// one: use amqps:// "
+                                  "(with broker_use_ssl for the certificates)")
             if refused is not None:
                 # Wrong credentials, an untrusted certificate, an unknown vhost: another
                 # attempt gets the same answer, so say it now rather than after a timeout.

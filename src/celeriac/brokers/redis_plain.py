@@ -11,17 +11,13 @@ The check costs nothing while connections work: it runs only on that failure.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import socket
-import ssl
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
-PROBE_TIMEOUT = 0.5  # seconds to wait for the answer to the check's ClientHello
+from celeriac.tls import speaks_tls, speaks_tls_async
 
 # host:port pairs this process has talked plain Redis to: never checked again, so a
 # server that restarts or a flapping link costs no check (a plain server may take the
@@ -44,49 +40,6 @@ def _unknown(host: str, port: int, exc: redis_errors.ConnectionError) -> bool:
     ConnectionError too) to a server this process has never talked plain Redis to."""
     return (host, port) not in _reached and not isinstance(
         exc, redis_errors.AuthenticationError | redis_errors.AuthorizationError)
-
-
-def _hello() -> bytes:
-    """A TLS ClientHello, then a line end: a TLS server answers the hello with a
-    handshake record (0x16) or an alert (0x15); a Redis server answers the line at once
-    with an error reply or not at all (then the check times out)."""
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    tls = context.wrap_bio(incoming, outgoing)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read() + b"\r\n"
-
-
-_TLS_RECORDS = (0x15, 0x16)  # alert, handshake
-
-
-def speaks_tls(host: str, port: int) -> bool:
-    """Whether ``host:port`` answers a ClientHello in TLS (blocking, bounded)."""
-    try:
-        with socket.create_connection((host, port), PROBE_TIMEOUT) as sock:
-            sock.settimeout(PROBE_TIMEOUT)
-            sock.sendall(_hello())
-            first = sock.recv(1)
-    except OSError:
-        return False
-    return bool(first) and first[0] in _TLS_RECORDS
-
-
-async def speaks_tls_async(host: str, port: int) -> bool:
-    try:
-        async with asyncio.timeout(PROBE_TIMEOUT):
-            reader, writer = await asyncio.open_connection(host, port)
-            try:
-                writer.write(_hello())
-                first = await reader.read(1)
-            finally:
-                writer.close()
-    except (OSError, TimeoutError):
-        return False
-    return bool(first) and first[0] in _TLS_RECORDS
 
 
 class PlainConnection(aioredis.Connection):
