@@ -4,6 +4,7 @@
     ├── ConfigurationError          an unknown setting, a bad value, an unknown URL scheme
     │   └── QueueNotFound           a queue not in ``task_queues`` (missing queues not created)
     ├── TaskNotRegistered           a name no task was registered under
+    ├── SecurityError               a worker that would run unsafely (root with pickle)
     ├── MessageError                a message that cannot be built or read
     │   ├── MessageTooLarge         over ``task_message_max_size``, raised before sending
     │   ├── ContentDisallowed       a serializer not listed in ``accept_content``
@@ -51,6 +52,11 @@ class QueueNotFound(ConfigurationError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else "queue not found"
+
+
+class SecurityError(CeleriacError):
+    """Running as asked would be unsafe: a worker as root while it accepts pickle, a
+    privilege drop that failed (Celery's ``SecurityError``)."""
 
 
 class TaskNotRegistered(CeleriacError, KeyError):

@@ -22,6 +22,7 @@ from celeriac.worker.autoscale import parse_autoscale
 from celeriac.worker.child import EXIT_BROKER_LOST, EXIT_OK, EXIT_REFUSED, serve
 from celeriac.worker.consumer import StopReason
 from celeriac.worker.options import WorkerOptions, expand_nodename, logfile_path
+from celeriac.worker.privileges import check_root, drop_privileges, resolve
 from celeriac.worker.startup import PERMANENT
 
 if TYPE_CHECKING:
@@ -69,16 +70,26 @@ def _autoscale_bounds(ctx: click.Context, param: click.Parameter,
 @click.option("-f", "--logfile", metavar="PATH",
               help="Append logs to this file instead of stderr (%p node name, %h host, "
                    "%n, %d, %i process index, %I).")
+@click.option("--uid", metavar="USER",
+              help="Run as this user (name or number) once started: after logging is set "
+                   "up, before consuming. Alone, also takes the user's group.")
+@click.option("--gid", metavar="GROUP", help="Run as this group (name or number).")
+@click.option("--allow-root", is_flag=True,
+              help="Run as root even though accept_content includes pickle (Celery's "
+                   "C_FORCE_ROOT); without it such a worker refuses to start.")
 @click.pass_obj
 def worker_command(spec: AppSpec, concurrency: int | None,
                    autoscale: tuple[int, int] | None, pool: str | None,
                    queues: str | None, prefetch_multiplier: int | None,
                    max_tasks_per_child: int | None, max_memory_per_child: int | None,
                    shutdown_timeout: float | None, hostname: str | None,
-                   loglevel: str, log_format: str | None, logfile: str | None) -> None:
+                   loglevel: str, log_format: str | None, logfile: str | None,
+                   uid: str | None, gid: str | None, allow_root: bool) -> None:
     """Start a worker: consume the queues and run their tasks."""
     configure_logging(loglevel)
     app = spec.load()
+    identity = resolve(uid, gid)
+    check_root(app.conf.accept_content, identity, allow_root)  # SecurityError: one line
     options = WorkerOptions.from_settings(
         spec.spec or "", app.conf, pool=pool, concurrency=concurrency,
         queues=tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else (),
@@ -99,6 +110,7 @@ def worker_command(spec: AppSpec, concurrency: int | None,
     log_banner(app, options)
     warn_about_unsafe_settings(app)
     signals.worker_init.send(sender=None)
+    drop_privileges(identity)  # before any process starts or anything is consumed
     try:
         code = _run(app, options)
     finally:
