@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bus_check import bus_round_trip
 from rabbit_harness import Rabbit, RabbitDeployment
 from rabbit_node import HOST, RabbitNode
 from tls_certs import Certificates
@@ -206,4 +207,16 @@ def test_a_worker_with_a_wrong_password_stops_with_one_line_without_it(
         assert "Traceback" not in log, log
     finally:
         world.close()
+        rabbit.close()
+
+
+@pytest.mark.timeout(30)
+def test_the_bus_uses_the_brokers_tls_settings(mutual: TLSNode, certs: Certificates) -> None:
+    rabbit = Rabbit(mutual)
+    app = App("bus", broker=tls_url(mutual, rabbit.vhost), backend="memory://",
+              broker_use_ssl=tls_settings(certs))
+    try:
+        assert asyncio.run(bus_round_trip(app)) == [b"over tls"]
+    finally:
+        app.close()
         rabbit.close()

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis
+from bus_check import bus_round_trip
 from redis_harness import RedisDeployment, RedisServer, unique_prefix, with_prefix
 from tls_certs import Certificates
 from worker_harness import register, wait_until
@@ -234,3 +235,15 @@ def test_a_running_worker_refused_its_password_retries_quietly_and_recovers(
         admin.config_set("requirepass", PASSWORD)
         admin.close()
         world.close()
+
+
+@pytest.mark.timeout(30)
+def test_the_bus_uses_the_brokers_tls_settings(mutual: RedisServer, certs: Certificates
+                                              ) -> None:
+    url = with_prefix(f"rediss://127.0.0.1:{mutual.port}/0", unique_prefix("tls-bus"))
+    app = App("bus", broker=url, backend="memory://", broker_use_ssl=tls_settings(certs))
+    try:
+        assert asyncio.run(bus_round_trip(app)) == [b"over tls"]
+    finally:
+        app.close()
+
