@@ -8,7 +8,11 @@ must be a clear error at once: no hang, no retrying until a timeout.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -179,6 +183,23 @@ def test_a_wrong_password_is_a_clear_authentication_error_for_the_producer(
         assert PASSWORD not in str(raised.value)
     finally:
         app.close()
+
+
+@pytest.mark.timeout(30)
+def test_the_cli_says_a_refused_password_in_one_line_without_it(locked: RedisServer) -> None:
+    wrong = f"wrong-{PASSWORD}x"
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("CELERIAC_", "CELERY_"))}
+    env["CELERIAC_BROKER_URL"] = json.dumps(f"redis://:{wrong}@127.0.0.1:{locked.port}/0")
+    done = subprocess.run([sys.executable, "-m", "celeriac", "call", "proj.add", "-a", "[1, 2]"],
+                          env=env, capture_output=True, text=True, timeout=20, check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    errors = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, output
+    assert "invalid username-password pair" in errors[0]
+    assert wrong not in output
+    assert "Traceback" not in output
 
 
 @pytest.mark.timeout(60)
