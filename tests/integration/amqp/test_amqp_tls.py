@@ -220,3 +220,41 @@ def test_the_bus_uses_the_brokers_tls_settings(mutual: TLSNode, certs: Certifica
     finally:
         app.close()
         rabbit.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_running_worker_refused_its_password_retries_quietly_and_recovers(
+    mutual: TLSNode, tmp_path: Path,
+) -> None:
+    user, password = "celeriac-rotated", "first-Pa55word"
+    rabbit = Rabbit(mutual)
+    mutual.ctl("add_user", user, password)
+    mutual.ctl("set_permissions", "-p", rabbit.vhost, user, ".*", ".*", ".*")
+    world = RabbitDeployment(tmp_path, rabbit)
+    url = f"amqp://{user}:{password}@{HOST}:{mutual.port}/{rabbit.vhost}"
+    try:
+        worker = world.start_worker("-c", "1", broker_url=url).wait_ready(timeout=40)
+        producer = world.make_app()
+        tasks = register(producer)
+        assert tasks.add.delay(1, 1).get(timeout=30) == 2
+        # When the password is changed on the server and the connections are closed
+        mutual.ctl("change_password", user, "second-Pa55word")
+        mutual.ctl("close_all_connections", "-p", rabbit.vhost, "password rotated")
+        time.sleep(6.0)  # the window whose log lines are counted
+        failures = [line for line in worker.log().splitlines()
+                    if "fetch from the broker failed" in line]
+        # Then it retries with a backoff: a line per attempt, no tracebacks, no password
+        assert 1 <= len(failures) <= 8, failures
+        assert any("ACCESS_REFUSED" in line for line in failures), failures
+        # (aiormq itself logs the forced close once, with a traceback; the retries none)
+        retrying = worker.log().split("fetch from the broker failed", 1)[1]
+        assert "Traceback" not in retrying
+        assert password not in worker.log()
+        # And once the password works again, it runs tasks again
+        mutual.ctl("change_password", user, password)
+        assert tasks.add.delay(2, 2).get(timeout=40) == 4
+        assert worker.running
+    finally:
+        world.close()
+        rabbit.close()
+        mutual.ctl("delete_user", user)
