@@ -185,3 +185,30 @@ async def speaks_tls_async(host: str, port: int) -> bool:
     except (OSError, TimeoutError):
         return False
     return bool(first) and first[0] in _TLS_RECORDS
+
+
+def handshake_refusal(host: str, port: int, context: ssl.SSLContext) -> str | None:
+    """Why the TLS server at ``host:port`` refuses ``context``'s client, or None.
+
+    With TLS 1.3 the server judges the client's certificate after the handshake has
+    completed on the client's side, and its alert ("certificate required") can be lost
+    when the client has already sent data (the server's close then resets the
+    connection, dropping the alert on the way in). So a TLS connection reset while it
+    was being opened is diagnosed here: a handshake with the same context, then a read
+    with nothing sent, which receives that alert if there is one (bounded by
+    PROBE_TIMEOUT; a server waiting for the client to speak is not refusing it).
+    """
+    try:
+        with socket.create_connection((host, port), PROBE_TIMEOUT) as raw, \
+                context.wrap_socket(raw, server_hostname=host) as tls:
+            tls.settimeout(PROBE_TIMEOUT)
+            tls.recv(1)
+    except ssl.SSLCertVerificationError as exc:
+        return f"TLS certificate verification failed: {exc.verify_message or exc}"
+    except ssl.SSLError as exc:
+        if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError):
+            return None
+        return f"TLS handshake failed: {exc}"
+    except OSError:
+        return None
+    return None

@@ -54,7 +54,7 @@ from celeriac.brokers.amqp_topology import (
 )
 from celeriac.brokers.amqp_wire import Wire, WireLost
 from celeriac.errors import BrokerRefused, BrokerUnavailable, CeleriacError, refused_error
-from celeriac.tls import speaks_tls_async
+from celeriac.tls import handshake_refusal, speaks_tls_async
 
 logger = logging.getLogger("celeriac.broker.amqp")
 
@@ -213,6 +213,12 @@ class Connected:
                 refused = Refused(f"{self.ctx.server.host}:{self.ctx.server.port} speaks "
                                   "TLS but the URL is a plain amqp:// one: use amqps:// "
                                   "(with broker_use_ssl for the certificates)")
+            server = self.ctx.server
+            if refused is None and server.tls is not None \
+                    and isinstance(last_cause(exc), ConnectionResetError) \
+                    and (why := await asyncio.to_thread(
+                        handshake_refusal, server.host, server.port, server.tls)):
+                refused = Refused(why)  # say, a client certificate the server requires
             if refused is not None:
                 # Wrong credentials, an untrusted certificate, an unknown vhost: another
                 # attempt gets the same answer, so say it now rather than after a timeout.

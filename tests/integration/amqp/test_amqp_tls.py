@@ -85,10 +85,20 @@ def tls_url(node: RabbitNode, vhost: str = "/") -> str:
 
 def connect(url: str, **options: Any) -> None:
     broker = create_broker(url, {"connection_timeout": 4.0, **options})
+    asyncio.run(_connect_and_close(broker))
+
+
+async def _connect_and_close(broker: Any) -> None:
     try:
-        asyncio.run(broker.connect())
+        await broker.connect()
     finally:
-        asyncio.run(broker.close())
+        await broker.close()
+        # aiormq closes a connection whose reader failed (a TLS alert after the
+        # handshake) in a task of its own: let it finish before the loop ends, or
+        # asyncio.run cancels it half-way and a coroutine of it is never awaited.
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        if others:
+            await asyncio.wait(others, timeout=5)
 
 
 def refused_at_once(url: str, match: str, error: type[Exception] = BrokerRefused,
