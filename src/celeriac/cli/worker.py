@@ -110,7 +110,9 @@ def worker_command(spec: AppSpec, concurrency: int | None,
     log_banner(app, options)
     warn_about_unsafe_settings(app)
     signals.worker_init.send(sender=None)
-    drop_privileges(identity)  # before any process starts or anything is consumed
+    log_file = logfile_path(options.logfile, options.hostname)
+    # before any process starts or anything is consumed
+    drop_privileges(identity, [log_file] if log_file else [])
     try:
         code = _run(app, options)
     finally:

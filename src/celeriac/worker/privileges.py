@@ -1,7 +1,8 @@
 """Least privilege for workers: ``--uid``/``--gid``, and Celery's root rule.
 
 ``--uid``/``--gid`` (names or numbers) make the worker give up root once it has done
-what needs root: after its logging is set up (a log file opened as root stays open)
+what needs root: after its logging is set up (its log file is given to the user, since
+the prefork processes open it again)
 and before it consumes anything: in the supervisor before it starts its processes
 (they inherit the user), or in a solo worker before it connects. ``--uid`` alone also
 takes that user's primary group, and the supplementary groups become the user's own
@@ -81,10 +82,18 @@ def check_root(accept_content: Iterable[str], identity: Identity, allow_root: bo
         f"({FORCE_ROOT_ENV}=1) if you must")
 
 
-def drop_privileges(identity: Identity) -> None:
-    """Become ``identity`` for good (a no-op when neither --uid nor --gid was given)."""
+def drop_privileges(identity: Identity, own: Iterable[str] = ()) -> None:
+    """Become ``identity`` for good (a no-op when neither --uid nor --gid was given).
+
+    ``own``: files opened as root that the worker's processes open again after the
+    drop (the log file): they are given to ``identity`` first.
+    """
     if identity.uid is None and identity.gid is None:
         return
+    for path in own:
+        if os.path.exists(path):
+            os.chown(path, -1 if identity.uid is None else identity.uid,
+                     -1 if identity.gid is None else identity.gid)
     try:
         if identity.gid is not None:
             if identity.user is not None:

@@ -167,6 +167,22 @@ def test_uid_and_gid_drop_the_supervisor_and_its_processes_to_nobody(
 
 
 @pytest.mark.timeout(60)
+def test_a_log_file_opened_as_root_is_given_to_the_user(
+    server: RedisServer, app_dir: Path,
+) -> None:
+    log_file = app_dir / "celeriac.log"  # opened by the supervisor, then by each process
+    worker = Worker(app_dir, server.url + "?key_prefix=uid-log:", "-c", "2",
+                    "--uid", "nobody", "-f", str(log_file))
+    try:
+        wait_until(lambda: log_file.exists()
+                   and log_file.read_text().count(" consuming ") >= 2, 30,
+                   "both processes to log that they consume")
+        assert log_file.stat().st_uid == NOBODY.pw_uid
+    finally:
+        worker.stop()
+
+
+@pytest.mark.timeout(60)
 def test_a_solo_worker_drops_to_a_numeric_uid_with_its_group(
     server: RedisServer, app_dir: Path,
 ) -> None:
