@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import threading
@@ -44,7 +45,11 @@ from redis.backoff import ExponentialBackoff
 
 from celeriac import tls as tls_options
 from celeriac.brokers.redis_failures import authentication_failed, describe, refusal, retryable
-from celeriac.brokers.redis_plain import PlainConnection, PlainSyncConnection
+from celeriac.brokers.redis_plain import (
+    PlainConnection,
+    PlainSyncConnection,
+    tls_connection_classes,
+)
 from celeriac.config import suggest
 from celeriac.errors import CeleriacError, ConfigurationError, refused_error
 
@@ -173,12 +178,19 @@ class RedisSettings:
         }
         if not self.tls:
             kwargs["connection_class"] = PlainConnection  # a TLS port: said at once
+        else:  # a refusal after the handshake: said at once
+            kwargs["connection_class"] = self._tls_classes[0]
         if self.pool_limit is None:
             return aioredis.ConnectionPool.from_url(self.url, **kwargs)
         # Waits for a free connection (up to the timeout) instead of failing at once.
         return aioredis.BlockingConnectionPool.from_url(
             self.url, max_connections=self.pool_limit, timeout=self.connection_timeout,
             **kwargs)
+
+    @functools.cached_property
+    def _tls_classes(self) -> tuple[type[Any], type[Any]]:
+        """The TLS connection classes of these options, made once."""
+        return tls_connection_classes(self.tls_options)
 
     @property
     def tls(self) -> bool:
@@ -209,6 +221,8 @@ class RedisSettings:
         }
         if not self.tls:
             kwargs["connection_class"] = PlainSyncConnection
+        else:
+            kwargs["connection_class"] = self._tls_classes[1]
         if self.pool_limit is None:
             return redis.ConnectionPool.from_url(self.url, **kwargs)
         return redis.BlockingConnectionPool.from_url(

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 import redis.exceptions as redis_errors
 
-from celeriac.brokers.redis_plain import PlainTextToTLS
+from celeriac.brokers.redis_plain import PlainTextToTLS, TLSRefused
 from celeriac.errors import CeleriacError, refused_error
 
 # The last failure of a retried command in this task (set by ``retryable``, which
@@ -48,7 +48,7 @@ def refusal(exc: BaseException) -> str | None:
     the TLS library's own, with a hint where the fix is ours to name.
     """
     for cause in _chain(exc):
-        if isinstance(cause, PlainTextToTLS):
+        if isinstance(cause, PlainTextToTLS | TLSRefused):
             return str(cause)
         if isinstance(cause, ssl.SSLCertVerificationError):
             return (f"TLS certificate verification failed: {cause.verify_message or cause} "
