@@ -254,6 +254,8 @@ class App:
             options = {**options,
                        "connection_timeout": self.conf.broker_connection_timeout}
         options = self._celery_broker_settings(url, options)
+        if self.conf.broker_use_ssl not in (None, False) and "ssl" not in options:
+            options = {**options, "ssl": self.conf.broker_use_ssl}  # celeriac.tls
         return create_broker(url, options)
 
     def _celery_broker_settings(self, url: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -276,8 +278,11 @@ class App:
     def backend(self) -> ResultBackend:
         if self._backend is None:
             # rpc:// sends results over the broker's own server, so it needs its URL.
-            self._backend = create_backend(self.conf.effective_result_backend,
-                                           {"broker_url": self.conf.effective_broker_url})
+            # (and its TLS options; redis_backend_use_ssl for a Redis backend).
+            self._backend = create_backend(self.conf.effective_result_backend, {
+                "broker_url": self.conf.effective_broker_url,
+                "broker_use_ssl": self.conf.broker_use_ssl,
+                "redis_backend_use_ssl": self.conf.redis_backend_use_ssl})
         return self._backend
 
     async def connect(self) -> None:

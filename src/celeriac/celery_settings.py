@@ -104,9 +104,10 @@ _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
      "the broker is chosen by broker_url's scheme (sqlite://, redis://, amqp://)"),
     ("broker_transport_options", Answer.SAME, None, ""),
     ("broker_url", Answer.SAME, None, ""),
-    ("broker_use_ssl", Answer.REFUSED, None,
-     "use rediss:// or amqps:// in broker_url, with TLS options in "
-     "broker_transport_options"),
+    ("broker_use_ssl", Answer.SAME, None,
+     "True or a mapping of ssl_cert_reqs, ssl_ca_certs, ssl_certfile, ssl_keyfile (or "
+     "cert_reqs, ca_certs, certfile, keyfile); broker_url must be rediss:// or amqps:// "
+     "(docs/security.md)"),
     ("broker_user", Answer.REFUSED, None, _NO_PARTS),
     ("broker_vhost", Answer.REFUSED, None, _NO_PARTS),
     ("broker_write_url", Answer.REFUSED, None,
@@ -309,7 +310,7 @@ _BACKEND_FAMILIES: dict[str, tuple[str, ...]] = {
 
 # Celery's separate Redis backend settings: celeriac reads all of it from the URL.
 _REDIS_PARTS = ("redis_db", "redis_host", "redis_password", "redis_port", "redis_username")
-_REDIS_OPTIONS = ("redis_backend_use_ssl", "redis_max_connections", "redis_retry_on_timeout",
+_REDIS_OPTIONS = ("redis_max_connections", "redis_retry_on_timeout",
                   "redis_socket_connect_timeout", "redis_socket_keepalive",
                   "redis_socket_timeout")
 
@@ -461,6 +462,8 @@ def _build() -> dict[str, CelerySetting]:
               "Redis connection options go in the result_backend URL's query string "
               "(e.g. ?connection_timeout=5)") for name in _REDIS_OPTIONS]
     rows += [(name, Answer.REFUSED, None, _NOT_YET_SECURITY) for name in _SECURITY]
+    rows.append(("redis_backend_use_ssl", Answer.SAME, None,
+                 "as broker_use_ssl, for a rediss:// result backend (docs/security.md)"))
     table: dict[str, CelerySetting] = {}
     for name, answer, target, note in rows:
         if name in table:

@@ -52,6 +52,9 @@ class Settings(Mapping[str, Any]):
     broker_connection_retry_on_startup: bool = True
     broker_pool_limit: int | None = None  # connections a process keeps; None: the broker's
     broker_heartbeat: float | None = None  # seconds (RabbitMQ); None: the broker's (10)
+    # TLS options in Celery's shapes (celeriac.tls); the URL's scheme must say TLS too.
+    broker_use_ssl: bool | dict[str, Any] | None = None
+    redis_backend_use_ssl: bool | dict[str, Any] | None = None
 
     # Time: what a naive datetime means (see timezones.py), and periodic tasks' zone.
     timezone: str | None = None
@@ -520,6 +523,13 @@ def _mapping(name: str, value: Any) -> dict[str, Any]:
 # The checks of routing, annotations and rate limits live beside those features, whose
 # modules import this one: they are imported when first used.
 
+def _tls(name: str, value: Any) -> Any:
+    from celeriac.tls import normalize
+
+    normalize(value, name)  # an unknown option or a bad ssl_cert_reqs is an error now
+    return value
+
+
 def _routes(name: str, value: Any) -> Any:
     from celeriac.routing import check_routes
 
@@ -605,6 +615,8 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "broker_connection_retry_on_startup": _bool,
     "broker_pool_limit": _pool_limit,
     "broker_heartbeat": _heartbeat,
+    "broker_use_ssl": _tls,
+    "redis_backend_use_ssl": _tls,
     "timezone": _timezone,
     "enable_utc": _bool,
     "task_reject_on_worker_lost": _optional_bool,

@@ -4,6 +4,7 @@
     ├── ConfigurationError          an unknown setting, a bad value, an unknown URL scheme
     │   └── QueueNotFound           a queue not in ``task_queues`` (missing queues not created)
     ├── TaskNotRegistered           a name no task was registered under
+    ├── SecurityError               a worker that would run unsafely (root with pickle)
     ├── MessageError                a message that cannot be built or read
     │   ├── MessageTooLarge         over ``task_message_max_size``, raised before sending
     │   ├── ContentDisallowed       a serializer not listed in ``accept_content``
@@ -12,7 +13,8 @@
     │   ├── BrokerUnavailable       no connection within the timeout (a transient cause,
     │   │                           retried until then; the last one is chained)
     │   └── BrokerRefused           the server refused us for good: wrong credentials, an
-    │                               untrusted certificate, an unknown vhost (never retried)
+    │       │                       untrusted certificate, an unknown vhost (never retried)
+    │       └── BrokerAuthenticationError   the user name or password was rejected
     ├── BackendError                the result backend could not do what was asked
     │   └── BackendRefused          as BrokerRefused, from the result backend's server
     ├── TimeoutError                ``AsyncResult.get`` waited longer than its timeout
@@ -50,6 +52,11 @@ class QueueNotFound(ConfigurationError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else "queue not found"
+
+
+class SecurityError(CeleriacError):
+    """Running as asked would be unsafe: a worker as root while it accepts pickle, a
+    privilege drop that failed (Celery's ``SecurityError``)."""
 
 
 class TaskNotRegistered(CeleriacError, KeyError):
@@ -90,6 +97,24 @@ class BrokerRefused(BrokerError):
     are raised at once, with the server's own words, instead of being retried until a
     timeout hides them.
     """
+
+
+class BrokerAuthenticationError(BrokerRefused):
+    """The broker's server rejected the user name or password in ``broker_url``.
+
+    Raised at once by producers; a worker waits for the credentials to be fixed on the
+    server, retrying with a capped backoff (``celeriac.worker.startup``). The message
+    never contains the password.
+    """
+
+
+def refused_error(refused: type[CeleriacError], authentication: bool,
+                  message: str) -> CeleriacError:
+    """``refused(message)``, or ``BrokerAuthenticationError`` for a broker's refusal
+    that is a rejected login (``authentication``)."""
+    if authentication and issubclass(BrokerAuthenticationError, refused):
+        return BrokerAuthenticationError(message)
+    return refused(message)
 
 
 class BackendError(CeleriacError):

@@ -5,12 +5,13 @@ import celeriac
 
 def test_public_api_is_pinned() -> None:
     assert sorted(celeriac.__all__) == sorted([
-        "App", "AsyncResult", "BackendError", "BackendRefused", "BrokerError",
-        "BrokerRefused", "BrokerUnavailable", "Celery",
+        "App", "AsyncResult", "BackendError", "BackendRefused",
+        "BrokerAuthenticationError", "BrokerError", "BrokerRefused", "BrokerUnavailable",
+        "Celery",
         "CeleriacError", "ChordError", "ConfigurationError", "ContentDisallowed",
         "DecodeError", "EagerResult", "Exchange", "GroupResult", "MaxRetriesExceededError",
         "MessageError", "MessageTooLarge", "Queue", "QueueNotFound", "Reject", "Request",
-        "Retry", "Signature",
+        "Retry", "SecurityError", "Signature",
         "SoftTimeLimitExceeded", "Task", "TaskError", "TaskNotRegistered",
         "TaskRevokedError", "TimeLimitExceeded", "TimeoutError", "__version__", "chain",
         "chord", "group", "shared_task", "signature", "states",

@@ -109,6 +109,8 @@ class RedisBackend(ResultBackend):
         # Options come from the app, which may pass some meant for other backends (the
         # broker's URL, for rpc://); only the ones named in OPTIONS are read.
         mine = {name: value for name, value in self.options.items() if name in OPTIONS}
+        if self.options.get("redis_backend_use_ssl") and "ssl" not in mine:
+            mine["ssl"] = self.options["redis_backend_use_ssl"]  # Celery's setting
         self.settings = RedisSettings.from_options(url, mine)
         self.prefix = self.settings.key_prefix
         # A wait re-reads the result at least this often, whatever the wake-up tokens do.

@@ -55,6 +55,7 @@ from celeriac.brokers.amqp_topology import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEAR
 from celeriac.brokers.amqp_wire import Wire, WireLost
 from celeriac.errors import BackendError, BackendRefused, ConfigurationError
 from celeriac.task import current_request
+from celeriac.tls import normalize
 
 logger = logging.getLogger("celeriac.backend.rpc")
 
@@ -79,6 +80,8 @@ class RPCBackend(ResultBackend):
             sep = "&" if "?" in connection_url else "?"
             connection_url += f"{sep}heartbeat={DEFAULT_HEARTBEAT}"
         self.server_url = connection_url
+        # The broker's own TLS options: results travel over the broker's server.
+        self.tls_options = normalize(self.options.get("broker_use_ssl"), "broker_use_ssl")
         self.safe_url = safe_url(server)
         # connection_timeout is the generic name, connect_timeout the broker's older one.
         self.connect_timeout = float(self.options.get(
@@ -275,7 +278,8 @@ class RPCBackend(ResultBackend):
 
     async def open_wire(self) -> Wire:
         """A connection for publishing results, its channel in confirm mode."""
-        server = Server.from_url(self.server_url, f"celeriac rpc pid {os.getpid()}")
+        server = Server.from_url(self.server_url, f"celeriac rpc pid {os.getpid()}",
+                                 self.tls_options)
         try:
             return await Wire.open(server, self.connect_timeout, heartbeat=server.heartbeat,
                                    confirm=True)
@@ -345,7 +349,8 @@ class _Listener:
 
     def _run(self) -> None:
         backend = self.backend
-        server = Server.from_url(backend.server_url, f"celeriac rpc pid {os.getpid()}")
+        server = Server.from_url(backend.server_url, f"celeriac rpc pid {os.getpid()}",
+                                 backend.tls_options)
         failures = 0
         down = False  # a failure since the last success: log the recovery
         while not self._stopping.is_set():

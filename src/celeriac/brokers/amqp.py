@@ -197,7 +197,7 @@ from celeriac.brokers.base import (
 )
 from celeriac.bus.amqp import queue_name as bus_queue
 from celeriac.bus.base import RETENTION, Bus
-from celeriac.errors import BrokerRefused, BrokerUnavailable
+from celeriac.errors import BrokerRefused, BrokerUnavailable, refused_error
 
 T = TypeVar("T")
 
@@ -227,7 +227,7 @@ class AMQPBroker(Broker):
         self._links_lock = threading.Lock()
         # publish_blocking: pooled sockets, and a loop of its own for declaring queues.
         self._pool = BlockingPool(Server.from_url(
-            connection_url, f"celeriac pid {os.getpid()} sync publisher"))
+            connection_url, f"celeriac pid {os.getpid()} sync publisher", self.settings.tls))
         self._declarer: Bridge | None = None
         self._blocking_lock = threading.Lock()
         self._blocking_queues: set[str] = set()  # declared for blocking publishes
@@ -341,7 +341,8 @@ class AMQPBroker(Broker):
             self._declare_blocking(envelopes, timeout)
             return self._pool.take(min(timeout, self.settings.connect_timeout))
         except Refused as exc:
-            raise BrokerRefused(f"RabbitMQ at {self._context.safe_url} refused the "
+            raise refused_error(BrokerRefused, exc.authentication,
+                                f"RabbitMQ at {self._context.safe_url} refused the "
                                 f"connection: {exc}") from exc
 
     def _declare_blocking(self, envelopes: Sequence[Envelope], timeout: float) -> None:

@@ -34,7 +34,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -58,7 +58,16 @@ from pamqp.constants import FRAME_END, FRAME_HEADER_SIZE
 from pamqp.header import ContentHeader, ProtocolHeader
 from pamqp.heartbeat import Heartbeat
 
-from celeriac.errors import BrokerError, BrokerRefused, BrokerUnavailable
+from celeriac.errors import (
+    BrokerError,
+    BrokerRefused,
+    BrokerUnavailable,
+    CeleriacError,
+    ConfigurationError,
+    refused_error,
+)
+from celeriac.tls import client_context, from_query
+from celeriac.urls import safe_url
 
 CHANNEL = 1
 FRAME_MAX = 131072
@@ -76,7 +85,12 @@ class ConnectionLost(Exception):
 class Refused(Exception):
     """RabbitMQ, or the TLS handshake, refused this client for a reason no retry can fix:
     wrong credentials, an untrusted certificate, a vhost that does not exist or is not
-    allowed. Each client raises it as its own ``BrokerRefused``/``BackendRefused``."""
+    allowed. Each client raises it as its own ``BrokerRefused``/``BackendRefused``
+    (``BrokerAuthenticationError`` when ``authentication``: the login was rejected)."""
+
+    def __init__(self, message: str, *, authentication: bool = False) -> None:
+        super().__init__(message)
+        self.authentication = authentication
 
 
 # Connection.Close reply codes that mean "not you, not here": ACCESS_REFUSED (a login
@@ -98,11 +112,12 @@ def refusal(error: BaseException) -> Refused | None:
         return error
     if isinstance(error, ssl.SSLCertVerificationError):
         return Refused(f"TLS: RabbitMQ's certificate is not trusted ({error.verify_message}; "
-                       "check cafile in the URL)")
+                       "check ssl_ca_certs in broker_use_ssl, or cafile in the URL)")
     if isinstance(error, ssl.SSLError) and not isinstance(error, _TLS_TRANSIENT):
         return Refused(f"TLS handshake with RabbitMQ failed: {error}")
     if isinstance(error, ProbableAuthenticationError | AuthenticationError):
-        return Refused(f"ACCESS_REFUSED: RabbitMQ refused the login ({_words(error)})")
+        return Refused(f"ACCESS_REFUSED: RabbitMQ refused the login ({_words(error)})",
+                       authentication=True)
     if isinstance(error, AMQPConnectionError) and isinstance(error.__cause__, OSError):
         return refusal(error.__cause__)  # aiormq's wrapping of the socket's own error
     if isinstance(error, ConnectionClosed):
@@ -111,7 +126,8 @@ def refusal(error: BaseException) -> Refused | None:
         if name is None and type(error).__name__ == "ConnectionNotAllowed":
             name = "NOT_ALLOWED"  # aiormq drops the code of the classes it maps it to
         if name is not None:
-            return Refused(_named(name, _words(error)))
+            return Refused(_named(name, _words(error)),
+                           authentication=name == "ACCESS_REFUSED")
     return None
 
 
@@ -119,7 +135,8 @@ def closed_by_server(frame: spec.Connection.Close) -> Exception:
     """What a ``connection.close`` from RabbitMQ means: a ``Refused``, or a lost connection."""
     code = frame.reply_code or 0
     if code in REFUSED_CODES:
-        return Refused(_named(REFUSED_CODES[code], frame.reply_text or ""))
+        return Refused(_named(REFUSED_CODES[code], frame.reply_text or ""),
+                       authentication=code == 403)
     return ConnectionLost(repr(connection_error(frame)))
 
 
@@ -152,17 +169,19 @@ class Server:
     heartbeat: int = 0  # seconds the URL asks for (``?heartbeat=``); 0: none asked
 
     @classmethod
-    def from_url(cls, url: str, name: str) -> Server:
+    def from_url(cls, url: str, name: str,
+                 tls_options: Mapping[str, Any] | None = None) -> Server:
+        """``tls_options``: ``broker_use_ssl`` as ``celeriac.tls.normalize`` gives it;
+        the URL's own TLS query options (``cafile``, ...) win over it."""
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
         tls: ssl.SSLContext | None = None
         if parts.scheme == "amqps":
-            tls = ssl.create_default_context(cafile=query.get("cafile"))
-            if query.get("certfile"):
-                tls.load_cert_chain(query["certfile"], query.get("keyfile"))
-            if query.get("no_verify_ssl", "0") != "0":
-                tls.check_hostname = False
-                tls.verify_mode = ssl.CERT_NONE
+            tls = client_context({**(tls_options or {}), **from_query(query)})
+        elif tls_options is not None:
+            raise ConfigurationError(
+                f"TLS options (broker_use_ssl) given for a plain amqp:// URL "
+                f"({safe_url(url)}); use amqps:// to connect with TLS")
         vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
         return cls(host=parts.hostname or "localhost",
                    port=parts.port or (5671 if tls else 5672),
@@ -486,14 +505,15 @@ def redeclare(error: BaseException) -> bool:
     return isinstance(error, Unroutable | ChannelNotFoundEntity)
 
 
-def refused(error: BaseException) -> BrokerError | None:
+def refused(error: BaseException) -> CeleriacError | None:
     """A failure no retry can fix, as the error to raise; else None."""
     if isinstance(error, ChannelPreconditionFailed):
         return BrokerError(f"RabbitMQ refused a message: {error}")
     if isinstance(error, ChannelAccessRefused):  # the user may not write there
         return BrokerRefused(f"RabbitMQ refused access: {_words(error)}")
     if (refused := refusal(error)) is not None:
-        return BrokerRefused(f"RabbitMQ refused the connection: {refused}")
+        return refused_error(BrokerRefused, refused.authentication,
+                             f"RabbitMQ refused the connection: {refused}")
     return None
 
 

@@ -53,7 +53,8 @@ from celeriac.brokers.amqp_topology import (
     Topology,
 )
 from celeriac.brokers.amqp_wire import Wire, WireLost
-from celeriac.errors import BrokerRefused, BrokerUnavailable
+from celeriac.errors import BrokerRefused, BrokerUnavailable, CeleriacError, refused_error
+from celeriac.tls import handshake_refusal, speaks_tls_async
 
 logger = logging.getLogger("celeriac.broker.amqp")
 
@@ -103,7 +104,8 @@ class Context:
         self.lease_seconds = lease_seconds
         self.known: set[str] = set()  # celeriac queues declared through this broker
         # (AMQPBroker puts the heartbeat into the URL when it names none.)
-        self.server = Server.from_url(url, f"celeriac pid {os.getpid()} consumer")
+        self.server = Server.from_url(url, f"celeriac pid {os.getpid()} consumer",
+                                      settings.tls)
         self.consumer_heartbeat = consumer_heartbeat(self.server.heartbeat, lease_seconds)
         self._stamp_lock = threading.Lock()
         self._last_stamp = 0
@@ -167,6 +169,7 @@ class Connected:
         self._connect_lock = asyncio.Lock()
         self._failures = 0
         self._retry_at = 0.0
+        self._reached = False  # a connection was opened once: the port is no TLS port
         self._last_error: BaseException | None = None
         self.closed = False
 
@@ -189,18 +192,33 @@ class Connected:
                 raise self._unavailable(f"next attempt in {wait:.1f}s")
             await asyncio.sleep(wait)
             timeout -= wait
-        connection = _Connection(self.ctx.url, client_properties={
+        # context: the same TLS context as every other client of this broker
+        # (broker_use_ssl and the URL's options), not aiormq's own reading of the URL.
+        connection = _Connection(self.ctx.url, context=self.ctx.server.tls, client_properties={
             "connection_name": f"celeriac pid {os.getpid()} {threading.current_thread().name}"})
         attempt = max(0.05, min(timeout, self.ctx.settings.connect_timeout))
         try:
             await asyncio.wait_for(connection.connect(), attempt)
             self.publisher = await connection.channel(publisher_confirms=True)
             self.connection = connection
+            self._reached = True  # a plain server: no TLS check on later failures
         except BaseException as exc:
             refused = refusal(exc)
             if refused is None and isinstance(exc, InvalidFrameError) \
                     and "Connection.Close" in str(exc):
                 refused = await self._diagnose(attempt)
+            if refused is None and self.ctx.server.tls is None and not self._reached \
+                    and isinstance(last_cause(exc), ConnectionResetError) \
+                    and await speaks_tls_async(self.ctx.server.host, self.ctx.server.port):
+                refused = Refused(f"{self.ctx.server.host}:{self.ctx.server.port} speaks "
+                                  "TLS but the URL is a plain amqp:// one: use amqps:// "
+                                  "(with broker_use_ssl for the certificates)")
+            server = self.ctx.server
+            if refused is None and server.tls is not None \
+                    and isinstance(last_cause(exc), ConnectionResetError) \
+                    and (why := await asyncio.to_thread(
+                        handshake_refusal, server.host, server.port, server.tls)):
+                refused = Refused(why)  # say, a client certificate the server requires
             if refused is not None:
                 # Wrong credentials, an untrusted certificate, an unknown vhost: another
                 # attempt gets the same answer, so say it now rather than after a timeout.
@@ -305,9 +323,10 @@ class Connected:
                 return access_refused(reason)
         return None
 
-    def refused(self, refused: Exception, what: str = "the connection") -> BrokerRefused:
+    def refused(self, refused: Exception, what: str = "the connection") -> CeleriacError:
         """A refusal (login, vhost, certificate, permission) as the error to raise."""
-        return BrokerRefused(f"RabbitMQ at {self.ctx.safe_url} refused {what}: {refused}")
+        return refused_error(BrokerRefused, getattr(refused, "authentication", False),
+                             f"RabbitMQ at {self.ctx.safe_url} refused {what}: {refused}")
 
     def _on_connection_closed(self, connection: AbstractConnection,
                               closing: asyncio.Future[Any] | None,

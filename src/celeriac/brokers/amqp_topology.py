@@ -40,6 +40,7 @@ from typing import Any
 
 from celeriac.config import suggest
 from celeriac.errors import ConfigurationError
+from celeriac.tls import normalize
 
 DELAY_LEVELS = 28
 DELAY_UNIT_MS = 10  # the resolution of a delay; a delay is never rounded down
@@ -111,6 +112,8 @@ class AMQPOptions:
     publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT
     default_queue_type: str = CLASSIC
     queues: Mapping[str, QueueSpec] = field(default_factory=dict)
+    # broker_use_ssl (the ``ssl`` transport option), as celeriac.tls.normalize gives it
+    tls: Mapping[str, Any] | None = None
     _defaults: dict[str, QueueSpec] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -152,7 +155,8 @@ class AMQPOptions:
                        else "connection_timeout"),
                    publish_timeout=float(options.get("publish_timeout",
                                                      DEFAULT_PUBLISH_TIMEOUT)),
-                   default_queue_type=default_type, queues=queues)
+                   default_queue_type=default_type, queues=queues,
+                   tls=normalize(options.get("ssl"), "broker_use_ssl"))
 
     def spec(self, queue: str) -> QueueSpec:
         found = self.queues.get(queue) or self._defaults.get(queue)
@@ -165,7 +169,7 @@ class AMQPOptions:
 _OPTION_NAMES = frozenset({
     "lease_seconds", "namespace", "heartbeat", "connect_timeout", "connection_timeout",
     "publish_timeout",
-    "default_queue_type", "transient_queues", "quorum_queues", "queues",
+    "default_queue_type", "transient_queues", "quorum_queues", "queues", "ssl",
 })
 
 

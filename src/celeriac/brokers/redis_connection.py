@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
-import ssl
 import threading
 import time
 import weakref
@@ -43,9 +43,15 @@ import redis.retry
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from celeriac.brokers.redis_failures import describe, refusal, retryable
+from celeriac import tls as tls_options
+from celeriac.brokers.redis_failures import authentication_failed, describe, refusal, retryable
+from celeriac.brokers.redis_plain import (
+    PlainConnection,
+    PlainSyncConnection,
+    tls_connection_classes,
+)
 from celeriac.config import suggest
-from celeriac.errors import CeleriacError, ConfigurationError
+from celeriac.errors import CeleriacError, ConfigurationError, refused_error
 
 # Packs a command in C, where redis-py's packer encodes each argument in Python.
 _pack_command: Callable[[tuple[Any, ...]], bytes] | None
@@ -75,20 +81,10 @@ RETRY_BACKOFF_CAP = 0.5
 
 # TLS options passed through to redis-py's SSLConnection, under Celery's and redis-py's
 # names (``broker_use_ssl`` keys and ``rediss://...?ssl_cert_reqs=none`` query values).
-SSL_OPTIONS = frozenset({
-    "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_data", "ssl_ca_path", "ssl_certfile",
-    "ssl_keyfile", "ssl_password", "ssl_check_hostname", "ssl_ciphers", "ssl_min_version",
-})
+SSL_OPTIONS = tls_options.OPTIONS
 CONNECTION_OPTIONS = frozenset({"connection_timeout", "pool_limit", "ssl", "require_noeviction",
                                 *SSL_OPTIONS})
 DEFAULT_KEY_PREFIX = "celeriac:"
-
-_CERT_REQS = {
-    "none": ssl.CERT_NONE, "cert_none": ssl.CERT_NONE,
-    "optional": ssl.CERT_OPTIONAL, "cert_optional": ssl.CERT_OPTIONAL,
-    "required": ssl.CERT_REQUIRED, "cert_required": ssl.CERT_REQUIRED,
-}
-
 
 def check_options(options: Mapping[str, Any], known: frozenset[str], what: str) -> None:
     """Reject an unknown option name, suggesting the closest known one."""
@@ -135,9 +131,8 @@ class RedisSettings:
                                        or not isinstance(pool_limit, int) or pool_limit < 1):
             raise ConfigurationError(f"pool_limit must be a whole number >= 1 or None, "
                                      f"not {pool_limit!r}")
-        nested = options.get("ssl") or {}
-        if not isinstance(nested, Mapping):
-            raise ConfigurationError(f"the ssl option must be a mapping, not {nested!r}")
+        # Celery's broker_use_ssl / redis_backend_use_ssl, under either spelling.
+        nested = tls_options.normalize(options.get("ssl"), "the ssl option") or {}
         tls = {**{k: v for k, v in options.items() if k in SSL_OPTIONS}, **nested}
         check_options(tls, SSL_OPTIONS, "TLS")
         query = parse_qsl(parts.query, keep_blank_values=True)
@@ -148,7 +143,7 @@ class RedisSettings:
         if "ssl_cert_reqs" in from_query:  # the URL wins, as redis-py has it
             tls["ssl_cert_reqs"] = from_query["ssl_cert_reqs"]
         if "ssl_cert_reqs" in tls:
-            tls["ssl_cert_reqs"] = _cert_reqs(tls["ssl_cert_reqs"])
+            tls["ssl_cert_reqs"] = tls_options.cert_reqs(tls["ssl_cert_reqs"])
         prefix = from_query.get("key_prefix", options.get("key_prefix", DEFAULT_KEY_PREFIX))
         if not isinstance(prefix, str):
             raise ConfigurationError(f"key_prefix must be a string, not {prefix!r}")
@@ -181,12 +176,25 @@ class RedisSettings:
                            -1, is_retryable=retryable),
             **self.tls_options,
         }
+        if not self.tls:
+            kwargs["connection_class"] = PlainConnection  # a TLS port: said at once
+        else:  # a refusal after the handshake: said at once
+            kwargs["connection_class"] = self._tls_classes[0]
         if self.pool_limit is None:
             return aioredis.ConnectionPool.from_url(self.url, **kwargs)
         # Waits for a free connection (up to the timeout) instead of failing at once.
         return aioredis.BlockingConnectionPool.from_url(
             self.url, max_connections=self.pool_limit, timeout=self.connection_timeout,
             **kwargs)
+
+    @functools.cached_property
+    def _tls_classes(self) -> tuple[type[Any], type[Any]]:
+        """The TLS connection classes of these options, made once."""
+        return tls_connection_classes(self.tls_options)
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("rediss://")
 
     def make_client(self) -> aioredis.Redis:
         return aioredis.Redis.from_pool(self.make_pool())
@@ -211,6 +219,10 @@ class RedisSettings:
                 supported_errors=(redis_errors.ConnectionError,)),
             **self.tls_options,
         }
+        if not self.tls:
+            kwargs["connection_class"] = PlainSyncConnection
+        else:
+            kwargs["connection_class"] = self._tls_classes[1]
         if self.pool_limit is None:
             return redis.ConnectionPool.from_url(self.url, **kwargs)
         return redis.BlockingConnectionPool.from_url(
@@ -237,16 +249,6 @@ def _flag(value: Any, name: str) -> bool:
     if text in ("false", "no", "0", "off"):
         return False
     raise ConfigurationError(f"{name} must be true or false, not {value!r}")
-
-
-def _cert_reqs(value: Any) -> ssl.VerifyMode:
-    if isinstance(value, ssl.VerifyMode):
-        return value
-    mode = _CERT_REQS.get(str(value).lower())
-    if mode is None:
-        raise ConfigurationError(f"ssl_cert_reqs must be none, optional or required "
-                                 f"(or ssl.CERT_*), not {value!r}")
-    return mode
 
 
 # -- one client per event loop ------------------------------------------------------------
@@ -407,7 +409,7 @@ class BlockingClient:
         if (refused := refusal(exc)) is not None:
             if reply:
                 conn.disconnect()  # a half-made connection (AUTH or SELECT failed)
-            return self._refused_error(what, refused)
+            return self._refused_error(what, refused, exc)
         if isinstance(exc, redis_errors.ConnectionError):
             return None
         if isinstance(exc, redis_errors.TimeoutError | OSError):
@@ -431,7 +433,7 @@ class BlockingClient:
             return pool.get_connection()
         except (redis_errors.RedisError, OSError) as exc:
             if (refused := refusal(exc)) is not None:
-                raise self._refused_error(what, refused) from exc
+                raise self._refused_error(what, refused, exc) from exc
             if not isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError
                               | OSError):
                 raise self._error(f"{self._what} {what}: {type(exc).__name__}: {exc}") \
@@ -462,8 +464,9 @@ class BlockingClient:
         return self._unavailable(
             f"{self._what} {what}: Redis is unavailable ({describe(exc)})")
 
-    def _refused_error(self, what: str, cause: str) -> CeleriacError:
-        return self._refused(f"{self._what} {what}: Redis refused the connection: {cause}")
+    def _refused_error(self, what: str, cause: str, exc: BaseException) -> CeleriacError:
+        return refused_error(self._refused, authentication_failed(exc),
+                             f"{self._what} {what}: Redis refused the connection: {cause}")
 
 
 # Every BlockingClient of this process, so that a forked child drops their pools at once

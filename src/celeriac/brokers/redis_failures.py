@@ -23,7 +23,8 @@ from collections.abc import Iterator
 
 import redis.exceptions as redis_errors
 
-from celeriac.errors import CeleriacError
+from celeriac.brokers.redis_plain import PlainTextToTLS, TLSRefused
+from celeriac.errors import CeleriacError, refused_error
 
 # The last failure of a retried command in this task (set by ``retryable``, which
 # redis-py calls in the caller's task), so that a call cut off by its deadline reports
@@ -47,6 +48,8 @@ def refusal(exc: BaseException) -> str | None:
     the TLS library's own, with a hint where the fix is ours to name.
     """
     for cause in _chain(exc):
+        if isinstance(cause, PlainTextToTLS | TLSRefused):
+            return str(cause)
         if isinstance(cause, ssl.SSLCertVerificationError):
             return (f"TLS certificate verification failed: {cause.verify_message or cause} "
                     "(ssl_ca_certs names the CA to trust; ssl_cert_reqs=none turns "
@@ -62,6 +65,14 @@ def refusal(exc: BaseException) -> str | None:
             hint = " (the URL's path names the database)" if "DB index" in text else ""
             return f"{type(exc).__name__}: {text}{hint}"
     return None
+
+
+def authentication_failed(exc: BaseException) -> bool:
+    """Whether the server rejected the user name or password (not a permission)."""
+    if isinstance(exc, redis_errors.AuthenticationError):
+        return True
+    return isinstance(exc, redis_errors.ResponseError) and any(
+        mark in str(exc) for mark in ("WRONGPASS", "NOAUTH", "invalid password"))
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -104,8 +115,8 @@ def translate_errors(unavailable: type[CeleriacError], error: type[CeleriacError
     except (redis_errors.RedisError, OSError, TimeoutError) as exc:
         reason = refusal(exc)
         if reason is not None:
-            raise (refused or error)(f"{what}: Redis refused the connection: {reason}") \
-                from exc
+            raise refused_error(refused or error, authentication_failed(exc),
+                                f"{what}: Redis refused the connection: {reason}") from exc
         if not isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError
                           | OSError | TimeoutError):
             raise error(f"{what}: {describe(exc)}") from exc

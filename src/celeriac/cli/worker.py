@@ -26,6 +26,7 @@ from celeriac.worker.autoscale import parse_autoscale
 from celeriac.worker.child import EXIT_BROKER_LOST, EXIT_OK, EXIT_REFUSED, serve
 from celeriac.worker.consumer import StopReason
 from celeriac.worker.options import WorkerOptions, expand_nodename, logfile_path
+from celeriac.worker.privileges import check_root, drop_privileges, resolve
 from celeriac.worker.startup import PERMANENT
 
 if TYPE_CHECKING:
@@ -84,6 +85,13 @@ def _autoscale_bounds(ctx: click.Context, param: click.Parameter,
 @click.option("-f", "--logfile", metavar="PATH",
               help="Append logs to this file instead of stderr (%p node name, %h host, "
                    "%n, %d, %i process index, %I).")
+@click.option("--uid", metavar="USER",
+              help="Run as this user (name or number) once started: after logging is set "
+                   "up, before consuming. Alone, also takes the user's group.")
+@click.option("--gid", metavar="GROUP", help="Run as this group (name or number).")
+@click.option("--allow-root", is_flag=True,
+              help="Run as root even though accept_content includes pickle (Celery's "
+                   "C_FORCE_ROOT); without it such a worker refuses to start.")
 @click.pass_obj
 def worker_command(spec: AppSpec, concurrency: int | None,
                    autoscale: tuple[int, int] | None, pool: str | None,
@@ -92,10 +100,13 @@ def worker_command(spec: AppSpec, concurrency: int | None,
                    shutdown_timeout: float | None, hostname: str | None, beat: bool,
                    task_events: bool | None, metrics_port: int | None,
                    metrics_host: str | None, loglevel: str, log_format: str | None,
-                   logfile: str | None) -> None:
+                   logfile: str | None, uid: str | None, gid: str | None,
+                   allow_root: bool) -> None:
     """Start a worker: consume the queues and run their tasks."""
     configure_logging(loglevel)
     app = spec.load()
+    identity = resolve(uid, gid)
+    check_root(app.conf.accept_content, identity, allow_root)  # SecurityError: one line
     options = WorkerOptions.from_settings(
         spec.spec or "", app.conf, pool=pool, concurrency=concurrency,
         queues=tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else (),
@@ -120,6 +131,9 @@ def worker_command(spec: AppSpec, concurrency: int | None,
     log_banner(app, options)
     warn_about_unsafe_settings(app)
     signals.worker_init.send(sender=None)
+    log_file = logfile_path(options.logfile, options.hostname)
+    # before any process starts or anything is consumed
+    drop_privileges(identity, [log_file] if log_file else [])
     try:
         code = _run(app, options)
     finally:

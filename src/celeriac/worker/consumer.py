@@ -48,6 +48,7 @@ from celeriac.events.emitter import release as release_emitter
 from celeriac.events.tasks import TaskEvents
 from celeriac.monitor.tally import TaskTally
 from celeriac.uniqueness.send import release_finished
+from celeriac.worker.broker_failures import log_failure, log_fetch_failure, quiet
 from celeriac.worker.executor import Action, Executor, Prepared, SyncRunner, Verdict
 from celeriac.worker.pools import ThreadRunner
 from celeriac.worker.ratelimit import RateLimiter
@@ -356,10 +357,11 @@ class Consumer:
             queues = self.queues
             try:
                 deliveries = await broker.fetch(queues, room, FETCH_TIMEOUT)
-            except Exception:
+            except Exception as exc:
                 failures += 1
-                logger.exception("fetch from the broker failed (attempt %d)", failures)
-                await asyncio.sleep(min(RETRY_BACKOFF_MAX, 0.1 * 2 ** failures))
+                delay = min(RETRY_BACKOFF_MAX, 0.1 * 2 ** failures)
+                log_fetch_failure(exc, failures, delay)  # one line for a known cause
+                await asyncio.sleep(delay)
                 continue
             failures = 0
             self._last_broker_ok = time.monotonic()
@@ -716,7 +718,7 @@ class Consumer:
                 return
             exc = failure  # cannot even do that: the broker is in trouble after all
         logger.error("could not write %d results/acks; retrying: %s", len(batch),
-                     describe(exc), exc_info=exc)
+                     describe(exc), exc_info=None if quiet(exc) else exc)
         self._pending.items[:0] = batch
         self._pending.event.set()
         await asyncio.sleep(0.5)
@@ -810,7 +812,7 @@ class Consumer:
                         if ok:
                             item.confirmed_at = now
                 except Exception:
-                    logger.exception("could not extend %d lease(s)", len(held))
+                    log_failure(logger, "could not extend %d lease(s)", len(held))
             silent = time.monotonic() - self._last_broker_ok
             if silent > watchdog and not self._stopping.is_set():
                 logger.critical("no broker call has succeeded for %.0fs: stopping this worker "

@@ -62,6 +62,7 @@ from celeriac.errors import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitEx
 from celeriac.limits import TimeLimits, resolve
 from celeriac.message import Message
 from celeriac.outcome import Outcome
+from celeriac.worker.broker_failures import log_failure
 from celeriac.worker.pools import ThreadRunner
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ class Guard:
         try:
             await self.refresh()
         except Exception:
-            logger.exception("could not read the revoked task ids; retrying in the "
+            log_failure(logger, "could not read the revoked task ids; retrying in the "
                              "background")
 
     async def watch(self) -> None:
@@ -148,7 +149,7 @@ class Guard:
                     failures = 0
                 except Exception:
                     failures += 1
-                    logger.exception("could not read the revoked task ids (attempt %d)",
+                    log_failure(logger, "could not read the revoked task ids (attempt %d)",
                                      failures)
                 if time.monotonic() - pruned > PRUNE_INTERVAL:
                     self._prune()

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from celeriac.brokers.base import MAX_PRIORITY, Outgoing
 from celeriac.brokers.buckets import Grant, MemoryBuckets, TokenBuckets
 from celeriac.ratelimit import Rate, parse_rate, shared_buckets
+from celeriac.worker.broker_failures import log_failure
 from celeriac.worker.executor import Action, Prepared, Verdict, encode_for
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ class RateLimiter:
         try:
             found = await self.store.overrides()
         except Exception:
-            logger.exception("could not read the run-time rate limits; keeping the last ones")
+            log_failure(logger, "could not read the run-time rate limits; keeping the last ones")
             return
         overrides: dict[str, Rate | None] = {}
         for name, text in found.items():

@@ -99,4 +99,3 @@ async def _sleep_unless_stopping(delay: float, stopping: Callable[[], bool]) -> 
         await asyncio.sleep(min(STOP_CHECK, deadline - time.monotonic()))
     if stopping():
         raise StartupStopped
-

@@ -225,7 +225,8 @@ def test_an_untrusted_certificate_is_refused_at_once(
     with pytest.raises(BackendRefused, match="TLS certificate verification failed"):
         backend_connect(url)
 
-    # And plain text against the TLS port is not mistaken for a refusal by Redis: the
-    # server drops such connections, which is retried until the timeout (unavailable)
-    with pytest.raises(BrokerUnavailable):
-        broker_connect(f"redis://127.0.0.1:{server.port}/0", connection_timeout=1.0)
+    # And plain text against the TLS port is told to use rediss://, at once
+    started = time.monotonic()
+    with pytest.raises(BrokerRefused, match="speaks TLS .* use rediss://"):
+        broker_connect(f"redis://127.0.0.1:{server.port}/0", connection_timeout=4.0)
+    assert time.monotonic() - started < AT_ONCE
