@@ -368,7 +368,7 @@ class Consumer:
                     return
                 held = await self._ready.get()
                 if self._stopping.is_set():
-                    self._ready.put_nowait(held)  # handed back by _hand_back_unstarted
+                    self._ready.put_nowait(held)  # handed back by hand_back_unstarted
                     return
                 if self._lost_before_start(held):
                     continue
