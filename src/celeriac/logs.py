@@ -166,11 +166,20 @@ def setup_worker_logging(level: str | int, hijack_root: bool = True, fmt: str = 
     """The worker's logging, once the app is loaded: the ``setup_logging`` signal's
     receivers take it over entirely when there are any (as in Celery); otherwise the
     worker sets it up and sends ``after_setup_logger``."""
+    number = _level_number(level)  # Celery's receivers get the level as a number
     if signals.setup_logging.receivers:
         _remove_ours(logging.getLogger())
-        signals.setup_logging.send(sender=None, loglevel=level, logfile=logfile, format=fmt,
+        signals.setup_logging.send(sender=None, loglevel=number, logfile=logfile, format=fmt,
                                    colorize=False)
         return
     configure_logging(level, hijack_root, fmt, task_fmt, logfile, hostname)
-    signals.after_setup_logger.send(sender=None, logger=logging.getLogger(), loglevel=level,
+    signals.after_setup_logger.send(sender=None, logger=logging.getLogger(), loglevel=number,
                                     logfile=logfile, format=fmt, colorize=False)
+
+
+def _level_number(level: str | int) -> int:
+    """``"INFO"`` as 20; a number as itself (what ``logging`` does not know: INFO)."""
+    if isinstance(level, int):
+        return level
+    number = logging.getLevelName(level.upper())
+    return number if isinstance(number, int) else logging.INFO

@@ -31,6 +31,7 @@ import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, overload
 
 logger = logging.getLogger("celeriac.signals")
@@ -143,6 +144,39 @@ def _name_of(receiver: Receiver) -> str:
     return f"{module}.{getattr(receiver, '__qualname__', repr(receiver))}"
 
 
+ErrorType = type[BaseException]  # (inside ExceptionInfo, ``type`` is its property)
+
+
+class ExceptionInfo(str):
+    """Celery's ``einfo`` argument (billiard's ``ExceptionInfo``): the formatted traceback,
+    as the string itself and as ``traceback``, with ``exception``, ``type``, ``tb`` and
+    ``exc_info`` beside it, so that receivers and hooks written for Celery
+    (``einfo.traceback``, ``str(einfo)``, ``einfo.exc_info``) work unchanged."""
+
+    exception: BaseException | None
+
+    def __new__(cls, text: str, exception: BaseException | None = None) -> ExceptionInfo:
+        info = super().__new__(cls, text)
+        info.exception = exception
+        return info
+
+    @property
+    def traceback(self) -> str:
+        return str(self)
+
+    @property
+    def type(self) -> ErrorType | None:
+        return None if self.exception is None else type(self.exception)
+
+    @property
+    def tb(self) -> TracebackType | None:
+        return None if self.exception is None else self.exception.__traceback__
+
+    @property
+    def exc_info(self) -> tuple[ErrorType | None, BaseException | None, TracebackType | None]:
+        return self.type, self.exception, self.tb
+
+
 # -- the signals, with Celery's names and arguments ----------------------------------------
 
 before_task_publish = Signal("before_task_publish", (
@@ -152,7 +186,7 @@ task_received = Signal("task_received", ("request",))
 task_prerun = Signal("task_prerun", ("task_id", "task", "args", "kwargs"))
 task_postrun = Signal("task_postrun", ("task_id", "task", "args", "kwargs", "retval",
                                        "state"))
-task_success = Signal("task_success", ("result",))
+task_success = Signal("task_success", ("result", "runtime"))
 task_failure = Signal("task_failure", ("task_id", "exception", "args", "kwargs",
                                        "traceback", "einfo"))
 task_retry = Signal("task_retry", ("request", "reason", "einfo"))
@@ -170,7 +204,7 @@ after_setup_logger = Signal("after_setup_logger", ("logger", "loglevel", "logfil
 TASK_SIGNALS = (task_prerun, task_postrun, task_success, task_failure, task_retry)
 
 __all__ = [
-    "Signal", "after_setup_logger", "after_task_publish", "before_task_publish",
+    "ExceptionInfo", "Signal", "after_setup_logger", "after_task_publish", "before_task_publish",
     "setup_logging", "task_failure", "task_postrun", "task_prerun", "task_received",
     "task_rejected", "task_retry", "task_revoked", "task_success", "worker_init",
     "worker_process_init", "worker_process_shutdown", "worker_ready", "worker_shutdown",

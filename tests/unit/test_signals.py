@@ -127,6 +127,11 @@ def test_task_signals_fire_with_celerys_arguments(
     assert failure["sender"].name == "sig.boom"
     assert isinstance(failure["exception"], ValueError)
     assert "raise ValueError" in failure["einfo"]
+    # Celery's einfo (billiard's ExceptionInfo): receivers read these
+    assert failure["einfo"].traceback == str(failure["einfo"])
+    assert failure["einfo"].exc_info == (ValueError, failure["exception"],
+                                         failure["exception"].__traceback__)
+    assert args["task_success"]["runtime"] >= 0
     success = next(kw for name, kw in heard if name == "task_success")
     assert success["result"] == 5
     assert success["sender"].name == "sig.add"

@@ -107,6 +107,7 @@ class Consumer:
         self._multiplier = prefetch_multiplier or app.conf.worker_prefetch_multiplier
         self.budget = slots * self._multiplier
         self.executor = Executor(app, run_sync, hostname)
+        self.executor.signal_sender = self  # task_received's sender, as in Celery
         self.rate_limits = RateLimiter(app)
         self.max_tasks = max_tasks
         self.memory_check = memory_check  # callable() -> bool: True when over the limit

@@ -83,6 +83,8 @@ class Executor:
         self.hostname = hostname
         self.guard = Guard(app, run_sync)  # revocations and time limits
         self.events: TaskEvents | None = None  # set by the consumer when events are on
+        # task_received/task_rejected's sender: Celery's is the consumer (set by it)
+        self.signal_sender: Any = None
 
     def prepare(self, delivery: Delivery) -> Prepared | Verdict:
         """Decide what to do with a delivery before running it (``_prepare``), and send
@@ -90,7 +92,8 @@ class Executor:
         outcome = self._guarded_prepare(delivery)
         if signals.task_received.receivers or signals.task_rejected.receivers \
                 or signals.task_revoked.receivers:
-            signalling.after_prepare(delivery, outcome, self.hostname)
+            signalling.after_prepare(self.app, delivery, outcome, self.hostname,
+                                     self.signal_sender)
         if self.events is not None and type(outcome) is Prepared:
             self.events.received(outcome)
         return outcome
@@ -306,14 +309,16 @@ async def _run_call_with_hooks(task: Task[Any, Any], request: Request, run_sync:
                                message: Message) -> Verdict:
     """``run_call`` for a task class with Celery's hooks (``worker/hooks.py``)."""
     await hooks.before_start(task, request, run_sync)
+    started = time.perf_counter()
     try:
         value = await _invoke(task, request, run_sync)
     except Exception as exc:
         verdict = _verdict_for_error(task, request, message, exc)
         await hooks.after(task, request, verdict, run_sync, exc=exc)
         return verdict
+    runtime = time.perf_counter() - started  # task_success's runtime, as in Celery
     verdict = _succeeded(message, value)
-    await hooks.after(task, request, verdict, run_sync, retval=value)
+    await hooks.after(task, request, verdict, run_sync, retval=value, runtime=runtime)
     return verdict
 
 

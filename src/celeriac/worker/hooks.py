@@ -50,17 +50,20 @@ async def before_start(task: Task[Any, Any], request: Request, run_sync: SyncRun
 
 
 async def after(task: Task[Any, Any], request: Request, verdict: Verdict, run_sync: SyncRunner,
-                retval: Any = None, exc: BaseException | None = None) -> None:
+                retval: Any = None, exc: BaseException | None = None,
+                runtime: float = 0.0) -> None:
     """The hooks that follow a call, by what the verdict made of it."""
     from celeriac.worker.executor import Action
 
-    einfo = verdict.outcome.traceback if verdict.outcome is not None else None
+    text = verdict.outcome.traceback if verdict.outcome is not None else None
     args, kwargs = request.args, request.kwargs
     hooked = has_hooks(task)
     if verdict.action is Action.RETRY and exc is not None:
         status = states.RETRY
         if isinstance(exc, Retry) and exc.exc is not None:
             exc = exc.exc  # as Celery: the error the task retried for, not the signal
+    einfo = None if text is None else signals.ExceptionInfo(text, exc)
+    if verdict.action is Action.RETRY and exc is not None:
         await _signal(task, signals.task_retry, run_sync, request, request=request, reason=exc,
                       einfo=einfo)
         if hooked:
@@ -78,7 +81,8 @@ async def after(task: Task[Any, Any], request: Request, verdict: Verdict, run_sy
         status = "REJECTED"  # dead-lettered or requeued by the task (Reject)
     else:
         status = states.SUCCESS
-        await _signal(task, signals.task_success, run_sync, request, result=retval)
+        await _signal(task, signals.task_success, run_sync, request, result=retval,
+                      runtime=runtime)
         if hooked:
             await _call(task, "on_success", run_sync, request, retval, request.id, args,
                         kwargs)

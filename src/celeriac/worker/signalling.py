@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from celeriac import signals, states
 
 if TYPE_CHECKING:
+    from celeriac.app import App
     from celeriac.brokers.base import Delivery
     from celeriac.worker.executor import Prepared, Verdict
 
@@ -29,16 +30,19 @@ def task_signals_connected() -> bool:
                 or signals.task_retry.receivers)
 
 
-def after_prepare(delivery: Delivery, outcome: Prepared | Verdict, hostname: str) -> None:
+def after_prepare(app: App, delivery: Delivery, outcome: Prepared | Verdict, hostname: str,
+                  consumer: Any) -> None:
+    """``consumer`` is the sender of task_received and task_rejected, as in Celery; a
+    revoked task's sender is the task (its name if this worker does not know it)."""
     from celeriac.worker.executor import Action, Prepared, _request_for
 
     if isinstance(outcome, Prepared):
         if signals.task_received.receivers:
             request = _request_for(outcome.message, delivery.delivery_count, hostname)
-            signals.task_received.send(sender=None, request=request)
+            signals.task_received.send(sender=consumer, request=request)
         return
     if outcome.action is Action.DEAD_LETTER:
-        signals.task_rejected.send(sender=None, message=delivery, exc=outcome.reason)
+        signals.task_rejected.send(sender=consumer, message=delivery, exc=outcome.reason)
         return
     verdict_outcome: Any = outcome.outcome
     if verdict_outcome is not None and verdict_outcome.state == states.REVOKED \
@@ -47,5 +51,6 @@ def after_prepare(delivery: Delivery, outcome: Prepared | Verdict, hostname: str
         request = _request_for(message, delivery.delivery_count, hostname)
         expired = message.expires is not None and "expired" in (
             verdict_outcome.exc_message or "")
-        signals.task_revoked.send(sender=message.task, request=request, terminated=False,
+        task = app.tasks.get(message.task, message.task)
+        signals.task_revoked.send(sender=task, request=request, terminated=False,
                                   signum=None, expired=expired)
