@@ -49,7 +49,7 @@ def check_annotations(value: Any) -> Any:
 
 def annotate(options: TaskOptions, task: Task[Any, Any], value: Any) -> TaskOptions:
     """``options`` with the annotations of ``task`` applied."""
-    from celeriac.app import _normalise_task_options
+    from celeriac.task_checks import normalise_task_options
 
     named: Mapping[str, Any] | None = None
     anything: Mapping[str, Any] | None = None
@@ -66,7 +66,7 @@ def annotate(options: TaskOptions, task: Task[Any, Any], value: Any) -> TaskOpti
     changes = {**(anything or {}), **(named or {})}
     if not changes:
         return options
-    return dataclasses.replace(options, **_normalise_task_options(changes))
+    return dataclasses.replace(options, **normalise_task_options(changes))
 
 
 def _items(value: Any) -> list[Any]:
@@ -88,9 +88,9 @@ def _check_options(name: Any, options: Any) -> None:
             raise ConfigurationError(
                 f"the annotation of {name!r} sets {option!r}, which is not a task option"
                 f"{suggest(str(option), TASK_OPTION_NAMES)}")
-    from celeriac.app import _normalise_task_options
+    from celeriac.task_checks import normalise_task_options
 
     try:
-        _normalise_task_options(dict(options))
+        normalise_task_options(dict(options))
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"the annotation of {name!r}: {exc}") from None

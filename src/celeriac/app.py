@@ -1,13 +1,16 @@
-"""The App: configuration, the task registry and the producer side. No module globals."""
+"""The App: configuration, the task registry and the producer side. No module globals.
+
+Parts of the producer side live in modules of their own: building a call's message
+(celeriac.prepare, which is ``App.prepare``) and checking a task's options
+(celeriac.task_checks).
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
-import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import tzinfo
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from celeriac import signals
@@ -16,28 +19,20 @@ from celeriac.bridge import Bridge
 from celeriac.brokers import Broker, Outgoing, broker_class, create_broker
 from celeriac.builtins import builtin_task
 from celeriac.bus.base import Bus
-from celeriac.canvas_run import link_payloads
 from celeriac.config import Settings, suggest
-from celeriac.errors import ContentDisallowed, TaskNotRegistered
-from celeriac.limits import check_time_limit
+from celeriac.errors import TaskNotRegistered
 from celeriac.message import Message
 from celeriac.outcome import Outcome
-from celeriac.priorities import priority_level
+from celeriac.prepare import prepare_message
 from celeriac.result import AsyncResult
-from celeriac.routing import Router, check_declared, queue_for_key, transport_queue_options
+from celeriac.routing import Router, transport_queue_options
 from celeriac.serialization import Codec
 from celeriac.shared import app_created
-from celeriac.task import (
-    SEND_OPTION_NAMES,
-    TASK_OPTION_NAMES,
-    TaskOptions,
-    check_task_options,
-)
 from celeriac.task import Task as TaskBase  # App.Task is Celery's name for it
-from celeriac.timezones import aware, naive_zone
+from celeriac.task import TaskOptions
+from celeriac.task_checks import checked_task_options, task_class
+from celeriac.timezones import naive_zone
 from celeriac.tracking import mark_sent
-from celeriac.uniqueness.keys import check_unique_for
-from celeriac.uniqueness.keys import resolve as resolve_unique
 
 if TYPE_CHECKING:
     from celeriac.beat.dynamic import Beat
@@ -501,109 +496,9 @@ class App:
         if self.conf.task_send_sent_event:
             self._sent_events.send_blocking([message for message, _ in calls])
 
-    def prepare(self, name: str, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None,
-                options: Mapping[str, Any],
-                task: TaskBase[Any, Any] | None = None) -> tuple[Message, Outgoing]:
-        """Check and build the message for a call, and encode it for the broker.
-
-        Each value comes from the call's options, else the task's (with
-        ``task_annotations``), else ``task_routes``, else the settings. This runs for
-        every task sent, so it is written for speed: no closures, and the common case
-        (no options, no routes) reads each setting once.
-        """
-        args = tuple(args) if args is not None else ()
-        kwargs = dict(kwargs) if kwargs is not None else {}
-        if options and not SEND_OPTION_NAMES.issuperset(options):
-            bad = sorted(set(options) - SEND_OPTION_NAMES)[0]
-            raise TypeError(f"unknown apply_async option {bad!r}"
-                            f"{suggest(bad, SEND_OPTION_NAMES)}")
-        if task is not None:
-            task.check_arguments(args, kwargs)
-            task_opts = task.options
-        else:
-            task_opts = _NO_TASK_OPTIONS
-        conf = self.conf
-        if conf.task_routes is None:
-            r_queue = r_priority = r_serializer = r_compression = r_ignore = r_expires = None
-        else:
-            (r_queue, r_priority, r_serializer, r_compression, r_ignore, r_expires) = map(
-                self._route(name, args, kwargs, options, task).get, _ROUTED_OPTIONS)
-        if options.get("routing_key") is not None and options.get("queue") is None:
-            options = {**options, "queue": queue_for_key(name, options["routing_key"],
-                                                         conf.task_queues)}
-        # Each option of the call, None where not given (all None, at no cost, for delay()).
-        (queue, priority, serializer, compression, ignore_result, expires, headers,
-         countdown, eta, time_limit, soft_time_limit, link, link_error, task_id, retries,
-         root_id, parent_id, group_id, unique_key, unique_for) = \
-            tuple(map(options.get, _CALL_OPTIONS)) if options else _NO_CALL_OPTIONS
-
-        queue = _pick(queue, task_opts.queue, r_queue, conf.task_default_queue)
-        if not conf.task_create_missing_queues:
-            check_declared(queue, conf.task_queues)
-        priority = _check_priority(_pick(priority, task_opts.priority, r_priority,
-                                         conf.task_default_priority),
-                                   conf.task_queue_max_priority)
-        serializer = _pick(serializer, task_opts.serializer, r_serializer,
-                           conf.task_serializer)
-        if serializer not in conf.accept_content:
-            raise ContentDisallowed(
-                f"cannot send with serializer {serializer!r}: it is not in accept_content "
-                f"({', '.join(conf.accept_content)}), so no worker of this app would run it")
-        compression = _pick(compression, task_opts.compression, r_compression,
-                            conf.task_compression)
-        ignore_result = bool(_pick(ignore_result, task_opts.ignore_result, r_ignore,
-                                   conf.task_ignore_result))
-        headers = dict(headers) if headers else {}
-        if not ignore_result:  # a backend may need to say where the result must go (rpc)
-            extra = self.backend.message_headers()
-            if extra:
-                headers = {**extra, **headers}
-        now = time.time()
-        expires = _pick(expires, task_opts.expires, r_expires, None)
-        if unique_for is None:
-            unique_for = task_opts.unique_for
-        unique = None if unique_for is None and unique_key is None else \
-            resolve_unique(name, args, kwargs, task, unique_key, unique_for)
-        message = Message(
-            id=task_id or _task_id(),
-            task=name, args=args, kwargs=kwargs, queue=queue, priority=priority,
-            eta=None if countdown is None and eta is None
-            else _eta(countdown, eta, now, self.naive_zone),
-            expires=None if expires is None else _expires(expires, now, self.naive_zone),
-            # Only this call's limits travel; the worker falls back to the task's and its own.
-            time_limit=None if time_limit is None
-            else check_time_limit("time_limit", time_limit),
-            soft_time_limit=None if soft_time_limit is None
-            else check_time_limit("soft_time_limit", soft_time_limit),
-            retries=retries or 0, root_id=root_id, parent_id=parent_id, group_id=group_id,
-            # link / link_error: signatures frozen into payloads (celeriac.canvas_run)
-            callbacks=link_payloads(link) if link else (),
-            errbacks=link_payloads(link_error) if link_error else (),
-            ignore_result=ignore_result, headers=headers,
-            unique_key=None if unique is None else unique[0],
-            unique_for=None if unique is None else unique[1],
-            sent_at=now,
-        )
-        payload = message.to_payload()
-        if signals.before_task_publish.receivers:  # before encoding: headers may be added
-            signals.before_task_publish.send(
-                sender=name, body=payload, exchange="", routing_key=queue, headers=headers,
-                properties={"correlation_id": message.id, "priority": priority},
-                declare=[], retry_policy=None)
-            payload = message.to_payload()  # (a receiver may have added headers)
-        body = self.codec.encode(payload, serializer, compression)
-        return message, Outgoing(message.id, queue, body, priority, message.eta)
-
-    def _route(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
-               options: Mapping[str, Any], task: TaskBase[Any, Any] | None) -> dict[str, Any]:
-        routes, queues = self.conf.task_routes, self.conf.task_queues
-        if routes is None:
-            return {}
-        source = self._router_source
-        if source is None or source[0] is not routes or source[1] is not queues:
-            self._router = Router(routes, queues)
-            self._router_source = (routes, queues)
-        return self._router.route(name, args, kwargs, options, task)
+    # The message of one call, checked and encoded (celeriac.prepare): the function
+    # itself, so that every send pays no extra call for the split.
+    prepare = prepare_message
 
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:
         return AsyncResult(task_id, self)
@@ -624,70 +519,6 @@ class App:
         return Control(self)
 
 
-_NO_TASK_OPTIONS = TaskOptions()  # for a task not registered in this process
-# The call options App.prepare reads, in the order it unpacks them.
-_CALL_OPTIONS = ("queue", "priority", "serializer", "compression", "ignore_result",
-                 "expires", "headers", "countdown", "eta", "time_limit", "soft_time_limit",
-                 "link", "link_error", "task_id", "retries", "root_id", "parent_id",
-                 "group_id", "unique_key", "unique_for")
-_NO_CALL_OPTIONS = (None,) * len(_CALL_OPTIONS)
-# What a route (task_routes) may set, in the order App.prepare unpacks it.
-_ROUTED_OPTIONS = ("queue", "priority", "serializer", "compression", "ignore_result",
-                   "expires")
-
-
-def _pick(call: Any, task: Any, routed: Any, default: Any) -> Any:
-    """The first of the call's, the task's and the route's value that is set, else default."""
-    if call is not None:
-        return call
-    if task is not None:
-        return task
-    return default if routed is None else routed
-
-
-def _task_id() -> str:
-    """A random (version 4) UUID as text: what ``str(uuid.uuid4())`` gives, a few times
-    faster (this runs for every task sent)."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def task_class(base: Any) -> type[TaskBase[Any, Any]]:
-    if base is None:
-        return TaskBase
-    if not (isinstance(base, type) and issubclass(base, TaskBase)):
-        raise TypeError(f"base must be a subclass of celeriac.Task (app.Task), "
-                        f"not {base!r}")
-    return base
-
-
-def checked_task_options(options: dict[str, Any]) -> TaskOptions:
-    """The decorator's options, checked: an unknown name is a TypeError at once."""
-    unknown = set(options) - TASK_OPTION_NAMES
-    if unknown:
-        bad = sorted(unknown)[0]
-        raise TypeError(f"unknown task option {bad!r}{suggest(bad, TASK_OPTION_NAMES)}")
-    return TaskOptions(**_normalise_task_options(options))
-
-
-def _normalise_task_options(options: dict[str, Any]) -> dict[str, Any]:
-    for name in ("autoretry_for", "dont_autoretry_for"):
-        if name in options:
-            options[name] = tuple(options[name])
-    if options.get("priority") is not None:
-        _check_priority(options["priority"])
-    check_task_options(options)  # rate_limit, retry_kwargs
-    for limit in ("time_limit", "soft_time_limit"):
-        if limit in options:
-            options[limit] = check_time_limit(limit, options[limit])
-    if options.get("unique_for") is not None:
-        options["unique_for"] = check_unique_for(options["unique_for"])
-    return options
-
-
 def _published(calls: Sequence[tuple[Message, Outgoing]]) -> None:
     """``after_task_publish`` for each message the broker has accepted."""
     if not signals.after_task_publish.receivers:
@@ -697,34 +528,3 @@ def _published(calls: Sequence[tuple[Message, Outgoing]]) -> None:
                                         exchange="", routing_key=outgoing.queue,
                                         headers=message.headers)
 
-
-def _check_priority(priority: Any, highest: int | None = None) -> int:
-    return priority_level(priority, highest)
-
-
-def _eta(countdown: float | None, eta: datetime | float | None, now: float,
-         naive: tzinfo | None = UTC) -> float | None:
-    if countdown is not None and eta is not None:
-        raise TypeError("give countdown or eta, not both")
-    if countdown is not None:
-        return now + float(countdown)
-    if eta is None:
-        return None
-    return _timestamp(eta, naive)
-
-
-def _expires(expires: float | timedelta | datetime | None, now: float,
-             naive: tzinfo | None = UTC) -> float | None:
-    if expires is None:
-        return None
-    if isinstance(expires, timedelta):
-        return now + expires.total_seconds()
-    if isinstance(expires, int | float):
-        return now + float(expires)
-    return _timestamp(expires, naive)
-
-
-def _timestamp(moment: datetime | float, naive: tzinfo | None = UTC) -> float:
-    if isinstance(moment, int | float):
-        return float(moment)
-    return aware(moment, naive).timestamp()  # naive: enable_utc and timezone (timezones.py)

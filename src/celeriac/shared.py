@@ -34,7 +34,7 @@ class SharedTask(Task[P, R]):
 
     def __init__(self, fn: Callable[..., Any], name: str | None, bind: bool,
                  options: dict[str, Any], base: Any = None) -> None:
-        from celeriac.app import checked_task_options, task_class
+        from celeriac.task_checks import checked_task_options, task_class
 
         self._base = task_class(base)  # the class of the task each app registers
 

@@ -99,6 +99,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celeriac.brokers import redis_celery_options as celery_options
+from celeriac.brokers import redis_inspect
 from celeriac.brokers.base import (
     MAX_PRIORITY,
     MIN_PRIORITY,
@@ -143,9 +144,7 @@ from celeriac.brokers.redis_scripts import (
     FETCH,
     PRUNE,
     PUBLISH,
-    PURGE,
     REQUEUE,
-    STATS,
 )
 from celeriac.bus.base import Bus
 from celeriac.errors import BrokerError, BrokerRefused, BrokerUnavailable, ConfigurationError
@@ -161,7 +160,6 @@ MAX_FETCH = 1000  # deliveries per fetch script call; a bigger limit is served i
 PROMOTE_MAX = 1000  # due ETA messages moved per queue per fetch
 RECLAIM_ROUNDS = 4  # XAUTOCLAIM calls per band per reclaim pass
 BATCH = 500  # deliveries per ack/extend/requeue/dead-letter script call
-PURGE_BUDGET = 5000  # entries deleted per band per purge script call
 PRUNE_EVERY = 300.0  # seconds between sweeps of ended consumers, per broker object
 PRUNE_IDLE_MS = 3_600_000  # a consumer idle this long with nothing leased has ended
 
@@ -598,79 +596,22 @@ class RedisBroker(Broker):
         value = info.get("run_id") if isinstance(info, dict) else None
         return None if value is None else str(value)
 
-    # -- inspecting -----------------------------------------------------------------------
+    # -- inspecting (celeriac.brokers.redis_inspect) ------------------------------------
 
     async def queue_stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
-        if queues is None:
-            client = await self._clients.get()
-            with self._errors("queue_stats"):
-                async with self.settings.deadline():
-                    names = sorted(n.decode() for n in await command(client)(
-                        "SMEMBERS", self._queues_key))
-        else:
-            names = list(queues)
-        if not names:
-            return []
-        keys: list[str] = []
-        for name in names:
-            keys += [self._key("eta", name), *(self.stream_key(name, b) for b in BANDS)]
-        lease_ms = max(1, round(self.lease_seconds * 1000))
-        counts = await self._run(STATS, keys, [GROUP, RETURNED, lease_ms], "queue_stats")
-        now_ms = int(counts[-1])  # ages by the server's clock, which wrote the entry ids
-        return [QueueStats(name, int(counts[4 * i]), int(counts[4 * i + 1]),
-                           int(counts[4 * i + 2]),
-                           _age(now_ms, int(counts[4 * i + 3])) if int(counts[4 * i]) else None)
-                for i, name in enumerate(names)]
+        return await redis_inspect.queue_stats(self, queues)
 
     async def purge(self, queues: Sequence[str]) -> int:
-        removed = 0
-        for name in queues:
-            keys = [self._key("eta", name), self._key("requeued", name),
-                    *(self.stream_key(name, band) for band in BANDS)]
-            more = 1
-            while more:
-                count, more = await self._run(PURGE, keys, [GROUP, RETURNED, PURGE_BUDGET],
-                                              "purge")
-                removed += int(count)
-        return removed
+        return await redis_inspect.purge(self, queues)
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        if limit <= 0:
-            return []
-        client = await self._clients.get()
-        with self._errors("dead_letters"):
-            async with self.settings.deadline():
-                entries = await command(client)("XREVRANGE", self._dead_key, "+", "-",
-                                                "COUNT", limit)
-        # Decoded leniently: a malformed entry's message id is kept as it was written.
-        return [DeadLetter(fields.get(b"i", b"").decode(errors="backslashreplace"),
-                           fields.get(b"q", b"").decode(errors="backslashreplace"),
-                           fields.get(b"b", b""),
-                           fields.get(b"r", b"").decode(errors="replace"),
-                           int(fields.get(b"t", b"0")) / 1000)
-                for _, fields in entries]
+        return await redis_inspect.dead_letters(self, limit)
 
     async def purge_dead_letters(self) -> int:
-        client = await self._clients.get()
-        pipe = client.pipeline(transaction=True)
-        command(pipe)("XLEN", self._dead_key)
-        command(pipe)("UNLINK", self._dead_key)
-        with self._errors("purge_dead_letters"):
-            async with self.settings.deadline():
-                count, _ = await pipe.execute()
-        return int(count)
+        return await redis_inspect.purge_dead_letters(self)
 
     async def remove_dead_letters(self, ids: Collection[str]) -> int:
-        wanted = {message_id.encode() for message_id in ids}
-        client = await self._clients.get()
-        with self._errors("remove_dead_letters"):
-            async with self.settings.deadline():
-                entries = await command(client)("XRANGE", self._dead_key, "-", "+")
-                doomed = [entry_id for entry_id, fields in entries
-                          if fields.get(b"i") in wanted]
-                if not doomed:
-                    return 0
-                return int(await command(client)("XDEL", self._dead_key, *doomed))
+        return await redis_inspect.remove_dead_letters(self, ids)
 
     def token_buckets(self) -> RedisBuckets:
         return RedisBuckets(self.url, self.options)  # under this broker's key prefix
@@ -698,7 +639,3 @@ def _batches(items: Sequence[Any]) -> list[Sequence[Any]]:
 
 __all__ = ["RedisBroker", "RedisReceipt", "RedissBroker"]
 
-
-def _age(now_ms: int, oldest_ms: int) -> float | None:
-    """Seconds since the oldest ready entry was added (-1: none found)."""
-    return None if oldest_ms < 0 else max(0.0, (now_ms - oldest_ms) / 1000)

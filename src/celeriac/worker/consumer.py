@@ -6,18 +6,22 @@ Four cooperating loops share the deliveries this process holds:
            (``prefetch_multiplier x slots``) and queues them for the slots;
 - slots:   ``slots`` runners, each taking the next delivery and running it
            (sync tasks on the pool's threads, async tasks on this loop);
-- flush:   carries out finished verdicts in batches: results stored first, then what
-           follows them in workflows (celeriac.worker.workflow) and retries published,
+- flush:   carries out finished verdicts in batches (celeriac.worker.flush): results
+           stored first, then what follows them in workflows and retries published,
            then acks and dead letters, so a crash in between re-runs a task rather than
            losing it;
 - leases:  extends the leases of everything held, every third of the lease time, and
-           notices leases that were lost (this process was paused, for example).
+           notices leases that were lost (celeriac.worker.leases, with the watchdog).
 
 Beside them, with ``control`` set, a loop answers remote control
-(``celeriac.control.listener``: ``inspect().active()``, ``add_consumer``...).
+(``celeriac.control.listener``: ``inspect().active()``, ``add_consumer``...), and with
+``status`` set, one publishes this process's numbers for its node.
 
-A watchdog in the lease loop ends the process loudly when no broker call has
-succeeded for ``worker_watchdog_timeout`` seconds, rather than sitting idle forever.
+This module keeps what runs per task (fetch, slots, submitting verdicts) in one class,
+so that the hot path has no extra indirection; what runs per batch, per lease period or
+once per stop lives in its collaborators: celeriac.worker.flush (the flush),
+celeriac.worker.leases (the lease loop), celeriac.worker.handback (giving deliveries
+back to the broker), celeriac.worker.held (the data they share).
 
 One delivery's trouble stays with it: a slot that fails on a delivery dead-letters it
 with the reason and goes on, and the flush sets aside (dead-letters) a verdict that
@@ -33,10 +37,7 @@ import contextlib
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import TYPE_CHECKING
 
 from celeriac.app import App
@@ -47,31 +48,33 @@ from celeriac.events.emitter import acquire as acquire_emitter
 from celeriac.events.emitter import release as release_emitter
 from celeriac.events.tasks import TaskEvents
 from celeriac.monitor.tally import TaskTally
-from celeriac.uniqueness.send import release_finished
-from celeriac.worker.broker_failures import log_failure, log_fetch_failure, quiet
+from celeriac.worker.broker_failures import log_fetch_failure
 from celeriac.worker.executor import Action, Executor, Prepared, SyncRunner, Verdict
+from celeriac.worker.flush import FLUSH_LINGER, FLUSH_MAX_BATCH, Flusher
+from celeriac.worker.handback import (
+    hand_back_queue,
+    hand_back_remaining,
+    hand_back_unstarted,
+    isolate,
+    only_consumed,
+)
+from celeriac.worker.held import ConsumerStats, Held, StopReason
+from celeriac.worker.leases import keep_leases
 from celeriac.worker.pools import ThreadRunner
 from celeriac.worker.ratelimit import RateLimiter
 from celeriac.worker.slots import SlotLoops
 from celeriac.worker.status import PUBLISH_INTERVAL as STATUS_PUBLISH_INTERVAL
 from celeriac.worker.status import StatusSlot
-from celeriac.worker.verdicts import (
-    publish_retries,
-    set_aside,
-    settle,
-    store_outcomes,
-    transient,
-)
-from celeriac.worker.workflow import follow_up
 
 if TYPE_CHECKING:
     from celeriac.control.commands import ProcessInfo
 
+__all__ = ["FLUSH_LINGER", "FLUSH_MAX_BATCH", "PREFETCH_MAX", "Consumer", "ConsumerStats",
+           "Held", "StopReason"]
+
 logger = logging.getLogger("celeriac.worker")
 
 FETCH_TIMEOUT = 1.0  # seconds a fetch may wait on the broker before checking for shutdown
-FLUSH_MAX_BATCH = 500
-FLUSH_LINGER = 0.002  # seconds a finished verdict may wait for its batch to fill
 RETRY_BACKOFF_MAX = 5.0
 # Finished verdicts waiting for the flush do not count against the prefetch budget (no
 # other worker could run them), but only this many: a flush that keeps failing stops
@@ -90,41 +93,6 @@ RUN_BATCH_MAX = 64
 PREFETCH_WINDOW = 0.01
 PREFETCH_MAX = 256
 STATUS_INTERVAL = STATUS_PUBLISH_INTERVAL
-
-
-class StopReason(Enum):
-    SHUTDOWN = "shutdown"  # asked to stop (signal)
-    RECYCLE = "recycle"  # max tasks or max memory reached: replace this process
-    BROKER_LOST = "broker_lost"  # the watchdog gave up on the broker
-
-
-@dataclass(slots=True)
-class Held:
-    delivery: Delivery
-    confirmed_at: float  # monotonic time the lease was last known to be ours
-    started: bool = False
-    finished: bool = False  # its verdict waits for the flush
-
-
-@dataclass
-class ConsumerStats:
-    succeeded: int = 0
-    failed: int = 0
-    retried: int = 0
-    dead_lettered: int = 0
-    processed: int = 0
-    lost_leases: int = 0
-    deferred: int = 0  # over a rate limit: handed back until a token is due
-    batched: int = 0  # quick tasks run in batches of more than one per thread hop
-    total: Counter[str] = field(default_factory=Counter)  # finished, by task name
-
-
-@dataclass
-class _Pending:
-    """Verdicts waiting for the flush loop."""
-
-    items: list[tuple[Held, Verdict]] = field(default_factory=list)
-    event: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Consumer:
@@ -156,8 +124,8 @@ class Consumer:
         self._held: dict[int, Held] = {}  # id(delivery) -> held
         self._ready: asyncio.Queue[Held] = asyncio.Queue()
         self._room = asyncio.Event()
-        self._pending = _Pending()
-        self._flush_lock = asyncio.Lock()  # held while a batch is being written
+        self.flusher = Flusher(self)
+        self._pending = self.flusher.pending  # (submitted to per task: no indirection)
         self._stopping = asyncio.Event()
         self._busy: set[asyncio.Task[None]] = set()  # slots running a task right now
         self._slots = SlotLoops(self._slot_loop)  # run() starts them; resize() changes them
@@ -210,8 +178,8 @@ class Consumer:
             self._emitter = acquire_emitter(self.app, self.node_name)
             self.executor.events = TaskEvents(self._emitter)
         loops = [asyncio.create_task(self._fetch_loop(), name="fetch"),
-                 asyncio.create_task(self._flush_loop(), name="flush"),
-                 asyncio.create_task(self._lease_loop(), name="leases"),
+                 asyncio.create_task(self.flusher.loop(), name="flush"),
+                 asyncio.create_task(keep_leases(self), name="leases"),
                  asyncio.create_task(self.executor.guard.watch(), name="revocations")]
         if self.status is not None:
             loops.append(asyncio.create_task(self._status_loop(), name="status"))
@@ -222,7 +190,7 @@ class Consumer:
         self._slots.start(self.slots)
         try:
             await self._stopping.wait()
-            await self._hand_back_unstarted()
+            await hand_back_unstarted(self)
             slots = list(self._slots.tasks)
             for slot in slots:  # idle slots wait on the ready queue; running ones finish
                 if slot not in self._busy:
@@ -235,12 +203,12 @@ class Consumer:
             await asyncio.gather(*slots, loops[0], return_exceptions=True)
             # Under the flush lock, so that a batch the flush loop is writing is finished,
             # not cut off between its results and its acks (which would run it again).
-            async with self._flush_lock:
-                await self._drain_pending()
+            async with self.flusher.lock:
+                await self.flusher.drain()
                 for task in loops[1:]:
                     task.cancel()
             await asyncio.gather(*loops[1:], return_exceptions=True)
-            await self._hand_back_remaining()
+            await hand_back_remaining(self)
             await self.rate_limits.close()
             self.publish_status(consuming=False)
             if self._emitter is not None:  # the last task events go out
@@ -305,31 +273,9 @@ class Consumer:
         it and not started yet goes back to the broker."""
         self.queues = [name for name in self.queues if name != queue]
         await self.app.broker.stop_consuming([queue])
-        back = [held for held in self._held.values()
-                if not held.started and held.delivery.queue == queue]
-        if back:
-            keep = [held for held in self._drain_ready() if held not in back]
-            for held in keep:
-                self._ready.put_nowait(held)
-            await self._hand_back(back, f"prefetched {queue!r}")
+        await hand_back_queue(self, queue)
 
-    async def _only_consumed(self, deliveries: list[Delivery]) -> list[Delivery]:
-        """Hand back what a fetch begun before a ``cancel_consumer`` got from that queue."""
-        back = [d for d in deliveries if d.queue not in self.queues]
-        if back:
-            try:
-                await self.app.broker.requeue(back)
-            except Exception:
-                logger.exception("could not hand back %d task(s) of a cancelled queue; "
-                                 "running them here", len(back))
-                return deliveries
-        return [d for d in deliveries if d.queue in self.queues]
-
-    def _drain_ready(self) -> list[Held]:
-        items: list[Held] = []
-        while not self._ready.empty():
-            items.append(self._ready.get_nowait())
-        return items
+    # -- status (celeriac.worker.status) -------------------------------------------------
 
     def publish_status(self, consuming: bool) -> None:
         """This process's numbers, for its node (heartbeats, stats, health, autoscaling)."""
@@ -366,10 +312,10 @@ class Consumer:
             failures = 0
             self._last_broker_ok = time.monotonic()
             if queues is not self.queues:  # changed while it fetched (cancel_consumer)
-                deliveries = await self._only_consumed(deliveries)
+                deliveries = await only_consumed(self, deliveries)
             suspect = self._last_chance(deliveries)
             if suspect is not None:
-                deliveries = await self._isolate(deliveries, suspect)
+                deliveries = await isolate(self, deliveries, suspect)
             now = time.monotonic()
             for delivery in deliveries:
                 held = Held(delivery, now)
@@ -408,24 +354,6 @@ class Consumer:
             return None
         return next((d for d in deliveries if d.delivery_count == limit), None)
 
-    async def _isolate(self, deliveries: list[Delivery], suspect: Delivery) -> list[Delivery]:
-        """Hold a last-chance message alone; hand the rest of its batch back at once.
-
-        The suspect is kept only if this process holds nothing else; the others go back
-        (a requeue does not count as a delivery), and the caller fetches again only once
-        it holds nothing.
-        """
-        keep = [] if self._held else [suspect]
-        back = [d for d in deliveries if d not in keep]
-        if back:
-            try:
-                await self.app.broker.requeue(back)
-            except Exception:
-                logger.exception("could not hand back %d task(s); running them here",
-                                 len(back))
-                return deliveries
-        return keep
-
     async def _wait_until_empty(self) -> None:
         while self._held and not self._stopping.is_set():
             self._room.clear()
@@ -443,7 +371,7 @@ class Consumer:
                     return
                 held = await self._ready.get()
                 if self._stopping.is_set():
-                    self._ready.put_nowait(held)  # handed back by _hand_back_unstarted
+                    self._ready.put_nowait(held)  # handed back by hand_back_unstarted
                     return
                 if self._lost_before_start(held):
                     continue
@@ -459,7 +387,7 @@ class Consumer:
             try:
                 if suspect:  # delivered before: it may be what killed a worker
                     self._suspects += 1
-                    await self._flush_finished()
+                    await self.flusher.flush_finished()
                 if self._batchable(item[1]):
                     carried = await self._run_batch(item)
                 else:
@@ -617,144 +545,7 @@ class Consumer:
             logger.warning("%d task(s) still running after the %.0fs grace period; "
                            "they will be delivered again", len(self._busy), grace)
 
-    # -- flushing -------------------------------------------------------------------------
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await self._pending.event.wait()
-            await self._gather_verdicts()
-            async with self._flush_lock:
-                try:
-                    await self._flush_once()
-                except Exception:  # a bug must not stop every later result and ack
-                    logger.exception("the flush failed unexpectedly; going on")
-                    await asyncio.sleep(0.5)
-
-    async def _gather_verdicts(self) -> None:
-        """Let the verdicts of tasks running now join the batch, for a moment at most.
-
-        One flush then stores the results and acks of a whole prefetched batch with one
-        write each, instead of one write per task. It waits only while a slot is busy,
-        so a lone task's result is written at once; while a long task runs, the results
-        finished before it wait at most ``FLUSH_LINGER``.
-        """
-        deadline = time.monotonic() + FLUSH_LINGER
-        try:
-            while self._busy and not self._suspects \
-                    and len(self._pending.items) < FLUSH_MAX_BATCH \
-                    and not self._stopping.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                self._pending.event.clear()
-                try:
-                    async with asyncio.timeout(remaining):  # no task per wait, unlike wait_for
-                        await self._pending.event.wait()
-                except TimeoutError:
-                    return
-        finally:
-            if self._pending.items:
-                self._pending.event.set()
-
-    async def _drain_pending(self) -> None:
-        while self._pending.items:
-            await self._flush_once()
-
-    async def _flush_once(self) -> None:
-        batch = self._pending.items[:FLUSH_MAX_BATCH]
-        del self._pending.items[:len(batch)]
-        if not self._pending.items:
-            self._pending.event.clear()
-        if not batch:
-            return
-        try:
-            await self._write(batch)
-        except Exception as exc:
-            if transient(exc) or len(batch) == 1:
-                await self._write_failed(batch, exc)
-                return
-            # Not the servers: one verdict is probably at fault. Write them one by one,
-            # so that it alone is set aside and the others are not held up by it.
-            logger.warning("could not write %d results/acks (%s); writing them one by one",
-                           len(batch), describe(exc))
-            for index, pair in enumerate(batch):
-                try:
-                    await self._write([pair])
-                except Exception as single:
-                    if transient(single):
-                        await self._write_failed(batch[index:], single)
-                        return
-                    await self._write_failed([pair], single)
-
-    async def _write(self, batch: list[tuple[Held, Verdict]]) -> None:
-        """Carry out a batch of verdicts in the order that keeps at-least-once."""
-        batch = await self._still_ours(batch)
-        stored = await store_outcomes(self.app, batch)
-        await follow_up(self.app, batch)  # chains, callbacks, chords: before the acks
-        await publish_retries(self.app, batch)
-        await settle(self.app.broker, batch)
-        await release_finished(self.app, batch)  # unique keys of the tasks now ended
-        self._last_broker_ok = time.monotonic()
-        if self.executor.events is not None:  # carried out: now a monitor may see them
-            self.executor.events.settled(batch, stored)
-        for held, _ in batch:
-            self._release(held)
-
-    async def _write_failed(self, batch: list[tuple[Held, Verdict]], exc: Exception) -> None:
-        """A write failed: retry later if the servers failed, else set the verdict aside.
-
-        A single verdict that fails for a reason of its own (no server error) is
-        dead-lettered with that reason, so that it can never hold up the flush.
-        """
-        if not transient(exc) and len(batch) == 1:
-            held, verdict = batch[0]
-            failure = await set_aside(self.app.broker, held.delivery, verdict, exc)
-            if failure is None:
-                self.stats.dead_lettered += 1
-                if self.executor.events is not None:
-                    self.executor.events.set_aside(held, verdict, describe(exc))
-                await release_finished(self.app, [(held, verdict)], dead_lettered=True)
-                self._release(held)
-                return
-            exc = failure  # cannot even do that: the broker is in trouble after all
-        logger.error("could not write %d results/acks; retrying: %s", len(batch),
-                     describe(exc), exc_info=None if quiet(exc) else exc)
-        self._pending.items[:0] = batch
-        self._pending.event.set()
-        await asyncio.sleep(0.5)
-
-    async def _flush_finished(self) -> None:
-        """Write the finished verdicts now, before a task that may kill this process starts.
-
-        A redelivered task may be what killed a worker before (a poison); the acks of the
-        tasks that finished before it must not die with it, or those would run again.
-        """
-        if self._pending.items or self._flush_lock.locked():
-            async with self._flush_lock:
-                if self._pending.items:
-                    await self._flush_once()
-
-    async def _still_ours(self, batch: list[tuple[Held, Verdict]]) -> list[tuple[Held, Verdict]]:
-        """Drop the verdicts whose lease may have been taken over by another worker.
-
-        Leases confirmed within half the lease time are certainly ours; older ones are
-        asked of the broker. A lost one's result is not stored and its ack not sent.
-        """
-        horizon = time.monotonic() - self.broker_lease / 2
-        doubtful = [pair for pair in batch if pair[0].confirmed_at < horizon]
-        if not doubtful:
-            return batch
-        owned = await self.app.broker.extend([held.delivery for held, _ in doubtful])
-        lost = {id(held) for (held, _), ok in zip(doubtful, owned, strict=True) if not ok}
-        for held, verdict in doubtful:
-            if id(held) in lost:
-                self.stats.lost_leases += 1
-                self._release(held)
-                message = verdict.message
-                logger.warning("lease on %s lost while it ran (this worker was too slow or "
-                               "paused); another worker owns it, so its result is dropped",
-                               message.id if message else held.delivery.id)
-        return [pair for pair in batch if id(pair[0]) not in lost]
+    # -- letting go (also called by the flush and the hand-back) ------------------------
 
     def _lost_before_start(self, held: Held) -> bool:
         """Drop a prefetched delivery whose lease is known lost (its connection dropped):
@@ -772,50 +563,3 @@ class Consumer:
         if self._held.pop(id(held.delivery), None) is not None and held.finished:
             self._unflushed -= 1
         self._room.set()
-
-    async def _hand_back_unstarted(self) -> None:
-        """Warm stop: prefetched tasks go back to the broker at once, for other workers."""
-        unstarted: list[Held] = []
-        while not self._ready.empty():
-            unstarted.append(self._ready.get_nowait())
-        await self._hand_back(unstarted, "prefetched")
-
-    async def _hand_back_remaining(self) -> None:
-        """Last step of a stop: whatever is still held (cut short by the grace period)."""
-        await self._hand_back(list(self._held.values()), "unfinished")
-
-    async def _hand_back(self, items: list[Held], what: str) -> None:
-        if not items:
-            return
-        try:
-            await self.app.broker.requeue([held.delivery for held in items])
-            logger.info("handed %d %s task(s) back to the broker", len(items), what)
-        except Exception:
-            logger.exception("could not hand back %d %s task(s); they return when their "
-                             "leases end", len(items), what)
-        for held in items:
-            self._release(held)
-
-    # -- leases ---------------------------------------------------------------------------
-
-    async def _lease_loop(self) -> None:
-        interval = max(0.05, self.broker_lease / 3)
-        watchdog = self.app.conf.worker_watchdog_timeout
-        while True:
-            await asyncio.sleep(interval)
-            held = list(self._held.values())
-            if held:
-                try:
-                    owned = await self.app.broker.extend([h.delivery for h in held])
-                    self._last_broker_ok = now = time.monotonic()
-                    for item, ok in zip(held, owned, strict=True):
-                        if ok:
-                            item.confirmed_at = now
-                except Exception:
-                    log_failure(logger, "could not extend %d lease(s)", len(held))
-            silent = time.monotonic() - self._last_broker_ok
-            if silent > watchdog and not self._stopping.is_set():
-                logger.critical("no broker call has succeeded for %.0fs: stopping this worker "
-                                "so that it is restarted", silent)
-                self.stop(StopReason.BROKER_LOST)
-
