@@ -197,8 +197,10 @@ def test_a_monitor_receives_every_tasks_events_in_order(world: World) -> None:
         by_process[(event["hostname"], event["pid"])].append(event["seq"])
     for key, seqs in by_process.items():
         assert seqs == sorted(set(seqs)), f"{key} out of order or repeated"
+    # (Which of the two processes ran how many is the broker's business: under load one
+    # may fetch them all, so the order is checked per process, whichever ran them.)
     task_pids = {e["pid"] for e in of(seen, "task-started", name)}
-    assert len(task_pids) == 2, "both processes ran tasks"
+    assert task_pids <= {child.pid for child in worker.children()}
     position = {(e["uuid"], e["type"]): e["seq"] for e in seen if "uuid" in e}
     for task_id in ids:
         assert position[(task_id, "task-received")] < position[(task_id, "task-started")] \
