@@ -37,3 +37,14 @@ def test_the_node_sums_its_processes_and_keeps_what_replaced_ones_processed() ->
     assert (node.slots, node.active, node.reserved, node.processed) == (2, 1, 2, 115)
     assert not node.consuming  # one process has not reached its broker yet
     assert board.read([0])[0].busy
+
+
+def test_a_topics_record_limit_keeps_it_within_its_bytes() -> None:
+    from celeriac.bus.base import MIN_RECORDS, RETENTION, RecordSizes
+
+    events = RETENTION["events"]
+    assert events.record_limit(100) == events.max_records  # small records: the count
+    assert events.record_limit(1024 * 1024) == 64  # large ones (1 MiB): the bytes
+    assert events.record_limit(10 * events.max_bytes) == MIN_RECORDS  # a little history
+    sizes = RecordSizes()
+    assert sizes.limit("events", [b"x" * 1024 * 1024] * 30) < 100  # it learns the size

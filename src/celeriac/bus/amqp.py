@@ -22,9 +22,11 @@ reader do not hold each other up), with ``basic.qos`` prefetch and acks after ea
 - ``since=None`` consumes from offset ``next``: RabbitMQ attaches the reader to the end
   of the log before it answers ``consume-ok``, which ``subscribe`` awaits, so every
   record confirmed after ``subscribe`` returns is read, and none confirmed before.
-- ``since=t``: from the timestamp ``t`` (RabbitMQ takes whole seconds and attaches at a
-  chunk boundary, so one second early), dropping records whose ``celeriac-at`` is
-  before ``t``.
+- ``since=t``: RabbitMQ attaches at the first chunk it stamped at or after a timestamp,
+  in whole seconds, by *its* clock, which is not ours: another host's, or the Erlang
+  VM's own, which after a jump of the machine's clock converges slowly and was seen
+  here 1.3 s behind it. So the reader asks for ``SINCE_MARGIN`` seconds earlier and
+  drops the records whose ``celeriac-at`` (the publisher's clock) is before ``t``.
 
 A lost reader connection is reopened on the next ``read``, and the consumer resumes
 after the last offset it read (RabbitMQ tells each delivery's offset), so nothing still
@@ -60,6 +62,7 @@ from celeriac.errors import BrokerError, BrokerUnavailable
 RECORD_BYTES = 1024
 # Deliveries a consumer may hold unacked: the largest batch one read returns.
 PREFETCH = 1_000
+SINCE_MARGIN = 10.0  # seconds a since= reader attaches early, for the server's clock
 HEADER_AT = "celeriac-at"  # publish time, microseconds since the epoch
 HEADER_OFFSET = "x-stream-offset"  # set by RabbitMQ on every delivery from a stream
 
@@ -70,7 +73,7 @@ def queue_name(namespace: str, topic: str) -> str:
 
 def stream_arguments(topic: str) -> dict[str, Any]:
     retention = RETENTION[topic]
-    length = retention.max_records * RECORD_BYTES
+    length = min(retention.max_records * RECORD_BYTES, retention.max_bytes)
     segment = max(length // 4, 64 * 1024)
     return {
         "x-queue-type": "stream",
@@ -193,8 +196,8 @@ class _AMQPSubscription(Subscription):
             return self._next_offset
         if self._since is None:
             return "next"
-        # Whole seconds, attached at a chunk boundary: one second early, filtered on read.
-        start = max(int(self._since) - 1, 0)
+        # The server's clock may be behind ours (see the module): early, filtered on read.
+        start = max(int(self._since - SINCE_MARGIN), 0)
         return datetime.datetime.fromtimestamp(start, datetime.UTC)
 
     async def start(self) -> None:

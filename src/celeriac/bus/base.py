@@ -40,17 +40,53 @@ REPLIES = "replies"
 @dataclass(frozen=True, slots=True)
 class Retention:
     """How much of a topic the server keeps: records younger than ``max_age`` seconds,
-    at most about ``max_records`` of them (a bus may trim lazily, never below either)."""
+    at most about ``max_records`` of them and about ``max_bytes`` of payload (a bus may
+    trim lazily and approximately, never below the first two that apply).
+
+    The byte bound is what protects the server: event records are batches whose size
+    grows with the task rate, so a count alone would let a busy cluster's events fill a
+    Redis server that the broker itself needs (and that must not evict)."""
 
     max_age: float
     max_records: int
+    max_bytes: int
 
+    def record_limit(self, average_bytes: float) -> int:
+        """The records to keep for records of ``average_bytes`` (see ``RecordSizes``)."""
+        by_size = int(self.max_bytes // max(average_bytes, 1.0))
+        return max(MIN_RECORDS, min(self.max_records, by_size))
+
+
+MIN_RECORDS = 16  # kept whatever their size, so a monitor always has a little history
+MIB = 1024 * 1024
 
 RETENTION: dict[str, Retention] = {
-    EVENTS: Retention(max_age=600.0, max_records=100_000),
-    CONTROL: Retention(max_age=60.0, max_records=1_000),
-    REPLIES: Retention(max_age=60.0, max_records=10_000),
+    # The newest 10 minutes of events, or 64 MiB of them at a high task rate.
+    EVENTS: Retention(max_age=600.0, max_records=100_000, max_bytes=64 * MIB),
+    CONTROL: Retention(max_age=60.0, max_records=1_000, max_bytes=4 * MIB),
+    REPLIES: Retention(max_age=60.0, max_records=10_000, max_bytes=16 * MIB),
 }
+
+
+class RecordSizes:
+    """A publisher's running average of its record sizes per topic, from which a bus
+    that trims by count derives the count that keeps a topic within ``max_bytes``."""
+
+    WEIGHT = 0.1  # of the newest record in the average
+
+    def __init__(self) -> None:
+        self._average: dict[str, float] = {}
+
+    def limit(self, topic: str, payloads: Sequence[bytes]) -> int:
+        """Note ``payloads`` (about to be published) and return ``topic``'s record limit."""
+        average = self._average.get(topic)
+        for payload in payloads:
+            size = float(len(payload))
+            average = size if average is None else average + self.WEIGHT * (size - average)
+        if average is None:
+            return RETENTION[topic].max_records
+        self._average[topic] = average
+        return RETENTION[topic].record_limit(average)
 
 
 @dataclass(frozen=True, slots=True)

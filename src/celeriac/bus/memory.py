@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from celeriac.bus.base import RETENTION, Bus, Record, Subscription, check_topic
+from celeriac.bus.base import RETENTION, Bus, Record, RecordSizes, Subscription, check_topic
 
 
 class _Topic:
@@ -22,6 +22,7 @@ class _Topic:
         self.records: list[tuple[int, Record]] = []  # (sequence number, record)
         self.next_seq = 0
         self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self.sizes = RecordSizes()
 
 
 class MemoryBus(Bus):
@@ -43,7 +44,8 @@ class MemoryBus(Bus):
                 log.records.append((log.next_seq, Record(now, bytes(payload))))
                 log.next_seq += 1
             horizon = now - log.retention.max_age
-            drop = max(len(log.records) - log.retention.max_records, 0)
+            limit = log.sizes.limit(topic, payloads)  # within max_records and max_bytes
+            drop = max(len(log.records) - limit, 0)
             while drop < len(log.records) and log.records[drop][1].at < horizon:
                 drop += 1
             del log.records[:drop]

@@ -37,7 +37,7 @@ import redis.asyncio as aioredis
 
 from celeriac.brokers.redis_connection import LoopClients, RedisSettings, command
 from celeriac.brokers.redis_failures import translate_errors
-from celeriac.bus.base import RETENTION, Bus, Record, Subscription, check_topic
+from celeriac.bus.base import RETENTION, Bus, Record, RecordSizes, Subscription, check_topic
 from celeriac.errors import BrokerError, BrokerRefused, BrokerUnavailable
 
 # Trim each topic by age at most this often (seconds).
@@ -54,6 +54,7 @@ def _errors(what: str) -> Any:
     return translate_errors(BrokerUnavailable, BrokerError, f"Redis bus {what}",
                             BrokerRefused)
 
+EXACT_TRIM_BELOW = 1_000  # record limits under this are kept exactly (see publish)
 
 class RedisBus(Bus):
     """The topics on the Redis server of ``url``, under the ``key_prefix`` of ``options``."""
@@ -65,6 +66,7 @@ class RedisBus(Bus):
         self.prefix = self.settings.key_prefix
         self._clients = LoopClients(self.settings.make_client)  # publishers' clients
         self._trimmed_at = {topic: 0.0 for topic in RETENTION}  # monotonic time
+        self._sizes = RecordSizes()  # the average record size: the count max_bytes allows
         self._subscriptions: set[_RedisSubscription] = set()
 
     def key(self, topic: str) -> str:
@@ -86,11 +88,14 @@ class RedisBus(Bus):
         if not payloads:
             return
         key, retention = self.key(topic), RETENTION[topic]
+        limit = self._sizes.limit(topic, payloads)  # within max_records and max_bytes
         client = await self._clients.get()
         pipe = client.pipeline(transaction=False)
+        # "~" trims whole stream nodes (100 entries) at once: cheap, but loose for a small
+        # limit (large records), so those are trimmed exactly.
+        trim = ("MAXLEN", "~", limit) if limit >= EXACT_TRIM_BELOW else ("MAXLEN", limit)
         for payload in payloads:
-            command(pipe)("XADD", key, "MAXLEN", "~", retention.max_records, "*",
-                          PAYLOAD, payload)
+            command(pipe)("XADD", key, *trim, "*", PAYLOAD, payload)
         clock = time.monotonic()
         if clock - self._trimmed_at[topic] >= TRIM_INTERVAL:
             self._trimmed_at[topic] = clock
