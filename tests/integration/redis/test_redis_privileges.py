@@ -33,6 +33,7 @@ import pytest
 from redis_harness import RedisServer
 from worker_harness import wait_until
 
+import celeriac
 from celeriac import App
 
 APP_SOURCE = '''
@@ -63,11 +64,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def app_dir() -> Iterator[Path]:
-    """A directory nobody may read, holding the worker's app module."""
+    """A directory nobody may read, holding the worker's app module and celeriac."""
     directory = Path(tempfile.mkdtemp(prefix="celeriac-uid-"))
     directory.chmod(0o755)
     (directory / "uid_app.py").write_text(APP_SOURCE)
     (directory / "uid_app.py").chmod(0o644)
+    # celeriac itself, readable by nobody wherever this checkout lives (a CI clone in a
+    # directory only root may enter): first on the worker's PYTHONPATH.
+    shutil.copytree(Path(celeriac.__file__).parent, directory / "celeriac",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for path in (directory / "celeriac").rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    (directory / "celeriac").chmod(0o755)
     try:
         yield directory
     finally:
