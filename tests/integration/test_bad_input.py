@@ -49,8 +49,10 @@ def test_a_worker_that_does_not_accept_pickle_dead_letters_a_pickled_task(
 
 
 def test_a_worker_that_accepts_pickle_runs_a_pickled_task(deployment: Deployment) -> None:
-    # Given a worker whose app accepts pickle
-    worker = deployment.start_worker("-c", "1", accept_content=["json", "pickle"])
+    # Given a worker whose app accepts pickle (--allow-root: the tests may run as root,
+    # where Celery's rule refuses pickle without it)
+    worker = deployment.start_worker("-c", "1", "--allow-root",
+                                     accept_content=["json", "pickle"])
     pickler = register(deployment.make_app(accept_content=["json", "pickle"],
                                            task_serializer="pickle"))
 
