@@ -2,21 +2,21 @@
 
 Each yields Celery-shaped dicts (``event.expand``), one per event, in the order each
 emitting process (``hostname``, ``pid``) sent them. ``since`` reads back what the bus
-still keeps (``bus.RETENTION``: ten minutes on every broker) from that moment: a Unix
-time, a ``datetime``, or a ``timedelta`` meaning "that long ago"; without it, events
-published after the call starts. ``timeout`` ends the stream after that many seconds
-without an event, ``limit`` after that many events; without either it runs until the
-caller stops (``break``, closing the generator, Ctrl-C).
+still keeps (``bus.RETENTION``: ten minutes, at most 64 MiB, on every broker) from that
+moment: a Unix time, a ``datetime``, or a ``timedelta`` meaning "that long ago"; without
+it, events published after the call starts. ``timeout`` ends the stream after that many
+seconds without an event, ``limit`` after that many events; without either it runs until
+the caller stops (``break``, closing the generator, Ctrl-C).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Generator, Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from celeriac.bus.base import EVENTS, Subscription
+from celeriac.bus.base import EVENTS, Record, Subscription
 from celeriac.events.event import expand
 
 if TYPE_CHECKING:
@@ -70,52 +70,59 @@ class Events:
         start = since_time(since)
         bus = await self.app.open_bus()
         subscription = await bus.subscribe(EVENTS, start)
-        count, quiet_since = 0, time.monotonic()
+        reading = _Reading(timeout, limit)
         try:
-            while True:
-                wait = _wait(timeout, quiet_since)
-                if wait is None:
+            while (wait := reading.wait()) is not None:
+                for event in reading.events(await subscription.read(wait)):
+                    yield event
+                if reading.done:
                     return
-                records = await subscription.read(wait)
-                if records:
-                    quiet_since = time.monotonic()
-                for record in records:
-                    for event in expand(record.payload, time.time()):
-                        yield event
-                        count += 1
-                        if limit is not None and count >= limit:
-                            return
         finally:
             await _close(bus, subscription)
 
 
 def _sync_stream(app: App, bus: Any, subscription: Subscription, timeout: float | None,
                  limit: int | None) -> Generator[dict[str, Any], None, None]:
-    count, quiet_since = 0, time.monotonic()
+    reading = _Reading(timeout, limit)
     try:
-        while True:
-            wait = _wait(timeout, quiet_since)
-            if wait is None:
+        while (wait := reading.wait()) is not None:
+            yield from reading.events(app._run_sync(subscription.read(wait)))
+            if reading.done:
                 return
-            records = app._run_sync(subscription.read(wait))
-            if records:
-                quiet_since = time.monotonic()
-            for record in records:
-                for event in expand(record.payload, time.time()):
-                    yield event
-                    count += 1
-                    if limit is not None and count >= limit:
-                        return
     finally:
         app._run_sync(_close(bus, subscription))
 
 
-def _wait(timeout: float | None, quiet_since: float) -> float | None:
-    """How long the next read may wait; None once ``timeout`` passed without an event."""
-    if timeout is None:
-        return POLL
-    left = quiet_since + timeout - time.monotonic()
-    return None if left <= 0 else min(POLL, left)
+class _Reading:
+    """Where one reader of the stream stands, sync or async alike: how long its next
+    read may wait, and the events of what it read, until ``limit`` or ``timeout``."""
+
+    def __init__(self, timeout: float | None, limit: int | None) -> None:
+        self.timeout = timeout
+        self.limit = limit
+        self.count = 0
+        self.quiet_since = time.monotonic()  # when an event last came
+        self.done = False  # the limit was reached
+
+    def wait(self) -> float | None:
+        """How long the next read may wait; None once ``timeout`` passed without an
+        event."""
+        if self.timeout is None:
+            return POLL
+        left = self.quiet_since + self.timeout - time.monotonic()
+        return None if left <= 0 else min(POLL, left)
+
+    def events(self, records: list[Record]) -> Iterator[dict[str, Any]]:
+        """The events of ``records``, in order, stopping at the limit."""
+        if records:
+            self.quiet_since = time.monotonic()
+        for record in records:
+            for event in expand(record.payload, time.time()):
+                yield event
+                self.count += 1
+                if self.limit is not None and self.count >= self.limit:
+                    self.done = True
+                    return
 
 
 async def _close(bus: Any, subscription: Subscription) -> None:
