@@ -130,6 +130,13 @@ class Settings(Mapping[str, Any]):
     beat_schedule: dict[str, Any] = dataclasses.field(default_factory=dict)
     beat_max_loop_interval: float = 0.0  # seconds; 0: beat's own (0.25)
 
+    # The dashboard's task history (celeriac.dashboard, docs/dashboard.md): where it is
+    # kept (None: on the broker's server, see dashboard.history), how many tasks and
+    # for how long (seconds).
+    dashboard_history_url: str | None = None
+    dashboard_history_max_tasks: int = 100_000
+    dashboard_history_ttl: float = 7 * 24 * 3600.0
+
     def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         """Set several settings at once; every name and value is checked first.
 

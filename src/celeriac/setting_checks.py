@@ -282,7 +282,8 @@ def _rate_limit(name: str, value: Any) -> Any:
 
 
 # These may not be None (the others may: None means unset, or use the default).
-_REQUIRED = {"worker_prefetch_multiplier", "task_delivery_limit", "task_message_max_size"}
+_REQUIRED = {"worker_prefetch_multiplier", "task_delivery_limit", "task_message_max_size",
+             "dashboard_history_max_tasks"}
 
 CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "broker_url": _optional_str,
@@ -348,4 +349,7 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "worker_metrics_host": _nonempty_str,
     "beat_schedule": _beat_schedule,
     "beat_max_loop_interval": _seconds,
+    "dashboard_history_url": _optional_str,
+    "dashboard_history_max_tasks": _positive_int,
+    "dashboard_history_ttl": _interval,
 }
