@@ -43,6 +43,9 @@ BATCH_MAX = 20_000  # events in one record at most
 RETRY_MAX = 5.0  # seconds between attempts to reach an unreachable bus, at most
 DROP_REPORT_INTERVAL = 10.0  # seconds between two WARNING lines about dropped events
 CLOSE_TIMEOUT = 3.0  # seconds the last batch gets to be published when the emitter ends
+# ... and when the last attempt already failed: a stop is not held up by a bus that is
+# down (a worker stopped during a broker outage), it gets one short try.
+CLOSE_TIMEOUT_UNREACHABLE = 0.5
 
 
 class EventEmitter:
@@ -63,6 +66,7 @@ class EventEmitter:
         self._owns_bus = bus is None  # a bus it was given is closed by its owner
         self._users = 0
         self._closing = False
+        self._unreachable = False  # the last publish attempt failed
         self._dropped_reported_at = 0.0
         self._task = self._loop.create_task(self._publish_loop(), name="events")
 
@@ -107,7 +111,9 @@ class EventEmitter:
             try:
                 await self._publish_buffer()
                 delay = 0.1
+                self._unreachable = False
             except Exception as exc:
+                self._unreachable = True
                 logger.warning("events: cannot publish on the broker's bus (retrying in "
                                "%.1fs; %d event(s) wait): %s", delay, len(self.buffer),
                                describe(exc))
@@ -162,13 +168,14 @@ class EventEmitter:
         (a publish the server took but whose answer was cut off would be sent again)."""
         self._closing = True
         self._wake.set()
+        timeout = CLOSE_TIMEOUT_UNREACHABLE if self._unreachable else CLOSE_TIMEOUT
         try:
-            async with asyncio.timeout(CLOSE_TIMEOUT):
+            async with asyncio.timeout(timeout):
                 await asyncio.shield(self._task)
         except TimeoutError:
             logger.warning("events: %d event(s) of %s not published at exit: the bus did "
-                           "not take them within %.0fs", len(self.buffer), self.hostname,
-                           CLOSE_TIMEOUT)
+                           "not take them within %.1fs", len(self.buffer), self.hostname,
+                           timeout)
         finally:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

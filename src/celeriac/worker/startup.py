@@ -72,7 +72,9 @@ async def _patiently(connect: Callable[[], Awaitable[None]], what: str,
     while True:
         attempt += 1
         try:
-            await connect()
+            await _unless_stopping(connect(), stopping)
+        except StartupStopped:
+            raise
         except PERMANENT:
             raise
         except Exception as exc:
@@ -89,6 +91,22 @@ async def _patiently(connect: Callable[[], Awaitable[None]], what: str,
         if attempt > 1:
             logger.info("reached %s after %d attempts", what, attempt)
         return
+
+
+async def _unless_stopping(attempt: Awaitable[None], stopping: Callable[[], bool]) -> None:
+    """Await one connection attempt, abandoning it when ``stopping()`` turns true.
+
+    An attempt against a server that does not answer lasts up to the connection
+    timeout; a SIGTERM meanwhile should stop the worker now, not after it.
+    """
+    task = asyncio.ensure_future(attempt)
+    while not task.done():
+        await asyncio.wait({task}, timeout=STOP_CHECK)
+        if not task.done() and stopping():
+            task.cancel()
+            await asyncio.wait({task})  # its own cleanup; the app is closed after
+            raise StartupStopped
+    task.result()
 
 
 async def _sleep_unless_stopping(delay: float, stopping: Callable[[], bool]) -> None:
