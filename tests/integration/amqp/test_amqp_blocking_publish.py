@@ -53,10 +53,11 @@ def out(queue: str, body: bytes, priority: int = 0, eta: float | None = None) ->
 
 def test_sync_sends_arrive_whole_by_priority_and_not_before_their_eta(
         broker: AMQPBroker) -> None:
-    # Given messages sent from a plain thread, one of them due in 0.4 s
+    # Given messages sent from a plain thread, one of them due in 1.5 s (room for a
+    # loaded machine between the sends and the count)
     sent_at = time.time()
     broker.publish_blocking([out("q", b"low", 1), out("q", b"x" * 300_000, 5)])
-    broker.publish_blocking([out("q", b"later", 9, eta=sent_at + 0.4)])
+    broker.publish_blocking([out("q", b"later", 9, eta=sent_at + 1.5)])
     broker.publish_blocking([out("q", b"high", 9)])
 
     # Then they were stored before publish_blocking returned, and come out by priority
@@ -68,7 +69,7 @@ def test_sync_sends_arrive_whole_by_priority_and_not_before_their_eta(
     # And the delayed one only once it is due
     [later] = drain(broker, "q", 1)
     assert later.body == b"later"
-    assert time.time() >= sent_at + 0.4
+    assert time.time() >= sent_at + 1.5
 
 
 def test_a_queue_deleted_under_a_sync_producer_is_declared_again(
