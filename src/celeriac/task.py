@@ -93,6 +93,9 @@ class TaskOptions:
     soft_time_limit: float | None = None
     # seconds a send holds its key (task name + arguments): no second copy meanwhile
     unique_for: float | None = None  # (celeriac.uniqueness, docs/unique-jobs.md)
+    # The dashboard shows "(hidden)" for its args, kwargs and result, and its history
+    # never stores them: for tasks whose arguments are secrets or personal data.
+    dashboard_hide_args: bool = False
 
 
 TASK_OPTION_NAMES = frozenset(TaskOptions.__dataclass_fields__)
