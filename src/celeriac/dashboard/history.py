@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celeriac import states
+from celeriac.errors import CeleriacError
 
 # The states a record can be in: celeriac.states, with the two Celery has only in events.
 RECEIVED = "RECEIVED"
@@ -73,6 +74,11 @@ EVENTS_MAX = 50  # timeline entries kept per task (the newest)
 
 SORTS = ("updated_at", "received_at", "started_at", "name", "state", "runtime")
 LIMIT_MAX = 500
+
+
+class HistoryError(CeleriacError):
+    """The history's store failed (its file or server); the message says which."""
+
 
 # One timeline entry: (event type, its timestamp, the hostname that sent it).
 Entry = tuple[str, float, str]
