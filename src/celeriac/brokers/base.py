@@ -140,6 +140,16 @@ class DeadLetter:
     dead_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class ScheduledMessage:
+    """A message waiting in the broker for its eta (countdown or ETA)."""
+
+    id: str
+    queue: str
+    body: bytes
+    eta: float  # Unix time it comes due
+
+
 class Broker(ABC):
     """The interface every broker implements. See the module docstring for semantics."""
 
@@ -245,6 +255,12 @@ class Broker(ABC):
         failure in between leaves it in both places (at least once), never in neither.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot remove dead letters")
+
+    async def scheduled(self, limit: int = 100) -> list[ScheduledMessage]:
+        """The messages waiting for their eta, soonest first, at most ``limit``. Optional:
+        a broker that cannot look at them without taking them (RabbitMQ's delay queues)
+        raises NotImplementedError."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list scheduled messages")
 
     def token_buckets(self) -> TokenBuckets | None:
         """Rate-limit buckets on this broker's server (``supports_rate_limit``), else None."""

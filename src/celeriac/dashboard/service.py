@@ -289,10 +289,13 @@ class DashboardService:
         from celeriac.dashboard.history import TaskQuery
 
         broker = await self.broker()
-        peek = getattr(broker, "scheduled", None)
-        if peek is not None:
+        try:
+            peeked = await self.on_app(broker.scheduled(limit))
+        except NotImplementedError:
+            peeked = None
+        if peeked is not None:
             found = []
-            for item in await self.on_app(peek(limit)):
+            for item in peeked:
                 name, args = None, None
                 try:
                     message = self.app.decode_message(item.body)
