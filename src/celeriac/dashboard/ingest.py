@@ -56,6 +56,7 @@ class HistoryIngest(EventFollower):
     store is the caller's to close)."""
 
     who = "dashboard"
+    logger = logger
 
     def __init__(self, app: App, store: HistoryStore,
                  trim_interval: float = TRIM_INTERVAL) -> None:

@@ -97,6 +97,7 @@ class EventFollower:
     (``celeriac.dashboard.ingest``) subclasses it to write its history as well."""
 
     who = "exporter"  # names the follower in its log lines
+    logger = logger  # where they go
 
     def __init__(self, app: App, view: ClusterView) -> None:
         self.app = app
@@ -148,6 +149,8 @@ class EventFollower:
                     since = await self.start_at()
                     started = True
                 subscription = await bus.subscribe(EVENTS, since)
+                if since is None:  # from now: after a failure, from this moment on
+                    since = time.time()
                 self._following.set()
                 delay = 1.0
                 try:
@@ -155,6 +158,7 @@ class EventFollower:
                         records = await subscription.read(READ_WAIT)
                         if records:
                             received = time.time()
+                            since = records[0].at  # this read again, should it fail
                             await self.handle([event for record in records
                                                for event in expand(record.payload,
                                                                    received)])
@@ -163,7 +167,7 @@ class EventFollower:
                 finally:
                     await subscription.close()
             except Exception as exc:
-                logger.error("%s: cannot follow the events (retrying in %.0fs): %s",
+                self.logger.error("%s: cannot follow the events (retrying in %.0fs): %s",
                              self.who, delay, describe(exc))
             finally:
                 await bus.close()
