@@ -19,8 +19,8 @@ from celeriac.errors import ConfigurationError
 def test_the_history_goes_where_the_apps_data_is(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    limits = {"dashboard_history_max_tasks": 7, "dashboard_history_ttl": 60.0}
-    store = open_history(App("p", broker=f"sqlite:///{tmp_path / 'b.db'}", **limits))
+    store = open_history(App("p", broker=f"sqlite:///{tmp_path / 'b.db'}",
+                             dashboard_history_max_tasks=7, dashboard_history_ttl=60.0))
     assert isinstance(store, SQLiteHistory)
     assert (store.path, store.max_tasks, store.ttl) == (str(tmp_path / "b.db"), 7, 60.0)
 
