@@ -65,14 +65,17 @@ class Chart:
 
 
 _WIDTH, _HEIGHT, _LEFT, _TOP, _BOTTOM_MARGIN = 560, 150, 40, 8, 18
+_LABEL_WIDTH = 30  # of an HH:MM time label
 
 
 def _time_ticks(starts: Sequence[float], left: float, step_x: float, every: int
                 ) -> list[Tick]:
     ticks = []
     for index in range(0, len(starts), every):
-        label = time.strftime("%H:%M", time.gmtime(starts[index]))
-        ticks.append(Tick(left + index * step_x, label))
+        position = left + index * step_x
+        if position + _LABEL_WIDTH > _WIDTH:
+            break  # a label cut by the edge reads as a different time
+        ticks.append(Tick(position, time.strftime("%H:%M", time.gmtime(starts[index]))))
     return ticks
 
 

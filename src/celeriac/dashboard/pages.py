@@ -50,6 +50,8 @@ def duration(seconds: float | None) -> str:
     """``1h 02m``, ``3m 05s``, ``4.2s``, ``120ms``: a span at the precision that matters."""
     if seconds is None or not math.isfinite(seconds):
         return NONE
+    if seconds < 0.01:
+        return f"{seconds * 1000:.1f}ms"
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms"
     if seconds < 60:

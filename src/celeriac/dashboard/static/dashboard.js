@@ -132,7 +132,7 @@
       const kind = el.dataset.type;
       if (kind === "bool") data[el.name] = el.value === "true";
       else if (el.type === "checkbox") data[el.name] = el.checked;
-      else if (kind === "list") (data[el.name] = data[el.name] || []).push(el.value);
+      else if (kind === "json") data[el.name] = JSON.parse(el.value);
       else if (el.type === "number") { if (el.value !== "") data[el.name] = Number(el.value); }
       else if (el.value !== "") data[el.name] = el.value;
     }

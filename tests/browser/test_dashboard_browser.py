@@ -1,0 +1,161 @@
+"""What an operator does in the dashboard, in headless Chromium, against a real worker.
+
+The flows share one worker and one page (conftest.py) and run in this file's order;
+the first one counts on the cluster being fresh. Every wait is a Playwright ``expect``
+with its timeout: the pages update through the live stream (SSE and fragment
+refreshes), so a value that never arrives fails the test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from conftest import PROCESSES, Cluster
+from playwright.sync_api import Page, expect
+
+from celeriac import chain, group, signature
+from celeriac.result import AsyncResult
+
+N = 5  # tasks the overview must count
+
+
+def test_overview_counts_what_was_sent(page: Page, cluster: Cluster,
+                                       shoot: Callable[[str], None]) -> None:
+    # Given N tasks sent and done
+    results = [cluster.app.send_task("web.add", [i, i]) for i in range(N)]
+    assert [r.get(timeout=20) for r in results] == [2 * i for i in range(N)]
+
+    # When the operator opens the overview
+    page.goto("/")
+
+    # Then it shows N succeeded, none failed, the worker online, and the chart agrees
+    expect(page.locator('[data-stat="SUCCESS"]')).to_have_text(str(N))
+    expect(page.locator('[data-stat="FAILURE"]')).to_have_text("0")
+    expect(page.locator('[data-stat="workers-online"]')).to_have_text("1")
+    titles = page.locator("svg.chart rect.bar-succeeded title").all_text_contents()
+    bars = [re.search(r"(\d+) succeeded", title) for title in titles]
+    assert sum(int(bar[1]) for bar in bars if bar) == N
+    expect(page.locator("tr[data-queue='celeriac']")).to_be_visible()
+
+
+def test_failed_task_is_retried_from_its_page(page: Page, cluster: Cluster,
+                                              shoot: Callable[[str], None]) -> None:
+    # Given a task that fails the first time
+    result = cluster.app.send_task("web.fail_once", ["retry-me"])
+
+    # When it has failed, it is listed among the failures, with its traceback on its page
+    page.goto("/tasks?state=FAILURE")
+    row = page.locator(f"tr[data-task='{result.id}']")
+    expect(row).to_be_visible()
+    expect(row.locator(".badge")).to_have_text("FAILURE")
+    row.get_by_role("link", name="web.fail_once").click()
+    expect(page).to_have_url(re.compile(f"/tasks/{result.id}$"))
+    expect(page.locator("pre.traceback")).to_contain_text("ValueError: first run of retry-me")
+    shoot("task")
+
+    # And the operator clicks Retry
+    page.get_by_role("button", name="Retry").click()
+
+    # Then the page says it was sent, and the task succeeds (same id, so the same page)
+    expect(page.locator("#flash")).to_contain_text("Retry sent")
+    expect(page.locator("h1 .badge")).to_have_text("SUCCESS")
+    expect(page.locator("[data-field=result]")).to_have_text("retry-me ok")
+    assert AsyncResult(result.id, app=cluster.app).get(timeout=10) == "retry-me ok"
+
+
+def test_dead_letter_is_requeued_and_runs(page: Page, cluster: Cluster,
+                                          shoot: Callable[[str], None]) -> None:
+    # Given a task rejected into the dead letters
+    result = cluster.app.send_task("web.refuse_once", ["requeue-me"])
+    page.goto("/dead-letters")
+    row = page.locator(f"tr[data-dead='{result.id}']")
+    expect(row).to_be_visible()
+    expect(row).to_contain_text("refused the first time")
+    shoot("dead-letters")
+
+    # When the operator requeues it
+    row.get_by_role("button", name="Requeue").click()
+
+    # Then it leaves the dead letters and runs to success
+    expect(page.locator("#flash")).to_contain_text("Requeued")
+    expect(row).to_have_count(0)
+    assert AsyncResult(result.id, app=cluster.app).get(timeout=20) == "requeue-me ok"
+    page.goto(f"/tasks/{result.id}")
+    expect(page.locator("h1 .badge")).to_have_text("SUCCESS")
+
+
+def test_running_task_is_terminated_from_its_page(page: Page, cluster: Cluster,
+                                                  shoot: Callable[[str], None]) -> None:
+    # Given a task that runs until told otherwise
+    result = cluster.app.send_task("web.wait_for", ["never"])
+    page.goto(f"/tasks/{result.id}")
+    expect(page.locator("h1 .badge")).to_have_text("STARTED")
+
+    # When the operator terminates it (and confirms)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Terminate").click()
+
+    # Then it ends REVOKED, and the page no longer offers to revoke it
+    expect(page.locator("#flash")).to_contain_text("Terminate sent")
+    expect(page.locator("h1 .badge")).to_have_text("REVOKED")
+    expect(page.get_by_role("button", name="Terminate")).to_have_count(0)
+    assert AsyncResult(result.id, app=cluster.app).state == "REVOKED"
+
+
+def test_pool_is_grown_from_the_workers_page(page: Page, cluster: Cluster,
+                                             shoot: Callable[[str], None]) -> None:
+    # Given the worker with its processes
+    page.goto("/workers")
+    row = page.locator("tr[data-worker^='web@']")
+    processes = row.locator("[data-field=processes]")
+    expect(processes).to_have_text(str(PROCESSES))
+
+    # When the operator grows its pool by one
+    row.locator("input[name=n]").fill("1")
+    row.get_by_role("button", name="Grow").click()
+
+    # Then the page says so, and the processes count goes up
+    expect(page.locator("#flash")).to_contain_text("resized")
+    expect(processes).to_have_text(str(PROCESSES + 1))
+    shoot("workers")
+
+
+def test_workflow_graph_and_the_other_pages(page: Page, cluster: Cluster,
+                                            shoot: Callable[[str], None]) -> None:
+    # Given a workflow: a task, a group of two on its result, a chord body summing them
+    app = cluster.app
+    flow = chain(signature("web.add", (1, 1), app=app),
+                 group(signature("web.add", (10,), app=app),
+                       signature("web.add", (20,), app=app)),
+                 signature("web.total", app=app)).apply_async()
+    assert flow.get(timeout=20) == 34
+
+    # When the operator opens the page of its last task
+    page.goto(f"/tasks/{flow.id}")
+
+    # Then the page draws the whole family, each task a node linking to its page
+    expect(page.locator("svg.graph .node")).to_have_count(4)
+    expect(page.locator("svg.graph .node.current")).to_have_count(1)
+    expect(page.locator("svg.graph .node.state-success")).to_have_count(4)
+    shoot("workflow")
+
+    # The other pages, with a bit more history behind them for the pictures
+    for i in range(3):
+        app.send_task("web.fail_once", [f"picture-{i}"])
+    done = [app.send_task("web.add", [i, 1]) for i in range(20)]
+    assert [r.get(timeout=20) for r in done] == [i + 1 for i in range(20)]
+    waiting = app.send_task("web.add", [20, 22], countdown=3600)
+    page.goto("/scheduled")
+    expect(page.locator(f"tr[data-task='{waiting.id}']")).to_be_visible()
+    shoot("scheduled")
+    page.goto("/tasks")
+    expect(page.locator(f"tr[data-task='{done[-1].id}']")).to_be_visible()
+    shoot("tasks")
+    page.goto("/queues")
+    expect(page.locator("tr[data-queue='celeriac'] [data-field=ready]")).to_be_visible()
+    shoot("queues")
+    page.goto("/")
+    expect(page.locator('[data-stat="FAILURE"]')).to_have_text("3")
+    expect(page.locator('[data-stat="REVOKED"]')).to_have_text("1")
+    shoot("overview")
