@@ -3,7 +3,8 @@
 
 Key layout (``P`` is the key prefix, ``celeriac:`` by default, then ``dashboard:``)::
 
-    P t:<id>              HASH  j: the record (JSON), r: its revision (1, 2, ...)
+    P t:<id>              HASH  j: the record (JSON), r: its revision (1, 2, ...),
+                                f: the fields searches filter and sort on (JSON)
     P time                ZSET  task id -> updated_at: every task, the trim's order
     P name:<name>         ZSET  task id -> updated_at   (one per task name,
     P state:<state>       ZSET  task id -> updated_at    state, queue and worker:
@@ -23,9 +24,10 @@ what both saw), so two dashboards applying the same stream converge without WATC
 Searching: an id is one read. The exact filters pick their index set (several are
 intersected into a short-lived key), the time range is its score range, and the
 default order (``updated_at``) is the set's order: paging happens on the server. The
-text filter and the other sorts need the records themselves: they are applied in
-Python to the newest ``CANDIDATES_MAX`` tasks the exact filters and time range select,
-so such a search sees only those (and its total counts only them).
+text filter and the other sorts are applied in Python, to the newest
+``CANDIDATES_MAX`` tasks the exact filters and time range select, so such a search sees
+only those (and its total counts only them); it reads their ``f`` fields (a tenth of a
+record: no timeline, no traceback), then the records of the page.
 
 Trimming removes by the time index (older than the ttl, beyond ``max_tasks``), each
 record with a compare-and-set as well, so that a record just updated is not removed
@@ -34,6 +36,7 @@ half-way.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from collections import defaultdict
@@ -65,7 +68,7 @@ TMP_TTL_MS = 10_000
 INDEXED = ("name", "state", "queue", "worker")
 DONE_STATES = (states.SUCCESS, states.FAILURE)
 
-# ARGV: the prefix, then per record: id, expected revision ("" for none), JSON,
+# ARGV: the prefix, then per record: id, expected revision ("" for none), JSON, facets,
 # n, n index keys to leave, m, m (key, score) pairs to join. Returns the ids whose
 # revision had changed (not written).
 WRITE = Script("dashboard-write", """
@@ -73,12 +76,12 @@ local p = ARGV[1]
 local i = 2
 local conflicts = {}
 while i <= #ARGV do
-  local id, expected, json = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local id, expected, json, facets = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local key = p .. 't:' .. id
   local rev = redis.call('HGET', key, 'r')
   local ok = (rev == false and expected == '') or rev == expected
-  local leave = tonumber(ARGV[i + 3])
-  i = i + 4
+  local leave = tonumber(ARGV[i + 4])
+  i = i + 5
   if ok then
     for k = i, i + leave - 1 do redis.call('ZREM', ARGV[k], id) end
   end
@@ -87,7 +90,7 @@ while i <= #ARGV do
   i = i + 1
   if ok then
     for k = i, i + 2 * join - 1, 2 do redis.call('ZADD', ARGV[k], ARGV[k + 1], id) end
-    redis.call('HSET', key, 'j', json, 'r', (tonumber(rev) or 0) + 1)
+    redis.call('HSET', key, 'j', json, 'f', facets, 'r', (tonumber(rev) or 0) + 1)
   else
     conflicts[#conflicts + 1] = id
   end
@@ -118,6 +121,22 @@ while i <= #ARGV do
   i = i + n
 end
 return removed
+""")
+
+
+# KEYS: an index set; ARGV: the prefix, max score, min score, count. The newest
+# ``count`` ids of the set within the scores, each followed by its search fields ("" for
+# a record trimmed meanwhile): one call, where a pipeline of thousands of HGETs costs
+# more to pack and parse on the client than the server spends on it.
+CANDIDATES = Script("dashboard-candidates", """
+local ids = redis.call('ZRANGE', KEYS[1], ARGV[2], ARGV[3], 'BYSCORE', 'REV', 'LIMIT', 0,
+                       ARGV[4])
+local found = {}
+for _, id in ipairs(ids) do
+  found[#found + 1] = id
+  found[#found + 1] = redis.call('HGET', ARGV[1] .. 't:' .. id, 'f') or ''
+end
+return found
 """)
 
 
@@ -204,7 +223,8 @@ class RedisHistory(HistoryStore):
             after = self._memberships(new)
             leave = [key for key in before if key not in after]
             args += [task_id, rev if rev is not None else "",
-                     orjson.dumps(new.to_json()), len(leave), *leave, len(after)]
+                     orjson.dumps(new.to_json()), _facets(new), len(leave), *leave,
+                     len(after)]
             for key, score in after.items():
                 args += [key, repr(score)]
         with self._errors("write"):
@@ -304,18 +324,17 @@ class RedisHistory(HistoryStore):
                         total = int(await run("ZCOUNT", source, low, high))
                         ids = await _by_score(run, source, low, high, query.descending,
                                               query.offset, query.limit)
-                    else:
-                        total, ids = 0, await _by_score(run, source, low, high, True, 0,
-                                                        CANDIDATES_MAX)
+                        return await self._records(client, ids), total
+                    found = await CANDIDATES(client, [source],
+                                             [self.prefix, high, low, CANDIDATES_MAX])
                 finally:
                     if temporary is not None:
                         await run("DEL", temporary)
-        records = await self._records(client, ids)
-        if query.sort == "updated_at" and not query.text:
-            return records, total
-        matched = [record for record in records if query.matches(record)]
+        light = [TaskRecord(_text(task_id), *orjson.loads(facets))
+                 for task_id, facets in zip(found[::2], found[1::2], strict=True) if facets]
+        matched = [record for record in light if query.matches(record)]
         page = query.order(matched)[query.offset:query.offset + query.limit]
-        return page, len(matched)
+        return await self._records(client, [record.id for record in page]), len(matched)
 
     async def family(self, root_id: str, limit: int = 200) -> list[TaskRecord]:
         client = await self._clients.get()
@@ -361,6 +380,18 @@ async def _by_score(run: Any, key: str, low: str, high: str, descending: bool,
     else:
         ids = await run("ZRANGE", key, low, high, "BYSCORE", "LIMIT", offset, limit)
     return ids
+
+
+# The fields of TaskRecord a search filters and sorts on, in the dataclass's order
+# after ``id`` (so that TaskRecord(id, *facets) rebuilds them); checked at import.
+FACETS = ("name", "state", "queue", "worker", "args", "kwargs", "retries", "eta",
+          "expires", "sent_at", "received_at", "started_at", "finished_at", "updated_at",
+          "runtime")
+assert [f.name for f in dataclasses.fields(TaskRecord)][1:len(FACETS) + 1] == list(FACETS)
+
+
+def _facets(record: TaskRecord) -> bytes:
+    return orjson.dumps([getattr(record, name) for name in FACETS])
 
 
 def _chunks(ids: list[str]) -> Iterator[list[str]]:
