@@ -33,9 +33,12 @@ def test_overview_counts_what_was_sent(page: Page, cluster: Cluster,
     expect(page.locator('[data-stat="SUCCESS"]')).to_have_text(str(N))
     expect(page.locator('[data-stat="FAILURE"]')).to_have_text("0")
     expect(page.locator('[data-stat="workers-online"]')).to_have_text("1")
-    titles = page.locator("svg.chart rect.bar-succeeded title").all_text_contents()
+    chart = page.locator("svg.throughput")
+    expect(chart).to_have_attribute("data-succeeded", str(N))
+    expect(chart).to_have_attribute("data-failed", "0")
+    titles = chart.locator("rect.bar-succeeded title").all_text_contents()
     bars = [re.search(r"(\d+) succeeded", title) for title in titles]
-    assert sum(int(bar[1]) for bar in bars if bar) == N
+    assert sum(int(bar[1]) for bar in bars if bar) == N  # the bars draw what it says
     expect(page.locator("tr[data-queue='celeriac']")).to_be_visible()
 
 
@@ -110,6 +113,16 @@ def test_pool_is_grown_from_the_workers_page(page: Page, cluster: Cluster,
     row = page.locator("tr[data-worker^='web@']")
     processes = row.locator("[data-field=processes]")
     expect(processes).to_have_text(str(PROCESSES))
+
+    # A live refresh keeps what the operator is typing, and where
+    queue = row.locator("input[name=queue]")
+    queue.fill("half-typed")
+    page.evaluate("""() => { window.refreshes = 0; document.addEventListener(
+        "celeriac:refreshed", () => { window.refreshes += 1; }); }""")
+    assert cluster.app.send_task("web.add", [1, 1]).get(timeout=10) == 2
+    page.wait_for_function("() => window.refreshes > 0")
+    expect(queue).to_have_value("half-typed")
+    expect(queue).to_be_focused()
 
     # When the operator grows its pool by one
     row.locator("input[name=n]").fill("1")

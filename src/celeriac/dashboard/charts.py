@@ -62,6 +62,8 @@ class Chart:
     y_ticks: list[Tick] = field(default_factory=list)
     x_ticks: list[Tick] = field(default_factory=list)
     empty: bool = True  # nothing to draw: the template says so instead
+    succeeded: int = 0  # the totals drawn, for the chart's label (and tests)
+    failed: int = 0
 
 
 _WIDTH, _HEIGHT, _LEFT, _TOP, _BOTTOM_MARGIN = 560, 150, 40, 8, 18
@@ -86,6 +88,8 @@ def throughput_chart(points: Sequence[Mapping[str, Any]]) -> Chart:
     if not points:
         return chart
     totals = [int(p.get("succeeded", 0)) + int(p.get("failed", 0)) for p in points]
+    chart.succeeded = sum(int(p.get("succeeded", 0)) for p in points)
+    chart.failed = sum(int(p.get("failed", 0)) for p in points)
     top = nice_ceiling(max(totals))
     plot_height = bottom - _TOP
     step_x = (_WIDTH - _LEFT) / len(points)
