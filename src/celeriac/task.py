@@ -211,6 +211,11 @@ class Task(Generic[P, R]):
         return self.options.priority
 
     @property
+    def dashboard_hide_args(self) -> bool:
+        """The dashboard shows and keeps no args, kwargs nor result of this task."""
+        return self.options.dashboard_hide_args
+
+    @property
     def request(self) -> Request:
         return current_request.get() or Request()
 

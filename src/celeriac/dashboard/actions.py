@@ -183,8 +183,7 @@ class Actions:
                        arguments: dict[str, Any]) -> dict[str, Any]:
         """``command`` to the worker ``host`` alone; its answer, or why there is none."""
         answers = await self.service.on_app(self.app.control.abroadcast(
-            command, arguments, destination=[host], reply=True, timeout=CONTROL_TIMEOUT,
-            limit=1))
+            command, arguments, destination=[host], reply=True, timeout=CONTROL_TIMEOUT))
         self.service.forget_inspect()
         reply = next((item[host] for item in answers or [] if host in item), None)
         if reply is None:

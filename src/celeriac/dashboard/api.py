@@ -337,12 +337,12 @@ def task_query(request: Request) -> TaskQuery:
     sort = params.get("sort", "updated_at")
     if sort not in SORTS:
         raise BadInput("sort", f"must be one of {', '.join(SORTS)}")
+    since, until = _float(params.get("since"), "since"), _float(params.get("until"), "until")
+    offset, limit = _int(params.get("offset"), "offset", 0), _int(params.get("limit"),
+                                                                  "limit", 50)
     try:
-        return TaskQuery(**values, since=_float(params.get("since"), "since"),
-                         until=_float(params.get("until"), "until"), sort=sort,
-                         descending=order == "desc",
-                         offset=_int(params.get("offset"), "offset", 0),
-                         limit=_int(params.get("limit"), "limit", 50))
+        return TaskQuery(**values, since=since, until=until, sort=sort,
+                         descending=order == "desc", offset=offset, limit=limit)
     except ValueError as exc:  # TaskQuery's own checks: "limit must be ..."
         name, _, rest = str(exc).partition(" ")
         if name in ("limit", "offset", "since", "until"):

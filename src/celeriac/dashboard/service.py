@@ -106,7 +106,7 @@ class DashboardService:
     def hidden(self, name: str | None) -> bool:
         """Whether the task ``name`` asked the dashboard to hide its arguments."""
         task = self.app.tasks.get(name) if name else None
-        return bool(task is not None and task.options.dashboard_hide_args)
+        return bool(task is not None and task.dashboard_hide_args)
 
     async def start(self) -> None:
         await self.sampler.start()
@@ -164,12 +164,15 @@ class DashboardService:
             cached = self._inspected
             if cached is not None and time.monotonic() - cached[0] < INSPECT_CACHE:
                 return cached[1]
-            limit = len(expected) or None  # stop waiting once every live one answered
+            # Asking the live ones by name ends as soon as each answered in full; with
+            # none heard of yet, whoever answers within the timeout.
+            destination = list(expected) or None
             commands = ("stats", "active", "reserved", "active_queues")
             try:
                 replies = await asyncio.gather(*(
                     self.on_app(self.app.control.abroadcast(
-                        command, reply=True, timeout=INSPECT_TIMEOUT, limit=limit))
+                        command, reply=True, timeout=INSPECT_TIMEOUT,
+                        destination=destination))
                     for command in commands))
             except Exception as exc:  # the page still shows what the heartbeats said
                 logger.warning("dashboard: cannot ask the workers: %s", describe(exc))
@@ -180,8 +183,10 @@ class DashboardService:
                 for item in answer or []:
                     for node, value in item.items():
                         merged[node][command] = value
-            self._inspected = (time.monotonic(), dict(merged))
-            return self._inspected[1]
+            answers = dict(merged)
+            if all("stats" in answers.get(name, {}) for name in expected):
+                self._inspected = (time.monotonic(), answers)  # else: ask again next time
+            return answers
 
     def forget_inspect(self) -> None:
         """After an action on a worker, the next read asks again."""

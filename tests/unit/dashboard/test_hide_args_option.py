@@ -16,7 +16,8 @@ def test_dashboard_hide_args_is_a_checked_task_option() -> None:
     @app.task
     def plain() -> None: ...
 
-    assert secret.options.dashboard_hide_args is True
-    assert plain.options.dashboard_hide_args is False
+    assert secret.dashboard_hide_args is True
+    assert secret.options.dashboard_hide_args
+    assert plain.dashboard_hide_args is False
     with pytest.raises(TypeError, match="dashboard_hide_args must be True or False"):
         app.task(dashboard_hide_args="yes")
