@@ -105,6 +105,11 @@ def test_running_task_is_terminated_from_its_page(page: Page, cluster: Cluster,
     expect(page.get_by_role("button", name="Terminate")).to_have_count(0)
     assert AsyncResult(result.id, app=cluster.app).state == "REVOKED"
 
+    # And the task's page sets a rate limit for its task name
+    page.get_by_label("rate limit of web.wait_for").fill("100/m")
+    page.get_by_role("button", name="Set rate limit").click()
+    expect(page.locator("#flash")).to_contain_text("Rate limit of web.wait_for set")
+
 
 def test_pool_is_grown_from_the_workers_page(page: Page, cluster: Cluster,
                                              shoot: Callable[[str], None]) -> None:
@@ -165,10 +170,27 @@ def test_workflow_graph_and_the_other_pages(page: Page, cluster: Cluster,
     page.goto("/tasks")
     expect(page.locator(f"tr[data-task='{done[-1].id}']")).to_be_visible()
     shoot("tasks")
+    # A queue no worker consumes, so the queues have something to show, then purged
+    for i in range(12):
+        app.send_task("web.add", [i, 0], queue="reports")
     page.goto("/queues")
-    expect(page.locator("tr[data-queue='celeriac'] [data-field=ready]")).to_be_visible()
+    reports = page.locator("tr[data-queue='reports']")
+    expect(reports.locator("[data-field=ready]")).to_have_text("12")
     shoot("queues")
     page.goto("/")
     expect(page.locator('[data-stat="FAILURE"]')).to_have_text("3")
     expect(page.locator('[data-stat="REVOKED"]')).to_have_text("1")
+    expect(page.locator("tr[data-queue='reports']")).to_be_visible()
     shoot("overview")
+
+    # Purging asks for the queue's name, typed
+    page.goto("/queues")
+    reports.get_by_text("Purge…").click()
+    reports.get_by_role("textbox").fill("reprots")
+    reports.get_by_role("button", name="Purge 12 ready").click()
+    expect(page.locator("#flash")).to_contain_text("Type reports exactly")
+    reports.get_by_role("textbox").fill("reports")
+    reports.get_by_role("button", name="Purge 12 ready").click()
+    expect(page.locator("#flash")).to_contain_text("Queue reports purged")
+    # (an empty queue nobody declared may leave the list: 0 or gone, its 12 are)
+    expect(reports.locator("[data-field=ready]", has_text="12")).to_have_count(0)

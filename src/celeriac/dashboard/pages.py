@@ -50,6 +50,12 @@ def duration(seconds: float | None) -> str:
     """``1h 02m``, ``3m 05s``, ``4.2s``, ``120ms``: a span at the precision that matters."""
     if seconds is None or not math.isfinite(seconds):
         return NONE
+    if seconds < 0:  # (events of two hosts whose clocks disagree)
+        return f"-{duration(-seconds)}"
+    if seconds == 0:
+        return "0s"
+    if seconds < 0.0001:
+        return "<0.1ms"
     if seconds < 0.01:
         return f"{seconds * 1000:.1f}ms"
     if seconds < 1:
