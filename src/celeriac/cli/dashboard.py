@@ -58,7 +58,7 @@ def dashboard_command(spec: AppSpec, host: str, port: int, basic_auth: str | Non
 
     extra = {"secret": hashlib.sha256(secret.encode()).digest()} if secret else {}
     auth = AuthConfig(basic=basic_auth or None, token=auth_token or None,
-                      header=auth_header or None, **extra)
+                      header=auth_header or None, loopback_hosts_only=not insecure, **extra)
     check_bind(host, auth, insecure)  # before anything connects: one line, exit 2
     configure_logging(loglevel)
     with client_app(spec) as app:

@@ -32,6 +32,8 @@ from starlette.staticfiles import StaticFiles
 from celeriac.dashboard.api import api_routes
 from celeriac.dashboard.auth import AuthConfig, AuthMiddleware
 from celeriac.dashboard.service import DashboardService
+from celeriac.errors import ConfigurationError
+from celeriac.monitor.metrics import require_prometheus
 
 if TYPE_CHECKING:
     from celeriac.app import App
@@ -81,6 +83,10 @@ class Dashboard:
             await self.store.close()
 
     async def _metrics(self, request: Request) -> Response:
+        try:
+            require_prometheus("/metrics")
+        except ConfigurationError as exc:
+            return PlainTextResponse(f"{exc}\n", 501)
         from celeriac.monitor.metrics import (
             CONTENT_TYPE,
             Collector,

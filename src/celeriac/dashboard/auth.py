@@ -28,7 +28,10 @@ the API sends no CORS headers.
 
 Binding: a dashboard on a loopback address serves this machine only; on any other
 address it refuses to start without authentication unless ``--insecure`` says that is
-meant (``check_bind``).
+meant (``check_bind``). Without authentication (and without ``--insecure``) it also
+answers only requests whose ``Host`` is a loopback name: a web page whose own name was
+made to resolve to 127.0.0.1 (DNS rebinding) would otherwise be same-origin with it,
+read a CSRF token and act.
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ class AuthConfig:
     token: str | None = field(default=None, repr=False)
     header: str | None = None
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+    # Without authentication: answer loopback Host names only (see the module).
+    loopback_hosts_only: bool = True
 
     def __post_init__(self) -> None:
         if self.basic is not None:
@@ -174,6 +179,11 @@ class AuthMiddleware:
             return
         headers = {key.decode("latin-1").lower(): value.decode("latin-1")
                    for key, value in scope.get("headers", ())}
+        if not self.config.enabled and self.config.loopback_hosts_only \
+                and not is_loopback(_hostname(headers.get("host", ""))):
+            await _json(send, 403, "this dashboard has no authentication and answers "
+                        "requests for localhost only")
+            return
         identity = self.config.identity(headers)
         if identity is None:
             challenge = self.config.challenge()
@@ -193,6 +203,13 @@ class AuthMiddleware:
                             "header (GET /api/csrf) or the csrf_token form field")
                 return
         await self.app(scope, receive, send)
+
+
+def _hostname(host: str) -> str:
+    """The name of a ``Host`` header, without its port (``[::1]:5555`` -> ``::1``)."""
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def _is_form(headers: dict[str, str]) -> bool:

@@ -92,3 +92,20 @@ def test_proxy_header_mode_trusts_the_header() -> None:
     finally:
         server.close()
         app.close()
+
+
+def test_without_auth_only_loopback_host_names_are_answered() -> None:
+    """A page on evil.example resolving to 127.0.0.1 (DNS rebinding) gets nothing."""
+    app = App("host-tests", broker="memory://", backend="memory://")
+    server = Background(Dashboard(app, AuthConfig()).asgi).start()
+    try:
+        with httpx.Client(base_url=server.url) as client:
+            port = server.url.rsplit(":", 1)[1]
+            for host in (f"127.0.0.1:{port}", f"localhost:{port}", "[::1]", "localhost"):
+                assert client.get("/api/csrf", headers={"Host": host}).status_code == 200
+            refused = client.get("/api/csrf", headers={"Host": f"evil.example:{port}"})
+            assert refused.status_code == 403
+            assert "localhost only" in refused.json()["error"]
+    finally:
+        server.close()
+        app.close()
