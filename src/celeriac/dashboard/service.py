@@ -54,6 +54,7 @@ THROUGHPUT_SPAN = 1800.0  # the overview's charts: the last 30 minutes ...
 THROUGHPUT_STEP = 30.0  # ... in 30 s buckets
 PREVIEW_BYTES = 300  # of a dead letter's body shown
 SCHEDULED_MAX = 500
+SCHEDULED_GRACE = 60.0  # seconds past its ETA a task from the history is still listed
 
 
 class Ingest(Protocol):
@@ -312,12 +313,18 @@ class DashboardService:
                               "args": HIDDEN if self.hidden(name) else args,
                               "source": "broker"})
             return found
-        records, _ = await self.store.search(TaskQuery(state="SENT", limit=min(limit, 500),
-                                                       sort="updated_at"))
+        # Sent with an ETA (producers with task_send_sent_event) or retried with a
+        # countdown, and not heard of since: waiting in a delay queue.
+        records: list[TaskRecord] = []
+        for state in ("SENT", "RETRY"):
+            page, _ = await self.store.search(TaskQuery(state=state, limit=min(limit, 500)))
+            records += page
         now = time.time()
-        return [{"id": r.id, "name": r.name, "queue": r.queue, "eta": _unix(r.eta),
+        waiting = [(eta, r) for r in records
+                   if (eta := _unix(r.eta)) is not None and eta > now - SCHEDULED_GRACE]
+        return [{"id": r.id, "name": r.name, "queue": r.queue, "eta": eta,
                  "args": HIDDEN if self.hidden(r.name) else r.args, "source": "history"}
-                for r in records if r.eta is not None and (_unix(r.eta) or 0) > now - 60]
+                for eta, r in sorted(waiting, key=lambda pair: pair[0])[:limit]]
 
     async def metrics_snapshot(self) -> QueuesSnapshot:
         readings = await self.sampler.latest()
