@@ -61,10 +61,16 @@ async def wait_for(key: str) -> str:
     return f"{key} done"
 
 
+def secret(token: str) -> str:
+    """Declared with dashboard_hide_args: its token must never reach a page."""
+    return f"used {token}"
+
+
 def register(target: App) -> None:
     """The tasks under fixed names ("web.<name>")."""
     for fn in (add, total, fail_once, refuse_once, wait_for):
         target.task(name=f"web.{fn.__name__}")(fn)
+    target.task(name="web.secret", dashboard_hide_args=True)(secret)
 
 
 app = App("web")

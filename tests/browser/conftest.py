@@ -13,80 +13,26 @@ the App reads every such variable as a setting and refuses unknown ones.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("playwright")
+from browser_cluster import Cluster, running_cluster
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE.parent / "integration"))  # the worker harness
-sys.path.insert(0, str(HERE))  # the test app, for the producer side
-
-from browser_app import MARKERS_ENV, register  # noqa: E402
-from worker_harness import WorkerProcess  # noqa: E402
-
-from celeriac import App  # noqa: E402
-from celeriac.dashboard.app import Dashboard  # noqa: E402
-from celeriac.dashboard.server import Background  # noqa: E402
-
 CHROMIUM = "/usr/bin/chromium"
-PROCESSES = 2
 TIMEOUT_MS = 20_000  # the longest any page or value may take to show up
 
 expect.set_options(timeout=TIMEOUT_MS)
 
 
-class BrowserAppWorker(WorkerProcess):
-    app_module = "browser_app"
-
-
-@dataclass
-class Cluster:
-    app: App
-    url: str  # the dashboard's
-    worker: BrowserAppWorker
-    markers: Path
-
-
-def _env(broker: str, markers: Path) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith("CELERIAC_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), *filter(None, [os.environ.get(
-        "PYTHONPATH")])])
-    env[MARKERS_ENV] = str(markers)
-    env["CELERIAC_BROKER_URL"] = json.dumps(broker)
-    env["CELERIAC_RESULT_BACKEND"] = json.dumps(broker)
-    return env
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    root = tmp_path_factory.mktemp("browser")
-    markers = root / "markers"
-    markers.mkdir()
-    broker = f"sqlite:///{root / 'broker.db'}"
-    worker = BrowserAppWorker(["-c", str(PROCESSES), "-n", "web@%h", "-l", "INFO"],
-                              _env(broker, markers), root, root / "worker.log")
-    app = App("web-tests", broker=broker, backend=broker)
-    register(app)
-    server: Background | None = None
-    try:
-        dashboard = Dashboard(app)
-        server = Background(dashboard.asgi).start()
-        worker.wait_ready(PROCESSES, timeout=30)
-        yield Cluster(app, server.url, worker, markers)
-    finally:
-        if server is not None:
-            server.close()
-        worker.kill_all()
-        app.close()
+    with running_cluster(tmp_path_factory.mktemp("browser")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

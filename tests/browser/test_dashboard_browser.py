@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from conftest import PROCESSES, Cluster
+from browser_cluster import PROCESSES, Cluster
 from playwright.sync_api import Page, expect
 
 from celeriac import chain, group, signature
@@ -137,6 +137,22 @@ def test_pool_is_grown_from_the_workers_page(page: Page, cluster: Cluster,
     expect(page.locator("#flash")).to_contain_text("resized")
     expect(processes).to_have_text(str(PROCESSES + 1))
     shoot("workers")
+
+
+def test_hidden_arguments_never_reach_a_page(page: Page, cluster: Cluster) -> None:
+    # Given a task that hides its arguments, run with a token
+    token = "s3cr3t-7f1c"
+    result = cluster.app.send_task("web.secret", [token])
+    assert result.get(timeout=20) == f"used {token}"
+
+    # Then neither the tasks list nor its own page shows the token, nor its result
+    page.goto("/tasks?name=web.secret")
+    expect(page.locator(f"tr[data-task='{result.id}']")).to_contain_text("(hidden)")
+    assert token not in page.content()
+    page.goto(f"/tasks/{result.id}")
+    expect(page.locator("h1 .badge")).to_have_text("SUCCESS")
+    expect(page.get_by_text("Arguments and result hidden")).to_be_visible()
+    assert token not in page.content()
 
 
 def test_workflow_graph_and_the_other_pages(page: Page, cluster: Cluster,

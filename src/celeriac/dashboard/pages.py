@@ -12,9 +12,10 @@ the browser posts the form itself with its ``csrf_token`` field.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,11 +28,17 @@ from starlette.routing import BaseRoute, Route
 
 from celeriac.dashboard import auth, charts
 from celeriac.dashboard.history import LIMIT_MAX, SORTS, STATES, TaskQuery
+from celeriac.errors import CeleriacError, describe
 
 if TYPE_CHECKING:
     from celeriac.dashboard.service import DashboardService
 
+logger = logging.getLogger("celeriac.dashboard")
+
 TEMPLATES = Path(__file__).parent / "templates"
+# What a page cannot help: the history's store, the broker or the backend failing. The
+# page says so (503) and the live stream keeps asking; anything else is a bug (500).
+UNAVAILABLE = (CeleriacError, OSError)
 
 # The tasks page's "within" choices: label -> seconds back from now.
 WINDOWS = {"5m": 300, "1h": 3600, "24h": 86_400, "7d": 7 * 86_400}
@@ -222,7 +229,7 @@ class Pages:
         params = dict(request.query_params)
         try:
             query = task_query(params, time.time())
-        except (BadQuery, ValueError) as error:
+        except ValueError as error:  # BadQuery, or TaskQuery's own check
             return self.render(request, "tasks.html", status=400, error=str(error),
                                found=None, query=None)
         found = await self.service.tasks(query)
@@ -247,15 +254,29 @@ class Pages:
         return self.render(request, "scheduled.html", scheduled=await self.service.scheduled())
 
 
+    def guarded(self, handler: Callable[[Request], Awaitable[Response]]
+                ) -> Callable[[Request], Awaitable[Response]]:
+        """``handler``, answering 503 with the reason when what it reads is down."""
+        async def page(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except UNAVAILABLE as exc:
+                logger.warning("dashboard: cannot show %s: %s", request.url.path,
+                               describe(exc))
+                return self.render(request, "unavailable.html", status=503,
+                                   problem=describe(exc))
+        return page
+
+
 def page_routes(service: DashboardService) -> list[BaseRoute]:
     """The HTML pages, for the app to mount beside the API and the static files."""
     pages = Pages(service)
-    return [
-        Route("/", pages.overview, name="overview"),
-        Route("/workers", pages.workers, name="workers"),
-        Route("/queues", pages.queues, name="queues"),
-        Route("/tasks", pages.tasks, name="tasks"),
-        Route("/tasks/{task_id}", pages.task, name="task"),
-        Route("/dead-letters", pages.dead_letters, name="dead_letters"),
-        Route("/scheduled", pages.scheduled, name="scheduled"),
-    ]
+    return [Route(path, pages.guarded(handler), name=name, methods=["GET"])
+            for path, handler, name in (
+                ("/", pages.overview, "overview"),
+                ("/workers", pages.workers, "workers"),
+                ("/queues", pages.queues, "queues"),
+                ("/tasks", pages.tasks, "tasks"),
+                ("/tasks/{task_id}", pages.task, "task"),
+                ("/dead-letters", pages.dead_letters, "dead_letters"),
+                ("/scheduled", pages.scheduled, "scheduled"))]
