@@ -19,7 +19,14 @@ from typing import Any
 
 import pytest
 
-from celeriac.dashboard.history import SORTS, HistoryStore, TaskQuery, TaskRecord, merge_all
+from celeriac.dashboard.history import (
+    GRAIN,
+    SORTS,
+    HistoryStore,
+    TaskQuery,
+    TaskRecord,
+    merge_all,
+)
 from celeriac.dashboard.history_memory import MemoryHistory
 from celeriac.dashboard.history_open import history_from_url
 
@@ -152,11 +159,16 @@ async def test_search_filters_sorts_and_pages_as_the_query_says(open_store: Open
     assert [r.id for r in await store.family("task-00", limit=2)] == ["task-00", "task-10"]
     counts = await store.counts()
     assert counts == {"SUCCESS": 12, "FAILURE": 6, "STARTED": 6, "REVOKED": 6}
-    # Tasks 15 to 29 ended in [now - 95, now - 90): 6 succeeded, 3 failed.
-    buckets = await store.throughput(now - 95, 5)
-    assert len(buckets) == 20
-    assert [start for start, _, _ in buckets[:2]] == [now - 95, now - 90]
-    assert (buckets[0][1:], sum(b[1] + b[2] for b in buckets)) == ((6, 3), 9)
+    # Counted by GRAIN: with buckets of one grain each, exactly the tasks finished in it.
+    since = (now - 100) // GRAIN * GRAIN
+    buckets = await store.throughput(since, GRAIN)
+    assert [start for start, _, _ in buckets[:2]] == [since, since + GRAIN]
+    for start, ok, failed in buckets:
+        ended = [r.state for r in records.values()
+                 if r.finished_at is not None and start <= r.finished_at < start + GRAIN]
+        assert (ok, failed) == (ended.count("SUCCESS"), ended.count("FAILURE"))
+    assert sum(ok + failed for _, ok, failed in buckets) == 18
+    assert sum(b[1] for b in await store.throughput(since, 3 * GRAIN)) == 12
     await store.close()
 
 
@@ -185,6 +197,9 @@ async def test_repeated_reordered_and_concurrent_writes_converge(open_store: Ope
         page, total = await store.search(TaskQuery(limit=500))
         assert (total, {r.id for r in page}) == (12, set(want))
         assert await store.counts() == {"SUCCESS": 6, "FAILURE": 6}
+        # Throughput counts each task once, however often its events were applied.
+        buckets = await store.throughput(now - 60, 60)
+        assert [sum(b[1] for b in buckets), sum(b[2] for b in buckets)] == [6, 6]
     await first.close()
     await second.close()
 
@@ -227,7 +242,8 @@ async def test_trim_keeps_the_newest_max_tasks_younger_than_the_ttl(
     assert await store.counts() == {"SUCCESS": 5}
     assert await store.family("n00") == []
     assert (await store.search(TaskQuery(name="proj.add", state="SUCCESS")))[1] == 5
-    assert sum(ok for _, ok, _ in await store.throughput(now - 700, 100)) == 5
+    # Throughput counts outlive the records trimmed by max_tasks.
+    assert sum(ok for _, ok, _ in await store.throughput(now - 60, 30)) == 12
     assert await store.get("old") is None
     assert await store.trim() == 0
     await store.close()

@@ -72,6 +72,9 @@ FINISHED_EVENTS = frozenset({"task-succeeded", "task-failed", "task-rejected",
                              "task-revoked"})
 EVENTS_MAX = 50  # timeline entries kept per task (the newest)
 
+GRAIN = 10  # seconds: the unit throughput is counted in
+DONE_STATES = (states.SUCCESS, states.FAILURE)  # what throughput counts
+
 SORTS = ("updated_at", "received_at", "started_at", "name", "state", "runtime")
 LIMIT_MAX = 500
 
@@ -245,7 +248,10 @@ class HistoryStore(ABC):
     @abstractmethod
     async def throughput(self, since: float, step: float) -> list[tuple[float, int, int]]:
         """``(bucket start, succeeded, failed)`` for each ``step`` seconds from ``since``
-        to now, by the tasks' ``finished_at`` and present state."""
+        to now: the tasks that finished then and are in that state now, counted in
+        ``GRAIN``-second grains as records change (``grain_changes``), so that the
+        counts outlive the trimmed records (up to ``ttl``). A grain is counted in the
+        bucket its start falls in."""
 
     @abstractmethod
     async def trim(self) -> int:
@@ -254,6 +260,58 @@ class HistoryStore(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Release connections; the store is not used after."""
+
+
+# -- throughput -------------------------------------------------------------------------
+
+# One change of a throughput count: (grain number, state, +1 or -1).
+GrainChange = tuple[int, str, int]
+
+
+def counted(record: TaskRecord | None) -> tuple[int, str] | None:
+    """The (grain, state) ``record`` counts in, if it counts."""
+    if record is None or record.state not in DONE_STATES or record.finished_at is None:
+        return None
+    return int(record.finished_at // GRAIN), record.state
+
+
+def grain_changes(old: TaskRecord | None, new: TaskRecord) -> list[GrainChange]:
+    """How the throughput counts change when ``old`` becomes ``new``: none when both
+    count in the same place, so that a repeated event changes nothing."""
+    before, after = counted(old), counted(new)
+    if before == after:
+        return []
+    changes = [(*before, -1)] if before is not None else []
+    return changes + ([(*after, 1)] if after is not None else [])
+
+
+def throughput_buckets(since: float, step: float, now: float,
+                       grains: Iterable[tuple[int, str, int]]
+                       ) -> list[tuple[float, int, int]]:
+    """``HistoryStore.throughput``'s answer from the counts of the grains
+    ``(grain, state, count)`` (any may be outside the range: they are left out)."""
+    if not step > 0 or not math.isfinite(step):
+        raise ValueError(f"step must be a positive number of seconds, not {step!r}")
+    if not math.isfinite(since):
+        raise ValueError(f"since must be a Unix time, not {since!r}")
+    count = max(1, math.floor((now - since) / step) + 1)
+    if count > BUCKETS_MAX:
+        raise ValueError(f"{count} buckets asked for (since {since}, step {step}); "
+                         f"at most {BUCKETS_MAX}")
+    buckets = [[since + i * step, 0, 0] for i in range(count)]
+    for grain, state, n in grains:
+        index = math.floor((grain * GRAIN - since) / step)
+        if 0 <= index < count and state in DONE_STATES:
+            buckets[index][1 if state == states.SUCCESS else 2] += n
+    return [(float(start), int(ok), int(failed)) for start, ok, failed in buckets]
+
+
+def grain_range(since: float, now: float) -> tuple[int, int]:
+    """The first and last grain whose start falls between ``since`` and ``now``."""
+    return math.ceil(since / GRAIN), math.floor(now / GRAIN)
+
+
+BUCKETS_MAX = 10_000
 
 
 # -- the merge ----------------------------------------------------------------------------

@@ -5,20 +5,21 @@ tests. Searches scan every record, which is fine at ``max_tasks`` of the order o
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from celeriac import states
 from celeriac.dashboard.history import (
+    GRAIN,
     HistoryStore,
     TaskQuery,
     TaskRecord,
+    grain_changes,
     is_task_event,
     merge_all,
+    throughput_buckets,
 )
 
 
@@ -29,6 +30,7 @@ class MemoryHistory(HistoryStore):
         super().__init__(max_tasks, ttl)
         self._lock = threading.Lock()
         self._records: dict[str, TaskRecord] = {}
+        self._grains: Counter[tuple[int, str]] = Counter()  # throughput counts
 
     @property
     def where(self) -> str:
@@ -41,8 +43,12 @@ class MemoryHistory(HistoryStore):
                 grouped[str(event["uuid"])].append(event)
         with self._lock:
             for task_id, task_events in grouped.items():
-                self._records[task_id] = merge_all(self._records.get(task_id), task_id,
-                                                   task_events)
+                old = self._records.get(task_id)
+                new = self._records[task_id] = merge_all(old, task_id, task_events)
+                for grain, state, change in grain_changes(old, new):
+                    self._grains[(grain, state)] += change
+                    if not self._grains[(grain, state)]:
+                        del self._grains[(grain, state)]
 
     async def get(self, task_id: str) -> TaskRecord | None:
         with self._lock:
@@ -71,14 +77,9 @@ class MemoryHistory(HistoryStore):
             return dict(Counter(record.state for record in self._records.values()))
 
     async def throughput(self, since: float, step: float) -> list[tuple[float, int, int]]:
-        buckets = throughput_buckets(since, step, time.time())
         with self._lock:
-            finished = [(r.finished_at, r.state) for r in self._records.values()
-                        if r.finished_at is not None and r.finished_at >= since
-                        and r.state in (states.SUCCESS, states.FAILURE)]
-        for at, state in finished:
-            add_to_bucket(buckets, since, step, at, state)
-        return [(start, ok, failed) for start, ok, failed in buckets]
+            grains = [(grain, state, n) for (grain, state), n in self._grains.items()]
+        return throughput_buckets(since, step, time.time(), grains)
 
     async def trim(self) -> int:
         cutoff = time.time() - self.ttl
@@ -86,6 +87,8 @@ class MemoryHistory(HistoryStore):
             old = [task_id for task_id, r in self._records.items() if r.updated_at < cutoff]
             for task_id in old:
                 del self._records[task_id]
+            for key in [key for key in self._grains if key[0] * GRAIN < cutoff]:
+                del self._grains[key]
             excess = len(self._records) - self.max_tasks
             if excess > 0:
                 oldest = sorted(self._records.values(), key=lambda r: (r.updated_at, r.id))
@@ -99,28 +102,3 @@ class MemoryHistory(HistoryStore):
     def __len__(self) -> int:
         with self._lock:
             return len(self._records)
-
-
-# -- throughput buckets (shared by the stores that count in Python) ------------------------
-
-Bucket = list[Any]  # [start, succeeded, failed]
-
-
-def throughput_buckets(since: float, step: float, now: float) -> list[Bucket]:
-    """Empty buckets of ``step`` seconds from ``since`` up to and including ``now``."""
-    if not step > 0 or not math.isfinite(step):
-        raise ValueError(f"step must be a positive number of seconds, not {step!r}")
-    if not math.isfinite(since):
-        raise ValueError(f"since must be a Unix time, not {since!r}")
-    count = max(1, math.floor((now - since) / step) + 1)
-    if count > 10_000:
-        raise ValueError(f"{count} buckets asked for (since {since}, step {step}); "
-                         "at most 10000")
-    return [[since + i * step, 0, 0] for i in range(count)]
-
-
-def add_to_bucket(buckets: list[Bucket], since: float, step: float, at: float,
-                  state: str, count: int = 1) -> None:
-    index = math.floor((at - since) / step)
-    if 0 <= index < len(buckets):
-        buckets[index][1 if state == states.SUCCESS else 2] += count

@@ -11,7 +11,8 @@ Key layout (``P`` is the key prefix, ``celeriac:`` by default, then ``dashboard:
     P queue:<queue>       ZSET  task id -> updated_at    the exact filters)
     P worker:<hostname>   ZSET  task id -> updated_at
     P root:<root id>      ZSET  task id -> received_at (or updated_at): a workflow
-    P done:<state>        ZSET  task id -> finished_at, SUCCESS and FAILURE: throughput
+    P tp:<hour>           HASH  "<grain>:<state>" -> tasks finished in that GRAIN of
+                                the hour in that state (throughput; expires after ttl)
     P tmp:<random>        ZSET  an intersection of filters, for one search (10 s TTL)
 
 Writing: a batch is read (one pipeline), merged in Python (``history.merge``: one rule
@@ -46,19 +47,21 @@ from typing import Any
 
 import orjson
 
-from celeriac import states
 from celeriac.brokers.redis_connection import LoopClients, RedisSettings, Script, command
 from celeriac.brokers.redis_failures import translate_errors
 from celeriac.dashboard.history import (
+    GRAIN,
     STATES,
     HistoryError,
     HistoryStore,
     TaskQuery,
     TaskRecord,
+    grain_changes,
+    grain_range,
     is_task_event,
     merge_all,
+    throughput_buckets,
 )
-from celeriac.dashboard.history_memory import add_to_bucket, throughput_buckets
 
 CANDIDATES_MAX = 5_000  # records a text search or a non-time sort looks at (newest)
 CHUNK = 500  # records per script call or pipeline: keeps each one short on the server
@@ -66,14 +69,15 @@ ROUNDS = 8  # compare-and-set rounds before a batch gives up (others keep writin
 TRIM_ROUNDS = 400  # chunks one trim removes at most (200,000 records)
 TMP_TTL_MS = 10_000
 INDEXED = ("name", "state", "queue", "worker")
-DONE_STATES = (states.SUCCESS, states.FAILURE)
 
-# ARGV: the prefix, then per record: id, expected revision ("" for none), JSON, facets,
-# n, n index keys to leave, m, m (key, score) pairs to join. Returns the ids whose
+# ARGV: the prefix, the throughput counts' lifetime (ms), then per record: id, expected
+# revision ("" for none), JSON, facets, n, n index keys to leave, m, m (key, score)
+# pairs to join, c, c (hash, field, change) throughput counts. Returns the ids whose
 # revision had changed (not written).
 WRITE = Script("dashboard-write", """
 local p = ARGV[1]
-local i = 2
+local keep = ARGV[2]
+local i = 3
 local conflicts = {}
 while i <= #ARGV do
   local id, expected, json, facets = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
@@ -95,6 +99,15 @@ while i <= #ARGV do
     conflicts[#conflicts + 1] = id
   end
   i = i + 2 * join
+  local counts = tonumber(ARGV[i])
+  i = i + 1
+  if ok then
+    for k = i, i + 3 * counts - 1, 3 do
+      redis.call('HINCRBY', ARGV[k], ARGV[k + 1], ARGV[k + 2])
+      redis.call('PEXPIRE', ARGV[k], keep)
+    end
+  end
+  i = i + 3 * counts
 end
 return conflicts
 """)
@@ -166,6 +179,10 @@ class RedisHistory(HistoryStore):
     def _index(self, field: str, value: str) -> str:
         return f"{self.prefix}{field}:{value}"
 
+    def _hour(self, grain: int) -> str:
+        """The throughput hash of the hour ``grain`` falls in."""
+        return f"{self.prefix}tp:{grain * GRAIN // 3600}"
+
     @property
     def _time(self) -> str:
         return f"{self.prefix}time"
@@ -180,8 +197,6 @@ class RedisHistory(HistoryStore):
         if record.root_id is not None:
             keys[self._index("root", record.root_id)] = (record.received_at
                                                           or record.updated_at)
-        if record.state in DONE_STATES and record.finished_at is not None:
-            keys[self._index("done", record.state)] = record.finished_at
         return keys
 
     def _errors(self, what: str) -> AbstractContextManager[None]:
@@ -215,7 +230,9 @@ class RedisHistory(HistoryStore):
                 for task_id in ids:
                     pipe.hmget(self._task(task_id), "j", "r")
                 found = await pipe.execute()
-        args: list[str | bytes | float | int] = [self.prefix]
+        # The counts of an hour live a ttl beyond its end (at least: set on every write).
+        keep_ms = int((self.ttl + 3600) * 1000)
+        args: list[str | bytes | float | int] = [self.prefix, keep_ms]
         for task_id, (data, rev) in zip(ids, found, strict=True):
             old = _record(data) if data is not None else None
             new = merge_all(old, task_id, events[task_id])
@@ -227,6 +244,10 @@ class RedisHistory(HistoryStore):
                      len(after)]
             for key, score in after.items():
                 args += [key, repr(score)]
+            changes = grain_changes(old, new)
+            args.append(len(changes))
+            for grain, state, change in changes:
+                args += [self._hour(grain), f"{grain}:{state}", change]
         with self._errors("write"):
             async with self.settings.deadline():
                 conflicts = await WRITE(client, [], args)
@@ -355,21 +376,23 @@ class RedisHistory(HistoryStore):
         return {state: int(n) for state, n in zip(STATES, found, strict=True) if n}
 
     async def throughput(self, since: float, step: float) -> list[tuple[float, int, int]]:
-        buckets = throughput_buckets(since, step, time.time())
+        now = time.time()
+        # Hours older than the ttl have expired: not asked for.
+        first, last = grain_range(max(since, now - self.ttl - 3600), now)
+        hours = range(first * GRAIN // 3600, last * GRAIN // 3600 + 1)
         client = await self._clients.get()
         with self._errors("read"):
             async with self.settings.deadline():
                 pipe = client.pipeline(transaction=False)
-                for start, _, _ in buckets:
-                    for state in DONE_STATES:
-                        pipe.zcount(self._index("done", state), repr(start),
-                                    f"({start + step!r}")
+                for hour in hours:
+                    pipe.hgetall(f"{self.prefix}tp:{hour}")
                 found = await pipe.execute()
-        for n, (start, _, _) in enumerate(buckets):
-            for offset, state in enumerate(DONE_STATES):
-                add_to_bucket(buckets, since, step, start + step / 2, state,
-                              int(found[2 * n + offset]))
-        return [(start, ok, failed) for start, ok, failed in buckets]
+        grains = []
+        for counts in found:
+            for field, n in counts.items():
+                grain, _, state = _text(field).partition(":")
+                grains.append((int(grain), state, int(n)))
+        return throughput_buckets(since, step, now, grains)
 
 
 async def _by_score(run: Any, key: str, low: str, high: str, descending: bool,

@@ -10,7 +10,11 @@ applying the same events serialise and converge, and the lock is held about a
 millisecond per batch rather than per event, leaving the broker's own writers room.
 
 Each row keeps the whole record as JSON (``data``) plus the columns searches filter and
-sort on, indexed: the time index alone serves the default page, the others a filter.
+sort on, indexed: the time index alone serves the default page, the others a filter or
+a sort. The text filter (``LIKE``) reads every row the other filters leave: about 0.25 s
+at 100,000 tasks. Throughput is a small table of counts per ``GRAIN`` seconds and state,
+changed in the same transaction as the records (``history.grain_changes``), so it is
+exact, cheap to read, and outlives the trimmed records.
 """
 
 from __future__ import annotations
@@ -18,22 +22,24 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
 
-from celeriac import states
 from celeriac.dashboard.history import (
+    GRAIN,
     HistoryError,
     HistoryStore,
     TaskQuery,
     TaskRecord,
+    grain_changes,
+    grain_range,
     is_task_event,
     merge_all,
+    throughput_buckets,
 )
-from celeriac.dashboard.history_memory import add_to_bucket, throughput_buckets
 from celeriac.sqlite_db import Database, PollPolicy, Schema, placeholders
 
 SCHEMA = Schema("dashboard", 1, (
@@ -62,14 +68,20 @@ SCHEMA = Schema("dashboard", 1, (
     "CREATE INDEX IF NOT EXISTS dashboard_tasks_worker ON dashboard_tasks "
     "(worker, updated_at)",
     "CREATE INDEX IF NOT EXISTS dashboard_tasks_root ON dashboard_tasks (root_id)",
-    # (finished_at, state): the throughput query reads the index alone.
-    "CREATE INDEX IF NOT EXISTS dashboard_tasks_finished ON dashboard_tasks "
-    "(finished_at, state) WHERE finished_at IS NOT NULL",
     # The other sorts' pages, read in index order rather than sorted whole.
     "CREATE INDEX IF NOT EXISTS dashboard_tasks_received ON dashboard_tasks (received_at)",
     "CREATE INDEX IF NOT EXISTS dashboard_tasks_started ON dashboard_tasks (started_at)",
     "CREATE INDEX IF NOT EXISTS dashboard_tasks_runtime ON dashboard_tasks (runtime)",
+    # Throughput: tasks finished per GRAIN seconds and state (history.grain_changes).
+    """CREATE TABLE IF NOT EXISTS dashboard_throughput (
+        grain INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (grain, state)
+    ) WITHOUT ROWID""",
 ))
+COUNT = ("INSERT INTO dashboard_throughput VALUES (?, ?, ?) ON CONFLICT (grain, state) "
+         "DO UPDATE SET count = count + excluded.count")
 
 # Nobody waits on this table for change (the ingest follows the events bus), so the
 # poller the Database offers is never started; the policy is only required.
@@ -113,9 +125,17 @@ class SQLiteHistory(HistoryStore):
             return
         with self._db.write() as conn:
             known = {record.id: record for record in _load(conn, list(grouped))}
-            rows = [_row(merge_all(known.get(task_id), task_id, task_events))
-                    for task_id, task_events in grouped.items()]
+            rows = []
+            grains: Counter[tuple[int, str]] = Counter()
+            for task_id, task_events in grouped.items():
+                old = known.get(task_id)
+                new = merge_all(old, task_id, task_events)
+                rows.append(_row(new))
+                for grain, state, change in grain_changes(old, new):
+                    grains[(grain, state)] += change
             conn.executemany(UPSERT, rows)
+            conn.executemany(COUNT, [(grain, state, n) for (grain, state), n in
+                                     grains.items() if n])
 
     async def get(self, task_id: str) -> TaskRecord | None:
         with self._db.read() as conn:
@@ -159,16 +179,12 @@ class SQLiteHistory(HistoryStore):
         return {str(state): int(count) for state, count in rows}
 
     async def throughput(self, since: float, step: float) -> list[tuple[float, int, int]]:
-        buckets = throughput_buckets(since, step, time.time())
+        now = time.time()
+        first, last = grain_range(since, now)
         with self._db.read() as conn:
-            rows = conn.execute(
-                "SELECT CAST((finished_at - ?) / ? AS INTEGER) AS bucket, state, COUNT(*) "
-                "FROM dashboard_tasks WHERE finished_at >= ? AND state IN (?, ?) "
-                "GROUP BY bucket, state",
-                (since, step, since, states.SUCCESS, states.FAILURE)).fetchall()
-        for bucket, state, count in rows:
-            add_to_bucket(buckets, since, step, since + (bucket + 0.5) * step, state, count)
-        return [(start, ok, failed) for start, ok, failed in buckets]
+            rows = conn.execute("SELECT grain, state, count FROM dashboard_throughput "
+                                "WHERE grain BETWEEN ? AND ?", (first, last)).fetchall()
+        return throughput_buckets(since, step, now, rows)
 
     async def trim(self) -> int:
         return await asyncio.to_thread(self._trim)
@@ -185,6 +201,8 @@ class SQLiteHistory(HistoryStore):
                     "dashboard_tasks WHERE updated_at < ? ORDER BY updated_at LIMIT ?)",
                     (cutoff, TRIM_CHUNK)).rowcount
                 if gone < TRIM_CHUNK:
+                    conn.execute("DELETE FROM dashboard_throughput WHERE grain < ?",
+                                 (cutoff // GRAIN,))
                     excess = conn.execute("SELECT COUNT(*) FROM dashboard_tasks"
                                           ).fetchone()[0] - self.max_tasks
                     if excess > 0:
