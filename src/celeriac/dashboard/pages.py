@@ -7,7 +7,8 @@ something changed, so a live refresh costs one render and no page load.
 
 Nothing here changes state. An action is a form whose ``action`` is the JSON API's
 endpoint: the script sends it with ``fetch`` and the CSRF header, and without a script
-the browser posts the form itself with its ``csrf_token`` field.
+the browser posts the form itself with its ``csrf_token`` field (and shows the API's
+JSON answer). A page whose data source is down says why with a 503 (``guarded``).
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ class Pages:
                **context: Any) -> Response:
         """The page, or with ``?fragment=1`` only its ``content`` block."""
         template = self.templates.get_template(name)
-        context.update(request=request, path=request.url.path,
+        context.update(path=request.url.path,
                        params=dict(request.query_params), now=time.time(),
                        csrf_token=auth.csrf_token(request), query_url=query_url)
         if request.query_params.get("fragment") == "1":
@@ -231,9 +232,9 @@ class Pages:
             query = task_query(params, time.time())
         except ValueError as error:  # BadQuery, or TaskQuery's own check
             return self.render(request, "tasks.html", status=400, error=str(error),
-                               found=None, query=None)
+                               found=None)
         found = await self.service.tasks(query)
-        return self.render(request, "tasks.html", error=None, found=found, query=query)
+        return self.render(request, "tasks.html", error=None, found=found)
 
     async def task(self, request: Request) -> Response:
         task_id = request.path_params["task_id"]
@@ -252,7 +253,6 @@ class Pages:
 
     async def scheduled(self, request: Request) -> Response:
         return self.render(request, "scheduled.html", scheduled=await self.service.scheduled())
-
 
     def guarded(self, handler: Callable[[Request], Awaitable[Response]]
                 ) -> Callable[[Request], Awaitable[Response]]:
