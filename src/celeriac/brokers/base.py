@@ -138,6 +138,8 @@ class DeadLetter:
     body: bytes
     reason: str
     dead_at: float
+    # How many times it was delivered before it died, where the broker keeps that.
+    delivery_count: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -285,7 +285,7 @@ class DashboardService:
         return {"id": letter.id, "queue": letter.queue, "task": name,
                 "reason": letter.reason, "dead_at": letter.dead_at, "preview": preview,
                 "size": len(letter.body),
-                "delivery_count": getattr(letter, "delivery_count", None)}
+                "delivery_count": letter.delivery_count}
 
     async def scheduled(self, limit: int = SCHEDULED_MAX) -> list[dict[str, Any]]:
         """Messages waiting for their countdown or ETA: the broker's own list where it

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Servers, make_app, servers, wait_for, worker_env
+from dash_harness import Servers, make_app, servers, wait_for, worker_env
 
 AUTH = ("admin", "hunter2-not-shown")
 
