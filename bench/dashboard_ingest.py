@@ -11,12 +11,13 @@ batch after its received, so records are merged across writes), plus heartbeats.
 
 This process is the dashboard: a ``HistoryIngest`` writing the broker's own history
 store (``open_history``), and a "page" every second: the queries the overview and the
-tasks page make (``counts``, ``throughput`` over 30 minutes, the newest 50 tasks, a text
-search). Reported per broker:
+tasks page make (``counts``, ``throughput`` over 30 minutes, the newest 50 tasks), and
+a text search. Reported per broker:
 
 - *lag*: for every task event, from its timestamp to the end of the store write that
   applied it, p50/p99/max (the Done-when line: pages under 1 s behind);
-- *page*: the time of one page's queries, p50/max, while the ingest writes;
+- *page*: the time of an overview's and the tasks page's queries, p50/max, while the
+  ingest writes; *text search*: the same for a search of the arguments' text;
 - *store*: records at the end (``--max-tasks``, trimmed every ``--trim-interval``
   seconds, so a run longer than max_tasks/tasks-per-second shows trims under load), and
   its size (the SQLite file with its WAL; Redis: ``MEMORY USAGE`` of its keys);
@@ -162,6 +163,19 @@ async def _publish(url: str, options: dict[str, Any], rate: float, seconds: floa
 # -- the dashboard side ----------------------------------------------------------------------
 
 
+class CountedTrims:
+    """A store whose trims are counted (wraps the store the ingest writes)."""
+
+    def __init__(self, store: HistoryStore) -> None:
+        self.removed = 0
+        self._trim = store.trim
+
+    async def __call__(self) -> int:
+        removed = await self._trim()
+        self.removed += removed
+        return removed
+
+
 class TimedIngest(HistoryIngest):
     """The ingest, noting each task event's lag (timestamp to the end of its write)."""
 
@@ -169,6 +183,8 @@ class TimedIngest(HistoryIngest):
         super().__init__(app, store, trim_interval)
         self.lags = array("d")  # 8 bytes an event: about 1 MB a minute at 2,000/s
         self.lags_lock = threading.Lock()
+        self.trims = CountedTrims(store)
+        store.trim = self.trims  # type: ignore[method-assign]
 
     async def handle(self, events: list[dict[str, Any]]) -> None:
         await super().handle(events)
@@ -186,18 +202,22 @@ class Result:
     applied: int = 0
     lags: list[float] = field(default_factory=list)
     pages: list[float] = field(default_factory=list)
+    searches: list[float] = field(default_factory=list)
     tasks: int = 0
     store_bytes: int = 0
     rss: list[float] = field(default_factory=list)  # MiB, one a second
+    trimmed: int = 0
 
     def row(self) -> str:
         lags = sorted(self.lags) or [float("nan")]
         pages = sorted(self.pages) or [float("nan")]
+        searches = sorted(self.searches) or [float("nan")]
         rss = self.rss or [float("nan")]
         middle = rss[len(rss) // 2]
         return (f"| {self.broker} | {self.published / self.seconds:,.0f} | "
                 f"{self.applied:,} | {_pct(lags, 50):.3f} / {_pct(lags, 99):.3f} / "
                 f"{lags[-1]:.3f} | {_pct(pages, 50) * 1000:.0f} / {pages[-1] * 1000:.0f} | "
+                f"{_pct(searches, 50) * 1000:.0f} / {searches[-1] * 1000:.0f} | "
                 f"{self.tasks:,} | {self.store_bytes / 2 ** 20:.1f} | "
                 f"{rss[0]:.0f} / {middle:.0f} / {rss[-1]:.0f} / {max(rss):.0f} |")
 
@@ -206,14 +226,16 @@ def _pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(len(values) * p / 100))]
 
 
-async def page(store: HistoryStore) -> float:
-    """One overview and one tasks page's worth of queries; their time in seconds."""
+async def page(store: HistoryStore) -> tuple[float, float]:
+    """The seconds of the queries of an overview and the tasks page (counts, 30 minutes
+    of throughput, the newest 50 tasks), and of a text search."""
     started = time.perf_counter()
     await store.counts()
     await store.throughput(time.time() - 1800, 30)
     await store.search(TaskQuery(limit=50))
+    searched = time.perf_counter()
     await store.search(TaskQuery(text="payload", limit=50))
-    return time.perf_counter() - started
+    return searched - started, time.perf_counter() - searched
 
 
 @contextmanager
@@ -280,7 +302,9 @@ def run(kind: str, rate: float, seconds: float, max_tasks: int, trim_interval: f
         async def watch() -> None:
             next_at = time.monotonic() + 1.0
             while publisher.is_alive():
-                result.pages.append(await page(store))
+                overview, search = await page(store)
+                result.pages.append(overview)
+                result.searches.append(search)
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
                 next_at += 1.0
                 result.rss.append(me.memory_info().rss / 2 ** 20)
@@ -294,6 +318,7 @@ def run(kind: str, rate: float, seconds: float, max_tasks: int, trim_interval: f
             time.sleep(0.1)
         ingest.close()
         result.applied = ingest.applied
+        result.trimmed = ingest.trims.removed
         result.rss.append(me.memory_info().rss / 2 ** 20)
         with ingest.lags_lock:
             result.lags = list(ingest.lags)
@@ -320,11 +345,14 @@ def main() -> None:
           f"{args.max_tasks:,}, trimmed every {args.trim_interval:.0f} s; "
           f"{os.cpu_count()} CPUs")
     print("| broker | published ev/s | applied | lag p50 / p99 / max s | "
-          "page p50 / max ms | store tasks | store MiB | RSS MiB start / mid / end / max |")
-    print("|---|---|---|---|---|---|---|---|")
+          "page p50 / max ms | text search p50 / max ms | store tasks | store MiB | "
+          "RSS MiB start / mid / end / max |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for kind in args.brokers:
         result = run(kind, args.rate, args.seconds, args.max_tasks, args.trim_interval)
         print(result.row(), flush=True)
+        print(f"  RSS MiB every 10 s: {' '.join(f'{m:.0f}' for m in result.rss[::10])}; "
+              f"trims removed {result.trimmed:,} tasks", flush=True)
         if result.applied < result.published:
             print(f"  ({result.published - result.applied:,} events not applied within "
                   f"{DRAIN_WAIT:.0f} s of the end)")
