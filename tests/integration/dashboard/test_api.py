@@ -67,7 +67,7 @@ def test_reads_tasks_workers_queues_and_the_documents(world: World) -> None:
     def worker() -> dict[str, Any]:
         return next(w for w in world.get("/api/workers") if w["hostname"] == world.hostname)
 
-    # (the workers' answers are reused for two seconds: the count catches up)
+    world.dashboard.service.forget_inspect()  # (answers are reused for two seconds)
     found = wait_for(lambda: (w := worker())["processed"] >= 3 and w, "processed >= 3")
     assert (found["online"], found["pool"], found["concurrency"]) == (True, "threads", 2)
     assert found["queues"] == ["celeriac"]
