@@ -7,7 +7,8 @@ pages' scripts use these same endpoints.
 
 Errors are JSON ``{"error": "...", "field": "..."}``: 400 for bad input (naming the
 field), 404 for an unknown task, worker, queue or dead letter, 409 for an action the
-present state does not allow. Every POST needs the CSRF token (``auth.py``).
+present state does not allow, 503 when the broker or the history's server fails.
+Every POST needs the CSRF token (``auth.py``).
 
 Flower's most used endpoints have equivalents at Flower's paths (``/api/task/info``,
 ``/api/task/revoke``, ``/api/task/async-apply``, ``/api/queues/length``), so scripts
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -33,12 +35,14 @@ from starlette.routing import BaseRoute, Route
 
 from celeriac.dashboard.actions import Actions
 from celeriac.dashboard.auth import csrf_token
-from celeriac.dashboard.history import SORTS, STATES, HistoryError, TaskQuery
+from celeriac.dashboard.history import SORTS, STATES, TaskQuery
 from celeriac.dashboard.service import BadInput, Conflict, NotFound
-from celeriac.errors import describe
+from celeriac.errors import CeleriacError, describe
 
 if TYPE_CHECKING:
     from celeriac.dashboard.service import DashboardService
+
+logger = logging.getLogger("celeriac.dashboard")
 
 STREAM_POLL = 0.25
 STREAM_PING = 15.0
@@ -303,7 +307,9 @@ def _handler(method: Callable[[Request], Awaitable[Any]],
             return error(404, str(exc))
         except Conflict as exc:
             return error(409, str(exc))
-        except HistoryError as exc:  # the store's file or server failed: say which
+        except CeleriacError as exc:  # the history's or the broker's server failed
+            logger.warning("dashboard: %s %s: %s", request.method, request.url.path,
+                           describe(exc))
             return error(503, describe(exc))
         if stream:
             assert isinstance(answer, Response)

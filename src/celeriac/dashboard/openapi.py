@@ -25,6 +25,7 @@ _ERRORS = {
     "403": "Missing or wrong CSRF token (POST).",
     "404": "No such task, worker, queue or dead letter.",
     "409": "The action is not possible in the present state.",
+    "503": "The broker or the history's server failed; the error says which.",
 }
 
 
