@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 
 from browser_cluster import PROCESSES, Cluster
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from celeriac import chain, group, signature
 from celeriac.result import AsyncResult
@@ -153,6 +153,27 @@ def test_hidden_arguments_never_reach_a_page(page: Page, cluster: Cluster) -> No
     expect(page.locator("h1 .badge")).to_have_text("SUCCESS")
     expect(page.get_by_text("Arguments and result hidden")).to_be_visible()
     assert token not in page.content()
+
+
+def test_forms_work_without_javascript(browser: Browser, cluster: Cluster) -> None:
+    # Given a browser with scripts off, on a task's page (one the later tests do not
+    # send: the rate limit set here stays on the worker)
+    done = cluster.app.send_task("web.secret", ["no-script"])
+    assert done.get(timeout=20) == "used no-script"
+    context = browser.new_context(base_url=cluster.url, java_script_enabled=False)
+    try:
+        page = context.new_page()
+        page.goto(f"/tasks/{done.id}")
+        expect(page.locator("h1 .badge")).to_have_text("SUCCESS")
+
+        # When the operator sets a rate limit, the form itself posts (csrf_token field)
+        page.get_by_label("rate limit of web.secret").fill("50/m")
+        page.get_by_role("button", name="Set rate limit").click()
+
+        # Then the API accepted it and answers with its JSON
+        expect(page.locator("body")).to_contain_text('"rate":"50/m"')
+    finally:
+        context.close()
 
 
 def test_workflow_graph_and_the_other_pages(page: Page, cluster: Cluster,
