@@ -93,7 +93,7 @@ UPSERT = (f"INSERT INTO dashboard_tasks ({', '.join(COLUMNS)}, data) "
           f"VALUES ({placeholders((*COLUMNS, 'data'))}) ON CONFLICT (id) DO UPDATE SET "
           + ", ".join(f"{c} = excluded.{c}" for c in (*COLUMNS[1:], "data")))
 
-TRIM_CHUNK = 5_000  # rows one trim transaction removes at most
+TRIM_CHUNK = 1_000  # rows one trim transaction removes at most
 CHUNK = 500  # ids per ``IN (...)`` (SQLite allows 32766 parameters; this keeps it small)
 
 
