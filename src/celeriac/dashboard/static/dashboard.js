@@ -39,7 +39,10 @@
     const typed = new Map();
     content.querySelectorAll("[data-dirty]").forEach((el) => typed.set(fieldKey(el), el.value));
     const open = new Set();
-    content.querySelectorAll("details[open]").forEach((el) => open.add(detailsKey(el)));
+    content.querySelectorAll("details[open]").forEach((el) => {
+      const key = detailsKey(el);
+      if (key !== null) open.add(key);
+    });
     // Forms marked data-live-skip (searches, filters) are kept as they are.
     const kept = Array.from(content.querySelectorAll("[data-live-skip]"));
     content.innerHTML = html;
@@ -47,7 +50,8 @@
       if (kept[i]) el.replaceWith(kept[i]);
     });
     content.querySelectorAll("details").forEach((el) => {
-      if (open.has(detailsKey(el))) el.open = true;
+      const key = detailsKey(el);
+      if (key !== null && open.has(key)) el.open = true;
     });
     content.querySelectorAll("input[name], select[name], textarea[name]").forEach((el) => {
       const key = fieldKey(el);
