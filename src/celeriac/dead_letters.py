@@ -8,11 +8,15 @@ read from its body, which is often undecodable: that is why many letters died, a
 helpers then answer with a stand-in rather than fail.
 
 Requeueing publishes each body again first, then removes the letter: a failure in
-between leaves it in both places (at least once), never in neither.
+between leaves it in both places (at least once), never in neither. Letters are removed
+by message id, which a copy dead-lettered again would share, so the copies are published
+``REQUEUE_DELAY`` seconds in the future (on brokers that can delay): no worker can take
+one, fail it and dead-letter it again before the old letters are gone.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
 # letter of task X" scans at most this many.
 DEAD_LETTER_SCAN = 10_000
 UNDECODABLE = "(undecodable)"
+REQUEUE_DELAY = 1.0  # seconds before requeued copies come due (see the module)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +65,9 @@ async def requeue(app: App, broker: Broker, letters: Sequence[DeadLetter]) -> in
     """Publish each body again to its queue, then remove the letters; how many went back."""
     if not letters:
         return 0
+    due = time.time() + REQUEUE_DELAY if broker.supports_delay else None
     await broker.publish([Outgoing(letter.id, letter.queue, letter.body,
-                                   priority(app, letter)) for letter in letters])
+                                   priority(app, letter), due) for letter in letters])
     await broker.remove_dead_letters([letter.id for letter in letters])
     return len(letters)
 

@@ -177,6 +177,11 @@ def test_dead_letters_requeue_delete_and_purge(world: World) -> None:
     assert world.post("/api/dead-letters/requeue", {"ids": [first.id]})["requeued"] == 1
     assert world.task_in(first.id, "SUCCESS")["result"] == f"{tag}-1 ran"
     assert [letter["id"] for letter in letters()] == [second.id]
+    # One that fails again is dead-lettered again, and that new letter stays
+    dead_at = letters()[0]["dead_at"]
+    assert world.post("/api/dead-letters/requeue", {"task": "dash.refuse"})["requeued"] == 1
+    wait_for(lambda: [letter["dead_at"] != dead_at for letter in letters()] == [True],
+             "the requeued letter dead again")
 
     # Deleted by task name; then nothing matches
     assert world.post("/api/dead-letters/delete", {"task": "dash.refuse"})["deleted"] == 1
