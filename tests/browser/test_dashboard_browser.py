@@ -47,8 +47,12 @@ def test_failed_task_is_retried_from_its_page(page: Page, cluster: Cluster,
     # Given a task that fails the first time
     result = cluster.app.send_task("web.fail_once", ["retry-me"])
 
-    # When it has failed, it is listed among the failures, with its traceback on its page
-    page.goto("/tasks?state=FAILURE")
+    # When it has failed, a search for failures lists it, with its traceback on its page
+    page.goto("/tasks")
+    page.get_by_label("task name").fill("web.fail_once")
+    page.get_by_label("state").select_option("FAILURE")
+    page.get_by_role("button", name="Search").click()
+    expect(page).to_have_url(re.compile(r"/tasks\?name=web.fail_once&state=FAILURE$"))
     row = page.locator(f"tr[data-task='{result.id}']")
     expect(row).to_be_visible()
     expect(row.locator(".badge")).to_have_text("FAILURE")

@@ -151,6 +151,19 @@
     return response.status + " " + response.statusText;
   }
 
+  // A search leaves its empty fields out of the address, so a link to it stays short.
+  document.addEventListener("submit", (event) => {
+    const form = event.target;
+    if (!form.matches("form.search")) return;
+    event.preventDefault();
+    const params = new URLSearchParams();
+    for (const [name, value] of new FormData(form)) {
+      if (value !== "") params.append(name, value);
+    }
+    const query = params.toString();
+    window.location.assign(form.getAttribute("action") + (query ? "?" + query : ""));
+  });
+
   document.addEventListener("submit", async (event) => {
     const form = event.target;
     if (!form.matches("form.action")) return;
