@@ -56,6 +56,11 @@ def test_failed_task_is_retried_from_its_page(page: Page, cluster: Cluster,
     row = page.locator(f"tr[data-task='{result.id}']")
     expect(row).to_be_visible()
     expect(row.locator(".badge")).to_have_text("FAILURE")
+    page.get_by_role("link", name="Runtime").click()  # sortable headers, twice: reversed
+    expect(page).to_have_url(re.compile(r"sort=runtime&order=desc"))
+    page.get_by_role("link", name="Runtime ▼").click()
+    expect(page).to_have_url(re.compile(r"sort=runtime&order=asc"))
+    expect(row).to_be_visible()
     row.get_by_role("link", name="web.fail_once").click()
     expect(page).to_have_url(re.compile(f"/tasks/{result.id}$"))
     expect(page.locator("pre.traceback")).to_contain_text("ValueError: first run of retry-me")
