@@ -7,8 +7,8 @@ never disagree. Where each part comes from:
 - workers: the ingest's ``ClusterView`` (heartbeats: up or down, active, processed),
   joined with what the live workers answer over remote control (pool, processes,
   active and reserved tasks, queues), asked at most every ``INSPECT_CACHE`` seconds;
-- queues: the broker's counts (``monitor.queues``), sampled every ``SAMPLE_SECONDS``
-  by ``QueueSampler`` into a bounded ring per queue (the sparklines), which also feeds
+- queues: the broker's counts (``monitor.queues``), sampled every few seconds
+  by ``sampler.QueueSampler`` into a bounded ring per queue (the sparklines), which also feeds
   the queue alerts' state (``monitor.alerts``: shown, not announced: ``celeriac
   monitor`` or the exporter post them) and ``/metrics``;
 - dead letters and scheduled messages: read from the broker when asked.
@@ -28,15 +28,13 @@ from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from celeriac import dead_letters as letters_module
+from celeriac.dashboard.sampler import QueueSampler
 from celeriac.errors import describe
-from celeriac.monitor.alerts import AlertChecker
-from celeriac.monitor.probe import QueueReading, QueuesSnapshot
-from celeriac.monitor.queues import read_queues
-from celeriac.routing import default_queues
+from celeriac.monitor.probe import QueuesSnapshot
 
 if TYPE_CHECKING:
     from celeriac.app import App
-    from celeriac.brokers.base import Broker, DeadLetter, QueueStats
+    from celeriac.brokers.base import Broker, DeadLetter
     from celeriac.dashboard.history import HistoryStore, TaskQuery, TaskRecord
     from celeriac.monitor.cluster import ClusterView
 
@@ -45,9 +43,6 @@ logger = logging.getLogger("celeriac.dashboard")
 T = TypeVar("T")
 
 HIDDEN = "(hidden)"  # what a dashboard_hide_args task's args, kwargs and result show
-SAMPLE_SECONDS = 3.0  # between two readings of the queues
-RING = 200  # readings kept per queue: 10 minutes at SAMPLE_SECONDS
-DEAD_LETTER_EVERY = 10.0  # seconds between two scans counting dead letters per queue
 INSPECT_TIMEOUT = 1.0  # seconds the workers get to answer an inspect
 INSPECT_CACHE = 2.0  # seconds an inspect's answers are reused
 THROUGHPUT_SPAN = 1800.0  # the overview's charts: the last 30 minutes ...
@@ -351,91 +346,3 @@ def _jsonable(value: Any) -> Any:
     except (TypeError, ValueError):
         return repr(value)
     return value
-
-
-class QueueSampler:
-    """Reads the queues every ``SAMPLE_SECONDS`` into a ring per queue; the alerts' state."""
-
-    def __init__(self, service: DashboardService) -> None:
-        self.service = service
-        app = service.app
-        self.declared = list(default_queues(app.conf.task_queues, app.conf.task_default_queue))
-        self.checker = AlertChecker(app) if app.conf.queue_alerts else None
-        self._rings: dict[str, collections.deque[tuple[float, int]]] = {}
-        self._latest: list[QueueReading] | None = None
-        self._dead: dict[str, int] = {}
-        self._dead_at = float("-inf")
-        self._task: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
-        self.broker_up = False
-        self._failing = False
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="queue-sampler")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await self.sample()
-            await asyncio.sleep(SAMPLE_SECONDS)
-
-    async def latest(self) -> list[QueueReading]:
-        if self._latest is None:
-            await self.sample()
-        return list(self._latest or [])
-
-    def history(self, queue: str) -> list[tuple[float, int]]:
-        return list(self._rings.get(queue, ()))
-
-    def alerts(self) -> list[dict[str, Any]]:
-        if self.checker is None:
-            return []
-        return [{"queue": a.queue, "metric": a.metric, "value": a.value,
-                 "threshold": a.threshold, "since": a.since}
-                for a in sorted(self.checker.firing.values(),
-                                key=lambda a: (a.queue, a.metric))]
-
-    async def sample(self) -> None:
-        """One reading of every queue (failures logged once per outage)."""
-        async with self._lock:
-            now, clock = time.time(), time.monotonic()
-            scan = clock - self._dead_at > DEAD_LETTER_EVERY
-            try:
-                broker = await self.service.broker()
-                stats = await self.service.on_app(read_queues(
-                    broker, self._watched(), every=True, dead_letters=scan))
-            except Exception as exc:
-                if not self._failing:
-                    logger.warning("dashboard: cannot read the queues: %s", describe(exc))
-                self._failing, self.broker_up = True, False
-                if self._latest is None:
-                    self._latest = []
-                return
-            self._failing, self.broker_up = False, True
-            if scan:
-                self._dead = {s.queue: s.dead_letters or 0 for s in stats}
-                self._dead_at = clock
-            self._latest = [self._reading(s) for s in stats]
-            for reading in self._latest:
-                ring = self._rings.setdefault(reading.queue, collections.deque(maxlen=RING))
-                ring.append((round(now, 3), reading.ready))
-            for gone in set(self._rings) - {r.queue for r in self._latest}:
-                del self._rings[gone]  # bounded: queues the broker forgot go too
-            if self.checker is not None:
-                self.checker.evaluate(stats, now, announce=False)
-
-    def _watched(self) -> list[str]:
-        if self.checker is not None:
-            return self.checker.watched_queues()
-        return self.declared
-
-    def _reading(self, stats: QueueStats) -> QueueReading:
-        dead = stats.dead_letters if stats.dead_letters is not None \
-            else self._dead.get(stats.queue, 0)
-        return QueueReading(stats.queue, stats.ready, stats.scheduled, stats.in_flight,
-                            dead, stats.oldest_age)
