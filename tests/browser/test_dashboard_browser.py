@@ -145,6 +145,7 @@ def test_pool_is_grown_from_the_workers_page(page: Page, cluster: Cluster,
     # Then the page says so, and the processes count goes up
     expect(page.locator("#flash")).to_contain_text("resized")
     expect(processes).to_have_text(str(PROCESSES + 1))
+    expect(row.locator("[data-field=slots]")).to_have_text(str(PROCESSES + 1))
     shoot("workers")
 
 
