@@ -146,6 +146,7 @@ def test_pool_is_grown_from_the_workers_page(page: Page, cluster: Cluster,
     expect(page.locator("#flash")).to_contain_text("resized")
     expect(processes).to_have_text(str(PROCESSES + 1))
     expect(row.locator("[data-field=slots]")).to_have_text(str(PROCESSES + 1))
+    queue.fill("")  # (the picture without the test's half-typed name)
     shoot("workers")
 
 
