@@ -144,8 +144,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              body=(Param("queue", "string", "The queue.", True),)),
     Endpoint("POST", "/api/workers/{host}/shutdown", "shutdown", "A warm shutdown of the "
              "worker.", "workers"),
-    Endpoint("GET", "/api/task/info/{task_id}", "task", "Flower: a task's info.", "flower",
-             flower=True),
+    Endpoint("GET", "/api/task/info/{task_id}", "flower_task_info", "Flower: a task's info "
+             "(this API's fields and Flower's names for them).", "flower", flower=True),
     Endpoint("POST", "/api/task/revoke/{task_id}", "flower_revoke", "Flower: revoke "
              "(?terminate=true).", "flower", flower=True,
              query=(Param("terminate", "boolean", "Stop it if it runs."),)),
@@ -183,6 +183,14 @@ class Api:
         if found is None:
             raise NotFound(f"no task {task_id} in the history")
         return found
+
+    async def flower_task_info(self, request: Request) -> Any:
+        found = await self.task(request)
+        finished = found["finished_at"]
+        return {**found, "uuid": found["id"], "received": found["received_at"],
+                "started": found["started_at"], "timestamp": found["updated_at"],
+                "succeeded": finished if found["state"] == "SUCCESS" else None,
+                "failed": finished if found["state"] == "FAILURE" else None}
 
     async def dead_letters(self, request: Request) -> Any:
         params = request.query_params
@@ -237,8 +245,9 @@ class Api:
         terminate = request.query_params.get("terminate", "false").lower()
         if terminate not in ("true", "false", "1", "0"):
             raise BadInput("terminate", "must be true or false")
-        return await self.actions.revoke(request.path_params["task_id"],
-                                         terminate in ("true", "1"))
+        task_id = request.path_params["task_id"]
+        answer = await self.actions.revoke(task_id, terminate in ("true", "1"))
+        return {**answer, "message": f"Revoked '{task_id}'"}
 
     async def retry(self, request: Request) -> Any:
         await _body(request)

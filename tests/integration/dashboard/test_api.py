@@ -88,7 +88,9 @@ def test_reads_tasks_workers_queues_and_the_documents(world: World) -> None:
     world.post(f"/api/tasks/{later.id}/revoke")  # (it never runs)
 
     # Flower's paths
-    assert world.get(f"/api/task/info/{added.id}")["result"] == 5
+    info = world.get(f"/api/task/info/{added.id}")
+    assert (info["uuid"], info["result"], info["state"]) == (added.id, 5, "SUCCESS")
+    assert info["succeeded"] == done["finished_at"]
     lengths = world.get("/api/queues/length")["active_queues"]
     assert "celeriac" in [q["name"] for q in lengths]
 
@@ -133,7 +135,8 @@ def test_task_actions_retry_revoke_rate_limit_apply(world: World) -> None:
                       status=400)["field"] == "terminate"
     # Flower's revoke
     later = app.send_task("dash.add", [1, 1], countdown=600)
-    assert world.post(f"/api/task/revoke/{later.id}", terminate="false")["ok"]
+    assert world.post(f"/api/task/revoke/{later.id}", terminate="false")["message"] == \
+        f"Revoked '{later.id}'"
 
     # Rate limits: set, lifted, refused when malformed
     assert world.post("/api/task-types/dash.add/rate-limit",
