@@ -1,8 +1,9 @@
 """``celeriac dashboard`` as a process: the bind rule, the startup line, restarts.
 
-A dashboard process stopped (SIGTERM) and started again lists the tasks it recorded
-before, from its history store (SQLite: the broker's file; Redis: the broker's server).
-The tasks are seen through their task-sent events, so no worker is needed.
+A dashboard process stopped (SIGTERM; then SIGINT, as Ctrl-C) and started again lists
+the tasks it recorded before, from its history store (SQLite: the broker's file;
+Redis: the broker's server). The tasks are seen through their task-sent events, so no
+worker is needed.
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ def test_a_restarted_dashboard_still_lists_the_tasks_from_before(
         process = dashboard(env, tmp_path, "--port", str(port))
         wait_for(lambda: _up(client), "the dashboard to answer again", 30)
         assert _listed(client, tag) == sorted(sent)
+        process.send_signal(signal.SIGINT)  # Ctrl-C stops it as cleanly
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 0, stderr
+        assert "Traceback" not in stderr
     finally:
         client.close()
         if process.poll() is None:
