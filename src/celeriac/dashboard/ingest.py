@@ -67,6 +67,7 @@ class HistoryIngest(EventFollower):
         self._version = 0
         self._lag = 0.0
         self._applied = 0  # task events written, since start
+        self._trimmed = 0  # records the trims removed, since start
         self._reads: deque[tuple[float, int]] = deque()  # (monotonic time, events)
         self._trim_at = time.monotonic() + trim_interval
         self._trimming: asyncio.Task[None] | None = None
@@ -87,6 +88,11 @@ class HistoryIngest(EventFollower):
     def applied(self) -> int:
         """Task events written to the store since start."""
         return self._applied
+
+    @property
+    def trimmed(self) -> int:
+        """Records the periodic trims removed since start."""
+        return self._trimmed
 
     @property
     def events_per_second(self) -> float:
@@ -150,5 +156,7 @@ class HistoryIngest(EventFollower):
             logger.error("dashboard: cannot trim the task history (next try in %.0fs): "
                          "%s", self.trim_interval, describe(exc))
             return
+        with self._lock:
+            self._trimmed += removed
         if removed:
             logger.debug("dashboard: trimmed %d tasks from the history", removed)

@@ -178,6 +178,7 @@ def test_a_failed_write_is_logged_once_and_read_again_and_trims_run(
         # Read again after the reconnect (a second later); the trim keeps max_tasks=1.
         await until(lambda: _is(store, "b"))
         await until(lambda: _count(store, 1))
+        await until(lambda: _trimmed(ingest))
 
     with caplog.at_level(logging.ERROR, logger="celeriac.dashboard"):
         try:
@@ -196,3 +197,7 @@ async def _is(store: MemoryHistory, task_id: str) -> bool:
 
 async def _count(store: MemoryHistory, count: int) -> bool:
     return len(store) == count
+
+
+async def _trimmed(ingest: HistoryIngest) -> bool:
+    return ingest.trimmed >= 1
