@@ -10,7 +10,8 @@ Key layout (``P`` is the key prefix, ``celeriac:`` by default, then ``dashboard:
     P state:<state>       ZSET  task id -> updated_at    state, queue and worker:
     P queue:<queue>       ZSET  task id -> updated_at    the exact filters)
     P worker:<hostname>   ZSET  task id -> updated_at
-    P root:<root id>      ZSET  task id -> received_at (or updated_at): a workflow
+    P root:<root id>      ZSET  task id -> received_at (or updated_at): the tasks of a
+                                workflow other than its root
     P tp:<hour>           HASH  "<grain>:<state>" -> tasks finished in that GRAIN of
                                 the hour in that state (throughput; expires after ttl)
     P tmp:<random>        ZSET  an intersection of filters, for one search (10 s TTL)
@@ -194,7 +195,9 @@ class RedisHistory(HistoryStore):
             value = getattr(record, field)
             if value is not None:
                 keys[self._index(field, value)] = record.updated_at
-        if record.root_id is not None:
+        if record.root_id is not None and record.root_id != record.id:
+            # Only the members of a workflow: most tasks are their own root, and one set
+            # per task would double the keys the history holds (family adds the root).
             keys[self._index("root", record.root_id)] = (record.received_at
                                                           or record.updated_at)
         return keys
@@ -363,7 +366,10 @@ class RedisHistory(HistoryStore):
             async with self.settings.deadline():
                 ids = await command(client)("ZRANGE", self._index("root", root_id), 0,
                                             limit - 1)
-        return await self._records(client, ids)
+        members = await self._records(client, [root_id, *ids])
+        members = [r for r in members if r.root_id == root_id]
+        members.sort(key=lambda r: (r.received_at or r.updated_at, r.id))
+        return members[:limit]
 
     async def counts(self) -> dict[str, int]:
         client = await self._clients.get()
