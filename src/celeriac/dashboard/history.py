@@ -74,6 +74,7 @@ EVENTS_MAX = 50  # timeline entries kept per task (the newest)
 
 GRAIN = 10  # seconds: the unit throughput is counted in
 DONE_STATES = (states.SUCCESS, states.FAILURE)  # what throughput counts
+BUCKETS_MAX = 10_000  # throughput buckets one call may ask for
 
 SORTS = ("updated_at", "received_at", "started_at", "name", "state", "runtime")
 LIMIT_MAX = 500
@@ -309,9 +310,6 @@ def throughput_buckets(since: float, step: float, now: float,
 def grain_range(since: float, now: float) -> tuple[int, int]:
     """The first and last grain whose start falls between ``since`` and ``now``."""
     return math.ceil(since / GRAIN), math.floor(now / GRAIN)
-
-
-BUCKETS_MAX = 10_000
 
 
 # -- the merge ----------------------------------------------------------------------------

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celeriac.dashboard")
 
 LOCAL_FILE = "celeriac-dashboard.db"
-SCHEMES = ("sqlite", "redis", "rediss", "memory")
 
 
 def open_history(app: App) -> HistoryStore:
