@@ -342,6 +342,9 @@ class App:
         """Close connections and stop the bridge thread."""
         if self._broker_connected or self._backend_connected:
             self._run_sync(self.aclose())
+        sent = self.__dict__.get("_sent_events")  # (task_send_sent_event's bus, if opened)
+        if sent is not None:
+            self._run_sync(sent.aclose())
         # What sync callers opened without the bridge (brokers/base.py, backends/base.py).
         if self._backend is not None:
             self._backend.close_blocking()

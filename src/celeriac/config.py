@@ -37,8 +37,14 @@ from celeriac.urls import safe_url
 
 DEFAULT_URL = "sqlite:///celeriac.db"
 
-# CELERIAC_* variables that are not settings: the CLI's -A default.
-NON_SETTING_VARIABLES = frozenset({"CELERIAC_APP"})
+# CELERIAC_* variables that are not settings: the CLI's -A default, and the dashboard's.
+NON_SETTING_VARIABLES = frozenset({
+    "CELERIAC_APP",
+    # The dashboard's credentials: options of its command only, never settings (a worker's
+    # "inspect conf" must have no way to show them).
+    "CELERIAC_DASHBOARD_BASIC_AUTH", "CELERIAC_DASHBOARD_AUTH_TOKEN",
+    "CELERIAC_DASHBOARD_AUTH_HEADER", "CELERIAC_DASHBOARD_SECRET",
+})
 
 
 @dataclasses.dataclass

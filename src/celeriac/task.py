@@ -93,6 +93,9 @@ class TaskOptions:
     soft_time_limit: float | None = None
     # seconds a send holds its key (task name + arguments): no second copy meanwhile
     unique_for: float | None = None  # (celeriac.uniqueness, docs/unique-jobs.md)
+    # The dashboard shows "(hidden)" for its args, kwargs and result, and its history
+    # never stores them: for tasks whose arguments are secrets or personal data.
+    dashboard_hide_args: bool = False
 
 
 TASK_OPTION_NAMES = frozenset(TaskOptions.__dataclass_fields__)
@@ -206,6 +209,11 @@ class Task(Generic[P, R]):
     @property
     def priority(self) -> int | None:
         return self.options.priority
+
+    @property
+    def dashboard_hide_args(self) -> bool:
+        """The dashboard shows and keeps no args, kwargs nor result of this task."""
+        return self.options.dashboard_hide_args
 
     @property
     def request(self) -> Request:

@@ -45,6 +45,9 @@ def normalise_task_options(options: dict[str, Any]) -> dict[str, Any]:
     for limit in ("time_limit", "soft_time_limit"):
         if limit in options:
             options[limit] = check_time_limit(limit, options[limit])
+    hide = options.get("dashboard_hide_args", False)
+    if type(hide) is not bool:
+        raise TypeError(f"dashboard_hide_args must be True or False, not {hide!r}")
     if options.get("unique_for") is not None:
         options["unique_for"] = check_unique_for(options["unique_for"])
     return options

@@ -138,6 +138,18 @@ class DeadLetter:
     body: bytes
     reason: str
     dead_at: float
+    # How many times it was delivered before it died, where the broker keeps that.
+    delivery_count: int | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledMessage:
+    """A message waiting in the broker for its eta (countdown or ETA)."""
+
+    id: str
+    queue: str
+    body: bytes
+    eta: float  # Unix time it comes due
 
 
 class Broker(ABC):
@@ -245,6 +257,12 @@ class Broker(ABC):
         failure in between leaves it in both places (at least once), never in neither.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot remove dead letters")
+
+    async def scheduled(self, limit: int = 100) -> list[ScheduledMessage]:
+        """The messages waiting for their eta, soonest first, at most ``limit``. Optional:
+        a broker that cannot look at them without taking them (RabbitMQ's delay queues)
+        raises NotImplementedError."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list scheduled messages")
 
     def token_buckets(self) -> TokenBuckets | None:
         """Rate-limit buckets on this broker's server (``supports_rate_limit``), else None."""

@@ -108,6 +108,7 @@ from celeriac.brokers.base import (
     Delivery,
     Outgoing,
     QueueStats,
+    ScheduledMessage,
     check_outgoing,
 )
 from celeriac.brokers.buckets_redis import RedisBuckets
@@ -612,6 +613,9 @@ class RedisBroker(Broker):
 
     async def remove_dead_letters(self, ids: Collection[str]) -> int:
         return await redis_inspect.remove_dead_letters(self, ids)
+
+    async def scheduled(self, limit: int = 100) -> list[ScheduledMessage]:
+        return await redis_inspect.scheduled(self, limit)
 
     def token_buckets(self) -> RedisBuckets:
         return RedisBuckets(self.url, self.options)  # under this broker's key prefix

@@ -8,12 +8,13 @@ whose keys it reads. The broker's methods of the same names call them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 # The key layout's names: a module import, as celeriac.brokers.redis imports this one.
 import celeriac.brokers.redis as layout
-from celeriac.brokers.base import DeadLetter, QueueStats
+from celeriac.brokers.base import DeadLetter, QueueStats, ScheduledMessage
 from celeriac.brokers.redis_connection import command
 from celeriac.brokers.redis_scripts import PURGE, STATS
 
@@ -101,6 +102,45 @@ async def remove_dead_letters(broker: RedisBroker, ids: Collection[str]) -> int:
             if not doomed:
                 return 0
             return int(await command(client)("XDEL", broker._dead_key, *doomed))
+
+
+async def scheduled(broker: RedisBroker, limit: int = 100) -> list[ScheduledMessage]:
+    """The soonest ``limit`` scheduled messages over every queue's eta set."""
+    if limit <= 0:
+        return []
+    client = await broker._clients.get()
+    with broker._errors("scheduled"):
+        async with broker.settings.deadline():
+            names = sorted(n.decode(errors="backslashreplace") for n in await command(client)(
+                "SMEMBERS", broker._queues_key))
+            pipe = client.pipeline(transaction=False)
+            for name in names:
+                command(pipe)("ZRANGE", broker._key("eta", name), 0, limit - 1,
+                              "WITHSCORES")
+            answers = await pipe.execute() if names else []
+    found: list[ScheduledMessage] = []
+    for name, entries in zip(names, answers, strict=True):
+        # Pairs under RESP3, a flat member, score, member... list under RESP2.
+        pairs = [tuple(entry) for entry in entries] \
+            if entries and isinstance(entries[0], list | tuple) \
+            else list(zip(entries[::2], entries[1::2], strict=True))
+        found += [_scheduled(name, member, float(score) / 1000) for member, score in pairs]
+    found.sort(key=lambda item: item.eta)
+    return found[:limit]
+
+
+def _scheduled(queue: str, member: bytes, eta: float) -> ScheduledMessage:
+    """An eta set's member (``<band>:<id length>:<16 hex nonce><id><body>``) read."""
+    match = _MEMBER.match(member)
+    if match is None:  # not written by celeriac: shown whole, as the fetch dead-letters it
+        return ScheduledMessage("", queue, member, eta)
+    start = match.end() + 16
+    end = start + int(match.group(1))
+    return ScheduledMessage(member[start:end].decode(errors="backslashreplace"), queue,
+                            member[end:], eta)
+
+
+_MEMBER = re.compile(rb"^\d:(\d+):")
 
 
 def _age(now_ms: int, oldest_ms: int) -> float | None:

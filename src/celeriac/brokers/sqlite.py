@@ -50,6 +50,7 @@ from celeriac.brokers.base import (
     Delivery,
     Outgoing,
     QueueStats,
+    ScheduledMessage,
     check_outgoing,
 )
 from celeriac.brokers.buckets_sqlite import SQLiteBuckets
@@ -345,11 +346,20 @@ class SQLiteBroker(Broker):
         with self._db.read() as conn:
             rows = conn.execute(
                 "SELECT CAST(id AS BLOB), CAST(queue AS BLOB), CAST(body AS BLOB), "
-                "CAST(reason AS BLOB), dead_at FROM dead_letters ORDER BY seq DESC LIMIT ?",
-                (limit,)).fetchall()
+                "CAST(reason AS BLOB), dead_at, delivery_count FROM dead_letters "
+                "ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
         # Read as bytes: a dead letter is often there because its fields are not text.
-        return [DeadLetter(_text(id_), _text(queue), body or b"", _text(reason), dead_at)
-                for id_, queue, body, reason, dead_at in rows]
+        return [DeadLetter(_text(id_), _text(queue), body or b"", _text(reason), dead_at,
+                           count if isinstance(count, int) else None)
+                for id_, queue, body, reason, dead_at, count in rows]
+
+    async def scheduled(self, limit: int = 100) -> list[ScheduledMessage]:
+        with self._db.read() as conn:
+            rows = conn.execute(
+                "SELECT CAST(id AS BLOB), CAST(queue AS BLOB), CAST(body AS BLOB), due "
+                "FROM scheduled ORDER BY due, seq LIMIT ?", (limit,)).fetchall()
+        return [ScheduledMessage(_text(id_), _text(queue), body or b"", float(due))
+                for id_, queue, body, due in rows]
 
     async def purge_dead_letters(self) -> int:
         with self._db.write() as conn:

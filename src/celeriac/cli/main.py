@@ -14,6 +14,7 @@ import click
 from celeriac.app import App
 from celeriac.cli.beat import beat_command
 from celeriac.cli.call import call_command
+from celeriac.cli.dashboard import dashboard_command
 from celeriac.cli.demo import demo_command
 from celeriac.cli.events import events_command
 from celeriac.cli.exporter import exporter_command
@@ -79,6 +80,7 @@ cli.add_command(status_command)
 cli.add_command(monitor_command)
 cli.add_command(exporter_command)
 cli.add_command(beat_command)
+cli.add_command(dashboard_command)
 
 
 EXIT_USAGE = 2  # a user's mistake: a bad -A, setting, URL or option (as click's usage errors)

@@ -14,7 +14,8 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from celeriac.brokers.base import DeadLetter, Outgoing, QueueStats
+from celeriac import dead_letters
+from celeriac.brokers.base import DeadLetter, QueueStats
 from celeriac.cli.common import client_app, parse_queues, run
 from celeriac.cli.watch import watch_queues
 from celeriac.routing import default_queues
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 # The broker interface lists dead letters but does not count them; counting scans at
 # most this many, and the table says so when there are more.
-DEAD_LETTER_SCAN = 10_000
+DEAD_LETTER_SCAN = dead_letters.DEAD_LETTER_SCAN
 
 
 @click.command("queues", short_help="Show what waits in each queue; --dead lists dead letters.")
@@ -117,10 +118,12 @@ def _rows(stats: list[QueueStats], letters: list[DeadLetter], known: list[str],
 
 def _act_on_dead_letters(app: App, url: str, requeue: bool, ids: set[str],
                          task_name: str | None, force: bool) -> None:
-    letters = run(app, _dead_letters(app, DEAD_LETTER_SCAN))
-    chosen = [letter for letter in letters
-              if (not ids or letter.id in ids)
-              and (task_name is None or _task_name(app, letter) == task_name)]
+    choice = dead_letters.Choice(frozenset(ids), task_name, not ids and task_name is None)
+
+    async def chosen_letters() -> list[DeadLetter]:
+        return await dead_letters.choose(app, await app._connected_broker(), choice)
+
+    chosen = run(app, chosen_letters())
     verb = "Requeue" if requeue else "Delete"
     if not chosen:
         click.echo("No dead letter matches: nothing to do.")
@@ -136,27 +139,16 @@ def _act_on_dead_letters(app: App, url: str, requeue: bool, ids: set[str],
 
 
 async def _requeue(app: App, letters: list[DeadLetter]) -> None:
-    """Publish each body again, then remove the dead letter: at least once, never lost."""
-    broker = await app._connected_broker()
-    await broker.publish([Outgoing(letter.id, letter.queue, letter.body,
-                                   _priority(app, letter)) for letter in letters])
-    await broker.remove_dead_letters([letter.id for letter in letters])
+    await dead_letters.requeue(app, await app._connected_broker(), letters)
 
 
 async def _remove(app: App, letters: list[DeadLetter]) -> int:
-    broker = await app._connected_broker()
-    return await broker.remove_dead_letters([letter.id for letter in letters])
-
-
-def _priority(app: App, letter: DeadLetter) -> int:
-    try:
-        return app.decode_message(letter.body).priority
-    except Exception:  # an undecodable body goes back as it is, at the default priority
-        return 0
+    return await dead_letters.remove(await app._connected_broker(),
+                                     [letter.id for letter in letters])
 
 
 def _letter_json(app: App, letter: DeadLetter) -> dict[str, object]:
-    return {"id": letter.id, "queue": letter.queue, "task": _task_name(app, letter),
+    return {"id": letter.id, "queue": letter.queue, "task": dead_letters.task_name(app, letter),
             "reason": letter.reason, "dead_at": letter.dead_at, "size": len(letter.body)}
 
 
@@ -198,16 +190,8 @@ def _dead_list(app: App, letters: list[DeadLetter], url: str) -> Group:
     for letter in letters:
         when = datetime.fromtimestamp(letter.dead_at).astimezone()
         lines.append(Text.assemble("\n", (letter.id, "bold"), "  ",
-                                   (_task_name(app, letter), "cyan")))
+                                   (dead_letters.task_name(app, letter), "cyan")))
         lines.append(Text(f"  queue {letter.queue}, dead since {when:%Y-%m-%d %H:%M:%S}",
                           style="dim"))
         lines.append(Text(f"  {letter.reason}", style="red"))
     return Group(*lines)
-
-
-def _task_name(app: App, letter: DeadLetter) -> str:
-    """The task a dead letter was for; many were dead-lettered for not decoding."""
-    try:
-        return app.decode_message(letter.body).task
-    except Exception:  # any failure to read it is itself the answer
-        return "(undecodable)"

@@ -54,6 +54,12 @@ class SentEvents:
                                                   self.app._bridge.loop)
         await asyncio.wrap_future(future)
 
+    async def aclose(self) -> None:
+        """Close the bus (on the app's loop thread: ``App.close`` calls it there)."""
+        bus, self._bus = self._bus, None
+        if bus is not None:
+            await bus.close()
+
     async def _publish(self, events: list[Compact]) -> None:
         try:
             if self._bus is None:

@@ -92,7 +92,12 @@ class ClusterView:
 
 
 class EventFollower:
-    """A thread reading the event stream into a ``ClusterView`` until ``close``."""
+    """A thread reading the event stream until ``close``: the events of each read go to
+    ``handle`` (by default into a ``ClusterView``). The dashboard's ingest
+    (``celeriac.dashboard.ingest``) subclasses it to write its history as well."""
+
+    who = "exporter"  # names the follower in its log lines
+    logger = logger  # where they go
 
     def __init__(self, app: App, view: ClusterView) -> None:
         self.app = app
@@ -110,29 +115,60 @@ class EventFollower:
         self._stop.set()
         self._thread.join(READ_WAIT + 5.0)
 
+    @property
+    def following(self) -> bool:
+        """Whether the reader's position was fixed (it may have lost its server since)."""
+        return self._following.is_set()
+
+    async def handle(self, events: list[dict[str, Any]]) -> None:
+        """The events of one read, in their order; an exception makes the follower
+        reconnect and read them again (from the first record of the read)."""
+        for event in events:
+            self.view.apply(event)
+
+    async def idle(self) -> None:
+        """Called after every read, whether it brought events or not (about every
+        ``READ_WAIT`` seconds at most): for periodic work in the reading thread."""
+
+    async def start_at(self) -> float | None:
+        """Where to start reading on the first connection: None for "from now", or a
+        Unix time to read back what the bus still keeps from then."""
+        return None
+
     def _main(self) -> None:
         asyncio.run(self._follow())
 
     async def _follow(self) -> None:
         delay = 1.0
-        since: float | None = None  # from now; after a failure, from where it broke off
+        since: float | None = None  # from start_at; after a failure, from where it broke off
+        started = False
         while not self._stop.is_set():
             bus = self.app.broker.bus()
             try:
+                if not started:
+                    since = await self.start_at()
+                    started = True
                 subscription = await bus.subscribe(EVENTS, since)
+                if since is None:  # from now: after a failure, from this moment on
+                    since = time.time()
                 self._following.set()
                 delay = 1.0
                 try:
                     while not self._stop.is_set():
-                        for record in await subscription.read(READ_WAIT):
-                            since = record.at
-                            for event in expand(record.payload, time.time()):
-                                self.view.apply(event)
+                        records = await subscription.read(READ_WAIT)
+                        if records:
+                            received = time.time()
+                            since = records[0].at  # this read again, should it fail
+                            await self.handle([event for record in records
+                                               for event in expand(record.payload,
+                                                                   received)])
+                            since = records[-1].at
+                        await self.idle()
                 finally:
                     await subscription.close()
             except Exception as exc:
-                logger.error("exporter: cannot read the events (retrying in %.0fs): %s",
-                             delay, describe(exc))
+                self.logger.error("%s: cannot follow the events (retrying in %.0fs): %s",
+                             self.who, delay, describe(exc))
             finally:
                 await bus.close()
             if not self._stop.is_set():
