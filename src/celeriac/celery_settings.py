@@ -158,7 +158,8 @@ _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
     ("result_exchange_type", Answer.REFUSED, None, _KOMBU),
     ("result_expires", Answer.SAME, None, ""),
     ("result_extended", Answer.REFUSED, None,
-     "celeriac stores a task's name and arguments with its result always"),
+     "celeriac stores a task's name with every result, and a failed task's args and "
+     "kwargs with its FAILURE (what a retry from the dashboard sends)"),
     ("result_persistent", Answer.REFUSED, None,
      "rpc:// results are transient; use a Redis or SQLite backend to keep them"),
     ("result_serializer", Answer.SAME, None, ""),

@@ -1,10 +1,14 @@
 """What a worker stores as a task's result, and how a failure is rebuilt on the caller side.
 
 An ``Outcome`` is plain data. A failure keeps the exception's type, message, arguments
-and traceback text. On the caller side ``rebuild_exception`` returns an exception of the
-original type only when that type is already imported in this process and is an
-``Exception`` subclass that accepts the stored arguments; nothing is ever imported or
-unpickled to rebuild it. Otherwise the caller gets a ``TaskError`` with the same facts.
+and traceback text, and the call's own ``args`` and ``kwargs`` (as the message carried
+them): what sending the task again needs (the dashboard's retry), kept only for
+failures, which are few, so results stay small.
+
+On the caller side ``rebuild_exception`` returns an exception of the original type only
+when that type is already imported in this process and is an ``Exception`` subclass
+that accepts the stored arguments; nothing is ever imported or unpickled to rebuild it.
+Otherwise the caller gets a ``TaskError`` with the same facts.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import sys
 import time
 import traceback as traceback_module
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +35,8 @@ class Outcome:
     retries: int = 0
     task: str | None = None
     date_done: float | None = None
+    args: list[Any] | None = None  # the failed call's arguments (see the module)
+    kwargs: dict[str, Any] | None = None
 
     @property
     def ready(self) -> bool:
@@ -41,6 +48,8 @@ class Outcome:
         if self.exc_type is not None:
             payload.update(exc_type=self.exc_type, exc_message=self.exc_message,
                            exc_args=self.exc_args, traceback=self.traceback)
+        if self.args is not None:
+            payload.update(args=self.args, kwargs=self.kwargs)
         return payload
 
     @classmethod
@@ -50,7 +59,8 @@ class Outcome:
             exc_type=payload.get("exc_type"), exc_message=payload.get("exc_message"),
             exc_args=payload.get("exc_args"), traceback=payload.get("traceback"),
             retries=payload.get("retries", 0), task=payload.get("task"),
-            date_done=payload.get("date_done"),
+            date_done=payload.get("date_done"), args=payload.get("args"),
+            kwargs=payload.get("kwargs"),
         )
 
     @classmethod
@@ -60,13 +70,17 @@ class Outcome:
 
     @classmethod
     def failure(cls, exc: BaseException, state: str = states.FAILURE,
-                task: str | None = None, retries: int = 0) -> Outcome:
+                task: str | None = None, retries: int = 0,
+                call: tuple[Sequence[Any], Mapping[str, Any]] | None = None) -> Outcome:
+        """The outcome of ``exc``; ``call`` is the call's (args, kwargs), kept to retry it."""
         kind = type(exc)
         return cls(
             state, exc_type=f"{kind.__module__}.{kind.__qualname__}", exc_message=_text(exc),
             exc_args=_portable_args(exc),
             traceback="".join(traceback_module.format_exception(exc)),
             task=task, retries=retries, date_done=time.time(),
+            args=list(call[0]) if call is not None else None,
+            kwargs=dict(call[1]) if call is not None else None,
         )
 
 

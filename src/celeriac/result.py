@@ -151,6 +151,18 @@ class AsyncResult(Generic[R]):
         outcome = self._current()
         return None if outcome is None else outcome.date_done
 
+    @property
+    def args(self) -> list[Any] | None:
+        """A failed task's positional arguments (kept with its FAILURE); else None."""
+        outcome = self._current()
+        return None if outcome is None else outcome.args
+
+    @property
+    def kwargs(self) -> dict[str, Any] | None:
+        """A failed task's keyword arguments (kept with its FAILURE); else None."""
+        outcome = self._current()
+        return None if outcome is None else outcome.kwargs
+
     def forget(self) -> None:
         """Delete the stored result."""
         self._outcome = None

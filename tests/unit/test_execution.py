@@ -52,6 +52,7 @@ def test_sync_and_async_tasks_return_their_values(app: App) -> None:
         assert result.state == states.SUCCESS
         assert result.successful()
         assert result.ready()
+        assert result.args is None  # only a failure keeps its call's arguments
 
 
 def test_failure_reraises_the_original_type_with_the_remote_traceback(app: App) -> None:
@@ -68,6 +69,8 @@ def test_failure_reraises_the_original_type_with_the_remote_traceback(app: App) 
     assert "raise PaymentDeclined" in (result.traceback or "")
     assert "Remote traceback" in caught.value.__notes__[0]
     assert isinstance(result.result, PaymentDeclined)
+    # the failed call's arguments are kept with it, to send it again
+    assert (result.args, result.kwargs) == ([10], {})
 
 
 def test_exception_that_cannot_be_rebuilt_becomes_task_error(app: App) -> None:

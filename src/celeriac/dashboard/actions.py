@@ -11,12 +11,14 @@ through ``celeriac.dead_letters`` (requeue: publish first, then remove).
 Retrying a failed task re-sends it under the same task id, with the same name, queue,
 args and kwargs: whoever holds its ``AsyncResult`` sees the new outcome replace the
 FAILURE when the new run ends (result backends replace a stored result), and the
-history keeps one record whose timeline shows both runs. The arguments come from the
-history (the events carry them as a ``repr`` of at most 256 characters; the result
-backend keeps only the task's name): a repr that was cut, or that is not made of Python
-literals, cannot be sent again exactly, and the retry is refused (409) rather than sent
-with other arguments; so is a ``dashboard_hide_args`` task, whose arguments are never
-stored.
+history keeps one record whose timeline shows both runs. The arguments are those the
+worker stored with the FAILURE (``Outcome.args``/``kwargs``: the real values, however
+long, hidden tasks' too). Only when the stored result does not hold them (it expired,
+an rpc:// backend, a failure stored before celeriac kept them) do they come from the
+history, which has them as the events' ``repr`` of at most 256 characters: a repr that
+was cut, or that is not made of Python literals, cannot be sent again exactly, and the
+retry is refused (409) rather than sent with other arguments; so is a
+``dashboard_hide_args`` task then, whose arguments the history never holds.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from celeriac.events.event import ARGS_REPR_MAX
 from celeriac.task import SEND_OPTION_NAMES
 
 if TYPE_CHECKING:
+    from celeriac.dashboard.history import TaskRecord
     from celeriac.dashboard.service import DashboardService
 
 logger = logging.getLogger("celeriac.dashboard")
@@ -67,21 +70,35 @@ class Actions:
             raise Conflict(f"only a failed task is retried; task {task_id} is {record.state}")
         if record.name is None:
             raise Conflict(f"the history does not know the name of task {task_id}")
-        if self.service.hidden(record.name):
-            raise Conflict(f"{record.name} hides its arguments (dashboard_hide_args), so "
-                           "the dashboard does not have them to send it again")
-        args = _literal(record.args, "args", tuple | list)
-        kwargs = _literal(record.kwargs, "kwargs", dict)
+        args, kwargs = await self._failed_call(task_id, record)
         options: dict[str, Any] = {"task_id": task_id}
         if record.queue:
             options["queue"] = record.queue
         try:
             await self.service.on_app(self.app.asend_task(
-                record.name, list(args), dict(kwargs), **options))
+                record.name, args, kwargs, **options))
         except Exception as exc:
             raise Conflict(f"cannot send {record.name}: {describe(exc)}") from None
         logger.info("dashboard: retried task %s[%s]", record.name, task_id)
         return {"ok": True, "id": task_id, "name": record.name}
+
+    async def _failed_call(self, task_id: str, record: TaskRecord
+                           ) -> tuple[list[Any], dict[str, Any]]:
+        """The failed call's arguments: as the worker stored them with the FAILURE (the
+        real values, however long), else read back from the history's bounded repr."""
+        try:
+            outcome = await self.service.stored_outcome(task_id)
+        except ValueError:
+            outcome = None
+        if outcome is not None and outcome.args is not None:
+            return list(outcome.args), dict(outcome.kwargs or {})
+        assert record.name is not None
+        if self.service.hidden(record.name):
+            raise Conflict(f"{record.name} hides its arguments (dashboard_hide_args) and "
+                           "its stored result does not hold them, so the dashboard does "
+                           "not have them to send it again")
+        return (list(_literal(record.args, "args", tuple | list)),
+                dict(_literal(record.kwargs, "kwargs", dict)))
 
     async def rate_limit(self, name: str, rate: Any) -> dict[str, Any]:
         from celeriac.ratelimit import canonical

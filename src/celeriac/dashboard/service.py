@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from celeriac.brokers.base import Broker, DeadLetter
     from celeriac.dashboard.history import HistoryStore, TaskQuery, TaskRecord
     from celeriac.monitor.cluster import ClusterView
+    from celeriac.outcome import Outcome
 
 logger = logging.getLogger("celeriac.dashboard")
 
@@ -234,6 +235,15 @@ class DashboardService:
 
     async def _result(self, task_id: str) -> Any:
         """The stored result's value, as JSON can carry it; None if none is stored."""
+        try:
+            outcome = await self.stored_outcome(task_id)
+        except ValueError as exc:
+            return f"(unreadable result: {exc})"
+        return None if outcome is None else _jsonable(outcome.result)
+
+    async def stored_outcome(self, task_id: str) -> Outcome | None:
+        """What the result backend holds for ``task_id``: None when nothing (or it cannot
+        be reached, logged); ``ValueError`` when it cannot be decoded."""
         async def load() -> bytes | None:
             backend = await self.app._connected_backend()
             return await backend.load(task_id)
@@ -247,10 +257,9 @@ class DashboardService:
         if data is None:
             return None
         try:
-            outcome = self.app.decode_outcome(data)
+            return self.app.decode_outcome(data)
         except Exception as exc:
-            return f"(unreadable result: {describe(exc)})"
-        return _jsonable(outcome.result)
+            raise ValueError(describe(exc)) from None
 
     async def dead_letters(self, task: str | None = None, queue: str | None = None,
                            limit: int = 100) -> list[dict[str, Any]]:

@@ -435,8 +435,10 @@ def _message_for(task: Task[Any, Any], request: Request) -> Message:
 
 
 def _failure(exc: BaseException, state: str, message: Message | None) -> Outcome:
-    return Outcome.failure(exc, state, message.task if message else None,
-                           message.retries if message else 0)
+    if message is None:
+        return Outcome.failure(exc, state)
+    call = (message.args, message.kwargs) if state == states.FAILURE else None
+    return Outcome.failure(exc, state, message.task, message.retries, call)
 
 
 # Frames of these directories that come before the task's own are left out of a logged

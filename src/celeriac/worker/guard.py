@@ -212,7 +212,8 @@ class Guard:
                            "again", name)
             exc: Exception = TimeLimitExceeded(f"task {name} passed its hard time limit and "
                                                "its worker process was killed")
-            return Outcome.failure(exc, states.FAILURE, message.task, message.retries)
+            return Outcome.failure(exc, states.FAILURE, message.task, message.retries,
+                                   (message.args, message.kwargs))
         logger.info("Task %s revoked, not run", name)
         return Outcome.failure(TaskRevokedError(f"task {name} was revoked before it ran"),
                                states.REVOKED, message.task, message.retries)
@@ -384,7 +385,8 @@ def _outcome(running: _Running) -> Outcome:
     else:
         exc = TimeLimitExceeded(f"task {running.name} passed its time limit of "
                                 f"{limits.hard if limits else 0:g}s")
-    return Outcome.failure(exc, states.FAILURE, message.task, message.retries)
+    return Outcome.failure(exc, states.FAILURE, message.task, message.retries,
+                           (message.args, message.kwargs))
 
 
 # -- the thread of a sync task with limits --------------------------------------------------

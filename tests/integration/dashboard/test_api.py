@@ -115,8 +115,9 @@ def test_reads_tasks_workers_queues_and_the_documents(world: World) -> None:
 
 def test_task_actions_retry_revoke_rate_limit_apply(world: World) -> None:
     app = world.app
-    # A failed task is retried under its own id, with its arguments, and succeeds
-    failed = app.send_task("dash.fail_once", [f"retry-{world.kind}"])
+    # A failed task is retried under its own id, with its arguments (longer than the
+    # events' bounded repr: they come from the stored FAILURE), and succeeds
+    failed = app.send_task("dash.fail_once", [f"retry-{world.kind}"], {"padding": "x" * 400})
     world.task_in(failed.id, "FAILURE")
     answer = world.post(f"/api/tasks/{failed.id}/retry")
     assert answer == {"ok": True, "id": failed.id, "name": "dash.fail_once"}
