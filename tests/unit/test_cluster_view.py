@@ -12,9 +12,10 @@ def beat(kind: str, at: float, **fields: object) -> dict[str, object]:
 def test_a_node_is_up_until_it_misses_three_heartbeats_or_says_goodbye() -> None:
     view = ClusterView()
     view.apply(beat("worker-online", 100.0))
-    view.apply(beat("worker-heartbeat", 102.0, active=3, processed=40))
+    view.apply(beat("worker-heartbeat", 102.0, active=3, processed=40,
+                    loadavg=[0.5, 0.25, 1]))
     (worker,) = view.workers()
-    assert (worker.active, worker.processed) == (3, 40)
+    assert (worker.active, worker.processed, worker.loadavg) == (3, 40, (0.5, 0.25, 1.0))
     assert worker.up(107.9)  # 3 heartbeats of 2 s may be missed
     assert not worker.up(108.1)
     view.apply(beat("worker-offline", 103.0))

@@ -67,6 +67,8 @@ def test_failure_reraises_the_original_type_with_the_remote_traceback(app: App) 
     assert result.failed()
     assert result.state == states.FAILURE
     assert "raise PaymentDeclined" in (result.traceback or "")
+    # it starts at the task's own code, without celeriac's frames calling it
+    assert "celeriac/worker" not in (result.traceback or "")
     assert "Remote traceback" in caught.value.__notes__[0]
     assert isinstance(result.result, PaymentDeclined)
     # the failed call's arguments are kept with it, to send it again

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from celeriac import dead_letters as letters_module
 from celeriac.dashboard.sampler import QueueSampler
 from celeriac.errors import describe
+from celeriac.events.event import bounded_repr
 from celeriac.monitor.probe import QueuesSnapshot
 
 if TYPE_CHECKING:
@@ -146,7 +147,7 @@ class DashboardService:
                 "pool": pool.get("implementation"),
                 "processes": list(pool.get("processes") or []),
                 "concurrency": pool.get("max-concurrency"),
-                "loadavg": getattr(worker, "loadavg", None),
+                "loadavg": list(worker.loadavg) if worker and worker.loadavg else None,
                 "processed": stats.get("processed",
                                        worker.processed if worker is not None else 0),
                 "active": [self._summary(task) for task in info.get("active") or []],
@@ -280,16 +281,22 @@ class DashboardService:
         return shown
 
     def _letter_json(self, letter: DeadLetter, name: str) -> dict[str, Any]:
-        if self.hidden(name):
-            preview = HIDDEN
-        else:
-            preview = letter.body[:PREVIEW_BYTES].decode("utf-8", "backslashreplace")
-            if len(letter.body) > PREVIEW_BYTES:
-                preview += "..."
+        preview = HIDDEN if self.hidden(name) else self._preview(letter.body)
         return {"id": letter.id, "queue": letter.queue, "task": name,
                 "reason": letter.reason, "dead_at": letter.dead_at, "preview": preview,
                 "size": len(letter.body),
                 "delivery_count": letter.delivery_count}
+
+    def _preview(self, body: bytes) -> str:
+        """The call a dead letter carries, as ``args, kwargs`` reprs when it decodes;
+        else the start of its bytes (it was dead-lettered for not decoding, often)."""
+        try:
+            message = self.app.decode_message(body)
+        except Exception:
+            text = body[:PREVIEW_BYTES].decode("utf-8", "backslashreplace")
+            return text + ("..." if len(body) > PREVIEW_BYTES else "")
+        return bounded_repr(tuple(message.args), PREVIEW_BYTES) + " " + bounded_repr(
+            message.kwargs, PREVIEW_BYTES)
 
     async def scheduled(self, limit: int = SCHEDULED_MAX) -> list[dict[str, Any]]:
         """Messages waiting for their countdown or ETA: the broker's own list where it

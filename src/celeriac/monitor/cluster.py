@@ -53,9 +53,18 @@ class Worker:
     active: int
     processed: int
     offline: bool
+    loadavg: tuple[float, ...] | None = None  # the host's 1, 5 and 15 minute load
 
     def up(self, now: float) -> bool:
         return not self.offline and now - self.heard_at <= HEARTBEAT_MISSES * self.freq
+
+
+def _loadavg(value: Any) -> tuple[float, ...] | None:
+    """A heartbeat's ``loadavg`` when it is a list of numbers (it comes off the wire)."""
+    if isinstance(value, list | tuple) and all(
+            isinstance(one, int | float) and not isinstance(one, bool) for one in value):
+        return tuple(float(one) for one in value)
+    return None
 
 
 class ClusterView:
@@ -80,7 +89,8 @@ class ClusterView:
         self._workers[hostname] = Worker(
             hostname, float(event.get("timestamp") or time.time()),
             float(event.get("freq") or (known.freq if known else 2.0)),
-            int(event.get("active") or 0), int(event.get("processed") or 0), offline)
+            int(event.get("active") or 0), int(event.get("processed") or 0), offline,
+            _loadavg(event.get("loadavg")))
 
     def workers(self) -> list[Worker]:
         with self._lock:

@@ -437,6 +437,12 @@ def _message_for(task: Task[Any, Any], request: Request) -> Message:
 def _failure(exc: BaseException, state: str, message: Message | None) -> Outcome:
     if message is None:
         return Outcome.failure(exc, state)
+    # The stored traceback starts at the task's own code, as the worker's log does: the
+    # frames of celeriac calling it (and of the thread pool) are noise to whoever reads
+    # it in AsyncResult.traceback or the dashboard. A failure inside celeriac keeps all.
+    own = user_frames(exc.__traceback__)
+    if own is not None:
+        exc = exc.with_traceback(own)
     call = (message.args, message.kwargs) if state == states.FAILURE else None
     return Outcome.failure(exc, state, message.task, message.retries, call)
 
