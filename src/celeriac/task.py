@@ -93,6 +93,8 @@ class TaskOptions:
     soft_time_limit: float | None = None
     # seconds a send holds its key (task name + arguments): no second copy meanwhile
     unique_for: float | None = None  # (celeriac.uniqueness, docs/unique-jobs.md)
+    # encrypt its payload on the broker (celeriac.security); None: task_encryption
+    encrypt: bool | None = None
 
 
 TASK_OPTION_NAMES = frozenset(TaskOptions.__dataclass_fields__)

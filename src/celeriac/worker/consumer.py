@@ -48,6 +48,7 @@ from celeriac.events.emitter import acquire as acquire_emitter
 from celeriac.events.emitter import release as release_emitter
 from celeriac.events.tasks import TaskEvents
 from celeriac.monitor.tally import TaskTally
+from celeriac.security.screen import Screen, screen_for
 from celeriac.worker.broker_failures import log_fetch_failure
 from celeriac.worker.executor import Action, Executor, Prepared, SyncRunner, Verdict
 from celeriac.worker.flush import FLUSH_LINGER, FLUSH_MAX_BATCH, Flusher
@@ -118,6 +119,8 @@ class Consumer:
         self.send_events = app.conf.worker_send_task_events if events is None else events
         self._emitter: EventEmitter | None = None
         self.tally: TaskTally | None = None  # counts for /metrics (monitor.tally), if on
+        # Signing on: every fetched batch is checked before anything is decoded.
+        self.screen: Screen | None = screen_for(app, self.executor.security)
         self.stats = ConsumerStats()
         self.control: ProcessInfo | None = None  # set to answer remote control (run())
         self.stop_reason: StopReason | None = None
@@ -316,17 +319,49 @@ class Consumer:
             suspect = self._last_chance(deliveries)
             if suspect is not None:
                 deliveries = await isolate(self, deliveries, suspect)
-            now = time.monotonic()
-            for delivery in deliveries:
-                held = Held(delivery, now)
-                self._held[id(delivery)] = held
-                self._ready.put_nowait(held)
+            if self.screen is not None:  # signing on: nothing goes on unchecked
+                if deliveries and not await self._screen(deliveries):
+                    failures += 1
+                    await asyncio.sleep(min(RETRY_BACKOFF_MAX, 0.1 * 2 ** failures))
+                    continue
+            else:
+                now = time.monotonic()
+                for delivery in deliveries:
+                    held = Held(delivery, now)
+                    self._held[id(delivery)] = held
+                    self._ready.put_nowait(held)
             if suspect is not None:
                 await self._wait_until_empty()
             elif deliveries:
                 # Let the slots start on these before the next fetch is sent: sending it
                 # is a tenth of a millisecond of work that would otherwise come first.
                 await asyncio.sleep(0)
+
+    async def _screen(self, deliveries: list[Delivery]) -> bool:
+        """Check a fetched batch's signatures and nonces (``security.screen``): what
+        passes goes to the slots, what is refused to the dead letters at once. False
+        when the nonces could not be claimed (the server's trouble): the batch is then
+        handed back, to be fetched again."""
+        assert self.screen is not None
+        self.screen.tally = self.tally  # (set by the worker process after construction)
+        try:
+            passed, refused = await self.screen.check(deliveries)
+        except Exception as exc:
+            log_fetch_failure(exc, 1, 0.2)
+            with contextlib.suppress(Exception):
+                await self.app.broker.requeue(deliveries)
+            return False
+        now = time.monotonic()
+        for delivery, refusal in refused:
+            held = Held(delivery, now, started=True)
+            self._held[id(delivery)] = held
+            self._submit(held, Verdict(Action.DEAD_LETTER, reason=str(refusal),
+                                       logged=True))
+        for delivery, opened in passed:
+            held = Held(delivery, now, signed=opened)
+            self._held[id(delivery)] = held
+            self._ready.put_nowait(held)
+        return True
 
     def _room_for_more(self) -> int:
         """How many more deliveries to lease: the budget minus what waits or runs."""
@@ -375,7 +410,8 @@ class Consumer:
                     return
                 if self._lost_before_start(held):
                     continue
-                item = (held, self.executor.prepare(held.delivery))
+                item = (held, self.executor.prepare(
+                    held.delivery, None if held.signed is None else held.signed.frame))
             else:
                 item, carried = carried, None
                 if self._stopping.is_set():
@@ -456,7 +492,8 @@ class Consumer:
             held = self._ready.get_nowait()
             if self._lost_before_start(held):
                 break  # ends this batch early; the slot goes on with the next delivery
-            carried = (held, self.executor.prepare(held.delivery))
+            carried = (held, self.executor.prepare(
+                held.delivery, None if held.signed is None else held.signed.frame))
         if batch:
             try:
                 ran = await self.executor.run_batch([prepared for _, prepared in batch])
@@ -509,7 +546,7 @@ class Consumer:
             self.tally.count_verdict(verdict)
         if verdict.action is Action.DEAD_LETTER:
             self.stats.dead_lettered += 1
-            if verdict.message is None:  # not decoded: the executor could not log it by name
+            if verdict.message is None and not verdict.logged:  # (not decoded: not by name)
                 logger.error("Message %s dead-lettered: %s", message_id, verdict.reason)
         elif verdict.action is Action.DEFER:
             self.stats.deferred += 1

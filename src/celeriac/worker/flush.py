@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from celeriac.errors import describe
 from celeriac.uniqueness.send import release_finished
 from celeriac.worker.broker_failures import quiet
-from celeriac.worker.executor import Verdict
+from celeriac.worker.executor import Action, Verdict
 from celeriac.worker.held import Held
 from celeriac.worker.verdicts import (
     publish_retries,
@@ -35,6 +35,7 @@ from celeriac.worker.verdicts import (
 from celeriac.worker.workflow import follow_up
 
 if TYPE_CHECKING:
+    from celeriac.security.screen import Screen
     from celeriac.worker.consumer import Consumer
 
 logger = logging.getLogger("celeriac.worker")
@@ -140,6 +141,8 @@ class Flusher:
         await publish_retries(app, batch)
         await settle(app.broker, batch)
         await release_finished(app, batch)  # unique keys of the tasks now ended
+        if consumer.screen is not None:  # signed messages: their nonces, done or released
+            await settled_nonces(consumer.screen, batch)
         consumer._last_broker_ok = time.monotonic()
         events = consumer.executor.events
         if events is not None:  # carried out: now a monitor may see them
@@ -205,3 +208,19 @@ class Flusher:
                                "paused); another worker owns it, so its result is dropped",
                                message.id if message else held.delivery.id)
         return [pair for pair in batch if id(pair[0]) not in lost]
+
+
+async def settled_nonces(screen: Screen, batch: list[tuple[Held, Verdict]]) -> None:
+    """Mark the nonces of settled signed messages done, release those requeued.
+
+    A failure is logged, not raised: the acks are made, and a nonce left claimed (not
+    marked done) still refuses a replay that comes as a first delivery.
+    """
+    signed = [(held.signed, verdict.action is Action.REQUEUE) for held, verdict in batch
+              if held.signed is not None]
+    if signed:
+        try:
+            await screen.settled(signed)
+        except Exception as exc:
+            logger.warning("could not mark %d signed message(s) as run (replay "
+                           "protection): %s", len(signed), describe(exc))
