@@ -16,6 +16,7 @@ marked done, and those requeued unstarted are released (``settled``, ``release``
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -23,6 +24,7 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from celeriac.errors import describe
 from celeriac.security.replay import DONE, SeenNonces
 from celeriac.security.signing import REPLAY, Opened, Refused, Verifier
 
@@ -75,6 +77,7 @@ class Screen:
         self.token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.log = RefusalLog()
         self.tally: TaskTally | None = None  # set by the consumer when metrics are on
+        self._settling: set[asyncio.Task[None]] = set()  # marks being written
 
     async def check(self, deliveries: Sequence[Delivery]
                     ) -> tuple[list[tuple[Delivery, Opened | None]],
@@ -125,6 +128,27 @@ class Screen:
             await self.seen.done(done)
         if back:
             await self.seen.release(back)
+
+    def settle_soon(self, signed: Sequence[tuple[Opened, bool]]) -> None:
+        """``settled`` in the background, so that the flush that settled them does not
+        wait for it. A failure is logged, not raised: a nonce left claimed (not marked
+        done) still refuses a replay that comes as a first delivery."""
+        task = asyncio.get_running_loop().create_task(self._settle_logged(signed),
+                                                      name="nonces")
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle_logged(self, signed: Sequence[tuple[Opened, bool]]) -> None:
+        try:
+            await self.settled(signed)
+        except Exception as exc:
+            logger.warning("could not mark %d signed message(s) as run (replay "
+                           "protection): %s", len(signed), describe(exc))
+
+    async def drain(self) -> None:
+        """Wait for the background marks (a stopping consumer)."""
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
 
     async def release(self, signed: Sequence[Opened]) -> None:
         """Forget the claims of messages handed back unstarted."""

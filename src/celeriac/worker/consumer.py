@@ -121,6 +121,8 @@ class Consumer:
         self.tally: TaskTally | None = None  # counts for /metrics (monitor.tally), if on
         # Signing on: every fetched batch is checked before anything is decoded.
         self.screen: Screen | None = screen_for(app, self.executor.security)
+        self._screening: set[asyncio.Task[None]] = set()  # batches being checked
+        self._screen_failures = 0
         self.stats = ConsumerStats()
         self.control: ProcessInfo | None = None  # set to answer remote control (run())
         self.stop_reason: StopReason | None = None
@@ -211,6 +213,11 @@ class Consumer:
                 for task in loops[1:]:
                     task.cancel()
             await asyncio.gather(*loops[1:], return_exceptions=True)
+            for screening in list(self._screening):  # (what they held goes back below)
+                screening.cancel()
+            await asyncio.gather(*self._screening, return_exceptions=True)
+            if self.screen is not None:
+                await self.screen.drain()
             await hand_back_remaining(self)
             await self.rate_limits.close()
             self.publish_status(consuming=False)
@@ -319,13 +326,16 @@ class Consumer:
             suspect = self._last_chance(deliveries)
             if suspect is not None:
                 deliveries = await isolate(self, deliveries, suspect)
+            now = time.monotonic()
             if self.screen is not None:  # signing on: nothing goes on unchecked
-                if deliveries and not await self._screen(deliveries):
-                    failures += 1
-                    await asyncio.sleep(min(RETRY_BACKOFF_MAX, 0.1 * 2 ** failures))
-                    continue
+                if deliveries:  # held (counted against the budget) while being checked
+                    batch = [Held(delivery, now) for delivery in deliveries]
+                    for held in batch:
+                        self._held[id(held.delivery)] = held
+                    screening = asyncio.create_task(self._screen(batch), name="screen")
+                    self._screening.add(screening)  # (the next fetch need not wait)
+                    screening.add_done_callback(self._screening.discard)
             else:
-                now = time.monotonic()
                 for delivery in deliveries:
                     held = Held(delivery, now)
                     self._held[id(delivery)] = held
@@ -337,31 +347,42 @@ class Consumer:
                 # is a tenth of a millisecond of work that would otherwise come first.
                 await asyncio.sleep(0)
 
-    async def _screen(self, deliveries: list[Delivery]) -> bool:
+    async def _screen(self, batch: list[Held]) -> None:
         """Check a fetched batch's signatures and nonces (``security.screen``): what
-        passes goes to the slots, what is refused to the dead letters at once. False
-        when the nonces could not be claimed (the server's trouble): the batch is then
-        handed back, to be fetched again."""
-        assert self.screen is not None
-        self.screen.tally = self.tally  # (set by the worker process after construction)
+        passes goes to the slots, what is refused to the dead letters at once. When the
+        nonces cannot be claimed (the server's trouble) the batch goes back to the
+        broker after a pause, to be fetched again."""
+        screen = self.screen
+        assert screen is not None
+        screen.tally = self.tally  # (set by the worker process after construction)
         try:
-            passed, refused = await self.screen.check(deliveries)
+            passed, refused = await screen.check([held.delivery for held in batch])
         except Exception as exc:
-            log_fetch_failure(exc, 1, 0.2)
+            self._screen_failures += 1
+            log_fetch_failure(exc, self._screen_failures, 0.0)
+            await asyncio.sleep(min(RETRY_BACKOFF_MAX, 0.1 * 2 ** self._screen_failures))
             with contextlib.suppress(Exception):
-                await self.app.broker.requeue(deliveries)
-            return False
-        now = time.monotonic()
+                await self.app.broker.requeue([held.delivery for held in batch])
+            for held in batch:
+                self._release(held)
+            return
+        self._screen_failures = 0
+        # (one handed back meanwhile, by cancel_consumer, is no longer held: left alone)
+        held_of = {id(held.delivery): held for held in batch
+                   if self._held.get(id(held.delivery)) is held}
         for delivery, refusal in refused:
-            held = Held(delivery, now, started=True)
-            self._held[id(delivery)] = held
-            self._submit(held, Verdict(Action.DEAD_LETTER, reason=str(refusal),
+            refused_held = held_of.get(id(delivery))
+            if refused_held is None:
+                continue
+            refused_held.started = True
+            self._submit(refused_held, Verdict(Action.DEAD_LETTER, reason=str(refusal),
                                        logged=True))
         for delivery, opened in passed:
-            held = Held(delivery, now, signed=opened)
-            self._held[id(delivery)] = held
-            self._ready.put_nowait(held)
-        return True
+            passed_held = held_of.get(id(delivery))
+            if passed_held is None:
+                continue
+            passed_held.signed = opened
+            self._ready.put_nowait(passed_held)
 
     def _room_for_more(self) -> int:
         """How many more deliveries to lease: the budget minus what waits or runs."""

@@ -142,7 +142,7 @@ class Flusher:
         await settle(app.broker, batch)
         await release_finished(app, batch)  # unique keys of the tasks now ended
         if consumer.screen is not None:  # signed messages: their nonces, done or released
-            await settled_nonces(consumer.screen, batch)
+            settled_nonces(consumer.screen, batch)
         consumer._last_broker_ok = time.monotonic()
         events = consumer.executor.events
         if events is not None:  # carried out: now a monitor may see them
@@ -210,17 +210,10 @@ class Flusher:
         return [pair for pair in batch if id(pair[0]) not in lost]
 
 
-async def settled_nonces(screen: Screen, batch: list[tuple[Held, Verdict]]) -> None:
-    """Mark the nonces of settled signed messages done, release those requeued.
-
-    A failure is logged, not raised: the acks are made, and a nonce left claimed (not
-    marked done) still refuses a replay that comes as a first delivery.
-    """
+def settled_nonces(screen: Screen, batch: list[tuple[Held, Verdict]]) -> None:
+    """Have the nonces of settled signed messages marked done, those requeued released
+    (in the background: ``Screen.settle_soon``; the flush does not wait for it)."""
     signed = [(held.signed, verdict.action is Action.REQUEUE) for held, verdict in batch
               if held.signed is not None]
     if signed:
-        try:
-            await screen.settled(signed)
-        except Exception as exc:
-            logger.warning("could not mark %d signed message(s) as run (replay "
-                           "protection): %s", len(signed), describe(exc))
+        screen.settle_soon(signed)
