@@ -21,7 +21,7 @@ from celeriac.security import generate_encryption_key, generate_signing_key_pair
 from celeriac.security.encryption import Cipher
 from celeriac.security.keys import load_private_key, load_public_key
 from celeriac.security.replay import DONE, MemorySeenNonces
-from celeriac.security.screen import RefusalLog, Screen
+from celeriac.security.screen import RefusalLog, Screen, check_worker_security
 from celeriac.security.signing import Refused, Signer, Verifier, strip
 from celeriac.testing import ThreadedWorker
 
@@ -273,3 +273,13 @@ def test_a_signed_worker_runs_signed_encrypted_tasks_and_retries_and_refuses_the
 
 async def _dead(app: App) -> list[DeadLetter]:
     return await app.broker.dead_letters(10)
+
+
+def test_a_signing_worker_needs_a_server_for_its_nonces() -> None:
+    app = App("t", broker="amqp://guest:guest@127.0.0.1:5672/none", backend="rpc://",
+              task_signing_keys={"k": "x" * 32}, task_signing_key_id="k")
+    with pytest.raises(ConfigurationError, match="use a sqlite:// or redis:// result_backend"):
+        check_worker_security(app)
+    app.conf.task_signing_keys = {}  # (no verification keys: nothing to remember)
+    app.conf.task_signing_key_id = None
+    check_worker_security(app)

@@ -162,3 +162,10 @@ def screen_for(app: Any, security: Any) -> Screen | None:
     from celeriac.security.replay import seen_nonces
 
     return Screen(security.verifier, seen_nonces(app))
+
+
+def check_worker_security(app: Any) -> None:
+    """At worker start, before any process: the security settings make sense together,
+    and a worker that checks signatures has a server to keep nonces on (else a
+    ConfigurationError, which the CLI prints as one line)."""
+    screen_for(app, app.security)
