@@ -236,7 +236,8 @@ def test_refused_counts_reach_metrics_through_the_tally_file() -> None:
 def signed_app() -> Iterator[App]:
     app = App("t", broker="memory://", task_signing_keys={"k": "x" * 32},
               task_signing_key_id="k", task_encryption_keys={"e": generate_encryption_key()},
-              task_encryption_key_id="e", result_encryption=True)
+              task_encryption_key_id="e", result_encryption=True,
+              task_message_max_size=4096)
     yield app
     app.close()
 
@@ -262,12 +263,14 @@ def test_a_signed_worker_runs_signed_encrypted_tasks_and_retries_and_refuses_the
         assert stored[:2] == b"CE"  # result_encryption
         assert b"ADA" not in stored
         forged = Outgoing("forged", "celeriac", b'CQ\x01\x01\x00{}')
-        asyncio.run(signed_app.broker.publish([forged]))
+        huge = Outgoing("huge", "celeriac", b"CS" + b"x" * 10_000)  # not even hashed
+        asyncio.run(signed_app.broker.publish([forged, huge]))
         deadline = time.monotonic() + 10
-        while not asyncio.run(_dead(signed_app)) and time.monotonic() < deadline:
+        while len(asyncio.run(_dead(signed_app))) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
         letters = asyncio.run(_dead(signed_app))
-    assert [(d.id, d.reason.split(":")[0]) for d in letters] == [("forged", "unsigned")]
+    assert sorted((d.id, d.reason.split(":")[0]) for d in letters) == [
+        ("forged", "unsigned"), ("huge", "message too large")]
     assert len(attempts) == 2
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac.errors import describe
 from celeriac.security.replay import DONE, SeenNonces
-from celeriac.security.signing import REPLAY, Opened, Refused, Verifier
+from celeriac.security.signing import ENVELOPE_MAX, REPLAY, Opened, Refused, Verifier
 
 if TYPE_CHECKING:
     from celeriac.brokers.base import Delivery
@@ -61,7 +61,7 @@ class RefusalLog:
             self._started, self._logged, self._suppressed = now, 0, 0
         if self._logged < self.burst:
             self._logged += 1
-            logger.error("Message %s from queue %r refused, not run: %s", delivery_id,
+            logger.error("Message %r from queue %r refused, not run: %s", delivery_id,
                          queue, refusal)
         else:
             self._suppressed += 1
@@ -70,9 +70,12 @@ class RefusalLog:
 class Screen:
     """Checks fetched batches against a verifier and the shared seen nonces."""
 
-    def __init__(self, verifier: Verifier, seen: SeenNonces) -> None:
+    def __init__(self, verifier: Verifier, seen: SeenNonces,
+                 max_size: int | None = None) -> None:
         self.verifier = verifier
         self.seen = seen
+        # A body past this is not even hashed: the executor refuses it as too large.
+        self.max_body = None if max_size is None else max_size + ENVELOPE_MAX
         # This process's claims: unique per process ever started (pids come back).
         self.token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.log = RefusalLog()
@@ -83,15 +86,17 @@ class Screen:
                     ) -> tuple[list[tuple[Delivery, Opened | None]],
                                list[tuple[Delivery, Refused]]]:
         """Split a fetched batch into what may be decoded (with its verified frame) and
-        what is refused. A delivery the broker could not read (``problem``) passes
-        unopened: the executor dead-letters it with the broker's reason."""
+        what is refused. A delivery the broker could not read (``problem``), or too
+        large to be a message, passes unopened: the executor dead-letters it with the
+        broker's reason, or as too large."""
         now = time.time()
         passed: list[tuple[Delivery, Opened | None]] = []
         refused: list[tuple[Delivery, Refused]] = []
         verified: list[tuple[Delivery, Opened]] = []
-        open_ = self.verifier.open
+        open_, max_body = self.verifier.open, self.max_body
         for delivery in deliveries:
-            if delivery.problem is not None:
+            if delivery.problem is not None or (
+                    max_body is not None and len(delivery.body) > max_body):
                 passed.append((delivery, None))
                 continue
             try:
@@ -161,7 +166,7 @@ def screen_for(app: Any, security: Any) -> Screen | None:
         return None
     from celeriac.security.replay import seen_nonces
 
-    return Screen(security.verifier, seen_nonces(app))
+    return Screen(security.verifier, seen_nonces(app), app.conf.task_message_max_size)
 
 
 def check_worker_security(app: Any) -> None:

@@ -57,6 +57,11 @@ _TIMES = struct.Struct("!dd")  # signed at, due
 _DOMAIN = b"celeriac signed message v1\0"
 _QUEUE_LENGTH = struct.Struct("!H")
 
+# The most a signed and encrypted envelope adds to a frame (headers with 64-byte key ids,
+# signature, nonces, tag): a body longer than task_message_max_size plus this is too
+# large whatever it holds, and is refused before its signature is computed.
+ENVELOPE_MAX = 512
+
 # The reasons a worker refuses a message (the dead-letter reason starts with one).
 UNSIGNED, BAD_SIGNATURE, REPLAY = "unsigned", "bad_signature", "replay"
 REFUSALS = (UNSIGNED, BAD_SIGNATURE, REPLAY)

@@ -168,12 +168,13 @@ class Executor:
         codec = self.app.codec
         security = self.security
         if frame is None:
-            if security is not None and security.verifier is not None:
-                # Never reached through the consumer (its screen opens every delivery);
-                # a path that skipped it must not run an unchecked message.
+            if security is not None and security.verifier is not None \
+                    and not _too_large(delivery.body, codec.max_size):
+                # Never reached through the consumer (its screen opens every delivery
+                # but the too large); a path that skipped it must not run it unchecked.
                 return _dead("bad_signature: the worker did not check this message's "
                              "signature before running it (a bug), so it is not run")
-            frame = delivery.body
+            frame = delivery.body  # (too large: the codec refuses it unread)
         try:  # the size is checked before a byte is decompressed or decoded
             if security is not None:
                 frame = security.open_frame(frame)  # decrypted, if it is encrypted
@@ -481,6 +482,14 @@ def user_frames(tb: TracebackType | None) -> TracebackType | None:
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_CALLERS):
         tb = tb.tb_next
     return tb if tb is not None else first
+
+
+def _too_large(body: bytes, max_size: int | None) -> bool:
+    """Whether a signed delivery is too large to hold a message (``security.screen``
+    leaves such a body unopened, for the codec to refuse)."""
+    from celeriac.security.signing import ENVELOPE_MAX
+
+    return max_size is not None and len(body) > max_size + ENVELOPE_MAX
 
 
 def _dead(reason: str, message: Message | None = None) -> Verdict:
