@@ -71,9 +71,12 @@ class Screen:
     """Checks fetched batches against a verifier and the shared seen nonces."""
 
     def __init__(self, verifier: Verifier, seen: SeenNonces,
-                 max_size: int | None = None) -> None:
+                 max_size: int | None = None, mark_done: bool = True) -> None:
         self.verifier = verifier
         self.seen = seen
+        # Whether run messages' nonces are marked done: where the broker's delivery
+        # count could be forged by a publisher (see security.replay).
+        self.mark_done = mark_done
         # A body past this is not even hashed: the executor refuses it as too large.
         self.max_body = None if max_size is None else max_size + ENVELOPE_MAX
         # This process's claims: unique per process ever started (pids come back).
@@ -104,10 +107,9 @@ class Screen:
             except Refused as bad:
                 refused.append((delivery, bad))
         if verified:
-            token = self.token
             holders = await self.seen.claim(
-                [(opened.nonce.hex(), token, opened.valid_until - now + CLOCK_MARGIN)
-                 for _, opened in verified])
+                [opened.nonce.hex() for _, opened in verified], self.token,
+                max(opened.valid_until for _, opened in verified) - now + CLOCK_MARGIN)
             for (delivery, opened), holder in zip(verified, holders, strict=True):
                 if holder is None or (holder != DONE and delivery.delivery_count > 1):
                     passed.append((delivery, opened))  # new, or a redelivery taken over
@@ -127,7 +129,7 @@ class Screen:
         or set aside ones become done, requeued ones are released."""
         now = time.time()
         done = [(opened.nonce.hex(), opened.valid_until - now + CLOCK_MARGIN)
-                for opened, requeued in signed if not requeued]
+                for opened, requeued in signed if not requeued] if self.mark_done else []
         back = [(opened.nonce.hex(), self.token) for opened, requeued in signed if requeued]
         if done:
             await self.seen.done(done)
@@ -166,7 +168,10 @@ def screen_for(app: Any, security: Any) -> Screen | None:
         return None
     from celeriac.security.replay import seen_nonces
 
-    return Screen(security.verifier, seen_nonces(app), app.conf.task_message_max_size)
+    # SQLite and Redis keep delivery counts on the server: no done marks needed there.
+    mark_done = app.broker.scheme not in ("memory", "sqlite", "redis", "rediss")
+    return Screen(security.verifier, seen_nonces(app), app.conf.task_message_max_size,
+                  mark_done)
 
 
 def check_worker_security(app: Any) -> None:

@@ -213,7 +213,11 @@ class Flusher:
 def settled_nonces(screen: Screen, batch: list[tuple[Held, Verdict]]) -> None:
     """Have the nonces of settled signed messages marked done, those requeued released
     (in the background: ``Screen.settle_soon``; the flush does not wait for it)."""
-    signed = [(held.signed, verdict.action is Action.REQUEUE) for held, verdict in batch
-              if held.signed is not None]
+    if screen.mark_done:
+        signed = [(held.signed, verdict.action is Action.REQUEUE) for held, verdict in batch
+                  if held.signed is not None]
+    else:  # (only the requeued, to release)
+        signed = [(held.signed, True) for held, verdict in batch
+                  if verdict.action is Action.REQUEUE and held.signed is not None]
     if signed:
         screen.settle_soon(signed)
