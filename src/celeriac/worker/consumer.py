@@ -63,6 +63,7 @@ from celeriac.worker.held import ConsumerStats, Held, StopReason
 from celeriac.worker.leases import keep_leases
 from celeriac.worker.pools import ThreadRunner
 from celeriac.worker.ratelimit import RateLimiter
+from celeriac.worker.screening import finish_screening, start_screening
 from celeriac.worker.slots import SlotLoops
 from celeriac.worker.status import PUBLISH_INTERVAL as STATUS_PUBLISH_INTERVAL
 from celeriac.worker.status import StatusSlot
@@ -206,6 +207,7 @@ class Consumer:
             for task in slots + loops[:1]:
                 task.cancel()
             await asyncio.gather(*slots, loops[0], return_exceptions=True)
+            await finish_screening(self)  # (what they claimed is released when handed back)
             # Under the flush lock, so that a batch the flush loop is writing is finished,
             # not cut off between its results and its acks (which would run it again).
             async with self.flusher.lock:
@@ -213,9 +215,6 @@ class Consumer:
                 for task in loops[1:]:
                     task.cancel()
             await asyncio.gather(*loops[1:], return_exceptions=True)
-            for screening in list(self._screening):  # (what they held goes back below)
-                screening.cancel()
-            await asyncio.gather(*self._screening, return_exceptions=True)
             if self.screen is not None:
                 await self.screen.drain()
             await hand_back_remaining(self)
@@ -328,13 +327,7 @@ class Consumer:
                 deliveries = await isolate(self, deliveries, suspect)
             now = time.monotonic()
             if self.screen is not None:  # signing on: nothing goes on unchecked
-                if deliveries:  # held (counted against the budget) while being checked
-                    batch = [Held(delivery, now) for delivery in deliveries]
-                    for held in batch:
-                        self._held[id(held.delivery)] = held
-                    screening = asyncio.create_task(self._screen(batch), name="screen")
-                    self._screening.add(screening)  # (the next fetch need not wait)
-                    screening.add_done_callback(self._screening.discard)
+                start_screening(self, deliveries, now)
             else:
                 for delivery in deliveries:
                     held = Held(delivery, now)
@@ -346,43 +339,6 @@ class Consumer:
                 # Let the slots start on these before the next fetch is sent: sending it
                 # is a tenth of a millisecond of work that would otherwise come first.
                 await asyncio.sleep(0)
-
-    async def _screen(self, batch: list[Held]) -> None:
-        """Check a fetched batch's signatures and nonces (``security.screen``): what
-        passes goes to the slots, what is refused to the dead letters at once. When the
-        nonces cannot be claimed (the server's trouble) the batch goes back to the
-        broker after a pause, to be fetched again."""
-        screen = self.screen
-        assert screen is not None
-        screen.tally = self.tally  # (set by the worker process after construction)
-        try:
-            passed, refused = await screen.check([held.delivery for held in batch])
-        except Exception as exc:
-            self._screen_failures += 1
-            log_fetch_failure(exc, self._screen_failures, 0.0)
-            await asyncio.sleep(min(RETRY_BACKOFF_MAX, 0.1 * 2 ** self._screen_failures))
-            with contextlib.suppress(Exception):
-                await self.app.broker.requeue([held.delivery for held in batch])
-            for held in batch:
-                self._release(held)
-            return
-        self._screen_failures = 0
-        # (one handed back meanwhile, by cancel_consumer, is no longer held: left alone)
-        held_of = {id(held.delivery): held for held in batch
-                   if self._held.get(id(held.delivery)) is held}
-        for delivery, refusal in refused:
-            refused_held = held_of.get(id(delivery))
-            if refused_held is None:
-                continue
-            refused_held.started = True
-            self._submit(refused_held, Verdict(Action.DEAD_LETTER, reason=str(refusal),
-                                       logged=True))
-        for delivery, opened in passed:
-            passed_held = held_of.get(id(delivery))
-            if passed_held is None:
-                continue
-            passed_held.signed = opened
-            self._ready.put_nowait(passed_held)
 
     def _room_for_more(self) -> int:
         """How many more deliveries to lease: the budget minus what waits or runs."""
