@@ -12,7 +12,8 @@ what costs time):
   ``replay:``), its body untouched, and runs nothing: the ledger, the file every run
   of a ledger task appends to, never gets its tag;
 - rotation overlap: a producer still signing with the old key and one signing with the
-  new key both get their tasks run while the worker lists both keys;
+  new key both get their tasks run while the worker lists both keys; so does one that
+  holds only an Ed25519 private key, whose public key the worker lists beside them;
 - a retry is signed anew by the worker (the ``flaky`` task fails once, then succeeds);
 - encryption: a task sent with ``task_encryption`` to a queue nobody consumes yet is
   read back raw from the server (SQLite row, Redis stream entry, RabbitMQ message):
@@ -37,12 +38,14 @@ from worker_harness import QUEUE, Deployment, wait_until
 from celeriac import App
 from celeriac.backends import create_backend
 from celeriac.brokers import DeadLetter, Outgoing
-from celeriac.security import generate_encryption_key
+from celeriac.security import generate_encryption_key, generate_signing_key_pair
 from celeriac.security.signing import Signer
 
 OLD_ID, NEW_ID = "2026-11", "2026-12"
 OLD_SECRET = "old-" + "o" * 40
 NEW_SECRET = "new-" + "n" * 40
+ED_ID = "web-2027-01"  # an Ed25519 pair: the producer signs, the worker lists the public key
+ED_PRIVATE, ED_PUBLIC = generate_signing_key_pair()
 ENCRYPTION_ID = "e-2026-12"
 ENCRYPTION_KEY = generate_encryption_key()
 MAX_AGE = 600.0
@@ -52,15 +55,17 @@ VAULT = "vault"  # the queue the encrypted task waits in until the worker consum
 def worker_settings() -> dict[str, Any]:
     """The worker's settings: both signing keys (rotation), encryption keys."""
     return {"task_signing_keys": {OLD_ID: OLD_SECRET, NEW_ID: NEW_SECRET},
+            "task_signing_public_keys": {ED_ID: ED_PUBLIC},
             "task_signing_key_id": NEW_ID, "task_signing_max_age": MAX_AGE,
             "task_encryption_keys": {ENCRYPTION_ID: ENCRYPTION_KEY},
             "task_encryption_key_id": ENCRYPTION_ID, "result_encryption": True}
 
 
-def _producer(deployment: Deployment, key_id: str, secret: str,
+def _producer(deployment: Deployment, key_id: str, secret: str | None,
               **settings: Any) -> tuple[App, LedgerTasks]:
-    app = deployment.make_app(task_signing_keys={key_id: secret},
-                              task_signing_key_id=key_id,
+    if secret is not None:
+        settings["task_signing_keys"] = {key_id: secret}
+    app = deployment.make_app(task_signing_key_id=key_id,
                               task_encryption_keys={ENCRYPTION_ID: ENCRYPTION_KEY},
                               task_encryption_key_id=ENCRYPTION_ID, result_encryption=True,
                               **settings)
@@ -149,6 +154,9 @@ def check_signing(deployment: Deployment, timeout: float = 30.0) -> dict[str, De
     # When a producer still on the old key sends, and the worker retries a task
     _, old = _producer(deployment, OLD_ID, OLD_SECRET)
     rotated = old.record.delay("rotated-old")
+    # (and one holding only an Ed25519 private key, whose public key the worker lists)
+    _, ed = _producer(deployment, ED_ID, None, task_signing_private_key=ED_PRIVATE)
+    split = ed.record.delay("ed25519")
     flaky = new.flaky.delay("flaky-once", 1)
     # And a message that ran is published again, unchanged (a replay)
     first = new_app.prepare("ledger.record", ["replayed"], {}, {})[1]
@@ -163,6 +171,7 @@ def check_signing(deployment: Deployment, timeout: float = 30.0) -> dict[str, De
     cases[replay_id] = (first.body, "replay: a message with this signature ")
     # Then the old key's task and the retried task ran
     assert rotated.get(timeout=timeout) == "rotated-old"
+    assert split.get(timeout=timeout) == "ed25519"
     assert flaky.get(timeout=timeout) == "flaky-once"
     assert [e.tag for e in deployment.ledger.entries() if e.tag == "flaky-once"] == \
         ["flaky-once", "flaky-once"]  # (the first attempt failed, the retry ran)
