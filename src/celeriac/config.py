@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import itertools
 import os
 import warnings
 from collections.abc import Iterator, Mapping
@@ -38,6 +39,7 @@ from celeriac.setting_checks import suggest as suggest
 from celeriac.urls import safe_url
 
 DEFAULT_URL = "sqlite:///celeriac.db"
+_GENERATIONS = itertools.count(1)  # Settings.security_generation
 
 # CELERIAC_* variables that are not settings: the CLI's -A default.
 NON_SETTING_VARIABLES = frozenset({"CELERIAC_APP"})
@@ -178,9 +180,10 @@ class Settings(Mapping[str, Any]):
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, _validate(name, value))
         if name in _SECURITY_SETTINGS:  # App.security is rebuilt when this changes
-            object.__setattr__(self, "security_generation", self.security_generation + 1)
+            object.__setattr__(self, "security_generation", next(_GENERATIONS))
 
-    # Counts changes of the security settings (one int for App.security to compare).
+    # Changes when a security setting does (one int for App.security to compare); drawn
+    # from one process-wide count, so that two Settings objects never share a value.
     security_generation: ClassVar[int] = 0
 
     # As a mapping, like Celery's app.conf: conf["broker_url"], conf.get(), conf.keys().
