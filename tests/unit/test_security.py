@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from celeriac import App, ConfigurationError
+from celeriac import App, ConfigurationError, Reject
 from celeriac.brokers import DeadLetter, Delivery, Outgoing
 from celeriac.control.secrets import masked_settings
 from celeriac.errors import DecodeError
@@ -192,7 +192,7 @@ def test_screen_refuses_replays_but_takes_over_redeliveries() -> None:
         passed, _ = await other.check([_delivery(body, count=2)])
         assert len(passed) == 1
         # Once run, even a "redelivery" is a replay
-        await screen.settled([(opened, False)])
+        await screen.mark_run([opened])
         _, refused = await other.check([_delivery(body, count=3)])
         assert "already run" in str(refused[0][1])
         # Handed back unstarted: new again when it comes back
@@ -253,12 +253,22 @@ def test_a_signed_worker_runs_signed_encrypted_tasks_and_retries_and_refuses_the
             raise self.retry()  # type: ignore[attr-defined]
         return name.upper()
 
+    bounces: list[int] = []
+
+    @signed_app.task
+    def bouncy() -> str:
+        bounces.append(1)
+        if len(bounces) == 1:
+            raise Reject("not yet", requeue=True)  # its claim is released, not a replay
+        return "landed"
+
     _, outgoing = signed_app.prepare(personal.name, ["ada"], {}, {}, personal)
     assert b"ada" not in outgoing.body  # encrypt=True: the frame is sealed
     assert signed_app.decode_message(outgoing.body).args == ("ada",)  # (with the key)
     with ThreadedWorker(signed_app):
         result = personal.delay("ada")
         assert result.get(timeout=10) == "ADA"  # its retry was signed anew
+        assert bouncy.delay().get(timeout=10) == "landed"
         stored = asyncio.run(signed_app.backend.load_many([result.id]))[result.id]
         assert stored[:2] == b"CE"  # result_encryption
         assert b"ADA" not in stored

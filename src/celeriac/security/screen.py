@@ -10,8 +10,9 @@ message but at most ``LOG_BURST`` lines per ``LOG_WINDOW`` seconds: whoever floo
 queue with forgeries must not also flood the log. No task code, not even the decoding
 of the task's arguments, runs for a refused message.
 
-Once verdicts are carried out (the flush), the nonces of the messages they settled are
-marked done, and those requeued unstarted are released (``settled``, ``release``).
+Before a flush requeues signed messages their claims are released (``release``), and
+once it has settled the others their nonces are marked done where that is needed
+(``mark_soon``; see ``security.replay``).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class Screen:
         self.verifier = verifier
         self.seen = seen
         # Whether run messages' nonces are marked done: where the broker's delivery
-        # count could be forged by a publisher (see security.replay).
+        # count could be forged by a publisher (see security.replay); the flush asks.
         self.mark_done = mark_done
         # A body past this is not even hashed: the executor refuses it as too large.
         self.max_body = None if max_size is None else max_size + ENVELOPE_MAX
@@ -124,30 +125,24 @@ class Screen:
                 self.tally.refuse(refusal.kind)
         return passed, refused
 
-    async def settled(self, signed: Sequence[tuple[Opened, bool]]) -> None:
-        """Carry the flush's outcome over to the nonces: (opened, requeued) pairs; run
-        or set aside ones become done, requeued ones are released."""
+    async def mark_run(self, signed: Sequence[Opened]) -> None:
+        """Mark the nonces of messages that were run (or set aside) as done."""
         now = time.time()
-        done = [(opened.nonce.hex(), opened.valid_until - now + CLOCK_MARGIN)
-                for opened, requeued in signed if not requeued] if self.mark_done else []
-        back = [(opened.nonce.hex(), self.token) for opened, requeued in signed if requeued]
-        if done:
-            await self.seen.done(done)
-        if back:
-            await self.seen.release(back)
+        await self.seen.done([(opened.nonce.hex(), opened.valid_until - now + CLOCK_MARGIN)
+                              for opened in signed])
 
-    def settle_soon(self, signed: Sequence[tuple[Opened, bool]]) -> None:
-        """``settled`` in the background, so that the flush that settled them does not
+    def mark_soon(self, signed: Sequence[Opened]) -> None:
+        """``mark_run`` in the background, so that the flush that settled them does not
         wait for it. A failure is logged, not raised: a nonce left claimed (not marked
         done) still refuses a replay that comes as a first delivery."""
-        task = asyncio.get_running_loop().create_task(self._settle_logged(signed),
+        task = asyncio.get_running_loop().create_task(self._mark_logged(signed),
                                                       name="nonces")
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _settle_logged(self, signed: Sequence[tuple[Opened, bool]]) -> None:
+    async def _mark_logged(self, signed: Sequence[Opened]) -> None:
         try:
-            await self.settled(signed)
+            await self.mark_run(signed)
         except Exception as exc:
             logger.warning("could not mark %d signed message(s) as run (replay "
                            "protection): %s", len(signed), describe(exc))

@@ -139,10 +139,13 @@ class Flusher:
         stored = await store_outcomes(app, batch)
         await follow_up(app, batch)  # chains, callbacks, chords: before the acks
         await publish_retries(app, batch)
+        screen = consumer.screen
+        if screen is not None:  # before the requeues make them visible to other workers
+            await release_requeued(screen, batch)
         await settle(app.broker, batch)
         await release_finished(app, batch)  # unique keys of the tasks now ended
-        if consumer.screen is not None:  # signed messages: their nonces, done or released
-            settled_nonces(consumer.screen, batch)
+        if screen is not None and screen.mark_done:
+            mark_run(screen, batch)
         consumer._last_broker_ok = time.monotonic()
         events = consumer.executor.events
         if events is not None:  # carried out: now a monitor may see them
@@ -210,14 +213,19 @@ class Flusher:
         return [pair for pair in batch if id(pair[0]) not in lost]
 
 
-def settled_nonces(screen: Screen, batch: list[tuple[Held, Verdict]]) -> None:
-    """Have the nonces of settled signed messages marked done, those requeued released
-    (in the background: ``Screen.settle_soon``; the flush does not wait for it)."""
-    if screen.mark_done:
-        signed = [(held.signed, verdict.action is Action.REQUEUE) for held, verdict in batch
-                  if held.signed is not None]
-    else:  # (only the requeued, to release)
-        signed = [(held.signed, True) for held, verdict in batch
-                  if verdict.action is Action.REQUEUE and held.signed is not None]
-    if signed:
-        screen.settle_soon(signed)
+async def release_requeued(screen: Screen, batch: list[tuple[Held, Verdict]]) -> None:
+    """Forget the nonces of signed messages about to be requeued (``Reject(requeue=
+    True)``), so that whoever fetches them next does not take them for replays."""
+    back = [held.signed for held, verdict in batch
+            if verdict.action is Action.REQUEUE and held.signed is not None]
+    if back:
+        await screen.release(back)
+
+
+def mark_run(screen: Screen, batch: list[tuple[Held, Verdict]]) -> None:
+    """Have the nonces of the signed messages just settled marked done, where the
+    broker's delivery count could be forged (``security.replay``), in the background."""
+    done = [held.signed for held, verdict in batch
+            if verdict.action is not Action.REQUEUE and held.signed is not None]
+    if done:
+        screen.mark_soon(done)
