@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ import pytest
 from celeriac import App, ConfigurationError, Reject
 from celeriac.brokers import DeadLetter, Delivery, Outgoing
 from celeriac.control.secrets import masked_settings
-from celeriac.errors import DecodeError
+from celeriac.errors import BrokerError, DecodeError
 from celeriac.monitor.metrics import Collector, render, task_families
 from celeriac.monitor.tally import TaskTally
 from celeriac.security import generate_encryption_key, generate_signing_key_pair
@@ -296,3 +296,29 @@ def test_a_signing_worker_needs_a_server_for_its_nonces() -> None:
     app.conf.task_signing_keys = {}  # (no verification keys: nothing to remember)
     app.conf.task_signing_key_id = None
     check_worker_security(app)
+
+
+def test_nonces_that_cannot_be_claimed_send_the_batch_back_until_they_can(
+        signed_app: App, caplog: pytest.LogCaptureFixture) -> None:
+    class Down(MemorySeenNonces):
+        failures = 2
+
+        async def claim(self, nonces: Sequence[str], token: str,
+                        ttl: float) -> list[str | None]:
+            if self.failures:
+                self.failures -= 1
+                raise BrokerError("the server is down")
+            return await super().claim(nonces, token, ttl)
+
+    @signed_app.task
+    def ping() -> str:
+        return "pong"
+
+    with ThreadedWorker(signed_app) as worker:
+        assert worker.consumer is not None
+        assert worker.consumer.screen is not None
+        worker.consumer.screen.seen = Down()
+        assert ping.delay().get(timeout=10) == "pong"
+    lines = [r.getMessage() for r in caplog.records if "could not claim" in r.getMessage()]
+    assert lines[0] == ("could not claim the nonces of 1 signed message(s) (attempt 1): "
+                        "the server is down; handing them back in 0.2s")

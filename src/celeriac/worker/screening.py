@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import TYPE_CHECKING
 
 from celeriac.brokers.base import Delivery
-from celeriac.worker.broker_failures import log_fetch_failure
+from celeriac.errors import describe
+from celeriac.worker.broker_failures import quiet
 from celeriac.worker.executor import Action, Verdict
 from celeriac.worker.held import Held
 
 if TYPE_CHECKING:
     from celeriac.worker.consumer import Consumer
+
+logger = logging.getLogger("celeriac.worker")
 
 RETRY_BACKOFF_MAX = 5.0  # seconds between attempts while nonces cannot be claimed
 STOP_GRACE = 5.0  # seconds a stopping consumer waits for the batches being checked
@@ -52,8 +56,13 @@ async def screen_batch(consumer: Consumer, batch: list[Held]) -> None:
     except Exception as exc:
         consumer._screen_failures += 1
         failures = consumer._screen_failures
-        log_fetch_failure(exc, failures, 0.0)
-        await asyncio.sleep(min(RETRY_BACKOFF_MAX, 0.1 * 2 ** failures))
+        delay = min(RETRY_BACKOFF_MAX, 0.1 * 2 ** failures)
+        # One line for a server's failure (its words say why); a traceback for a bug.
+        logger.error("could not claim the nonces of %d signed message(s) (attempt %d)%s; "
+                     "handing them back in %.1fs", len(batch), failures,
+                     f": {describe(exc)}" if quiet(exc) else "", delay,
+                     exc_info=None if quiet(exc) else exc)
+        await asyncio.sleep(delay)
         with contextlib.suppress(Exception):
             await consumer.app.broker.requeue([held.delivery for held in batch])
         for held in batch:
