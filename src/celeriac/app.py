@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from celeriac.control import Control
     from celeriac.events.receiver import Events
     from celeriac.events.sent import SentEvents
+    from celeriac.security.policy import Security
 
 logger = logging.getLogger("celeriac.app")
 
@@ -102,6 +103,8 @@ class App:
         self._codec_key: tuple[Any, ...] | None = None
         self._codec: Codec | None = None
         self._result_codec: Codec | None = None
+        self._security: Security | None = None
+        self._security_generation = -1
         self._router_source: Any = None
         self._router = Router(None)
         self._autodiscover: list[tuple[Any, str]] = []  # (packages, related_name)
@@ -367,17 +370,38 @@ class App:
             self._codec_key = key
         return self._codec
 
+    @property
+    def security(self) -> Security | None:
+        """Signing and encryption as the settings say (celeriac.security), or None when
+        no security setting is set: then messages and results are plain frames."""
+        generation = self.conf.security_generation
+        if generation != self._security_generation:
+            from celeriac.security.policy import Security, enabled
+
+            self._security = Security(self.conf) if enabled(self.conf) else None
+            self._security_generation = generation
+        return self._security
+
     def decode_message(self, body: bytes) -> Message:
         """A task message from its bytes, bounded by ``task_message_max_size`` (a body
-        that inflates past it is refused before it is inflated whole)."""
-        return Message.from_payload(self.codec.decode(body, self.codec.max_size))
+        that inflates past it is refused before it is inflated whole). A signed one's
+        signature is not checked here (for display: inspect, queues; a worker checks it
+        before decoding), an encrypted one is decrypted when the key is here."""
+        security = self.security
+        frame: Any = body if security is None else security.unwrap(body)
+        return Message.from_payload(self.codec.decode(frame, self.codec.max_size))
 
     def encode_outcome(self, outcome: Outcome, serializer: str | None = None) -> bytes:
         # Results have no size limit: a finished task's outcome must always be storable.
-        return _RESULT_ENCODER.encode(outcome.to_payload(),
+        data = _RESULT_ENCODER.encode(outcome.to_payload(),
                                       serializer or self.conf.result_serializer)
+        security = self.security
+        return data if security is None else security.encrypt_result(data)
 
     def decode_outcome(self, data: bytes) -> Outcome:
+        security = self.security
+        if security is not None:
+            data = security.decrypt_result(data)
         return Outcome.from_payload(self.result_codec.decode(data))
 
     @property

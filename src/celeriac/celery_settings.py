@@ -43,7 +43,28 @@ _BACKENDS = ("celeriac stores results in SQLite, Redis or rpc:// (RabbitMQ); "
 _KOMBU = ("celeriac routes by queue name only; declare queues with task_queues "
           "(celeriac.Queue) and route with task_routes")
 _NOT_YET_EVENTS = "task events and remote control are not built yet (issue 12)"
-_NOT_YET_SECURITY = "message signing is not built yet (issue 15)"
+# Celery's auth serializer settings: why each is refused, and what to set instead.
+_MOVE = "see docs/security.md, Moving from Celery's auth serializer"
+_SECURITY_NOTES = {
+    "security_key": (
+        "Celery signs with an X.509 (RSA) private key; celeriac signs with an Ed25519 "
+        "private key (task_signing_private_key, PEM text or path, with "
+        "task_signing_key_id) or an HMAC secret (task_signing_keys); an RSA key cannot "
+        f"be carried over: make a new pair; {_MOVE}"),
+    "security_certificate": (
+        "celeriac needs no certificates: workers list the signers' Ed25519 public keys "
+        f"by key id (task_signing_public_keys); {_MOVE}"),
+    "security_cert_store": (
+        "celeriac verifies against the public keys (or HMAC secrets) it lists by key id, "
+        "not a certificate store: task_signing_public_keys, several at once for "
+        f"rotation; {_MOVE}"),
+    "security_digest": (
+        "celeriac signs with HMAC-SHA256 or Ed25519, chosen by the key, with no digest "
+        f"to pick; {_MOVE}"),
+    "security_key_password": (
+        "celeriac reads unencrypted PEM keys: protect the key file with its permissions "
+        f"or give the key from a secret manager; {_MOVE}"),
+}
 _NO_PARTS = ("give the whole URL in broker_url (scheme://user:password@host:port/vhost)")
 
 # (name, answer, target or None, note). Old uppercase names are in OLD_NAMES below.
@@ -462,7 +483,7 @@ def _build() -> dict[str, CelerySetting]:
     rows += [(name, Answer.REFUSED, None,
               "Redis connection options go in the result_backend URL's query string "
               "(e.g. ?connection_timeout=5)") for name in _REDIS_OPTIONS]
-    rows += [(name, Answer.REFUSED, None, _NOT_YET_SECURITY) for name in _SECURITY]
+    rows += [(name, Answer.REFUSED, None, _SECURITY_NOTES[name]) for name in _SECURITY]
     rows.append(("redis_backend_use_ssl", Answer.SAME, None,
                  "as broker_use_ssl, for a rediss:// result backend (docs/security.md)"))
     table: dict[str, CelerySetting] = {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import itertools
 import os
 import warnings
 from collections.abc import Iterator, Mapping
@@ -26,6 +27,8 @@ from celeriac.celery_settings import CELERY_SETTINGS, OLD_TO_NEW, Answer, refusa
 from celeriac.errors import ConfigurationError
 from celeriac.logs import FORMAT as LOG_FORMAT
 from celeriac.logs import TASK_FORMAT as TASK_LOG_FORMAT
+from celeriac.security.names import SECRET_SETTINGS
+from celeriac.security.names import SETTINGS as _SECURITY_SETTINGS
 from celeriac.setting_checks import CHECKS, as_mapping
 
 # (re-exported: the CLI and others import these, and ``suggest``, from here)
@@ -36,6 +39,7 @@ from celeriac.setting_checks import suggest as suggest
 from celeriac.urls import safe_url
 
 DEFAULT_URL = "sqlite:///celeriac.db"
+_GENERATIONS = itertools.count(1)  # Settings.security_generation
 
 # CELERIAC_* variables that are not settings: the CLI's -A default, and the dashboard's.
 NON_SETTING_VARIABLES = frozenset({
@@ -79,6 +83,20 @@ class Settings(Mapping[str, Any]):
     result_accept_content: tuple[str, ...] | None = None  # None: accept_content
     task_compression: str | None = None
     task_message_max_size: int = 10 * 1024 * 1024
+
+    # Signed and encrypted messages (celeriac.security, docs/security.md). Signing is on
+    # in a worker when it lists verification keys: HMAC secrets by key id, or Ed25519
+    # public keys (PEM text or file paths); a producer signs with task_signing_key_id's
+    # secret, or with task_signing_private_key.
+    task_signing_keys: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    task_signing_key_id: str | None = None
+    task_signing_public_keys: dict[str, str] = dataclasses.field(default_factory=dict)
+    task_signing_private_key: str | None = None
+    task_signing_max_age: float = 3600.0  # seconds a signed message is valid after its eta
+    task_encryption_keys: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    task_encryption_key_id: str | None = None
+    task_encryption: bool = False  # encrypt every task's payload (or encrypt=True per task)
+    result_encryption: bool = False  # encrypt stored results with task_encryption_keys
 
     # Results.
     result_expires: float | None = 86400.0
@@ -167,6 +185,12 @@ class Settings(Mapping[str, Any]):
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, _validate(name, value))
+        if name in _SECURITY_SETTINGS:  # App.security is rebuilt when this changes
+            object.__setattr__(self, "security_generation", next(_GENERATIONS))
+
+    # Changes when a security setting does (one int for App.security to compare); drawn
+    # from one process-wide count, so that two Settings objects never share a value.
+    security_generation: ClassVar[int] = 0
 
     # As a mapping, like Celery's app.conf: conf["broker_url"], conf.get(), conf.keys().
     def __getitem__(self, name: str) -> Any:
@@ -283,6 +307,8 @@ _SECRET_WORDS = ("password", "secret", "token", "key")
 
 def _displayable(name: str, value: Any) -> Any:
     """A setting's value with passwords masked, in URLs and in option mappings."""
+    if name in SECRET_SETTINGS:  # signing and encryption keys: not even their ids' values
+        return "***" if value else value
     if name == "alert_webhooks":  # a chat webhook's secret is its path: host only
         from celeriac.monitor.webhooks import shown
 

@@ -156,6 +156,11 @@ def prepare_message(app: App, name: str, args: Sequence[Any] | None,
             declare=[], retry_policy=None)
         payload = message.to_payload()  # (a receiver may have added headers)
     body = app.codec.encode(payload, serializer, compression)
+    security = app.security
+    if security is not None:  # signed and/or encrypted (celeriac.security)
+        encrypt = task_opts.encrypt
+        body = security.seal(body, queue, message.eta,
+                             security.encrypt_tasks if encrypt is None else encrypt)
     return message, Outgoing(message.id, queue, body, priority, message.eta)
 
 def _route(app: App, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],

@@ -17,6 +17,7 @@ from typing import Any
 
 from celeriac.errors import ConfigurationError
 from celeriac.limits import check_time_limit
+from celeriac.security import keys
 
 SERIALIZERS = ("json", "msgpack", "pickle")
 COMPRESSIONS = ("gzip", "zlib", "zstd")
@@ -135,10 +136,20 @@ def _retries(name: str, value: Any) -> int | None:
     return _positive_int(name, value)
 
 
+# Celery's signing serializer, named where a serializer is expected: how to move.
+AUTH_SERIALIZER = (
+    "'auth' is Celery's signing serializer (X.509 keys and certificates); celeriac signs "
+    "every message whatever its serializer: keep json and set task_signing_keys with "
+    "task_signing_key_id (HMAC) or task_signing_private_key / task_signing_public_keys "
+    "(Ed25519), see docs/security.md, Moving from Celery's auth serializer")
+
+
 def _one_of(choices: tuple[str, ...], optional: bool = False) -> Callable[[str, Any], Any]:
     def check(name: str, value: Any) -> Any:
         if value is None and optional:
             return None
+        if value == "auth" and choices == SERIALIZERS:
+            raise ConfigurationError(f"{name}: {AUTH_SERIALIZER}")
         if value not in choices:
             raise ConfigurationError(
                 f"{name} must be one of {', '.join(choices)}, not {value!r}"
@@ -352,4 +363,13 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "dashboard_history_url": _optional_str,
     "dashboard_history_max_tasks": _positive_int,
     "dashboard_history_ttl": _interval,
+    "task_signing_keys": keys.check_secrets,
+    "task_signing_key_id": keys.optional_key_id,
+    "task_signing_public_keys": keys.check_public_keys,
+    "task_signing_private_key": keys.check_private_key,
+    "task_signing_max_age": _interval,
+    "task_encryption_keys": keys.check_encryption_keys,
+    "task_encryption_key_id": keys.optional_key_id,
+    "task_encryption": _bool,
+    "result_encryption": _bool,
 }

@@ -96,6 +96,8 @@ class TaskOptions:
     # The dashboard shows "(hidden)" for its args, kwargs and result, and its history
     # never stores them: for tasks whose arguments are secrets or personal data.
     dashboard_hide_args: bool = False
+    # encrypt its payload on the broker (celeriac.security); None: task_encryption
+    encrypt: bool | None = None
 
 
 TASK_OPTION_NAMES = frozenset(TaskOptions.__dataclass_fields__)

@@ -20,6 +20,7 @@ from celeriac.logs import FORMAT as LOG_FORMAT
 from celeriac.logs import JSON, configure_logging, setup_worker_logging
 from celeriac.monitor.endpoint import NodeMetrics
 from celeriac.monitor.metrics import require_prometheus
+from celeriac.security.screen import check_worker_security
 from celeriac.supervisor.supervisor import Supervisor
 from celeriac.urls import display_url
 from celeriac.worker.autoscale import parse_autoscale
@@ -107,6 +108,7 @@ def worker_command(spec: AppSpec, concurrency: int | None,
     app = spec.load()
     identity = resolve(uid, gid)
     check_root(app.conf.accept_content, identity, allow_root)  # SecurityError: one line
+    check_worker_security(app)  # ConfigurationError: one line, before any process starts
     options = WorkerOptions.from_settings(
         spec.spec or "", app.conf, pool=pool, concurrency=concurrency,
         queues=tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else (),

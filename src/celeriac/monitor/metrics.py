@@ -6,6 +6,9 @@ Names (all ``celeriac_``):
   (succeeded, failed, retried, rejected (dead-lettered), revoked), exact across its
   processes, replaced ones included (``monitor.tally``);
 - ``task_runtime_seconds{task}``: a histogram of how long tasks ran;
+- ``messages_refused_total{reason}``: messages a worker with signing on refused before
+  decoding them (``unsigned``, ``bad_signature``, ``replay``; celeriac.security), all
+  three reasons always present, so that an alert on a rate needs no ``absent()``;
 - ``tasks_running``, ``tasks_prefetched``, ``worker_processes``, ``worker_slots``,
   ``worker_ready`` (1 while ``/readyz`` says ready): the node now, from shared memory;
 - per queue the node consumes (``monitor.probe``, read from the broker at scrape time):
@@ -32,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from celeriac.errors import ConfigurationError
 from celeriac.monitor.health import readiness
 from celeriac.monitor.tally import RUNTIME_BUCKETS, TaskTally
+from celeriac.security.signing import REFUSALS
 
 if TYPE_CHECKING:
     from celeriac.monitor.alerts import Alert
@@ -71,6 +75,12 @@ def task_families(tally: TaskTally) -> Iterator[Any]:
             buckets.append((bound, cumulative))
         runtime.add_metric([task], buckets, runtimes.total)
     yield runtime
+    refused = CounterMetricFamily(f"{PREFIX}messages_refused", "Messages refused unread by "
+                                  "a worker that runs only signed messages, by reason "
+                                  "(unsigned, bad_signature, replay).", labels=["reason"])
+    for reason in REFUSALS:
+        refused.add_metric([reason], tally.refused.get(reason, 0))
+    yield refused
 
 
 def node_families(node: NodeSnapshot) -> Iterator[Any]:

@@ -82,11 +82,18 @@ class TaskTally:
         self.tasks: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.runtimes: dict[str, Runtimes] = {}
         self.changes = 0
+        # reason (unsigned, bad_signature, replay) -> messages refused (security.screen)
+        self.refused: defaultdict[str, int] = defaultdict(int)
         # (task, Action, state) -> verdicts not yet folded into ``tasks``
         self._verdicts: defaultdict[tuple[str, Any, str | None], int] = defaultdict(int)
 
     def count(self, task: str, outcome: str) -> None:
         self.tasks[(task, outcome)] += 1
+        self.changes += 1
+
+    def refuse(self, reason: str) -> None:
+        """Count a message refused before it was decoded (signing: security.screen)."""
+        self.refused[reason] += 1
         self.changes += 1
 
     def count_verdict(self, verdict: Verdict) -> None:
@@ -126,6 +133,8 @@ class TaskTally:
             self.tasks[key] += count
         for task, runtimes in other.runtimes.items():
             self.runtimes.setdefault(task, Runtimes()).add(runtimes)
+        for reason, count in other.refused.items():
+            self.refused[reason] += count
 
     def to_json(self, final: bool) -> bytes:
         self.fold()
@@ -133,6 +142,7 @@ class TaskTally:
             "final": final,
             "tasks": [[task, outcome, count] for (task, outcome), count in self.tasks.items()],
             "runtimes": [[task, r.buckets, r.total] for task, r in self.runtimes.items()],
+            "refused": dict(self.refused),
         }).encode()
 
     @classmethod
@@ -145,6 +155,8 @@ class TaskTally:
         for task, buckets, total in raw["runtimes"]:
             if len(buckets) == len(RUNTIME_BUCKETS) + 1:  # written with the same buckets
                 tally.runtimes[str(task)] = Runtimes([int(b) for b in buckets], float(total))
+        for reason, count in raw.get("refused", {}).items():
+            tally.refused[str(reason)] = int(count)
         return tally, bool(raw["final"])
 
 

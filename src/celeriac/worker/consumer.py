@@ -48,6 +48,7 @@ from celeriac.events.emitter import acquire as acquire_emitter
 from celeriac.events.emitter import release as release_emitter
 from celeriac.events.tasks import TaskEvents
 from celeriac.monitor.tally import TaskTally
+from celeriac.security.screen import Screen, screen_for
 from celeriac.worker.broker_failures import log_fetch_failure
 from celeriac.worker.executor import Action, Executor, Prepared, SyncRunner, Verdict
 from celeriac.worker.flush import FLUSH_LINGER, FLUSH_MAX_BATCH, Flusher
@@ -62,6 +63,7 @@ from celeriac.worker.held import ConsumerStats, Held, StopReason
 from celeriac.worker.leases import keep_leases
 from celeriac.worker.pools import ThreadRunner
 from celeriac.worker.ratelimit import RateLimiter
+from celeriac.worker.screening import finish_screening, start_screening
 from celeriac.worker.slots import SlotLoops
 from celeriac.worker.status import PUBLISH_INTERVAL as STATUS_PUBLISH_INTERVAL
 from celeriac.worker.status import StatusSlot
@@ -118,6 +120,10 @@ class Consumer:
         self.send_events = app.conf.worker_send_task_events if events is None else events
         self._emitter: EventEmitter | None = None
         self.tally: TaskTally | None = None  # counts for /metrics (monitor.tally), if on
+        # Signing on: every fetched batch is checked before anything is decoded.
+        self.screen: Screen | None = screen_for(app, self.executor.security)
+        self._screening: set[asyncio.Task[None]] = set()  # batches being checked
+        self._screen_failures = 0
         self.stats = ConsumerStats()
         self.control: ProcessInfo | None = None  # set to answer remote control (run())
         self.stop_reason: StopReason | None = None
@@ -201,6 +207,7 @@ class Consumer:
             for task in slots + loops[:1]:
                 task.cancel()
             await asyncio.gather(*slots, loops[0], return_exceptions=True)
+            await finish_screening(self)  # (what they claimed is released when handed back)
             # Under the flush lock, so that a batch the flush loop is writing is finished,
             # not cut off between its results and its acks (which would run it again).
             async with self.flusher.lock:
@@ -208,6 +215,8 @@ class Consumer:
                 for task in loops[1:]:
                     task.cancel()
             await asyncio.gather(*loops[1:], return_exceptions=True)
+            if self.screen is not None:
+                await self.screen.drain()
             await hand_back_remaining(self)
             await self.rate_limits.close()
             self.publish_status(consuming=False)
@@ -317,10 +326,13 @@ class Consumer:
             if suspect is not None:
                 deliveries = await isolate(self, deliveries, suspect)
             now = time.monotonic()
-            for delivery in deliveries:
-                held = Held(delivery, now)
-                self._held[id(delivery)] = held
-                self._ready.put_nowait(held)
+            if self.screen is not None:  # signing on: nothing goes on unchecked
+                start_screening(self, deliveries, now)
+            else:
+                for delivery in deliveries:
+                    held = Held(delivery, now)
+                    self._held[id(delivery)] = held
+                    self._ready.put_nowait(held)
             if suspect is not None:
                 await self._wait_until_empty()
             elif deliveries:
@@ -375,7 +387,8 @@ class Consumer:
                     return
                 if self._lost_before_start(held):
                     continue
-                item = (held, self.executor.prepare(held.delivery))
+                item = (held, self.executor.prepare(
+                    held.delivery, None if held.signed is None else held.signed.frame))
             else:
                 item, carried = carried, None
                 if self._stopping.is_set():
@@ -456,7 +469,8 @@ class Consumer:
             held = self._ready.get_nowait()
             if self._lost_before_start(held):
                 break  # ends this batch early; the slot goes on with the next delivery
-            carried = (held, self.executor.prepare(held.delivery))
+            carried = (held, self.executor.prepare(
+                held.delivery, None if held.signed is None else held.signed.frame))
         if batch:
             try:
                 ran = await self.executor.run_batch([prepared for _, prepared in batch])
@@ -509,7 +523,7 @@ class Consumer:
             self.tally.count_verdict(verdict)
         if verdict.action is Action.DEAD_LETTER:
             self.stats.dead_lettered += 1
-            if verdict.message is None:  # not decoded: the executor could not log it by name
+            if verdict.message is None and not verdict.logged:  # (not decoded: not by name)
                 logger.error("Message %s dead-lettered: %s", message_id, verdict.reason)
         elif verdict.action is Action.DEFER:
             self.stats.deferred += 1

@@ -65,6 +65,7 @@ class Verdict:
     message: Message | None = None
     error: BaseException | None = None  # a failure's exception, for the log's exc_info
     runtime: float | None = None  # seconds the call took; None when it did not run
+    logged: bool = False  # already logged by whoever decided it (a refused message)
 
 
 @dataclass(slots=True)
@@ -82,14 +83,19 @@ class Executor:
         self.run_sync = run_sync
         self.hostname = hostname
         self.guard = Guard(app, run_sync)  # revocations and time limits
+        self.security = app.security  # signing and encryption (celeriac.security), or None
         self.events: TaskEvents | None = None  # set by the consumer when events are on
         # task_received/task_rejected's sender: Celery's is the consumer (set by it)
         self.signal_sender: Any = None
 
-    def prepare(self, delivery: Delivery) -> Prepared | Verdict:
+    def prepare(self, delivery: Delivery, frame: Any = None) -> Prepared | Verdict:
         """Decide what to do with a delivery before running it (``_prepare``), and send
-        the signals Celery sends at this point when anything listens."""
-        outcome = self._guarded_prepare(delivery)
+        the signals Celery sends at this point when anything listens.
+
+        ``frame``: the verified frame inside a signed delivery (``security.screen``);
+        a worker that checks signatures runs nothing without one.
+        """
+        outcome = self._guarded_prepare(delivery, frame)
         if signals.task_received.receivers or signals.task_rejected.receivers \
                 or signals.task_revoked.receivers:
             signalling.after_prepare(self.app, delivery, outcome, self.hostname,
@@ -98,19 +104,19 @@ class Executor:
             self.events.received(outcome)
         return outcome
 
-    def _guarded_prepare(self, delivery: Delivery) -> Prepared | Verdict:
+    def _guarded_prepare(self, delivery: Delivery, frame: Any) -> Prepared | Verdict:
         """Decode and check a delivery; a Verdict when it must not run.
 
         Never raises: whatever goes wrong with one delivery is that delivery's verdict
         (dead-lettered with the reason), so it cannot stop the slot that prepares it.
         """
         try:
-            return self._prepare(delivery)
+            return self._prepare(delivery, frame)
         except Exception as exc:  # a bug, or a value no check foresaw: this delivery only
             logger.exception("could not prepare message %s", delivery.id)
             return _dead(f"the worker could not prepare it: {describe(exc)}")
 
-    def _prepare(self, delivery: Delivery) -> Prepared | Verdict:
+    def _prepare(self, delivery: Delivery, frame: Any) -> Prepared | Verdict:
         problem = delivery.problem
         if problem is not None:  # the broker could not read its own fields
             return _dead(f"unreadable delivery: {problem}")
@@ -118,15 +124,9 @@ class Executor:
         if delivery.delivery_count > limit:
             return _dead(f"delivery limit exceeded: delivered {delivery.delivery_count} times "
                          f"(task_delivery_limit={limit}); the task may be killing its worker")
-        codec = self.app.codec
-        try:  # the size is checked before a byte is decompressed or decoded
-            message = Message.from_payload(codec.decode(delivery.body, codec.max_size))
-        except MessageTooLarge as exc:
-            return _dead(f"message too large: {exc}")
-        except (DecodeError, ContentDisallowed) as exc:
-            reason = str(exc)  # "malformed message: <field> ..." says enough by itself
-            return _dead(reason if reason.startswith("malformed message")
-                         else f"undecodable message: {reason}")
+        message = self._decode(delivery, frame)
+        if isinstance(message, Verdict):
+            return message
         try:
             task = self.app.get_task(message.task)
         except TaskNotRegistered as exc:
@@ -161,6 +161,30 @@ class Executor:
         if refused is not None:
             return Verdict(Action.ACK, refused, message=message)
         return Prepared(delivery, message, task)
+
+    def _decode(self, delivery: Delivery, frame: Any) -> Message | Verdict:
+        """The message in a delivery (its verified ``frame`` when signed), decrypted if
+        it is encrypted, or the verdict that dead-letters it with why it cannot be."""
+        codec = self.app.codec
+        security = self.security
+        if frame is None:
+            if security is not None and security.verifier is not None \
+                    and not _too_large(delivery.body, codec.max_size):
+                # Never reached through the consumer (its screen opens every delivery
+                # but the too large); a path that skipped it must not run it unchecked.
+                return _dead("bad_signature: the worker did not check this message's "
+                             "signature before running it (a bug), so it is not run")
+            frame = delivery.body  # (too large: the codec refuses it unread)
+        try:  # the size is checked before a byte is decompressed or decoded
+            if security is not None:
+                frame = security.open_frame(frame)  # decrypted, if it is encrypted
+            return Message.from_payload(codec.decode(frame, codec.max_size))
+        except MessageTooLarge as exc:
+            return _dead(f"message too large: {exc}")
+        except (DecodeError, ContentDisallowed) as exc:
+            reason = str(exc)  # "malformed message: <field> ..." says enough by itself
+            return _dead(reason if reason.startswith("malformed message")
+                         else f"undecodable message: {reason}")
 
     def _unreadable_workflow(self, message: Message) -> str | None:
         """What is wrong with the signatures of what follows the task, if anything."""
@@ -404,10 +428,17 @@ def _retry_verdict(task: Task[Any, Any], message: Message, signal: Retry) -> Ver
 
 def encode_for(task: Task[Any, Any], message: Message) -> bytes:
     """A message a worker sends again (a retry, a deferral) encoded as the task sends."""
-    conf, options = task.app.conf, task.options
-    return task.app.codec.encode(message.to_payload(),
-                                 options.serializer or conf.task_serializer,
-                                 options.compression or conf.task_compression)
+    app = task.app
+    conf, options = app.conf, task.options
+    body = app.codec.encode(message.to_payload(),
+                            options.serializer or conf.task_serializer,
+                            options.compression or conf.task_compression)
+    security = app.security
+    if security is not None:  # signed anew: a new nonce, signed now (celeriac.security)
+        encrypt = options.encrypt
+        body = security.seal(body, message.queue, message.eta,
+                             security.encrypt_tasks if encrypt is None else encrypt)
+    return body
 
 
 def _request_for(message: Message, delivery_count: int, hostname: str) -> Request:
@@ -459,6 +490,14 @@ def user_frames(tb: TracebackType | None) -> TracebackType | None:
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_CALLERS):
         tb = tb.tb_next
     return tb if tb is not None else first
+
+
+def _too_large(body: bytes, max_size: int | None) -> bool:
+    """Whether a signed delivery is too large to hold a message (``security.screen``
+    leaves such a body unopened, for the codec to refuse)."""
+    from celeriac.security.signing import ENVELOPE_MAX
+
+    return max_size is not None and len(body) > max_size + ENVELOPE_MAX
 
 
 def _dead(reason: str, message: Message | None = None) -> Verdict:

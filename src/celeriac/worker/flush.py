@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from celeriac.errors import describe
 from celeriac.uniqueness.send import release_finished
 from celeriac.worker.broker_failures import quiet
-from celeriac.worker.executor import Verdict
+from celeriac.worker.executor import Action, Verdict
 from celeriac.worker.held import Held
 from celeriac.worker.verdicts import (
     publish_retries,
@@ -35,6 +35,7 @@ from celeriac.worker.verdicts import (
 from celeriac.worker.workflow import follow_up
 
 if TYPE_CHECKING:
+    from celeriac.security.screen import Screen
     from celeriac.worker.consumer import Consumer
 
 logger = logging.getLogger("celeriac.worker")
@@ -138,8 +139,13 @@ class Flusher:
         stored = await store_outcomes(app, batch)
         await follow_up(app, batch)  # chains, callbacks, chords: before the acks
         await publish_retries(app, batch)
+        screen = consumer.screen
+        if screen is not None:  # before the requeues make them visible to other workers
+            await release_requeued(screen, batch)
         await settle(app.broker, batch)
         await release_finished(app, batch)  # unique keys of the tasks now ended
+        if screen is not None and screen.mark_done:
+            mark_run(screen, batch)
         consumer._last_broker_ok = time.monotonic()
         events = consumer.executor.events
         if events is not None:  # carried out: now a monitor may see them
@@ -205,3 +211,21 @@ class Flusher:
                                "paused); another worker owns it, so its result is dropped",
                                message.id if message else held.delivery.id)
         return [pair for pair in batch if id(pair[0]) not in lost]
+
+
+async def release_requeued(screen: Screen, batch: list[tuple[Held, Verdict]]) -> None:
+    """Forget the nonces of signed messages about to be requeued (``Reject(requeue=
+    True)``), so that whoever fetches them next does not take them for replays."""
+    back = [held.signed for held, verdict in batch
+            if verdict.action is Action.REQUEUE and held.signed is not None]
+    if back:
+        await screen.release(back)
+
+
+def mark_run(screen: Screen, batch: list[tuple[Held, Verdict]]) -> None:
+    """Have the nonces of the signed messages just settled marked done, where the
+    broker's delivery count could be forged (``security.replay``), in the background."""
+    done = [held.signed for held, verdict in batch
+            if verdict.action is not Action.REQUEUE and held.signed is not None]
+    if done:
+        screen.mark_soon(done)

@@ -25,6 +25,13 @@ async def hand_back(consumer: Consumer, items: list[Held], what: str) -> None:
     """Requeue ``items`` and let go of them; if the broker refuses, their leases end."""
     if not items:
         return
+    signed = [held.signed for held in items if held.signed is not None]
+    if signed and consumer.screen is not None:  # new again when they come back
+        try:
+            await consumer.screen.release(signed)
+        except Exception as exc:
+            logger.warning("could not release the nonces of %d signed task(s) handed "
+                           "back: %s", len(signed), exc)
     try:
         await consumer.app.broker.requeue([held.delivery for held in items])
         logger.info("handed %d %s task(s) back to the broker", len(items), what)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from celeriac.brokers.base import Delivery
 
@@ -26,6 +27,9 @@ class Held:
     confirmed_at: float  # monotonic time the lease was last known to be ours
     started: bool = False
     finished: bool = False  # its verdict waits for the flush
+    # Its verified envelope when signing is on (a security.signing.Opened): the frame
+    # the executor decodes, and the nonce the flush marks done.
+    signed: Any = None
 
 
 @dataclass
