@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
-from celeriac.errors import ConfigurationError, DecodeError
+from celeriac.errors import ConfigurationError, DecodeError, brief
 
 if TYPE_CHECKING:
     from celeriac.app import App
@@ -239,7 +239,7 @@ class Signature:
     def from_payload(payload: Mapping[str, Any], app: App | None = None) -> Signature:
         """Rebuild a signature tree from ``to_payload`` data; DecodeError if malformed."""
         if not isinstance(payload, Mapping) or not isinstance(payload.get("task"), str):
-            raise DecodeError(f"malformed signature: {payload!r:.200}")
+            raise DecodeError(f"malformed signature: {brief(payload, 200)}")
         try:
             fields: dict[str, Any] = {
                 "task": payload["task"], "args": tuple(payload.get("args", ())),

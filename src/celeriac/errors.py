@@ -33,6 +33,7 @@ dead-letter the message on purpose. Neither derives from ``CeleriacError``.
 from __future__ import annotations
 
 import builtins
+import reprlib
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -213,6 +214,23 @@ def describe(exc: BaseException) -> str:
 
 
 _UNREADABLE = "(its text could not be read)"
+
+# Shows a few levels and items of a value: a message's fields are untrusted, and a plain
+# repr of a list nested a thousand deep raises RecursionError (found by tests/fuzz).
+_BRIEF = reprlib.Repr()  # (Python 3.11's takes no arguments)
+_BRIEF.maxlevel = 3
+_BRIEF.maxtuple = _BRIEF.maxlist = _BRIEF.maxdict = _BRIEF.maxset = 4
+_BRIEF.maxstring = _BRIEF.maxother = 60
+_BRIEF.maxlong = 40
+
+
+def brief(value: Any, width: int = 60) -> str:
+    """A value as an error message shows it: its repr, bounded in depth and ``width``."""
+    try:
+        text = _BRIEF.repr(value)
+    except Exception:  # a repr that raises: its type says enough
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _describe_one(exc: BaseException) -> str:

@@ -30,6 +30,7 @@ from celeriac.errors import (
     Retry,
     TaskNotRegistered,
     TaskRevokedError,
+    brief,
     describe,
 )
 from celeriac.events.tasks import TaskEvents
@@ -168,7 +169,7 @@ class Executor:
 
         chain = message.headers.get(CHAIN_HEADER)
         if chain is not None and not isinstance(chain, list | tuple):
-            return f"header {CHAIN_HEADER!r} must be a list of signatures, not {chain!r:.60}"
+            return f"header {CHAIN_HEADER!r} must be a list of signatures, not {brief(chain)}"
         for name, payloads in (("callbacks", message.callbacks),
                                ("errbacks", message.errbacks),
                                (f"header {CHAIN_HEADER!r}", chain or ())):
@@ -186,14 +187,14 @@ class Executor:
         from celeriac.canvas import Signature
 
         if not isinstance(member, dict) or depth > 32:
-            return f"header {where!r} must be a chord member (a mapping), not {member!r:.60}"
+            return f"header {where!r} must be a chord member (a mapping), not {brief(member)}"
         chord_id, size, index = member.get("id"), member.get("size"), member.get("index")
         for key, value, sound in (
                 ("id", chord_id, isinstance(chord_id, str) and chord_id != ""),
                 ("size", size, type(size) is int and size > 0),
                 ("index", index, type(index) is int and index >= 0)):
             if not sound:
-                return f"header {where!r}: {key!r} is {value!r:.60}"
+                return f"header {where!r}: {key!r} is {brief(value)}"
         then = member.get("then", [])
         if not isinstance(then, list | tuple):
             return f"header {where!r}: 'then' must be a list of signatures"
