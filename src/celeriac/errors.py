@@ -5,6 +5,8 @@
     │   └── QueueNotFound           a queue not in ``task_queues`` (missing queues not created)
     ├── TaskNotRegistered           a name no task was registered under
     ├── SecurityError               a worker that would run unsafely (root with pickle)
+    ├── ValidationError             arguments or a result that do not fit a ``validate=True``
+    │                               task's type hints (also a subclass of ``TypeError``)
     ├── MessageError                a message that cannot be built or read
     │   ├── MessageTooLarge         over ``task_message_max_size``, raised before sending
     │   ├── ContentDisallowed       a serializer not listed in ``accept_content``
@@ -65,6 +67,26 @@ class TaskNotRegistered(CeleriacError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else "task not registered"
+
+
+class ValidationError(CeleriacError, TypeError):
+    """Arguments (or a result) that do not fit the type hints of a ``validate=True`` task.
+
+    A ``TypeError``, as a call the function cannot take is at send time, so code that
+    catches a wrong call catches this one too; and a celeriac error, not pydantic's own:
+    pydantic is an optional extra (its error cannot be caught without importing it), and
+    its text spans lines, where this one is a single line naming each field path first
+    (``order.lines.0.qty: Input should be a valid integer (str given)``), fit for a log
+    line and a dead-letter reason. ``paths`` are the field paths, ``errors`` pydantic's
+    error dicts without the inputs: task arguments may be personal data, so only their
+    types are shown, and pydantic's error (whose text shows the inputs) is not chained.
+    """
+
+    def __init__(self, message: str, paths: tuple[str, ...] = (),
+                 errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.paths = paths
+        self.errors = errors or []
 
 
 class MessageError(CeleriacError):

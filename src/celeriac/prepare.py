@@ -84,6 +84,9 @@ def prepare_message(app: App, name: str, args: Sequence[Any] | None,
     if task is not None:
         task.check_arguments(args, kwargs)
         task_opts = task.options
+        validator = task.validator if task_opts.validate else None
+        if validator is not None:  # validated, sent in their JSON form (models as dicts)
+            args, kwargs = validator.for_message(args, kwargs)
     else:
         task_opts = _NO_TASK_OPTIONS
     conf = app.conf

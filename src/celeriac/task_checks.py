@@ -15,6 +15,7 @@ from celeriac.priorities import priority_level
 from celeriac.task import TASK_OPTION_NAMES, TaskOptions, check_task_options
 from celeriac.task import Task as TaskBase
 from celeriac.uniqueness.keys import check_unique_for
+from celeriac.validation import require_pydantic
 
 
 def task_class(base: Any) -> type[TaskBase[Any, Any]]:
@@ -47,4 +48,9 @@ def normalise_task_options(options: dict[str, Any]) -> dict[str, Any]:
             options[limit] = check_time_limit(limit, options[limit])
     if options.get("unique_for") is not None:
         options["unique_for"] = check_unique_for(options["unique_for"])
+    if "validate" in options:
+        if type(options["validate"]) is not bool:
+            raise TypeError(f"validate must be True or False, not {options['validate']!r}")
+        if options["validate"]:
+            require_pydantic()  # now, not at the first send
     return options
