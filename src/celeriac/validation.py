@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -76,7 +77,7 @@ class Validator:
         self.task_name = task_name
         self.signature = signature
         try:
-            hints = typing.get_type_hints(fn, include_extras=True)
+            hints = _hints(fn, signature)
         except Exception as exc:  # a hint naming something not defined (yet)
             raise ConfigurationError(f"{task_name}: validate=True cannot read the type "
                                      f"hints of its function: {exc}") from exc
@@ -170,6 +171,20 @@ class Validator:
         except PydanticValidationError as exc:
             raise _error(self.task_name, "its stored result does not fit its return "
                          "annotation", exc, "result") from None
+
+
+def _hints(fn: Callable[..., Any], signature: inspect.Signature) -> dict[str, Any]:
+    """The resolved hints of the parameters in ``signature`` and of the return value.
+
+    Only those: a bound task's ``self: Task`` is often imported for type checkers alone
+    (``if TYPE_CHECKING:``), and need not resolve at run time.
+    """
+    annotations = getattr(fn, "__annotations__", None) or {}
+    wanted = {name: annotations[name] for name in (*signature.parameters, "return")
+              if name in annotations}
+    holder = types.SimpleNamespace(__annotations__=wanted)
+    globalns = getattr(inspect.unwrap(fn), "__globals__", {})
+    return typing.get_type_hints(holder, globalns=globalns, include_extras=True)
 
 
 def _error(task_name: str, what: str, exc: PydanticValidationError,
