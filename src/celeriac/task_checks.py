@@ -30,6 +30,11 @@ def task_class(base: Any) -> type[TaskBase[Any, Any]]:
 def checked_task_options(options: dict[str, Any]) -> TaskOptions:
     """The decorator's options, checked: an unknown name is a TypeError at once."""
     unknown = set(options) - TASK_OPTION_NAMES
+    if "pydantic" in unknown:  # Celery 5.5's option: the caller would get dicts back there
+        raise TypeError("unknown task option 'pydantic': celeriac's validate=True checks "
+                        "the arguments by their type hints (at send, and again on the "
+                        "worker) and gives model results back as models "
+                        "(docs/security.md, Validated task input)")
     if unknown:
         bad = sorted(unknown)[0]
         raise TypeError(f"unknown task option {bad!r}{suggest(bad, TASK_OPTION_NAMES)}")

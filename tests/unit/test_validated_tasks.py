@@ -195,6 +195,9 @@ def test_validate_is_checked_at_declaration(app: App,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(TypeError, match="validate must be True or False, not 'yes'"):
         app.task(validate="yes")
+    with pytest.raises(TypeError, match="unknown task option 'pydantic': celeriac's "
+                       "validate=True checks the arguments"):
+        app.task(pydantic=True)  # Celery's name: its results come back as dicts
     # A hint pydantic cannot check is a clear error at the first send
     @app.task(name="shop.lock", validate=True)
     def lock(held: threading.Lock) -> None:  # type: ignore[valid-type]
