@@ -173,6 +173,14 @@ class Validator:
                          "annotation", exc, "result") from None
 
 
+def plain(value: Any) -> Any:
+    """``value`` in its JSON form (models as dicts, dates as text), by its runtime types:
+    for partial arguments (a chain step's, a link's) that cannot be validated yet."""
+    from pydantic_core import to_jsonable_python
+
+    return to_jsonable_python(value)
+
+
 def _hints(fn: Callable[..., Any], signature: inspect.Signature) -> dict[str, Any]:
     """The resolved hints of the parameters in ``signature`` and of the return value.
 

@@ -128,6 +128,10 @@ def test_the_worker_converts_arguments_into_models_and_results_come_back_as_mode
     def double(receipt: Receipt) -> Receipt:
         return Receipt(order_lines=receipt.order_lines, total=receipt.total * 2)
 
+    @app.task(validate=True)
+    def label(receipt: Receipt, order: Order) -> str:
+        return f"{order.lines[0].sku}:{receipt.total}"
+
     def retried(self: Task[..., Any], order: Order) -> int:
         if self.request.retries == 0:
             raise self.retry()  # the next attempt's message is built from models
@@ -143,6 +147,9 @@ def test_the_worker_converts_arguments_into_models_and_results_come_back_as_mode
         receipt = place.delay(ORDER, copies=2).get(timeout=5)
         # A chain: the model result travels as JSON and becomes a model again
         chained = chain(place.s(ORDER), double.s()).delay().get(timeout=5)
+        # Models bound into a later step (in a header until then) travel as JSON too
+        labelled = chain(place.s(ORDER), double.s(), label.s(order=ORDER)).delay()
+        assert labelled.get(timeout=5) == "a:10"
         assert retried.delay(ORDER).get(timeout=5) == 2
         # A result read by id alone knows its task from the stored outcome
         by_id = app.AsyncResult(place.delay(ORDER).id).get(timeout=5)
