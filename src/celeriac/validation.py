@@ -8,7 +8,9 @@ ends:
 - **send** (``delay``, ``apply_async``, signatures as they are sent, retries): the call's
   arguments are validated and sent in their JSON form (``TypeAdapter.dump_python(...,
   mode="json")``), so pydantic models and dates travel as plain data; a call that does
-  not fit raises ``celeriac.ValidationError`` and sends nothing.
+  not fit raises ``celeriac.ValidationError`` and sends nothing. Partial arguments bound
+  into a later workflow step or a link travel in their JSON form (``plain``) until that
+  step is sent and validated.
 - **receive** (the worker, before the task runs): the message's arguments are validated
   again and converted into the annotated types (a dict back into its model); a message
   that does not fit is dead-lettered with the field path in its reason, and nothing runs.
@@ -146,7 +148,8 @@ class Validator:
     def for_message(self, args: Sequence[Any], kwargs: Mapping[str, Any],
                     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The arguments validated and in their JSON form, to send (models as dicts)."""
-        values = self._arguments.dump_python(self._validated(args, kwargs), mode="json")
+        values = _dump(self._arguments, self._validated(args, kwargs), self.task_name,
+                       "arguments")
         return self._split(values, len(args), kwargs)
 
     def result_to_store(self, value: Any) -> Any:
@@ -157,7 +160,7 @@ class Validator:
             checked = self._result.validate_python(value) if self.returns else value
         except PydanticValidationError as exc:
             raise _error(self.task_name, "invalid result", exc, "result") from None
-        return self._result.dump_python(checked, mode="json")
+        return _dump(self._result, checked, self.task_name, "result")
 
     def result_from_store(self, value: Any) -> Any:
         """A stored result as the caller expects it: converted by the return annotation
@@ -179,6 +182,19 @@ def plain(value: Any) -> Any:
     from pydantic_core import to_jsonable_python
 
     return to_jsonable_python(value)
+
+
+def _dump(adapter: TypeAdapter[Any], value: Any, task_name: str, what: str) -> Any:
+    """``adapter.dump_python(value, mode="json")``; a value with no JSON form (bytes that
+    are not UTF-8, an object pydantic does not know) is a ValidationError too."""
+    from pydantic_core import PydanticSerializationError
+
+    try:
+        return adapter.dump_python(value, mode="json")
+    except (PydanticSerializationError, ValueError) as exc:  # (UnicodeDecodeError)
+        raise ValidationError(f"{task_name}: its {what} have no JSON form: {exc}"
+                              if what == "arguments" else
+                              f"{task_name}: its {what} has no JSON form: {exc}") from None
 
 
 def _hints(fn: Callable[..., Any], signature: inspect.Signature) -> dict[str, Any]:

@@ -212,6 +212,16 @@ def test_validate_is_checked_at_declaration(app: App,
 
     with pytest.raises(ConfigurationError, match="shop.lock: validate=True cannot check"):
         lock.delay(threading.Lock())
+
+    # A value with no JSON form is refused at send, and as a result fails the task
+    @app.task(name="shop.raw", validate=True)
+    def raw(data: bytes) -> Any:
+        return threading.Lock()
+
+    with pytest.raises(ValidationError, match="shop.raw: its arguments have no JSON form"):
+        raw.delay(b"\xff")
+    with pytest.raises(ValidationError, match="shop.raw: its result has no JSON form"):
+        raw.apply((b"ok",)).get()
     # Without pydantic, validate=True fails where the task is declared
     monkeypatch.setitem(sys.modules, "pydantic", None)
     with pytest.raises(ConfigurationError, match=r"validate=True needs pydantic, which is "
