@@ -31,6 +31,7 @@ from celeriac.errors import (
     TaskRevokedError,
     TimeLimitExceeded,
     TimeoutError,
+    ValidationError,
 )
 from celeriac.group_result import GroupResult
 from celeriac.result import AsyncResult, EagerResult
@@ -79,6 +80,7 @@ __all__ = [
     "TaskRevokedError",
     "TimeLimitExceeded",
     "TimeoutError",
+    "ValidationError",
     "__version__",
     "chain",
     "chord",

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
-from celeriac.errors import ConfigurationError, DecodeError
+from celeriac.errors import ConfigurationError, DecodeError, brief
 
 if TYPE_CHECKING:
     from celeriac.app import App
@@ -225,21 +225,36 @@ class Signature:
     def to_payload(self) -> dict[str, Any]:
         """This signature tree as plain data (JSON- and msgpack-able if its arguments are)."""
         payload: dict[str, Any] = {"task": self.task}
-        if self.args:
-            payload["args"] = list(self.args)
-        if self.kwargs:
-            payload["kwargs"] = dict(self.kwargs)
+        if self.args or self.kwargs:
+            args, kwargs = self._plain_arguments()
+            if args:
+                payload["args"] = args
+            if kwargs:
+                payload["kwargs"] = kwargs
         if self.options:
             payload["options"] = _encode_options(self.options)
         if self.immutable:
             payload["immutable"] = True
         return payload
 
+    def _plain_arguments(self) -> tuple[list[Any], dict[str, Any]]:
+        """The arguments as the payload carries them: for a ``validate=True`` task known
+        to this signature's app, in their JSON form (models as dicts), since they travel
+        inside another message (a chain step, a link) and are validated only when the
+        step itself is sent."""
+        app = self.app
+        task = app.tasks.get(self.task) if app is not None else None
+        if task is None or not task.options.validate:
+            return list(self.args), dict(self.kwargs)
+        from celeriac.validation import plain
+
+        return plain(list(self.args)), plain(dict(self.kwargs))
+
     @staticmethod
     def from_payload(payload: Mapping[str, Any], app: App | None = None) -> Signature:
         """Rebuild a signature tree from ``to_payload`` data; DecodeError if malformed."""
         if not isinstance(payload, Mapping) or not isinstance(payload.get("task"), str):
-            raise DecodeError(f"malformed signature: {payload!r:.200}")
+            raise DecodeError(f"malformed signature: {brief(payload, 200)}")
         try:
             fields: dict[str, Any] = {
                 "task": payload["task"], "args": tuple(payload.get("args", ())),

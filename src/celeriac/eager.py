@@ -28,6 +28,9 @@ async def _call_inline(fn: Callable[[], Any]) -> Any:
 def run_eagerly(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                 options: dict[str, Any]) -> AsyncResult[Any]:
     task.check_arguments(args, kwargs)
+    validator = task.validator if task.options.validate else None
+    if validator is not None:  # as a worker would call it: models from dicts
+        args, kwargs = validator.arguments(args, kwargs)
     task_id = options.get("task_id") or str(uuid.uuid4())
     request = Request(id=task_id, task=task.name, args=args, kwargs=kwargs,
                       retries=options.get("retries") or 0, is_eager=True, root_id=task_id,

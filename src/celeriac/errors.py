@@ -5,6 +5,8 @@
     │   └── QueueNotFound           a queue not in ``task_queues`` (missing queues not created)
     ├── TaskNotRegistered           a name no task was registered under
     ├── SecurityError               a worker that would run unsafely (root with pickle)
+    ├── ValidationError             arguments or a result that do not fit a ``validate=True``
+    │                               task's type hints (also a subclass of ``TypeError``)
     ├── MessageError                a message that cannot be built or read
     │   ├── MessageTooLarge         over ``task_message_max_size``, raised before sending
     │   ├── ContentDisallowed       a serializer not listed in ``accept_content``
@@ -33,6 +35,7 @@ dead-letter the message on purpose. Neither derives from ``CeleriacError``.
 from __future__ import annotations
 
 import builtins
+import reprlib
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -64,6 +67,26 @@ class TaskNotRegistered(CeleriacError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else "task not registered"
+
+
+class ValidationError(CeleriacError, TypeError):
+    """Arguments (or a result) that do not fit the type hints of a ``validate=True`` task.
+
+    A ``TypeError``, as a call the function cannot take is at send time, so code that
+    catches a wrong call catches this one too; and a celeriac error, not pydantic's own:
+    pydantic is an optional extra (its error cannot be caught without importing it), and
+    its text spans lines, where this one is a single line naming each field path first
+    (``order.lines.0.qty: Input should be a valid integer (str given)``), fit for a log
+    line and a dead-letter reason. ``paths`` are the field paths, ``errors`` pydantic's
+    error dicts without the inputs: task arguments may be personal data, so only their
+    types are shown, and pydantic's error (whose text shows the inputs) is not chained.
+    """
+
+    def __init__(self, message: str, paths: tuple[str, ...] = (),
+                 errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.paths = paths
+        self.errors = errors or []
 
 
 class MessageError(CeleriacError):
@@ -213,6 +236,23 @@ def describe(exc: BaseException) -> str:
 
 
 _UNREADABLE = "(its text could not be read)"
+
+# Shows a few levels and items of a value: a message's fields are untrusted, and a plain
+# repr of a list nested a thousand deep raises RecursionError (found by tests/fuzz).
+_BRIEF = reprlib.Repr()  # (Python 3.11's takes no arguments)
+_BRIEF.maxlevel = 3
+_BRIEF.maxtuple = _BRIEF.maxlist = _BRIEF.maxdict = _BRIEF.maxset = 4
+_BRIEF.maxstring = _BRIEF.maxother = 60
+_BRIEF.maxlong = 40
+
+
+def brief(value: Any, width: int = 60) -> str:
+    """A value as an error message shows it: its repr, bounded in depth and ``width``."""
+    try:
+        text = _BRIEF.repr(value)
+    except Exception:  # a repr that raises: its type says enough
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _describe_one(exc: BaseException) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from celeriac.errors import DecodeError
+from celeriac.errors import DecodeError, brief
 from celeriac.serialization.serializers import SERIALIZERS
 
 MIN_PRIORITY, MAX_PRIORITY = 0, 9
@@ -133,11 +133,8 @@ def _unsupported(version: Any) -> DecodeError:
 
 
 def _describe(value: Any) -> str:
-    """A value as an error shows it: a short repr and its type."""
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{text} ({type(value).__name__})"
+    """A value as an error shows it: a short repr (bounded in depth too) and its type."""
+    return f"{brief(value)} ({type(value).__name__})"
 
 
 def _wrong(name: str, expected: str, value: Any) -> DecodeError:

@@ -65,6 +65,15 @@ def _task_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+def _checked_call(task: TaskBase[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+                  ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The call's arguments checked against the task's signature, and with
+    ``validate=True`` validated and put in their JSON form (models as dicts)."""
+    task.check_arguments(args, kwargs)
+    validator = task.validator if task.options.validate else None
+    return (args, kwargs) if validator is None else validator.for_message(args, kwargs)
+
+
 def prepare_message(app: App, name: str, args: Sequence[Any] | None,
                     kwargs: Mapping[str, Any] | None, options: Mapping[str, Any],
                     task: TaskBase[Any, Any] | None = None) -> tuple[Message, Outgoing]:
@@ -82,8 +91,8 @@ def prepare_message(app: App, name: str, args: Sequence[Any] | None,
         raise TypeError(f"unknown apply_async option {bad!r}"
                         f"{suggest(bad, SEND_OPTION_NAMES)}")
     if task is not None:
-        task.check_arguments(args, kwargs)
         task_opts = task.options
+        args, kwargs = _checked_call(task, args, kwargs)
     else:
         task_opts = _NO_TASK_OPTIONS
     conf = app.conf

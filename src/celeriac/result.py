@@ -84,12 +84,23 @@ class AsyncResult(Generic[R]):
 
     def _settle(self, outcome: Outcome, propagate: bool) -> R:
         if outcome.state == states.SUCCESS:
-            value: R = outcome.result
+            value: R = self._value(outcome)
             return value
         exc = rebuild_exception(outcome)
         if propagate:
             raise exc
         return exc  # type: ignore[return-value]  # Celery returns the exception when not propagating
+
+    def _value(self, outcome: Outcome) -> Any:
+        """A success's value as the caller expects it: a ``validate=True`` task known here
+        gets its stored (JSON) result back through its return annotation, as a model."""
+        name = outcome.task or self.task_name
+        task = self.app.tasks.get(name) if name is not None else None
+        if task is None or not task.options.validate:
+            return outcome.result
+        validator = task.validator
+        return outcome.result if validator is None else validator.result_from_store(
+            outcome.result)
 
     # -- state ----------------------------------------------------------------------------
 
@@ -137,7 +148,7 @@ class AsyncResult(Generic[R]):
             return None
         if outcome.state in states.EXCEPTION_STATES:
             return rebuild_exception(outcome)
-        return outcome.result
+        return self._value(outcome) if outcome.state == states.SUCCESS else outcome.result
 
     info = result
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from celeriac.canvas import Signature
     from celeriac.canvas import chunks as Chunks
     from celeriac.result import AsyncResult
+    from celeriac.validation import Validator
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -98,6 +99,9 @@ class TaskOptions:
     dashboard_hide_args: bool = False
     # encrypt its payload on the broker (celeriac.security); None: task_encryption
     encrypt: bool | None = None
+    # arguments and result checked against the type hints with pydantic, at send and
+    # again on the worker (celeriac.validation, docs/security.md)
+    validate: bool = False
 
 
 TASK_OPTION_NAMES = frozenset(TaskOptions.__dataclass_fields__)
@@ -153,6 +157,7 @@ class Task(Generic[P, R]):
         self.__name__ = getattr(fn, "__name__", name)
         self.__module__ = getattr(fn, "__module__", __name__)
         self.__wrapped__ = fn
+        self._validator: Validator | None = None
 
     def __repr__(self) -> str:
         return f"<@task {self.name}>"
@@ -260,6 +265,17 @@ class Task(Generic[P, R]):
             self._signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"{self.name}{self._signature}: {exc}") from None
+
+    @property
+    def validator(self) -> Validator | None:
+        """The pydantic checks of a ``validate=True`` task (built at first use), else None."""
+        if not self.options.validate:
+            return None
+        if self._validator is None:
+            from celeriac.validation import Validator
+
+            self._validator = Validator(self.name, self.fn, self._signature)
+        return self._validator
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         return self.apply_async(args, kwargs)

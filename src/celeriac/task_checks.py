@@ -15,6 +15,7 @@ from celeriac.priorities import priority_level
 from celeriac.task import TASK_OPTION_NAMES, TaskOptions, check_task_options
 from celeriac.task import Task as TaskBase
 from celeriac.uniqueness.keys import check_unique_for
+from celeriac.validation import require_pydantic
 
 
 def task_class(base: Any) -> type[TaskBase[Any, Any]]:
@@ -29,6 +30,11 @@ def task_class(base: Any) -> type[TaskBase[Any, Any]]:
 def checked_task_options(options: dict[str, Any]) -> TaskOptions:
     """The decorator's options, checked: an unknown name is a TypeError at once."""
     unknown = set(options) - TASK_OPTION_NAMES
+    if "pydantic" in unknown:  # Celery 5.5's option: the caller would get dicts back there
+        raise TypeError("unknown task option 'pydantic': celeriac's validate=True checks "
+                        "the arguments by their type hints (at send, and again on the "
+                        "worker) and gives model results back as models "
+                        "(docs/security.md, Validated task input)")
     if unknown:
         bad = sorted(unknown)[0]
         raise TypeError(f"unknown task option {bad!r}{suggest(bad, TASK_OPTION_NAMES)}")
@@ -50,4 +56,9 @@ def normalise_task_options(options: dict[str, Any]) -> dict[str, Any]:
         raise TypeError(f"dashboard_hide_args must be True or False, not {hide!r}")
     if options.get("unique_for") is not None:
         options["unique_for"] = check_unique_for(options["unique_for"])
+    if "validate" in options:
+        if type(options["validate"]) is not bool:
+            raise TypeError(f"validate must be True or False, not {options['validate']!r}")
+        if options["validate"]:
+            require_pydantic()  # now, not at the first send
     return options

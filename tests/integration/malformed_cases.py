@@ -5,7 +5,11 @@ process holding broker credentials could, with the words its dead-letter reason 
 contain. ``check_malformed_batch`` publishes them all at once to one running worker
 (one slot, so a slot that died would stop everything), then a valid task, and checks
 that each malformed one is dead-lettered with its own reason, none ran, and the valid
-one ran within a second.
+one ran within a second. The ``typed-*`` cases bypass the send-time check of a
+``validate=True`` task (``ledger.typed``): the worker validates again and dead-letters
+them naming the field path; a valid call of it then gets its model argument as a model
+and its model result back as one. ``start_worker`` starts the one worker these need,
+with ``ledger.typed`` registered.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from worker_harness import QUEUE, Deployment, wait_until
+import pytest
+from ledger_app import TYPED_ENV
+from ledger_typed import Line, Order, Receipt, register_typed
+from worker_harness import QUEUE, Deployment, WorkerProcess, wait_until
 
 from celeriac.brokers import DeadLetter, Outgoing
 from celeriac.serialization import Codec
@@ -108,7 +115,22 @@ def cases() -> list[Case]:
         Case("bomb", _bomb(), "zlib-compressed payload inflates past the limit of"),
         Case("empty-body", b"", "0 bytes is too short to be a celeriac frame"),
         Case("garbage", b"\xff\xfe not a frame", "not a celeriac frame"),
+        Case("typed-qty-text", _frame(envelope(task="ledger.typed", args=[
+            {"ref": "bad-1", "lines": [{"sku": "a", "qty": 1}, {"sku": "b", "qty": "many"}]}])),
+            "malformed message: ledger.typed: invalid arguments: order.lines.1.qty: Input "
+            "should be a valid integer"),
+        Case("typed-kwarg-list", _frame(envelope(task="ledger.typed", args=[
+            {"ref": "bad-2", "lines": []}], kwargs={"copies": [2]})),
+            "invalid arguments: copies: Input should be a valid integer (list given)"),
+        Case("typed-field-missing", _frame(envelope(task="ledger.typed", args=[
+            {"lines": []}]), "msgpack"), "invalid arguments: order.ref: Field required"),
     ]
+
+
+def start_worker(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> WorkerProcess:
+    """The worker for ``check_malformed_batch``: one slot, MAX_SIZE, ``ledger.typed``."""
+    monkeypatch.setenv(TYPED_ENV, "1")  # read by ledger_app.register in the worker
+    return deployment.start_worker("-c", "1", task_message_max_size=MAX_SIZE).wait_ready()
 
 
 def check_malformed_batch(deployment: Deployment, prefix: str | None = None,
@@ -139,6 +161,10 @@ def check_malformed_batch(deployment: Deployment, prefix: str | None = None,
     assert not wrong, f"dead-letter reasons without the expected words: {wrong}"
     for name, case in wanted.items():
         assert found[name].body == case.body, f"{name}: the body was not kept untouched"
-    # And none of them ran
-    assert deployment.ledger.tags() == ["before", "after"]
+    # And a valid call of the validated task gets a model, and gives one back
+    order = Order(ref="typed-ok", lines=[Line(sku="a", qty=2), Line(sku="b", qty=1)])
+    receipt = register_typed(deployment.app).delay(order, copies=2).get(timeout=timeout)
+    assert receipt == Receipt(ref="typed-ok", items=6)
+    # And none of the malformed ones ran
+    assert deployment.ledger.tags() == ["before", "after", "typed-ok"]
     return found

@@ -11,15 +11,16 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from malformed_cases import MAX_SIZE, check_malformed_batch, envelope
+import pytest
+from malformed_cases import check_malformed_batch, envelope, start_worker
 from worker_harness import QUEUE, Deployment, wait_until
 
 from celeriac.serialization import Codec
 
 
 def test_every_malformed_envelope_is_dead_lettered_with_its_reason(
-        deployment: Deployment) -> None:
-    deployment.start_worker("-c", "1", task_message_max_size=MAX_SIZE).wait_ready()
+        monkeypatch: pytest.MonkeyPatch, deployment: Deployment) -> None:
+    start_worker(deployment, monkeypatch)
     check_malformed_batch(deployment)
     # And nothing is left leased or waiting
     deployment.wait_for_queue(ready=0, in_flight=0)

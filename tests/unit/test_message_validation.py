@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from celeriac import DecodeError
+from celeriac.errors import brief
 from celeriac.message import Message
+from celeriac.serialization import Codec
 
 BASE: dict[str, Any] = {"v": 1, "id": "m-1", "task": "proj.add", "args": [1, 2],
                         "kwargs": {}, "queue": "celeriac", "sent_at": 1_700_000_000.5}
@@ -139,3 +141,26 @@ def test_sound_values_at_the_edges_are_accepted() -> None:
     # And a message round-trips through its payload
     assert Message.from_payload(message.to_payload()) == message
     assert Message.from_payload({**BASE, "priority": 0}).priority == 0
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+def test_a_field_nested_past_the_recursion_limit_is_a_decode_error(serializer: str) -> None:
+    # Found by tests/fuzz: the error's repr of a list nested 1000 deep raised
+    # RecursionError, not DecodeError. Hand-made bytes: no encoder nests this deep.
+    depth = 1000
+    if serializer == "json":
+        body = b'CQ\x01\x01\x00{"v":1,"id":"m","task":"t","args":[],"queue":"q",' \
+            b'"sent_at":1,"kwargs":' + b"[" * depth + b"]" * depth + b"}"
+    else:
+        body = b"CQ\x01\x02\x00\x87\xa1v\x01\xa2id\xa1m\xa4task\xa1t\xa4args\x90" \
+            b"\xa5queue\xa1q\xa7sent_at\x01\xa6kwargs" + b"\x91" * depth + b"\x90"
+    codec = Codec(["json", "msgpack"])
+    with pytest.raises(DecodeError, match=r"'kwargs' must be a mapping, not \[\[\[\[...\]\]\]\] "
+                       r"\(list\)$"):
+        Message.from_payload(codec.decode(body))
+    # And error texts show any value briefly, however deep or long
+    deep: Any = []
+    for _ in range(5000):
+        deep = [deep]
+    assert brief(deep) == "[[[[...]]]]"
+    assert brief("x" * 1000, 20) == "'" + "x" * 16 + "..."

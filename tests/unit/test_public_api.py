@@ -13,7 +13,8 @@ def test_public_api_is_pinned() -> None:
         "MessageError", "MessageTooLarge", "Queue", "QueueNotFound", "Reject", "Request",
         "Retry", "SecurityError", "Signature",
         "SoftTimeLimitExceeded", "Task", "TaskError", "TaskNotRegistered",
-        "TaskRevokedError", "TimeLimitExceeded", "TimeoutError", "__version__", "chain",
+        "TaskRevokedError", "TimeLimitExceeded", "TimeoutError", "ValidationError",
+        "__version__", "chain",
         "chord", "group", "shared_task", "signature", "states",
     ])
 
@@ -27,7 +28,7 @@ def test_errors_share_one_root_and_signals_stay_apart() -> None:
     errors = [celeriac.ConfigurationError, celeriac.TaskError, celeriac.TimeoutError,
               celeriac.MessageTooLarge, celeriac.ContentDisallowed, celeriac.DecodeError,
               celeriac.TaskNotRegistered, celeriac.MaxRetriesExceededError,
-              celeriac.ChordError, celeriac.QueueNotFound]
+              celeriac.ChordError, celeriac.QueueNotFound, celeriac.ValidationError]
     assert all(issubclass(error, celeriac.CeleriacError) for error in errors)
     assert issubclass(celeriac.TimeoutError, TimeoutError)  # the builtin, for except clauses
     assert not issubclass(celeriac.Retry, celeriac.CeleriacError)

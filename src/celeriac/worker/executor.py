@@ -30,6 +30,8 @@ from celeriac.errors import (
     Retry,
     TaskNotRegistered,
     TaskRevokedError,
+    ValidationError,
+    brief,
     describe,
 )
 from celeriac.events.tasks import TaskEvents
@@ -75,6 +77,9 @@ class Prepared:
     delivery: Delivery
     message: Message
     task: Task[Any, Any]
+    # A validate=True task's arguments converted into their annotated types (models
+    # from dicts): what its function is called with. None: the message's own.
+    call: tuple[tuple[Any, ...], dict[str, Any]] | None = None
 
 
 class Executor:
@@ -139,7 +144,9 @@ class Executor:
                          message.task, message.id)
             return _dead(f"unknown task: {exc}", message)
         try:  # as at send time: a call its function cannot take is a malformed message
-            task.check_arguments(message.args, message.kwargs)
+            call = _checked_call(task, message)
+        except ValidationError as exc:  # "<task>: invalid arguments: <path>: <what>"
+            return _dead(f"malformed message: {exc}", message)
         except TypeError as exc:
             return _dead(f"malformed message: its arguments do not fit the task: {exc}",
                          message)
@@ -160,7 +167,7 @@ class Executor:
         refused = self.guard.refused(message)  # revoked: an O(1) look-up in memory
         if refused is not None:
             return Verdict(Action.ACK, refused, message=message)
-        return Prepared(delivery, message, task)
+        return Prepared(delivery, message, task, call)
 
     def _decode(self, delivery: Delivery, frame: Any) -> Message | Verdict:
         """The message in a delivery (its verified ``frame`` when signed), decrypted if
@@ -192,7 +199,7 @@ class Executor:
 
         chain = message.headers.get(CHAIN_HEADER)
         if chain is not None and not isinstance(chain, list | tuple):
-            return f"header {CHAIN_HEADER!r} must be a list of signatures, not {chain!r:.60}"
+            return f"header {CHAIN_HEADER!r} must be a list of signatures, not {brief(chain)}"
         for name, payloads in (("callbacks", message.callbacks),
                                ("errbacks", message.errbacks),
                                (f"header {CHAIN_HEADER!r}", chain or ())):
@@ -210,14 +217,14 @@ class Executor:
         from celeriac.canvas import Signature
 
         if not isinstance(member, dict) or depth > 32:
-            return f"header {where!r} must be a chord member (a mapping), not {member!r:.60}"
+            return f"header {where!r} must be a chord member (a mapping), not {brief(member)}"
         chord_id, size, index = member.get("id"), member.get("size"), member.get("index")
         for key, value, sound in (
                 ("id", chord_id, isinstance(chord_id, str) and chord_id != ""),
                 ("size", size, type(size) is int and size > 0),
                 ("index", index, type(index) is int and index >= 0)):
             if not sound:
-                return f"header {where!r}: {key!r} is {value!r:.60}"
+                return f"header {where!r}: {key!r} is {brief(value)}"
         then = member.get("then", [])
         if not isinstance(then, list | tuple):
             return f"header {where!r}: 'then' must be a list of signatures"
@@ -239,7 +246,8 @@ class Executor:
 
             if await is_duplicate(self.app, message):  # sent twice: one copy runs
                 return Verdict(Action.ACK, message=message)
-        request = _request_for(message, prepared.delivery.delivery_count, self.hostname)
+        request = _request_for(message, prepared.delivery.delivery_count, self.hostname,
+                               prepared.call)
         if tracks_started(task) and not message.ignore_result:
             try:
                 await mark_started(self.app, message, self.hostname)
@@ -281,7 +289,7 @@ class Executor:
         line. Returns each call's verdict with its run time in seconds.
         """
         calls = [(p.task, p.message, _request_for(p.message, p.delivery.delivery_count,
-                                                  self.hostname)) for p in batch]
+                                                  self.hostname, p.call)) for p in batch]
 
         def run_all() -> list[tuple[bool, Any, float]]:
             done: list[tuple[bool, Any, float]] = []
@@ -299,10 +307,21 @@ class Executor:
         ran = await self.guard.runner(run_all)
         verdicts = []
         for (task, message, request), (ok, value, elapsed) in zip(calls, ran, strict=True):
-            verdict = _succeeded(message, value) if ok else \
+            verdict = _succeeded(task, message, value) if ok else \
                 _verdict_for_error(task, request, message, value)
             verdicts.append((_finished(task, message, verdict, elapsed), elapsed))
         return verdicts
+
+
+def _checked_call(task: Task[Any, Any], message: Message,
+                  ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    """The message's arguments checked against the task's signature (TypeError) and, for
+    a ``validate=True`` task, against its type hints again, since the broker's data is
+    untrusted (ValidationError). Returns a validated task's arguments converted into
+    their annotated types; None: the function takes the message's own."""
+    task.check_arguments(message.args, message.kwargs)
+    validator = task.validator if task.options.validate else None
+    return None if validator is None else validator.arguments(message.args, message.kwargs)
 
 
 def _finished(task: Task[Any, Any], message: Message, verdict: Verdict,
@@ -326,7 +345,7 @@ async def run_call(task: Task[Any, Any], request: Request, run_sync: SyncRunner)
         value = await _invoke(task, request, run_sync)
     except Exception as exc:
         return _verdict_for_error(task, request, message, exc)
-    return _succeeded(message, value)
+    return _succeeded(task, message, value)
 
 
 async def _run_call_with_hooks(task: Task[Any, Any], request: Request, run_sync: SyncRunner,
@@ -341,12 +360,19 @@ async def _run_call_with_hooks(task: Task[Any, Any], request: Request, run_sync:
         await hooks.after(task, request, verdict, run_sync, exc=exc)
         return verdict
     runtime = time.perf_counter() - started  # task_success's runtime, as in Celery
-    verdict = _succeeded(message, value)
+    verdict = _succeeded(task, message, value)
     await hooks.after(task, request, verdict, run_sync, retval=value, runtime=runtime)
     return verdict
 
 
-def _succeeded(message: Message, value: Any) -> Verdict:
+def _succeeded(task: Task[Any, Any], message: Message, value: Any) -> Verdict:
+    validator = task.validator if task.options.validate else None
+    if validator is not None:  # checked against the return annotation, stored as JSON
+        try:
+            value = validator.result_to_store(value)
+        except ValidationError as exc:  # the task's own bug: it fails, and says where
+            return Verdict(Action.ACK, _failure(exc, states.FAILURE, message),
+                           message=message, error=exc)
     return Verdict(Action.ACK, Outcome.success(value, message.task, message.retries),
                    message=message)
 
@@ -430,6 +456,10 @@ def encode_for(task: Task[Any, Any], message: Message) -> bytes:
     """A message a worker sends again (a retry, a deferral) encoded as the task sends."""
     app = task.app
     conf, options = app.conf, task.options
+    validator = task.validator if options.validate else None
+    if validator is not None:  # as at send: validated, in their JSON form
+        args, kwargs = validator.for_message(message.args, message.kwargs)
+        message = message.replace(args=args, kwargs=kwargs)
     body = app.codec.encode(message.to_payload(),
                             options.serializer or conf.task_serializer,
                             options.compression or conf.task_compression)
@@ -441,9 +471,11 @@ def encode_for(task: Task[Any, Any], message: Message) -> bytes:
     return body
 
 
-def _request_for(message: Message, delivery_count: int, hostname: str) -> Request:
+def _request_for(message: Message, delivery_count: int, hostname: str,
+                 call: tuple[tuple[Any, ...], dict[str, Any]] | None = None) -> Request:
+    args, kwargs = (message.args, message.kwargs) if call is None else call
     return Request(
-        id=message.id, task=message.task, args=message.args, kwargs=message.kwargs,
+        id=message.id, task=message.task, args=args, kwargs=kwargs,
         retries=message.retries, queue=message.queue, priority=message.priority,
         delivery_count=delivery_count, eta=message.eta, expires=message.expires,
         root_id=message.root_id or message.id, parent_id=message.parent_id,

@@ -7,13 +7,14 @@ one worker process with one slot.
 
 from __future__ import annotations
 
-from malformed_cases import MAX_SIZE, check_malformed_batch
+import pytest
+from malformed_cases import check_malformed_batch, start_worker
 from rabbit_harness import RabbitDeployment
 
 
 def test_every_malformed_envelope_is_dead_lettered_with_its_reason(
-        deployment: RabbitDeployment) -> None:
-    deployment.start_worker("-c", "1", task_message_max_size=MAX_SIZE).wait_ready()
+        monkeypatch: pytest.MonkeyPatch, deployment: RabbitDeployment) -> None:
+    start_worker(deployment, monkeypatch)
     check_malformed_batch(deployment)
     # And nothing is left leased or waiting
     deployment.wait_for_queue(ready=0, in_flight=0)

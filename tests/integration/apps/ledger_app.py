@@ -25,6 +25,7 @@ from typing import Any
 from celeriac import App, Task
 
 LEDGER_ENV = "LEDGER_PATH"
+TYPED_ENV = "LEDGER_TYPED"  # set: register ledger.typed too (ledger_typed, pydantic)
 HANG_SECONDS = 60.0  # "forever" for a test; the test kills the process long before
 
 _fds: dict[str, int] = {}
@@ -140,6 +141,10 @@ def register(target: App) -> LedgerTasks:
     def bound(fn: Any, name: str | None = None, **options: Any) -> Any:
         return target.task(bind=True, name=f"ledger.{name or fn.__name__}", **options)(fn)
 
+    if os.environ.get(TYPED_ENV):
+        from ledger_typed import register_typed
+
+        register_typed(target)
     return LedgerTasks(
         record=bound(record), add=bound(add), async_add=bound(async_add),
         sleepy=bound(sleepy), hang_once=bound(hang_once),
