@@ -89,7 +89,8 @@ class Target:
         else:
             self.decoded += 1
         delivery = Delivery(str(uuid.uuid4()), QUEUE, body, 0, 1, None)
-        outcome = self.executor._prepare(delivery)  # raising here is the crash looked for
+        # (no verified frame: signing is off here; raising is the crash looked for)
+        outcome = self.executor._prepare(delivery, None)
         assert isinstance(outcome, Prepared | Verdict), outcome
         if isinstance(outcome, Prepared):
             self.runnable += 1
