@@ -54,6 +54,9 @@ def sigquit_after_a_group_sigterm_is_a_cold_stop(deployment: Deployment) -> None
     deployment.ledger.wait_for("long")
     worker.signal_group(signal.SIGTERM)
     worker.wait_for_log("warm shutdown: finishing running tasks", 1, 10)
+    # (and the supervisor has handled it: a second SIGTERM arriving before its handler
+    # ran would merge with the first, as the kernel does with any pending signal)
+    worker.wait_for_log("celeriac.supervisor: warm shutdown (SIGTERM)", 1, 10)
     assert worker.running  # still waiting for the task: the grace period holds
 
     # When the supervisor alone gets a second SIGTERM
