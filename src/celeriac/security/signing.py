@@ -36,8 +36,7 @@ import os
 import struct
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -76,13 +75,50 @@ class Refused(Exception):
         self.detail = detail
 
 
-@dataclass(frozen=True, slots=True)
-class Opened:
-    """A verified message: its frame, its nonce, and until when it is valid."""
+class Opened(NamedTuple):
+    """A verified message: its frame, its nonce, and when it is valid. (A named tuple:
+    one is made per message a worker fetches, three times faster than a frozen
+    dataclass.)"""
 
     frame: memoryview
     nonce: bytes
+    valid_from: float  # Unix time: the later of its signing and its eta
     valid_until: float  # Unix time; replay protection remembers the nonce until then
+
+
+class _Hmac:
+    """HMAC-SHA256 (RFC 2104) of one secret, as its two hash states after the padded
+    key (the inner one also after the domain string), copied for each message: the same
+    signature as ``hmac.new(secret, data, sha256)``, for half the Python calls of
+    copying an ``hmac.HMAC`` (0.8 against 1.2 us a message)."""
+
+    __slots__ = ("inner", "outer")
+
+    def __init__(self, secret: bytes) -> None:
+        key = hashlib.sha256(secret).digest() if len(secret) > _BLOCK else secret
+        key = key.ljust(_BLOCK, b"\0")
+        self.inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in key))
+        self.inner.update(_DOMAIN)
+        self.outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in key))
+
+    def sign(self, queue: bytes, header: Any, frame: Any) -> bytes:
+        """The signature of ``header`` and ``frame`` for a queue (its length-prefixed
+        name, ``_queue_part``)."""
+        inner = self.inner.copy()
+        inner.update(queue)
+        inner.update(header)
+        inner.update(frame)
+        outer = self.outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+_BLOCK = 64  # SHA-256's block size, in bytes
+
+
+def _queue_part(queue: str) -> bytes:
+    name = queue.encode()
+    return _QUEUE_LENGTH.pack(len(name)) + name
 
 
 def _prefix(queue: str) -> bytes:
@@ -103,22 +139,14 @@ class Signer:
         self._private = private_key
         self._fixed = _FIXED.pack(MAGIC, VERSION, self.algorithm,
                                   len(key_id)) + key_id.encode()
-        # The HMAC state after the domain string, copied for each message.
-        self._hmac = hmac.new(secret, _DOMAIN, hashlib.sha256) if secret is not None \
-            else None
+        self._hmac = _Hmac(secret) if secret is not None else None
 
     def sign(self, frame: bytes, queue: str, due: float | None = None,
              now: float | None = None) -> bytes:
         header = self._fixed + _TIMES.pack(time.time() if now is None else now,
                                            due or 0.0) + os.urandom(NONCE_SIZE)
-        name = queue.encode()
         if self._hmac is not None:
-            mac = self._hmac.copy()
-            mac.update(_QUEUE_LENGTH.pack(len(name)))
-            mac.update(name)
-            mac.update(header)
-            mac.update(frame)
-            signature = mac.digest()
+            signature = self._hmac.sign(_queue_part(queue), header, frame)
         else:
             assert self._private is not None
             signature = self._private.sign(b"".join((_prefix(queue), header, frame)))
@@ -135,8 +163,8 @@ class Verifier:
             raise ValueError(f"key id {sorted(overlap)[0]!r} is both a signing secret and "
                              "a public key")
         self.max_age = max_age
-        self._hmacs = {key_id.encode(): hmac.new(secret, _DOMAIN, hashlib.sha256)
-                       for key_id, secret in secrets.items()}
+        self._hmacs = {key_id.encode(): _Hmac(secret) for key_id, secret in secrets.items()}
+        self._queues: dict[str, bytes] = {}  # queue -> _queue_part (a worker's few queues)
         self._public = {key_id.encode(): key for key_id, key in public_keys.items()}
 
     @property
@@ -174,16 +202,13 @@ class Verifier:
         signature = view[signature_at:frame_at]
         frame = view[frame_at:]
         if algorithm == HMAC_SHA256:
-            base = self._hmacs.get(key_id)
-            if base is None:
+            mac = self._hmacs.get(key_id)
+            if mac is None:
                 raise self._unknown(key_id, algorithm)
-            mac = base.copy()
-            name = queue.encode()
-            mac.update(_QUEUE_LENGTH.pack(len(name)))
-            mac.update(name)
-            mac.update(header)
-            mac.update(frame)
-            good = hmac.compare_digest(mac.digest(), signature)
+            part = self._queues.get(queue)
+            if part is None:
+                part = self._queues[queue] = _queue_part(queue)
+            good = hmac.compare_digest(mac.sign(part, header, frame), signature)
         else:
             public = self._public.get(key_id)
             if public is None:
@@ -195,12 +220,13 @@ class Verifier:
                           f"match: the message was changed, signed with another key of that "
                           f"id, or signed for another queue than {queue!r}")
         signed_at, due = _TIMES.unpack_from(view, times_at)
-        valid_until = max(signed_at, due) + self.max_age
+        valid_from = max(signed_at, due)
+        valid_until = valid_from + self.max_age
         now = time.time() if now is None else now
         if now > valid_until:
             raise Refused(REPLAY, f"signed {now - signed_at:.0f}s ago, past "
                           f"task_signing_max_age ({self.max_age:g}s) from when it was due")
-        return Opened(frame, bytes(view[nonce_at:signature_at]), valid_until)
+        return Opened(frame, bytes(view[nonce_at:signature_at]), valid_from, valid_until)
 
     def _unknown(self, key_id: bytes, algorithm: int) -> Refused:
         return Refused(BAD_SIGNATURE, f"signed with the {ALGORITHM_NAMES[algorithm]} key "
