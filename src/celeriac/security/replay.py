@@ -236,18 +236,19 @@ class RedisSeenNonces(SeenNonces):
                 return await script(client, [], args)
 
     @staticmethod
-    def _groups(signed: Sequence[Opened]) -> tuple[list[Any], list[int]]:
+    def _groups(signed: Sequence[Opened]) -> tuple[list[Any], Sequence[int]]:
         """The scripts' groups for ``signed`` and, for each message in the groups'
-        order, its index in ``signed`` (a batch nearly always falls in one bucket)."""
-        by_bucket: dict[int, list[int]] = {}
-        for index, opened in enumerate(signed):
-            bucket = int(opened.valid_from // BUCKET) * BUCKET
-            members = by_bucket.get(bucket)
-            if members is None:
-                by_bucket[bucket] = [index]
-            else:
-                members.append(index)
+        order, its index in ``signed``."""
         now = time.time()
+        buckets = [int(opened.valid_from // BUCKET) * BUCKET for opened in signed]
+        first = buckets[0]
+        if buckets.count(first) == len(buckets):  # nearly every batch: one bucket
+            return [first, _ms(max([opened.valid_until for opened in signed])
+                               + CLOCK_MARGIN - now),
+                    b"".join([opened.nonce for opened in signed])], range(len(signed))
+        by_bucket: dict[int, list[int]] = {}
+        for index, bucket in enumerate(buckets):
+            by_bucket.setdefault(bucket, []).append(index)
         args: list[Any] = []
         order: list[int] = []
         for bucket, members in by_bucket.items():
