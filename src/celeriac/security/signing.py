@@ -153,6 +153,15 @@ class Signer:
         return b"".join((header, signature, frame))
 
 
+class _Layout(NamedTuple):
+    """Where the parts of envelopes with one algorithm and key id length are."""
+
+    fields: struct.Struct  # after the first 5 bytes: key id, signed at, due, nonce
+    algorithm: int
+    signature_at: int
+    frame_at: int
+
+
 class Verifier:
     """Checks signed messages against every key it lists (rotation: old and new)."""
 
@@ -166,6 +175,7 @@ class Verifier:
         self._hmacs = {key_id.encode(): _Hmac(secret) for key_id, secret in secrets.items()}
         self._queues: dict[str, bytes] = {}  # queue -> _queue_part (a worker's few queues)
         self._public = {key_id.encode(): key for key_id, key in public_keys.items()}
+        self._layouts: dict[bytes, _Layout] = {}  # the envelope's first 5 bytes -> layout
 
     @property
     def key_ids(self) -> list[str]:
@@ -180,24 +190,13 @@ class Verifier:
         (older than ``max_age``).
         """
         view = memoryview(body)
-        if len(view) < _FIXED.size or view[:2] != MAGIC:
-            raise Refused(UNSIGNED, "the message carries no signature, and this worker "
-                          "runs only signed messages (task_signing_keys / "
-                          "task_signing_public_keys are set)")
-        _, version, algorithm, id_length = _FIXED.unpack_from(view)
-        if version != VERSION:
-            raise Refused(BAD_SIGNATURE, f"signed envelope version {version} is not "
-                          f"supported (this reads {VERSION})")
-        size = SIGNATURE_SIZES.get(algorithm)
-        if size is None:
-            raise Refused(BAD_SIGNATURE, f"unknown signature algorithm {algorithm}")
-        times_at = _FIXED.size + id_length
-        nonce_at = times_at + _TIMES.size
-        signature_at = nonce_at + NONCE_SIZE
-        frame_at = signature_at + size
+        layout = self._layouts.get(bytes(view[:_FIXED.size]))
+        if layout is None:
+            layout = self._layout(view)
+        fields, algorithm, signature_at, frame_at = layout
         if len(view) < frame_at:
             raise Refused(BAD_SIGNATURE, "the signed envelope is cut short")
-        key_id = bytes(view[_FIXED.size:times_at])
+        key_id, signed_at, due, nonce = fields.unpack_from(view, _FIXED.size)
         header = view[:signature_at]
         signature = view[signature_at:frame_at]
         frame = view[frame_at:]
@@ -219,14 +218,36 @@ class Verifier:
             raise Refused(BAD_SIGNATURE, f"the signature (key id {_shown(key_id)}) does not "
                           f"match: the message was changed, signed with another key of that "
                           f"id, or signed for another queue than {queue!r}")
-        signed_at, due = _TIMES.unpack_from(view, times_at)
-        valid_from = max(signed_at, due)
+        valid_from = signed_at if signed_at > due else due
         valid_until = valid_from + self.max_age
         now = time.time() if now is None else now
         if now > valid_until:
             raise Refused(REPLAY, f"signed {now - signed_at:.0f}s ago, past "
                           f"task_signing_max_age ({self.max_age:g}s) from when it was due")
-        return Opened(frame, bytes(view[nonce_at:signature_at]), valid_from, valid_until)
+        return Opened(frame, nonce, valid_from, valid_until)
+
+    def _layout(self, view: memoryview) -> _Layout:
+        """How to read an envelope that starts as ``view`` does (its magic, version,
+        algorithm and key id length), remembered for the next ones: one struct reads
+        its key id, times and nonce. Refused when those first bytes are not an
+        envelope this verifier reads."""
+        if len(view) < _FIXED.size or view[:2] != MAGIC:
+            raise Refused(UNSIGNED, "the message carries no signature, and this worker "
+                          "runs only signed messages (task_signing_keys / "
+                          "task_signing_public_keys are set)")
+        _, version, algorithm, id_length = _FIXED.unpack_from(view)
+        if version != VERSION:
+            raise Refused(BAD_SIGNATURE, f"signed envelope version {version} is not "
+                          f"supported (this reads {VERSION})")
+        size = SIGNATURE_SIZES.get(algorithm)
+        if size is None:
+            raise Refused(BAD_SIGNATURE, f"unknown signature algorithm {algorithm}")
+        signature_at = _FIXED.size + id_length + _TIMES.size + NONCE_SIZE
+        # (at most 2 algorithms x 256 key id lengths: a bounded cache)
+        layout = self._layouts[bytes(view[:_FIXED.size])] = _Layout(
+            struct.Struct(f"!{id_length}sdd{NONCE_SIZE}s"), algorithm, signature_at,
+            signature_at + size)
+        return layout
 
     def _unknown(self, key_id: bytes, algorithm: int) -> Refused:
         return Refused(BAD_SIGNATURE, f"signed with the {ALGORITHM_NAMES[algorithm]} key "
