@@ -5,10 +5,10 @@ the first execution until every result is stored; ``bench.workloads.drain``) run
 and without signing (HMAC-SHA256: ``task_signing_keys`` and ``task_signing_key_id`` in
 the producer's and the worker's environment), alternating which goes first, ``--runs``
 times each, with the worker's CPU time from start to exit (what other load on a shared
-machine disturbs least). With signing on the worker checks every signature and claims
-every nonce on the Redis server (one script call per fetched batch) and marks them run
-(one per flush). Prints the medians and the cost in percent; the goal (issue 15) is at
-most 15%.
+machine disturbs least) and the Redis server's CPU over the same time (``INFO cpu``).
+With signing on the worker checks every signature and claims every nonce on the Redis
+server (one script call per fetched batch; on Redis nothing is marked after the acks).
+Prints the medians and the cost in percent; the goal (issue 15) is at most 15%.
 
 It uses Redis database 3 under the key prefix ``bench-signing:`` (its keys deleted
 before and after each drain), so that it can run beside the main bench (8, 9) and the
