@@ -154,6 +154,17 @@ local function fields(nonces)
   for i = 1, #nonces / 16 do out[i] = string.sub(nonces, i * 16 - 15, i * 16) end
   return out
 end
+-- redis.call(command, key, ...) with a list's items as the arguments, CHUNK (or twice
+-- CHUNK) at a time: Lua's unpack takes at most about 8,000, and a batch may be larger.
+local CHUNK = 1000
+local function each(list, step, command, key, into)
+  if #list <= CHUNK * step and not into then return redis.call(command, key, unpack(list)) end
+  for at = 1, #list, CHUNK * step do
+    local last = math.min(#list, at + CHUNK * step - 1)
+    local reply = redis.call(command, key, unpack(list, at, last))
+    if into then for _, item in ipairs(reply) do into[#into + 1] = item end end
+  end
+end
 """
 
 _CLAIM = _KEEP + """
@@ -165,7 +176,13 @@ local base = 0
 for g = 3, #ARGV, 3 do
   local key = ARGV[1] .. ARGV[g]
   local nonces = fields(ARGV[g + 2])
-  local held = redis.call('HMGET', key, unpack(nonces))
+  local held
+  if #nonces <= CHUNK then
+    held = redis.call('HMGET', key, unpack(nonces))
+  else
+    held = {}
+    each(nonces, 1, 'HMGET', key, held)
+  end
   local new = {}
   local mine = {}
   for i = 1, #nonces do
@@ -183,7 +200,7 @@ for g = 3, #ARGV, 3 do
     end
   end
   if #new > 0 then
-    redis.call('HSET', key, unpack(new))
+    each(new, 2, 'HSET', key)
     keep(key, ARGV[g + 1])
   end
   base = base + #nonces
@@ -199,7 +216,7 @@ for g = 3, #ARGV, 3 do
     marks[#marks + 1] = nonce
     marks[#marks + 1] = 'done'
   end
-  redis.call('HSET', key, unpack(marks))
+  each(marks, 2, 'HSET', key)
   keep(key, ARGV[g + 1])
 end
 return 1
