@@ -5,10 +5,10 @@ the first execution until every result is stored; ``bench.workloads.drain``) run
 and without signing (HMAC-SHA256: ``task_signing_keys`` and ``task_signing_key_id`` in
 the producer's and the worker's environment), alternating which goes first, ``--runs``
 times each, with the worker's CPU time from start to exit (what other load on a shared
-machine disturbs least). With signing on the worker checks every signature and claims
-every nonce on the Redis server (one script call per fetched batch) and marks them run
-(one per flush). Prints the medians and the cost in percent; the goal (issue 15) is at
-most 15%.
+machine disturbs least) and the Redis server's CPU over the same time (``INFO cpu``).
+With signing on the worker checks every signature and claims every nonce on the Redis
+server (one script call per fetched batch; on Redis nothing is marked after the acks).
+Prints the medians and the cost in percent; the goal (issue 15) is at most 15%.
 
 It uses Redis database 3 under the key prefix ``bench-signing:`` (its keys deleted
 before and after each drain), so that it can run beside the main bench (8, 9) and the
@@ -64,8 +64,21 @@ class SigningRedis(CeleriacRedis):
         return CeleriacSession(self.url, self.url, ledger, on_close=delete_prefix)
 
 
-def one_drain(target: SigningRedis, tasks: int, signed: bool) -> tuple[float, float]:
-    """(tasks/s, CPU seconds the worker used from its start to its exit)."""
+def server_cpu() -> float:
+    """CPU seconds the Redis server has used since it started (user and system)."""
+    import redis
+
+    client = redis.Redis.from_url(f"redis://{REDIS_HOST}/{SIGNING_DB}")
+    try:
+        info = client.info("cpu")
+    finally:
+        client.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def one_drain(target: SigningRedis, tasks: int, signed: bool) -> tuple[float, float, float]:
+    """(tasks/s, CPU seconds the worker used from its start to its exit, CPU seconds the
+    Redis server used meanwhile: other clients of a shared server count too)."""
     with tempfile.TemporaryDirectory(prefix="celeriac-bench-") as tmp:
         workdir = Path(tmp)
         ledger = workdir / "ledger"
@@ -77,16 +90,16 @@ def one_drain(target: SigningRedis, tasks: int, signed: bool) -> tuple[float, fl
             try:
                 sent = send(session, tasks)
                 wait_for_idle_cpus(IDLE_PATIENCE)
-                cpu = children_cpu()
+                cpu, server = children_cpu(), server_cpu()
                 drained = drain(session, sent, WorkerSpec("prefork", 2), workdir, ledger,
                                 300.0, "worker-drain.log")
-                cpu = children_cpu() - cpu
+                cpu, server = children_cpu() - cpu, server_cpu() - server
             finally:
                 session.close()
         finally:
             for name in SIGNING_ENV:
                 os.environ.pop(name, None)
-        return drained.rate, cpu
+        return drained.rate, cpu, server
 
 
 def main() -> None:
@@ -98,15 +111,18 @@ def main() -> None:
     target.setup()
     rates: dict[bool, list[float]] = {False: [], True: []}
     cpus: dict[bool, list[float]] = {False: [], True: []}
+    servers: dict[bool, list[float]] = {False: [], True: []}
     try:
         for run in range(args.runs):
             order = (False, True) if run % 2 == 0 else (True, False)
             for signed in order:
-                rate, cpu = one_drain(target, args.tasks, signed)
+                rate, cpu, server = one_drain(target, args.tasks, signed)
                 rates[signed].append(rate)
                 cpus[signed].append(cpu)
+                servers[signed].append(server)
                 print(f"  run {run + 1}: W2 {'signed' if signed else 'unsigned'}: "
-                      f"{rate:,.0f} tasks/s, worker CPU {cpu:.2f} s", flush=True)
+                      f"{rate:,.0f} tasks/s, worker CPU {cpu:.2f} s, Redis CPU {server:.2f} s",
+                      flush=True)
     finally:
         target.teardown()
     plain, measured = statistics.median(rates[False]), statistics.median(rates[True])
@@ -121,6 +137,11 @@ def main() -> None:
     print(f"  worker CPU per drain (median): unsigned {cpu_plain:.2f} s, signed "
           f"{cpu_measured:.2f} s: {(cpu_measured - cpu_plain) / args.tasks * 1e6:+.1f} us "
           f"per task ({(cpu_measured - cpu_plain) / cpu_plain * 100:+.1f}%)")
+    server_plain = statistics.median(servers[False])
+    server_measured = statistics.median(servers[True])
+    print(f"  Redis server CPU per drain (median): unsigned {server_plain:.2f} s, signed "
+          f"{server_measured:.2f} s: "
+          f"{(server_measured - server_plain) / args.tasks * 1e6:+.1f} us per task")
     print("  unsigned:", ", ".join(f"{r:,.0f}" for r in rates[False]))
     print("  signed:  ", ", ".join(f"{r:,.0f}" for r in rates[True]))
 

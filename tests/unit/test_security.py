@@ -22,7 +22,7 @@ from celeriac.security.encryption import Cipher
 from celeriac.security.keys import load_private_key, load_public_key
 from celeriac.security.replay import DONE, MemorySeenNonces
 from celeriac.security.screen import RefusalLog, Screen, check_worker_security
-from celeriac.security.signing import Refused, Signer, Verifier, strip
+from celeriac.security.signing import Opened, Refused, Signer, Verifier, strip
 from celeriac.testing import ThreadedWorker
 
 SECRET = b"s" * 32
@@ -303,12 +303,11 @@ def test_nonces_that_cannot_be_claimed_send_the_batch_back_until_they_can(
     class Down(MemorySeenNonces):
         failures = 2
 
-        async def claim(self, nonces: Sequence[str], token: str,
-                        ttl: float) -> list[str | None]:
+        async def claim(self, signed: Sequence[Opened], token: str) -> list[str | None]:
             if self.failures:
                 self.failures -= 1
                 raise BrokerError("the server is down")
-            return await super().claim(nonces, token, ttl)
+            return await super().claim(signed, token)
 
     @signed_app.task
     def ping() -> str:

@@ -37,9 +37,6 @@ logger = logging.getLogger("celeriac.worker")
 
 LOG_BURST = 10  # refusals logged per window; the rest are counted and summed up
 LOG_WINDOW = 10.0  # seconds
-# Seconds a nonce is kept past its message's validity: clocks of producers, workers and
-# the server a little apart must not open a window for a replay.
-CLOCK_MARGIN = 60.0
 
 
 class RefusalLog:
@@ -108,9 +105,7 @@ class Screen:
             except Refused as bad:
                 refused.append((delivery, bad))
         if verified:
-            holders = await self.seen.claim(
-                [opened.nonce.hex() for _, opened in verified], self.token,
-                max(opened.valid_until for _, opened in verified) - now + CLOCK_MARGIN)
+            holders = await self.seen.claim([opened for _, opened in verified], self.token)
             for (delivery, opened), holder in zip(verified, holders, strict=True):
                 if holder is None or (holder != DONE and delivery.delivery_count > 1):
                     passed.append((delivery, opened))  # new, or a redelivery taken over
@@ -127,9 +122,7 @@ class Screen:
 
     async def mark_run(self, signed: Sequence[Opened]) -> None:
         """Mark the nonces of messages that were run (or set aside) as done."""
-        now = time.time()
-        await self.seen.done([(opened.nonce.hex(), opened.valid_until - now + CLOCK_MARGIN)
-                              for opened in signed])
+        await self.seen.done(signed)
 
     def mark_soon(self, signed: Sequence[Opened]) -> None:
         """``mark_run`` in the background, so that the flush that settled them does not
@@ -154,7 +147,7 @@ class Screen:
 
     async def release(self, signed: Sequence[Opened]) -> None:
         """Forget the claims of messages handed back unstarted."""
-        await self.seen.release([(opened.nonce.hex(), self.token) for opened in signed])
+        await self.seen.release(signed, self.token)
 
 
 def screen_for(app: Any, security: Any) -> Screen | None:

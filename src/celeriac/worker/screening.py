@@ -4,8 +4,8 @@ With signing on (``security.screen``), what a fetch returns is held at once (it 
 against the prefetch budget) and checked in a task of its own: the signatures are CPU
 work, the nonce claim a round trip to the server, and the fetch loop need not wait for
 either before it asks for more. Measured on W2 (bench/signing_cost.py): with the check
-awaited in the fetch loop the drain was about 40% slower; beside it, 19% on a quiet
-machine (median of 7; the worker's own CPU +8%, the rest the server's nonce claims).
+awaited in the fetch loop the drain was about 40% slower; beside it, 13% on a quiet
+machine (median of 7; the worker's own CPU +8%, the Redis server's +1.7 us a message).
 What passes goes to the slots with its verified frame; what is
 refused is submitted as a dead-letter verdict without ever reaching a slot. Apart from
 the consumer because none of it runs without signing.
