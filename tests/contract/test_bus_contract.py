@@ -20,10 +20,6 @@ from celeriac.bus import CONTROL, EVENTS, REPLIES, RETENTION, Bus, Record, Subsc
 
 
 async def _bus(broker: Broker) -> Bus:
-    if broker.scheme == "postgresql":
-        # Not built yet (issue 16): workers on postgresql:// run with events and remote
-        # control off, saying so in their log.
-        pytest.skip("postgresql:// carries no event or control topics yet")
     bus = broker.bus()
     await bus.connect()
     return bus

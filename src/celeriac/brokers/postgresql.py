@@ -29,7 +29,7 @@ import math
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import psycopg
 
@@ -52,6 +52,9 @@ from celeriac.brokers.postgresql_connection import (
     qualify,
 )
 from celeriac.errors import BrokerError, BrokerUnavailable
+
+if TYPE_CHECKING:
+    from celeriac.bus.base import Bus
 
 # The longest one wait on LISTEN lasts before the fetch looks again: a safety net for
 # a notification lost with a dropped LISTEN connection, never the way messages arrive.
@@ -273,6 +276,11 @@ class PostgreSQLBroker(Broker):
         async with self._pools.connection() as conn:
             cursor = await conn.execute(self._sql["REMOVE_DEAD_LETTERS"], (wanted,))
             return cursor.rowcount
+
+    def bus(self) -> Bus:
+        from celeriac.bus.postgresql import PostgreSQLBus
+
+        return PostgreSQLBus(self.settings)  # a table of its own in the same schema
 
     async def scheduled(self, limit: int = 100) -> list[ScheduledMessage]:
         rows = await self._execute("SCHEDULED", (limit,))
