@@ -87,8 +87,8 @@ class PgSettings:
         limit = options.get("pool_limit", DEFAULT_POOL_LIMIT)
         if limit is None:
             limit = DEFAULT_POOL_LIMIT
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 2:
-            raise ConfigurationError(f"pool_limit must be a whole number >= 2, not {limit!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigurationError(f"pool_limit must be a whole number >= 1, not {limit!r}")
         rest = [(k, v) for k, v in query if k != "schema"]
         if not any(k == "connect_timeout" for k, _ in rest):
             rest.append(("connect_timeout", str(max(1, round(timeout)))))
