@@ -54,6 +54,7 @@ from celeriac.brokers.postgresql_connection import (
 from celeriac.errors import BrokerError, BrokerUnavailable
 
 if TYPE_CHECKING:
+    from celeriac.brokers.buckets import TokenBuckets
     from celeriac.bus.base import Bus
 
 # The longest one wait on LISTEN lasts before the fetch looks again: a safety net for
@@ -76,6 +77,7 @@ class PostgreSQLBroker(Broker):
     supports_delay = True
     supports_priority = True
     supports_blocking_publish = True
+    supports_rate_limit = True
     setting_options: ClassVar[frozenset[str]] = frozenset({"pool_limit"})
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
@@ -276,6 +278,11 @@ class PostgreSQLBroker(Broker):
         async with self._pools.connection() as conn:
             cursor = await conn.execute(self._sql["REMOVE_DEAD_LETTERS"], (wanted,))
             return cursor.rowcount
+
+    def token_buckets(self) -> TokenBuckets:
+        from celeriac.brokers.buckets_postgresql import PostgreSQLBuckets
+
+        return PostgreSQLBuckets(self.settings)  # tables of their own in the same schema
 
     def bus(self) -> Bus:
         from celeriac.bus.postgresql import PostgreSQLBus
