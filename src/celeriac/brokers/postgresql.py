@@ -91,9 +91,8 @@ class PostgreSQLBroker(Broker):
             "STATS", "DEAD_COUNTS", "PURGE", "DEAD_LETTERS", "PURGE_DEAD_LETTERS",
             "REMOVE_DEAD_LETTERS", "SCHEDULED")}
         self._ready = False  # the schema is known to exist
-        # Bumped by every notification; each loop's waiters wait on their loop's event.
-        self._version = 0
-        self._events: dict[asyncio.AbstractEventLoop, asyncio.Event] = {}
+        # The events of the fetches waiting now, by loop: a notification sets them all.
+        self._waiting: dict[asyncio.AbstractEventLoop, set[asyncio.Event]] = {}
 
     # -- connections and schema ---------------------------------------------------------
 
@@ -103,7 +102,6 @@ class PostgreSQLBroker(Broker):
     async def close(self) -> None:
         await self._listener.close()
         await self._pools.close()
-        self._events.pop(asyncio.get_running_loop(), None)
 
     def close_blocking(self) -> None:
         self._pools.close_blocking()
@@ -162,42 +160,41 @@ class PostgreSQLBroker(Broker):
     # -- fetch and wake-ups ---------------------------------------------------------------
 
     def _notified(self, payload: str) -> None:
-        """A notification arrived on some loop's listener: wake that loop's waiters."""
-        self._version += 1
-        for loop, event in list(self._events.items()):
-            if loop.is_closed():
-                self._events.pop(loop, None)
-                continue
-            try:
-                loop.call_soon_threadsafe(event.set)
-            except RuntimeError:  # closed meanwhile
-                self._events.pop(loop, None)
+        """A notification arrived on some loop's listener: wake every waiting fetch."""
+        for loop, events in list(self._waiting.items()):
+            for event in list(events):
+                with contextlib.suppress(RuntimeError):  # its loop closed meanwhile
+                    loop.call_soon_threadsafe(event.set)
 
     async def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout
         loop = asyncio.get_running_loop()
+        event = asyncio.Event()  # this fetch's own: another's clear() cannot eat its wake-up
+        waiting = self._waiting.setdefault(loop, set())
+        waiting.add(event)
         listening = False
-        while True:
-            event = self._events.setdefault(loop, asyncio.Event())
-            event.clear()  # before looking: a notification during the look is kept
-            taken = await self._claim(queues, limit)
-            if taken:
-                return taken
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return []
-            if not listening:
-                listening = await self._listener.ensure()
-                if listening:
-                    continue  # look once more: a publish may have come before LISTEN
-            rows = await self._execute("NEXT_HIDDEN", (list(queues),))
-            due_in = rows[0][0] if rows and rows[0][0] is not None else None
-            sleep = min(remaining, MAX_SLEEP if listening else 0.05)
-            if due_in is not None:  # (at least a moment: one due now may be locked)
-                sleep = min(sleep, max(0.005, float(due_in)))
-            if sleep > 0:
+        try:
+            while True:
+                event.clear()  # before looking: a notification during the look is kept
+                taken = await self._claim(queues, limit)
+                if taken:
+                    return taken
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                if not listening:
+                    listening = await self._listener.ensure()
+                    if listening:
+                        continue  # look once more: a publish may have come before LISTEN
+                rows = await self._execute("NEXT_HIDDEN", (list(queues),))
+                due_in = rows[0][0] if rows and rows[0][0] is not None else None
+                sleep = min(remaining, MAX_SLEEP if listening else 0.05)
+                if due_in is not None:  # (at least a moment: one due now may be locked)
+                    sleep = min(sleep, max(0.005, float(due_in)))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), sleep)
+        finally:
+            waiting.discard(event)
 
     async def _claim(self, queues: Sequence[str], limit: int) -> list[Delivery]:
         if limit <= 0 or not queues:
