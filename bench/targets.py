@@ -215,6 +215,35 @@ class CeleriacRedis(CeleriacTarget):
                                on_close=lambda: flush_redis(CELERIAC_REDIS_DB))
 
 
+PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
+PG_DATABASE = "celeriac_bench"  # the bench's own, made afresh per session, dropped after
+
+
+def fresh_pg_database(drop_only: bool = False) -> None:
+    """Drop the bench's PostgreSQL database (and make it anew unless ``drop_only``)."""
+    import psycopg
+
+    with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)")
+        if not drop_only:
+            conn.execute(f"CREATE DATABASE {PG_DATABASE}")
+
+
+class CeleriacPostgreSQL(CeleriacTarget):
+    """celeriac on PostgreSQL: broker and result backend in the bench's own database."""
+
+    name = "celeriac/postgresql"
+    broker = "postgresql"
+    url = f"{PG_SERVER}/{PG_DATABASE}"
+
+    def teardown(self) -> None:
+        fresh_pg_database(drop_only=True)
+
+    def open(self, workdir: Path, ledger: Path) -> Session:
+        fresh_pg_database()
+        return CeleriacSession(self.url, self.url, ledger)
+
+
 class CeleriacAMQP(CeleriacTarget):
     """celeriac on RabbitMQ (publisher confirms, durable queues) with ``rpc://`` results."""
 
@@ -315,6 +344,8 @@ def suite_targets(suite: str) -> list[Target]:
     """The targets of a suite, celeriac first."""
     if suite == "sqlite":
         return [CeleriacSQLite()]
+    if suite == "postgresql":  # beside celeriac on Redis, as issue 16 asks
+        return [CeleriacPostgreSQL(), CeleriacRedis()]
     from bench.celery_target import CeleryAMQP, CeleryRedis
 
     if suite == "redis":
@@ -324,4 +355,4 @@ def suite_targets(suite: str) -> list[Target]:
     raise ValueError(f"unknown suite {suite!r}")
 
 
-SUITES = ("redis", "amqp", "sqlite")
+SUITES = ("redis", "amqp", "sqlite", "postgresql")

@@ -19,6 +19,8 @@ EXTRAS: dict[str, str] = {
     "aiormq": "amqp",
     "pamqp": "amqp",
     "zstandard": "zstd",
+    "psycopg": "postgresql",
+    "psycopg_pool": "postgresql",
 }
 
 

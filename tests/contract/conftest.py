@@ -24,14 +24,18 @@ from celeriac.brokers import Broker, create_broker
 # loaded CI machine does not lose a lease the test means to hold.
 LEASE_SECONDS = 0.5
 
-BROKER_KINDS = ["memory", "sqlite", "redis", "amqp"]
-BACKEND_KINDS = ["memory", "sqlite", "redis"]
+BROKER_KINDS = ["memory", "sqlite", "redis", "amqp", "postgresql"]
+BACKEND_KINDS = ["memory", "sqlite", "redis", "postgresql"]
 
 # The contract suites' own database on the local server; each test gets a key prefix of
 # its own, whose keys are deleted after the test.
 REDIS_URL = "redis://127.0.0.1:6379/13"
 # RabbitMQ: each test gets a queue-name prefix (namespace) of its own, deleted afterwards.
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+# PostgreSQL: a database of this test session's own (made on first use, dropped at the
+# end), and a schema of each test's own in it, dropped after the test.
+PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
+_pg_database: list[str] = []
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -51,6 +55,8 @@ def url_for(kind: str, tmp_path: Path) -> str:
         return REDIS_URL
     if kind == "amqp":
         return AMQP_URL
+    if kind == "postgresql":
+        return f"{PG_SERVER}/{pg_database()}"
     return "memory://" if kind == "memory" else f"sqlite:///{tmp_path / 'celeriac.db'}"
 
 
@@ -63,6 +69,9 @@ def isolated(url: str) -> Iterator[dict[str, Any]]:
     """
     if url.startswith("amqp://"):
         yield from _amqp_namespace(url)
+        return
+    if url.startswith("postgresql://"):
+        yield from _pg_schema(url)
         return
     if not url.startswith("redis://"):
         yield {}
@@ -133,3 +142,45 @@ def _amqp_namespace(url: str) -> Iterator[dict[str, Any]]:
                 await cleaner.close()
 
         asyncio.run(delete())
+
+
+def pg_database() -> str:
+    """This session's PostgreSQL database, made now if need be (skipped without a server,
+    except under CI)."""
+    if not _pg_database:
+        import psycopg
+
+        name = f"celeriac_contract_{uuid.uuid4().hex[:12]}"
+        try:
+            with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True,
+                                 connect_timeout=2) as conn:
+                conn.execute(f"CREATE DATABASE {name}")
+        except psycopg.OperationalError as exc:
+            if os.environ.get("CI"):
+                pytest.fail(f"PostgreSQL is not running at {PG_SERVER}: {exc}")
+            pytest.skip(f"PostgreSQL is not running at {PG_SERVER}")
+        _pg_database.append(name)
+    return _pg_database[0]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_pg_database() -> Iterator[None]:
+    """Drop the session's PostgreSQL database, if a test made it."""
+    yield
+    if _pg_database:
+        import psycopg
+
+        with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {_pg_database.pop()} WITH (FORCE)")
+
+
+def _pg_schema(url: str) -> Iterator[dict[str, Any]]:
+    """PostgreSQL: a schema of the test's own in the session's database, dropped after."""
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        yield {"schema": schema}
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")

@@ -20,6 +20,11 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "amqps": ("celeriac.backends.rpc", "RPCBackend"),
     "redis": ("celeriac.backends.redis", "RedisBackend"),
     "rediss": ("celeriac.backends.redis", "RedissBackend"),
+    "postgresql": ("celeriac.backends.postgresql", "PostgreSQLBackend"),
+    "postgres": ("celeriac.backends.postgresql", "PostgreSQLBackend"),
+    # Celery's SQLAlchemy URL for a database backend: the same tables, no SQLAlchemy.
+    "db+postgresql": ("celeriac.backends.postgresql", "PostgreSQLBackend"),
+    "db+postgres": ("celeriac.backends.postgresql", "PostgreSQLBackend"),
 }
 
 

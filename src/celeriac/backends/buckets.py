@@ -2,7 +2,7 @@
 
 RabbitMQ has no server-side counters a script could update atomically, so with an
 ``amqp://`` broker the token buckets of global rate limits live on the result backend's
-server when it has one that can: a SQLite file or Redis. See
+server when it has one that can: a SQLite file, Redis or PostgreSQL. See
 ``celeriac.brokers.buckets``.
 """
 
@@ -13,7 +13,8 @@ from celeriac.brokers.buckets import TokenBuckets
 
 
 def backend_token_buckets(backend: ResultBackend) -> TokenBuckets | None:
-    """Token buckets on ``backend``'s server (sqlite, redis), or None (memory, rpc)."""
+    """Token buckets on ``backend``'s server (sqlite, redis, postgresql), or None
+    (memory, rpc)."""
     if backend.scheme == "sqlite":
         from celeriac.brokers.buckets_sqlite import SQLiteBuckets
 
@@ -22,4 +23,10 @@ def backend_token_buckets(backend: ResultBackend) -> TokenBuckets | None:
         from celeriac.brokers.buckets_redis import RedisBuckets
 
         return RedisBuckets(backend.url, backend.options)
+    if backend.scheme == "postgresql":
+        from celeriac.backends.postgresql import PostgreSQLBackend
+        from celeriac.brokers.buckets_postgresql import PostgreSQLBuckets
+
+        assert isinstance(backend, PostgreSQLBackend)
+        return PostgreSQLBuckets(backend.settings)
     return None

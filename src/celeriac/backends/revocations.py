@@ -24,6 +24,9 @@ Where the entries live, per backend:
   reused, since it is AUTOINCREMENT); expired rows are deleted when entries are added;
 - redis: a stream ``<prefix>revoked`` (the entry id is the cursor), trimmed by age to
   ``result_expires`` on every add, the key itself expiring after that long;
+- postgresql: a ``celeriac_revocations`` table beside the results (``seq`` is the
+  cursor; adds take the table's lock, so seqs commit in order and no reader skips one;
+  see ``celeriac.backends.postgresql``);
 - rpc: nowhere. rpc:// results are not stored on a server, so there is no shared place
   to keep revocations; ``revocation_store`` returns None and revoking is an error
   that says to use a stored result backend (sqlite, redis).
@@ -102,6 +105,11 @@ def _make_store(backend: ResultBackend) -> RevocationStore | None:
 
         assert isinstance(backend, RedisBackend)
         return RedisRevocations(backend)
+    if backend.scheme == "postgresql":
+        from celeriac.backends.postgresql import PostgreSQLBackend, PostgreSQLRevocations
+
+        assert isinstance(backend, PostgreSQLBackend)
+        return PostgreSQLRevocations(backend)
     return None
 
 

@@ -20,6 +20,8 @@ BROKERS: dict[str, tuple[str, str]] = {
     "rediss": ("celeriac.brokers.redis", "RedissBroker"),
     "amqp": ("celeriac.brokers.amqp", "AMQPBroker"),
     "amqps": ("celeriac.brokers.amqp", "AMQPBroker"),
+    "postgresql": ("celeriac.brokers.postgresql", "PostgreSQLBroker"),
+    "postgres": ("celeriac.brokers.postgresql", "PostgreSQLBroker"),
 }
 
 

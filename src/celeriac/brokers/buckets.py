@@ -21,8 +21,9 @@ a rate string per key, or ``"0"`` for "no limit". Changing an override resets th
 bucket, so a new limit applies at once instead of after the tokens already reserved.
 
 Implementations: ``MemoryBuckets`` (one process: the memory broker, and the per-worker
-fallback), ``SQLiteBuckets`` (``buckets_sqlite``) and ``RedisBuckets``
-(``buckets_redis``). The arithmetic is ``reserve``, below; Redis repeats it in Lua.
+fallback), ``SQLiteBuckets`` (``buckets_sqlite``), ``RedisBuckets``
+(``buckets_redis``) and ``PostgreSQLBuckets`` (``buckets_postgresql``). The arithmetic
+is ``reserve``, below; Redis repeats it in Lua.
 """
 
 from __future__ import annotations
