@@ -33,7 +33,8 @@ def test_csrf_tokens_belong_to_one_identity_and_one_secret() -> None:
     assert auth.csrf_ok("basic:alice", token)
     assert not auth.csrf_ok("basic:bob", token)
     assert not auth.csrf_ok("basic:alice", None)
-    assert not auth.csrf_ok("basic:alice", token[:-1] + "0")
+    altered = token[:-1] + ("1" if token.endswith("0") else "0")  # one character changed
+    assert not auth.csrf_ok("basic:alice", altered)
     assert not AuthConfig(token="t").csrf_ok("basic:alice", token)  # another process
     shared = AuthConfig(token="t", secret=b"k" * 32)
     assert AuthConfig(token="t", secret=b"k" * 32).csrf_ok("x", shared.csrf_token("x"))
