@@ -323,10 +323,26 @@ class App:
 
         return Events(self)
 
+    def bus(self) -> Bus:
+        """A new ``Bus`` (not connected) for events and remote control: on the broker's
+        server, or on the result backend's when the broker carries no topics (SQS and
+        Kafka have no cheap broadcast log; a Redis, PostgreSQL or SQLite backend does).
+
+        Raises NotImplementedError, saying why, when neither carries them."""
+        try:
+            return self.broker.bus()
+        except NotImplementedError as broker_has_none:
+            try:
+                return self.backend.bus()
+            except NotImplementedError:
+                raise NotImplementedError(
+                    f"{broker_has_none}, nor does the {self.backend.scheme}:// result "
+                    f"backend (use a Redis, PostgreSQL or SQLite result backend for "
+                    f"events and remote control)") from None
+
     async def open_bus(self) -> Bus:
-        """A connected ``Bus`` on the broker's server, for this event loop (events and
-        remote control); the caller closes it."""
-        bus = self.broker.bus()
+        """A connected ``Bus`` (``bus``), for this event loop; the caller closes it."""
+        bus = self.bus()
         await bus.connect()
         return bus
 

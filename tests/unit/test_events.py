@@ -11,6 +11,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -281,7 +282,40 @@ def test_a_broker_without_a_bus_turns_events_off_once(
     with ThreadedWorker(app):
         assert [add.delay(i, 1).get(timeout=WAIT) for i in range(5)] == [1, 2, 3, 4, 5]
     assert [r.message for r in caplog.records if "events are off" in r.message] == \
-        ["events are off: MemoryBroker carries no event or control topics"]
+        ["events are off: MemoryBroker carries no event or control topics, nor does the "
+         "memory:// result backend (use a Redis, PostgreSQL or SQLite result backend for "
+         "events and remote control)"]
+
+
+def test_a_broker_without_a_bus_sends_events_over_the_result_backends_server(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """As with SQS or Kafka as broker: the topics live where the results do."""
+    app = App("proj", broker="memory://", backend=f"sqlite:///{tmp_path / 'results.db'}")
+
+    def no_bus(self: Any) -> Bus:
+        raise NotImplementedError("MemoryBroker carries no event or control topics")
+
+    monkeypatch.setattr(type(app.broker), "bus", no_bus)
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    try:
+        stream = app.events.iter(timeout=WAIT)
+        with ThreadedWorker(app):
+            result = add.delay(2, 3)
+            assert result.get(timeout=WAIT) == 5
+            for event in stream:
+                if event["type"] == "task-succeeded" and event["uuid"] == result.id:
+                    break
+            else:
+                pytest.fail("no task-succeeded event arrived over the backend's bus")
+            # Remote control takes the same path: the worker answers a ping.
+            answers = app.control.broadcast("ping", reply=True, timeout=WAIT, limit=1)
+            assert [list(answer.values()) for answer in answers or []] == [[{"ok": "pong"}]]
+    finally:
+        app.close()
 
 
 def test_a_batch_expands_into_one_dict_per_event_numbered_from_its_seq() -> None:

@@ -22,7 +22,10 @@ import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from celeriac.bus.base import Bus
 
 # How ``wait`` polls when the backend cannot wait on its server: quickly at first,
 # since most results arrive within milliseconds, then backing off to a gentle rate.
@@ -128,6 +131,13 @@ class ResultBackend(ABC):
 
     def close_blocking(self) -> None:
         """Release what the blocking calls opened in this process. Safe to call always."""
+
+    def bus(self) -> Bus:
+        """A new ``Bus`` on this backend's server, with connections of its own: where
+        events and remote control travel when the broker carries no topics (SQS, Kafka).
+        The caller connects it on its own event loop and closes it."""
+        raise NotImplementedError(f"the {self.scheme}:// result backend carries no event "
+                                  f"or control topics")
 
     # -- chords: sets and claims (see celeriac.worker.workflow) ---------------------------
 

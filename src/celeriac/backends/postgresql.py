@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -37,6 +37,9 @@ from celeriac.brokers.postgresql_connection import (
     qualify,
 )
 from celeriac.errors import BackendError
+
+if TYPE_CHECKING:
+    from celeriac.bus.base import Bus
 
 SCHEMA_VERSION = 1
 NOW = "extract(epoch FROM clock_timestamp())"
@@ -154,6 +157,11 @@ class PostgreSQLBackend(ResultBackend):
 
     async def connect(self) -> None:
         await self._schema()
+
+    def bus(self) -> Bus:
+        from celeriac.bus.postgresql import PostgreSQLBus
+
+        return PostgreSQLBus(self.settings)  # a table of its own in the same schema
 
     async def close(self) -> None:
         await self._listener.close()

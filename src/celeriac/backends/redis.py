@@ -57,7 +57,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celeriac.backends.base import ResultBackend
 from celeriac.brokers.redis_connection import (
@@ -71,6 +71,9 @@ from celeriac.brokers.redis_connection import (
 from celeriac.brokers.redis_durability import check_server
 from celeriac.brokers.redis_failures import translate_errors
 from celeriac.errors import BackendError, BackendRefused
+
+if TYPE_CHECKING:
+    from celeriac.bus.base import Bus
 
 OPTIONS = frozenset({"key_prefix", *CONNECTION_OPTIONS})
 NOTIFY_TTL_MS = 10_000
@@ -112,6 +115,7 @@ class RedisBackend(ResultBackend):
         if self.options.get("redis_backend_use_ssl") and "ssl" not in mine:
             mine["ssl"] = self.options["redis_backend_use_ssl"]  # Celery's setting
         self.settings = RedisSettings.from_options(url, mine)
+        self._bus_options = mine
         self.prefix = self.settings.key_prefix
         # A wait re-reads the result at least this often, whatever the wake-up tokens do.
         self.max_block = self.settings.connection_timeout / 2
@@ -249,6 +253,11 @@ class RedisBackend(ResultBackend):
     def _forget(self, task: asyncio.Task[None]) -> None:
         with self._lock:
             self._background.discard(task)
+
+    def bus(self) -> Bus:
+        from celeriac.bus.redis import RedisBus
+
+        return RedisBus(self.url, self._bus_options)  # under this backend's key prefix
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celeriac.backends.base import ResultBackend
 from celeriac.errors import BackendError
 from celeriac.sqlite_db import Database, PollPolicy, Schema, placeholders
+
+if TYPE_CHECKING:
+    from celeriac.bus.base import Bus
 
 SCHEMA = Schema("results", 1, (
     """CREATE TABLE IF NOT EXISTS results (
@@ -81,6 +84,11 @@ class SQLiteBackend(ResultBackend):
 
     async def connect(self) -> None:
         self._db.connection()  # opens this thread's connection and creates the table
+
+    def bus(self) -> Bus:
+        from celeriac.bus.sqlite import SQLiteBus
+
+        return SQLiteBus(self.url)  # a table of its own in this file
 
     async def close(self) -> None:
         self._db.close()

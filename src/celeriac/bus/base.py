@@ -12,7 +12,9 @@ can read back what is still retained (``since``). Three topics exist:
 - ``replies``: the workers' answers, read by the client that asked; kept briefly.
 
 Each broker carries them in its own way (``Broker.bus()``): a capped Redis Stream per
-topic, a RabbitMQ stream queue per topic, a table in the SQLite file, a list in memory.
+topic, a RabbitMQ stream queue per topic, a table in the SQLite file or PostgreSQL
+schema, a list in memory. Brokers with no cheap broadcast log (SQS, Kafka) leave them to
+the result backend's server (``ResultBackend.bus()``, chosen by ``App.bus()``).
 Records are opaque bytes: what they mean is the business of the modules above.
 
 The contract, which ``tests/contract/test_bus_contract.py`` holds every bus to:

@@ -8,9 +8,9 @@ answers (``commands``) and publishes the reply, unless none was asked for.
 
 A request for a command nobody knows gets an error reply (from the processes, so one
 per node after the merge); a command that raises gets an error reply with the message,
-and is logged; neither ever stops the listener. A broker without topics (``Broker.bus``
-raises ``NotImplementedError``) means no remote control: said once, then idle. A bus
-that fails is reopened after a pause.
+and is logged; neither ever stops the listener. When neither the broker nor the result
+backend carries topics (``App.bus`` raises ``NotImplementedError``) there is no remote
+control: said once, then idle. A bus that fails is reopened after a pause.
 """
 
 from __future__ import annotations
@@ -104,9 +104,8 @@ async def _serve(app: App, node: str, index: int | None, handle: Handler, expect
             finally:
                 with contextlib.suppress(Exception):
                     await subscription.close()
-        except NotImplementedError:
-            logger.info("the %s broker carries no control topic: remote control "
-                        "(inspect, control) cannot reach %s", app.broker.scheme, node)
+        except NotImplementedError as exc:
+            logger.info("remote control (inspect, control) cannot reach %s: %s", node, exc)
             return
         except asyncio.CancelledError:
             raise

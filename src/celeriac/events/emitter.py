@@ -144,7 +144,7 @@ class EventEmitter:
     async def _connected_bus(self) -> Bus | None:
         if self._bus is None:
             try:
-                bus = self.app.broker.bus()
+                bus = self.app.bus()
             except NotImplementedError as exc:
                 logger.warning("events are off: %s", exc)
                 self.off = True

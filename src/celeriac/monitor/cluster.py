@@ -153,7 +153,7 @@ class EventFollower:
         since: float | None = None  # from start_at; after a failure, from where it broke off
         started = False
         while not self._stop.is_set():
-            bus = self.app.broker.bus()
+            bus = self.app.bus()
             try:
                 if not started:
                     since = await self.start_at()

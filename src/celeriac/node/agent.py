@@ -58,7 +58,7 @@ async def run_services(node: NodeHandle, services: Sequence[NodeService],
 
 def _bus_of(node: NodeHandle) -> Bus:
     try:
-        return node.app.broker.bus()
+        return node.app.bus()
     except NotImplementedError as exc:
         # The services that need no topics (autoscaling, metrics) still run.
         logger.warning("node %s: %s; events and remote control are off", node.name,
