@@ -30,6 +30,7 @@ The contract, which ``tests/contract/test_bus_contract.py`` holds every bus to:
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,6 +90,34 @@ class RecordSizes:
             return RETENTION[topic].max_records
         self._average[topic] = average
         return RETENTION[topic].record_limit(average)
+
+
+class TrimSchedule:
+    """When a publisher that trims with a DELETE (the SQLite and PostgreSQL buses) trims
+    a topic: once ``interval`` seconds passed, or a quarter of the topic's records (at
+    most ``every``) or of its bytes were published since its last trim. A DELETE per
+    publish would cost more than the publish."""
+
+    def __init__(self, interval: float = 1.0, every: int = 10_000) -> None:
+        self.interval = interval
+        self.every = every
+        self._trimmed_at = {topic: 0.0 for topic in RETENTION}  # monotonic time
+        self._records = {topic: 0 for topic in RETENTION}  # published since the trim
+        self._bytes = {topic: 0 for topic in RETENTION}  # and their bytes
+
+    def due(self, topic: str, payloads: Sequence[bytes]) -> bool:
+        """Note ``payloads`` (about to be published); whether to trim ``topic`` with them."""
+        self._records[topic] += len(payloads)
+        self._bytes[topic] += sum(len(p) for p in payloads)
+        clock = time.monotonic()
+        retention = RETENTION[topic]
+        if clock - self._trimmed_at[topic] < self.interval \
+                and self._records[topic] < min(self.every, max(retention.max_records // 4, 1)) \
+                and self._bytes[topic] < retention.max_bytes // 4:
+            return False
+        self._trimmed_at[topic] = clock
+        self._records[topic] = self._bytes[topic] = 0
+        return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,15 @@ from celeriac.brokers.postgresql_connection import (
     create_schema,
     qualify,
 )
-from celeriac.bus.base import RETENTION, Bus, Record, RecordSizes, Subscription, check_topic
+from celeriac.bus.base import (
+    RETENTION,
+    Bus,
+    Record,
+    RecordSizes,
+    Subscription,
+    TrimSchedule,
+    check_topic,
+)
 from celeriac.errors import BrokerError, BrokerUnavailable
 
 SCHEMA_VERSION = 1
@@ -88,10 +96,8 @@ class PostgreSQLBus(Bus):
         self.channel = f"celeriac_{settings.schema}_bus"
         self._listener = Listener(settings, self.channel, self._notified)
         self._ready = False
-        self._trimmed_at = {topic: 0.0 for topic in RETENTION}
+        self._trims = TrimSchedule(TRIM_INTERVAL, TRIM_EVERY)
         self._sizes = RecordSizes()
-        self._since_trim = {topic: 0 for topic in RETENTION}  # records published since
-        self._bytes_since_trim = {topic: 0 for topic in RETENTION}  # and their bytes
         self._events: dict[asyncio.AbstractEventLoop, set[asyncio.Event]] = {}
 
     def _q(self, statement: str) -> str:
@@ -116,7 +122,7 @@ class PostgreSQLBus(Bus):
         if not payloads:
             return
         await self._schema()
-        trim = self._trim_due(topic, payloads)
+        trim = self._trims.due(topic, payloads)
         limit = self._sizes.limit(topic, payloads)  # within max_records and max_bytes
         async with self._pools.connection() as conn:
             try:
@@ -132,22 +138,6 @@ class PostgreSQLBus(Bus):
                 if isinstance(exc, BrokerError):
                     raise
                 raise self.settings.unavailable(exc, BrokerError) from exc
-
-    def _trim_due(self, topic: str, payloads: Sequence[bytes]) -> bool:
-        """Trim now if a second passed, or a quarter of the topic's records or bytes
-        were published since the last trim."""
-        self._since_trim[topic] += len(payloads)
-        self._bytes_since_trim[topic] += sum(len(p) for p in payloads)
-        clock = time.monotonic()
-        retention = RETENTION[topic]
-        every = min(TRIM_EVERY, max(retention.max_records // 4, 1))
-        if clock - self._trimmed_at[topic] < TRIM_INTERVAL \
-                and self._since_trim[topic] < every \
-                and self._bytes_since_trim[topic] < retention.max_bytes // 4:
-            return False
-        self._trimmed_at[topic] = clock
-        self._since_trim[topic] = self._bytes_since_trim[topic] = 0
-        return True
 
     async def subscribe(self, topic: str, since: float | None = None) -> Subscription:
         check_topic(topic)

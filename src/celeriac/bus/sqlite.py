@@ -26,7 +26,15 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from celeriac.bus.base import RETENTION, Bus, Record, RecordSizes, Subscription, check_topic
+from celeriac.bus.base import (
+    RETENTION,
+    Bus,
+    Record,
+    RecordSizes,
+    Subscription,
+    TrimSchedule,
+    check_topic,
+)
 from celeriac.errors import BrokerError
 from celeriac.sqlite_db import Database, PollPolicy, Schema
 
@@ -81,10 +89,8 @@ class SQLiteBus(Bus):
 
     def __init__(self, url: str) -> None:
         self._db = Database(url, SCHEMA, POLL, BrokerError)
-        self._trimmed_at = {topic: 0.0 for topic in RETENTION}  # monotonic time
+        self._trims = TrimSchedule(TRIM_INTERVAL, TRIM_EVERY)
         self._sizes = RecordSizes()  # the average record size: the count max_bytes allows
-        self._since_trim = {topic: 0 for topic in RETENTION}  # records published since
-        self._bytes_since_trim = {topic: 0 for topic in RETENTION}  # and their bytes
 
     async def connect(self) -> None:
         self._db.connection()  # opens this thread's connection and creates the table
@@ -97,7 +103,7 @@ class SQLiteBus(Bus):
         if not payloads:
             return
         now = time.time()
-        trim = self._trim_due(topic, payloads)
+        trim = self._trims.due(topic, payloads)
         limit = self._sizes.limit(topic, payloads)  # within max_records and max_bytes
         with self._db.write() as conn:
             conn.executemany(INSERT, [(topic, now, bytes(p)) for p in payloads])
@@ -105,22 +111,6 @@ class SQLiteBus(Bus):
                 retention = RETENTION[topic]
                 conn.execute(TRIM_COUNT, (topic, limit))
                 conn.execute(TRIM_AGE, (topic, now - retention.max_age))
-
-    def _trim_due(self, topic: str, payloads: Sequence[bytes]) -> bool:
-        """Trim now if a second passed, or a quarter of the topic's records or bytes
-        were published since the last trim (a DELETE per publish would cost too much)."""
-        self._since_trim[topic] += len(payloads)
-        self._bytes_since_trim[topic] += sum(len(p) for p in payloads)
-        clock = time.monotonic()
-        retention = RETENTION[topic]
-        every = min(TRIM_EVERY, max(retention.max_records // 4, 1))
-        if clock - self._trimmed_at[topic] < TRIM_INTERVAL \
-                and self._since_trim[topic] < every \
-                and self._bytes_since_trim[topic] < retention.max_bytes // 4:
-            return False
-        self._trimmed_at[topic] = clock
-        self._since_trim[topic] = self._bytes_since_trim[topic] = 0
-        return True
 
     async def subscribe(self, topic: str, since: float | None = None) -> Subscription:
         check_topic(topic)
