@@ -19,12 +19,12 @@ import argparse
 import os
 import resource
 import socket
-import statistics
 import tempfile
 import threading
 import urllib.request
 from pathlib import Path
 
+from bench.paired import Drain, alternate, report
 from bench.run import wait_for_idle_cpus
 from bench.targets import REDIS_HOST, CeleriacRedis, WorkerSpec, flush_redis
 from bench.workloads import drain, send
@@ -85,7 +85,7 @@ def children_cpu() -> float:
 
 
 def one_drain(target: MetricsRedis, tasks: int, metrics: bool,
-              interval: float) -> tuple[float, float]:
+              interval: float) -> Drain:
     """(tasks/s, CPU seconds the worker used from its start to its exit)."""
     with tempfile.TemporaryDirectory(prefix="celeriac-bench-") as tmp:
         workdir = Path(tmp)
@@ -116,7 +116,7 @@ def one_drain(target: MetricsRedis, tasks: int, metrics: bool,
             counted = sum(float(line.rsplit(" ", 1)[1]) for line in scraper.last.splitlines()
                           if line.startswith("celeriac_tasks_total{"))
             print(f"    {scraper.scrapes} scrapes; the last one counted {counted:,.0f} tasks")
-        return drained.rate, cpu
+        return Drain(drained.rate, cpu)
 
 
 def main() -> None:
@@ -128,36 +128,18 @@ def main() -> None:
     args = parser.parse_args()
     target = MetricsRedis()
     target.setup()
-    rates: dict[bool, list[float]] = {False: [], True: []}
-    cpus: dict[bool, list[float]] = {False: [], True: []}
     try:
-        for run in range(args.runs):
-            order = (False, True) if run % 2 == 0 else (True, False)
-            for metrics in order:
-                rate, cpu = one_drain(target, args.tasks, metrics, args.scrape_interval)
-                rates[metrics].append(rate)
-                cpus[metrics].append(cpu)
-                print(f"  run {run + 1}: W2 {'with' if metrics else 'without'} "
-                      f"--metrics-port: {rate:,.0f} tasks/s, worker CPU {cpu:.2f} s",
-                      flush=True)
+        drains = alternate(
+            args.runs,
+            lambda metrics: one_drain(target, args.tasks, metrics, args.scrape_interval),
+            _label)
     finally:
         target.teardown()
-    plain, measured = statistics.median(rates[False]), statistics.median(rates[True])
-    cost = (plain - measured) / plain * 100
-    print(f"W2 drain, Redis, median of {args.runs}: without {plain:,.0f} tasks/s, with "
-          f"--metrics-port {measured:,.0f} tasks/s: cost {cost:+.1f}% "
-          f"(goal <= {GOAL_PERCENT:.0f}%: {'met' if cost <= GOAL_PERCENT else 'MISSED'})")
-    best_plain, best_measured = max(rates[False]), max(rates[True])
-    print(f"  best runs (least disturbed by other load): without {best_plain:,.0f}, with "
-          f"{best_measured:,.0f}: cost {(best_plain - best_measured) / best_plain * 100:+.1f}%")
-    # CPU is what other load on the machine disturbs least: the worker's CPU seconds from
-    # start to exit (start-up included, the same in both), and what metrics add per task.
-    cpu_plain, cpu_measured = statistics.median(cpus[False]), statistics.median(cpus[True])
-    print(f"  worker CPU per drain (median): without {cpu_plain:.2f} s, with "
-          f"{cpu_measured:.2f} s: {(cpu_measured - cpu_plain) / args.tasks * 1e6:+.1f} us "
-          f"per task ({(cpu_measured - cpu_plain) / cpu_plain * 100:+.1f}%)")
-    print("  without:", ", ".join(f"{r:,.0f}" for r in rates[False]))
-    print("  with:   ", ", ".join(f"{r:,.0f}" for r in rates[True]))
+    report(drains, _label, args.tasks, GOAL_PERCENT)
+
+
+def _label(metrics: bool) -> str:
+    return "with --metrics-port" if metrics else "without"
 
 
 if __name__ == "__main__":

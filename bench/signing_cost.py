@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from bench.metrics_cost import children_cpu
+from bench.paired import Drain, alternate, report
 from bench.run import wait_for_idle_cpus
 from bench.targets import REDIS_HOST, CeleriacRedis, WorkerSpec
 from bench.workloads import drain, send
@@ -76,7 +76,7 @@ def server_cpu() -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def one_drain(target: SigningRedis, tasks: int, signed: bool) -> tuple[float, float, float]:
+def one_drain(target: SigningRedis, tasks: int, signed: bool) -> Drain:
     """(tasks/s, CPU seconds the worker used from its start to its exit, CPU seconds the
     Redis server used meanwhile: other clients of a shared server count too)."""
     with tempfile.TemporaryDirectory(prefix="celeriac-bench-") as tmp:
@@ -99,7 +99,7 @@ def one_drain(target: SigningRedis, tasks: int, signed: bool) -> tuple[float, fl
         finally:
             for name in SIGNING_ENV:
                 os.environ.pop(name, None)
-        return drained.rate, cpu, server
+        return Drain(drained.rate, cpu, server)
 
 
 def main() -> None:
@@ -109,41 +109,16 @@ def main() -> None:
     args = parser.parse_args()
     target = SigningRedis()
     target.setup()
-    rates: dict[bool, list[float]] = {False: [], True: []}
-    cpus: dict[bool, list[float]] = {False: [], True: []}
-    servers: dict[bool, list[float]] = {False: [], True: []}
     try:
-        for run in range(args.runs):
-            order = (False, True) if run % 2 == 0 else (True, False)
-            for signed in order:
-                rate, cpu, server = one_drain(target, args.tasks, signed)
-                rates[signed].append(rate)
-                cpus[signed].append(cpu)
-                servers[signed].append(server)
-                print(f"  run {run + 1}: W2 {'signed' if signed else 'unsigned'}: "
-                      f"{rate:,.0f} tasks/s, worker CPU {cpu:.2f} s, Redis CPU {server:.2f} s",
-                      flush=True)
+        drains = alternate(args.runs, lambda signed: one_drain(target, args.tasks, signed),
+                           _label)
     finally:
         target.teardown()
-    plain, measured = statistics.median(rates[False]), statistics.median(rates[True])
-    cost = (plain - measured) / plain * 100
-    print(f"W2 drain, Redis, median of {args.runs}: unsigned {plain:,.0f} tasks/s, signed "
-          f"{measured:,.0f} tasks/s: cost {cost:+.1f}% "
-          f"(goal <= {GOAL_PERCENT:.0f}%: {'met' if cost <= GOAL_PERCENT else 'MISSED'})")
-    best_plain, best_measured = max(rates[False]), max(rates[True])
-    print(f"  best runs (least disturbed by other load): unsigned {best_plain:,.0f}, signed "
-          f"{best_measured:,.0f}: cost {(best_plain - best_measured) / best_plain * 100:+.1f}%")
-    cpu_plain, cpu_measured = statistics.median(cpus[False]), statistics.median(cpus[True])
-    print(f"  worker CPU per drain (median): unsigned {cpu_plain:.2f} s, signed "
-          f"{cpu_measured:.2f} s: {(cpu_measured - cpu_plain) / args.tasks * 1e6:+.1f} us "
-          f"per task ({(cpu_measured - cpu_plain) / cpu_plain * 100:+.1f}%)")
-    server_plain = statistics.median(servers[False])
-    server_measured = statistics.median(servers[True])
-    print(f"  Redis server CPU per drain (median): unsigned {server_plain:.2f} s, signed "
-          f"{server_measured:.2f} s: "
-          f"{(server_measured - server_plain) / args.tasks * 1e6:+.1f} us per task")
-    print("  unsigned:", ", ".join(f"{r:,.0f}" for r in rates[False]))
-    print("  signed:  ", ", ".join(f"{r:,.0f}" for r in rates[True]))
+    report(drains, _label, args.tasks, GOAL_PERCENT)
+
+
+def _label(signed: bool) -> str:
+    return "signed" if signed else "unsigned"
 
 
 if __name__ == "__main__":
