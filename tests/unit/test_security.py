@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from celeriac import App, ConfigurationError, Reject
+from celeriac import App, ConfigurationError, Reject, signals
 from celeriac.brokers import DeadLetter, Delivery, Outgoing
 from celeriac.control.secrets import masked_settings
 from celeriac.errors import BrokerError, DecodeError
@@ -262,6 +262,12 @@ def test_a_signed_worker_runs_signed_encrypted_tasks_and_retries_and_refuses_the
             raise Reject("not yet", requeue=True)  # its claim is released, not a replay
         return "landed"
 
+    rejected: list[tuple[str, str]] = []
+
+    def heard(sender: object, message: Delivery, exc: str, **_: object) -> None:
+        rejected.append((message.id, exc.split(":")[0]))
+
+    signals.task_rejected.connect(heard)
     _, outgoing = signed_app.prepare(personal.name, ["ada"], {}, {}, personal)
     assert b"ada" not in outgoing.body  # encrypt=True: the frame is sealed
     assert signed_app.decode_message(outgoing.body).args == ("ada",)  # (with the key)
@@ -279,8 +285,10 @@ def test_a_signed_worker_runs_signed_encrypted_tasks_and_retries_and_refuses_the
         while len(asyncio.run(_dead(signed_app))) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
         letters = asyncio.run(_dead(signed_app))
+    signals.task_rejected.disconnect(heard)
     assert sorted((d.id, d.reason.split(":")[0]) for d in letters) == [
         ("forged", "unsigned"), ("huge", "message too large")]
+    assert sorted(rejected) == [("forged", "unsigned"), ("huge", "message too large")]
     assert len(attempts) == 2
 
 

@@ -18,6 +18,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+from celeriac import signals
 from celeriac.brokers.base import Delivery
 from celeriac.errors import describe
 from celeriac.worker.broker_failures import quiet
@@ -77,6 +78,9 @@ async def screen_batch(consumer: Consumer, batch: list[Held]) -> None:
         refused_held = held_of.get(id(delivery))
         if refused_held is not None:
             refused_held.started = True
+            if signals.task_rejected.receivers:  # as for any message it will not run
+                signals.task_rejected.send(sender=consumer.executor.signal_sender,
+                                           message=delivery, exc=str(refusal))
             consumer._submit(refused_held, Verdict(Action.DEAD_LETTER, reason=str(refusal),
                                                    logged=True))
     for delivery, opened in passed:
