@@ -271,6 +271,7 @@ def test_a_signed_worker_runs_signed_encrypted_tasks_and_retries_and_refuses_the
     _, outgoing = signed_app.prepare(personal.name, ["ada"], {}, {}, personal)
     assert b"ada" not in outgoing.body  # encrypt=True: the frame is sealed
     assert signed_app.decode_message(outgoing.body).args == ("ada",)  # (with the key)
+    stream = signed_app.events.iter(timeout=10)  # subscribed before anything is sent
     with ThreadedWorker(signed_app):
         result = personal.delay("ada")
         assert result.get(timeout=10) == "ADA"  # its retry was signed anew
@@ -289,6 +290,13 @@ def test_a_signed_worker_runs_signed_encrypted_tasks_and_retries_and_refuses_the
     assert sorted((d.id, d.reason.split(":")[0]) for d in letters) == [
         ("forged", "unsigned"), ("huge", "message too large")]
     assert sorted(rejected) == [("forged", "unsigned"), ("huge", "message too large")]
+    events = {}
+    for event in stream:
+        if event["type"] == "task-rejected" and event["uuid"] in ("forged", "huge"):
+            events[event["uuid"]] = (event["reason"].split(":")[0], event["dead_lettered"])
+            if len(events) == 2:
+                break
+    assert events == {"forged": ("unsigned", True), "huge": ("message too large", True)}
     assert len(attempts) == 2
 
 
