@@ -22,10 +22,18 @@ if TYPE_CHECKING:
 
 
 def _call(target: Task[..., Any], args: Iterable[Any]) -> Any:
-    value = target(*args)
+    """One call of ``target``; for a ``validate=True`` task its arguments are checked
+    and converted as for a message of its own (the map's message is as untrusted), and
+    its result kept in its JSON form, as it would be stored."""
+    validator = target.validator
+    positional: tuple[Any, ...] = tuple(args)
+    named: dict[str, Any] = {}
+    if validator is not None:
+        positional, named = validator.arguments(positional, {})
+    value = target(*positional, **named)
     if inspect.iscoroutine(value):  # an async task: run it to completion here
         value = asyncio.run(value)
-    return value
+    return value if validator is None else validator.result_to_store(value)
 
 
 def _map(self: Task[..., Any], task: str, it: list[Any]) -> list[Any]:

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from celeriac.app import App
     from celeriac.group_result import ResultLike
     from celeriac.task import Task
+    from celeriac.validation import Validator
 
 S = TypeVar("S", bound="Signature")
 
@@ -465,13 +466,25 @@ def xmap(task: Signature, it: Iterable[Any]) -> Signature:
     An item that is a ``range`` travels as a list (the Celery guide maps over ranges).
     """
     items = [list(item) if isinstance(item, range) else item for item in it]
+    validator = _validator_of(task)
+    if validator is not None:  # each call checked now, as a delay() of it would be
+        items = [validator.for_message((item,), {})[0][0] for item in items]
     return Signature(MAP, (), {"task": task.task, "it": items}, {}, False, task.app)
 
 
 def xstarmap(task: Signature, it: Iterable[Iterable[Any]]) -> Signature:
     """One message that calls ``task(*item)`` for each item."""
-    return Signature(STARMAP, (), {"task": task.task, "it": [list(item) for item in it]},
-                     {}, False, task.app)
+    calls = [list(item) for item in it]
+    validator = _validator_of(task)
+    if validator is not None:
+        calls = [list(validator.for_message(call, {})[0]) for call in calls]
+    return Signature(STARMAP, (), {"task": task.task, "it": calls}, {}, False, task.app)
+
+
+def _validator_of(task: Signature) -> Validator | None:
+    """The checks of a ``validate=True`` task this signature's app knows, else None."""
+    known = task.app.tasks.get(task.task) if task.app is not None else None
+    return known.validator if known is not None else None
 
 
 def is_composite(sig: Signature) -> bool:

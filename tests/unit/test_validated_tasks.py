@@ -228,3 +228,33 @@ def test_validate_is_checked_at_declaration(app: App,
                        r"not installed: pip install 'celeriac\[validation\]'"):
         app.task(validate=True)
     app.task(validate=False)  # (without it, nothing asks for pydantic)
+
+
+def test_map_starmap_and_chunks_check_each_call_at_send_and_convert_on_the_worker(
+        app: App) -> None:
+    @app.task(name="shop.count", validate=True)
+    def count(order: Order) -> Receipt:
+        assert isinstance(order, Order)  # the worker converted the item into the model
+        return Receipt(order_lines=len(order.lines), total=sum(x.qty for x in order.lines))
+
+    @app.task(name="shop.times", validate=True)
+    def times(qty: int, factor: int) -> int:
+        assert isinstance(qty, int)
+        return qty * factor
+
+    # When one item of a map, starmap or chunks does not fit, nothing is built or sent
+    with pytest.raises(ValidationError, match=r"order\.lines\.0\.qty"):
+        count.map([ORDER, {"lines": [{"sku": "a", "qty": "two"}], "day": "2026-12-06"}])
+    with pytest.raises(ValidationError, match="factor"):
+        times.starmap([(1, 2), (3, "many")])
+    with pytest.raises(ValidationError, match="factor"):
+        times.chunks([(1, 2), (3, "many")], 1)
+    with pytest.raises(TypeError, match="missing a required argument: 'factor'"):
+        times.starmap([(1,)])
+    assert _sent(app) == []
+    # And calls that fit travel in their JSON form and run with converted arguments
+    with ThreadedWorker(app):
+        assert count.map([ORDER]).delay().get(timeout=5) == [
+            {"order_lines": 2, "total": 5}]  # (the map's result: each call's JSON form)
+        assert times.starmap([(1, "2"), (3, 4)]).delay().get(timeout=5) == [2, 12]
+        assert times.chunks([(1, 2), ("3", 4)], 1).delay().get(timeout=5) == [[2], [12]]
