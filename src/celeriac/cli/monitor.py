@@ -11,19 +11,17 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from typing import TYPE_CHECKING
 
 import click
 
 from celeriac.cli.common import client_app, run
-from celeriac.errors import BrokerError, ConfigurationError
+from celeriac.errors import ConfigurationError
 from celeriac.logs import FORMAT, JSON, configure_logging
 from celeriac.monitor.alerts import AlertChecker
 from celeriac.monitor.webhooks import shown
 
 if TYPE_CHECKING:
-    from celeriac.app import App
     from celeriac.cli.main import AppSpec
 
 logger = logging.getLogger("celeriac.monitor")
@@ -69,20 +67,7 @@ def monitor_command(spec: AppSpec, interval: float | None, once: bool, loglevel:
         for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, and how services stop
             signal.signal(signum, lambda *_: stopping.set())
         try:
-            _loop(app, checker, stopping)
+            checker.run_until(stopping)  # webhooks go out on the app's loop meanwhile
         finally:
             logger.info("monitor: stopping")
             run(app, checker.aclose(flush=FLUSH_SECONDS))
-
-
-def _loop(app: App, checker: AlertChecker, stopping: threading.Event) -> None:
-    """Checks from this thread until a signal sets ``stopping``; webhooks go out on the
-    app's loop meanwhile."""
-    while not stopping.is_set():
-        started = time.monotonic()
-        try:
-            run(app, checker.check_once())
-        except BrokerError as exc:
-            logger.warning("cannot read the queues on %s: %s; next check in %.1f s",
-                           checker.broker_display, exc, checker.interval)
-        stopping.wait(max(0.0, checker.interval - (time.monotonic() - started)))

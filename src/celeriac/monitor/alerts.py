@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from celeriac.errors import BrokerError
+from celeriac.errors import BrokerError, describe
 from celeriac.logs import FIELDS
 from celeriac.monitor.queues import read_queues
 from celeriac.monitor.rules import (
@@ -151,16 +152,21 @@ class AlertChecker:
         return changes
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Check every ``interval`` seconds until ``stop`` is set (or the task cancelled).
-        A broker that cannot be read is logged and tried again on the next check."""
+        """Check every ``interval`` seconds until ``stop`` is set (or the task cancelled):
+        the one loop of ``celeriac monitor`` and the exporter (``run_until``). A
+        broker that cannot be read is logged and tried again on the next check; so is a
+        check that fails for any other reason (with its traceback: a bug)."""
         stop = stop or asyncio.Event()
         while not stop.is_set():
             started = time.monotonic()
             try:
                 await self.check_once()
             except BrokerError as exc:
-                logger.warning("cannot read the queues on %s: %s; next check in %.0f s",
-                               self.broker_display, exc, self.interval)
+                logger.warning("cannot read the queues on %s: %s; next check in %.1f s",
+                               self.broker_display, describe(exc), self.interval)
+            except Exception:
+                logger.exception("the queue alert check failed; next check in %.1f s",
+                                 self.interval)
             left = self.interval - (time.monotonic() - started)
             if left > 0:
                 try:
@@ -168,6 +174,17 @@ class AlertChecker:
                         await stop.wait()
                 except TimeoutError:
                     pass
+
+    def run_until(self, stopping: threading.Event) -> None:
+        """``run`` on the app's own loop (where its connections and the webhooks' client
+        live), blocking this thread until ``stopping`` is set, from another thread or a
+        signal handler: how ``celeriac monitor`` and the exporter check."""
+        loop = self.app._bridge.loop
+        stopped = asyncio.Event()
+        running = asyncio.run_coroutine_threadsafe(self.run(stopped), loop)
+        stopping.wait()
+        loop.call_soon_threadsafe(stopped.set)
+        running.result()
 
     async def aclose(self, flush: float = 0.0) -> None:
         """Stop posting webhooks, after up to ``flush`` seconds for those still queued."""

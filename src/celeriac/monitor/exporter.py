@@ -26,7 +26,6 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from celeriac.errors import BrokerError, describe
 from celeriac.monitor.alerts import AlertChecker
 from celeriac.monitor.cluster import ClusterView, EventFollower
 from celeriac.monitor.endpoint import TEXT, Endpoint
@@ -86,14 +85,5 @@ class Exporter:
 
     def _check_alerts(self) -> None:
         """The queue alerts, checked on the app's loop (where their webhooks go out)."""
-        checker = self.checker
-        assert checker is not None
-        while not self._stop.is_set():
-            try:
-                self.app._run_sync(checker.check_once())
-            except BrokerError as exc:
-                logger.warning("queue alerts: cannot read the queues on %s: %s",
-                               checker.broker_display, describe(exc))
-            except Exception:
-                logger.exception("queue alerts: the check failed; trying again")
-            self._stop.wait(checker.interval)
+        assert self.checker is not None
+        self.checker.run_until(self._stop)
