@@ -232,14 +232,21 @@ class BrokerProbe:
 
 
 class Deployment:
+    """One test's world: a broker (a SQLite file in ``root`` unless ``url`` names
+    another), a result backend (``backend_url``, else the broker's URL), the ledger the
+    tasks write to, and the worker processes started on them."""
+
     worker_class: type[WorkerProcess] = WorkerProcess
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, url: str | None = None, backend_url: str | None = None,
+                 lease_seconds: float = LEASE_SECONDS, **transport_options: Any) -> None:
         self.root = root
-        self.url = f"sqlite:///{root / 'broker.db'}"
+        self.url = url or f"sqlite:///{root / 'broker.db'}"
+        self.backend_url = backend_url or self.url
+        self.transport_options = {"lease_seconds": lease_seconds, **transport_options}
         self.ledger = Ledger(root / "ledger.jsonl")
-        self.app = App("ledger-tests", broker=self.url, backend=self.url,
-                       broker_transport_options={"lease_seconds": LEASE_SECONDS})
+        self.app = App("ledger-tests", broker=self.url, backend=self.backend_url,
+                       broker_transport_options=self.transport_options)
         self.tasks: LedgerTasks = register(self.app)
         self._probe: BrokerProbe | None = None
         self.workers: list[WorkerProcess] = []
@@ -263,8 +270,8 @@ class Deployment:
             [str(APPS_DIR), *filter(None, [os.environ.get("PYTHONPATH")])])
         env[LEDGER_ENV] = str(self.ledger.path)
         values: dict[str, Any] = {
-            "broker_url": self.url, "result_backend": self.url,
-            "broker_transport_options": {"lease_seconds": LEASE_SECONDS}, **settings,
+            "broker_url": self.url, "result_backend": self.backend_url,
+            "broker_transport_options": self.transport_options, **settings,
         }
         for name, value in values.items():
             env[f"CELERIAC_{name.upper()}"] = json.dumps(value)
@@ -293,10 +300,10 @@ class Deployment:
 
     def make_app(self, **settings: Any) -> App:
         """Another producer-side App on this deployment's broker, closed with it."""
-        options = {"lease_seconds": LEASE_SECONDS,
-                   **settings.pop("broker_transport_options", {})}
-        app = App("ledger-tests", broker=self.url, backend=self.url,
-                  broker_transport_options=options, **settings)
+        options = {**self.transport_options, **settings.pop("broker_transport_options", {})}
+        settings.setdefault("backend", self.backend_url)
+        app = App("ledger-tests", broker=self.url, broker_transport_options=options,
+                  **settings)
         self._extra_apps.append(app)
         return app
 

@@ -29,15 +29,11 @@ import pytest
 from rabbit_node import RABBITMQCTL, RabbitNode
 from worker_harness import (
     Deployment,
-    Ledger,
-    LedgerTasks,
     WorkerProcess,
-    register,
     unique_name,
     wait_until,
 )
 
-from celeriac import App
 from celeriac.brokers import Broker, DeadLetter, Outgoing, QueueStats, create_broker
 
 HOST, PORT = "127.0.0.1", 5672
@@ -186,18 +182,10 @@ class RabbitDeployment(Deployment):
 
     def __init__(self, root: Path, rabbit: Rabbit, backend: str | None = None,
                  **transport_options: Any) -> None:
-        self.root = root
         self.rabbit = rabbit
-        self.url = rabbit.url()
-        self.backend_url = backend or f"sqlite:///{root / 'results.db'}"
-        self.transport_options = {"lease_seconds": LEASE_SECONDS, **transport_options}
-        self.ledger = Ledger(root / "ledger.jsonl")
-        self.app = App("ledger-tests", broker=self.url, backend=self.backend_url,
-                       broker_transport_options=self.transport_options)
-        self.tasks: LedgerTasks = register(self.app)
+        super().__init__(root, rabbit.url(), backend or f"sqlite:///{root / 'results.db'}",
+                         **transport_options)
         self._probe: RabbitProbe | None = None  # type: ignore[assignment]
-        self.workers: list[WorkerProcess] = []
-        self._extra_apps: list[App] = []
 
     @property
     def probe(self) -> RabbitProbe:  # type: ignore[override]
@@ -206,8 +194,6 @@ class RabbitDeployment(Deployment):
         return self._probe
 
     def env(self, **settings: Any) -> dict[str, str]:
-        settings.setdefault("result_backend", self.backend_url)
-        settings.setdefault("broker_transport_options", self.transport_options)
         env = super().env(**settings)
         env["PYTHONPATH"] = os.pathsep.join([str(APPS_DIR), env["PYTHONPATH"]])
         return env
@@ -218,14 +204,6 @@ class RabbitDeployment(Deployment):
         self.workers.append(worker)
         return worker
 
-    def make_app(self, **settings: Any) -> App:
-        """Another producer-side App on this deployment's broker, closed with it."""
-        options = {**self.transport_options, **settings.pop("broker_transport_options", {})}
-        settings.setdefault("backend", self.backend_url)
-        app = App("ledger-tests", broker=self.url, broker_transport_options=options,
-                  **settings)
-        self._extra_apps.append(app)
-        return app
 
 
 # What the ``deploy`` fixture gives: ``deploy(backend=None, **transport_options)``.

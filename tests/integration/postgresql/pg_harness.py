@@ -12,13 +12,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
-from worker_harness import Deployment, register
-
-from celeriac import App
+from worker_harness import Deployment
 
 # A password, though the server trusts loopback: it shows that URLs are masked in
 # what workers print and answer (control_cases checks `conf`).
@@ -56,22 +53,4 @@ class PostgreSQLDeployment(Deployment):
     """The ledger deployment of ``worker_harness``, on a PostgreSQL broker and backend."""
 
     def __init__(self, root: Path, url: str, lease_seconds: float) -> None:
-        super().__init__(root)
-        self.app.close()  # the SQLite producer made by the base class, never connected
-        self.url = url
-        self.lease_seconds = lease_seconds
-        self.app = App("ledger-tests", broker=url, backend=url,
-                       broker_transport_options={"lease_seconds": lease_seconds})
-        self.tasks = register(self.app)
-
-    def env(self, **settings: object) -> dict[str, str]:
-        settings.setdefault("broker_transport_options", {"lease_seconds": self.lease_seconds})
-        return super().env(**settings)
-
-    def make_app(self, **settings: Any) -> App:
-        options = {"lease_seconds": self.lease_seconds,
-                   **settings.pop("broker_transport_options", {})}
-        app = App("ledger-tests", broker=self.url, backend=self.url,
-                  broker_transport_options=options, **settings)
-        self._extra_apps.append(app)
-        return app
+        super().__init__(root, url, lease_seconds=lease_seconds)

@@ -24,13 +24,12 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import pytest
 import redis
-from worker_harness import Deployment, register, wait_until
+from worker_harness import Deployment, wait_until
 
-from celeriac import App
 from celeriac.brokers.base import Broker
 from celeriac.brokers.redis import RedisBroker
 
@@ -146,26 +145,7 @@ class RedisDeployment(Deployment):
     """The ledger deployment of ``worker_harness``, on a Redis broker and backend."""
 
     def __init__(self, root: Path, url: str, lease_seconds: float) -> None:
-        super().__init__(root)
-        self.app.close()  # the SQLite producer made by the base class, never connected
-        self.url = url
-        self.lease_seconds = lease_seconds
-        self.app = App("ledger-tests", broker=url, backend=url,
-                       broker_transport_options={"lease_seconds": lease_seconds})
-        self.tasks = register(self.app)
-
-    def env(self, **settings: object) -> dict[str, str]:
-        settings.setdefault("broker_transport_options", {"lease_seconds": self.lease_seconds})
-        return super().env(**settings)
-
-    def make_app(self, **settings: Any) -> App:
-        """Another producer-side App on this deployment's broker, closed with it."""
-        options = {"lease_seconds": self.lease_seconds,
-                   **settings.pop("broker_transport_options", {})}
-        app = App("ledger-tests", broker=self.url, backend=self.url,
-                  broker_transport_options=options, **settings)
-        self._extra_apps.append(app)
-        return app
+        super().__init__(root, url, lease_seconds=lease_seconds)
 
 
 def with_prefix(url: str, prefix: str) -> str:
