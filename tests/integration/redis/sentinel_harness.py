@@ -142,6 +142,13 @@ class SentinelCluster:
         self.primary.process.wait(10)
         return time.monotonic()
 
+    def failover(self) -> float:
+        """Ask a sentinel for a failover with the primary alive (``SENTINEL FAILOVER``):
+        the replica is promoted and the primary demoted to its replica."""
+        with contextlib.closing(self.sentinels[0].client()) as client:
+            client.execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+        return time.monotonic()
+
     def wait_for_failover(self, timeout: float = 20.0) -> float:
         """Wait until every sentinel names the replica as master; return when that was."""
         _wait(lambda: all(s.master_port() == self.replica.port for s in self.sentinels),

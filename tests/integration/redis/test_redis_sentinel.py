@@ -223,3 +223,41 @@ def test_with_wait_for_replicas_no_acknowledged_send_is_lost(
     # The new master has no replica left: a send now cannot be acknowledged, and says so
     with pytest.raises(BrokerError, match="wait_for_replicas"):
         world.tasks.record.delay("no replica")
+
+
+@pytest.mark.timeout(90)
+def test_a_demoted_master_is_left_for_the_promoted_one(
+    cluster: SentinelCluster, world: SentinelDeployment,
+) -> None:
+    # Given a worker under load from two producers, on sentinel:// URLs
+    worker = world.start_worker("-c", "2").wait_ready(2)
+    pids = {child.pid for child in worker.children()}
+    producers = Producers(world)
+    try:
+        world.ledger.wait_for_count(100, timeout=30)
+
+        # When the sentinels fail over with the primary alive: it becomes a replica and
+        # answers the connections still open to it with READONLY (or UNBLOCKED)
+        cluster.failover()
+        promoted = cluster.wait_for_failover()
+        wait_until(lambda: SentinelCluster._role(cluster.primary) == "slave", 20,
+                   "the old primary to be demoted to a replica")
+        demoted = time.monotonic()
+        wait_until(lambda: len(producers.acknowledged_between(demoted)) >= 200, 30,
+                   "200 sends acknowledged after the demotion")
+    finally:
+        producers.stop()
+
+    # Then the worker and the producers went on with the promoted replica: every task
+    # sent after the demotion ran, in the same worker processes
+    after = producers.acknowledged_between(demoted)
+    wait_until(lambda: after <= set(world.ledger.tags()), 30,
+               "every task sent after the demotion to have run")
+    assert worker.running
+    assert {child.pid for child in worker.children()} == pids
+    assert world.tasks.record.delay("last").get(timeout=15) == "last"
+    time.sleep(LEASE_SECONDS + 1)
+    before = producers.acknowledged_between(0, promoted)
+    lost = before - set(world.ledger.tags())
+    print(f"coordinated sentinel failover: {len(before)} sends acknowledged before the "
+          f"promotion, {len(lost)} lost; {len(producers.failed)} sends raised")
