@@ -9,6 +9,7 @@ from celeriac import App
 from celeriac.brokers.redis_connection import RedisSettings
 from celeriac.brokers.redis_replication import Replication
 from celeriac.errors import BrokerUnavailable, ConfigurationError
+from celeriac.urls import safe_url
 
 URL = "sentinel://:secret@10.0.0.1:26379;sentinel://10.0.0.2:26380;sentinel://10.0.0.3/2"
 
@@ -79,3 +80,13 @@ def test_a_send_too_few_replicas_acknowledged_raises_saying_what_may_happen() ->
     replication.check(2, "here", 1)  # enough: nothing to say
     with pytest.raises(BrokerUnavailable, match="only 1 of the 2 replica"):
         replication.check(1, "here", 3)
+
+
+def test_sentinel_options_on_a_plain_redis_url_are_refused_not_ignored() -> None:
+    with pytest.raises(ConfigurationError, match="master_name is an option of sentinel://"):
+        RedisSettings.from_options("redis://127.0.0.1:6379/0", {"master_name": "m"})
+
+
+def test_every_sentinels_password_is_masked_where_the_url_is_shown() -> None:
+    assert safe_url("sentinel://:pw@h:1;sentinel://u:pw@h2:2/0") == \
+        "sentinel://:***@h:1;sentinel://u:***@h2:2/0"

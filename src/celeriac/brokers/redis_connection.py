@@ -132,6 +132,9 @@ class RedisSettings:
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss"):
             raise ConfigurationError(f"not a redis:// or rediss:// URL: {url!r}")
+        for name in redis_sentinel.OPTIONS & set(options):
+            raise ConfigurationError(f"{name} is an option of sentinel:// URLs; "
+                                     f"{parts.scheme}:// connects to one server")
         _pool_limit(options)  # checked first, as before the URL's options
         # Celery's broker_use_ssl / redis_backend_use_ssl, under either spelling.
         nested = tls_options.normalize(options.get("ssl"), "the ssl option") or {}

@@ -39,7 +39,7 @@ def _wait(condition: object, timeout: float, what: str) -> None:
 class Sentinel:
     """``redis-server --sentinel`` on its own port, with its own (rewritten) config file."""
 
-    def __init__(self, directory: Path, primary_port: int) -> None:
+    def __init__(self, directory: Path, primary_port: int, quorum: int = QUORUM) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             unavailable("redis-server is not installed")
@@ -49,7 +49,7 @@ class Sentinel:
         config = directory / "sentinel.conf"
         config.write_text("\n".join([
             f"port {self.port}", "bind 127.0.0.1", f"dir {directory}",
-            f"sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} {QUORUM}",
+            f"sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} {quorum}",
             f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}",
             f"sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}",
             f"sentinel parallel-syncs {MASTER_NAME} 1", ""]))
@@ -85,10 +85,13 @@ class SentinelCluster:
     """Primary, replica and three sentinels, ready: the replica in sync, every sentinel
     seeing it and the other two (so that a quorum can agree and elect a leader)."""
 
-    def __init__(self, root: Path, timeout: float = 20.0, proxied: bool = False) -> None:
+    def __init__(self, root: Path, timeout: float = 20.0, proxied: bool = False,
+                 sentinels: int = SENTINELS) -> None:
         """``proxied``: the replica replicates through a ``FaultProxy`` (``link``), so
-        that the replication link can be frozen (a lagging replica)."""
+        that the replication link can be frozen (a lagging replica). ``sentinels``: one
+        is enough where nothing fails over (the contract suites)."""
         self.root = root
+        self.count = sentinels
         self.servers: list[RedisServer] = []
         self.sentinels: list[Sentinel] = []
         self.link: FaultProxy | None = None
@@ -112,8 +115,9 @@ class SentinelCluster:
                                    ("--replicaof", "127.0.0.1", str(source)))
         self.servers.append(self.replica)
         _wait(self._replica_in_sync, timeout, "the replica to be in sync")
-        for n in range(SENTINELS):
-            self.sentinels.append(Sentinel(self.root / f"sentinel-{n}", self.primary.port))
+        for n in range(self.count):
+            self.sentinels.append(Sentinel(self.root / f"sentinel-{n}", self.primary.port,
+                                           min(QUORUM, self.count)))
         _wait(self._sentinels_ready, timeout,
               "every sentinel to see the replica and the other sentinels")
 
@@ -128,7 +132,7 @@ class SentinelCluster:
         except redis.RedisError:
             return False
         return all(int(str(state["num-slaves"])) >= 1
-                   and int(str(state["num-other-sentinels"])) >= SENTINELS - 1
+                   and int(str(state["num-other-sentinels"])) >= self.count - 1
                    for state in states)
 
     def url(self, db: int = 0) -> str:

@@ -261,3 +261,25 @@ def test_a_demoted_master_is_left_for_the_promoted_one(
     lost = before - set(world.ledger.tags())
     print(f"coordinated sentinel failover: {len(before)} sends acknowledged before the "
           f"promotion, {len(lost)} lost; {len(producers.failed)} sends raised")
+
+
+@pytest.mark.timeout(90)
+def test_a_failover_longer_than_the_connection_timeout_is_logged_and_ridden_out(
+    cluster: SentinelCluster, world: SentinelDeployment,
+) -> None:
+    # Given a worker whose broker calls give up after 0.5 s, shorter than the failover
+    worker = world.start_worker("-c", "1", broker_connection_timeout=0.5).wait_ready(1)
+    pids = {child.pid for child in worker.children()}
+    assert world.tasks.record.delay("before").get(timeout=15) == "before"
+
+    # When the primary is killed and the replica promoted
+    cluster.kill_primary()
+    cluster.wait_for_failover()
+
+    # Then the worker said so, one line per failed fetch, naming the cause
+    worker.wait_for_log("fetch from the broker failed", timeout=20)
+    assert "Redis is unavailable" in worker.log()
+    # and consumes again by itself, in the same process, from the promoted replica
+    assert world.tasks.record.delay("after").get(timeout=20) == "after"
+    assert worker.running
+    assert {child.pid for child in worker.children()} == pids
