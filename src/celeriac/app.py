@@ -280,7 +280,9 @@ class App:
             self._backend = create_backend(self.conf.effective_result_backend, {
                 "broker_url": self.conf.effective_broker_url,
                 "broker_use_ssl": self.conf.broker_use_ssl,
-                "redis_backend_use_ssl": self.conf.redis_backend_use_ssl})
+                "redis_backend_use_ssl": self.conf.redis_backend_use_ssl,
+                "result_backend_transport_options":
+                    self.conf.result_backend_transport_options})
         return self._backend
 
     async def connect(self) -> None:

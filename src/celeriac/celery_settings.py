@@ -103,7 +103,8 @@ _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
      "attempt; False: it stops at once with one line"),
     ("broker_connection_timeout", Answer.SAME, None, ""),
     ("broker_failover_strategy", Answer.REFUSED, None,
-     "celeriac connects to one broker URL; failover (Redis Sentinel) is planned"),
+     "celeriac connects to one broker URL; for Redis failover use sentinel:// "
+     "(docs/brokers.md)"),
     ("broker_heartbeat", Answer.SAME, None,
      "seconds between RabbitMQ heartbeats (a worker's consumer heartbeat is "
      "also at most half its lease); not used by other brokers, with a warning"),
@@ -165,8 +166,9 @@ _TABLE: tuple[tuple[str, Answer, str | None, str], ...] = (
      "result writes are retried within broker_connection_timeout always"),
     ("result_backend_max_sleep_between_retries_ms", Answer.REFUSED, None,
      "result writes are retried within broker_connection_timeout always"),
-    ("result_backend_transport_options", Answer.REFUSED, None,
-     "give result backend options in result_backend's URL query string"),
+    ("result_backend_transport_options", Answer.SAME, None,
+     "the Redis result backend's options (master_name and sentinel_kwargs for "
+     "sentinel://, key_prefix...); other backends refuse them"),
     ("result_cache_max", Answer.REFUSED, None,
      "AsyncResult keeps a final result once read; there is no shared cache"),
     ("result_chord_join_timeout", Answer.REFUSED, None,

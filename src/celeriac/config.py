@@ -66,6 +66,9 @@ class Settings(Mapping[str, Any]):
     # TLS options in Celery's shapes (celeriac.tls); the URL's scheme must say TLS too.
     broker_use_ssl: bool | dict[str, Any] | None = None
     redis_backend_use_ssl: bool | dict[str, Any] | None = None
+    # The result backend's own options (Redis and Sentinel: master_name, sentinel_kwargs,
+    # key_prefix...), as broker_transport_options are the broker's.
+    result_backend_transport_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     # Time: what a naive datetime means (see timezones.py), and periodic tasks' zone.
     timezone: str | None = None

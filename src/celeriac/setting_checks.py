@@ -306,6 +306,7 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "broker_heartbeat": _heartbeat,
     "broker_use_ssl": _tls,
     "redis_backend_use_ssl": _tls,
+    "result_backend_transport_options": as_mapping,
     "timezone": _timezone,
     "enable_utc": _bool,
     "task_reject_on_worker_lost": _optional_bool,

@@ -7,10 +7,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 
 def safe_url(url: str) -> str:
-    """The URL with any password masked (``amqp://guest:***@host/``), for printing."""
+    """The URL with any password masked (``amqp://guest:***@host/``), for printing.
+
+    A list of URLs joined by ``;`` (Celery's ``sentinel://`` form) is masked part by part.
+    """
+    if ";" in url.partition("?")[0]:
+        return ";".join(safe_url(part) for part in url.split(";"))
     try:
         parts = urlsplit(url)
         password = parts.password
+        port = parts.port
     except ValueError:  # a malformed URL (a bad port, say): show no part of its netloc
         head, sep, _ = url.partition("://")
         return f"{head}{sep}***" if sep else url
@@ -19,8 +25,8 @@ def safe_url(url: str) -> str:
     host = parts.hostname or ""
     if ":" in host:  # an IPv6 literal
         host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    if port is not None:
+        host = f"{host}:{port}"
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 

@@ -24,8 +24,8 @@ from celeriac.brokers import Broker, create_broker
 # loaded CI machine does not lose a lease the test means to hold.
 LEASE_SECONDS = 0.5
 
-BROKER_KINDS = ["memory", "sqlite", "redis", "amqp", "postgresql"]
-BACKEND_KINDS = ["memory", "sqlite", "redis", "postgresql"]
+BROKER_KINDS = ["memory", "sqlite", "redis", "amqp", "postgresql", "sentinel"]
+BACKEND_KINDS = ["memory", "sqlite", "redis", "postgresql", "sentinel"]
 
 # The contract suites' own database on the local server; each test gets a key prefix of
 # its own, whose keys are deleted after the test.
@@ -36,6 +36,10 @@ AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 # end), and a schema of each test's own in it, dropped after the test.
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
 _pg_database: list[str] = []
+# Redis Sentinel: a primary, a replica and one sentinel of this test session's own
+# (tests/integration/redis/sentinel_harness.py), started on first use, stopped at the
+# end; each test gets a key prefix of its own, as on the shared server.
+_sentinel_cluster: list[Any] = []
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -57,6 +61,8 @@ def url_for(kind: str, tmp_path: Path) -> str:
         return AMQP_URL
     if kind == "postgresql":
         return f"{PG_SERVER}/{pg_database()}"
+    if kind == "sentinel":
+        return sentinel_cluster().url()
     return "memory://" if kind == "memory" else f"sqlite:///{tmp_path / 'celeriac.db'}"
 
 
@@ -72,6 +78,9 @@ def isolated(url: str) -> Iterator[dict[str, Any]]:
         return
     if url.startswith("postgresql://"):
         yield from _pg_schema(url)
+        return
+    if url.startswith("sentinel://"):
+        yield from _sentinel_prefix()
         return
     if not url.startswith("redis://"):
         yield {}
@@ -184,3 +193,51 @@ def _pg_schema(url: str) -> Iterator[dict[str, Any]]:
     finally:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def sentinel_cluster() -> Any:
+    """This session's Sentinel deployment, started now if need be (skipped without
+    redis-server, except under CI)."""
+    if not _sentinel_cluster:
+        import sys
+        import tempfile
+
+        integration = Path(__file__).parents[1] / "integration"
+        sys.path[:0] = [str(integration), str(integration / "redis")]
+        from sentinel_harness import SentinelCluster
+
+        directory = Path(tempfile.mkdtemp(prefix="celeriac-contract-sentinel-"))
+        _sentinel_cluster.append(SentinelCluster(directory, sentinels=1))
+    return _sentinel_cluster[0]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_sentinel_cluster() -> Iterator[None]:
+    """Stop the session's Sentinel deployment, if a test started it."""
+    yield
+    if _sentinel_cluster:
+        import shutil
+
+        cluster = _sentinel_cluster.pop()
+        cluster.stop()
+        shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+def _sentinel_prefix() -> Iterator[dict[str, Any]]:
+    """Sentinel: the master's name and a key prefix of the test's own, its keys deleted
+    after (on the primary, which no test fails over)."""
+    import redis
+    from sentinel_harness import MASTER_NAME
+
+    cluster = sentinel_cluster()
+    prefix = f"contract:{uuid.uuid4().hex[:12]}:"
+    try:
+        yield {"key_prefix": prefix, "master_name": MASTER_NAME}
+    finally:
+        client = redis.Redis(port=cluster.primary.port, socket_timeout=5)
+        try:
+            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()

@@ -20,6 +20,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "amqps": ("celeriac.backends.rpc", "RPCBackend"),
     "redis": ("celeriac.backends.redis", "RedisBackend"),
     "rediss": ("celeriac.backends.redis", "RedissBackend"),
+    "sentinel": ("celeriac.backends.redis", "SentinelBackend"),
     "postgresql": ("celeriac.backends.postgresql", "PostgreSQLBackend"),
     "postgres": ("celeriac.backends.postgresql", "PostgreSQLBackend"),
     # Celery's SQLAlchemy URL for a database backend: the same tables, no SQLAlchemy.
@@ -37,6 +38,11 @@ def create_backend(url: str, options: Mapping[str, Any] | None = None) -> Result
         )
     module_name, class_name = BACKENDS[scheme]
     cls = getattr(import_for_url(module_name, url, "result backend"), class_name)
+    if (options or {}).get("result_backend_transport_options") and \
+            not cls.takes_transport_options:
+        raise ConfigurationError(
+            f"result_backend_transport_options are not used by the {scheme}:// result "
+            "backend (only Redis and Sentinel backends take them); remove them")
     backend: ResultBackend = cls(url, options)
     return backend
 

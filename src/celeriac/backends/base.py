@@ -40,6 +40,8 @@ class ResultBackend(ABC):
     scheme: str
     # Implements load_many_blocking and wait_blocking, for sync callers.
     supports_blocking: ClassVar[bool] = False
+    # Reads the result_backend_transport_options setting (others refuse it if set).
+    takes_transport_options: ClassVar[bool] = False
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         self.url = url

@@ -19,7 +19,7 @@ def backend_token_buckets(backend: ResultBackend) -> TokenBuckets | None:
         from celeriac.brokers.buckets_sqlite import SQLiteBuckets
 
         return SQLiteBuckets(backend.url)
-    if backend.scheme in ("redis", "rediss"):
+    if backend.scheme in ("redis", "rediss", "sentinel"):
         from celeriac.brokers.buckets_redis import RedisBuckets
 
         return RedisBuckets(backend.url, backend.options)

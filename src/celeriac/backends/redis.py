@@ -66,6 +66,7 @@ from celeriac.brokers.redis_connection import (
     LoopClients,
     RedisSettings,
     Script,
+    check_options,
     command,
 )
 from celeriac.brokers.redis_durability import check_server
@@ -106,6 +107,7 @@ return #KEYS / 2
 class RedisBackend(ResultBackend):
     scheme = "redis"
     supports_blocking = True
+    takes_transport_options = True
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(url, options)
@@ -114,6 +116,11 @@ class RedisBackend(ResultBackend):
         mine = {name: value for name, value in self.options.items() if name in OPTIONS}
         if self.options.get("redis_backend_use_ssl") and "ssl" not in mine:
             mine["ssl"] = self.options["redis_backend_use_ssl"]  # Celery's setting
+        # result_backend_transport_options (Celery's setting): checked, then under the
+        # URL's query string, which wins.
+        transport = self.options.get("result_backend_transport_options") or {}
+        check_options(transport, OPTIONS, "Redis result backend transport")
+        mine = {**mine, **transport}
         self.settings = RedisSettings.from_options(url, mine)
         self._bus_options = mine
         self.prefix = self.settings.key_prefix
@@ -444,3 +451,10 @@ class RedissBackend(RedisBackend):
     """``rediss://``: the Redis result backend over TLS."""
 
     scheme = "rediss"
+
+
+class SentinelBackend(RedisBackend):
+    """``sentinel://``: the Redis result backend on the master the sentinels name
+    (``redis_sentinel``); ``master_name`` in result_backend_transport_options."""
+
+    scheme = "sentinel"

@@ -100,7 +100,7 @@ def _make_store(backend: ResultBackend) -> RevocationStore | None:
 
         assert isinstance(backend, SQLiteBackend)
         return SQLiteRevocations(backend)
-    if backend.scheme in ("redis", "rediss"):
+    if backend.scheme in ("redis", "rediss", "sentinel"):
         from celeriac.backends.redis import RedisBackend
 
         assert isinstance(backend, RedisBackend)

@@ -269,7 +269,7 @@ def open_store(app: App) -> BeatStore:
         from celeriac.beat.store_sqlite import SQLiteStore
 
         return SQLiteStore(broker_url, BrokerError)
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", "sentinel"):
         from celeriac.beat.store_redis import RedisStore
 
         return RedisStore(app.broker.settings, BrokerError)  # type: ignore[attr-defined]
@@ -286,7 +286,7 @@ def _backend_store(app: App) -> BeatStore:
         from celeriac.beat.store_sqlite import SQLiteStore
 
         return SQLiteStore(backend_url, BackendError)
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", "sentinel"):
         from celeriac.beat.store_redis import RedisStore
 
         return RedisStore(app.backend.settings, BackendError)  # type: ignore[attr-defined]

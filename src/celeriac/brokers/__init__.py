@@ -18,6 +18,7 @@ BROKERS: dict[str, tuple[str, str]] = {
     "sqlite": ("celeriac.brokers.sqlite", "SQLiteBroker"),
     "redis": ("celeriac.brokers.redis", "RedisBroker"),
     "rediss": ("celeriac.brokers.redis", "RedissBroker"),
+    "sentinel": ("celeriac.brokers.redis", "SentinelBroker"),
     "amqp": ("celeriac.brokers.amqp", "AMQPBroker"),
     "amqps": ("celeriac.brokers.amqp", "AMQPBroker"),
     "postgresql": ("celeriac.brokers.postgresql", "PostgreSQLBroker"),

@@ -136,6 +136,7 @@ from celeriac.brokers.redis_entries import (
     read_streams,
 )
 from celeriac.brokers.redis_failures import is_missing_group, translate_errors
+from celeriac.brokers.redis_replication import REPLICATION_OPTIONS, Replication
 from celeriac.brokers.redis_scripts import (
     ACK,
     DEAD_LETTER,
@@ -155,7 +156,8 @@ logger = logging.getLogger("celeriac.brokers.redis")
 GROUP = "celeriac"
 RETURNED = "~returned"  # the pseudo-consumer holding handed-back entries
 BANDS = tuple(range(MAX_PRIORITY, MIN_PRIORITY - 1, -1))  # 9 .. 0, the order they are read
-OPTIONS = frozenset({"lease_seconds", "key_prefix", "reclaim_interval", *CONNECTION_OPTIONS})
+OPTIONS = frozenset({"lease_seconds", "key_prefix", "reclaim_interval", *REPLICATION_OPTIONS,
+                     *CONNECTION_OPTIONS})
 
 MAX_FETCH = 1000  # deliveries per fetch script call; a bigger limit is served in part
 PROMOTE_MAX = 1000  # due ETA messages moved per queue per fetch
@@ -204,6 +206,7 @@ class RedisBroker(Broker):
         self._plans: dict[tuple[str, ...], _Plan] = {}
         self._consumer = ("", -1)
         self._watch = LossWatch()
+        self.replication = Replication.from_options(self.options)
 
     def __repr__(self) -> str:
         return f"<RedisBroker {self.settings.url} prefix={self.prefix!r}>"
@@ -299,14 +302,30 @@ class RedisBroker(Broker):
     # -- publishing -----------------------------------------------------------------------
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:
+        replication = self.replication
         for keys, args in self._publish_calls(messages):
             # One script per batch: the batch is stored all or none, in one round trip.
-            await self._run(PUBLISH, keys, args, "publish")
+            if not replication.replicas:
+                await self._run(PUBLISH, keys, args, "publish")
+                continue
+            # With wait_for_replicas: WAIT after the script, on its connection.
+            client = await self._clients.get()
+            with self._errors("publish"):
+                async with self.settings.deadline(replication.timeout):
+                    replies = await PUBLISH.then(client, keys, args, replication.command())
+            replication.check(replies[-1], self.settings.where(), len(args) // 4)
 
     def publish_blocking(self, messages: Sequence[Outgoing]) -> None:
         """``publish`` for sync callers: the same script, on this process's sync pool."""
+        replication = self.replication
         for keys, args in self._publish_calls(messages):
-            self._blocking.script("publish", PUBLISH, keys, args)
+            if not replication.replicas:
+                self._blocking.script("publish", PUBLISH, keys, args)
+                continue
+            replies = self._blocking.script_then("publish", PUBLISH, keys, args,
+                                                 replication.command(),
+                                                 block=replication.timeout)
+            replication.check(replies[-1], self.settings.where(), len(args) // 4)
 
     def close_blocking(self) -> None:
         self._blocking.close()
@@ -632,6 +651,13 @@ class RedissBroker(RedisBroker):
     scheme = "rediss"
 
 
+class SentinelBroker(RedisBroker):
+    """``sentinel://``: the Redis broker on the master the sentinels name, following
+    failovers (``redis_sentinel``); ``master_name`` in broker_transport_options."""
+
+    scheme = "sentinel"
+
+
 def _ours(deliveries: Sequence[Delivery]) -> list[Delivery]:
     """The deliveries this broker handed out (anything else has no lease here)."""
     return [d for d in deliveries if isinstance(d.receipt, RedisReceipt)]
@@ -641,5 +667,5 @@ def _batches(items: Sequence[Any]) -> list[Sequence[Any]]:
     return [items[i:i + BATCH] for i in range(0, len(items), BATCH)]
 
 
-__all__ = ["RedisBroker", "RedisReceipt", "RedissBroker"]
+__all__ = ["RedisBroker", "RedisReceipt", "RedissBroker", "SentinelBroker"]
 

@@ -44,6 +44,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from celeriac import tls as tls_options
+from celeriac.brokers import redis_sentinel
+from celeriac.brokers.redis_durability import server_name
 from celeriac.brokers.redis_failures import authentication_failed, describe, refusal, retryable
 from celeriac.brokers.redis_plain import (
     PlainConnection,
@@ -83,7 +85,7 @@ RETRY_BACKOFF_CAP = 0.5
 # names (``broker_use_ssl`` keys and ``rediss://...?ssl_cert_reqs=none`` query values).
 SSL_OPTIONS = tls_options.OPTIONS
 CONNECTION_OPTIONS = frozenset({"connection_timeout", "pool_limit", "ssl", "require_noeviction",
-                                *SSL_OPTIONS})
+                                *SSL_OPTIONS, *redis_sentinel.OPTIONS})
 DEFAULT_KEY_PREFIX = "celeriac:"
 
 def check_options(options: Mapping[str, Any], known: frozenset[str], what: str) -> None:
@@ -112,6 +114,8 @@ class RedisSettings:
     tls_options: dict[str, Any] = field(default_factory=dict)
     # Refuse to connect to a server that could evict our keys (redis_durability).
     require_noeviction: bool = False
+    # For a sentinel:// URL: the sentinels to ask for the master (redis_sentinel).
+    sentinel: redis_sentinel.SentinelSpec | None = None
 
     @classmethod
     def from_options(cls, url: str, options: Mapping[str, Any]) -> RedisSettings:
@@ -123,14 +127,15 @@ class RedisSettings:
         may be given flat (``ssl_cert_reqs``) or as one ``ssl`` mapping in the shape of
         Celery's ``broker_use_ssl``.
         """
+        if redis_sentinel.is_sentinel_url(url):
+            return cls._from_sentinel(url, options)
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss"):
             raise ConfigurationError(f"not a redis:// or rediss:// URL: {url!r}")
-        pool_limit = options.get("pool_limit", DEFAULT_POOL_LIMIT)
-        if pool_limit is not None and (isinstance(pool_limit, bool)
-                                       or not isinstance(pool_limit, int) or pool_limit < 1):
-            raise ConfigurationError(f"pool_limit must be a whole number >= 1 or None, "
-                                     f"not {pool_limit!r}")
+        for name in redis_sentinel.OPTIONS & set(options):
+            raise ConfigurationError(f"{name} is an option of sentinel:// URLs; "
+                                     f"{parts.scheme}:// connects to one server")
+        _pool_limit(options)  # checked first, as before the URL's options
         # Celery's broker_use_ssl / redis_backend_use_ssl, under either spelling.
         nested = tls_options.normalize(options.get("ssl"), "the ssl option") or {}
         tls = {**{k: v for k, v in options.items() if k in SSL_OPTIONS}, **nested}
@@ -157,7 +162,43 @@ class RedisSettings:
         clean = urlunsplit(parts._replace(query=urlencode(rest)))
         return cls(clean, prefix,
                    positive_number(options, "connection_timeout", DEFAULT_CONNECTION_TIMEOUT),
-                   pool_limit, tls, noeviction)
+                   _pool_limit(options), tls, noeviction)
+
+    @classmethod
+    def _from_sentinel(cls, url: str, options: Mapping[str, Any]) -> RedisSettings:
+        """``from_options`` for a ``sentinel://`` URL (``redis_sentinel``).
+
+        The query string (after the last sentinel) may give ``key_prefix``,
+        ``require_noeviction``, ``master_name`` and ``min_other_sentinels``, and wins
+        over the options, as for ``redis://``.
+        """
+        base, _, query = url.partition("?")
+        from_query: dict[str, Any] = dict(parse_qsl(query, keep_blank_values=True))
+        check_options(from_query, frozenset({"key_prefix", "require_noeviction",
+                                             "master_name", "min_other_sentinels"}),
+                      "sentinel URL query")
+        if "min_other_sentinels" in from_query:
+            text = from_query["min_other_sentinels"]
+            from_query["min_other_sentinels"] = int(text) if text.isdigit() else text
+        merged = {**options, **from_query}
+        if "ssl" in merged or any(name in SSL_OPTIONS for name in merged):
+            raise ConfigurationError("TLS options are not supported with a sentinel:// URL "
+                                     "yet; connect to the sentinels and the master in "
+                                     "plain text, or use rediss:// to one server")
+        prefix = merged.get("key_prefix", DEFAULT_KEY_PREFIX)
+        if not isinstance(prefix, str):
+            raise ConfigurationError(f"key_prefix must be a string, not {prefix!r}")
+        return cls(base, prefix,
+                   positive_number(merged, "connection_timeout", DEFAULT_CONNECTION_TIMEOUT),
+                   _pool_limit(merged), {},
+                   _flag(merged.get("require_noeviction", False), "require_noeviction"),
+                   redis_sentinel.parse(base, merged))
+
+    def where(self) -> str:
+        """The server, for log lines: host:port/db, or the sentinels' master."""
+        if self.sentinel is not None:
+            return self.sentinel.describe()
+        return server_name(self.url)
 
     def make_pool(self) -> aioredis.ConnectionPool:
         """A connection pool for the running event loop (no connection is opened yet)."""
@@ -176,6 +217,8 @@ class RedisSettings:
                            -1, is_retryable=retryable),
             **self.tls_options,
         }
+        if self.sentinel is not None:
+            return self.sentinel.make_pool(self.connection_timeout, self.pool_limit, kwargs)
         if not self.tls:
             kwargs["connection_class"] = PlainConnection  # a TLS port: said at once
         else:  # a refusal after the handshake: said at once
@@ -219,6 +262,9 @@ class RedisSettings:
                 supported_errors=(redis_errors.ConnectionError,)),
             **self.tls_options,
         }
+        if self.sentinel is not None:
+            return self.sentinel.make_sync_pool(self.connection_timeout, self.pool_limit,
+                                                kwargs)
         if not self.tls:
             kwargs["connection_class"] = PlainSyncConnection
         else:
@@ -237,6 +283,15 @@ class RedisSettings:
         connections are refused, reset, or silently never answered.
         """
         return asyncio.timeout(self.connection_timeout + extra)
+
+
+def _pool_limit(options: Mapping[str, Any]) -> int | None:
+    pool_limit = options.get("pool_limit", DEFAULT_POOL_LIMIT)
+    if pool_limit is not None and (isinstance(pool_limit, bool)
+                                   or not isinstance(pool_limit, int) or pool_limit < 1):
+        raise ConfigurationError(f"pool_limit must be a whole number >= 1 or None, "
+                                 f"not {pool_limit!r}")
+    return pool_limit
 
 
 def _flag(value: Any, name: str) -> bool:
@@ -368,6 +423,33 @@ class BlockingClient:
         with a capped backoff, for up to about the connection timeout; a refusal (a
         wrong password, an untrusted certificate) is raised at once as ``refused``.
         """
+        return self._exchange(what, (args,), block)[0]
+
+    def script_then(self, what: str, script: Script, keys: Sequence[str],
+                    args: Sequence[str | bytes | int | float], *after: tuple[Any, ...],
+                    block: float | None = None) -> list[Any]:
+        """Run a Lua script, then the ``after`` commands on the same connection, in one
+        round trip (WAIT must follow the write on its connection); the replies of all.
+
+        ``block``: as for ``call``, the time the last command may wait on the server.
+        """
+        for head in (("EVALSHA", script.sha), ("EVAL", script.source)):
+            replies = self._exchange(what, ((*head, len(keys), *keys, *args), *after), block)
+            if isinstance(replies[0], redis_errors.NoScriptError):
+                continue  # first use on this server: EVAL also caches the script
+            for reply in replies:
+                if isinstance(reply, redis_errors.ResponseError):
+                    raise self._error(f"{self._what} {what}: {describe(reply)}") from reply
+            return replies
+        raise AssertionError("unreachable: EVAL never answers NOSCRIPT")
+
+    def _exchange(self, what: str, commands: Sequence[tuple[Any, ...]],
+                  block: float | None) -> list[Any]:
+        """Send commands on one connection and read their replies (see ``call``).
+
+        One command: its error reply raises. Several: an error reply is returned in its
+        place (every reply is read, so the connection stays in step), as the exception.
+        """
         pool = self.pool()
         timeout = self.settings.connection_timeout
         attempt = 0
@@ -375,10 +457,16 @@ class BlockingClient:
         while True:
             conn = self._connection(pool, what)
             try:
-                _send(conn, args)
-                if block is None:
-                    return conn.read_response()
-                return conn.read_response(timeout=block + timeout)
+                if len(commands) == 1:
+                    _send(conn, commands[0])
+                    if block is None:
+                        return [conn.read_response()]
+                    return [conn.read_response(timeout=block + timeout)]
+                for args in commands:
+                    _send(conn, args)
+                replies = [_reply(conn) for _ in commands[:-1]]
+                last = None if block is None else block + timeout
+                return [*replies, _reply(conn, last)]
             except redis_errors.NoScriptError:
                 raise  # the connection is fine; ``script`` sends the script's text
             except (redis_errors.RedisError, OSError) as exc:
@@ -482,6 +570,19 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _reply(conn: Any, timeout: float | None = None) -> Any:
+    """The next reply on ``conn``; an error reply is returned, not raised (a refusal is
+    raised: the connection is not usable)."""
+    try:
+        if timeout is None:
+            return conn.read_response()
+        return conn.read_response(timeout=timeout)
+    except redis_errors.ResponseError as exc:
+        if refusal(exc) is not None:
+            raise
+        return exc
+
+
 def _send(conn: Any, args: tuple[Any, ...]) -> None:
     if _pack_command is not None:
         try:
@@ -504,6 +605,26 @@ class Script:
         self.name = name
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def then(self, client: aioredis.Redis, keys: Sequence[str],
+                   args: Sequence[str | bytes | int | float],
+                   *after: tuple[Any, ...]) -> list[Any]:
+        """Run the script, then ``after`` on the same connection (one pipeline: WAIT
+        must follow the write on its connection); the replies of all. An error reply
+        raises, as the script's own does."""
+        for head in (("EVALSHA", self.sha), ("EVAL", self.source)):
+            pipe = client.pipeline(transaction=False)
+            command(pipe)(*head, len(keys), *keys, *args)
+            for args_after in after:
+                command(pipe)(*args_after)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            if isinstance(replies[0], redis_errors.NoScriptError):
+                continue  # first use on this server: EVAL also caches the script
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    raise reply
+            return replies
+        raise AssertionError("unreachable: EVAL never answers NOSCRIPT")
 
     async def __call__(self, client: aioredis.Redis, keys: Sequence[str],
                        args: Sequence[str | bytes | int | float]) -> Any:

@@ -178,7 +178,13 @@ def log_vanished(where: str, streams: Sequence[str], count: int) -> None:
 
 
 def server_name(url: str) -> str:
-    """host:port/db of a Redis URL, without credentials (for log lines)."""
+    """host:port/db of a Redis URL, without credentials (for log lines); for a
+    ``sentinel://`` URL, the sentinels asked for the master."""
+    if url.startswith("sentinel://"):
+        hosts = [urlsplit(part.strip()) for part in url.partition("?")[0].split(";")]
+        db = next((p.path.strip("/") for p in hosts if p.path.strip("/")), "0")
+        names = ",".join(f"{p.hostname}:{p.port or 26379}" for p in hosts)
+        return f"the master of sentinels {names}/{db}"
     parts = urlsplit(url)
     db = parts.path.lstrip("/") or "0"
     return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}/{db}"

@@ -42,7 +42,7 @@ def open_history(app: App) -> HistoryStore:
     broker: Any = app.broker
     if broker.scheme == "sqlite":
         return history_from_url(_sqlite_url(broker.path), **limits)
-    if broker.scheme in ("redis", "rediss"):
+    if broker.scheme in ("redis", "rediss", "sentinel"):
         from celeriac.dashboard.history_redis import RedisHistory
 
         return RedisHistory(broker.settings, **limits)
@@ -53,7 +53,7 @@ def open_history(app: App) -> HistoryStore:
     backend: Any = app.backend
     if backend.scheme == "sqlite":
         return history_from_url(_sqlite_url(backend.path), **limits)
-    if backend.scheme in ("redis", "rediss"):
+    if backend.scheme in ("redis", "rediss", "sentinel"):
         from celeriac.dashboard.history_redis import RedisHistory
 
         return RedisHistory(backend.settings, **limits)
@@ -71,7 +71,7 @@ def history_from_url(url: str, max_tasks: int = 100_000,
         from celeriac.dashboard.history_sqlite import SQLiteHistory
 
         return SQLiteHistory(url, max_tasks, ttl)
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", "sentinel"):
         from celeriac.brokers.redis_connection import RedisSettings
         from celeriac.dashboard.history_redis import RedisHistory
 

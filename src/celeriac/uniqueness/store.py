@@ -162,9 +162,9 @@ def unique_keys(app: App) -> UniqueKeys:
     """
     broker = app.broker
     owner: Any = broker
-    if broker.scheme not in ("memory", "sqlite", "redis", "rediss"):
+    if broker.scheme not in ("memory", "sqlite", "redis", "rediss", "sentinel"):
         owner = app.backend
-        if owner.scheme not in ("memory", "sqlite", "redis", "rediss"):
+        if owner.scheme not in ("memory", "sqlite", "redis", "rediss", "sentinel"):
             raise ConfigurationError(
                 f"unique jobs (unique_for, unique_key) need a server to hold their keys: "
                 f"the {broker.scheme}:// broker keeps none, and the {owner.scheme}:// "
