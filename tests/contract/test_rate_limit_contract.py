@@ -7,8 +7,6 @@ not (RabbitMQ) hands out none, and the buckets go to the result backend instead.
 
 from __future__ import annotations
 
-import pytest
-
 from celeriac.brokers import Broker
 
 
@@ -31,7 +29,9 @@ async def test_every_store_of_a_broker_shares_its_buckets(broker: Broker) -> Non
         second = await two.reserve("contract.task", 1.0, 60.0)
         await one.set_override("contract.task", "5/m")
         assert first.delay == 0.0
-        assert second.delay == pytest.approx(1.0, abs=0.1)
+        # (less than 1 s by the time between the two reservations: up to a few tenths
+        # on a loaded machine)
+        assert 0.5 < second.delay <= 1.0
         assert await two.overrides() == {"contract.task": "5/m"}
         # The override started the bucket afresh, for both
         assert (await two.reserve("contract.task", 12.0, 60.0)).delay == 0.0

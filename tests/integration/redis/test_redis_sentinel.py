@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis_harness import RedisDeployment
 from sentinel_harness import MASTER_NAME, SentinelCluster
 from worker_harness import Deployment, register, wait_until
 
@@ -35,25 +34,23 @@ from celeriac.errors import BrokerError, ConfigurationError
 LEASE_SECONDS = 2.0
 
 
-class SentinelDeployment(RedisDeployment):
+class SentinelDeployment(Deployment):
     """The ledger deployment on ``sentinel://`` URLs (broker and result backend)."""
 
     def __init__(self, root: Path, url: str, **producer_options: Any) -> None:
-        Deployment.__init__(self, root)
-        self.app.close()  # the SQLite producer made by the base class, never connected
-        self.url = url
-        self.lease_seconds = LEASE_SECONDS
+        # The workers' options; a producer's may add some (wait_for_replicas).
         self.broker_options = {"lease_seconds": LEASE_SECONDS, "master_name": MASTER_NAME}
         self.backend_options = {"master_name": MASTER_NAME}
+        super().__init__(root, url, url, LEASE_SECONDS, master_name=MASTER_NAME)
+        self.app.close()  # (made with the workers' options, never connected)
         self.app = App("ledger-tests", broker=url, backend=url,
                        broker_transport_options={**self.broker_options, **producer_options},
                        result_backend_transport_options=self.backend_options)
         self.tasks = register(self.app)
 
     def env(self, **settings: object) -> dict[str, str]:
-        settings.setdefault("broker_transport_options", self.broker_options)
         settings.setdefault("result_backend_transport_options", self.backend_options)
-        return Deployment.env(self, **settings)
+        return super().env(**settings)
 
 
 class Producers:
