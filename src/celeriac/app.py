@@ -20,7 +20,7 @@ from celeriac.brokers import Broker, Outgoing, broker_class, create_broker
 from celeriac.builtins import builtin_task
 from celeriac.bus.base import Bus
 from celeriac.config import Settings, suggest
-from celeriac.errors import TaskNotRegistered
+from celeriac.errors import ConfigurationError, TaskNotRegistered
 from celeriac.message import Message
 from celeriac.outcome import Outcome
 from celeriac.prepare import prepare_message
@@ -247,6 +247,8 @@ class App:
         url, options = self.conf.effective_broker_url, self.conf.broker_transport_options
         if broker_class(url).supports_queue_options:  # task_queues: durable, transient
             options = transport_queue_options(self.conf.task_queues, options)
+        if broker_class(url).supports_delivery_limit:
+            options = self._delivery_limit_option(options)
         if "connection_timeout" not in options and "connect_timeout" not in options:
             # broker_connection_timeout bounds every broker's connection attempts
             options = {**options,
@@ -255,6 +257,19 @@ class App:
         if self.conf.broker_use_ssl not in (None, False) and "ssl" not in options:
             options = {**options, "ssl": self.conf.broker_use_ssl}  # celeriac.tls
         return create_broker(url, options)
+
+    def _delivery_limit_option(self, options: dict[str, Any]) -> dict[str, Any]:
+        """task_delivery_limit as the transport option of a broker that enforces it on its
+        server; one given there too must agree (it would be a second, different limit)."""
+        limit = self.conf.delivery_limit
+        given = options.get("delivery_limit", limit)
+        if given != limit:
+            raise ConfigurationError(
+                f"broker_transport_options['delivery_limit'] is {given!r} but the app's "
+                f"delivery limit is {limit} (task_delivery_limit, or 1 with "
+                "task_reject_on_worker_lost=False): leave the transport option out, the "
+                "app fills it in")
+        return {**options, "delivery_limit": limit}
 
     def _celery_broker_settings(self, url: str, options: dict[str, Any]) -> dict[str, Any]:
         """Celery's broker_pool_limit and broker_heartbeat, as the transport options of a

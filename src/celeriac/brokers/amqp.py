@@ -16,7 +16,9 @@ queue and exchange name), and aiormq's TLS options for ``amqps://`` (``cafile``,
 ``transient_queues`` / ``quorum_queues`` (lists of queue names), ``queues``
 (``{name: {"durable": bool, "type": "classic" | "quorum"}}``), ``default_queue_type``,
 ``namespace``, ``heartbeat``, ``connection_timeout`` (seconds to open a connection; also
-read as ``connect_timeout``, its older name), ``publish_timeout``, ``lease_seconds``.
+read as ``connect_timeout``, its older name), ``publish_timeout``, ``lease_seconds``,
+``delivery_limit`` (the app fills it from ``task_delivery_limit``) and
+``quorum_delivery_limit`` (False: quorum queues declared without RabbitMQ's limit).
 
 How the ``Broker`` contract maps onto RabbitMQ
 ----------------------------------------------
@@ -37,7 +39,12 @@ confirms persistent messages several times sooner than version 1). A **transient
 queue is declared ``durable=False`` and its messages ``delivery_mode=1``: RabbitMQ keeps
 them in memory only, and a broker restart deletes the queue and every message in it
 (tested). A **quorum** queue is replicated and durable, but RabbitMQ quorum queues have
-**no priorities**: their messages come out oldest first whatever their priority.
+**no priorities**: their messages come out oldest first whatever their priority. It is
+declared with RabbitMQ's own delivery limit and at-least-once dead-lettering
+(``Topology.work_queue_arguments``; ``x-overflow=reject-publish``, so a publish to one
+at a length limit is nacked: ``publish`` raises ``BrokerError`` saying it is full, at
+once). A quorum queue declared before celeriac set these arguments cannot be
+redeclared (RabbitMQ answers PRECONDITION_FAILED): the error says how to migrate.
 
 *Fetch*: a ``basic.consume`` per queue on the link's consumer channel, with
 ``basic.qos`` prefetch = deliveries held + ``limit`` (the worker's budget, which
@@ -81,7 +88,11 @@ no-ops (never an exception that could kill a worker) and ``extend`` answers Fals
 ``holds`` says so without I/O, so that a consumer can drop what it prefetched on a lost
 connection instead of starting it.
 
-*Delivery count*: quorum queues count returns in ``x-delivery-count``. Classic queues
+*Delivery count*: quorum queues count returns in ``x-delivery-count`` (added to the
+count a copy carries in ``x-celeriac-deliveries``), and RabbitMQ dead-letters a message
+whose returns pass ``x-delivery-limit`` (``task_delivery_limit`` minus one) itself; the
+worker's check (a delivery counted above the limit is dead-lettered before it runs)
+covers the counts copies carry, which RabbitMQ does not see. Classic queues
 only flag a returned message ``redelivered``; celeriac keeps the count in the
 ``x-celeriac-deliveries`` header instead. ``requeue`` republishes a copy with the count
 unchanged (a ``basic.nack`` would set the flag), so ``redelivered`` means "its channel
@@ -119,7 +130,8 @@ acked; the connection and every other delivery on it are unaffected.
 in ``x-celeriac-reason`` (and its queue and time), then the original is acked (a process
 killed between the two leaves a second dead letter: at least once). Work
 queues dead-letter there too, so whatever RabbitMQ itself rejects is kept (its reason
-taken from ``x-death``). ``dead_letters`` reads the queue with ``basic.get`` and puts
+taken from ``x-death``; a quorum queue's ``delivery_limit`` worded as the worker words
+its own, with the delivery count). ``dead_letters`` reads the queue with ``basic.get`` and puts
 everything back (O(dead letters)).
 
 *Listing queues*: AMQP cannot list queues, so a small durable registry queue receives a
@@ -168,9 +180,11 @@ from celeriac.brokers.amqp_blocking import (
     BlockingConnection,
     BlockingPool,
     ConnectionLost,
+    Nacked,
     Refused,
     Server,
     last_cause,
+    queue_full,
     redeclare,
     refused,
     unconfirmed,
@@ -181,6 +195,7 @@ from celeriac.brokers.amqp_link import Link
 from celeriac.brokers.amqp_topology import (
     DELAY_LEVELS,
     HEADER_DEAD_AT,
+    HEADER_DELIVERIES,
     HEADER_QUEUE,
     HEADER_REASON,
     AMQPOptions,
@@ -212,6 +227,7 @@ class AMQPBroker(Broker):
     supports_priority = True
     supports_queue_options = True
     supports_blocking_publish = True
+    supports_delivery_limit = True  # quorum queues (amqp_topology.work_queue_arguments)
     setting_options = frozenset({"heartbeat"})
 
     def __init__(self, url: str = DEFAULT_URL, options: Mapping[str, Any] | None = None) -> None:
@@ -324,14 +340,24 @@ class AMQPBroker(Broker):
                     continue
                 raise
             self._pool.give(connection)
-            failed = []
-            for envelope, outcome in zip(pending, outcomes, strict=True):
-                if outcome is not None:
-                    if redeclare(outcome):
-                        self._forget_blocking_declared()
-                    error = outcome
-                    failed.append(envelope)
-            pending = failed
+            pending, error = self._blocking_failures(pending, outcomes, error)
+
+    def _blocking_failures(self, pending: Sequence[Envelope],
+                           outcomes: Sequence[Exception | None], error: BaseException | None
+                           ) -> tuple[list[Envelope], BaseException | None]:
+        """The envelopes to send again, and the last error; raise when a retry cannot help
+        (a quorum queue refused a message: it is full)."""
+        failed = []
+        for envelope, outcome in zip(pending, outcomes, strict=True):
+            if outcome is not None:
+                if isinstance(outcome, Nacked) and \
+                        self.settings.spec(envelope.queue).delivery_limit is not None:
+                    raise queue_full(envelope.queue) from outcome
+                if redeclare(outcome):
+                    self._forget_blocking_declared()
+                error = outcome
+                failed.append(envelope)
+        return failed, error
 
     def _blocking_connection(self, envelopes: Sequence[Envelope], timeout: float
                              ) -> BlockingConnection:
@@ -579,20 +605,48 @@ class AMQPBroker(Broker):
         headers = dict(properties.headers or {})
         reason, queue, dead_at = (headers.get(HEADER_REASON), headers.get(HEADER_QUEUE),
                                   headers.get(HEADER_DEAD_AT))
+        # Deliveries counted before the copy that died (copies carry the count: see
+        # *Delivery count*); the worker's dead letters count the fatal one in too.
+        count = headers.get(HEADER_DELIVERIES)
+        count = count if type(count) is int else None
         deaths = headers.get("x-death")
         if reason is None and isinstance(deaths, list) and deaths \
                 and isinstance(deaths[0], dict):
             # Dead-lettered by RabbitMQ itself (rejected, expired, over a length or a
             # quorum queue's delivery limit): its own record says why and from where.
             death = deaths[0]
-            reason = f"dead-lettered by RabbitMQ: {_text(death.get('reason')) or 'unknown'}"
             queue = _text(death.get("queue")).removeprefix(self.topology.namespace)
             moment = death.get("time")
             dead_at = moment.timestamp() * 1000 if isinstance(moment, datetime) else None
+            reason, count = self._rabbitmq_reason(_text(death.get("reason")), queue, count)
         return DeadLetter(
             id=properties.message_id or "", queue=_text(queue), body=message.body,
             reason=_text(reason) or "dead-lettered",
-            dead_at=float(dead_at) / 1000 if isinstance(dead_at, int | float) else 0.0)
+            dead_at=float(dead_at) / 1000 if isinstance(dead_at, int | float) else 0.0,
+            delivery_count=count)
+
+    def _rabbitmq_reason(self, reason: str, queue: str, counted: int | None
+                         ) -> tuple[str, int | None]:
+        """A dead letter RabbitMQ made itself: its reason in words, and its deliveries.
+
+        A quorum queue's delivery limit (reason ``delivery_limit``) is celeriac's own
+        (``task_delivery_limit``, declared as ``x-delivery-limit``), worded as the
+        worker words it. The dead-lettered copy carries no ``x-delivery-count``: RabbitMQ
+        made ``x-delivery-limit + 1`` deliveries of it, after those counted in its
+        header (which are always none here: the worker refuses a message counted
+        over the limit before RabbitMQ's count alone gets there).
+        """
+        if reason != "delivery_limit":
+            return f"dead-lettered by RabbitMQ: {reason or 'unknown'}", None
+        limit = self.settings.spec(queue).delivery_limit
+        if limit is None:  # the limit came from a policy: the count is not known here
+            return ("delivery limit exceeded: dead-lettered by RabbitMQ at its quorum "
+                    "queue delivery limit (delivery_limit); the task may be killing its "
+                    "worker"), None
+        count = (counted or 0) + limit
+        return (f"delivery limit exceeded: delivered {count} times (task_delivery_limit="
+                f"{limit}), dead-lettered by RabbitMQ (quorum queue x-delivery-limit); the "
+                "task may be killing its worker"), count
 
 
 def _by_link(deliveries: Sequence[Delivery]) -> dict[Deliveries, list[Receipt]]:

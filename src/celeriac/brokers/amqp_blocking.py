@@ -155,6 +155,26 @@ class Unroutable(Exception):
     """RabbitMQ returned a mandatory message: no queue is bound for its route."""
 
 
+class Nacked(AMQPError):
+    """RabbitMQ nacked a published message: it could not, or would not, store it."""
+
+
+def queue_full(queue: str) -> BrokerError:
+    """The error of a publish a quorum queue refused (nacked).
+
+    Celeriac declares its quorum queues ``x-overflow=reject-publish`` (at-least-once
+    dead-lettering needs it), so a quorum queue at a length limit refuses new messages
+    instead of dropping its oldest. Retrying at once would only be refused again: the
+    producer hears it now, with what to do.
+    """
+    return BrokerError(
+        f"RabbitMQ refused (nacked) a message for quorum queue {queue!r}: the queue is at "
+        "its length limit (max-length or max-length-bytes, from a policy; celeriac declares "
+        "quorum queues x-overflow=reject-publish, which refuses new messages rather than "
+        "drop the oldest). The message was not stored: send it again once workers have "
+        "drained the queue, or raise the limit")
+
+
 @dataclass(frozen=True, slots=True)
 class Server:
     """Where and how to connect, from an ``amqp://`` or ``amqps://`` URL."""
@@ -306,7 +326,7 @@ class BlockingConnection:
     def publish(self, messages: Sequence[Outbound], timeout: float) -> list[Exception | None]:
         """Publish ``mandatory`` and wait for every confirm; each message's outcome.
 
-        None once confirmed; ``Unroutable`` when returned, ``AMQPError`` when nacked.
+        None once confirmed; ``Unroutable`` when returned, ``Nacked`` when nacked.
         Raises ``ConnectionLost`` (nothing is known of the unconfirmed ones), and the
         channel's error when RabbitMQ closed it (a missing exchange: 404).
         """
@@ -339,7 +359,7 @@ class BlockingConnection:
                         settled[index] = True
                         left -= 1
                         if isinstance(frame, spec.Basic.Nack):
-                            outcomes[index] = AMQPError(f"RabbitMQ nacked message {index}")
+                            outcomes[index] = Nacked(f"RabbitMQ nacked message {index}")
             elif isinstance(frame, spec.Basic.Return):
                 returned, _ = self._read_content(deadline)
                 indexes = by_id.get(returned.message_id or "", [])

@@ -21,14 +21,15 @@ from aiormq.exceptions import (
     ChannelAccessRefused,
     ChannelNotFoundEntity,
     ChannelPreconditionFailed,
+    DeliveryError,
     PublishError,
 )
 from pamqp import commands as spec
 
-from celeriac.brokers.amqp_blocking import last_cause, unconfirmed
+from celeriac.brokers.amqp_blocking import last_cause, queue_full, unconfirmed
 from celeriac.brokers.amqp_confirm import Outbound, publish_confirmed
 from celeriac.brokers.amqp_connection import RECONNECT_BACKOFF_FIRST, Connected, Envelope, lost
-from celeriac.brokers.amqp_topology import DELAY_LEVELS
+from celeriac.brokers.amqp_topology import DELAY_LEVELS, QUORUM_LIMIT_ARGUMENTS
 from celeriac.errors import BrokerError, BrokerRefused, BrokerUnavailable
 
 
@@ -75,15 +76,33 @@ class Publishing(Connected):
             try:
                 await self._declare_queue(queue)
             except ChannelPreconditionFailed as exc:
-                spec_ = self.ctx.settings.spec(queue)
-                raise BrokerError(
-                    f"queue {self.ctx.topology.queue(queue)!r} exists on RabbitMQ with other "
-                    f"arguments than celeriac declares for it (durable={spec_.durable}, "
-                    f"quorum={spec_.quorum}): {exc}. Delete it, or change its settings in "
-                    "broker_transport_options") from exc
+                raise BrokerError(self._inequivalent(queue, exc)) from exc
         for queue in ladders:
             if queue not in self.ladders:
                 await self._declare_ladder(queue)
+
+    def _inequivalent(self, queue: str, error: ChannelPreconditionFailed) -> str:
+        """Why RabbitMQ refused to declare ``queue`` (it exists with other arguments), and
+        what to do about it."""
+        spec_ = self.ctx.settings.spec(queue)
+        name = self.ctx.topology.queue(queue)
+        words = str(error)
+        if spec_.quorum and any(f"arg '{arg}'" in words for arg in QUORUM_LIMIT_ARGUMENTS):
+            if "x-delivery-limit" in words and "current is none" not in words:
+                return (f"quorum queue {name!r} exists on RabbitMQ with another delivery "
+                        f"limit than this process's task_delivery_limit={spec_.delivery_limit}"
+                        f" (x-delivery-limit is that minus one): {words}. Every process of "
+                        "the app must use the same task_delivery_limit; to change it, drain "
+                        "and delete the queue so that it is declared anew")
+            return (f"quorum queue {name!r} exists on RabbitMQ without the delivery limit "
+                    f"and dead-letter arguments celeriac now declares ({words}). Migrate: "
+                    "let the workers drain it, delete it (rabbitmqctl delete_queue "
+                    f"{name}) and start again, so that it is declared anew; or keep it as "
+                    "it is with broker_transport_options['quorum_delivery_limit']=False "
+                    "(see docs/brokers.md, RabbitMQ quorum queues)")
+        return (f"queue {name!r} exists on RabbitMQ with other arguments than celeriac "
+                f"declares for it (durable={spec_.durable}, quorum={spec_.quorum}): "
+                f"{words}. Delete it, or change its settings in broker_transport_options")
 
     async def _declare_ladder(self, queue: str) -> None:
         top = self.ctx.topology
@@ -202,6 +221,9 @@ class Publishing(Connected):
         if isinstance(error, ChannelPreconditionFailed):
             raise BrokerError(f"RabbitMQ refused a message for queue {envelope.queue!r}: "
                               f"{error}") from error
+        if isinstance(error, DeliveryError) \
+                and self.ctx.settings.spec(envelope.queue).delivery_limit is not None:
+            raise queue_full(envelope.queue) from error  # (reject-publish: see queue_full)
         if isinstance(error, ChannelAccessRefused):  # no permission: a retry cannot help
             raise BrokerRefused(f"RabbitMQ refused access for queue {envelope.queue!r}: "
                                 f"{error}") from error

@@ -81,6 +81,17 @@ CLASSIC = "classic"
 QUORUM = "quorum"
 QUEUE_TYPES = (CLASSIC, QUORUM)
 
+# task_delivery_limit's default, for a broker made without an app (the app passes its
+# own setting as the ``delivery_limit`` transport option).
+DEFAULT_DELIVERY_LIMIT = 5
+
+# The arguments a quorum queue gets so that RabbitMQ enforces the delivery limit itself
+# (see ``Topology.work_queue_arguments``); a queue declared before celeriac set them has
+# none, and RabbitMQ refuses to redeclare it with them (``amqp_publish`` explains how to
+# migrate).
+QUORUM_LIMIT_ARGUMENTS = ("x-delivery-limit", "x-dead-letter-strategy", "x-overflow",
+                          "x-dead-letter-routing-key")
+
 
 @dataclass(frozen=True, slots=True)
 class QueueSpec:
@@ -91,11 +102,14 @@ class QueueSpec:
     (delivery_mode 1) are gone after a broker restart: faster, for tasks that may be lost.
     ``quorum``: a replicated quorum queue; always durable, and **without priorities**
     (RabbitMQ quorum queues ignore message priority: everything comes out oldest first).
+    ``delivery_limit``: on a quorum queue, the deliveries RabbitMQ itself makes before
+    it dead-letters a message (``task_delivery_limit``); None leaves it to the worker.
     """
 
     name: str
     durable: bool = True
     quorum: bool = False
+    delivery_limit: int | None = None
 
     @property
     def delivery_mode(self) -> int:
@@ -111,6 +125,9 @@ class AMQPOptions:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT
     default_queue_type: str = CLASSIC
+    # task_delivery_limit, and whether quorum queues are declared to enforce it themselves
+    delivery_limit: int = DEFAULT_DELIVERY_LIMIT
+    quorum_delivery_limit: bool = True
     queues: Mapping[str, QueueSpec] = field(default_factory=dict)
     # broker_use_ssl (the ``ssl`` transport option), as celeriac.tls.normalize gives it
     tls: Mapping[str, Any] | None = None
@@ -122,6 +139,9 @@ class AMQPOptions:
 
         Per-queue policy: ``transient_queues`` and ``quorum_queues`` (lists of names), or
         ``queues`` (``{name: {"durable": bool, "type": "classic" | "quorum"}}``).
+        ``delivery_limit`` (the app fills it from ``task_delivery_limit``) and
+        ``quorum_delivery_limit`` (False: quorum queues are declared without RabbitMQ's
+        delivery limit, as before celeriac set it; see ``Topology.work_queue_arguments``).
         """
         unknown = set(options) - _OPTION_NAMES
         if unknown:
@@ -141,7 +161,14 @@ class AMQPOptions:
                     f"transport option queues[{name!r}] must be a mapping with the keys "
                     f"'durable' and/or 'type', not {spec!r}")
             specs.setdefault(str(name), {}).update(spec)
-        queues = {name: _spec(name, values, default_type) for name, values in specs.items()}
+        limit = _delivery_limit(options.get("delivery_limit", DEFAULT_DELIVERY_LIMIT))
+        on_quorum = options.get("quorum_delivery_limit", True)
+        if not isinstance(on_quorum, bool):
+            raise ConfigurationError(f"transport option quorum_delivery_limit must be true or "
+                                     f"false, not {on_quorum!r}")
+        quorum_limit = limit if on_quorum else None
+        queues = {name: _spec(name, values, default_type, quorum_limit)
+                  for name, values in specs.items()}
         namespace = str(options.get("namespace", url_namespace))
         return cls(namespace=namespace,
                    heartbeat=int(options.get("heartbeat", DEFAULT_HEARTBEAT)),
@@ -155,13 +182,17 @@ class AMQPOptions:
                        else "connection_timeout"),
                    publish_timeout=float(options.get("publish_timeout",
                                                      DEFAULT_PUBLISH_TIMEOUT)),
-                   default_queue_type=default_type, queues=queues,
+                   default_queue_type=default_type, delivery_limit=limit,
+                   quorum_delivery_limit=on_quorum, queues=queues,
                    tls=normalize(options.get("ssl"), "broker_use_ssl"))
 
     def spec(self, queue: str) -> QueueSpec:
         found = self.queues.get(queue) or self._defaults.get(queue)
         if found is None:  # the default policy; remembered, as this runs per message
-            found = QueueSpec(queue, durable=True, quorum=self.default_queue_type == QUORUM)
+            quorum = self.default_queue_type == QUORUM
+            found = QueueSpec(queue, durable=True, quorum=quorum,
+                              delivery_limit=self.delivery_limit
+                              if quorum and self.quorum_delivery_limit else None)
             self._defaults[queue] = found
         return found
 
@@ -170,7 +201,16 @@ _OPTION_NAMES = frozenset({
     "lease_seconds", "namespace", "heartbeat", "connect_timeout", "connection_timeout",
     "publish_timeout",
     "default_queue_type", "transient_queues", "quorum_queues", "queues", "ssl",
+    "delivery_limit", "quorum_delivery_limit",
 })
+
+
+def _delivery_limit(value: Any) -> int:
+    """task_delivery_limit as the broker takes it: a whole number of at least 1."""
+    if type(value) is not int or value < 1:  # (bool: not int)
+        raise ConfigurationError(f"transport option delivery_limit (task_delivery_limit) "
+                                 f"must be a whole number of at least 1, not {value!r}")
+    return value
 
 
 def _seconds(value: Any, option: str) -> float:
@@ -198,7 +238,8 @@ def _check_type(queue_type: str, what: str) -> None:
                                  f"not {queue_type!r}")
 
 
-def _spec(name: str, values: Mapping[str, Any], default_type: str) -> QueueSpec:
+def _spec(name: str, values: Mapping[str, Any], default_type: str,
+          quorum_limit: int | None) -> QueueSpec:
     queue_type = str(values.get("type", default_type))
     _check_type(queue_type, f"the type of queue {name!r}")
     durable = values.get("durable", True)
@@ -207,7 +248,9 @@ def _spec(name: str, values: Mapping[str, Any], default_type: str) -> QueueSpec:
     if queue_type == QUORUM and not durable:
         raise ConfigurationError(f"queue {name!r} cannot be both transient and a quorum "
                                  "queue: quorum queues are always durable")
-    return QueueSpec(name, durable=durable, quorum=queue_type == QUORUM)
+    quorum = queue_type == QUORUM
+    return QueueSpec(name, durable=durable, quorum=quorum,
+                     delivery_limit=quorum_limit if quorum else None)
 
 
 class Topology:
@@ -238,11 +281,34 @@ class Topology:
     # -- arguments ------------------------------------------------------------------------
 
     def work_queue_arguments(self, spec: QueueSpec) -> dict[str, Any]:
-        # Anything RabbitMQ itself drops from a work queue (a quorum queue's own delivery
-        # limit, a reject without requeue) lands in the dead letters, never in the void.
+        """The arguments of a work queue.
+
+        Anything RabbitMQ itself drops from a work queue (a quorum queue's own delivery
+        limit, a reject without requeue) lands in the dead letters, never in the void.
+
+        A quorum queue with a ``delivery_limit`` enforces it itself: RabbitMQ counts
+        every return (a consumer that died or lost its connection, a nack with requeue)
+        in ``x-delivery-count`` and, once a return makes that count exceed
+        ``x-delivery-limit``, dead-letters the message instead of delivering it again. So
+        ``x-delivery-limit`` is the limit minus one: a message is delivered at most
+        ``delivery_limit`` times, as the worker's own check allows (it refuses a delivery
+        counted above the limit, so a message is dead-lettered by exactly one of the two).
+        ``at-least-once`` dead-lettering keeps the message in the quorum queue until the
+        dead-letter queue has confirmed it (the default, at-most-once, can lose it); RabbitMQ
+        honours it only with ``x-overflow=reject-publish`` (else it falls back to
+        at-most-once, with a warning in its log), under which a publish to a queue at a
+        length limit (``max-length`` from a policy) is refused (nacked) rather than
+        dropping the oldest message.
+        """
         arguments: dict[str, Any] = {"x-dead-letter-exchange": self.dead_exchange}
         if spec.quorum:
             arguments["x-queue-type"] = QUORUM
+            if spec.delivery_limit is not None:
+                arguments.update({
+                    "x-delivery-limit": spec.delivery_limit - 1,
+                    "x-dead-letter-routing-key": spec.name,  # as the worker's dead letters
+                    "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish"})
         else:
             arguments["x-max-priority"] = X_MAX_PRIORITY
             arguments["x-queue-version"] = CLASSIC_QUEUE_VERSION

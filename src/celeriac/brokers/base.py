@@ -165,6 +165,9 @@ class Broker(ABC):
     supports_queue_options: ClassVar[bool] = False
     # Implements publish_blocking: sync callers publish without an event loop.
     supports_blocking_publish: ClassVar[bool] = False
+    # Enforces task_delivery_limit on the server too (RabbitMQ quorum queues), given as
+    # the "delivery_limit" transport option; the worker's own check stays the rule.
+    supports_delivery_limit: ClassVar[bool] = False
     # Transport options the app fills from Celery's broker_* settings when they are set
     # (pool_limit from broker_pool_limit, heartbeat from broker_heartbeat).
     setting_options: ClassVar[frozenset[str]] = frozenset()

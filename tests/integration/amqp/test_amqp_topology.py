@@ -72,7 +72,7 @@ def test_queue_policies_come_from_the_transport_options() -> None:
                                  "queues": {"other": {"durable": False}}})
 
     assert options.spec("fast") == QueueSpec("fast", durable=False)
-    assert options.spec("safe") == QueueSpec("safe", durable=True, quorum=True)
+    assert options.spec("safe") == QueueSpec("safe", durable=True, quorum=True, delivery_limit=5)
     assert options.spec("other") == QueueSpec("other", durable=False)
     assert options.spec("default") == QueueSpec("default", durable=True)
     assert options.spec("fast").delivery_mode == 1

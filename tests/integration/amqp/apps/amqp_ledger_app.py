@@ -6,6 +6,9 @@ broker, backend and limits come from ``CELERIAC_*`` environment variables.
 
 from __future__ import annotations
 
+import os
+import signal
+from pathlib import Path
 from typing import Any
 
 from ledger_app import register, write
@@ -20,9 +23,18 @@ def refuse(self: Task[..., Any], tag: str) -> None:
     raise Reject(f"{tag} refused")
 
 
+def kill_until_fixed(self: Task[..., Any], tag: str, fix: str) -> str:
+    """Kills the process running it until the file ``fix`` exists (the bug is fixed)."""
+    write("start", self, tag)
+    if not Path(fix).exists():
+        os.kill(os.getpid(), signal.SIGKILL)
+    return tag
+
+
 def register_more(target: App) -> Task[..., None]:
     """Register the extra tasks under fixed names; returns ``ledger.refuse``."""
     refused: Task[..., None] = target.task(bind=True, name="ledger.refuse")(refuse)
+    target.task(bind=True, name="ledger.kill_until_fixed")(kill_until_fixed)
     return refused
 
 
