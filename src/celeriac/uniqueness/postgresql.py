@@ -9,8 +9,9 @@ Table (component ``unique``, version 1, in the owner's schema)::
 A claim is one ``INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE expires_at <= now``:
 the primary key's row lock makes concurrent claims of one key take turns, and only a
 hold that has run out (by the server's clock, whatever the producers' clocks say) is
-replaced, so of many producers exactly one claims the key. The others then read the
-holder; a hold that ended between the two statements is claimed again. On the broker's
+replaced, so of many producers exactly one claims the key. A claim reads the holder
+first: a send refused because the key is held writes nothing (no commit to wait for);
+a claim that loses a race reads again, and so does one that finds the hold gone. On the broker's
 schema the message is inserted in the claim's transaction (the broker's own PUBLISH
 statement, whose NOTIFY goes out at commit): the key is held exactly when the message
 is stored, and a producer that dies halfway leaves neither. Releasing is a delete on
@@ -117,11 +118,18 @@ class PostgreSQLUniqueKeys(UniqueKeys):
 
     async def _claim_once(self, key: str, task_id: str, ttl: float,
                           outgoing: Outgoing | None) -> tuple[bool, str | None]:
-        """(claimed, holder): claim, publishing ``outgoing`` if claimed; else the holder
-        (None when its hold ended meanwhile: try again)."""
+        """(claimed, holder): the live holder if there is one, else claim, publishing
+        ``outgoing`` if claimed (holder None and not claimed: a hold came and went
+        between the two; try again)."""
         if outgoing is not None:
             await self._broker._schema()
         async with self._connection() as conn:
+            # A read first: a refused send (the key held) then writes nothing, so it costs
+            # no commit (a locking claim would, even when it changes no row).
+            cursor = await conn.execute(self._sql["HOLDER"], (key,))
+            row = await cursor.fetchone()
+            if row is not None:
+                return False, str(row[0])
             async with conn.transaction():
                 claimed = False
                 for statement, params in self._statements(key, task_id, ttl):
@@ -130,11 +138,7 @@ class PostgreSQLUniqueKeys(UniqueKeys):
                 if claimed and outgoing is not None:
                     await conn.execute(self._broker._sql["PUBLISH"],
                                        self._broker._publish_params([outgoing]))
-            if claimed:
-                return True, None
-            cursor = await conn.execute(self._sql["HOLDER"], (key,))
-            row = await cursor.fetchone()
-        return False, None if row is None else str(row[0])
+        return claimed, None
 
     async def _claim(self, key: str, task_id: str, ttl: float,
                      outgoing: Outgoing | None) -> str | None:
@@ -191,6 +195,9 @@ class PostgreSQLUniqueKeys(UniqueKeys):
                                        postgresql_sql.SCHEMA_VERSION, postgresql_sql.CREATE,
                                        BrokerError)
                 self._broker._ready = True
+            row = conn.execute(self._sql["HOLDER"], (key,)).fetchone()
+            if row is not None:
+                return False, str(row[0])
             with conn.transaction():
                 claimed = False
                 for statement, params in self._statements(key, task_id, ttl):
@@ -198,10 +205,7 @@ class PostgreSQLUniqueKeys(UniqueKeys):
                 if claimed and outgoing is not None:
                     conn.execute(self._broker._sql["PUBLISH"],
                                  self._broker._publish_params([outgoing]))
-            if claimed:
-                return True, None
-            row = conn.execute(self._sql["HOLDER"], (key,)).fetchone()
-        return False, None if row is None else str(row[0])
+        return claimed, None
 
     def _claim_blocking(self, key: str, task_id: str, ttl: float,
                         outgoing: Outgoing | None) -> str | None:
