@@ -11,7 +11,7 @@ import contextlib
 import inspect
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,27 @@ def isolated(url: str) -> Iterator[dict[str, Any]]:
         if keys:
             client.delete(*keys)
         client.close()
+
+
+@pytest.fixture
+def place(tmp_path: Path) -> Iterator[Callable[[str], tuple[str, dict[str, Any]]]]:
+    """Gives the URL and isolating options (``isolated``) of a store of a kind, for
+    suites that make their own objects; what it isolated is cleaned up after the test."""
+    with contextlib.ExitStack() as stack:
+        def make(kind: str) -> tuple[str, dict[str, Any]]:
+            url = url_for(kind, tmp_path)
+            return url, stack.enter_context(isolated(url))
+
+        yield make
+
+
+@pytest.fixture
+def pg_isolated(tmp_path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A PostgreSQL URL and the options of a schema of this test's own (dropped after):
+    for suites whose stores are made from a URL rather than by ``broker``/``backend``."""
+    url = url_for("postgresql", tmp_path)
+    with isolated(url) as options:
+        yield url, options
 
 
 @pytest.fixture(params=BROKER_KINDS)

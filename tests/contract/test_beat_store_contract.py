@@ -1,8 +1,9 @@
-"""Beat's state stores keep one contract on memory, SQLite and Redis: the lease and its
+"""Beat's state stores keep one contract on memory, SQLite, Redis and PostgreSQL: the lease and its
 fencing token, guarded compare-and-set of run states, dynamic entries; and each broker
 puts beat's state on the right server.
 
-Redis: DB 14 under a key prefix of this test's own, deleted afterwards.
+Redis: DB 14 under a key prefix of this test's own, deleted afterwards. PostgreSQL: the
+contract suites' database, a schema of this test's own.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import pytest
 
 from celeriac import App
 from celeriac.beat.store import BeatStore, MemoryStore, RunState, open_store
+from celeriac.beat.store_postgresql import PostgreSQLStore
 from celeriac.beat.store_redis import RedisStore
 from celeriac.beat.store_sqlite import SQLiteStore
+from celeriac.brokers.postgresql_connection import PgSettings
 from celeriac.brokers.redis_connection import RedisSettings
 from celeriac.errors import BrokerError
 
@@ -26,13 +29,19 @@ REDIS = "redis://127.0.0.1:6379/14"
 TTL = 0.4
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BeatStore]:
     if request.param == "memory":
         yield MemoryStore()
         return
+    if request.param == "postgresql":
+        url, options = request.getfixturevalue("pg_isolated")
+        made = PostgreSQLStore(PgSettings.from_url(url, options), BrokerError)
+        yield made
+        made.close()
+        return
     if request.param == "sqlite":
-        made: BeatStore = SQLiteStore(f"sqlite:///{tmp_path / 'beat.db'}", BrokerError)
+        made = SQLiteStore(f"sqlite:///{tmp_path / 'beat.db'}", BrokerError)
         yield made
         made.close()
         return
@@ -160,3 +169,11 @@ def test_each_broker_keeps_beat_state_on_its_own_server(tmp_path: Path) -> None:
     assert with_redis_results.lease_key == "res:beat:lease"
     memory_app = App("t", broker="memory://")
     assert open_store(memory_app) is open_store(memory_app)  # one per broker object
+    pg = "postgresql://postgres@127.0.0.1:5432/x"
+    on_pg = open_store(App("t", broker=f"{pg}?schema=mine"))
+    assert isinstance(on_pg, PostgreSQLStore)
+    assert on_pg.settings.schema == "mine"
+    with_pg_results = open_store(App("t", broker=amqp, backend=f"{pg}?schema=res"))
+    assert isinstance(with_pg_results, PostgreSQLStore)
+    assert with_pg_results.settings.schema == "res"
+    assert "res.celeriac_beat_" in with_pg_results.where

@@ -1,4 +1,5 @@
-"""The dashboard's history stores agree: memory, an SQLite file, a Redis server.
+"""The dashboard's history stores agree: memory, an SQLite file, a Redis server, a
+PostgreSQL schema (the contract suites' database, a schema of each test's own).
 
 Every query is checked against what ``TaskQuery.matches`` and ``TaskQuery.order`` say
 (the memory store's whole implementation), so a store that filters or sorts on its
@@ -35,9 +36,15 @@ REDIS_URL = "redis://127.0.0.1:6379/5"
 Opener = Callable[..., HistoryStore]
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgresql"])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens store objects on one place (a memory store: the same object each time)."""
+    if request.param == "postgresql":
+        url, options = request.getfixturevalue("pg_isolated")
+        on_schema = f"{url}?schema={options['schema']}"
+        yield lambda max_tasks=100_000, ttl=3600.0: history_from_url(on_schema, max_tasks,
+                                                                     ttl)
+        return
     if request.param == "memory":
         shared: dict[str, MemoryHistory] = {}
 

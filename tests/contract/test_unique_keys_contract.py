@@ -1,6 +1,8 @@
-"""The unique-key stores, on every server that holds them: the memory, SQLite and Redis
-brokers (where the claim and the publish are one step) and the SQLite and Redis result
-backends (used under a RabbitMQ broker: claim, then publish)."""
+"""The unique-key stores, on every server that holds them: the memory, SQLite, Redis and
+PostgreSQL brokers (where the claim and the publish are one step) and the SQLite, Redis
+and PostgreSQL result backends (used under a RabbitMQ broker: claim, then publish).
+
+PostgreSQL: the contract suites' database, a schema of each test's own."""
 
 from __future__ import annotations
 
@@ -21,13 +23,16 @@ from celeriac.uniqueness.store import UniqueKeys, _make
 
 # Redis: the unique-jobs tests' own database, with a key prefix of each test's own.
 REDIS_URL = "redis://127.0.0.1:6379/15"
-OWNERS = ["memory-broker", "sqlite-broker", "redis-broker", "sqlite-backend",
-          "redis-backend"]
+OWNERS = ["memory-broker", "sqlite-broker", "redis-broker", "postgresql-broker",
+          "sqlite-backend", "redis-backend", "postgresql-backend"]
 
 
 @pytest.fixture(params=OWNERS)
 def owner(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     kind, role = request.param.split("-")
+    if kind == "postgresql":
+        yield from _on_postgresql(role, request.getfixturevalue("pg_isolated"))
+        return
     url = {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path / 'u.db'}",
            "redis": REDIS_URL}[kind]
     prefix = f"test-unique:{uuid.uuid4().hex[:12]}:"
@@ -44,6 +49,18 @@ def owner(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
         asyncio.run(made.close())
         if kind == "redis":
             _delete_prefix(prefix)
+
+
+def _on_postgresql(role: str, isolated: tuple[str, dict[str, Any]]) -> Iterator[Any]:
+    url, options = isolated
+    made: Any = (create_broker(url, options) if role == "broker"
+                 else create_backend(url, options))
+    try:
+        asyncio.run(made.connect())
+        yield made
+    finally:
+        made.close_blocking()
+        asyncio.run(made.close())
 
 
 def _require_redis() -> None:

@@ -16,9 +16,9 @@ what costs time):
   holds only an Ed25519 private key, whose public key the worker lists beside them;
 - a retry is signed anew by the worker (the ``flaky`` task fails once, then succeeds);
 - encryption: a task sent with ``task_encryption`` to a queue nobody consumes yet is
-  read back raw from the server (SQLite row, Redis stream entry, RabbitMQ message):
-  neither its argument nor its task name is in the bytes; then the worker consumes the
-  queue (``add_consumer``), runs it, and its result, stored encrypted
+  read back raw from the server (SQLite or PostgreSQL row, Redis stream entry, RabbitMQ
+  message): neither its argument nor its task name is in the bytes; then the worker
+  consumes the queue (``add_consumer``), runs it, and its result, stored encrypted
   (``result_encryption``), has no readable value on the backend either, while the
   producer reads it back.
 """
@@ -124,6 +124,14 @@ def stored_bodies(deployment: Deployment, queue: str) -> list[bytes]:
                     for _, fields in client.xrange(broker.stream_key(queue, band))]
         finally:
             client.close()
+    if url.startswith("postgres"):
+        import psycopg
+
+        settings = deployment.probe.broker.settings  # type: ignore[attr-defined]
+        with psycopg.connect(settings.conninfo) as conn:
+            return [bytes(row[0]) for row in conn.execute(
+                f'SELECT body FROM "{settings.schema}".celeriac_messages WHERE queue = %s',
+                (queue,))]
     return asyncio.run(_amqp_bodies(url, queue))
 
 

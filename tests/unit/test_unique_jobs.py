@@ -274,7 +274,8 @@ def test_unique_sends_need_a_server_to_hold_keys() -> None:
         return n
 
     try:
-        with pytest.raises(ConfigurationError, match="sqlite:// or redis:// result_backend"):
+        with pytest.raises(ConfigurationError,
+                           match="unique jobs.*set result_backend to a redis://"):
             job.delay(1)
     finally:
         app.close()

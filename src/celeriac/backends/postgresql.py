@@ -167,6 +167,9 @@ class PostgreSQLBackend(ResultBackend):
         await self._listener.close()
         await self._pools.close()
 
+    def close_blocking(self) -> None:
+        self._pools.close_blocking()  # opened by stores on this schema (unique keys)
+
     async def _schema(self) -> None:
         if self._ready:
             return

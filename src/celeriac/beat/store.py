@@ -6,10 +6,13 @@ any machine, can take over from another. The server is the broker's own:
 - ``sqlite://`` broker: tables in the broker's file;
 - ``redis://`` broker: keys under the broker's ``key_prefix``, with its connection
   settings (TLS, timeouts);
+- ``postgresql://`` broker: tables in the broker's schema;
 - ``amqp://`` broker: RabbitMQ has no atomic read-modify-write, so the state goes to the
-  result backend's server (SQLite or Redis); with ``rpc://`` results there is no such
-  server and beat refuses to start, saying what to set;
+  result backend's server (SQLite, Redis or PostgreSQL); with ``rpc://`` results there
+  is no such server and beat refuses to start, saying what to set;
 - ``memory://``: this process only (tests).
+
+(``celeriac.state_home`` makes that choice, the same for every shared-state feature.)
 
 What is kept (the same on every server):
 
@@ -23,7 +26,7 @@ What is kept (the same on every server):
 
 Every change of a run state is a compare-and-set against the state the writer read,
 made together with a check that the writer's lease (holder and token) is still the
-current one, in one transaction (SQLite) or one Lua script (Redis): a leader that lost
+current one, in one transaction (SQLite, PostgreSQL) or one Lua script (Redis): a leader that lost
 its lease can record nothing, and two writers can never both move the same cursor.
 
 SQLite schema (component ``beat``, version 1)::
@@ -42,6 +45,8 @@ Redis keys (``P`` is the key prefix)::
     P beat:entries  HASH    name -> Entry JSON
     P beat:paused   SET     names
     P beat:version  STRING  INCR on every change of entries or paused names
+
+PostgreSQL: the SQLite tables, named ``celeriac_beat_*`` (``beat.store_postgresql``).
 """
 
 from __future__ import annotations
@@ -52,12 +57,11 @@ import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import orjson
 
-from celeriac.errors import BackendError, BrokerError, ConfigurationError
-from celeriac.urls import safe_url
+from celeriac.errors import BackendError, BrokerError, CeleriacError, ConfigurationError
+from celeriac.state_home import WHAT_TO_SET, state_home
 
 if TYPE_CHECKING:
     from celeriac.app import App
@@ -256,41 +260,30 @@ _MEMORY_LOCK = threading.Lock()
 
 
 def open_store(app: App) -> BeatStore:
-    """The store on the server of ``app``'s broker (or, for RabbitMQ, its backend's)."""
-    broker_url = app.conf.effective_broker_url
-    scheme = urlsplit(broker_url).scheme
-    if scheme == "memory":
+    """The store on the server of ``app``'s broker, else its backend's (``state_home``)."""
+    home = state_home(app, "periodic tasks need a server shared by every beat process to "
+                           "keep their state (the leader's lease, the runs sent)")
+    owner: Any = home.owner
+    error: type[CeleriacError] = BrokerError if home.on_broker else BackendError
+    if home.kind == "memory":
+        if not home.on_broker:  # a memory backend beside a server broker: no shared place
+            raise ConfigurationError(
+                f"periodic tasks with a {app.broker.scheme}:// broker keep their state on "
+                f"the result backend's server, and memory:// results have none; "
+                f"{WHAT_TO_SET}")
         with _MEMORY_LOCK:
-            store = _MEMORY_STORES.get(app.broker)
+            store = _MEMORY_STORES.get(owner)
             if store is None:
-                store = _MEMORY_STORES[app.broker] = MemoryStore()
+                store = _MEMORY_STORES[owner] = MemoryStore()
             return store
-    if scheme == "sqlite":
+    if home.kind == "sqlite":
         from celeriac.beat.store_sqlite import SQLiteStore
 
-        return SQLiteStore(broker_url, BrokerError)
-    if scheme in ("redis", "rediss", "sentinel"):
+        return SQLiteStore(owner.url, error)
+    if home.kind == "redis":
         from celeriac.beat.store_redis import RedisStore
 
-        return RedisStore(app.broker.settings, BrokerError)  # type: ignore[attr-defined]
-    if scheme in ("amqp", "amqps", "pyamqp"):
-        return _backend_store(app)
-    raise ConfigurationError(f"periodic tasks cannot keep their state with the broker "
-                             f"{safe_url(broker_url)}")
+        return RedisStore(owner.settings, error)
+    from celeriac.beat.store_postgresql import PostgreSQLStore
 
-
-def _backend_store(app: App) -> BeatStore:
-    backend_url = app.conf.effective_result_backend
-    scheme = urlsplit(backend_url).scheme
-    if scheme == "sqlite":
-        from celeriac.beat.store_sqlite import SQLiteStore
-
-        return SQLiteStore(backend_url, BackendError)
-    if scheme in ("redis", "rediss", "sentinel"):
-        from celeriac.beat.store_redis import RedisStore
-
-        return RedisStore(app.backend.settings, BackendError)  # type: ignore[attr-defined]
-    raise ConfigurationError(
-        f"periodic tasks with a RabbitMQ broker keep their state on the result backend's "
-        f"server, and {safe_url(backend_url)} has none (rpc:// results live in RabbitMQ "
-        f"queues); set result_backend to a redis:// or sqlite:/// URL")
+    return PostgreSQLStore(owner.settings, error)

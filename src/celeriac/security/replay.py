@@ -8,16 +8,17 @@ refuses a nonce already seen.
 Where "seen" is kept decides what it protects. In a worker process's memory it would
 protect that process only: a replay fetched by the process next door, or by another
 node, would run. So nonces live on a server every worker reaches, the same one unique
-jobs use: the broker's (SQLite file, Redis), else under a RabbitMQ broker the result
-backend's (SQLite, Redis); RabbitMQ with rpc:// results has nowhere to keep them and is
-refused at worker start, with what to use instead. The memory broker keeps them in
+jobs use (``celeriac.state_home``): the broker's (SQLite file, Redis, PostgreSQL), else
+under a RabbitMQ broker the result backend's (SQLite, Redis, PostgreSQL); RabbitMQ with
+rpc:// results has nowhere to keep them and is refused at worker start, with what to
+use instead. The memory broker keeps them in
 the process (it has only one).
 
 A nonce's entry holds who has it: the token of the worker process that fetched it
 (claimed when fetched, for the whole batch with the longest validity in it), and on a
 broker whose delivery count travels in the message (RabbitMQ: a header any publisher
 could set) then ``done``, marked once its verdict is carried out, after the ack. On
-SQLite and Redis the server keeps the count and an acked message is gone, so nothing
+SQLite, Redis and PostgreSQL the server keeps the count and an acked message is gone, so nothing
 can come back as a redelivery after it ran, and the mark is left out (a round trip per
 flush saved). At-least-once delivery means one message may legitimately arrive twice,
 and those cases must not be called replays:
@@ -31,7 +32,8 @@ and those cases must not be called replays:
   is a replay: a copy of a message that ran, or runs now.
 
 Entries expire with the message's validity (Redis: a hash per minute of messages,
-expiring with the last of them; SQLite rows deleted by later claims), so the store
+expiring with the last of them; SQLite rows deleted by later claims, PostgreSQL rows
+by a batched prune: ``security.replay_postgresql``), so the store
 holds one small entry per message of the last ``max_age`` seconds. Claims, marks and
 releases are one round trip per fetched batch or flush.
 """
@@ -45,8 +47,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from celeriac.errors import ConfigurationError
 from celeriac.security.signing import Opened
+from celeriac.state_home import kind_of, state_home
 
 if TYPE_CHECKING:
     from celeriac.app import App
@@ -362,23 +364,17 @@ class SQLiteSeenNonces(SeenNonces):
 
 # -- which server ------------------------------------------------------------------------
 
-_KEEPS = ("memory", "sqlite", "redis", "rediss")
 _STORES: weakref.WeakKeyDictionary[Any, SeenNonces] = weakref.WeakKeyDictionary()
 _STORES_LOCK = threading.Lock()
 
 
 def seen_nonces(app: App) -> SeenNonces:
     """Where ``app``'s workers keep the nonces they have seen: the broker's server, else
-    the result backend's; ConfigurationError when neither keeps anything."""
-    owner: Any = app.broker
-    if owner.scheme not in _KEEPS:
-        owner = app.backend
-        if owner.scheme not in _KEEPS:
-            raise ConfigurationError(
-                f"signed messages need a server shared by the workers to remember the "
-                f"messages they have run (replay protection): the {app.broker.scheme}:// "
-                f"broker keeps none and the {owner.scheme}:// result backend stores "
-                f"nothing on a server; use a sqlite:// or redis:// result_backend")
+    the result backend's (``celeriac.state_home``); ConfigurationError when neither
+    keeps anything."""
+    owner = state_home(app, "signed messages need a server shared by the workers to "
+                            "remember the messages they have run (replay "
+                            "protection)").owner
     with _STORES_LOCK:
         store = _STORES.get(owner)
         if store is None:
@@ -387,8 +383,13 @@ def seen_nonces(app: App) -> SeenNonces:
 
 
 def _make(owner: Any) -> SeenNonces:
-    if owner.scheme == "memory":
+    kind = kind_of(owner)
+    if kind == "memory":
         return MemorySeenNonces()
-    if owner.scheme == "sqlite":
+    if kind == "sqlite":
         return SQLiteSeenNonces(owner)
+    if kind == "postgresql":
+        from celeriac.security.replay_postgresql import PostgreSQLSeenNonces
+
+        return PostgreSQLSeenNonces(owner)
     return RedisSeenNonces(owner)

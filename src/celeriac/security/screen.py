@@ -156,8 +156,10 @@ def screen_for(app: Any, security: Any) -> Screen | None:
         return None
     from celeriac.security.replay import seen_nonces
 
-    # SQLite and Redis keep delivery counts on the server: no done marks needed there.
-    mark_done = app.broker.scheme not in ("memory", "sqlite", "redis", "rediss")
+    # SQLite, Redis and PostgreSQL keep delivery counts on the server: no done marks
+    # needed there.
+    mark_done = app.broker.scheme not in ("memory", "sqlite", "redis", "rediss",
+                                          "postgresql")
     return Screen(security.verifier, seen_nonces(app), app.conf.task_message_max_size,
                   mark_done)
 

@@ -9,10 +9,14 @@ of the app reaches:
   publish are one transaction (``uniqueness.sqlite``);
 - Redis broker: a string per key on the broker's server, claimed and published by one
   Lua script (``uniqueness.redis``);
-- any other broker (RabbitMQ): the result backend's server (SQLite file, Redis, or
-  memory), claimed first and published after, the claim released if the publish
-  fails; an rpc:// backend stores nothing on a server, so unique sends are refused
-  with a ``ConfigurationError`` that says what to use instead.
+- PostgreSQL broker: a ``celeriac_unique_keys`` table in the broker's schema; the claim
+  and the publish are one transaction (``uniqueness.postgresql``);
+- any other broker (RabbitMQ): the result backend's server (SQLite file, Redis,
+  PostgreSQL, or memory), claimed first and published after, the claim released if the
+  publish fails; an rpc:// backend stores nothing on a server, so unique sends are
+  refused with a ``ConfigurationError`` that says what to use instead.
+
+Which server: ``celeriac.state_home``, the rule every shared-state feature follows.
 
 Claims are atomic on the server: of many producers sending the same key at once,
 exactly one claims it and publishes; the others get its task id back. A release is a
@@ -31,7 +35,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from celeriac.brokers.base import Outgoing
-from celeriac.errors import ConfigurationError
+from celeriac.state_home import kind_of, state_home
 
 if TYPE_CHECKING:
     from celeriac.app import App
@@ -156,20 +160,10 @@ _STORES_LOCK = threading.Lock()
 
 
 def unique_keys(app: App) -> UniqueKeys:
-    """The store of ``app``'s unique keys: on the broker's server, else the backend's.
-
-    ConfigurationError when neither keeps anything (a RabbitMQ broker with rpc://).
-    """
-    broker = app.broker
-    owner: Any = broker
-    if broker.scheme not in ("memory", "sqlite", "redis", "rediss", "sentinel"):
-        owner = app.backend
-        if owner.scheme not in ("memory", "sqlite", "redis", "rediss", "sentinel"):
-            raise ConfigurationError(
-                f"unique jobs (unique_for, unique_key) need a server to hold their keys: "
-                f"the {broker.scheme}:// broker keeps none, and the {owner.scheme}:// "
-                f"result backend stores nothing on a server; use a sqlite:// or redis:// "
-                f"result_backend (or a SQLite or Redis broker)")
+    """The store of ``app``'s unique keys: on the broker's server, else the backend's
+    (``celeriac.state_home``); ConfigurationError when neither keeps anything."""
+    owner = state_home(app, "unique jobs (unique_for, unique_key) need a server to hold "
+                            "their keys").owner
     with _STORES_LOCK:
         store = _STORES.get(owner)
         if store is None:
@@ -184,6 +178,10 @@ def _make(owner: Any) -> UniqueKeys:
         from celeriac.uniqueness.sqlite import SQLiteUniqueKeys
 
         return SQLiteUniqueKeys.on(owner)
+    if kind_of(owner) == "postgresql":
+        from celeriac.uniqueness.postgresql import PostgreSQLUniqueKeys
+
+        return PostgreSQLUniqueKeys.on(owner)
     from celeriac.uniqueness.redis import RedisUniqueKeys
 
     return RedisUniqueKeys.on(owner)

@@ -1,5 +1,6 @@
 """The dashboard's ingest (``dashboard.ingest``): events published on the real bus of an
-SQLite and a Redis broker end in the history the broker's file or server keeps; a
+SQLite, a Redis and a PostgreSQL broker end in the history the broker's file or server
+keeps (PostgreSQL: a database of the test's own, dropped after); a
 restarted ingest reads back what it missed; a failing store is retried; trims run.
 
 No worker process: events are published as a worker publishes them (``event.encode``).
@@ -24,6 +25,7 @@ from celeriac.bus.base import EVENTS
 from celeriac.dashboard.history import TaskRecord
 from celeriac.dashboard.history_memory import MemoryHistory
 from celeriac.dashboard.history_open import open_history
+from celeriac.dashboard.history_postgresql import PostgreSQLHistory
 from celeriac.dashboard.history_redis import RedisHistory
 from celeriac.dashboard.history_sqlite import SQLiteHistory
 from celeriac.dashboard.ingest import HistoryIngest
@@ -34,12 +36,15 @@ WAIT = 10.0
 _seq = 0
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgresql"])
 def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[App]:
     if request.param == "sqlite":
         app = App("proj", broker=f"sqlite:///{tmp_path / 'broker.db'}")
         yield app
         app.close()
+        return
+    if request.param == "postgresql":
+        yield from _on_postgresql()
         return
     import redis
 
@@ -61,6 +66,27 @@ def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[App]:
         if keys:
             client.delete(*keys)
         client.close()
+
+
+def _on_postgresql() -> Iterator[App]:
+    import psycopg
+
+    server = "postgresql://postgres@127.0.0.1:5432"
+    name = f"celeriac_ingest_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(f"{server}/postgres", autocommit=True, connect_timeout=2) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is not running at {server}: {exc}")
+        pytest.skip(f"PostgreSQL is not running at {server}")
+    app = App("proj", broker=f"{server}/{name}?schema=dash")
+    try:
+        yield app
+    finally:
+        app.close()
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def compact(kind: str, at: float, **fields: Any) -> list[Any]:
@@ -113,6 +139,9 @@ def test_events_on_the_bus_become_the_history_of_the_brokers_own_store(app: App)
         if app.broker.scheme == "sqlite":  # the broker's own file, or its server & prefix
             assert isinstance(store, SQLiteHistory)
             assert store.path == app.broker.path  # type: ignore[attr-defined]
+        elif app.broker.scheme == "postgresql":  # the broker's schema
+            assert isinstance(store, PostgreSQLHistory)
+            assert store.settings == app.broker.settings  # type: ignore[attr-defined]
         else:
             assert isinstance(store, RedisHistory)
             assert store.prefix == app.broker.prefix + "dashboard:"  # type: ignore[attr-defined]

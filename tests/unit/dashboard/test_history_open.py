@@ -11,6 +11,7 @@ import pytest
 from celeriac import App
 from celeriac.dashboard.history_memory import MemoryHistory
 from celeriac.dashboard.history_open import open_history
+from celeriac.dashboard.history_postgresql import PostgreSQLHistory
 from celeriac.dashboard.history_redis import RedisHistory
 from celeriac.dashboard.history_sqlite import SQLiteHistory
 from celeriac.errors import ConfigurationError
@@ -51,12 +52,27 @@ def test_the_history_goes_where_the_apps_data_is(
         "dashboard: the amqp broker and the rpc result backend have no room for the task "
         f"history; keeping it in {tmp_path / 'celeriac-dashboard.db'}"]
 
+    # PostgreSQL: the broker's schema, or under RabbitMQ the result backend's.
+    pg = "postgresql://postgres:pw@127.0.0.1:5432/x"
+    store = open_history(App("p", broker=f"{pg}?schema=mine"))
+    assert isinstance(store, PostgreSQLHistory)
+    assert store.settings.schema == "mine"
+    assert "pw" not in store.where
+    store = open_history(App("p", broker="amqp://guest:guest@127.0.0.1//",
+                             backend=f"{pg}?schema=res"))
+    assert isinstance(store, PostgreSQLHistory)
+    assert store.settings.schema == "res"
+
     # dashboard_history_url wins over the broker.
     store = open_history(App("p", broker="memory://",
                              dashboard_history_url="redis://127.0.0.1/2?key_prefix=x:"))
     assert isinstance(store, RedisHistory)
     assert store.prefix == "x:dashboard:"
-    with pytest.raises(ConfigurationError, match="must be a sqlite:///path, redis:// or "
-                       "memory:// URL, not one of scheme 'mongodb'"):
+    store = open_history(App("p", broker="memory://",
+                             dashboard_history_url=f"{pg}?schema=dash"))
+    assert isinstance(store, PostgreSQLHistory)
+    assert store.settings.schema == "dash"
+    with pytest.raises(ConfigurationError, match="must be a sqlite:///path, redis://, "
+                       "postgresql:// or memory:// URL, not one of scheme 'mongodb'"):
         open_history(App("p", broker="memory://",
                          dashboard_history_url="mongodb://u:secret@h/db"))
