@@ -108,6 +108,30 @@ def test_queue_names_sqs_cannot_hold_are_escaped_and_too_long_ones_refused(
     asyncio.run(run())
 
 
+def test_predefined_queues_are_used_as_given_and_never_made(options: dict[str, Any]) -> None:
+    sqs = sqs_server.client()
+    try:
+        url = sqs.create_queue(QueueName=f"{options['queue_name_prefix']}made-elsewhere")[
+            "QueueUrl"]
+    finally:
+        sqs.close()
+    broker = make(options, predefined_queues={"work": {"url": url}})
+
+    async def run() -> None:
+        try:
+            sent = [message("work", priority=p) for p in (1, 8)]
+            await broker.publish(sent)
+            got = await broker.fetch(["work"], 10, timeout=1)
+            assert [d.id for d in got] == [sent[1].id, sent[0].id]
+            with pytest.raises(ValueError, match="delay_url"):
+                await broker.publish([message("work", eta=time.time() + 60)])
+            assert [s.queue for s in await broker.queue_stats()] == ["work"]
+        finally:
+            await broker.close()
+
+    asyncio.run(run())
+
+
 # -- leases across processes --------------------------------------------------------------
 
 
