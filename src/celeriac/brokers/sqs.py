@@ -523,10 +523,26 @@ class SQSBroker(Broker):
         self._forget(confirmed)
         self._wake()
 
+    def holds(self, delivery: Delivery) -> bool:
+        """False once this process's clock says the lease ran out, or a newer receive
+        of the message (here) replaced it."""
+        receipt = _receipt(delivery)
+        with self._lock:
+            if self._newest.get(receipt.sqs_id, receipt.handle) != receipt.handle:
+                return False
+            deadline = self._deadlines.get(receipt.handle)
+        return deadline is None or deadline > time.monotonic()
+
     async def extend(self, deliveries: Sequence[Delivery]) -> list[bool]:
         if not deliveries:
             return []
-        current = {id(d) for d in self._current(deliveries)}
+        # A lease that ran out is lost, even while nobody received the message again
+        # (SQS would still take its handle): so this clock is asked first.
+        now = time.monotonic()
+        with self._lock:
+            ran_out = {id(d) for d in deliveries
+                       if self._deadlines.get(_receipt(d).handle, math.inf) <= now}
+        current = {id(d) for d in self._current(deliveries) if id(d) not in ran_out}
         asked = [d for d in deliveries if id(d) in current]
         kept = await self._renew([(_receipt(d).url, _receipt(d).handle) for d in asked],
                                  self.settings.lease)

@@ -165,6 +165,27 @@ def test_a_stale_receipt_from_another_process_is_refused_by_the_server(
     asyncio.run(run())
 
 
+def test_a_lease_that_ran_out_is_lost_to_extend_but_may_still_be_acked(
+        options: dict[str, Any]) -> None:
+    broker = make(options)
+
+    async def run() -> None:
+        try:
+            await broker.publish([message()])
+            [held] = await broker.fetch(["q"], 10, timeout=1)
+            assert broker.holds(held)
+            await asyncio.sleep(broker.lease_seconds + 0.2)  # nobody fetches meanwhile
+
+            assert not broker.holds(held)
+            assert await broker.extend([held]) == [False]
+            await broker.ack([held])
+            assert await broker.queue_stats(["q"]) == [QueueStats("q", 0, 0, 0)]
+        finally:
+            await broker.close()
+
+    asyncio.run(run())
+
+
 def test_requeue_keeps_the_delivery_count_so_far(options: dict[str, Any]) -> None:
     broker = make(options)
 
