@@ -8,9 +8,9 @@ server (then the host is the endpoint: ``http://`` unless ``is_secure`` is true)
 Celery's transport options keep their names where they mean the same here: ``region``,
 ``queue_name_prefix``, ``visibility_timeout`` (the lease, whole seconds),
 ``polling_interval`` and ``predefined_queues``. ``wait_time_seconds`` (long polling) is
-refused with the reason: a fetch watches several SQS queues at once (one per priority
-band, and the delay queue), and a long poll cannot be stopped without losing what it
-took meanwhile (see docs/brokers.md). Unknown options are errors.
+not used, with a warning saying why: a fetch watches several SQS queues at once (one
+per priority band, and the delay queue), and a long poll cannot be stopped without
+losing what it took meanwhile (see docs/brokers.md). Unknown options are errors.
 
 Names: a celeriac queue ``q`` is up to ``len(bands) + 1`` SQS queues (``P`` is the
 prefix; ``.fifo`` appended to band queues when ``fifo`` is true)::
@@ -27,6 +27,7 @@ by that escape (``p``, ``l`` are not hex digits), so two names never collide.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Mapping
@@ -37,6 +38,8 @@ from urllib.parse import unquote, urlsplit
 from celeriac.config import suggest
 from celeriac.errors import ConfigurationError
 from celeriac.urls import safe_url
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_REGION = "us-east-1"  # kombu's default too
 DEFAULT_LEASE = 10  # seconds, as every other broker's default lease_seconds
@@ -93,11 +96,14 @@ class SqsSettings:
             raise ConfigurationError(f"unknown SQS transport option {unknown[0]!r}"
                                      f"{suggest(unknown[0], OPTIONS)}")
         if options.get("wait_time_seconds") is not None:
-            raise ConfigurationError(
-                "SQS transport option wait_time_seconds is not used by celeriac: a fetch "
-                "watches one SQS queue per priority band and a delay queue, and polls "
-                "them every polling_interval seconds (default 1.0) while idle; a publish "
-                "from the same process wakes it at once. Set polling_interval instead")
+            # Kept working, as the Redis broker does with kombu's options it has no use
+            # for: a project moving from Celery still has it set.
+            logger.warning(
+                "SQS transport option wait_time_seconds=%r is not used: a fetch watches "
+                "one SQS queue per priority band and a delay queue, and polls them every "
+                "polling_interval seconds (default 1.0) while idle (a send from the same "
+                "process wakes it at once); set polling_interval instead",
+                options["wait_time_seconds"])
         access, secret, endpoint = _parse_url(url, bool(options.get("is_secure", False)),
                                               options.get("ssl"))
         given_endpoint = options.get("endpoint_url")

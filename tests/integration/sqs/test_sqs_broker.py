@@ -66,7 +66,6 @@ def test_celery_url_forms_and_options() -> None:
 
 @pytest.mark.parametrize(("url", "options", "match"), [
     ("sqs://", {"lease_seconds": 10, "visibility_timeout": 30}, "contradict"),
-    ("sqs://", {"wait_time_seconds": 10}, "polling_interval"),
     ("sqs://", {"polling_intervall": 1}, "polling_interval"),
     ("sqs://", {"queue_name_prefix": "a.b"}, "queue_name_prefix"),
     ("sqs://", {"priority_bands": [1, 5]}, "priority_bands"),
@@ -81,6 +80,13 @@ def test_bad_settings_are_refused_naming_the_setting(url: str, options: dict[str
                                                       match: str) -> None:
     with pytest.raises(ConfigurationError, match=match):
         SQSBroker(url, options)
+
+
+def test_celerys_long_polling_option_is_not_used_and_a_warning_says_why(
+        caplog: pytest.LogCaptureFixture) -> None:
+    SQSBroker("sqs://", {"wait_time_seconds": 20})
+    assert "wait_time_seconds=20 is not used" in caplog.text
+    assert "polling_interval" in caplog.text
 
 
 def test_a_secret_never_appears_in_errors() -> None:
