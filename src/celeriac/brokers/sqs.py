@@ -124,7 +124,7 @@ class SQSBroker(Broker):
         super().__init__(url, options)
         self.settings = SqsSettings.parse(url, self.options)
         self.lease_seconds = float(self.settings.lease)
-        self._clients = SqsClients(self.settings)
+        self._clients = SqsClients(self.settings, self._forget_queues)
         self._urls: dict[str, str] = {}  # SQS queue name -> its URL
         self._queues: dict[str, QueueUrls] = {}  # celeriac queue -> its SQS queues
         self._lock = threading.Lock()
@@ -143,6 +143,11 @@ class SQSBroker(Broker):
 
     def close_blocking(self) -> None:
         self._clients.close_blocking()
+
+    def _forget_queues(self) -> None:
+        """SQS says a queue is gone: look every URL up (and make the queues) again."""
+        self._urls.clear()
+        self._queues.clear()
 
     def _names(self, queue: str) -> tuple[dict[int, str], str]:
         """The SQS names of a queue's bands and delay queue (ValueError if too long)."""
@@ -284,28 +289,43 @@ class SQSBroker(Broker):
         if not messages:
             return
         plan = self._plan(messages)
-        by_url: dict[str, list[dict[str, Any]]] = {}
-        for queue, band, found in plan:
-            by_url.setdefault(self._target(await self._queue_urls(queue), band),
-                              []).append(found)
-        await self._send(by_url)
+        for attempt in (1, 2):  # a second time after SQS said a queue was deleted
+            by_url: dict[str, list[dict[str, Any]]] = {}
+            for queue, band, found in plan:
+                by_url.setdefault(self._target(await self._queue_urls(queue), band),
+                                  []).append(found)
+            try:
+                await self._send(by_url)
+                break
+            except SqsError as exc:
+                if exc.code not in QUEUE_MISSING or attempt == 2:
+                    raise
         self._wake()
 
     def publish_blocking(self, messages: Sequence[Outgoing]) -> None:
         if not messages:
             return
         plan = self._plan(messages)
-        by_url: dict[str, list[dict[str, Any]]] = {}
-        for queue, band, found in plan:
-            by_url.setdefault(self._target(self._queue_urls_blocking(queue), band),
-                              []).append(found)
+        for attempt in (1, 2):  # a second time after SQS said a queue was deleted
+            by_url: dict[str, list[dict[str, Any]]] = {}
+            for queue, band, found in plan:
+                by_url.setdefault(self._target(self._queue_urls_blocking(queue), band),
+                                  []).append(found)
+            try:
+                self._send_blocking(by_url)
+                break
+            except SqsError as exc:
+                if exc.code not in QUEUE_MISSING or attempt == 2:
+                    raise
+        self._wake()
+
+    def _send_blocking(self, by_url: Mapping[str, list[dict[str, Any]]]) -> None:
         failed = []
         for url, entries in by_url.items():
             for chunk in _chunks(entries):
                 failed += _failures(self._clients.call_blocking(
                     "send_message_batch", QueueUrl=url, Entries=_numbered(chunk)), chunk)
         _raise_unsent(failed)
-        self._wake()
 
     async def _send(self, by_url: Mapping[str, list[dict[str, Any]]]) -> None:
         calls = [(url, chunk) for url, entries in by_url.items() for chunk in _chunks(entries)]

@@ -94,8 +94,12 @@ def _session(kind: str) -> Any:
 class SqsClients:
     """The aiobotocore client of each loop and the botocore client of this process."""
 
-    def __init__(self, settings: SqsSettings) -> None:
+    def __init__(self, settings: SqsSettings,
+                 on_missing_queue: Callable[[], None] | None = None) -> None:
         self.settings = settings
+        # Told when SQS says a queue is gone (deleted behind this process's back), so
+        # that the queue URLs it knew are looked up, and the queues made, again.
+        self.on_missing_queue = on_missing_queue
         self._lock = threading.Lock()
         self._clients: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop,
@@ -129,8 +133,15 @@ class SqsClients:
         try:
             result: dict[str, Any] = await getattr(client, action)(**params)
         except (BotoCoreError, ClientError, OSError) as exc:
-            raise translate(exc, self.settings, action) from exc
+            raise self._failed(exc, action) from exc
         return result
+
+    def _failed(self, exc: Exception, action: str) -> Exception:
+        error = translate(exc, self.settings, action)
+        if isinstance(error, SqsError) and error.code in QUEUE_MISSING \
+                and self.on_missing_queue is not None:
+            self.on_missing_queue()
+        return error
 
     def call_blocking(self, action: str, **params: Any) -> dict[str, Any]:
         with self._lock:
@@ -141,7 +152,7 @@ class SqsClients:
         try:
             result: dict[str, Any] = getattr(client, action)(**params)
         except (BotoCoreError, ClientError, OSError) as exc:
-            raise translate(exc, self.settings, action) from exc
+            raise self._failed(exc, action) from exc
         return result
 
     async def close(self) -> None:

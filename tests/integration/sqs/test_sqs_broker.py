@@ -138,6 +138,22 @@ def test_predefined_queues_are_used_as_given_and_never_made(options: dict[str, A
     asyncio.run(run())
 
 
+def test_queues_deleted_behind_its_back_are_made_again(options: dict[str, Any]) -> None:
+    broker = make(options)
+
+    async def run() -> None:
+        try:
+            await broker.publish([message()])
+            sqs_server.delete_queues(options["queue_name_prefix"])
+            sent = message()
+            await broker.publish([sent])  # SQS says the queue is gone: made again
+            assert [d.id for d in await broker.fetch(["q"], 10, timeout=1)] == [sent.id]
+        finally:
+            await broker.close()
+
+    asyncio.run(run())
+
+
 # -- leases across processes --------------------------------------------------------------
 
 
