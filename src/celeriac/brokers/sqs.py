@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import math
 import threading
 import time
@@ -56,6 +57,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from celeriac.brokers import sqs_inspect
 from celeriac.brokers import sqs_messages as wire
 from celeriac.brokers.base import (
     Broker,
@@ -66,11 +68,14 @@ from celeriac.brokers.base import (
     check_outgoing,
 )
 from celeriac.brokers.sqs_client import LOST_RECEIPT, QUEUE_MISSING, SqsClients, SqsError
+from celeriac.brokers.sqs_queues import QueueDirectory, QueueUrls
 from celeriac.brokers.sqs_settings import SqsSettings, escape
 from celeriac.errors import BrokerError
 
 if TYPE_CHECKING:
     from celeriac.bus.base import Bus
+
+logger = logging.getLogger(__name__)
 
 MAX_DELAY = 900  # SQS's longest DelaySeconds
 HOLD = 1.0  # a delayed message due within this many seconds is held, not sent back
@@ -80,7 +85,6 @@ DELAY_VISIBILITY = 10  # how long a fetch holds a delayed message it took
 SAFETY = 1.0
 BATCH = 10  # SQS's most entries per batch call and messages per receive
 MAX_BATCH_BYTES = 1024 * 1024
-RETENTION = "1209600"  # 14 days, SQS's longest: nothing expires quietly within a weekend
 # A fetch holds at most this many receipt records before dropping those long expired.
 MAX_RECORDS = 20_000
 
@@ -93,14 +97,6 @@ class Receipt:
     handle: str
     sqs_id: str
     order: str
-
-
-@dataclass(frozen=True, slots=True)
-class QueueUrls:
-    """The SQS queues of one celeriac queue: band -> URL, and its delay queue."""
-
-    bands: Mapping[int, str]
-    delay: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +120,8 @@ class SQSBroker(Broker):
         super().__init__(url, options)
         self.settings = SqsSettings.parse(url, self.options)
         self.lease_seconds = float(self.settings.lease)
-        self._clients = SqsClients(self.settings, self._forget_queues)
-        self._urls: dict[str, str] = {}  # SQS queue name -> its URL
-        self._queues: dict[str, QueueUrls] = {}  # celeriac queue -> its SQS queues
+        self._clients = SqsClients(self.settings, lambda: self.queues.forget())
+        self.queues = QueueDirectory(self.settings, self._clients)
         self._lock = threading.Lock()
         self._deadlines: dict[str, float] = {}  # receipt handle -> lease end (monotonic)
         self._newest: dict[str, str] = {}  # SQS message id -> newest receipt handle
@@ -144,98 +139,6 @@ class SQSBroker(Broker):
     def close_blocking(self) -> None:
         self._clients.close_blocking()
 
-    def _forget_queues(self) -> None:
-        """SQS says a queue is gone: look every URL up (and make the queues) again."""
-        self._urls.clear()
-        self._queues.clear()
-
-    def _names(self, queue: str) -> tuple[dict[int, str], str]:
-        """The SQS names of a queue's bands and delay queue (ValueError if too long)."""
-        return ({band: self.settings.band_name(queue, band) for band in self.settings.bands},
-                self.settings.delay_name(queue))
-
-    def _create_params(self, name: str) -> dict[str, Any]:
-        attributes = {"MessageRetentionPeriod": RETENTION,
-                      "VisibilityTimeout": str(self.settings.lease)}
-        if name.endswith(".fifo"):
-            attributes["FifoQueue"] = "true"
-        return {"QueueName": name, "Attributes": attributes}
-
-    async def _url(self, name: str) -> str:
-        """The URL of SQS queue ``name``, made now if need be."""
-        found = self._urls.get(name)
-        if found is None:
-            try:
-                found = (await self._clients.call("create_queue",
-                                                  **self._create_params(name)))["QueueUrl"]
-            except SqsError as exc:  # made before with other attributes: use it as it is
-                if exc.code not in ("QueueAlreadyExists", "QueueNameExists"):
-                    raise
-                found = (await self._clients.call("get_queue_url", QueueName=name))["QueueUrl"]
-            self._urls[name] = found
-        return found
-
-    def _url_blocking(self, name: str) -> str:
-        found = self._urls.get(name)
-        if found is None:
-            try:
-                found = self._clients.call_blocking("create_queue",
-                                                    **self._create_params(name))["QueueUrl"]
-            except SqsError as exc:
-                if exc.code not in ("QueueAlreadyExists", "QueueNameExists"):
-                    raise
-                found = self._clients.call_blocking("get_queue_url", QueueName=name)["QueueUrl"]
-            self._urls[name] = found
-        return found
-
-    async def _queue_urls(self, queue: str) -> QueueUrls:
-        """The SQS queues of ``queue``, every one made now if need be."""
-        found = self._queues.get(queue)
-        if found is None:
-            found = self._predefined(queue)
-            if found is None:
-                bands, delay = self._names(queue)
-                urls = await asyncio.gather(*(self._url(name)
-                                              for name in [*bands.values(), delay]))
-                found = QueueUrls(dict(zip(bands, urls[:-1], strict=True)), urls[-1])
-            self._queues[queue] = found
-        return found
-
-    def _queue_urls_blocking(self, queue: str) -> QueueUrls:
-        found = self._queues.get(queue)
-        if found is None:
-            found = self._predefined(queue)
-            if found is None:
-                bands, delay = self._names(queue)
-                found = QueueUrls({band: self._url_blocking(name) for band, name in bands.items()},
-                                  self._url_blocking(delay))
-            self._queues[queue] = found
-        return found
-
-    def _predefined(self, queue: str) -> QueueUrls | None:
-        spec = self.settings.predefined.get(queue)
-        if spec is None:
-            return None
-        return QueueUrls({band: spec.url for band in self.settings.bands}, spec.delay_url)
-
-    async def _existing(self, queue: str) -> QueueUrls | None:
-        """The SQS queues of ``queue`` if they exist, without making any."""
-        found = self._queues.get(queue) or self._predefined(queue)
-        if found is not None:
-            return found
-        bands, delay = self._names(queue)
-        try:
-            urls = await asyncio.gather(*(self._clients.call("get_queue_url", QueueName=name)
-                                          for name in [*bands.values(), delay]))
-        except SqsError as exc:
-            if exc.code in QUEUE_MISSING:
-                return None
-            raise
-        found = QueueUrls(dict(zip(bands, (u["QueueUrl"] for u in urls[:-1]), strict=True)),
-                          urls[-1]["QueueUrl"])
-        self._queues[queue] = found
-        return found
-
     # -- publish --------------------------------------------------------------------------
 
     def _plan(self, messages: Sequence[Outgoing]) -> list[tuple[str, int | None, dict[str, Any]]]:
@@ -245,7 +148,7 @@ class SQSBroker(Broker):
         now = time.time()
         plan = []
         for out in messages:
-            self._names(out.queue)  # a name too long for SQS is refused here
+            self.queues.names(out.queue)  # a name too long for SQS is refused here
             body = wire.encode_body(out.body)
             due = out.eta if out.eta is not None and out.eta > now else None
             if due is None:
@@ -292,7 +195,7 @@ class SQSBroker(Broker):
         for attempt in (1, 2):  # a second time after SQS said a queue was deleted
             by_url: dict[str, list[dict[str, Any]]] = {}
             for queue, band, found in plan:
-                by_url.setdefault(self._target(await self._queue_urls(queue), band),
+                by_url.setdefault(self._target(await self.queues.of(queue), band),
                                   []).append(found)
             try:
                 await self._send(by_url)
@@ -309,7 +212,7 @@ class SQSBroker(Broker):
         for attempt in (1, 2):  # a second time after SQS said a queue was deleted
             by_url: dict[str, list[dict[str, Any]]] = {}
             for queue, band, found in plan:
-                by_url.setdefault(self._target(self._queue_urls_blocking(queue), band),
+                by_url.setdefault(self._target(self.queues.of_blocking(queue), band),
                                   []).append(found)
             try:
                 self._send_blocking(by_url)
@@ -353,9 +256,11 @@ class SQSBroker(Broker):
         try:
             while True:
                 event.clear()  # before looking: a publish during the look is kept
-                taken = await self._take(queues, limit)
+                taken, moved = await self._take(queues, limit)
                 if taken:
                     return taken
+                if moved:
+                    continue  # due messages just reached their bands: take them now
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return []
@@ -368,13 +273,42 @@ class SQSBroker(Broker):
         finally:
             waiting.discard(event)
 
-    async def _take(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+    async def _take(self, queues: Sequence[str], limit: int) -> tuple[list[Delivery], bool]:
+        """One round: lease up to ``limit`` from the band queues, higher bands first;
+        beside it, move what came due in the delay queues (whether any moved: the next
+        round takes them)."""
         if limit <= 0 or not queues:
-            return []
-        await self._move_due(queues)
+            return [], False
+        moving = asyncio.ensure_future(self._move_due(queues))
         taken: list[tuple[int, str, wire.Received, str]] = []
+        failure: BrokerError | None = None
+        try:
+            await self._take_bands(queues, limit, taken)
+        except BrokerError as exc:
+            failure = exc
+        except BaseException:
+            moving.cancel()
+            raise
+        try:
+            moved = await moving
+        except BrokerError as exc:
+            moved, failure = False, failure or exc
+        if failure is not None:
+            if not taken:
+                raise failure
+            # What was leased is handed out, not left to its lease; the error comes
+            # back on the next round if it lasts.
+            logger.warning("SQS fetch: %s; handing out the %d message(s) taken before it",
+                           failure, len(taken))
+        taken.sort(key=lambda t: (t[0], -t[2].priority, t[2].order))
+        return [Delivery(m.id, queue, m.body, m.priority, m.delivery_count,
+                         Receipt(url, m.handle, m.sqs_id, m.order), problem=m.problem)
+                for _, queue, m, url in taken], moved
+
+    async def _take_bands(self, queues: Sequence[str], limit: int,
+                          taken: list[tuple[int, str, wire.Received, str]]) -> None:
         for position, queue in enumerate(queues):
-            urls = await self._queue_urls(queue)
+            urls = await self.queues.of(queue)
             for url in dict.fromkeys(urls.bands[band] for band in reversed(self.settings.bands)):
                 while len(taken) < limit:
                     want = min(BATCH, limit - len(taken))
@@ -382,10 +316,6 @@ class SQSBroker(Broker):
                     taken += [(position, queue, message, url) for message in got]
                     if len(got) < want:
                         break
-        taken.sort(key=lambda t: (t[0], -t[2].priority, t[2].order))
-        return [Delivery(m.id, queue, m.body, m.priority, m.delivery_count,
-                         Receipt(url, m.handle, m.sqs_id, m.order), problem=m.problem)
-                for _, queue, m, url in taken]
 
     async def _receive(self, url: str, count: int, visibility: int) -> list[wire.Received]:
         started = time.monotonic()
@@ -414,14 +344,15 @@ class SQSBroker(Broker):
 
     # -- delayed messages -----------------------------------------------------------------
 
-    async def _move_due(self, queues: Sequence[str]) -> None:
+    async def _move_due(self, queues: Sequence[str]) -> bool:
         """Take what surfaced in the delay queues: send back the early, hold the nearly
-        due, and move the due (and held ones now due) to their band queues."""
+        due, and move the due (and held ones now due) to their band queues; whether any
+        moved."""
         now = time.time()
         due: list[Held] = []
         later: list[Held] = []
         for queue in queues:
-            urls = await self._queue_urls(queue)
+            urls = await self.queues.of(queue)
             if urls.delay is None:
                 continue
             while True:
@@ -448,6 +379,7 @@ class SQSBroker(Broker):
             due += [held for held, ok in zip(ready, kept, strict=True) if ok]
         await self._delay_again(later, now)
         await self._move(due)
+        return bool(due)
 
     async def _delay_again(self, later: list[Held], now: float) -> None:
         if not later:
@@ -474,7 +406,7 @@ class SQSBroker(Broker):
                                         Receipt(held.url, m.handle, m.sqs_id, m.order)),
                                m.problem))
                 continue
-            urls = await self._queue_urls(held.queue)
+            urls = await self.queues.of(held.queue)
             found = wire.entry(m.id, wire.encode_body(m.body), m.priority, m.order,
                                prior=m.prior)
             if self.settings.fifo:
@@ -577,7 +509,7 @@ class SQSBroker(Broker):
         """Copy into the dead-letter queue, then delete the originals."""
         if not deliveries:
             return
-        dead_url = await self._url(self.settings.dead_letter_name())
+        dead_url = await self.queues.url(self.settings.dead_letter_name())
         now = time.time()
         entries = [wire.entry(d.id, wire.encode_body(d.body), d.priority, _receipt(d).order,
                               extra={wire.QUEUE: d.queue, wire.REASON: reason or "-",
@@ -625,95 +557,25 @@ class SQSBroker(Broker):
                 codes[int(failure["Id"])] = code
         return codes
 
-    # -- looking and cleaning -------------------------------------------------------------
-
-    async def _attributes(self, url: str) -> dict[str, int]:
-        result = await self._clients.call("get_queue_attributes", QueueUrl=url, AttributeNames=[
-            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
-            "ApproximateNumberOfMessagesDelayed"])
-        return {name: int(value) for name, value in result.get("Attributes", {}).items()}
-
-    async def _known_queues(self) -> list[str]:
-        names: set[str] = set()
-        params: dict[str, Any] = {"QueueNamePrefix": self.settings.prefix, "MaxResults": 1000}
-        while True:
-            result = await self._clients.call("list_queues", **params)
-            for url in result.get("QueueUrls", []):
-                queue = self.settings.queue_of(url.rsplit("/", 1)[-1])
-                if queue:
-                    names.add(queue)
-            if not result.get("NextToken"):
-                break
-            params["NextToken"] = result["NextToken"]
-        return sorted(names | set(self.settings.predefined))
+    # -- looking and cleaning (celeriac.brokers.sqs_inspect) -----------------------------
 
     async def queue_stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
-        names = list(queues) if queues is not None else await self._known_queues()
-        return list(await asyncio.gather(*(self._stats(name) for name in names)))
-
-    async def _stats(self, queue: str) -> QueueStats:
-        urls = await self._existing(queue)
-        if urls is None:
-            return QueueStats(queue, 0, 0, 0)
-        bands = await asyncio.gather(*(self._attributes(url)
-                                       for url in dict.fromkeys(urls.bands.values())))
-        delay = await self._attributes(urls.delay) if urls.delay else {}
-        return QueueStats(
-            queue, ready=sum(b.get("ApproximateNumberOfMessages", 0) for b in bands),
-            scheduled=sum(delay.values()),
-            in_flight=sum(b.get("ApproximateNumberOfMessagesNotVisible", 0) for b in bands))
+        return await sqs_inspect.queue_stats(self, queues)
 
     async def purge(self, queues: Sequence[str]) -> int:
-        removed = 0
-        for queue in queues:
-            urls = await self._existing(queue)
-            if urls is None:
-                continue
-            for url in dict.fromkeys(urls.bands.values()):
-                while got := await self._receive(url, BATCH, self.settings.lease):
-                    await self._delete([(url, m.handle) for m in got])
-                    removed += len(got)
-            if urls.delay is not None:
-                waiting = sum((await self._attributes(urls.delay)).values())
-                if waiting:
-                    await self._clients.call("purge_queue", QueueUrl=urls.delay)
-                    removed += waiting
-                with self._lock:
-                    self._held = [(when, h) for when, h in self._held if h.queue != queue]
+        removed = await sqs_inspect.purge(self, queues)
+        with self._lock:
+            self._held = [(when, h) for when, h in self._held if h.queue not in queues]
         return removed
 
-    async def _scan_dead(self) -> tuple[str, list[wire.Received]]:
-        """Receive every dead letter (hidden meanwhile); the caller deletes or shows them."""
-        url = await self._url(self.settings.dead_letter_name())
-        found: list[wire.Received] = []
-        while got := await self._receive(url, BATCH, 30):
-            found += got
-        return url, found
-
-    async def _show_again(self, url: str, messages: Sequence[wire.Received]) -> None:
-        await self._renew([(url, m.handle) for m in messages], 0)
-
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        url, found = await self._scan_dead()
-        await self._show_again(url, found)
-        letters = [_dead_letter(m) for m in found]
-        letters.sort(key=lambda d: d.dead_at, reverse=True)
-        return letters[:limit]
+        return await sqs_inspect.dead_letters(self, limit)
 
     async def purge_dead_letters(self) -> int:
-        url, found = await self._scan_dead()
-        await self._delete([(url, m.handle) for m in found])
-        return len(found)
+        return await sqs_inspect.purge_dead_letters(self)
 
     async def remove_dead_letters(self, ids: Collection[str]) -> int:
-        wanted = set(ids)
-        if not wanted:
-            return 0
-        url, found = await self._scan_dead()
-        chosen = [m for m in found if m.id in wanted]
-        await self._delete([(url, m.handle) for m in chosen])
-        await self._show_again(url, [m for m in found if m.id not in wanted])
-        return len(chosen)
+        return await sqs_inspect.remove_dead_letters(self, ids)
 
     def bus(self) -> Bus:
         raise NotImplementedError(
@@ -729,17 +591,6 @@ def _receipt(delivery: Delivery) -> Receipt:
     if not isinstance(delivery.receipt, Receipt):
         raise TypeError(f"delivery {delivery.id!r} did not come from an SQS broker")
     return delivery.receipt
-
-
-def _dead_letter(message: wire.Received) -> DeadLetter:
-    attributes = message.attributes
-    try:
-        dead_at = float(attributes.get(wire.DEAD_AT, "0"))
-        count: int | None = int(attributes[wire.COUNT]) if wire.COUNT in attributes else None
-    except ValueError:
-        dead_at, count = 0.0, None
-    return DeadLetter(message.id, attributes.get(wire.QUEUE, ""), message.body,
-                      attributes.get(wire.REASON, ""), dead_at, count)
 
 
 def _chunks(items: Sequence[Any]) -> Iterable[list[Any]]:

@@ -139,7 +139,7 @@ class SqsClients:
     def _failed(self, exc: Exception, action: str) -> Exception:
         error = translate(exc, self.settings, action)
         if isinstance(error, SqsError) and error.code in QUEUE_MISSING \
-                and self.on_missing_queue is not None:
+                and action != "get_queue_url" and self.on_missing_queue is not None:
             self.on_missing_queue()
         return error
 

@@ -240,7 +240,7 @@ def test_a_delayed_message_surfacing_early_waits_again_until_its_eta(
     async def run() -> None:
         try:
             await broker.publish([message(eta=time.time() + 60)])  # makes the queues
-            delay_url = broker._queues["q"].delay
+            delay_url = (await broker.queues.of("q")).delay
             early = wire.entry(sent.id, wire.encode_body(sent.body), 5, wire.order_key(),
                                due=due)
             sqs = sqs_server.client()
@@ -282,7 +282,7 @@ def test_fifo_queues_keep_order_drop_a_repeated_id_and_take_requeues_and_etas(
             assert [d.id for d in again] == [sent[0].id]
             await broker.ack(again)
             assert [d.id for d in await broker.fetch(["q"], 10, timeout=3)] == [later.id]
-            names = [url.rsplit("/", 1)[-1] for url in broker._queues["q"].bands.values()]
+            names = [url.rsplit("/", 1)[-1] for url in (await broker.queues.of("q")).bands.values()]
             assert all(name.endswith(".fifo") for name in names)
         finally:
             await broker.close()
@@ -302,9 +302,10 @@ def test_a_message_sent_by_something_else_comes_out_with_its_problem(
             await broker.publish([message()])
             [first] = await broker.fetch(["q"], 1, timeout=1)
             await broker.ack([first])
+            band_url = (await broker.queues.of("q")).bands[0]
             sqs = sqs_server.client()
             try:
-                sqs.send_message(QueueUrl=broker._queues["q"].bands[0], MessageBody="hello!")
+                sqs.send_message(QueueUrl=band_url, MessageBody="hello!")
             finally:
                 sqs.close()
             [odd] = await broker.fetch(["q"], 10, timeout=1)
@@ -329,7 +330,7 @@ def test_one_band_holds_every_priority_and_a_fetch_still_orders_them(
             await broker.publish(sent)
             got = await broker.fetch(["q"], 10, timeout=1)
             assert [d.priority for d in got] == [9, 3, 0]
-            assert len(broker._queues["q"].bands) == 1
+            assert len((await broker.queues.of("q")).bands) == 1
         finally:
             await broker.close()
 
