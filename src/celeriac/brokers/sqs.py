@@ -78,7 +78,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_DELAY = 900  # SQS's longest DelaySeconds
-HOLD = 1.0  # a delayed message due within this many seconds is held, not sent back
+# A delayed message is sent to surface a second or two before its eta (SQS delays are
+# whole seconds), and one due within HOLD seconds is held by the fetch that took it and
+# moved on its own timer; so a delay queue read every DELAY_POLL seconds or more often
+# never makes an eta late, and a busy worker's rounds do not all read it.
+EARLY = 1
+HOLD = 2.0
+DELAY_POLL = 0.5
 DELAY_VISIBILITY = 10  # how long a fetch holds a delayed message it took
 # An outcome on a lease with less than this left (by this process's clock) first renews
 # the visibility with its handle, so that a stale handle is refused by SQS.
@@ -126,6 +132,8 @@ class SQSBroker(Broker):
         self._deadlines: dict[str, float] = {}  # receipt handle -> lease end (monotonic)
         self._newest: dict[str, str] = {}  # SQS message id -> newest receipt handle
         self._held: list[tuple[float, Held]] = []  # (due, message)
+        self._delay_polled: dict[str, float] = {}  # queue -> when its delay queue was read
+        self._delay_poll = min(DELAY_POLL, self.settings.polling_interval)
         self._waiting: dict[asyncio.AbstractEventLoop, set[asyncio.Event]] = {}
 
     # -- connections and queues -----------------------------------------------------------
@@ -163,7 +171,7 @@ class SQSBroker(Broker):
                                      f"without a delay_url, so it cannot hold an eta")
                 band = None
                 found = wire.entry(out.id, body, out.priority, wire.order_key(), due=due,
-                                   delay=min(MAX_DELAY, math.floor(due - now)))
+                                   delay=_delay(due, now))
             if wire.size(found) > self.settings.max_message_size:
                 raise ValueError(f"message {out.id}: {wire.size(found)} bytes as SQS stores "
                                  f"it (base64 body and attributes), more than SQS takes "
@@ -275,8 +283,8 @@ class SQSBroker(Broker):
 
     async def _take(self, queues: Sequence[str], limit: int) -> tuple[list[Delivery], bool]:
         """One round: lease up to ``limit`` from the band queues, higher bands first;
-        beside it, move what came due in the delay queues (whether any moved: the next
-        round takes them)."""
+        beside it, move what came due in the delay queues, and read the bands once more
+        if any moved. Also whether some moved that this round did not take."""
         if limit <= 0 or not queues:
             return [], False
         moving = asyncio.ensure_future(self._move_due(queues))
@@ -291,6 +299,11 @@ class SQSBroker(Broker):
             raise
         try:
             moved = await moving
+            if moved and failure is None and len(taken) < limit:
+                # The reads above may have seen some of what just moved and not the
+                # rest (a higher band): read again, so one fetch orders them all.
+                await self._take_bands(queues, limit, taken)
+                moved = False
         except BrokerError as exc:
             moved, failure = False, failure or exc
         if failure is not None:
@@ -353,8 +366,10 @@ class SQSBroker(Broker):
         later: list[Held] = []
         for queue in queues:
             urls = await self.queues.of(queue)
-            if urls.delay is None:
+            polled = self._delay_polled.get(queue, -math.inf)
+            if urls.delay is None or time.monotonic() - polled < self._delay_poll:
                 continue
+            self._delay_polled[queue] = time.monotonic()
             while True:
                 got = await self._receive(urls.delay, BATCH, DELAY_VISIBILITY)
                 for message in got:
@@ -390,7 +405,7 @@ class SQSBroker(Broker):
             assert m.due is not None
             by_url.setdefault(held.url, []).append(wire.entry(
                 m.id, wire.encode_body(m.body), m.priority, m.order, prior=m.prior, due=m.due,
-                delay=min(MAX_DELAY, max(0, math.floor(m.due - now)))))
+                delay=_delay(m.due, now)))
         await self._send(by_url)
         await self._delete([(h.url, h.message.handle) for h in later])
 
@@ -585,6 +600,12 @@ class SQSBroker(Broker):
 
 def _due(entry: tuple[float, Held]) -> float:
     return entry[0]
+
+
+def _delay(due: float, now: float) -> int:
+    """DelaySeconds surfacing a message up to EARLY + 1 s before ``due`` (and at most
+    SQS's 15 minutes ahead: it is then sent back with the next delay)."""
+    return min(MAX_DELAY, max(0, math.floor(due - now) - EARLY))
 
 
 def _receipt(delivery: Delivery) -> Receipt:
