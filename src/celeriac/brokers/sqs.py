@@ -86,6 +86,7 @@ EARLY = 1
 HOLD = 2.0
 DELAY_POLL = 0.5
 DELAY_VISIBILITY = 10  # how long a fetch holds a delayed message it took
+DELAY_READS = 10  # receives of one delay queue per round at most (the rest: next round)
 # An outcome on a lease with less than this left (by this process's clock) first renews
 # the visibility with its handle, so that a stale handle is refused by SQS.
 SAFETY = 1.0
@@ -156,7 +157,8 @@ class SQSBroker(Broker):
         now = time.time()
         plan = []
         for out in messages:
-            self.queues.names(out.queue)  # a name too long for SQS is refused here
+            if out.queue not in self.settings.predefined:
+                self.queues.names(out.queue)  # a name too long for SQS is refused here
             body = wire.encode_body(out.body)
             due = out.eta if out.eta is not None and out.eta > now else None
             if due is None:
@@ -172,8 +174,9 @@ class SQSBroker(Broker):
                 band = None
                 found = wire.entry(out.id, body, out.priority, wire.order_key(), due=due,
                                    delay=_delay(due, now))
-            if wire.size(found) > self.settings.max_message_size:
-                raise ValueError(f"message {out.id}: {wire.size(found)} bytes as SQS stores "
+            size = wire.size(found)
+            if size > self.settings.max_message_size:
+                raise ValueError(f"message {out.id}: {size} bytes as SQS stores "
                                  f"it (base64 body and attributes), more than SQS takes "
                                  f"({self.settings.max_message_size}, max_message_size)")
             plan.append((out.queue, band, found))
@@ -370,7 +373,7 @@ class SQSBroker(Broker):
             if urls.delay is None or time.monotonic() - polled < self._delay_poll:
                 continue
             self._delay_polled[queue] = time.monotonic()
-            while True:
+            for _ in range(DELAY_READS):
                 got = await self._receive(urls.delay, BATCH, DELAY_VISIBILITY)
                 for message in got:
                     held = Held(queue, urls.delay, message)
