@@ -17,6 +17,7 @@ with queue names of each session's own, deleted when the session closes.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import uuid
@@ -244,6 +245,39 @@ class CeleriacPostgreSQL(CeleriacTarget):
         return CeleriacSession(self.url, self.url, ledger)
 
 
+class CeleriacSQS(CeleriacTarget):
+    """celeriac on SQS (a ministack server the suite starts) with results on Redis."""
+
+    name = "celeriac/sqs"
+    broker = "sqs"
+    results = f"redis://{REDIS_HOST}/{CELERIAC_REDIS_DB}"
+
+    def __init__(self) -> None:
+        from bench.sqs_server import MinistackServer
+
+        self.server = MinistackServer()
+
+    def setup(self) -> None:
+        self.server.start()
+        flush_redis(CELERIAC_REDIS_DB)
+
+    def teardown(self) -> None:
+        self.server.stop()
+        flush_redis(CELERIAC_REDIS_DB)
+
+    def open(self, workdir: Path, ledger: Path) -> Session:
+        flush_redis(CELERIAC_REDIS_DB)
+        return CeleriacSession(self.server.broker_url, self.results, ledger,
+                               on_close=lambda: flush_redis(CELERIAC_REDIS_DB),
+                               transport_options={"queue_name_prefix": f"b{session_tag()}-",
+                                                  "polling_interval": 0.1})
+
+    def describe(self) -> str:
+        return (super().describe() + "; SQS on a local ministack server (3 priority bands "
+                "and a delay queue per queue; idle fetches poll every 0.1 s), results on "
+                "Redis")
+
+
 class CeleriacAMQP(CeleriacTarget):
     """celeriac on RabbitMQ (publisher confirms, durable queues) with ``rpc://`` results."""
 
@@ -267,11 +301,15 @@ class CeleriacAMQP(CeleriacTarget):
 
 class CeleriacSession(Session):
     def __init__(self, broker: str, backend: str, ledger: Path, *,
-                 on_close: Any = None, amqp: bool = False) -> None:
+                 on_close: Any = None, amqp: bool = False,
+                 transport_options: dict[str, Any] | None = None) -> None:
         self.broker_url = broker
         self.backend_url = backend
         self.ledger = ledger
+        self.transport_options = transport_options
         self.app = create_app(broker, backend)
+        if transport_options:
+            self.app.conf.broker_transport_options = transport_options
         self._on_close = on_close
         self._amqp = amqp
         # The runner's own loop for the broker and backend queries it polls with.
@@ -295,9 +333,12 @@ class CeleriacSession(Session):
         return command
 
     def worker_env(self) -> dict[str, str]:
-        return {"CELERIAC_BROKER_URL": self.broker_url,
-                "CELERIAC_RESULT_BACKEND": self.backend_url,
-                LEDGER_ENV: str(self.ledger)}
+        env = {"CELERIAC_BROKER_URL": self.broker_url,
+               "CELERIAC_RESULT_BACKEND": self.backend_url,
+               LEDGER_ENV: str(self.ledger)}
+        if self.transport_options:
+            env["CELERIAC_BROKER_TRANSPORT_OPTIONS"] = json.dumps(self.transport_options)
+        return env
 
     def _stats(self) -> tuple[int, int]:
         """(waiting, not yet acked) messages of the queue."""
@@ -346,6 +387,8 @@ def suite_targets(suite: str) -> list[Target]:
         return [CeleriacSQLite()]
     if suite == "postgresql":  # beside celeriac on Redis, as issue 16 asks
         return [CeleriacPostgreSQL(), CeleriacRedis()]
+    if suite == "sqs":  # beside celeriac on Redis, as issue 16 asks
+        return [CeleriacSQS(), CeleriacRedis()]
     from bench.celery_target import CeleryAMQP, CeleryRedis
 
     if suite == "redis":
@@ -355,4 +398,4 @@ def suite_targets(suite: str) -> list[Target]:
     raise ValueError(f"unknown suite {suite!r}")
 
 
-SUITES = ("redis", "amqp", "sqlite", "postgresql")
+SUITES = ("redis", "amqp", "sqlite", "postgresql", "sqs")

@@ -21,6 +21,8 @@ EXTRAS: dict[str, str] = {
     "zstandard": "zstd",
     "psycopg": "postgresql",
     "psycopg_pool": "postgresql",
+    "aiobotocore": "sqs",
+    "botocore": "sqs",
 }
 
 

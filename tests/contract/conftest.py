@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqs_server
 
 from celeriac.backends import ResultBackend, create_backend
 from celeriac.brokers import Broker, create_broker
@@ -24,7 +25,7 @@ from celeriac.brokers import Broker, create_broker
 # loaded CI machine does not lose a lease the test means to hold.
 LEASE_SECONDS = 0.5
 
-BROKER_KINDS = ["memory", "sqlite", "redis", "amqp", "postgresql", "sentinel"]
+BROKER_KINDS = ["memory", "sqlite", "redis", "amqp", "postgresql", "sentinel", "sqs"]
 BACKEND_KINDS = ["memory", "sqlite", "redis", "postgresql", "sentinel"]
 
 # The contract suites' own database on the local server; each test gets a key prefix of
@@ -53,6 +54,20 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     return True
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A contract module leaves out the broker kinds it does not apply to (its
+    ``LEAVES_OUT``): they are deselected, not skipped."""
+    kept, dropped = [], []
+    for item in items:
+        left_out = getattr(getattr(item, "module", None), "LEAVES_OUT", ())
+        callspec = getattr(item, "callspec", None)
+        kind = callspec.params.get("broker_url") if callspec is not None else None
+        (dropped if kind in left_out else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 def url_for(kind: str, tmp_path: Path) -> str:
     """The URL of a fresh store of this kind (sqlite: a file in the test's directory)."""
     if kind == "redis":
@@ -63,6 +78,8 @@ def url_for(kind: str, tmp_path: Path) -> str:
         return f"{PG_SERVER}/{pg_database()}"
     if kind == "sentinel":
         return sentinel_cluster().url()
+    if kind == "sqs":
+        return sqs_server.broker_url()
     return "memory://" if kind == "memory" else f"sqlite:///{tmp_path / 'celeriac.db'}"
 
 
@@ -81,6 +98,12 @@ def isolated(url: str) -> Iterator[dict[str, Any]]:
         return
     if url.startswith("sentinel://"):
         yield from _sentinel_prefix()
+        return
+    if url.startswith("sqs://"):
+        # Idle fetches poll every 0.1 s: a lease that runs out or an eta that comes due
+        # is seen within the suite's slack.
+        with sqs_server.namespace(polling_interval=0.1) as options:
+            yield options
         return
     if not url.startswith("redis://"):
         yield {}
@@ -197,6 +220,7 @@ def pg_database() -> str:
 def _drop_pg_database() -> Iterator[None]:
     """Drop the session's PostgreSQL database, if a test made it."""
     yield
+    sqs_server.stop()
     if _pg_database:
         import psycopg
 

@@ -23,6 +23,7 @@ BROKERS: dict[str, tuple[str, str]] = {
     "amqps": ("celeriac.brokers.amqp", "AMQPBroker"),
     "postgresql": ("celeriac.brokers.postgresql", "PostgreSQLBroker"),
     "postgres": ("celeriac.brokers.postgresql", "PostgreSQLBroker"),
+    "sqs": ("celeriac.brokers.sqs", "SQSBroker"),
 }
 
 

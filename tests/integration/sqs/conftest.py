@@ -1,0 +1,52 @@
+"""Fixtures for the SQS tests: one ministack server per test process, a queue-name
+prefix per test (its queues deleted after it).
+
+Worker processes are killed after each test; when one fails, their logs are added to
+its report.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Generator, Iterator
+from pathlib import Path
+
+import pytest
+
+# The server launcher is shared with the contract suite.
+sys.path.insert(0, str(Path(__file__).parents[2] / "contract"))
+
+import sqs_server
+from sqs_harness import SqsDeployment
+
+LEASE_SECONDS = 2.0  # as the sqlite deployments of the integration harness
+
+_DEPLOYMENT = pytest.StashKey[SqsDeployment]()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sqs_server() -> Iterator[None]:
+    yield
+    sqs_server.stop()
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SqsDeployment]:
+    """The integration harness's deployment, on SQS: ledger, workers, probe."""
+    world = SqsDeployment(tmp_path, LEASE_SECONDS)
+    request.node.stash[_DEPLOYMENT] = world
+    try:
+        yield world
+    finally:
+        world.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    world = item.stash.get(_DEPLOYMENT, None)
+    if report.failed and world is not None and world.workers:
+        report.sections.append(("worker logs", world.dump_logs()))
+    return report
