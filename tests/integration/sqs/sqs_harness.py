@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import sqs_server
-from worker_harness import BrokerProbe, Deployment, register
+from worker_harness import BrokerProbe, Deployment
 
-from celeriac import App
 from celeriac.brokers import create_broker
 
 POLLING_INTERVAL = 0.1
@@ -35,36 +34,17 @@ class SqsDeployment(Deployment):
     """Workers and producers on SQS queues of this deployment's own prefix."""
 
     def __init__(self, root: Path, lease_seconds: float) -> None:
-        super().__init__(root)
-        self.app.close()  # the SQLite producer made by the base class, never connected
         self._namespace = contextlib.ExitStack()
-        self.options = self._namespace.enter_context(sqs_server.namespace(
+        options = self._namespace.enter_context(sqs_server.namespace(
             polling_interval=POLLING_INTERVAL, lease_seconds=lease_seconds))
-        self.url = sqs_server.broker_url()
-        self.backend = f"sqlite:///{root / 'results.db'}"
-        self.app = App("ledger-tests", broker=self.url, backend=self.backend,
-                       broker_transport_options=self.options)
-        self.tasks = register(self.app)
+        super().__init__(root, sqs_server.broker_url(), f"sqlite:///{root / 'results.db'}",
+                         **options)
 
     @property
     def probe(self) -> BrokerProbe:
         if self._probe is None:
-            self._probe = SqsProbe(self.url, self.options)
+            self._probe = SqsProbe(self.url, self.transport_options)
         return self._probe
-
-    def _options(self, settings: dict[str, Any]) -> dict[str, Any]:
-        return {**self.options, **settings.pop("broker_transport_options", {})}
-
-    def env(self, **settings: Any) -> dict[str, str]:
-        settings["broker_transport_options"] = self._options(settings)
-        settings.setdefault("result_backend", self.backend)
-        return super().env(**settings)
-
-    def make_app(self, **settings: Any) -> App:
-        app = App("ledger-tests", broker=self.url, backend=self.backend,
-                  broker_transport_options=self._options(settings), **settings)
-        self._extra_apps.append(app)
-        return app
 
     def close(self) -> None:
         try:
