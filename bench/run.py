@@ -36,6 +36,7 @@ from typing import Any, Literal
 from rich.console import Console
 from rich.table import Table
 
+from bench.engines import celeriac_targets, engines_markdown, engines_table
 from bench.targets import SUITES, Session, Target, WorkerSpec, suite_targets
 from bench.tasks import BURN, SLEEP
 from bench.work import CPU_TASK_SECONDS, calibrate
@@ -112,6 +113,7 @@ GOALS: dict[str, tuple[Goal, ...]] = {
              Goal("w3_p50_ms", "absolute", 1.0)),
     "postgresql": (Goal("w2_drain_rate", "absolute", 5000),),
     "sqs": (),  # measured, no goal: ministack's own speed bounds it (docs/brokers.md)
+    "engines": (),  # every new broker beside Redis; PostgreSQL's goal is its own suite's
     "sqlite": (Goal("w1_send_rate", "absolute", 5000), Goal("w2_drain_rate", "absolute", 5000),
                Goal("w3_p50_ms", "absolute", 5.0)),
 }
@@ -157,10 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print(f"[bold red]suite {suite} failed:[/]")
             console.print("".join(traceback.format_exception(exc)), markup=False)
     for result in results:
-        console.print(medians_table(result))
+        several_brokers = len(celeriac_targets(result)) > 1
+        console.print(engines_table(result) if several_brokers else medians_table(result))
         console.print(runs_table(result))
         if args.markdown:
-            print(markdown(result))
+            print(engines_markdown(result) if several_brokers else markdown(result))
     if results:
         path = write_json(args, machine, results)
         console.print(f"results written to {path.relative_to(ROOT)}")
@@ -464,7 +467,7 @@ def runs_table(result: SuiteResult) -> Table:
     table.add_column("Workload")
     for target_runs in result.targets:
         for index in range(len(target_runs.runs)):
-            table.add_column(f"{target_runs.target.framework} {index + 1}", justify="right")
+            table.add_column(f"{target_runs.target.name} {index + 1}", justify="right")
     for metric in METRICS:
         cells = [optional(run.get(metric.key)) for t in result.targets for run in t.runs]
         if any(cells):
@@ -482,7 +485,7 @@ def markdown(result: SuiteResult) -> str:
     for workload, mine, other, better, goal, verdict in rows(result):
         lines.append(f"| {workload} | **{mine}** | {other} | {better} | {goal} | {verdict} |")
     lines += ["", "| every run | " + " | ".join(
-        f"{t.target.framework} {i + 1}" for t in result.targets for i in range(len(t.runs)))
+        f"{t.target.name} {i + 1}" for t in result.targets for i in range(len(t.runs)))
         + " |", "|---|" + "---:|" * sum(len(t.runs) for t in result.targets)]
     for metric in METRICS:
         cells = [optional(run.get(metric.key)) for t in result.targets for run in t.runs]

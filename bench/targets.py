@@ -389,6 +389,8 @@ def suite_targets(suite: str) -> list[Target]:
         return [CeleriacPostgreSQL(), CeleriacRedis()]
     if suite == "sqs":  # beside celeriac on Redis, as issue 16 asks
         return [CeleriacSQS(), CeleriacRedis()]
+    if suite == "engines":  # issue 16's new brokers in one run, beside Redis
+        return [CeleriacPostgreSQL(), CeleriacSQS(), CeleriacRedis()]
     from bench.celery_target import CeleryAMQP, CeleryRedis
 
     if suite == "redis":
@@ -398,4 +400,4 @@ def suite_targets(suite: str) -> list[Target]:
     raise ValueError(f"unknown suite {suite!r}")
 
 
-SUITES = ("redis", "amqp", "sqlite", "postgresql", "sqs")
+SUITES = ("redis", "amqp", "sqlite", "postgresql", "sqs", "engines")
