@@ -261,7 +261,8 @@ class Deployment:
     def env(self, **settings: Any) -> dict[str, str]:
         """The environment of a worker or producer process of this deployment.
 
-        ``settings`` become ``CELERIAC_<NAME>`` variables, JSON-encoded.
+        ``settings`` become ``CELERIAC_<NAME>`` variables, JSON-encoded; their
+        ``broker_transport_options`` are added to the deployment's own.
         """
         env = {key: value for key, value in os.environ.items()
                if not key.startswith("CELERIAC_")
@@ -270,8 +271,10 @@ class Deployment:
             [str(APPS_DIR), *filter(None, [os.environ.get("PYTHONPATH")])])
         env[LEDGER_ENV] = str(self.ledger.path)
         values: dict[str, Any] = {
-            "broker_url": self.url, "result_backend": self.backend_url,
-            "broker_transport_options": self.transport_options, **settings,
+            "broker_url": self.url, "result_backend": self.backend_url, **settings,
+            # (a test's options are added to the deployment's: its queue prefix stays)
+            "broker_transport_options": {**self.transport_options,
+                                         **settings.get("broker_transport_options", {})},
         }
         for name, value in values.items():
             env[f"CELERIAC_{name.upper()}"] = json.dumps(value)
