@@ -119,8 +119,12 @@ def _layout_problem(fields: Mapping[bytes, bytes]) -> str | None:
     """What is wrong with the layout of an entry read by XREADGROUP (as FETCH checks)."""
     for name in fields:
         if name not in (b"i", b"b"):
-            return (f"field {name.decode(errors='backslashreplace')!r} is not part of the "
-                    "entry layout (i = message id, b = body)")
+            # Quoted as the FETCH script's string.format('%q') does, so that an entry's
+            # reason reads the same whichever path found it.
+            shown = name.decode(errors="backslashreplace").replace("\\", "\\\\")
+            shown = shown.replace('"', '\\"')
+            return (f'field "{shown}" is not part of the entry layout '
+                    "(i = message id, b = body)")
     if b"i" not in fields:
         return "field i (the message id) is missing"
     if not fields[b"i"]:

@@ -31,7 +31,7 @@ MALFORMED: list[tuple[str, list[tuple[bytes, bytes]], str]] = [
     ("id-empty", [(b"i", b""), (b"b", b"body")], "field i (the message id) is empty"),
     ("body-missing", [(b"i", b"some-id")], "field b (the message body) is missing"),
     ("unknown-field", [(b"i", b"x"), (b"b", b"body"), (b"z", b"1")],
-     "field 'z' is not part of the entry layout"),
+     'field "z" is not part of the entry layout'),
 ]
 RUNS_WITHIN = 1.0  # the valid task behind a malformed entry starts within this
 SLACK = 1.0  # scheduling on a loaded machine (2 cores shared by several test runs)
