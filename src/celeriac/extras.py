@@ -21,6 +21,7 @@ EXTRAS: dict[str, str] = {
     "zstandard": "zstd",
     "psycopg": "postgresql",
     "psycopg_pool": "postgresql",
+    "aiokafka": "kafka",
 }
 
 

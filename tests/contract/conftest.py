@@ -24,7 +24,7 @@ from celeriac.brokers import Broker, create_broker
 # loaded CI machine does not lose a lease the test means to hold.
 LEASE_SECONDS = 0.5
 
-BROKER_KINDS = ["memory", "sqlite", "redis", "amqp", "postgresql"]
+BROKER_KINDS = ["memory", "sqlite", "redis", "amqp", "postgresql", "kafka"]
 BACKEND_KINDS = ["memory", "sqlite", "redis", "postgresql"]
 
 # The contract suites' own database on the local server; each test gets a key prefix of
@@ -57,6 +57,10 @@ def url_for(kind: str, tmp_path: Path) -> str:
         return AMQP_URL
     if kind == "postgresql":
         return f"{PG_SERVER}/{pg_database()}"
+    if kind == "kafka":
+        from kafka_server import kafka_url
+
+        return kafka_url()
     return "memory://" if kind == "memory" else f"sqlite:///{tmp_path / 'celeriac.db'}"
 
 
@@ -72,6 +76,9 @@ def isolated(url: str) -> Iterator[dict[str, Any]]:
         return
     if url.startswith("postgresql://"):
         yield from _pg_schema(url)
+        return
+    if url.startswith("kafka://"):
+        yield from _kafka_prefix(url)
         return
     if not url.startswith("redis://"):
         yield {}
@@ -184,3 +191,19 @@ def _pg_schema(url: str) -> Iterator[dict[str, Any]]:
     finally:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def _kafka_prefix(url: str) -> Iterator[dict[str, Any]]:
+    """Kafka: a topic and group prefix of the test's own; its topics deleted after."""
+    prefix = f"t{uuid.uuid4().hex[:12]}."
+    try:
+        yield {"prefix": prefix}
+    finally:
+        async def delete() -> None:
+            cleaner = create_broker(url, {"prefix": prefix})
+            try:
+                await cleaner.delete_topics()  # type: ignore[attr-defined]
+            finally:
+                await cleaner.close()
+
+        asyncio.run(delete())

@@ -22,6 +22,7 @@ BROKERS: dict[str, tuple[str, str]] = {
     "amqps": ("celeriac.brokers.amqp", "AMQPBroker"),
     "postgresql": ("celeriac.brokers.postgresql", "PostgreSQLBroker"),
     "postgres": ("celeriac.brokers.postgresql", "PostgreSQLBroker"),
+    "kafka": ("celeriac.brokers.kafka", "KafkaBroker"),
 }
 
 
