@@ -26,7 +26,8 @@ How the contract maps onto the log:
   order within a priority (``partitions`` spreads a queue wider, with no order between
   partitions).
 
-Topics and groups of an app start with the ``prefix`` transport option (``celeriac.``):
+Topics and groups of an app start with the ``prefix`` transport option or URL parameter
+(``kafka://host:9092?prefix=app.``; ``celeriac.`` by default):
 ``<prefix>q.<queue>`` per queue (other characters than letters, digits, ``.`` and ``-``
 escaped), ``<prefix>q.<queue>.group`` its group, ``<prefix>dlq`` the dead letters.
 """
@@ -38,6 +39,7 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
 
 from aiokafka import TopicPartition
 
@@ -88,6 +90,13 @@ def settings_from(url: str, options: Mapping[str, Any]) -> KafkaSettings:
     """Read and check the URL and the transport options, naming what is wrong."""
     rest = url.split("://", 1)[1] if "://" in url else ""
     netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    query = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+    unknown_query = set(query) - {"prefix", "partitions", "fetch_wait_ms"}
+    if unknown_query:
+        raise ConfigurationError(f"kafka broker URL {safe_url(url)!r}: unknown parameter(s) "
+                                 f"{sorted(unknown_query)}; known: prefix, partitions, "
+                                 "fetch_wait_ms")
+    options = {**options, **{k: (v if k == "prefix" else _int(k, v)) for k, v in query.items()}}
     hosts = [h for h in netloc.split(",") if h]
     if not hosts:
         raise ConfigurationError(f"kafka broker URL {safe_url(url)!r} names no host: "
@@ -119,6 +128,13 @@ def settings_from(url: str, options: Mapping[str, Any]) -> KafkaSettings:
         raise ConfigurationError(f"kafka transport option connection_timeout={timeout!r}: "
                                  "seconds, more than 0")
     return KafkaSettings(",".join(hosts), prefix, partitions, wait, float(timeout))
+
+
+def _int(name: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigurationError(f"kafka broker URL: {name}={value!r} is not an integer") from None
 
 
 def topic_name(prefix: str, queue: str) -> str:
