@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,7 @@ from celeriac.brokers.kafka_log import (
     H_AT,
     H_ETA,
     H_ID,
+    H_KEY,
     H_KIND,
     H_PRIORITY,
     H_QUEUE,
@@ -211,6 +213,7 @@ class KafkaBroker(Broker):
     supports_delay = True
     supports_priority = True
     supports_blocking_publish = True  # sent on the broker's own I/O thread
+    supports_partition_key = True
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(url, options)
@@ -247,12 +250,17 @@ class KafkaBroker(Broker):
         by_tp: dict[TopicPartition, list[tuple[bytes, list[tuple[str, bytes]]]]] = {}
         for out in messages:
             tps = await self._topic(out.queue)
-            self._rotation += 1
-            tp = tps[self._rotation % len(tps)]
+            if out.key is not None:  # one partition per key: its order is that log's
+                tp = tps[zlib.crc32(out.key.encode()) % len(tps)]
+            else:
+                self._rotation += 1
+                tp = tps[self._rotation % len(tps)]
             headers = [(H_KIND, b"m"), (H_ID, out.id.encode()), (H_QUEUE, out.queue.encode()),
                        (H_PRIORITY, str(out.priority).encode()), (H_AT, repr(now).encode())]
             if out.eta is not None and out.eta > now:
                 headers.append((H_ETA, repr(float(out.eta)).encode()))
+            if out.key is not None:
+                headers.append((H_KEY, out.key.encode()))
             by_tp.setdefault(tp, []).append((out.body, headers))
         await gather_map(list(by_tp.items()), lambda item: self._io.send(*item))
 

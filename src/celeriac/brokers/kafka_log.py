@@ -37,6 +37,7 @@ H_QUEUE = "q"
 H_PRIORITY = "p"
 H_ETA = "eta"
 H_AT = "at"  # the publisher's clock: the age users feel starts here
+H_KEY = "key"  # apply_async's partition_key
 
 
 @dataclass(slots=True)
@@ -51,6 +52,7 @@ class Message:
     eta: float  # 0.0 when none
     published_at: float
     problem: str | None = None
+    key: str | None = None
     count: int = 0  # deliveries so far (claims, less requeues)
     lease: int | None = None  # the offset of the claim that holds it now
     deadline: float = 0.0  # when that lease ends
@@ -79,6 +81,9 @@ class PartitionState:
     # Offsets this process is claiming now (its claim is on the way): not picked twice.
     pending: set[int] = field(default_factory=set)
     outcomes: dict[int, Outcome] = field(default_factory=dict)
+    # The unfinished messages of each partition key, oldest first: only the first of a
+    # key may be claimed, so one key's messages run one at a time, in publish order.
+    _lines: dict[str, list[int]] = field(default_factory=dict)
 
     # -- applying the log ------------------------------------------------------------
 
@@ -113,9 +118,13 @@ class PartitionState:
             priority = 0
         eta = float(_number(headers, H_ETA, problems, 0.0))
         published = float(_number(headers, H_AT, problems, timestamp))
+        key_raw = _header(headers, H_KEY)
+        key = key_raw.decode(errors="replace") if key_raw else None
         message = Message(offset, id_, queue, body, int(priority), eta, published,
-                          "; ".join(problems) or None)
+                          "; ".join(problems) or None, key)
         self.messages[offset] = message
+        if key is not None:
+            self._lines.setdefault(key, []).append(offset)
         if eta:
             heapq.heappush(self._timers, (eta, offset))
         heapq.heappush(self._ready, (-message.priority, offset))
@@ -137,8 +146,7 @@ class PartitionState:
                 continue
             message = self.messages[m]
             if kind in (b"a", b"d"):
-                message.done = True
-                del self.messages[m]
+                self._finish(message)
                 if kind == b"d":
                     outcome.dead.append(message)
             elif kind == b"r":
@@ -153,9 +161,25 @@ class PartitionState:
                 heapq.heappush(self._timers, (message.deadline, m))
         return outcome
 
+    def _finish(self, message: Message) -> None:
+        message.done = True
+        del self.messages[message.offset]
+        if message.key is None:
+            return
+        line = self._lines[message.key]
+        line.remove(message.offset)
+        if not line:
+            del self._lines[message.key]
+        elif line[0] in self.messages:  # the next of the key may go now
+            nxt = self.messages[line[0]]
+            heapq.heappush(self._ready, (-nxt.priority, nxt.offset))
+
+    def _first_of_key(self, message: Message) -> bool:
+        return message.key is None or self._lines[message.key][0] == message.offset
+
     def _claim(self, offset: int, at: float, until: float, claim: int) -> bool:
         message = self.messages.get(offset)
-        if message is None:
+        if message is None or not self._first_of_key(message):
             return False
         if message.eta > at or (message.lease is not None and message.deadline > at):
             return False
@@ -165,10 +189,9 @@ class PartitionState:
         return True
 
     def _purge(self, at: float) -> Outcome:
-        gone = [m.offset for m in self.messages.values()
-                if m.lease is None or m.deadline <= at]
-        for offset in gone:
-            del self.messages[offset]
+        gone = [m for m in self.messages.values() if m.lease is None or m.deadline <= at]
+        for message in gone:
+            self._finish(message)
         return Outcome([], len(gone))
 
     def _holds(self, offset: int, lease: int) -> bool:
@@ -193,6 +216,8 @@ class PartitionState:
                 continue  # its timer brings it back
             if message.lease is not None and message.deadline > now:
                 continue  # its lease's timer brings it back if it runs out
+            if not self._first_of_key(message):
+                continue  # the one before it of its key brings it back when it finishes
             chosen.append(message)
             skipped.append(entry)  # back in the heap until the claim is applied
         for entry in skipped:
