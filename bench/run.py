@@ -111,6 +111,7 @@ GOALS: dict[str, tuple[Goal, ...]] = {
     "amqp": (Goal("w1_confirm_send_rate", "ratio", 2), Goal("w2_drain_rate", "ratio", 5),
              Goal("w3_p50_ms", "absolute", 1.0)),
     "postgresql": (Goal("w2_drain_rate", "absolute", 5000),),
+    "kafka": (),  # measured beside Redis; issue 16 sets no number for it
     "sqlite": (Goal("w1_send_rate", "absolute", 5000), Goal("w2_drain_rate", "absolute", 5000),
                Goal("w3_p50_ms", "absolute", 5.0)),
 }
