@@ -228,7 +228,7 @@ class KafkaBroker(Broker):
         await self._io.call(self._io.started())
 
     async def close(self) -> None:
-        self._io.stop()
+        await asyncio.to_thread(self._io.stop)  # the I/O thread's clients close there
 
     def close_blocking(self) -> None:
         self._io.stop()
@@ -392,21 +392,20 @@ class KafkaBroker(Broker):
             await self._io.call(self._dead_letter(deliveries))
 
     async def _dead_letter(self, deliveries: Sequence[tuple[Delivery, str]]) -> None:
-        # The dead-letter record first: only a delivery still ours is filed, once.
-        outcome = await self._settle("d", [d for d, _ in deliveries])
+        # Filed first, then taken out of the queue: a crash in between leaves the message
+        # in both places (at least once), never in neither. A filing whose delivery
+        # turned out not to be ours any more (a stale receipt) is withdrawn.
         await self._io.ensure_topic(self._dlq.topic, 1)
         now = time.time()
-        records = []
-        for delivery, reason in deliveries:
-            ok, message = outcome[_receipt(delivery)]
-            if not ok or message is None:
-                continue
-            records.append((delivery.body, [
-                (H_KIND, b"dl"), (H_ID, delivery.id.encode()),
-                (H_QUEUE, delivery.queue.encode()), ("reason", reason.encode()),
-                (H_AT, repr(now).encode()), ("count", str(message.count).encode())]))
-        if records:
-            await self._io.send(self._dlq, records)
+        await self._io.send(self._dlq, [(delivery.body, [
+            (H_KIND, b"dl"), (H_ID, delivery.id.encode()), (H_QUEUE, delivery.queue.encode()),
+            ("reason", reason.encode()), (H_AT, repr(now).encode()),
+            ("count", str(delivery.delivery_count).encode())])
+            for delivery, reason in deliveries])
+        outcome = await self._settle("d", [d for d, _ in deliveries])
+        stale = [d.id for d, _ in deliveries if not outcome[_receipt(d)][0]]
+        if stale:
+            await self._io.send(self._dlq, [("\n".join(stale).encode(), [(H_KIND, b"rm")])])
 
     # -- looking and cleaning -------------------------------------------------------------
 

@@ -29,7 +29,14 @@ from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+    TopicAlreadyExistsError,
+)
 
 from celeriac.brokers.kafka_log import PartitionState, state_record
 from celeriac.errors import BrokerError, BrokerUnavailable
@@ -145,12 +152,12 @@ class KafkaIO:
             admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.servers,
                                         request_timeout_ms=int(self.settings.timeout * 1000))
             await asyncio.wait_for(producer.start(), self.settings.timeout)
-            try:
-                await asyncio.wait_for(admin.start(), self.settings.timeout)
-            except BaseException:
-                await producer.stop()
-                raise
+            await asyncio.wait_for(admin.start(), self.settings.timeout)
         except (KafkaError, OSError, TimeoutError) as exc:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            with contextlib.suppress(Exception):
+                await admin.close()
             raise self.unavailable(exc) from exc
         if self.producer is not None:  # another call started them meanwhile
             await producer.stop()
@@ -192,8 +199,12 @@ class KafkaIO:
         assert self._admin is not None
         assert self.producer is not None
         if topic not in self._topics:
+            # Kept until deleted: an unfinished message must outlive any retention time
+            # (the log is the queue; finished records are only read past).
+            configs = {"retention.ms": "-1"}
             try:
-                response = await self._admin.create_topics([NewTopic(topic, partitions, 1)])
+                response = await self._admin.create_topics(
+                    [NewTopic(topic, partitions, 1, topic_configs=configs)])
             except (KafkaError, OSError) as exc:
                 raise self.unavailable(exc) from exc
             for _, code, *rest in response.topic_errors:
@@ -233,7 +244,8 @@ class KafkaIO:
                                                 partition=tp.partition, headers=headers)
                        for value, headers in records]
             metadata = await asyncio.gather(*futures)
-        except (KafkaConnectionError, OSError) as exc:
+        except (KafkaConnectionError, KafkaTimeoutError, RequestTimedOutError,
+                NodeNotReadyError, OSError) as exc:
             raise self.unavailable(exc) from exc
         except KafkaError as exc:
             raise BrokerError(f"Kafka refused a write to {tp.topic}: {exc}") from exc

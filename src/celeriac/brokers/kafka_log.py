@@ -39,6 +39,10 @@ H_ETA = "eta"
 H_AT = "at"  # the publisher's clock: the age users feel starts here
 H_KEY = "key"  # apply_async's partition_key
 
+# Outcomes kept for the writers of state records to read (they read theirs at once, the
+# others' are never asked for): far more than the records one read of the log applies.
+MAX_OUTCOMES = 20_000
+
 
 @dataclass(slots=True)
 class Message:
@@ -106,6 +110,8 @@ class PartitionState:
         outcome = self._apply_state(offset, kind, data)
         if outcome is not None:
             self.outcomes[offset] = outcome
+            if len(self.outcomes) > MAX_OUTCOMES:  # others' records: nobody asks for them
+                del self.outcomes[next(iter(self.outcomes))]
 
     def _add_message(self, offset: int, headers: Sequence[tuple[str, bytes]], body: bytes,
                      timestamp: float) -> None:
