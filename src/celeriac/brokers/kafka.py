@@ -282,9 +282,11 @@ class KafkaBroker(Broker):
         deadline = time.monotonic() + timeout
         tps_of = {queue: await self._follow(queue) for queue in dict.fromkeys(queues)}
         while True:
-            taken = await self._claim(queues, tps_of, limit)
+            taken, raced = await self._claim(queues, tps_of, limit)
             if taken or limit <= 0:
                 return taken
+            if raced:
+                continue  # others' claims won, and are read now: look at what is left
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
@@ -298,8 +300,10 @@ class KafkaBroker(Broker):
         return self._io.states[tp]
 
     async def _claim(self, queues: list[str], tps_of: dict[str, list[TopicPartition]],
-                     limit: int) -> list[Delivery]:
+                     limit: int) -> tuple[list[Delivery], bool]:
+        """What this fetch won, and whether it lost any race for a message."""
         taken: list[Delivery] = []
+        raced = False
         for queue in dict.fromkeys(queues):
             want = limit - len(taken)
             if want <= 0:
@@ -317,8 +321,9 @@ class KafkaBroker(Broker):
                 *(self._claim_in(tp, batch, now) for tp, batch in chosen.items()))
             got = [d for part in results for d in part]
             got.sort(key=lambda d: (-d.priority, d.receipt.offset))
+            raced = raced or len(got) < len(found[:want])
             taken += got
-        return taken
+        return taken, raced
 
     async def _claim_in(self, tp: TopicPartition, messages: list[Message],
                         now: float) -> list[Delivery]:

@@ -5,8 +5,13 @@ the low watermark a queue's consumer group commits (where a new process starts r
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import multiprocessing
+import queue
+import time
 import uuid
 from collections.abc import Iterator
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import pytest
@@ -153,3 +158,59 @@ async def _the_group_commits_the_oldest_unfinished_message_after_its_acks(url: s
     after = await committed(url, "q")
     assert after is not None
     assert after > got[-1].receipt.offset
+
+
+PRODUCERS, PER_PRODUCER, CONSUMERS = 2, 400, 2
+
+
+def _produce(url: str, index: int) -> None:
+    async def main() -> None:
+        broker = create_broker(url)
+        try:
+            for n in range(PER_PRODUCER):  # one send at a time, as delay() does
+                await broker.publish([Outgoing(f"{index}-{n}", "q", b"x", priority=n % 3)])
+        finally:
+            await broker.close()
+
+    asyncio.run(main())
+
+
+def _consume(url: str, results: multiprocessing.Queue[list[str]], stop: Event) -> None:
+    async def main() -> None:
+        broker = create_broker(url, {"lease_seconds": 30})
+        try:
+            while not stop.is_set():
+                got = await broker.fetch(["q"], 50, timeout=0.2)
+                if got:
+                    await broker.ack(got)
+                    results.put([d.id for d in got])
+        finally:
+            await broker.close()
+
+    asyncio.run(main())
+
+
+def test_processes_racing_for_one_partition_take_every_message_once(url: str) -> None:
+    """Claims race in the log: each message is won by one consumer, none is lost."""
+    ctx = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue[list[str]] = ctx.Queue()
+    stop = ctx.Event()
+    consumers = [ctx.Process(target=_consume, args=(url, results, stop))
+                 for _ in range(CONSUMERS)]
+    producers = [ctx.Process(target=_produce, args=(url, i)) for i in range(PRODUCERS)]
+    for process in consumers + producers:
+        process.start()
+    taken: list[str] = []
+    try:
+        deadline = time.monotonic() + 40
+        while len(taken) < PRODUCERS * PER_PRODUCER and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                taken += results.get(timeout=1)
+    finally:
+        stop.set()
+        for process in consumers + producers:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+    assert sorted(taken) == sorted(f"{i}-{n}" for i in range(PRODUCERS)
+                                   for n in range(PER_PRODUCER))
