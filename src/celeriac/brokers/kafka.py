@@ -282,6 +282,7 @@ class KafkaBroker(Broker):
         deadline = time.monotonic() + timeout
         tps_of = {queue: await self._follow(queue) for queue in dict.fromkeys(queues)}
         while True:
+            changed = self._io.changed  # taken before looking: a change meanwhile wakes us
             taken, raced = await self._claim(queues, tps_of, limit)
             if taken or limit <= 0:
                 return taken
@@ -294,7 +295,7 @@ class KafkaBroker(Broker):
                       if (t := self._state(tp).next_timer()) is not None]
             if timers:
                 remaining = min(remaining, max(0.001, min(timers) - time.time()))
-            await self._io.wait_change(remaining)
+            await self._io.wait_change(remaining, changed)
 
     def _state(self, tp: TopicPartition) -> Any:
         return self._io.states[tp]
@@ -312,16 +313,22 @@ class KafkaBroker(Broker):
             found: list[tuple[TopicPartition, Message]] = []
             for tp in tps_of[queue]:
                 found += [(tp, m) for m in self._state(tp).pick(want, now) if m.queue == queue]
-            found.sort(key=lambda item: (-item[1].priority, item[1].published_at,
+            # Higher priority first; then log order in one partition, the publishers'
+            # clocks between partitions (their logs have no order between them).
+            wide = len(tps_of[queue]) > 1
+            found.sort(key=lambda item: (-item[1].priority,
+                                         item[1].published_at if wide else 0.0,
                                          item[1].offset))
+            found = found[:want]
             chosen: dict[TopicPartition, list[Message]] = {}
-            for tp, message in found[:want]:
+            for tp, message in found:
                 chosen.setdefault(tp, []).append(message)
             results = await asyncio.gather(
                 *(self._claim_in(tp, batch, now) for tp, batch in chosen.items()))
-            got = [d for part in results for d in part]
-            got.sort(key=lambda d: (-d.priority, d.receipt.offset))
-            raced = raced or len(got) < len(found[:want])
+            place = {(tp.partition, m.offset): n for n, (tp, m) in enumerate(found)}
+            got = sorted((d for part in results for d in part),
+                         key=lambda d: place[(d.receipt.partition, d.receipt.offset)])
+            raced = raced or len(got) < len(found)
             taken += got
         return taken, raced
 

@@ -295,9 +295,15 @@ class KafkaIO:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def wait_change(self, timeout: float) -> None:
+    @property
+    def changed(self) -> asyncio.Event:
+        """Set at the next change of any state: take it before looking at the state."""
+        return self._changed
+
+    async def wait_change(self, timeout: float, changed: asyncio.Event | None = None) -> None:
+        event = self._changed if changed is None else changed
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), max(0.0, timeout))
+            await asyncio.wait_for(event.wait(), max(0.0, timeout))
 
     async def follow(self, tps: Sequence[TopicPartition],
                      make: Callable[[int], Replayed], group: str | None) -> None:
