@@ -79,6 +79,8 @@ class KafkaIO:
         # Everything below is touched on self.loop only.
         self.producer: AIOKafkaProducer | None = None
         self._reader: AIOKafkaConsumer | None = None
+        self._catcher: AIOKafkaConsumer | None = None  # see _catch_up
+        self._catching_up = False
         self._admin: AIOKafkaAdminClient | None = None
         self._groups: dict[str, AIOKafkaConsumer] = {}  # topic -> its committer
         self.states: dict[TopicPartition, Replayed] = {}
@@ -116,7 +118,8 @@ class KafkaIO:
 
     def _reset(self) -> None:
         """Forget what another process (before a fork) or an earlier thread left."""
-        self.producer = self._reader = self._admin = None
+        self.producer = self._reader = self._catcher = self._admin = None
+        self._catching_up = False
         self._groups, self.states, self._partitions = {}, {}, {}
         self._topics, self._dirty, self._committed, self._tasks = set(), set(), {}, []
         self._started = None
@@ -179,7 +182,7 @@ class KafkaIO:
                 await task
         with contextlib.suppress(Exception):
             await self._commit_watermarks()
-        for client in [self._reader, *self._groups.values()]:
+        for client in [self._reader, self._catcher, *self._groups.values()]:
             if client is not None:
                 with contextlib.suppress(Exception):
                     await client.stop()
@@ -282,7 +285,53 @@ class KafkaIO:
             if remaining <= 0:
                 raise BrokerError(f"Kafka: {tp.topic}[{tp.partition}] was not read back up "
                                   f"to offset {offset} within {READ_BACK_TIMEOUT:.0f}s")
-            await self.wait_change(remaining)
+            if not await self._catch_up(tp, offset):
+                await self.wait_change(min(remaining, 0.05))
+
+    async def _catch_up(self, tp: TopicPartition, offset: int) -> bool:
+        """Fetch the records of ``tp`` this process has not read, up to ``offset``, at once.
+
+        They are on the server (a record after them was stored), but the reader may be
+        in a long poll the server holds for ``fetch_wait_ms`` whatever arrives (Tansu
+        does); a fetch for records that exist is answered at once. One catch-up at a
+        time; False when another is under way (then wait for what it reads).
+        """
+        if self._catching_up:
+            return False
+        self._catching_up = True
+        try:
+            if self._catcher is None:
+                self._catcher = AIOKafkaConsumer(
+                    bootstrap_servers=self.settings.servers, group_id=None,
+                    enable_auto_commit=False, fetch_max_wait_ms=self.settings.fetch_wait_ms,
+                    max_partition_fetch_bytes=16 * 1024 * 1024,
+                    request_timeout_ms=int(self.settings.timeout * 1000))
+                try:
+                    await asyncio.wait_for(self._catcher.start(), self.settings.timeout)
+                except (KafkaError, OSError, TimeoutError) as exc:
+                    self._catcher = None
+                    raise self.unavailable(exc) from exc
+            catcher, state = self._catcher, self.states[tp]
+            catcher.assign([tp])
+            catcher.seek(tp, state.next_offset)
+            while state.next_offset < offset:
+                batches = await catcher.getmany(tp, timeout_ms=200, max_records=5000)
+                records = batches.get(tp, [])
+                for record in records:
+                    state.apply(record.offset, list(record.headers or ()), record.value,
+                                record.timestamp / 1000)
+                if records:
+                    self._dirty.add(tp)
+                    self.notify()
+                else:
+                    break
+            return True
+        except KafkaError:
+            return False  # the reader gets there too
+        finally:
+            if self._catcher is not None:
+                self._catcher.pause(tp)  # no background fetches between catch-ups
+            self._catching_up = False
 
     async def sync(self, tp: TopicPartition) -> None:
         """Read everything written to ``tp`` before now (a marker record, read back)."""
