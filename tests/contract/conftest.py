@@ -171,6 +171,15 @@ def pg_database() -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _stop_kafka_server() -> Iterator[None]:
+    """Stop this process's Kafka server (Tansu), if a test started it."""
+    yield
+    from kafka_server import stop_server
+
+    stop_server()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _drop_pg_database() -> Iterator[None]:
     """Drop the session's PostgreSQL database, if a test made it."""
     yield

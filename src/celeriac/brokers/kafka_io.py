@@ -75,14 +75,13 @@ class KafkaIO:
         self._thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
-        self._started: concurrent.futures.Future[None] | None = None
         # Everything below is touched on self.loop only.
         self.producer: AIOKafkaProducer | None = None
         self._reader: AIOKafkaConsumer | None = None
         self._catcher: AIOKafkaConsumer | None = None  # see _catch_up
         self._catching_up = False
         self._admin: AIOKafkaAdminClient | None = None
-        self._groups: dict[str, AIOKafkaConsumer] = {}  # topic -> its committer
+        self._groups: dict[str, AIOKafkaConsumer] = {}  # group -> its committer
         self.states: dict[TopicPartition, Replayed] = {}
         self._partitions: dict[str, list[TopicPartition]] = {}
         self._topics: set[str] = set()
@@ -122,7 +121,6 @@ class KafkaIO:
         self._catching_up = False
         self._groups, self.states, self._partitions = {}, {}, {}
         self._topics, self._dirty, self._committed, self._tasks = set(), set(), {}, []
-        self._started = None
         self._changed = asyncio.Event()
 
     def stop(self) -> None:

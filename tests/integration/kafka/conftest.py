@@ -10,11 +10,18 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
-from kafka_harness import KafkaDeployment
+from kafka_harness import KafkaDeployment, stop_server
 
 LEASE_SECONDS = 2.0  # as the sqlite deployments of the integration harness
 
 _DEPLOYMENT = pytest.StashKey[KafkaDeployment]()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_kafka_server() -> Iterator[None]:
+    """Stop this process's Kafka server (Tansu) when the session ends."""
+    yield
+    stop_server()
 
 
 @pytest.fixture

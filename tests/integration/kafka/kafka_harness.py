@@ -18,7 +18,9 @@ from celeriac import App
 from celeriac.brokers import create_broker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "contract"))
-from kafka_server import kafka_url  # the contract suite's server module
+from kafka_server import kafka_url, stop_server  # the contract suite's server module
+
+__all__ = ["KafkaDeployment", "delete_topics", "kafka_url", "stop_server"]
 
 
 class KafkaDeployment(Deployment):
