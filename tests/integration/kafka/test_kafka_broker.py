@@ -214,3 +214,21 @@ def test_processes_racing_for_one_partition_take_every_message_once(url: str) ->
                 process.kill()
     assert sorted(taken) == sorted(f"{i}-{n}" for i in range(PRODUCERS)
                                    for n in range(PER_PRODUCER))
+
+
+def test_scheduled_messages_are_listed_soonest_first(url: str) -> None:
+    async def main() -> None:
+        broker = create_broker(url)
+        try:
+            now = time.time()
+            later, sooner = (Outgoing(uuid.uuid4().hex, "q", b"later", eta=now + 60),
+                             Outgoing(uuid.uuid4().hex, "r", b"sooner", eta=now + 30))
+            await broker.publish([later, sooner, out("ready")])
+            listed = await broker.scheduled()
+            assert [(s.id, s.queue, s.eta) for s in listed] == [
+                (sooner.id, "r", sooner.eta), (later.id, "q", later.eta)]
+            assert [s.id for s in await broker.scheduled(limit=1)] == [sooner.id]
+        finally:
+            await broker.close()
+
+    asyncio.run(main())
