@@ -46,6 +46,14 @@ T = TypeVar("T")
 # How long a process waits for the reader to reach a record it wrote before it gives up
 # with BrokerError (the server is up but the log is not being read back).
 READ_BACK_TIMEOUT = 30.0
+# The most one fetch asks for: Tansu 0.6 answers a fetch whose reply it cannot put
+# together within the fetch's wait with nothing, so large replies under a short wait
+# come back empty again and again. Smaller replies are ready in time (a record larger
+# than this still comes whole: a fetch returns at least one batch).
+FETCH_BYTES = 512 * 1024
+# A catch-up fetches records known to exist: the server may take this long to answer,
+# and answers as soon as its reply is ready.
+CATCH_UP_WAIT_MS = 500
 # How often the low watermarks of queues whose state changed are committed.
 COMMIT_INTERVAL = 1.0
 
@@ -301,8 +309,8 @@ class KafkaIO:
             if self._catcher is None:
                 self._catcher = AIOKafkaConsumer(
                     bootstrap_servers=self.settings.servers, group_id=None,
-                    enable_auto_commit=False, fetch_max_wait_ms=self.settings.fetch_wait_ms,
-                    max_partition_fetch_bytes=16 * 1024 * 1024,
+                    enable_auto_commit=False, fetch_max_wait_ms=CATCH_UP_WAIT_MS,
+                    max_partition_fetch_bytes=FETCH_BYTES, fetch_max_bytes=FETCH_BYTES,
                     request_timeout_ms=int(self.settings.timeout * 1000))
                 try:
                     await asyncio.wait_for(self._catcher.start(), self.settings.timeout)
@@ -312,7 +320,8 @@ class KafkaIO:
             catcher, state = self._catcher, self.states[tp]
             catcher.assign([tp])
             catcher.seek(tp, state.next_offset)
-            while state.next_offset < offset:
+            deadline = time.monotonic() + 2.0
+            while state.next_offset < offset and time.monotonic() < deadline:
                 batches = await catcher.getmany(tp, timeout_ms=200, max_records=5000)
                 records = batches.get(tp, [])
                 for record in records:
@@ -321,8 +330,8 @@ class KafkaIO:
                 if records:
                     self._dirty.add(tp)
                     self.notify()
-                else:
-                    break
+            if self._reader is not None:  # it need not read again what was caught up
+                self._reader.seek(tp, state.next_offset)
             return True
         except KafkaError:
             return False  # the reader gets there too
@@ -397,7 +406,7 @@ class KafkaIO:
                 bootstrap_servers=self.settings.servers, group_id=None,
                 enable_auto_commit=False, auto_offset_reset="earliest",
                 fetch_max_wait_ms=self.settings.fetch_wait_ms,
-                max_partition_fetch_bytes=16 * 1024 * 1024,
+                max_partition_fetch_bytes=FETCH_BYTES, fetch_max_bytes=FETCH_BYTES,
                 request_timeout_ms=int(self.settings.timeout * 1000))
             try:
                 await asyncio.wait_for(self._reader.start(), self.settings.timeout)
@@ -415,7 +424,7 @@ class KafkaIO:
         reader = self._reader
         while True:
             try:
-                batches = await reader.getmany(timeout_ms=1000, max_records=5000)
+                batches = await reader.getmany(timeout_ms=100, max_records=5000)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a lost connection: aiokafka reconnects; look again soon
@@ -423,14 +432,13 @@ class KafkaIO:
                 continue
             for tp, records in batches.items():
                 state = self.states.get(tp)
-                if state is None:
+                if state is None or not records:
                     continue
                 for record in records:
                     if record.offset >= state.next_offset:
                         state.apply(record.offset, list(record.headers or ()), record.value,
                                     record.timestamp / 1000)
-                if records:
-                    self._dirty.add(tp)
+                self._dirty.add(tp)
             if batches:
                 self.notify()
 
