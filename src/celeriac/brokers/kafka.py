@@ -35,6 +35,8 @@ escaped), ``<prefix>q.<queue>.group`` its group, ``<prefix>dlq`` the dead letter
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import time
 import zlib
 from collections.abc import Collection, Mapping, Sequence
@@ -60,6 +62,7 @@ from celeriac.brokers.kafka_log import (
     H_ID,
     H_KEY,
     H_KIND,
+    H_NONCE,
     H_PRIORITY,
     H_QUEUE,
     Message,
@@ -181,6 +184,7 @@ class DeadLetterLog:
     def __init__(self, start: int) -> None:
         self.next_offset = start
         self.entries: dict[str, DeadLetter] = {}  # by message id, oldest first
+        self.written: dict[str, int] = {}  # sync markers' nonces -> offsets
 
     def apply(self, offset: int, headers: Sequence[tuple[str, bytes]], value: bytes | None,
               timestamp: float) -> None:
@@ -202,7 +206,11 @@ class DeadLetterLog:
                     self.entries.pop(id_, None)
             elif kind == b"clr":
                 self.entries.clear()
-        except (KeyError, ValueError):
+            elif kind == b"s":
+                nonce = json.loads(value or b"{}").get("n")
+                if isinstance(nonce, str):
+                    self.written[nonce] = offset
+        except (KeyError, ValueError, AttributeError):
             pass  # not one of ours: nothing to list
 
 
@@ -256,7 +264,8 @@ class KafkaBroker(Broker):
                 self._rotation += 1
                 tp = tps[self._rotation % len(tps)]
             headers = [(H_KIND, b"m"), (H_ID, out.id.encode()), (H_QUEUE, out.queue.encode()),
-                       (H_PRIORITY, str(out.priority).encode()), (H_AT, repr(now).encode())]
+                       (H_PRIORITY, str(out.priority).encode()), (H_AT, repr(now).encode()),
+                       (H_NONCE, os.urandom(8).hex().encode())]
             if out.eta is not None and out.eta > now:
                 headers.append((H_ETA, repr(float(out.eta)).encode()))
             if out.key is not None:

@@ -60,6 +60,7 @@ COMMIT_INTERVAL = 1.0
 
 class Replayed(Protocol):
     next_offset: int
+    written: dict[str, int]  # the nonces of state records read -> their offsets
 
     def apply(self, offset: int, headers: Sequence[tuple[str, bytes]], value: bytes | None,
               timestamp: float) -> None: ...
@@ -258,29 +259,31 @@ class KafkaIO:
             raise self.unavailable(exc) from exc
         except KafkaError as exc:
             raise BrokerError(f"Kafka refused a write to {tp.topic}: {exc}") from exc
-        offsets = [m.offset for m in metadata]
-        self._apply_own(tp, offsets, records)
-        return offsets
-
-    def _apply_own(self, tp: TopicPartition, offsets: Sequence[int],
-                   records: Sequence[tuple[bytes, list[tuple[str, bytes]]]]) -> None:
-        """Apply our own records at once when nothing of others' lies before them, so a
-        single process does not wait a long poll to read back what it just wrote."""
-        state = self.states.get(tp)
-        if state is None:
-            return
-        now = time.time()
-        for offset, (value, headers) in zip(offsets, records, strict=True):
-            if state.next_offset != offset:
-                break
-            state.apply(offset, headers, value, now)
-        self._dirty.add(tp)
-        self.notify()
+        return [m.offset for m in metadata]
 
     async def write_state(self, tp: TopicPartition, kind: str, data: dict[str, object]) -> int:
-        """Append a state record and wait until it is applied here; its offset."""
-        [offset] = await self.send(tp, [state_record(kind, data)])
-        await self.read_to(tp, offset + 1)
+        """Append a state record and wait until it is read back and applied here; the
+        offset it has in the log.
+
+        The record is found by a nonce of its own, not by the offset the produce reply
+        named: a record is only ever applied as read from the log, so every process
+        applies the same records at the same offsets, whatever a server replies.
+        """
+        nonce = os.urandom(8).hex()
+        [reported] = await self.send(tp, [state_record(kind, {**data, "n": nonce})])
+        state = self.states[tp]
+        deadline = time.monotonic() + READ_BACK_TIMEOUT
+        target = reported + 1
+        while (offset := state.written.get(nonce)) is None:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"Kafka: a record written to {tp.topic}[{tp.partition}] "
+                                  f"was not read back within {READ_BACK_TIMEOUT:.0f}s")
+            if state.next_offset < target:
+                if not await self._catch_up(tp, target):
+                    await self.wait_change(0.05)
+            else:
+                target += 1  # (the reply named an offset before the record's)
+        del state.written[nonce]
         return offset
 
     async def read_to(self, tp: TopicPartition, offset: int) -> None:

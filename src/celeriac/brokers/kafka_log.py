@@ -38,6 +38,11 @@ H_PRIORITY = "p"
 H_ETA = "eta"
 H_AT = "at"  # the publisher's clock: the age users feel starts here
 H_KEY = "key"  # apply_async's partition_key
+H_NONCE = "n"  # unique per record sent: a record the producer sent twice is one message
+
+# How many message nonces a replay remembers, to drop a record the producer appended
+# twice (it retries a send whose reply was lost; Tansu has no idempotent producer).
+SEEN_NONCES = 100_000
 
 # Outcomes kept for the writers of state records to read (they read theirs at once, the
 # others' are never asked for): far more than the records one read of the log applies.
@@ -88,6 +93,9 @@ class PartitionState:
     # The unfinished messages of each partition key, oldest first: only the first of a
     # key may be claimed, so one key's messages run one at a time, in publish order.
     _lines: dict[str, list[int]] = field(default_factory=dict)
+    _seen: dict[bytes, None] = field(default_factory=dict)  # nonces, oldest first
+    # State records' nonces -> their offsets: a writer knows its record by its nonce.
+    written: dict[str, int] = field(default_factory=dict)
 
     # -- applying the log ------------------------------------------------------------
 
@@ -112,9 +120,21 @@ class PartitionState:
             self.outcomes[offset] = outcome
             if len(self.outcomes) > MAX_OUTCOMES:  # others' records: nobody asks for them
                 del self.outcomes[next(iter(self.outcomes))]
+        nonce = data.get("n")
+        if isinstance(nonce, str):
+            self.written[nonce] = offset  # where its writer finds it
+            if len(self.written) > MAX_OUTCOMES:
+                del self.written[next(iter(self.written))]
 
     def _add_message(self, offset: int, headers: Sequence[tuple[str, bytes]], body: bytes,
                      timestamp: float) -> None:
+        nonce = _header(headers, H_NONCE)
+        if nonce is not None:
+            if nonce in self._seen:
+                return  # the same send, appended again by a producer's retry
+            self._seen[nonce] = None
+            if len(self._seen) > SEEN_NONCES:
+                del self._seen[next(iter(self._seen))]
         problems: list[str] = []
         id_ = _text(headers, H_ID, problems) or f"kafka-offset-{offset}"
         queue = _text(headers, H_QUEUE, problems) or ""
