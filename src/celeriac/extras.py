@@ -23,6 +23,7 @@ EXTRAS: dict[str, str] = {
     "psycopg_pool": "postgresql",
     "aiobotocore": "sqs",
     "botocore": "sqs",
+    "aiokafka": "kafka",
 }
 
 

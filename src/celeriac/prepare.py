@@ -18,10 +18,11 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from celeriac import signals
-from celeriac.brokers import Outgoing
+from celeriac.brokers import Outgoing, broker_class
+from celeriac.brokers.base import PARTITION_KEY_HEADER
 from celeriac.canvas_run import link_payloads
 from celeriac.config import suggest
-from celeriac.errors import ContentDisallowed
+from celeriac.errors import ConfigurationError, ContentDisallowed
 from celeriac.limits import check_time_limit
 from celeriac.message import Message
 from celeriac.priorities import priority_level
@@ -30,6 +31,7 @@ from celeriac.task import SEND_OPTION_NAMES, TaskOptions
 from celeriac.task import Task as TaskBase
 from celeriac.timezones import aware
 from celeriac.uniqueness.keys import resolve as resolve_unique
+from celeriac.urls import safe_url
 
 if TYPE_CHECKING:
     from celeriac.app import App
@@ -39,7 +41,7 @@ _NO_TASK_OPTIONS = TaskOptions()  # for a task not registered in this process
 _CALL_OPTIONS = ("queue", "priority", "serializer", "compression", "ignore_result",
                  "expires", "headers", "countdown", "eta", "time_limit", "soft_time_limit",
                  "link", "link_error", "task_id", "retries", "root_id", "parent_id",
-                 "group_id", "unique_key", "unique_for")
+                 "group_id", "unique_key", "unique_for", "partition_key")
 _NO_CALL_OPTIONS = (None,) * len(_CALL_OPTIONS)
 # What a route (task_routes) may set, in the order prepare_message unpacks it.
 _ROUTED_OPTIONS = ("queue", "priority", "serializer", "compression", "ignore_result",
@@ -107,7 +109,7 @@ def prepare_message(app: App, name: str, args: Sequence[Any] | None,
     # Each option of the call, None where not given (all None, at no cost, for delay()).
     (queue, priority, serializer, compression, ignore_result, expires, headers,
      countdown, eta, time_limit, soft_time_limit, link, link_error, task_id, retries,
-     root_id, parent_id, group_id, unique_key, unique_for) = \
+     root_id, parent_id, group_id, unique_key, unique_for, partition_key) = \
         tuple(map(options.get, _CALL_OPTIONS)) if options else _NO_CALL_OPTIONS
 
     queue = _pick(queue, task_opts.queue, r_queue, conf.task_default_queue)
@@ -126,11 +128,7 @@ def prepare_message(app: App, name: str, args: Sequence[Any] | None,
                         conf.task_compression)
     ignore_result = bool(_pick(ignore_result, task_opts.ignore_result, r_ignore,
                                conf.task_ignore_result))
-    headers = dict(headers) if headers else {}
-    if not ignore_result:  # a backend may need to say where the result must go (rpc)
-        extra = app.backend.message_headers()
-        if extra:
-            headers = {**extra, **headers}
+    headers = _headers(app, headers, ignore_result, partition_key)
     now = time.time()
     expires = _pick(expires, task_opts.expires, r_expires, None)
     if unique_for is None:
@@ -170,7 +168,33 @@ def prepare_message(app: App, name: str, args: Sequence[Any] | None,
         encrypt = task_opts.encrypt
         body = security.seal(body, queue, message.eta,
                              security.encrypt_tasks if encrypt is None else encrypt)
-    return message, Outgoing(message.id, queue, body, priority, message.eta)
+    return message, Outgoing(message.id, queue, body, priority, message.eta,
+                             partition_key)
+
+
+def _headers(app: App, given: Mapping[str, Any] | None, ignore_result: bool,
+             partition_key: object) -> dict[str, Any]:
+    headers = dict(given) if given else {}
+    if partition_key is not None:  # in the headers too, so that a retry keeps its key
+        headers[PARTITION_KEY_HEADER] = check_partition_key(app, partition_key)
+    if not ignore_result:  # a backend may need to say where the result must go (rpc)
+        extra = app.backend.message_headers()
+        if extra:
+            headers = {**extra, **headers}
+    return headers
+
+
+def check_partition_key(app: App, key: object) -> str:
+    """``partition_key`` as given, when it is text and the app's broker honours keys."""
+    if type(key) is not str or not key:
+        raise TypeError(f"apply_async option partition_key must be a non-empty str, "
+                        f"not {key!r}")
+    url = app.conf.effective_broker_url
+    if not broker_class(url).supports_partition_key:
+        raise ConfigurationError(
+            f"apply_async option partition_key: the broker {safe_url(url)} does not keep "
+            "an order per key (kafka:// does); leave the option out")
+    return key
 
 def _route(app: App, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
            options: Mapping[str, Any], task: TaskBase[Any, Any] | None) -> dict[str, Any]:

@@ -133,6 +133,7 @@ SEND_OPTION_NAMES = frozenset({
     "root_id", "parent_id", "group_id", "time_limit", "soft_time_limit",
     "routing_key", "exchange",  # Celery's: a routing key picks a queue of task_queues
     "unique_key", "unique_for",  # unique jobs (celeriac.uniqueness)
+    "partition_key",  # one at a time per key, in order (brokers with supports_partition_key)
 })
 
 

@@ -25,7 +25,7 @@ from celeriac.brokers import Broker, create_broker
 # loaded CI machine does not lose a lease the test means to hold.
 LEASE_SECONDS = 0.5
 
-BROKER_KINDS = ["memory", "sqlite", "redis", "amqp", "postgresql", "sentinel", "sqs"]
+BROKER_KINDS = ["memory", "sqlite", "redis", "amqp", "postgresql", "sentinel", "sqs", "kafka"]
 BACKEND_KINDS = ["memory", "sqlite", "redis", "postgresql", "sentinel"]
 
 # The contract suites' own database on the local server; each test gets a key prefix of
@@ -80,6 +80,10 @@ def url_for(kind: str, tmp_path: Path) -> str:
         return sentinel_cluster().url()
     if kind == "sqs":
         return sqs_server.broker_url()
+    if kind == "kafka":
+        from kafka_server import kafka_url
+
+        return kafka_url()
     return "memory://" if kind == "memory" else f"sqlite:///{tmp_path / 'celeriac.db'}"
 
 
@@ -104,6 +108,9 @@ def isolated(url: str) -> Iterator[dict[str, Any]]:
         # is seen within the suite's slack.
         with sqs_server.namespace(polling_interval=0.1) as options:
             yield options
+        return
+    if url.startswith("kafka://"):
+        yield from _kafka_prefix(url)
         return
     if not url.startswith("redis://"):
         yield {}
@@ -217,6 +224,15 @@ def pg_database() -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _stop_kafka_server() -> Iterator[None]:
+    """Stop this process's Kafka server (Tansu), if a test started it."""
+    yield
+    from kafka_server import stop_server
+
+    stop_server()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _drop_pg_database() -> Iterator[None]:
     """Drop the session's PostgreSQL database, if a test made it."""
     yield
@@ -286,3 +302,19 @@ def _sentinel_prefix() -> Iterator[dict[str, Any]]:
                 client.delete(*keys)
         finally:
             client.close()
+
+
+def _kafka_prefix(url: str) -> Iterator[dict[str, Any]]:
+    """Kafka: a topic and group prefix of the test's own; its topics deleted after."""
+    prefix = f"t{uuid.uuid4().hex[:12]}."
+    try:
+        yield {"prefix": prefix}
+    finally:
+        async def delete() -> None:
+            cleaner = create_broker(url, {"prefix": prefix})
+            try:
+                await cleaner.delete_topics()  # type: ignore[attr-defined]
+            finally:
+                await cleaner.close()
+
+        asyncio.run(delete())

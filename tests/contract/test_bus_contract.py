@@ -15,13 +15,13 @@ from collections.abc import Sequence
 
 import pytest
 
-from celeriac.brokers import Broker
+from celeriac.brokers import Broker, create_broker
 from celeriac.bus import CONTROL, EVENTS, REPLIES, RETENTION, Bus, Record, Subscription
 
-# SQS has no broadcast and keeps no topic to read from a position: its broker's bus()
-# says so (tests/contract/test_sqs_broker.py); events and control go elsewhere.
-# (conftest.py leaves these kinds out of this module.)
-LEAVES_OUT = {"sqs"}
+# SQS and Kafka keep no broadcast log of their own: their broker's bus() says so (the
+# last test), and events and control travel on the result backend's server (App.bus).
+# conftest.py deselects these kinds from this module (not skipped: not theirs).
+LEAVES_OUT = {"sqs", "kafka"}
 
 
 async def _bus(broker: Broker) -> Bus:
@@ -292,3 +292,9 @@ async def _rabbitmqctl(*args: str) -> list[str]:
     out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 0, err.decode()
     return [line for line in out.decode().splitlines() if line.strip()]
+
+
+def test_a_broker_without_a_bus_says_where_events_go() -> None:
+    broker = create_broker("kafka://127.0.0.1:9092")
+    with pytest.raises(NotImplementedError, match="result backend"):
+        broker.bus()

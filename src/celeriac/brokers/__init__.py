@@ -24,6 +24,7 @@ BROKERS: dict[str, tuple[str, str]] = {
     "postgresql": ("celeriac.brokers.postgresql", "PostgreSQLBroker"),
     "postgres": ("celeriac.brokers.postgresql", "PostgreSQLBroker"),
     "sqs": ("celeriac.brokers.sqs", "SQSBroker"),
+    "kafka": ("celeriac.brokers.kafka", "KafkaBroker"),
 }
 
 

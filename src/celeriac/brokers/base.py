@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 
 MIN_PRIORITY = 0
 MAX_PRIORITY = 9
+# The message header that carries apply_async's partition_key, so that a retry (a new
+# message built from the old one) keeps its key and its place in the key's order.
+PARTITION_KEY_HEADER = "celeriac-partition-key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,9 @@ class Outgoing:
     body: bytes
     priority: int = 0
     eta: float | None = None  # Unix time; None or a past time means now
+    # apply_async(partition_key=...): messages of one key are delivered one at a time, in
+    # publish order. Only brokers that declare ``supports_partition_key`` are given one.
+    key: str | None = None
 
 
 def check_outgoing(messages: Sequence[Outgoing]) -> None:
@@ -82,6 +88,11 @@ def check_outgoing(messages: Sequence[Outgoing]) -> None:
         if type(out.priority) is not int or not MIN_PRIORITY <= out.priority <= MAX_PRIORITY:
             raise ValueError(f"message {out.id}: priority must be an int "
                              f"{MIN_PRIORITY}-{MAX_PRIORITY}, not {out.priority!r}")
+        if out.key is not None:
+            if type(out.key) is not str or not out.key:
+                raise TypeError(f"message {out.id}: key must be a non-empty str or None, "
+                                f"not {out.key!r}")
+            _check_text(out.key, "key", out.id)
         eta = out.eta
         if eta is not None and ((type(eta) is not float and type(eta) is not int)
                                 or not math.isfinite(eta)):
@@ -168,6 +179,8 @@ class Broker(ABC):
     # Enforces task_delivery_limit on the server too (RabbitMQ quorum queues), given as
     # the "delivery_limit" transport option; the worker's own check stays the rule.
     supports_delivery_limit: ClassVar[bool] = False
+    # Honours Outgoing.key (apply_async's partition_key): one at a time per key, in order.
+    supports_partition_key: ClassVar[bool] = False
     # Transport options the app fills from Celery's broker_* settings when they are set
     # (pool_limit from broker_pool_limit, heartbeat from broker_heartbeat).
     setting_options: ClassVar[frozenset[str]] = frozenset()

@@ -20,7 +20,7 @@ from typing import Any
 
 from celeriac import signals, states
 from celeriac.app import App
-from celeriac.brokers.base import Delivery, Outgoing
+from celeriac.brokers.base import PARTITION_KEY_HEADER, Delivery, Outgoing
 from celeriac.canvas_run import CHAIN_HEADER, CHORD_HEADER, TOKEN_HEADER
 from celeriac.errors import (
     ContentDisallowed,
@@ -446,7 +446,9 @@ def _retry_verdict(task: Task[Any, Any], message: Message, signal: Retry) -> Ver
                      describe(exc))
         return Verdict(Action.ACK, _failure(exc, states.FAILURE, message), message=message,
                    error=exc)
-    retry = Outgoing(next_message.id, next_message.queue, body, next_message.priority, when)
+    key = next_message.headers.get(PARTITION_KEY_HEADER)
+    retry = Outgoing(next_message.id, next_message.queue, body, next_message.priority, when,
+                     key if isinstance(key, str) and key else None)
     cause = signal.exc if signal.exc is not None else signal
     return Verdict(Action.RETRY, _failure(cause, states.RETRY, message), retry=retry,
                    message=message)
