@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -21,6 +22,7 @@ from kafka_harness import delete_topics, kafka_url
 from celeriac import App
 from celeriac.brokers import Broker, Delivery, Outgoing, create_broker
 from celeriac.brokers.kafka import topic_name
+from celeriac.testing import ThreadedWorker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -232,3 +234,39 @@ def test_scheduled_messages_are_listed_soonest_first(url: str) -> None:
             await broker.close()
 
     asyncio.run(main())
+
+
+def test_a_retry_keeps_its_partition_key_and_runs_after_the_keys_earlier_sends(
+        url: str, tmp_path: Path) -> None:
+    """A keyed task that retries is sent again with its key: it waits behind the key's
+    messages sent before the retry, and never runs beside one of them."""
+    app = App("t", broker=url, backend=f"sqlite:///{tmp_path / 'results.db'}")
+    runs: list[tuple[str, float, float]] = []  # (what, started, ended)
+
+    @app.task(bind=True, max_retries=1, default_retry_delay=0)
+    def charge(self: Any, name: str) -> str:
+        started = time.monotonic()
+        if self.request.retries == 0:
+            runs.append((f"{name}#1", started, time.monotonic()))
+            raise self.retry()
+        runs.append((f"{name}#2", started, time.monotonic()))
+        return name
+
+    @app.task
+    def refund(name: str) -> str:
+        started = time.monotonic()
+        time.sleep(0.3)  # long enough that a retry without its key would start meanwhile
+        runs.append((name, started, time.monotonic()))
+        return name
+
+    try:
+        with ThreadedWorker(app, slots=4):
+            first = charge.apply_async(("a",), partition_key="order-7")
+            second = refund.apply_async(("b",), partition_key="order-7")
+            assert first.get(timeout=30) == "a"
+            assert second.get(timeout=30) == "b"
+    finally:
+        app.close()
+    assert [name for name, _, _ in runs] == ["a#1", "b", "a#2"]
+    (_, _, _), (_, _, b_ended), (_, retry_started, _) = runs
+    assert retry_started >= b_ended
