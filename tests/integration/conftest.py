@@ -1,6 +1,7 @@
 """Fixtures for the integration tests: a Deployment per test, its workers always killed.
 
-When a test fails, the logs of the worker processes it started are added to its report.
+When a test fails, the logs of the worker processes it started are added to its report
+(here for every directory below too: their ``deployment`` fixtures use ``reported``).
 """
 
 from __future__ import annotations
@@ -9,20 +10,13 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
-from worker_harness import Deployment
-
-_DEPLOYMENT = pytest.StashKey[Deployment]()
+from worker_harness import REPORTED, Deployment, reported
 
 
 @pytest.fixture
 def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deployment]:
     """A SQLite broker and backend, a ledger, and the worker processes the test starts."""
-    world = Deployment(tmp_path)
-    request.node.stash[_DEPLOYMENT] = world
-    try:
-        yield world
-    finally:
-        world.close()
+    yield from reported(request, Deployment(tmp_path))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -30,7 +24,7 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    world = item.stash.get(_DEPLOYMENT, None)
+    world = item.stash.get(REPORTED, None)
     if report.failed and world is not None and world.workers:
         report.sections.append(("worker logs", world.dump_logs()))
     return report

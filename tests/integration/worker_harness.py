@@ -20,12 +20,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, TypeVar
 
 import psutil
+import pytest
 
 from celeriac import App
 from celeriac.brokers import Broker, DeadLetter, Outgoing, QueueStats, create_broker
@@ -321,3 +322,18 @@ class Deployment:
     def dump_logs(self) -> str:
         return "\n".join(f"----- {w} (exit {w.popen.returncode})\n{w.log()[-20000:]}"
                          for w in self.workers)
+
+
+# The test's deployment: tests/integration/conftest.py adds its workers' logs to the
+# report of a test that failed (every broker's directory below it included).
+REPORTED = pytest.StashKey[Deployment]()
+D = TypeVar("D", bound=Deployment)
+
+
+def reported(request: pytest.FixtureRequest, world: D) -> Iterator[D]:
+    """A ``deployment`` fixture's body: yields ``world``, reported on failure, closed after."""
+    request.node.stash[REPORTED] = world
+    try:
+        yield world
+    finally:
+        world.close()

@@ -6,15 +6,15 @@ its report.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kafka_harness import KafkaDeployment, stop_server
+from worker_harness import reported
 
 LEASE_SECONDS = 2.0  # as the sqlite deployments of the integration harness
 
-_DEPLOYMENT = pytest.StashKey[KafkaDeployment]()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -27,20 +27,5 @@ def _stop_kafka_server() -> Iterator[None]:
 @pytest.fixture
 def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[KafkaDeployment]:
     """The integration harness's deployment, on Kafka: ledger, workers, probe."""
-    world = KafkaDeployment(tmp_path, LEASE_SECONDS)
-    request.node.stash[_DEPLOYMENT] = world
-    try:
-        yield world
-    finally:
-        world.close()
+    yield from reported(request, KafkaDeployment(tmp_path, LEASE_SECONDS))
 
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
-    world = item.stash.get(_DEPLOYMENT, None)
-    if report.failed and world is not None and world.workers:
-        report.sections.append(("worker logs", world.dump_logs()))
-    return report

@@ -6,15 +6,15 @@ its report.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pg_harness import PostgreSQLDeployment, database, with_schema
+from worker_harness import reported
 
 LEASE_SECONDS = 2.0  # as the sqlite deployments of the integration harness
 
-_DEPLOYMENT = pytest.StashKey[PostgreSQLDeployment]()
 
 
 @pytest.fixture(scope="module")
@@ -33,20 +33,5 @@ def pg_url(pg_database: str) -> str:
 def deployment(pg_url: str, tmp_path: Path,
                request: pytest.FixtureRequest) -> Iterator[PostgreSQLDeployment]:
     """The integration harness's deployment, on PostgreSQL: ledger, workers, probe."""
-    world = PostgreSQLDeployment(tmp_path, pg_url, LEASE_SECONDS)
-    request.node.stash[_DEPLOYMENT] = world
-    try:
-        yield world
-    finally:
-        world.close()
+    yield from reported(request, PostgreSQLDeployment(tmp_path, pg_url, LEASE_SECONDS))
 
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
-    world = item.stash.get(_DEPLOYMENT, None)
-    if report.failed and world is not None and world.workers:
-        report.sections.append(("worker logs", world.dump_logs()))
-    return report

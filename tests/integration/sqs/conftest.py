@@ -8,10 +8,11 @@ its report.
 from __future__ import annotations
 
 import sys
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from worker_harness import reported
 
 # The server launcher is shared with the contract suite.
 sys.path.insert(0, str(Path(__file__).parents[2] / "contract"))
@@ -21,7 +22,6 @@ from sqs_harness import SqsDeployment
 
 LEASE_SECONDS = 2.0  # as the sqlite deployments of the integration harness
 
-_DEPLOYMENT = pytest.StashKey[SqsDeployment]()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -33,20 +33,5 @@ def _sqs_server() -> Iterator[None]:
 @pytest.fixture
 def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SqsDeployment]:
     """The integration harness's deployment, on SQS: ledger, workers, probe."""
-    world = SqsDeployment(tmp_path, LEASE_SECONDS)
-    request.node.stash[_DEPLOYMENT] = world
-    try:
-        yield world
-    finally:
-        world.close()
+    yield from reported(request, SqsDeployment(tmp_path, LEASE_SECONDS))
 
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
-    world = item.stash.get(_DEPLOYMENT, None)
-    if report.failed and world is not None and world.workers:
-        report.sections.append(("worker logs", world.dump_logs()))
-    return report
