@@ -33,6 +33,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from celeriac.brokers.postgresql_connection import LoopPools, PgSettings, create_schema, qualify
+from celeriac.dashboard import history_sql
 from celeriac.dashboard.history import (
     GRAIN,
     HistoryError,
@@ -204,7 +205,7 @@ class PostgreSQLHistory(HistoryStore):
         return _record(rows[0][0]) if rows else None
 
     async def search(self, query: TaskQuery) -> tuple[list[TaskRecord], int]:
-        where, params = _where(query)
+        where, params = history_sql.where(query, "%s", "ILIKE", always=["data IS NOT NULL"])
         column = query.sort  # one of SORTS (TaskQuery checked it): a column name
         collate = ' COLLATE "C"' if column in TEXT_SORTS else ""
         way = "DESC" if query.descending else "ASC"
@@ -260,27 +261,3 @@ def _row(record: TaskRecord) -> tuple[Any, ...]:
 def _record(data: bytes) -> TaskRecord:
     return TaskRecord.from_json(orjson.loads(bytes(data)))
 
-
-def _where(query: TaskQuery) -> tuple[str, list[Any]]:
-    """The WHERE clause of ``query``'s filters (with a leading space) and its values."""
-    clauses = ["data IS NOT NULL"]
-    params: list[Any] = []
-    for column in ("id", "name", "state", "queue", "worker"):
-        value = getattr(query, column)
-        if value is not None:
-            clauses.append(f"{column} = %s")
-            params.append(value)
-    if query.since is not None:
-        clauses.append("updated_at >= %s")
-        params.append(query.since)
-    if query.until is not None:
-        clauses.append("updated_at <= %s")
-        params.append(query.until)
-    if query.text:
-        # % and _ in the text match themselves (escaped), as the substring search the
-        # other stores do.
-        pattern = "%" + (query.text.replace("\\", "\\\\").replace("%", "\\%")
-                         .replace("_", "\\_")) + "%"
-        clauses.append("(args ILIKE %s ESCAPE '\\' OR kwargs ILIKE %s ESCAPE '\\')")
-        params.extend((pattern, pattern))
-    return " WHERE " + " AND ".join(clauses), params

@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from celeriac.dashboard import history_sql
 from celeriac.dashboard.history import (
     GRAIN,
     HistoryError,
@@ -146,7 +147,7 @@ class SQLiteHistory(HistoryStore):
         return await asyncio.to_thread(self._search, query)
 
     def _search(self, query: TaskQuery) -> tuple[list[TaskRecord], int]:
-        where, params = _where(query)
+        where, params = history_sql.where(query, "?", "LIKE")  # (ASCII case-insensitive)
         column = query.sort  # one of SORTS (TaskQuery checked it): a column name
         # Missing values last both ways, then the value, then the id, as TaskQuery.order.
         # SQLite puts NULLs last when descending: the index (whose entries end with the
@@ -240,27 +241,3 @@ def _row(record: TaskRecord) -> tuple[Any, ...]:
 def _record(data: bytes) -> TaskRecord:
     return TaskRecord.from_json(orjson.loads(data))
 
-
-def _where(query: TaskQuery) -> tuple[str, list[Any]]:
-    """The WHERE clause of ``query``'s filters (with a leading space) and its values."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column in ("id", "name", "state", "queue", "worker"):
-        value = getattr(query, column)
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    if query.since is not None:
-        clauses.append("updated_at >= ?")
-        params.append(query.since)
-    if query.until is not None:
-        clauses.append("updated_at <= ?")
-        params.append(query.until)
-    if query.text:
-        # LIKE is case-insensitive for ASCII letters; % and _ in the text match
-        # themselves (escaped), as the substring search the other stores do.
-        pattern = "%" + (query.text.replace("\\", "\\\\").replace("%", "\\%")
-                         .replace("_", "\\_")) + "%"
-        clauses.append("(args LIKE ? ESCAPE '\\' OR kwargs LIKE ? ESCAPE '\\')")
-        params.extend((pattern, pattern))
-    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
